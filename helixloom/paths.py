@@ -1,0 +1,58 @@
+"""Where helixloom keeps its state: everything lives under ``HELIXLOOM_HOME`` (default ``~/.helixloom``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from helixloom.errors import HelixloomError
+
+SUBDIRS = ("models", "adapters", "datasets", "runs")
+
+
+def home() -> Path:
+    """The state folder, from ``HELIXLOOM_HOME`` or ``~/.helixloom``; not created here."""
+    env = os.environ.get("HELIXLOOM_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".helixloom"
+
+
+def ensure_home() -> Path:
+    """Create the state folder and its subfolders and check that they are writable.
+
+    Raises ``HelixloomError`` with the fix when the folder cannot be created or written.
+    """
+    root = home()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in SUBDIRS:
+            (root / sub).mkdir(exist_ok=True)
+        # A real write, not os.access: access() lies for root and on some network mounts.
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise HelixloomError(
+            f"HELIXLOOM_HOME {root} is not usable: {exc.strerror or exc}",
+            "set HELIXLOOM_HOME to a folder you can write, e.g. export HELIXLOOM_HOME=~/.helixloom",
+        ) from exc
+    return root
+
+
+def db_path() -> Path:
+    return home() / "helixloom.db"
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def adapters_dir() -> Path:
+    return home() / "adapters"
+
+
+def datasets_dir() -> Path:
+    return home() / "datasets"
+
+
+def runs_dir() -> Path:
+    return home() / "runs"
