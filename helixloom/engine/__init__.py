@@ -1,0 +1,45 @@
+"""How tokens are produced: one small interface (``Engine``), several backends.
+
+Only this package imports torch, transformers and peft for generation.
+"""
+
+from __future__ import annotations
+
+from helixloom.engine.base import BatchEvent, Engine
+from helixloom.engine.types import (
+    AdapterInfo,
+    GeneratedTokenLogprobs,
+    GenerationRequest,
+    GenerationResult,
+    NextTokenLogprobs,
+    SamplingParams,
+    StreamDelta,
+    Timings,
+    TokenLogprob,
+    Usage,
+    sampling,
+)
+
+__all__ = [
+    "AdapterInfo",
+    "BatchEvent",
+    "Engine",
+    "GeneratedTokenLogprobs",
+    "GenerationRequest",
+    "GenerationResult",
+    "NextTokenLogprobs",
+    "SamplingParams",
+    "StreamDelta",
+    "Timings",
+    "TokenLogprob",
+    "Usage",
+    "load_engine",
+    "sampling",
+]
+
+
+def load_engine(spec: str, *, device: str | None = None) -> Engine:
+    """Load the engine for a model spec (see ``helixloom.models``); today every spec runs on ``hf``."""
+    from helixloom.engine.hf import HFEngine
+
+    return HFEngine.load(spec, device=device)

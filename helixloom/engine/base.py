@@ -1,0 +1,85 @@
+"""The engine interface every backend implements.
+
+Everything above the engine (HelixNet, Weave, question generation, judges, the server) talks to an
+``Engine``. A backend declares what it can do as class attributes; callers check those instead of
+sniffing methods.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from typing import ClassVar
+
+from helixloom.engine.types import (
+    AdapterInfo,
+    GenerationRequest,
+    GenerationResult,
+    NextTokenLogprobs,
+    StreamDelta,
+)
+
+# A batch stream yields (row index, event); each row ends with its GenerationResult.
+BatchEvent = tuple[int, StreamDelta | GenerationResult]
+
+
+class Engine(abc.ABC):
+    """Produces tokens for a batch of requests, each with its own prompt, adapter and sampling."""
+
+    backend: ClassVar[str]
+    supports_adapters: ClassVar[bool] = False
+    supports_mixed_adapter_batch: ClassVar[bool] = False
+    supports_logprobs: ClassVar[bool] = False
+    supports_training: ClassVar[bool] = False
+
+    #: The model spec this engine was made from, as the user gave it.
+    model_name: str
+    #: The tokenizer's chat template, or None for a plain completion model.
+    chat_template: str | None = None
+
+    @abc.abstractmethod
+    def stream_batch(self, requests: Sequence[GenerationRequest]) -> Iterator[BatchEvent]:
+        """Run the requests as one batch, yielding text deltas as they are produced.
+
+        Every row ends with exactly one ``GenerationResult``; the deltas of a row join to its text.
+        """
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Run the requests as one batch and return one result per request, in order."""
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for row, event in self.stream_batch(requests):
+            if isinstance(event, GenerationResult):
+                results[row] = event
+        assert all(r is not None for r in results), "a backend left a row without a result"
+        return [r for r in results if r is not None]
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamDelta | GenerationResult]:
+        """Stream one request: text deltas, then its ``GenerationResult``."""
+        for _, event in self.stream_batch([request]):
+            yield event
+
+    @abc.abstractmethod
+    def next_token_logprobs(
+        self,
+        prompts: Sequence[str],
+        *,
+        adapter: str | None = None,
+        top_k: int = 5,
+        candidates: Sequence[str] = (),
+    ) -> list[NextTokenLogprobs]:
+        """The next-token distribution after each prompt: top-k tokens and the asked candidates."""
+
+    @abc.abstractmethod
+    def load_adapter(self, name: str, path: str) -> AdapterInfo:
+        """Make an adapter usable by name in later requests; loading the same one twice is a no-op."""
+
+    @abc.abstractmethod
+    def adapters(self) -> list[AdapterInfo]:
+        """The adapters loaded so far."""
+
+    @abc.abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` without special tokens (what chunkers and budgets need)."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
+        """Free what the engine holds."""

@@ -1,0 +1,443 @@
+"""The ``hf`` backend: transformers + PEFT, CPU or CUDA.
+
+Generation is our own small loop (prefill, then one token per step) rather than ``model.generate``,
+because a batch here mixes what ``generate`` keeps global: each row has its own sampling parameters,
+seed, stop sequences and LoRA adapter. Adapters are applied per row through PEFT's mixed-batch
+forward (``adapter_names=[...]``), so the loaded model is never switched globally and concurrent
+callers cannot see each other's adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from helixloom.engine.base import BatchEvent, Engine
+from helixloom.engine.detok import IncrementalDecoder, StopMatcher
+from helixloom.engine.types import (
+    AdapterInfo,
+    FinishReason,
+    GeneratedTokenLogprobs,
+    GenerationRequest,
+    GenerationResult,
+    NextTokenLogprobs,
+    SamplingParams,
+    StreamDelta,
+    Timings,
+    TokenLogprob,
+    Usage,
+)
+from helixloom.errors import AdapterError, HelixloomError
+
+if TYPE_CHECKING:
+    import torch
+
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class _Row:
+    """Decoding state of one request in the batch."""
+
+    request: GenerationRequest
+    prompt_ids: list[int]
+    generator: torch.Generator
+    decoder: IncrementalDecoder
+    stops: StopMatcher
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[GeneratedTokenLogprobs] = field(default_factory=list)
+    finish: FinishReason | None = None
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.sampling
+
+
+class HFEngine(Engine):
+    """A transformers causal LM with any number of LoRA adapters, used per request."""
+
+    backend = "hf"
+    supports_adapters = True
+    supports_mixed_adapter_batch = True
+    supports_logprobs = True
+    supports_training = True
+
+    def __init__(self, model: Any, tokenizer: Any, *, model_name: str) -> None:
+        import torch
+
+        self.model = model.eval()
+        self.base_model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.chat_template = getattr(tokenizer, "chat_template", None)
+        self.device = next(model.parameters()).device
+        self._adapters: dict[str, AdapterInfo] = {}
+        self._lock = threading.RLock()  # one forward pass at a time; adapters load between batches
+        self._torch = torch
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        self.eos_token_ids = frozenset(eos_ids)
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 20)
+
+    @classmethod
+    def load(cls, spec: str, *, device: str | None = None, dtype: str | None = None) -> HFEngine:
+        """Load a model spec (see ``helixloom.models``) on ``device`` (default: CUDA if present, else CPU)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from helixloom import models
+
+        folder = models.materialize(models.resolve(spec))
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype).to(device)
+        return cls(model, tokenizer, model_name=spec)
+
+    # ------------------------------------------------------------------ tokens
+
+    def encode(self, prompt: str) -> list[int]:
+        """Prompt token ids; the BOS token is added unless the text (e.g. from a chat template) has it."""
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and prompt.startswith(bos))
+        return list(self.tokenizer(prompt, add_special_tokens=add_special).input_ids)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def _token_text(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
+
+    # ------------------------------------------------------------------ adapters
+
+    def load_adapter(self, name: str, path: str) -> AdapterInfo:
+        with self._lock:
+            if name == BASE:
+                raise AdapterError(f"{BASE!r} is reserved for the base model", "pick another adapter name")
+            folder = Path(path)
+            if name in self._adapters:
+                if Path(self._adapters[name].path) == folder.resolve():
+                    return self._adapters[name]
+                raise AdapterError(f"an adapter named {name!r} is already loaded from another folder")
+            info = inspect_adapter(folder, name)
+            self._check_fits(folder, name)
+            from peft import PeftModel
+
+            try:
+                if self.model is self.base_model:
+                    self.model = PeftModel.from_pretrained(
+                        self.base_model, str(folder), adapter_name=name, is_trainable=False
+                    ).eval()
+                else:
+                    self.model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
+            except (ValueError, RuntimeError, KeyError) as exc:
+                raise AdapterError(
+                    f"adapter {name!r} at {folder} cannot be applied to {self.model_name}: {_first_line(exc)}"
+                ) from exc
+            self._adapters[name] = info
+            return info
+
+    def adapters(self) -> list[AdapterInfo]:
+        return list(self._adapters.values())
+
+    def _check_fits(self, folder: Path, name: str) -> None:
+        """Compare every LoRA matrix with the layer it targets before PEFT touches the model.
+
+        A LoRA made for another base fails here with a clear message, and the loaded model is left
+        exactly as it was (PEFT would inject layers first and fail half-way).
+        """
+        from safetensors import safe_open
+
+        weights = folder / "adapter_model.safetensors"
+        if not weights.is_file():
+            return  # .bin adapters: PEFT's own checks apply
+        modules = dict(self.base_model.named_modules())
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if ".lora_A." not in key and ".lora_B." not in key:
+                    continue
+                module_path = key.split(".lora_")[0].removeprefix("base_model.model.")
+                layer = modules.get(module_path)
+                shape = tuple(f.get_slice(key).get_shape())
+                in_f, out_f = getattr(layer, "in_features", None), getattr(layer, "out_features", None)
+                if layer is None or in_f is None:
+                    raise AdapterError(
+                        f"adapter {name!r} targets {module_path}, which {self.model_name} does not have",
+                        f"it was made for {info_base(folder)}; use it with that model",
+                    )
+                expected = shape[1] if ".lora_A." in key else shape[0]
+                actual = in_f if ".lora_A." in key else out_f
+                if expected != actual:
+                    raise AdapterError(
+                        f"adapter {name!r} does not fit {self.model_name}: {module_path} has size {actual}, "
+                        f"the adapter expects {expected}",
+                        f"it was made for {info_base(folder)}; use it with that model",
+                    )
+
+    def _adapter_names(self, adapters: Sequence[str | None]) -> dict[str, Any]:
+        unknown = sorted({a for a in adapters if a is not None and a not in self._adapters})
+        if unknown:
+            raise AdapterError(f"adapter {unknown[0]!r} is not loaded", "load it first (load_adapter)")
+        if self.model is self.base_model:
+            return {}
+        return {"adapter_names": [a or BASE for a in adapters]}
+
+    # ------------------------------------------------------------------ generation
+
+    def stream_batch(self, requests: Sequence[GenerationRequest]) -> Iterator[BatchEvent]:
+        if not requests:
+            return
+        enqueued = time.perf_counter()
+        with self._lock:
+            yield from self._run(list(requests), enqueued)
+
+    def _run(self, requests: list[GenerationRequest], enqueued: float) -> Iterator[BatchEvent]:
+        torch = self._torch
+        started = time.perf_counter()
+        rows = [self._new_row(r) for r in requests]
+        extra = self._adapter_names([r.adapter for r in requests])
+
+        with torch.inference_mode():
+            input_ids, attention, positions = self._left_pad([row.prompt_ids for row in rows])
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1, :].float()  # logits: [B, V]
+            prefill_done = time.perf_counter()
+            live = list(range(len(rows)))  # batch position -> row index
+            while True:
+                next_tokens: list[int] = []
+                for pos, i in enumerate(live):
+                    token, delta = self._step(rows[i], logits[pos])
+                    next_tokens.append(token)
+                    if delta is not None:
+                        yield i, delta
+                for i in live:
+                    if rows[i].finish is not None:
+                        yield i, self._result(rows[i], enqueued, started, prefill_done)
+                keep = [pos for pos, i in enumerate(live) if rows[i].finish is None]
+                if not keep:
+                    break
+                if len(keep) < len(live):
+                    index = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(index)
+                    attention, positions = attention[index], positions[index]
+                    next_tokens = [next_tokens[p] for p in keep]
+                    live = [live[p] for p in keep]
+                    if extra:
+                        extra = {"adapter_names": [extra["adapter_names"][p] for p in keep]}
+                attention = torch.cat([attention, attention.new_ones((len(live), 1))], dim=1)
+                positions = positions[:, -1:] + 1  # positions: [B, 1]
+                out = self.model(
+                    input_ids=torch.tensor(next_tokens, device=self.device)[:, None],
+                    attention_mask=attention,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    **extra,
+                )
+                cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+
+    def _new_row(self, request: GenerationRequest) -> _Row:
+        ids = self.encode(request.prompt)
+        p = request.sampling
+        if len(ids) + p.max_tokens > self.context_length:
+            raise HelixloomError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({p.max_tokens}) exceeds the model's context "
+                f"of {self.context_length} tokens",
+                "shorten the prompt or lower max_tokens",
+                param="max_tokens",
+            )
+        generator = torch_generator(self._torch, p.seed if p.seed is not None else secrets.randbits(63))
+        return _Row(request, ids, generator, IncrementalDecoder(self._decode, ids), StopMatcher(p.stop))
+
+    def _left_pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        torch = self._torch
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, ids in enumerate(batch):
+            input_ids[r, width - len(ids) :] = torch.tensor(ids)
+            attention[r, width - len(ids) :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # positions: [B, S], 0 at each row's first token
+        return input_ids.to(self.device), attention.to(self.device), positions.to(self.device)
+
+    def _step(self, row: _Row, logits: torch.Tensor) -> tuple[int, StreamDelta | None]:
+        """Sample one token for ``row`` from its logits ([V]) and advance its text."""
+        p = row.params
+        token = sample(self._torch, logits, p, row.generator)
+        row.token_ids.append(token)
+        step_logprobs: tuple[GeneratedTokenLogprobs, ...] | None = None
+        if p.logprobs is not None:
+            row.logprobs.append(self._token_logprobs(logits, token, p.logprobs))
+            step_logprobs = (row.logprobs[-1],)
+        if token in self.eos_token_ids and not p.ignore_eos:
+            row.finish = "stop"
+            text = row.stops.feed(row.decoder.flush()) + row.stops.finish()
+        else:
+            text = row.stops.feed(row.decoder.push(token))
+            if row.stops.stopped:
+                row.finish = "stop"
+            elif len(row.token_ids) >= p.max_tokens:
+                row.finish = "length"
+                text += row.stops.feed(row.decoder.flush())
+                if not row.stops.stopped:
+                    text += row.stops.finish()
+                else:
+                    row.finish = "stop"
+        if text or step_logprobs:
+            return token, StreamDelta(text, step_logprobs)
+        return token, None
+
+    def _token_logprobs(self, logits: torch.Tensor, token: int, n: int) -> GeneratedTokenLogprobs:
+        logprobs = self._torch.log_softmax(logits, dim=-1)
+        chosen = TokenLogprob(token, self._token_text(token), float(logprobs[token]))
+        top: tuple[TokenLogprob, ...] = ()
+        if n > 0:
+            values, ids = logprobs.topk(n)
+            top = tuple(
+                TokenLogprob(int(t), self._token_text(int(t)), float(v))
+                for v, t in zip(values.tolist(), ids.tolist(), strict=True)
+            )
+        return GeneratedTokenLogprobs(chosen, top)
+
+    def _result(self, row: _Row, enqueued: float, started: float, prefill_done: float) -> GenerationResult:
+        assert row.finish is not None
+        return GenerationResult(
+            text=row.stops.text,
+            finish_reason=row.finish,
+            usage=Usage(len(row.prompt_ids), len(row.token_ids)),
+            token_ids=tuple(row.token_ids),
+            timings=Timings(
+                queued=started - enqueued,
+                prefill=prefill_done - started,
+                decode=time.perf_counter() - prefill_done,
+            ),
+            logprobs=tuple(row.logprobs) if row.params.logprobs is not None else None,
+        )
+
+    # ------------------------------------------------------------------ scoring
+
+    def next_token_logprobs(
+        self,
+        prompts: Sequence[str],
+        *,
+        adapter: str | None = None,
+        top_k: int = 5,
+        candidates: Sequence[str] = (),
+    ) -> list[NextTokenLogprobs]:
+        torch = self._torch
+        if not prompts:
+            return []
+        if any(not p for p in prompts):
+            raise HelixloomError("a prompt to score is empty", param="prompts")
+        candidate_ids = {c: self._single_token(c) for c in candidates}
+        with self._lock, torch.inference_mode():
+            extra = self._adapter_names([adapter] * len(prompts))
+            batch = [self.encode(p) for p in prompts]
+            input_ids, attention, positions = self._left_pad(batch)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=False,
+                logits_to_keep=1,
+                **extra,
+            )
+            logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # logprobs: [B, V]
+        results = []
+        for r, ids in enumerate(batch):
+            values, tokens = logprobs[r].topk(top_k) if top_k > 0 else (logprobs[r][:0], logprobs[r][:0])
+            top = tuple(
+                TokenLogprob(int(t), self._token_text(int(t)), float(v))
+                for v, t in zip(values.tolist(), tokens.tolist(), strict=True)
+            )
+            cand = {c: (float(logprobs[r, t]) if t is not None else None) for c, t in candidate_ids.items()}
+            results.append(NextTokenLogprobs(top, cand, len(ids)))
+        return results
+
+    def _single_token(self, text: str) -> int | None:
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        return int(ids[0]) if len(ids) == 1 else None
+
+
+def sample(torch: Any, logits: torch.Tensor, p: SamplingParams, generator: torch.Generator) -> int:
+    """Pick the next token from one row's logits ([V]) under ``p``: greedy, top-k, top-p, temperature."""
+    if p.greedy:
+        return int(logits.argmax())
+    scores = logits / p.temperature
+    if p.top_k and p.top_k < scores.shape[-1]:
+        kth = scores.topk(p.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+    if p.top_p < 1.0:
+        sorted_scores, order = scores.sort(descending=True)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p; the first token always stays.
+        drop = (cumulative - sorted_scores.softmax(-1)) >= p.top_p
+        scores = scores.index_fill(0, order[drop], -math.inf)
+    probs = scores.softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def torch_generator(torch: Any, seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def inspect_adapter(folder: Path, name: str) -> AdapterInfo:
+    """Read a PEFT LoRA folder's config; raise ``AdapterError`` if it is not one."""
+    config_file = folder / "adapter_config.json"
+    if not folder.is_dir():
+        raise AdapterError(f"adapter {name!r}: {folder} is not a folder", "pass a PEFT adapter folder")
+    if not config_file.is_file():
+        raise AdapterError(
+            f"adapter {name!r}: {folder} is not a PEFT adapter (no adapter_config.json)",
+            "pass a folder written by PEFT's save_pretrained",
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"adapter {name!r}: cannot read {config_file}: {exc}") from exc
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise AdapterError(f"adapter {name!r} is a {config.get('peft_type')} adapter; only LoRA is supported")
+    if not any((folder / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise AdapterError(f"adapter {name!r}: {folder} has no adapter_model.safetensors")
+    targets = config.get("target_modules") or []
+    return AdapterInfo(
+        name=name,
+        path=str(folder.resolve()),
+        rank=config.get("r"),
+        target_modules=tuple([targets] if isinstance(targets, str) else sorted(targets)),
+    )
+
+
+def info_base(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path"))
+    except (OSError, json.JSONDecodeError):
+        return "another model"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

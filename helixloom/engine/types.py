@@ -1,0 +1,191 @@
+"""The engine's data types: what a request asks for and what comes back.
+
+These are shared by every backend, by the pipelines above the engine and by the server, so they
+stay small and free of torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from helixloom.errors import HelixloomError
+
+FinishReason = Literal["stop", "length"]
+
+
+class SamplingParams(BaseModel):
+    """How to sample one completion. Unknown fields are an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: int = Field(256, description="Most new tokens to generate.")
+    temperature: float = Field(1.0, description="0 means greedy; higher is more random.")
+    top_p: float = Field(1.0, description="Nucleus sampling: keep the smallest set of tokens with this mass.")
+    top_k: int = Field(0, description="Keep only the k most likely tokens; 0 keeps all.")
+    seed: int | None = Field(None, description="Seed for this request's sampler; the same seed repeats text.")
+    stop: tuple[str, ...] = Field((), description="Strings that end generation; not included in the text.")
+    logprobs: int | None = Field(
+        None, description="Return the log-probability of each generated token and this many alternatives."
+    )
+    ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token.")
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _positive_max_tokens(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("max_tokens must be a positive integer")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("temperature must be >= 0 (0 is greedy)")
+        return v
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        return v
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("top_k must be >= 0 (0 keeps all tokens)")
+        return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v <= 20:
+            raise ValueError("logprobs must be between 0 and 20")
+        return v
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = (v,)
+        if isinstance(v, list | tuple) and any(not isinstance(s, str) or s == "" for s in v):
+            raise ValueError("stop sequences must be non-empty strings")
+        return tuple(v) if isinstance(v, list) else v
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def sampling(**kwargs: object) -> SamplingParams:
+    """Build ``SamplingParams``, turning validation failures into a one-line ``HelixloomError``."""
+    from pydantic import ValidationError
+
+    try:
+        return SamplingParams(**kwargs)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = str(err["loc"][0]) if err["loc"] else None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise HelixloomError(f"invalid {param}: {msg}" if param else msg, param=param) from exc
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion to produce: a prompt, the adapter to use (None = base model) and sampling."""
+
+    prompt: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    adapter: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prompt:
+            raise HelixloomError("the prompt is empty", "pass some text to complete", param="prompt")
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token, its text and its log-probability under the model's raw distribution."""
+
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class GeneratedTokenLogprobs:
+    """The log-probability of one generated token and the most likely alternatives at that step."""
+
+    chosen: TokenLogprob
+    top: tuple[TokenLogprob, ...]
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent: ``queued`` waiting for the engine, ``prefill`` on the prompt, ``decode`` after it."""
+
+    queued: float = 0.0
+    prefill: float = 0.0
+    decode: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.queued + self.prefill + self.decode
+
+    def as_dict(self) -> dict[str, float]:
+        return {"queued": self.queued, "prefill": self.prefill, "decode": self.decode, "total": self.total}
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished completion. ``token_ids`` are every generated token, stop sequence and EOS included."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    token_ids: tuple[int, ...]
+    timings: Timings
+    logprobs: tuple[GeneratedTokenLogprobs, ...] | None = None
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """A piece of streamed text; the last item of a stream is the ``GenerationResult`` itself."""
+
+    text: str
+    logprobs: tuple[GeneratedTokenLogprobs, ...] | None = None
+
+
+@dataclass(frozen=True)
+class NextTokenLogprobs:
+    """The next-token distribution after a prompt: its top tokens and the logprobs of asked candidates.
+
+    ``candidates`` maps each asked candidate string to its log-probability when the string is a single
+    token of the vocabulary, and to None when it is not (so callers can see what was not scored).
+    """
+
+    top: tuple[TokenLogprob, ...]
+    candidates: dict[str, float | None]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    path: str
+    rank: int | None
+    target_modules: tuple[str, ...]

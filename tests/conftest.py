@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import tiny
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    path: Path
+    adapters: dict[str, Path]  # name -> PEFT folder, all made for this model
+    foreign_adapter: Path  # a LoRA made for a model of another width
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    root = tmp_path_factory.mktemp("tiny")
+    model_dir = root / "model"
+    tiny.build_model(model_dir)
+    adapters = {
+        "alpha": root / "alpha",
+        "beta": root / "beta",
+        "gamma": root / "gamma",
+    }
+    tiny.build_adapter(model_dir, adapters["alpha"], seed=1, targets=("q_proj", "v_proj"))
+    tiny.build_adapter(model_dir, adapters["beta"], seed=2, rank=8, targets=("o_proj", "down_proj"))
+    tiny.build_adapter(model_dir, adapters["gamma"], seed=3, targets=("q_proj", "k_proj", "v_proj", "up_proj"))
+    other = root / "wide-model"
+    tiny.build_model(other, hidden=96)
+    foreign = root / "foreign"
+    tiny.build_adapter(other, foreign, seed=4, targets=("q_proj", "v_proj"))
+    return TinyModel(model_dir, adapters, foreign)
+
+
+@pytest.fixture(autouse=True)
+def helixloom_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own HELIXLOOM_HOME; nothing touches the user's real one."""
+    home = tmp_path / "helixloom-home"
+    monkeypatch.setenv("HELIXLOOM_HOME", str(home))
+    yield home
+
+
+@pytest.fixture(scope="session")
+def default_model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A HELIXLOOM_HOME shared by the tests that run the embedded default model, so it converts once.
+
+    ``HELIXLOOM_TEST_CACHE`` (set by the Makefile) keeps the converted checkpoint between runs.
+    """
+    cached = os.environ.get("HELIXLOOM_TEST_CACHE")
+    home = Path(cached) if cached else tmp_path_factory.mktemp("default-home")
+    home.mkdir(parents=True, exist_ok=True)
+    return home
