@@ -47,7 +47,9 @@ def resolve(spec: str) -> ModelSource:
     """Resolve a spec without loading anything; raise ``ModelNotFound`` with the fix if it names nothing."""
     spec = spec.strip()
     if not spec:
-        raise ModelNotFound("empty model spec", "use --model default, a local folder, a .gguf file or org/name")
+        raise ModelNotFound(
+            "empty model spec", "use --model default, a local folder, a .gguf file or org/name"
+        )
     if spec == DEFAULT_SPEC:
         return ModelSource(spec, "default", DEFAULT_SPEC, DEFAULT_NAME)
     path = Path(spec).expanduser()
@@ -142,8 +144,8 @@ def _cached_conversion(gguf: Path, name: str) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The GGUF loader marks the model as quantized although the weights are already de-quantized
     # floats; save_pretrained refuses a quantized model, so clear the marking.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config._name_or_path = name

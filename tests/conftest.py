@@ -29,7 +29,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     }
     tiny.build_adapter(model_dir, adapters["alpha"], seed=1, targets=("q_proj", "v_proj"))
     tiny.build_adapter(model_dir, adapters["beta"], seed=2, rank=8, targets=("o_proj", "down_proj"))
-    tiny.build_adapter(model_dir, adapters["gamma"], seed=3, targets=("q_proj", "k_proj", "v_proj", "up_proj"))
+    tiny.build_adapter(
+        model_dir, adapters["gamma"], seed=3, targets=("q_proj", "k_proj", "v_proj", "up_proj")
+    )
     other = root / "wide-model"
     tiny.build_model(other, hidden=96)
     foreign = root / "foreign"

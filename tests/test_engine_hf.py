@@ -102,7 +102,9 @@ def test_stream_joins_to_text_and_holds_back_partial_stops(plain_engine: HFEngin
     deltas = [e.text for e in events[:-1] if isinstance(e, StreamDelta)]
     assert "".join(deltas) == events[-1].text == full.text[: full.text.index(stop)]
     streamed = "".join(
-        e.text for e in plain_engine.stream(greedy(PROMPTS[2], max_tokens=20, ignore_eos=True)) if isinstance(e, StreamDelta)
+        e.text
+        for e in plain_engine.stream(greedy(PROMPTS[2], max_tokens=20, ignore_eos=True))
+        if isinstance(e, StreamDelta)
     )
     assert streamed == full.text
 
@@ -131,7 +133,13 @@ def test_eos_finishes_with_stop(plain_engine: HFEngine, monkeypatch: pytest.Monk
 
 
 def test_mixed_adapter_batch_equals_per_adapter_runs(engine: HFEngine) -> None:
-    plan = [(PROMPTS[0], "alpha"), (PROMPTS[1], None), (PROMPTS[0], "beta"), (PROMPTS[2], "gamma"), (PROMPTS[0], None)]
+    plan = [
+        (PROMPTS[0], "alpha"),
+        (PROMPTS[1], None),
+        (PROMPTS[0], "beta"),
+        (PROMPTS[2], "gamma"),
+        (PROMPTS[0], None),
+    ]
     batch = engine.generate([greedy(p, adapter=a) for p, a in plan])
     for (prompt, adapter), result in zip(plan, batch, strict=True):
         alone = engine.generate([greedy(prompt, adapter=adapter)])[0]
@@ -159,7 +167,9 @@ def test_adapter_output_equals_peft_reference(engine: HFEngine, tiny_model: Tiny
 
 
 def test_next_token_logprobs_are_a_distribution_slice(engine: HFEngine) -> None:
-    results = engine.next_token_logprobs(PROMPTS, top_k=10, candidates=["Yes", " no", "not-a-single-token-xyz"])
+    results = engine.next_token_logprobs(
+        PROMPTS, top_k=10, candidates=["Yes", " no", "not-a-single-token-xyz"]
+    )
     assert len(results) == len(PROMPTS)
     for res in results:
         values = [t.logprob for t in res.top]
@@ -208,12 +218,16 @@ def test_adapter_errors(tiny_model: TinyModel, tmp_path) -> None:  # type: ignor
 def test_bad_requests() -> None:
     with pytest.raises(HelixloomError, match="empty"):
         GenerationRequest("")
-    for kwargs, param in [({"max_tokens": 0}, "max_tokens"), ({"temperature": -1}, "temperature"),
-                          ({"top_p": 0}, "top_p"), ({"stop": [""]}, "stop")]:
+    for kwargs, param in [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"stop": [""]}, "stop"),
+    ]:
         with pytest.raises(HelixloomError) as info:
             sampling(**kwargs)
         assert info.value.param == param
-    with pytest.raises(HelixloomError, match="unknown_field|Extra inputs"):
+    with pytest.raises(HelixloomError, match=r"unknown_field|Extra inputs"):
         sampling(unknown_field=1)
 
 
@@ -223,7 +237,9 @@ def test_context_overflow_is_an_error(plain_engine: HFEngine) -> None:
 
 
 def test_concurrent_callers_get_their_own_adapter(engine: HFEngine) -> None:
-    expected = {a: engine.generate([greedy(PROMPTS[0], adapter=a)])[0].token_ids for a in ("alpha", "beta", None)}
+    expected = {
+        a: engine.generate([greedy(PROMPTS[0], adapter=a)])[0].token_ids for a in ("alpha", "beta", None)
+    }
     got: dict[str | None, list[tuple[int, ...]]] = {a: [] for a in expected}
 
     def worker(adapter: str | None) -> None:

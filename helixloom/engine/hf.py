@@ -9,7 +9,6 @@ callers cannot see each other's adapter.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import threading
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from helixloom.adapters import describe_base, inspect_adapter
 from helixloom.engine.base import BatchEvent, Engine
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
 from helixloom.engine.types import (
@@ -95,14 +95,19 @@ class HFEngine(Engine):
         """Load a model spec (see ``helixloom.models``) on ``device`` (default: CUDA if present, else CPU)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from helixloom import models
 
+        hf_logging.disable_progress_bar()  # loads take seconds; the bar is noise in our output
+
         folder = models.materialize(models.resolve(spec))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
+        torch_dtype = (
+            getattr(torch, dtype) if dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype).to(device)  # type: ignore[arg-type]
         return cls(model, tokenizer, model_name=spec)
 
     # ------------------------------------------------------------------ tokens
@@ -177,7 +182,7 @@ class HFEngine(Engine):
                 if layer is None or in_f is None:
                     raise AdapterError(
                         f"adapter {name!r} targets {module_path}, which {self.model_name} does not have",
-                        f"it was made for {info_base(folder)}; use it with that model",
+                        f"it was made for {describe_base(folder)}; use it with that model",
                     )
                 expected = shape[1] if ".lora_A." in key else shape[0]
                 actual = in_f if ".lora_A." in key else out_f
@@ -185,7 +190,7 @@ class HFEngine(Engine):
                     raise AdapterError(
                         f"adapter {name!r} does not fit {self.model_name}: {module_path} has size {actual}, "
                         f"the adapter expects {expected}",
-                        f"it was made for {info_base(folder)}; use it with that model",
+                        f"it was made for {describe_base(folder)}; use it with that model",
                     )
 
     def _adapter_names(self, adapters: Sequence[str | None]) -> dict[str, Any]:
@@ -402,40 +407,6 @@ def torch_generator(torch: Any, seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
-
-
-def inspect_adapter(folder: Path, name: str) -> AdapterInfo:
-    """Read a PEFT LoRA folder's config; raise ``AdapterError`` if it is not one."""
-    config_file = folder / "adapter_config.json"
-    if not folder.is_dir():
-        raise AdapterError(f"adapter {name!r}: {folder} is not a folder", "pass a PEFT adapter folder")
-    if not config_file.is_file():
-        raise AdapterError(
-            f"adapter {name!r}: {folder} is not a PEFT adapter (no adapter_config.json)",
-            "pass a folder written by PEFT's save_pretrained",
-        )
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"adapter {name!r}: cannot read {config_file}: {exc}") from exc
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        raise AdapterError(f"adapter {name!r} is a {config.get('peft_type')} adapter; only LoRA is supported")
-    if not any((folder / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise AdapterError(f"adapter {name!r}: {folder} has no adapter_model.safetensors")
-    targets = config.get("target_modules") or []
-    return AdapterInfo(
-        name=name,
-        path=str(folder.resolve()),
-        rank=config.get("r"),
-        target_modules=tuple([targets] if isinstance(targets, str) else sorted(targets)),
-    )
-
-
-def info_base(folder: Path) -> str:
-    try:
-        return str(json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path"))
-    except (OSError, json.JSONDecodeError):
-        return "another model"
 
 
 def _first_line(exc: BaseException) -> str:

