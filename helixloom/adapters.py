@@ -14,9 +14,12 @@ from helixloom.errors import AdapterError
 from helixloom.store import AdapterRecord, Store
 
 
-def resolve(store: Store, name_or_path: str) -> tuple[str, Path]:
-    """A registered adapter name, or a PEFT folder path, as (name, folder); validated, not loaded."""
-    record = store.get_adapter(name_or_path)
+def resolve(store: Store | None, name_or_path: str) -> tuple[str, Path]:
+    """A registered adapter name, or a PEFT folder path, as (name, folder); validated, not loaded.
+
+    Without a store only folder paths resolve.
+    """
+    record = store.get_adapter(name_or_path) if store is not None else None
     if record is not None:
         folder = Path(record.path)
         inspect_adapter(folder, record.name)

@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(gen)
     add_sampling_flags(gen)
     gen.add_argument(
+        "--token-healing",
+        action="store_true",
+        help="back up over the prompt's last token and make the first new token start with its text",
+    )
+    gen.add_argument(
         "--n", type=int, default=1, help="number of completions, sampled in one batch (default 1)"
     )
     gen.add_argument(
@@ -67,6 +72,47 @@ def build_parser() -> argparse.ArgumentParser:
         "session_id (with --n > 1: a 'choices' list of those)",
     )
     gen.set_defaults(run=cmd_generate)
+
+    chat = sub.add_parser(
+        "chat",
+        help="HelixNet chat: actor answers, critic critiques, regenerator rewrites",
+        description="Chat through HelixNet: the actor answers, the critic critiques the answer, the "
+        "regenerator rewrites it from the critique (each stage streamed under its label). Roles run on "
+        "three models (--actor-model ...), or on one base model with one LoRA adapter per role "
+        "(--base with --actor-adapter ..., HelixNet-LMoE); with no flags every role uses the default "
+        "model. Interactive commands: /reset starts a new conversation, /exit quits.",
+    )
+    chat.add_argument(
+        "--base", default="default", metavar="SPEC", help="model for roles without --ROLE-model"
+    )
+    for role in ("actor", "critic", "regenerator"):
+        chat.add_argument(f"--{role}-model", metavar="SPEC", help=f"the {role}'s own model (default: --base)")
+        chat.add_argument(f"--{role}-adapter", metavar="NAME_OR_PATH", help=f"LoRA adapter for the {role}")
+    chat.add_argument(
+        "--rounds", type=int, default=1, help="critique/regenerate rounds per question (default 1)"
+    )
+    chat.add_argument("--system", help="system text (default: the format's, HelixNet's for helixnet)")
+    chat.add_argument(
+        "--format",
+        default="helixnet",
+        metavar="NAME_OR_FILE",
+        help="prompt format: helixnet (the seed's, byte for byte), instruct (for chat-template models), "
+        "or a .yaml file",
+    )
+    add_sampling_flags(chat, temperature=0.75, top_p=1.0, top_k=50, max_tokens=1024)
+    chat.add_argument(
+        "--no-token-healing",
+        dest="token_healing",
+        action="store_false",
+        help="do not back up over a prompt's last token (on by default: the seed's prompts end in a space)",
+    )
+    chat.add_argument("--once", metavar="QUESTION", help="answer one question and exit")
+    chat.add_argument(
+        "--json",
+        action="store_true",
+        help="with --once: print {actor, critique, regeneration, session_id, usage, timings}",
+    )
+    chat.set_defaults(run=cmd_chat)
 
     models = sub.add_parser(
         "models", help="list the models that can be used", description="List model specs."
@@ -113,18 +159,22 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", metavar="NAME_OR_PATH", help="a registered adapter name or a PEFT folder")
 
 
-def add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=256, help="most new tokens (default 256)")
+def add_sampling_flags(
+    p: argparse.ArgumentParser,
+    *,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_p: float = DEFAULT_TOP_P,
+    top_k: int = DEFAULT_TOP_K,
+    max_tokens: int = 256,
+) -> None:
     p.add_argument(
-        "--temperature",
-        type=float,
-        default=DEFAULT_TEMPERATURE,
-        help=f"0 is greedy (default {DEFAULT_TEMPERATURE})",
+        "--max-tokens", type=int, default=max_tokens, help=f"most new tokens (default {max_tokens})"
     )
     p.add_argument(
-        "--top-p", type=float, default=DEFAULT_TOP_P, help=f"nucleus mass (default {DEFAULT_TOP_P})"
+        "--temperature", type=float, default=temperature, help=f"0 is greedy (default {temperature})"
     )
-    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"0 keeps all (default {DEFAULT_TOP_K})")
+    p.add_argument("--top-p", type=float, default=top_p, help=f"nucleus mass (default {top_p})")
+    p.add_argument("--top-k", type=int, default=top_k, help=f"0 keeps all (default {top_k})")
     p.add_argument("--seed", type=int, help="sampling seed; the same seed repeats the text")
     p.add_argument(
         "--stop", action="append", default=[], metavar="TEXT", help="stop at TEXT (not printed); repeatable"
@@ -141,6 +191,7 @@ def sampling_from(args: argparse.Namespace) -> Any:
         top_k=args.top_k,
         seed=args.seed,
         stop=tuple(args.stop),
+        token_healing=getattr(args, "token_healing", False),
     )
 
 
@@ -209,6 +260,106 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for i, c in enumerate(choices):
             print(f"--- choice {i} ({c['finish_reason']}) ---\n{c['text']}")
     return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from helixloom import helixnet
+    from helixloom.store import Store
+
+    if args.json and args.once is None:
+        raise HelixloomError("--json needs --once", "pass --once QUESTION, or drop --json for a chat")
+    if args.once is not None and not args.once.strip():
+        raise HelixloomError("the question is empty", "pass some text to --once")
+    params = sampling_from(args)
+    fmt = helixnet.PromptFormat.load(args.format)
+    specs = {
+        role: helixnet.RoleSpec(
+            model=getattr(args, f"{role}_model") or args.base,
+            adapter=getattr(args, f"{role}_adapter"),
+            sampling=params,
+        )
+        for role in helixnet.STAGES
+    }
+    with _store() as store:
+        assert isinstance(store, Store)
+        net = helixnet.build(specs, store=store, prompt_format=fmt, system=args.system, rounds=args.rounds)
+        chat = helixnet.HelixChat(net, store)
+        if args.once is not None:
+            turn = chat.ask(args.once, on_event=None if args.json else _print_stage)
+            if args.json:
+                print(json.dumps(_turn_json(turn)))
+            return 0
+        return _interactive(chat)
+
+
+_LABELS = {"actor": "ACTOR", "critic": "CRITIQUE", "regenerator": "REGENERATION"}
+
+
+def _print_stage(event: Any) -> None:
+    if event.kind == "start":
+        label = _LABELS[event.stage] + (f" (round {event.round})" if event.round > 1 else "")
+        sys.stdout.write(f"{label}: ")
+    elif event.kind == "delta":
+        sys.stdout.write(event.text)
+    else:
+        sys.stdout.write("\n\n")
+    sys.stdout.flush()
+
+
+def _interactive(chat: Any) -> int:
+    print("HelixNet chat. /reset starts over, /exit quits.", file=sys.stderr)
+    while True:
+        try:
+            question = input("You: ")
+        except EOFError:
+            print()
+            return 0
+        command = question.strip()
+        if command in ("/exit", "/quit"):
+            return 0
+        if command == "/reset":
+            chat.reset()
+            print("(new conversation)")
+            continue
+        if not command:
+            continue
+        chat.ask(question, on_event=_print_stage)
+
+
+def _turn_json(turn: Any) -> dict[str, Any]:
+    def usage(u: Any) -> dict[str, int]:
+        return {
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.total_tokens,
+        }
+
+    return {
+        "question": turn.question,
+        "actor": turn.actor.text,
+        "critique": turn.critique,
+        "regeneration": turn.regeneration,
+        "session_id": turn.session_id,
+        "rounds": [
+            {"critique": c.text, "regeneration": r.text}
+            for c, r in zip(turn.critiques, turn.regenerations, strict=True)
+        ],
+        "usage": usage(turn.usage),
+        "stages": [
+            {
+                "stage": s.stage,
+                "round": s.round,
+                "model": s.model,
+                "adapter": s.adapter,
+                "finish_reason": s.finish_reason,
+                "usage": usage(s.usage),
+            }
+            for s in turn.stages
+        ],
+        "timings": {
+            f"{s.stage}" + (f"_{s.round}" if s.round > 1 else ""): s.timings["total"] for s in turn.stages
+        },
+    }
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -109,7 +109,7 @@ def test_adapters_registry(capsys: pytest.CaptureFixture[str], tiny_model: TinyM
 def test_bad_input_is_one_line_exit_2(
     capsys: pytest.CaptureFixture[str], helixloom_home: Path, argv: list[str], needle: str
 ) -> None:
-    code, out, err = run(capsys, *argv)
+    code, _out, err = run(capsys, *argv)
     assert code == 2
     assert needle in err
     assert err.startswith("helixloom: error:") and err.count("\n") == 1 and "Traceback" not in err

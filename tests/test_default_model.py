@@ -50,3 +50,26 @@ def test_streaming_default_model_prints_text(default_model_home: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.strip()) > 5
     assert "Traceback" not in proc.stderr
+
+
+def test_helixnet_once_json_on_default_model(default_model_home: Path) -> None:
+    proc = helixloom(
+        default_model_home,
+        "chat",
+        "--once",
+        "Why is the sky blue?",
+        "--json",
+        "--max-tokens",
+        "24",
+        "--seed",
+        "0",
+    )
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(proc.stdout)
+    assert body["actor"].strip(), "token healing keeps the actor from answering with an empty line"
+    assert body["critique"] is not None and body["regeneration"] is not None
+    assert body["usage"]["completion_tokens"] > 0
+    assert set(body["timings"]) == {"actor", "critic", "regenerator"}
+    with Store(default_model_home / "helixloom.db") as store:
+        stages = [m.stage for m in store.get_messages(body["session_id"])]
+    assert stages == [None, "actor", "critic", "regenerator"]

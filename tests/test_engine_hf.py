@@ -253,3 +253,22 @@ def test_concurrent_callers_get_their_own_adapter(engine: HFEngine) -> None:
         t.join()
     for adapter, outputs in got.items():
         assert outputs == [expected[adapter]] * 3
+
+
+def test_token_healing_backs_up_over_a_trailing_space(plain_engine: HFEngine) -> None:
+    prompt = "The quick brown fox "
+    ids = plain_engine.encode(prompt)
+    space = plain_engine.tokenizer.decode([ids[-1]])
+    assert space.endswith(" "), "the prompt must end in its own space token for this test"
+    healed = plain_engine.generate([greedy(prompt, max_tokens=6, token_healing=True, ignore_eos=True)])[0]
+    assert healed.usage.prompt_tokens == len(ids) - 1
+    first = plain_engine.tokenizer.decode([healed.token_ids[0]])
+    assert first.startswith(space)
+    # The completion continues the prompt exactly: prompt + text is what the tokens decode to.
+    full = plain_engine.tokenizer.decode(ids[:-1] + list(healed.token_ids), skip_special_tokens=True)
+    assert prompt + healed.text == full
+    # Greedy without healing is free to pick any token after the space; with it, the choice is
+    # the best token among those that start with the space.
+    scored = plain_engine.next_token_logprobs([plain_engine.tokenizer.decode(ids[1:-1])], top_k=600)[0]
+    best = next(t for t in scored.top if t.token.startswith(space))
+    assert healed.token_ids[0] == best.token_id

@@ -8,7 +8,7 @@ sniffing methods.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar
 
 from helixloom.engine.types import (
@@ -18,6 +18,7 @@ from helixloom.engine.types import (
     NextTokenLogprobs,
     StreamDelta,
 )
+from helixloom.errors import HelixloomError
 
 # A batch stream yields (row index, event); each row ends with its GenerationResult.
 BatchEvent = tuple[int, StreamDelta | GenerationResult]
@@ -76,6 +77,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def adapters(self) -> list[AdapterInfo]:
         """The adapters loaded so far."""
+
+    def format_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """Render chat messages (role, content) with the model's chat template, ready to complete."""
+        raise HelixloomError(
+            f"{self.model_name} has no chat template",
+            "use a chat model, or a prompt format with chat: false",
+        )
 
     @abc.abstractmethod
     def count_tokens(self, text: str) -> int:

@@ -13,7 +13,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,7 @@ class _Row:
     generator: torch.Generator
     decoder: IncrementalDecoder
     stops: StopMatcher
+    heal: str = ""  # prompt text backed up over; the first token must start with it
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[GeneratedTokenLogprobs] = field(default_factory=list)
     finish: FinishReason | None = None
@@ -79,6 +80,8 @@ class HFEngine(Engine):
         self.chat_template = getattr(tokenizer, "chat_template", None)
         self.device = next(model.parameters()).device
         self._adapters: dict[str, AdapterInfo] = {}
+        self._texts: list[str] | None = None  # each token's text, for token healing
+        self._heal_masks: dict[str, torch.Tensor] = {}
         self._lock = threading.RLock()  # one forward pass at a time; adapters load between batches
         self._torch = torch
         eos = model.generation_config.eos_token_id if model.generation_config else None
@@ -117,6 +120,15 @@ class HFEngine(Engine):
         bos = self.tokenizer.bos_token
         add_special = not (bos and prompt.startswith(bos))
         return list(self.tokenizer(prompt, add_special_tokens=add_special).input_ids)
+
+    def format_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        if not self.chat_template:
+            return super().format_chat(messages)
+        return str(
+            self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+            )
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
@@ -273,7 +285,12 @@ class HFEngine(Engine):
                 param="max_tokens",
             )
         generator = torch_generator(self._torch, p.seed if p.seed is not None else secrets.randbits(63))
-        return _Row(request, ids, generator, IncrementalDecoder(self._decode, ids), StopMatcher(p.stop))
+        heal = ""
+        if p.token_healing and len(ids) > 1 and ids[-1] not in self.tokenizer.all_special_ids:
+            heal = self._token_texts()[ids[-1]]
+            ids = ids[:-1]
+        row = _Row(request, ids, generator, IncrementalDecoder(self._decode, ids), StopMatcher(p.stop), heal)
+        return row
 
     def _left_pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         torch = self._torch
@@ -289,6 +306,8 @@ class HFEngine(Engine):
     def _step(self, row: _Row, logits: torch.Tensor) -> tuple[int, StreamDelta | None]:
         """Sample one token for ``row`` from its logits ([V]) and advance its text."""
         p = row.params
+        if row.heal and not row.token_ids:
+            logits = logits.masked_fill(~self._tokens_starting_with(row.heal), -math.inf)
         token = sample(self._torch, logits, p, row.generator)
         row.token_ids.append(token)
         step_logprobs: tuple[GeneratedTokenLogprobs, ...] | None = None
@@ -297,14 +316,14 @@ class HFEngine(Engine):
             step_logprobs = (row.logprobs[-1],)
         if token in self.eos_token_ids and not p.ignore_eos:
             row.finish = "stop"
-            text = row.stops.feed(row.decoder.flush()) + row.stops.finish()
+            text = row.stops.feed(self._unheal(row, row.decoder.flush())) + row.stops.finish()
         else:
-            text = row.stops.feed(row.decoder.push(token))
+            text = row.stops.feed(self._unheal(row, row.decoder.push(token)))
             if row.stops.stopped:
                 row.finish = "stop"
             elif len(row.token_ids) >= p.max_tokens:
                 row.finish = "length"
-                text += row.stops.feed(row.decoder.flush())
+                text += row.stops.feed(self._unheal(row, row.decoder.flush()))
                 if not row.stops.stopped:
                     text += row.stops.finish()
                 else:
@@ -312,6 +331,29 @@ class HFEngine(Engine):
         if text or step_logprobs:
             return token, StreamDelta(text, step_logprobs)
         return token, None
+
+    @staticmethod
+    def _unheal(row: _Row, text: str) -> str:
+        """Drop the backed-up prompt text from the start of the completion."""
+        if row.heal and text:
+            cut = min(len(row.heal), len(text))
+            text, row.heal = text[cut:], row.heal[cut:]
+        return text
+
+    def _token_texts(self) -> list[str]:
+        if self._texts is None:
+            vocab = len(self.tokenizer)
+            self._texts = [str(t) for t in self.tokenizer.batch_decode([[i] for i in range(vocab)])]
+        return self._texts
+
+    def _tokens_starting_with(self, prefix: str) -> torch.Tensor:
+        """A mask over the model's vocabulary ([V]) of tokens whose text starts with ``prefix``."""
+        if prefix not in self._heal_masks:
+            texts = self._token_texts()
+            mask = self._torch.zeros(self.model.config.vocab_size, dtype=self._torch.bool)
+            mask[[i for i, t in enumerate(texts) if t.startswith(prefix)]] = True
+            self._heal_masks[prefix] = mask.to(self.device)
+        return self._heal_masks[prefix]
 
     def _token_logprobs(self, logits: torch.Tensor, token: int, n: int) -> GeneratedTokenLogprobs:
         logprobs = self._torch.log_softmax(logits, dim=-1)
@@ -371,7 +413,8 @@ class HFEngine(Engine):
             logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # logprobs: [B, V]
         results = []
         for r, ids in enumerate(batch):
-            values, tokens = logprobs[r].topk(top_k) if top_k > 0 else (logprobs[r][:0], logprobs[r][:0])
+            k = min(top_k, logprobs.shape[-1])
+            values, tokens = logprobs[r].topk(k) if k > 0 else (logprobs[r][:0], logprobs[r][:0])
             top = tuple(
                 TokenLogprob(int(t), self._token_text(int(t)), float(v))
                 for v, t in zip(values.tolist(), tokens.tolist(), strict=True)

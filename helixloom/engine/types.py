@@ -31,6 +31,12 @@ class SamplingParams(BaseModel):
         None, description="Return the log-probability of each generated token and this many alternatives."
     )
     ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token.")
+    token_healing: bool = Field(
+        False,
+        description="Back up over the prompt's last token and make the first new token start with its "
+        "text, so a prompt ending mid-token (e.g. in a space) does not push the model off its usual "
+        "tokenization. The completion text never repeats the prompt.",
+    )
 
     @field_validator("max_tokens")
     @classmethod
