@@ -17,8 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/helixloom generate "The three most useful things to know about the Moon are" \
-		--max-tokens 80 --seed 0
+	$(VENV)/bin/helixloom chat --once "Why is the sky blue?" --max-tokens 96 --seed 0
 
 lint: install
 	$(VENV)/bin/ruff check helixloom tests benchmarks
