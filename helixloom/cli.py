@@ -114,6 +114,68 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.set_defaults(run=cmd_chat)
 
+    serve = sub.add_parser(
+        "serve",
+        help="serve models, adapters and HelixNet over an OpenAI-compatible API",
+        description="Serve the model, its adapters (each as its own model name, like vLLM) and the "
+        "helixnet pipeline over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions, "
+        "/v1/completions), plus /api/sessions with feedback. Every call is recorded in the store. "
+        "Concurrent requests are batched together, adapters per row.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--model", default="default", metavar="SPEC", help="the base model (default: default)")
+    serve.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve a PEFT adapter folder as model NAME (registered adapters are served too); repeatable",
+    )
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="[LABEL:]KEY",
+        help="require this bearer key on /v1 and /api (repeatable; also $HELIXLOOM_API_KEY). Sessions "
+        "record the label, never the key",
+    )
+    serve.add_argument("--max-batch", type=int, default=8, help="most requests per engine batch (default 8)")
+    serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 (default 64)")
+    serve.add_argument(
+        "--max-tokens", type=int, default=512, help="max_tokens when a request gives none (default 512)"
+    )
+    for role in ("actor", "critic", "regenerator"):
+        serve.add_argument(f"--{role}-adapter", metavar="NAME_OR_PATH", help=f"adapter for helixnet's {role}")
+    serve.add_argument("--format", default="helixnet", metavar="NAME_OR_FILE", help="helixnet prompt format")
+    serve.add_argument(
+        "--rounds", type=int, default=1, help="helixnet critique/regenerate rounds (default 1)"
+    )
+    serve.set_defaults(run=cmd_serve)
+
+    sessions = sub.add_parser("sessions", help="recorded sessions", description="Recorded sessions.")
+    ssub = sessions.add_subparsers(title="actions", metavar="ACTION")
+    slist = ssub.add_parser("list", help="list sessions, newest first")
+    slist.add_argument("--kind", help="generate, helixnet, api, ...")
+    slist.add_argument("--model", help="only this model")
+    slist.add_argument("--rating", choices=["up", "down"], help="only sessions rated so")
+    slist.add_argument("--since", help="ISO date or time (inclusive)")
+    slist.add_argument("--until", help="ISO date or time (exclusive)")
+    slist.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    slist.add_argument("--json", action="store_true", help="print JSON")
+    slist.set_defaults(run=cmd_sessions_list)
+    sshow = ssub.add_parser("show", help="one session with its messages")
+    sshow.add_argument("session_id")
+    sshow.add_argument("--json", action="store_true", help="print JSON")
+    sshow.set_defaults(run=cmd_sessions_show)
+    sexp = ssub.add_parser("export", help="export sessions with their messages and ratings")
+    sexp.add_argument("--format", choices=["jsonl"], default="jsonl", help="one JSON object per line")
+    sexp.add_argument("--kind", help="only this kind")
+    sexp.add_argument("--rating", choices=["up", "down"], help="only sessions rated so")
+    sexp.add_argument("--out", help="file to write (default stdout)")
+    sexp.set_defaults(run=cmd_sessions_export)
+    sessions.set_defaults(run=lambda _: _usage(sessions))
+
     models = sub.add_parser(
         "models", help="list the models that can be used", description="List model specs."
     )
@@ -360,6 +422,118 @@ def _turn_json(turn: Any) -> dict[str, Any]:
             f"{s.stage}" + (f"_{s.round}" if s.round > 1 else ""): s.timings["total"] for s in turn.stages
         },
     }
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from helixloom.server import ServerConfig, create_app, open_state
+    from helixloom.server.state import key_label
+
+    adapters = {}
+    for item in args.adapter:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise HelixloomError(f"--adapter {item!r} is not NAME=PATH", param="adapter")
+        adapters[name] = path
+    keys = list(args.api_key) + (
+        [os.environ["HELIXLOOM_API_KEY"]] if os.environ.get("HELIXLOOM_API_KEY") else []
+    )
+    config = ServerConfig(
+        model=args.model,
+        adapters=adapters,
+        api_keys=dict(key_label(k) for k in keys),
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        default_max_tokens=args.max_tokens,
+        helixnet_adapters={
+            role: getattr(args, f"{role}_adapter")
+            for role in ("actor", "critic", "regenerator")
+            if getattr(args, f"{role}_adapter")
+        },
+        helixnet_format=args.format,
+        helixnet_rounds=args.rounds,
+    )
+    if args.rounds < 1 or args.max_batch < 1 or args.max_queue < 1 or args.max_tokens < 1:
+        raise HelixloomError("--rounds, --max-batch, --max-queue and --max-tokens must be at least 1")
+    state = open_state(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print(f"helixloom: serving {config.model} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    try:
+        uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info")
+    finally:
+        state.close()
+    return 0
+
+
+def _session_json(store: Any, session: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {
+        **asdict(session),
+        "messages": [asdict(m) for m in store.get_messages(session.id)],
+        "ratings": [asdict(r) for r in store.ratings_for("session", session.id)],
+    }
+
+
+def cmd_sessions_list(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    with _store() as store:
+        rows = store.list_sessions(
+            kind=args.kind,
+            model=args.model,
+            rating=args.rating,
+            since=args.since,
+            until=args.until,
+            limit=args.limit,
+        )
+    if args.json:
+        print(json.dumps([asdict(s) for s in rows]))
+        return 0
+    for s in rows:
+        print(f"{s.id}  {s.created_at[:19]}  {s.kind:<9} {str(s.model)[:24]:<24} {(s.title or '')[:60]!r}")
+    if not rows:
+        print("no sessions")
+    return 0
+
+
+def cmd_sessions_show(args: argparse.Namespace) -> int:
+    with _store() as store:
+        session = store.get_session(args.session_id)
+        if session is None:
+            raise HelixloomError(f"no session {args.session_id}", "see `helixloom sessions list`")
+        body = _session_json(store, session)
+    if args.json:
+        print(json.dumps(body))
+        return 0
+    print(f"session {session.id} ({session.kind}, {session.model}, {session.created_at})")
+    for m in body["messages"]:
+        label = m["role"].upper() + (f" [{m['stage']}]" if m["stage"] else "")
+        print(f"\n{label}: {m['content']}")
+    for r in body["ratings"]:
+        print(f"\nrated {'up' if r['score'] > 0 else 'down'}: {r['reason'] or ''}")
+    return 0
+
+
+def cmd_sessions_export(args: argparse.Namespace) -> int:
+    out = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - stdout is not ours to close
+    count = 0
+    try:
+        with _store() as store:
+            offset = 0
+            while batch := store.list_sessions(kind=args.kind, rating=args.rating, limit=500, offset=offset):
+                for session in batch:
+                    out.write(json.dumps(_session_json(store, session)) + "\n")
+                    count += 1
+                offset += len(batch)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {count} sessions", file=sys.stderr)
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ same way wherever it came from.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from helixloom.engine import Engine, GenerationRequest, GenerationResult, SamplingParams, StreamDelta
@@ -61,25 +61,29 @@ def complete(
     choices = [r for r in results if r is not None]
     session_id = None
     if store is not None:
-        session_id = record(store, engine, prompt, params, choices, adapter=adapter, kind=kind, meta=meta)
+        session_id = record(
+            store, engine, [("user", prompt)], params, choices, adapter=adapter, kind=kind, meta=meta
+        )
     return Completion(choices, session_id)
 
 
 def record(
     store: Store,
     engine: Engine,
-    prompt: str,
+    inputs: Sequence[tuple[str, str]],
     params: SamplingParams,
-    choices: list[GenerationResult],
+    choices: Sequence[GenerationResult],
     *,
     adapter: str | None,
     kind: str = "generate",
     meta: dict[str, object] | None = None,
     api_key_label: str | None = None,
+    session_id: str | None = None,
 ) -> str:
-    """Store a prompt and its choices as one session (one transaction); return the session id."""
+    """Store a call as one session (one transaction): its input messages (role, content), then
+    one assistant message per choice. Returns the session id."""
     sampling = params.model_dump(mode="json")
-    messages = [NewMessage(role="user", content=prompt)]
+    messages = [NewMessage(role=role, content=content) for role, content in inputs]
     for i, choice in enumerate(choices):
         messages.append(
             NewMessage(
@@ -95,13 +99,17 @@ def record(
                 meta={"choice": i},
             )
         )
+    title = next(
+        (content for role, content in reversed(inputs) if role == "user"), inputs[-1][1] if inputs else ""
+    )
     session = store.record_session(
         kind,
         messages,
-        title=prompt[:80],
+        title=title[:80],
         model=engine.model_name,
         meta={"backend": engine.backend, **(meta or {})},
         api_key_label=api_key_label,
+        session_id=session_id,
     )
     return session.id
 

@@ -338,13 +338,22 @@ class HelixChat:
     """A HelixNet conversation: carries regenerated answers forward and records every turn."""
 
     def __init__(
-        self, net: HelixNet, store: Store | None = None, *, meta: dict[str, Any] | None = None
+        self,
+        net: HelixNet,
+        store: Store | None = None,
+        *,
+        meta: dict[str, Any] | None = None,
+        history: Sequence[Exchange] = (),
+        session_id: str | None = None,
+        api_key_label: str | None = None,
     ) -> None:
         self.net = net
         self.store = store
         self.meta = meta or {}
-        self.history: list[Exchange] = []
-        self.session_id: str | None = None
+        self.history: list[Exchange] = list(history)
+        self.session_id = session_id  # the id the first recorded turn will get, if given
+        self.api_key_label = api_key_label
+        self._recorded = False
 
     def ask(self, question: str, *, on_event: OnEvent | None = None) -> HelixTurn:
         turn = self.net.answer(question, self.history, on_event=on_event)
@@ -357,6 +366,7 @@ class HelixChat:
         """Start a new conversation (and a new stored session)."""
         self.history = []
         self.session_id = None
+        self._recorded = False
 
     def _record(self, turn: HelixTurn) -> None:
         assert self.store is not None
@@ -382,7 +392,7 @@ class HelixChat:
                     },
                 )
             )
-        if self.session_id is None:
+        if not self._recorded:
             roles = {
                 stage: {"model": role.engine.model_name, "adapter": role.adapter}
                 for stage, role in self.net.roles.items()
@@ -393,9 +403,13 @@ class HelixChat:
                 title=turn.question[:80],
                 model=self.net.roles["actor"].engine.model_name,
                 meta={"format": self.net.format.name, "rounds": self.net.rounds, "roles": roles, **self.meta},
+                api_key_label=self.api_key_label,
+                session_id=self.session_id,
             )
             self.session_id = session.id
+            self._recorded = True
         else:
+            assert self.session_id is not None
             self.store.append_messages(self.session_id, messages)
 
 

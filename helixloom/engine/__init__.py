@@ -5,7 +5,7 @@ Only this package imports torch, transformers and peft for generation.
 
 from __future__ import annotations
 
-from helixloom.engine.base import BatchEvent, Engine
+from helixloom.engine.base import AbortCheck, BatchEvent, Engine
 from helixloom.engine.types import (
     AdapterInfo,
     GeneratedTokenLogprobs,
@@ -21,6 +21,7 @@ from helixloom.engine.types import (
 )
 
 __all__ = [
+    "AbortCheck",
     "AdapterInfo",
     "BatchEvent",
     "Engine",

@@ -8,8 +8,7 @@ sniffing methods.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from helixloom.engine.types import (
     AdapterInfo,
@@ -22,16 +21,20 @@ from helixloom.errors import HelixloomError
 
 # A batch stream yields (row index, event); each row ends with its GenerationResult.
 BatchEvent = tuple[int, StreamDelta | GenerationResult]
+# Asked between steps with a row index: True ends that row now (finish_reason "abort").
+AbortCheck = Callable[[int], bool]
 
 
 class Engine(abc.ABC):
     """Produces tokens for a batch of requests, each with its own prompt, adapter and sampling."""
 
-    backend: ClassVar[str]
-    supports_adapters: ClassVar[bool] = False
-    supports_mixed_adapter_batch: ClassVar[bool] = False
-    supports_logprobs: ClassVar[bool] = False
-    supports_training: ClassVar[bool] = False
+    # Capabilities, declared by each backend (a wrapper such as the server's scheduler copies its
+    # inner engine's, which is why these are plain attributes rather than ClassVars).
+    backend: str
+    supports_adapters: bool = False
+    supports_mixed_adapter_batch: bool = False
+    supports_logprobs: bool = False
+    supports_training: bool = False
 
     #: The model spec this engine was made from, as the user gave it.
     model_name: str
@@ -39,10 +42,14 @@ class Engine(abc.ABC):
     chat_template: str | None = None
 
     @abc.abstractmethod
-    def stream_batch(self, requests: Sequence[GenerationRequest]) -> Iterator[BatchEvent]:
+    def stream_batch(
+        self, requests: Sequence[GenerationRequest], *, abort: AbortCheck | None = None
+    ) -> Iterator[BatchEvent]:
         """Run the requests as one batch, yielding text deltas as they are produced.
 
         Every row ends with exactly one ``GenerationResult``; the deltas of a row join to its text.
+        ``abort(row)`` is asked between steps; a row it answers True for ends at once (a client that
+        went away frees its place in the batch).
         """
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:

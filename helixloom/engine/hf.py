@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helixloom.adapters import describe_base, inspect_adapter
-from helixloom.engine.base import BatchEvent, Engine
+from helixloom.engine.base import AbortCheck, BatchEvent, Engine
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
 from helixloom.engine.types import (
     AdapterInfo,
@@ -215,14 +215,18 @@ class HFEngine(Engine):
 
     # ------------------------------------------------------------------ generation
 
-    def stream_batch(self, requests: Sequence[GenerationRequest]) -> Iterator[BatchEvent]:
+    def stream_batch(
+        self, requests: Sequence[GenerationRequest], *, abort: AbortCheck | None = None
+    ) -> Iterator[BatchEvent]:
         if not requests:
             return
         enqueued = time.perf_counter()
         with self._lock:
-            yield from self._run(list(requests), enqueued)
+            yield from self._run(list(requests), enqueued, abort)
 
-    def _run(self, requests: list[GenerationRequest], enqueued: float) -> Iterator[BatchEvent]:
+    def _run(
+        self, requests: list[GenerationRequest], enqueued: float, abort: AbortCheck | None
+    ) -> Iterator[BatchEvent]:
         torch = self._torch
         started = time.perf_counter()
         rows = [self._new_row(r) for r in requests]
@@ -244,6 +248,10 @@ class HFEngine(Engine):
             while True:
                 next_tokens: list[int] = []
                 for pos, i in enumerate(live):
+                    if abort is not None and abort(i):
+                        rows[i].finish = "abort"
+                        next_tokens.append(self.pad_token_id)
+                        continue
                     token, delta = self._step(rows[i], logits[pos])
                     next_tokens.append(token)
                     if delta is not None:

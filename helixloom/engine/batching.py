@@ -1,0 +1,175 @@
+"""A scheduler in front of an engine: concurrent callers' requests run together in batches.
+
+``BatchingEngine`` is itself an ``Engine``, so pipelines (HelixNet, Weave, ...) running for many
+clients at once batch with each other and with plain completions without knowing it. One worker
+thread owns the inner engine; callers queue requests and read their events from their own queue.
+Requests for different adapters of one base share a batch (the inner engine applies adapters per
+row). A batch runs to completion; requests that arrive meanwhile form the next one.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from helixloom.engine.base import AbortCheck, BatchEvent, Engine
+from helixloom.engine.types import (
+    AdapterInfo,
+    GenerationRequest,
+    GenerationResult,
+    NextTokenLogprobs,
+    Timings,
+    Usage,
+)
+from helixloom.errors import HelixloomError
+
+
+class EngineBusy(HelixloomError):
+    """The scheduler's queue is full; the caller should retry later."""
+
+
+@dataclass
+class _Pending:
+    request: GenerationRequest
+    row: int
+    events: queue.SimpleQueue[tuple[int, object]]
+    aborted: threading.Event = field(default_factory=threading.Event)
+
+
+_STOP = object()
+
+
+class BatchingEngine(Engine):
+    """Collects requests from many threads and runs them through ``inner`` in batches."""
+
+    def __init__(
+        self, inner: Engine, *, max_batch: int = 8, max_queue: int = 64, gather_seconds: float = 0.005
+    ) -> None:
+        if max_batch < 1 or max_queue < 1:
+            raise HelixloomError("max_batch and max_queue must be at least 1")
+        self.inner = inner
+        self.model_name = inner.model_name
+        self.chat_template = inner.chat_template
+        self.backend = inner.backend
+        self.supports_adapters = inner.supports_adapters
+        self.supports_mixed_adapter_batch = inner.supports_mixed_adapter_batch
+        self.supports_logprobs = inner.supports_logprobs
+        self.supports_training = inner.supports_training
+        self.max_batch = max_batch
+        self.gather_seconds = gather_seconds
+        self._queue: queue.Queue[_Pending | object] = queue.Queue(maxsize=max_queue)
+        self.batches_run = 0
+        self.largest_batch = 0
+        self._worker = threading.Thread(target=self._loop, name=f"batching-{inner.model_name}", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ callers
+
+    def stream_batch(
+        self, requests: Sequence[GenerationRequest], *, abort: AbortCheck | None = None
+    ) -> Iterator[BatchEvent]:
+        events: queue.SimpleQueue[tuple[int, object]] = queue.SimpleQueue()
+        pendings = [_Pending(r, i, events) for i, r in enumerate(requests)]
+        try:
+            for p in pendings:
+                self._queue.put_nowait(p)
+        except queue.Full:
+            for p in pendings:
+                p.aborted.set()
+            raise EngineBusy(
+                f"the engine for {self.model_name} has {self._queue.maxsize} requests waiting",
+                "retry in a moment",
+            ) from None
+        remaining = len(pendings)
+        try:
+            while remaining:
+                row, event = events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                if abort is not None and abort(row):
+                    pendings[row].aborted.set()
+                if isinstance(event, GenerationResult):
+                    remaining -= 1
+                yield row, event  # type: ignore[misc]
+        finally:
+            for p in pendings:  # a caller that stops reading frees its rows
+                p.aborted.set()
+
+    def next_token_logprobs(
+        self,
+        prompts: Sequence[str],
+        *,
+        adapter: str | None = None,
+        top_k: int = 5,
+        candidates: Sequence[str] = (),
+    ) -> list[NextTokenLogprobs]:
+        return self.inner.next_token_logprobs(prompts, adapter=adapter, top_k=top_k, candidates=candidates)
+
+    def load_adapter(self, name: str, path: str) -> AdapterInfo:
+        return self.inner.load_adapter(name, path)
+
+    def adapters(self) -> list[AdapterInfo]:
+        return self.inner.adapters()
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def format_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        return self.inner.format_chat(messages)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._worker.join(timeout=30)
+        self.inner.close()
+
+    # ------------------------------------------------------------------ worker
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            deadline = time.perf_counter() + self.gather_seconds
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                batch.append(item)
+            live = [p for p in batch if isinstance(p, _Pending) and not p.aborted.is_set()]
+            for p in batch:
+                if isinstance(p, _Pending) and p.aborted.is_set():
+                    p.events.put((p.row, _aborted_result()))
+            if live:
+                self._run(live)
+
+    def _run(self, batch: list[_Pending]) -> None:
+        self.batches_run += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        finished = [False] * len(batch)
+        try:
+            for i, event in self.inner.stream_batch(
+                [p.request for p in batch], abort=lambda i: batch[i].aborted.is_set()
+            ):
+                if isinstance(event, GenerationResult):
+                    finished[i] = True
+                batch[i].events.put((batch[i].row, event))
+        except BaseException as exc:  # handed to every waiting caller, never lost
+            for i, p in enumerate(batch):
+                if not finished[i]:
+                    p.events.put((p.row, exc))
+
+
+def _aborted_result() -> GenerationResult:
+    return GenerationResult("", "abort", Usage(0, 0), (), Timings())

@@ -1,0 +1,71 @@
+"""``/api``: the store's sessions, and feedback (thumbs up/down) on any recorded answer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+
+from helixloom.server.protocol import Feedback, error_body
+from helixloom.server.state import ServerState
+
+router = APIRouter(prefix="/api")
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.helixloom
+    return state
+
+
+def _not_found(session_id: str) -> JSONResponse:
+    return JSONResponse(
+        error_body(f"no session {session_id}", "invalid_request_error", param="session_id", code="not_found"),
+        status_code=404,
+    )
+
+
+@router.get("/sessions")
+def list_sessions(
+    request: Request,
+    model: str | None = None,
+    kind: str | None = None,
+    rating: Literal["up", "down"] | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    sessions = _state(request).store.list_sessions(
+        kind=kind, model=model, rating=rating, since=since, until=until, limit=limit, offset=offset
+    )
+    return {"object": "list", "data": [asdict(s) for s in sessions]}
+
+
+@router.get("/sessions/{session_id}", response_model=None)
+def get_session(session_id: str, request: Request) -> Any:
+    store = _state(request).store
+    session = store.get_session(session_id)
+    if session is None:
+        return _not_found(session_id)
+    return {
+        **asdict(session),
+        "messages": [asdict(m) for m in store.get_messages(session_id)],
+        "ratings": [asdict(r) for r in store.ratings_for("session", session_id)],
+    }
+
+
+@router.post("/sessions/{session_id}/feedback", response_model=None)
+def feedback(session_id: str, body: Feedback, request: Request) -> Any:
+    store = _state(request).store
+    if store.get_session(session_id) is None:
+        return _not_found(session_id)
+    score = 1 if body.score == "up" else -1
+    if body.message_id is not None:
+        if body.message_id not in {m.id for m in store.get_messages(session_id)}:
+            raise HTTPException(404, f"no message {body.message_id} in session {session_id}")
+        rating = store.add_rating("message", body.message_id, score, body.reason)
+    else:
+        rating = store.add_rating("session", session_id, score, body.reason)
+    return asdict(rating)

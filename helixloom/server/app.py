@@ -1,0 +1,147 @@
+"""The FastAPI application: OpenAI-compatible routes under /v1, the store's sessions under /api.
+
+Thin: routes parse, call the Python API (engine, helixnet, store) and shape the answer. Every error
+leaves in OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from helixloom.engine.batching import EngineBusy
+from helixloom.errors import HelixloomError, ModelNotFound
+from helixloom.server.protocol import error_body
+from helixloom.server.state import ServerState
+
+log = logging.getLogger("helixloom.server")
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The ASGI app over a ready ``ServerState`` (engine loaded, store open)."""
+    from helixloom.server import api_routes, openai_routes
+
+    app = FastAPI(title="helixloom", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app.state.helixloom = state
+    app.include_router(openai_routes.router)
+    app.include_router(api_routes.router)
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path.startswith(("/v1", "/api")):
+            try:
+                request.state.key_label = state.check_key(request.headers.get("authorization"))
+            except PermissionError as exc:
+                return JSONResponse(
+                    error_body(
+                        f"{exc}: send Authorization: Bearer KEY",
+                        "invalid_request_error",
+                        code="invalid_api_key",
+                    ),
+                    status_code=401,
+                )
+        else:
+            request.state.key_label = None
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        message = f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid request')}"
+        return JSONResponse(
+            error_body(message, "invalid_request_error", param=loc[0] if loc else None), status_code=400
+        )
+
+    @app.exception_handler(ModelNotFound)
+    async def not_found(_: Request, exc: ModelNotFound) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.message, "invalid_request_error", param="model", code="model_not_found"),
+            status_code=404,
+        )
+
+    @app.exception_handler(EngineBusy)
+    async def busy(_: Request, exc: EngineBusy) -> JSONResponse:
+        return JSONResponse(
+            error_body(str(exc), "server_error", code="server_overloaded"),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(HelixloomError)
+    async def user_error(_: Request, exc: HelixloomError) -> JSONResponse:
+        return JSONResponse(error_body(str(exc), "invalid_request_error", param=exc.param), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(
+            error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500
+        )
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": state.base_id, "queued": state.engine.queued}
+
+    return BodyLimit(app, state.config.max_body_bytes)  # type: ignore[return-value]
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413, by header or by counting what arrives."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def __getattr__(self, name: str) -> Any:  # tests and uvicorn reach the FastAPI app through us
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+        too_large = False
+
+        async def counting() -> Message:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    too_large = True  # the app sees a client that went away, and its answer is dropped
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            if not too_large:
+                await send(message)
+
+        try:
+            await self.app(scope, counting, guarded)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = JSONResponse(
+            error_body(
+                f"request body over {self.limit} bytes", "invalid_request_error", code="request_too_large"
+            ),
+            status_code=413,
+        )
+        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+        await send({"type": "http.response.body", "body": body.body})

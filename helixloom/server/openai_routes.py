@@ -1,0 +1,542 @@
+"""``/v1``: models, chat completions and completions, as OpenAI's API defines them.
+
+Every request is recorded as a session; its id is in the ``X-Helixloom-Session`` response header
+(known before the first streamed byte, since the session is written under a pre-chosen id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from helixloom import chat, completion, helixnet
+from helixloom.engine import (
+    GeneratedTokenLogprobs,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    StreamDelta,
+    Usage,
+)
+from helixloom.errors import HelixloomError
+from helixloom.server.protocol import ChatCompletionRequest, CompletionRequest, error_body
+from helixloom.server.state import PIPELINES, ServerState, Target
+
+router = APIRouter(prefix="/v1")
+SESSION_HEADER = "X-Helixloom-Session"
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.helixloom
+    return state
+
+
+@router.get("/models")
+def list_models(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    created = int(time.time())
+    data = [
+        {
+            "id": state.base_id,
+            "object": "model",
+            "created": created,
+            "owned_by": "helixloom",
+            "root": state.base_id,
+        }
+    ]
+    for name in sorted(state.served_adapters()):
+        data.append(
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "helixloom",
+                "root": state.base_id,
+                "parent": state.base_id,
+            }
+        )
+    for name in PIPELINES:
+        data.append(
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "helixloom",
+                "parent": state.base_id,
+            }
+        )
+    return {"object": "list", "data": data}
+
+
+# ---------------------------------------------------------------------------------------------- chat
+
+
+@router.post("/chat/completions", response_model=None)
+def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    state = _state(request)
+    target = state.resolve(body.model)
+    messages = body.plain_messages()
+    params = body.to_sampling(state.config.default_max_tokens)
+    session_id = uuid.uuid4().hex
+    label = request.state.key_label
+    if target.kind == "pipeline":
+        return _helixnet(state, body, messages, params, session_id, label)
+    rendered = chat.render(state.engine, messages)
+    params = params.model_copy(
+        update={"stop": (*params.stop, *rendered.stop), "token_healing": rendered.token_healing}
+    )
+    inputs = [(m["role"], m["content"]) for m in messages]
+    call = _Call(
+        state, target, [rendered.prompt], params, body.n, inputs, session_id, label, "chat.completions"
+    )
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _sse(call.stream_chunks("chat.completion.chunk", include_usage), session_id)
+    results = call.run()
+    return JSONResponse(
+        {
+            "id": f"chatcmpl-{session_id}",
+            "object": "chat.completion",
+            "created": call.created,
+            "model": body.model,
+            "system_fingerprint": "helixloom",
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": r.text},
+                    "logprobs": _chat_logprobs(r.logprobs) if r.logprobs is not None else None,
+                    "finish_reason": r.finish_reason,
+                }
+                for i, r in enumerate(results)
+            ],
+            "usage": _usage(call.usage(results)),
+        },
+        headers={SESSION_HEADER: session_id},
+    )
+
+
+# ---------------------------------------------------------------------------------------- completions
+
+
+@router.post("/completions", response_model=None)
+def completions(body: CompletionRequest, request: Request) -> Any:
+    state = _state(request)
+    target = state.resolve(body.model)
+    if target.kind == "pipeline":
+        raise HelixloomError(f"{body.model} is a chat pipeline", "use /v1/chat/completions", param="model")
+    prompts = body.prompts()
+    params = body.to_sampling(state.config.default_max_tokens)
+    session_id = uuid.uuid4().hex
+    inputs = [("user", p) for p in prompts]
+    call = _Call(
+        state, target, prompts, params, body.n, inputs, session_id, request.state.key_label, "completions"
+    )
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _sse(call.stream_chunks("text_completion", include_usage, echo=body.echo), session_id)
+    results = call.run()
+    return JSONResponse(
+        {
+            "id": f"cmpl-{session_id}",
+            "object": "text_completion",
+            "created": call.created,
+            "model": body.model,
+            "system_fingerprint": "helixloom",
+            "choices": [
+                {
+                    "index": i,
+                    "text": (call.prompt_of(i) if body.echo else "") + r.text,
+                    "logprobs": _completion_logprobs(r.logprobs) if r.logprobs is not None else None,
+                    "finish_reason": r.finish_reason,
+                }
+                for i, r in enumerate(results)
+            ],
+            "usage": _usage(call.usage(results)),
+        },
+        headers={SESSION_HEADER: session_id},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- calls
+
+
+class _Call:
+    """One API call: n choices for each prompt, run through the batching engine and recorded."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        target: Target,
+        prompts: list[str],
+        params: SamplingParams,
+        n: int,
+        inputs: list[tuple[str, str]],
+        session_id: str,
+        key_label: str | None,
+        endpoint: str,
+    ) -> None:
+        self.state, self.target, self.prompts, self.params, self.n = state, target, prompts, params, n
+        self.inputs, self.session_id, self.key_label, self.endpoint = inputs, session_id, key_label, endpoint
+        self.created = int(time.time())
+        self.requests = [
+            GenerationRequest(
+                p, params.model_copy(update={"seed": completion.requests_seed(params, j)}), target.adapter
+            )
+            for p in prompts
+            for j in range(n)
+        ]
+
+    def prompt_of(self, choice: int) -> str:
+        return self.prompts[choice // self.n]
+
+    def run(self) -> list[GenerationResult]:
+        results = self.state.engine.generate(self.requests)
+        self.record(results)
+        return results
+
+    def usage(self, results: list[GenerationResult]) -> Usage:
+        prompt_tokens = sum(results[i * self.n].usage.prompt_tokens for i in range(len(self.prompts)))
+        return Usage(prompt_tokens, sum(r.usage.completion_tokens for r in results))
+
+    def record(self, results: list[GenerationResult]) -> None:
+        completion.record(
+            self.state.store,
+            self.state.engine,
+            self.inputs,
+            self.params,
+            results,
+            adapter=self.target.adapter,
+            kind="api",
+            meta={"endpoint": self.endpoint, "model": self.target.name, "n": self.n},
+            api_key_label=self.key_label,
+            session_id=self.session_id,
+        )
+
+    async def stream_chunks(
+        self, obj: str, include_usage: bool, *, echo: bool = False
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Chunks as they are produced; the engine drops the rows if the client goes away."""
+        gone = threading.Event()
+        results: list[GenerationResult | None] = [None] * len(self.requests)
+
+        def produce() -> Iterator[Any]:
+            yield from self.state.engine.stream_batch(self.requests, abort=lambda _: gone.is_set())
+
+        base = {
+            "id": f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{self.session_id}",
+            "object": obj,
+            "created": self.created,
+            "model": self.target.name,
+            "system_fingerprint": "helixloom",
+        }
+        try:
+            if obj.startswith("chat"):
+                for i in range(len(self.requests)):
+                    yield {
+                        **base,
+                        "choices": [
+                            {
+                                "index": i,
+                                "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+            elif echo:
+                for i in range(len(self.requests)):
+                    yield {
+                        **base,
+                        "choices": [
+                            {"index": i, "text": self.prompt_of(i), "logprobs": None, "finish_reason": None}
+                        ],
+                    }
+            async for row, event in _in_thread(produce, gone):
+                if isinstance(event, StreamDelta):
+                    yield {
+                        **base,
+                        "choices": [self._delta_choice(obj, row, event.text, event.logprobs, None)],
+                    }
+                else:
+                    results[row] = event
+                    yield {**base, "choices": [self._delta_choice(obj, row, "", None, event.finish_reason)]}
+            if include_usage:
+                done = [r for r in results if r is not None]
+                yield {**base, "choices": [], "usage": _usage(self.usage(done))}
+        finally:
+            gone.set()
+            finished = [r for r in results if r is not None]
+            if len(finished) == len(results):
+                await asyncio.to_thread(self.record, finished)
+
+    def _delta_choice(
+        self,
+        obj: str,
+        row: int,
+        text: str,
+        logprobs: tuple[GeneratedTokenLogprobs, ...] | None,
+        finish: str | None,
+    ) -> dict[str, Any]:
+        if obj.startswith("chat"):
+            delta = {"content": text} if text or finish is None else {}
+            lp = _chat_logprobs(logprobs) if logprobs else None
+            return {"index": row, "delta": delta, "logprobs": lp, "finish_reason": finish}
+        lp = _completion_logprobs(logprobs) if logprobs else None
+        return {"index": row, "text": text, "logprobs": lp, "finish_reason": finish}
+
+
+async def _in_thread(produce: Callable[[], Iterator[Any]], gone: threading.Event) -> AsyncIterator[Any]:
+    """Run a blocking iterator in a worker thread and hand its items to the event loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    end = object()
+
+    def pump() -> None:
+        try:
+            for item in produce():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                if gone.is_set():
+                    break
+        except BaseException as exc:  # handed to the consumer below
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, end)
+
+    task = loop.run_in_executor(None, pump)
+    try:
+        while (item := await queue.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        gone.set()  # the pump thread ends at its next item; the engine drops the rows
+        del task
+
+
+def _sse(chunks: AsyncIterator[dict[str, Any]], session_id: str) -> StreamingResponse:
+    async def lines() -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                yield f"data: {json.dumps(chunk)}\n\n"
+        except HelixloomError as exc:
+            yield f"data: {json.dumps(error_body(str(exc), 'invalid_request_error', param=exc.param))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(
+        lines(),
+        media_type="text/event-stream",
+        headers={SESSION_HEADER: session_id, "Cache-Control": "no-cache"},
+    )
+
+
+# ------------------------------------------------------------------------------------------- helixnet
+
+
+def _helixnet(
+    state: ServerState,
+    body: ChatCompletionRequest,
+    messages: list[dict[str, str]],
+    params: SamplingParams,
+    session_id: str,
+    key_label: str | None,
+) -> Any:
+    if body.n != 1:
+        raise HelixloomError("helixnet answers with one choice; use n=1", param="n")
+    if messages[-1]["role"] != "user":
+        raise HelixloomError("the last message must be the user's question", param="messages")
+    # The seed's sampling unless the request sets its own.
+    seed_defaults = helixnet.SEED_SAMPLING
+    params = params.model_copy(
+        update={
+            "temperature": seed_defaults.temperature if body.temperature is None else params.temperature,
+            "top_p": seed_defaults.top_p if body.top_p is None else params.top_p,
+            "top_k": seed_defaults.top_k if body.top_k is None else params.top_k,
+            "token_healing": True,
+        }
+    )
+    roles = {s: helixnet.Role(state.engine, state.helixnet_roles[s], params) for s in helixnet.STAGES}
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system") or None
+    net = helixnet.HelixNet(
+        roles["actor"],
+        roles["critic"],
+        roles["regenerator"],
+        prompt_format=state.helixnet_format,
+        system=system,
+        rounds=state.config.helixnet_rounds,
+    )
+    history, pending = [], ""
+    for m in messages[:-1]:
+        if m["role"] == "user":
+            pending = m["content"]
+        elif m["role"] == "assistant":
+            history.append(helixnet.Exchange(pending, m["content"]))
+    session = helixnet.HelixChat(
+        net,
+        state.store,
+        history=history,
+        session_id=session_id,
+        api_key_label=key_label,
+        meta={"endpoint": "chat.completions", "model": "helixnet"},
+    )
+    question = messages[-1]["content"]
+    created = int(time.time())
+    base = {
+        "id": f"chatcmpl-{session_id}",
+        "created": created,
+        "model": "helixnet",
+        "system_fingerprint": "helixloom",
+    }
+    if not body.stream:
+        turn = session.ask(question)
+        return JSONResponse(
+            {
+                **base,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": turn.regeneration},
+                        "logprobs": None,
+                        "finish_reason": turn.regenerations[-1].finish_reason,
+                    }
+                ],
+                "usage": _usage(turn.usage),
+                "helixnet": _helixnet_extra(turn),
+            },
+            headers={SESSION_HEADER: session_id},
+        )
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return _sse(_helixnet_chunks(session, question, base, include_usage), session_id)
+
+
+async def _helixnet_chunks(
+    session: helixnet.HelixChat, question: str, base: dict[str, Any], include_usage: bool
+) -> AsyncIterator[dict[str, Any]]:
+    """The regeneration streams as ``content``; the actor's answer and the critique stream before it
+    as ``reasoning_content``; every chunk names its stage in ``helixnet_stage``."""
+    gone = threading.Event()
+    turns: list[helixnet.HelixTurn] = []
+
+    def produce() -> Iterator[Any]:
+        # HelixChat reports progress through a callback; a second thread turns it into an iterator.
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        end = object()
+
+        def on_event(event: helixnet.StageEvent) -> None:
+            if gone.is_set():
+                raise _ClientGone
+            q.put(event)
+
+        def work() -> None:
+            try:
+                turns.append(session.ask(question, on_event=on_event))
+            except BaseException as exc:
+                q.put(exc)
+            finally:
+                q.put(end)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        while (item := q.get()) is not end:
+            if isinstance(item, _ClientGone):
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    obj = {**base, "object": "chat.completion.chunk"}
+    yield {
+        **obj,
+        "helixnet_stage": "actor",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+    }
+    async for event in _in_thread(produce, gone):
+        if event.kind != "delta":
+            continue
+        field = (
+            "content"
+            if event.stage == "regenerator" and event.round == session.net.rounds
+            else "reasoning_content"
+        )
+        yield {
+            **obj,
+            "helixnet_stage": event.stage,
+            "helixnet_round": event.round,
+            "choices": [{"index": 0, "delta": {field: event.text}, "finish_reason": None}],
+        }
+    turn = turns[0]
+    yield {
+        **obj,
+        "helixnet_stage": "regenerator",
+        "helixnet": _helixnet_extra(turn),
+        "choices": [{"index": 0, "delta": {}, "finish_reason": turn.regenerations[-1].finish_reason}],
+    }
+    if include_usage:
+        yield {**obj, "choices": [], "usage": _usage(turn.usage)}
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _helixnet_extra(turn: helixnet.HelixTurn) -> dict[str, Any]:
+    return {
+        "actor": turn.actor.text,
+        "critique": turn.critique,
+        "rounds": [
+            {"critique": c.text, "regeneration": r.text}
+            for c, r in zip(turn.critiques, turn.regenerations, strict=True)
+        ],
+        "session_id": turn.session_id,
+    }
+
+
+# ----------------------------------------------------------------------------------------- shaping
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _token_bytes(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def _chat_logprobs(steps: tuple[GeneratedTokenLogprobs, ...] | None) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": s.chosen.token,
+                "logprob": s.chosen.logprob,
+                "bytes": _token_bytes(s.chosen.token),
+                "top_logprobs": [
+                    {"token": t.token, "logprob": t.logprob, "bytes": _token_bytes(t.token)} for t in s.top
+                ],
+            }
+            for s in steps or ()
+        ]
+    }
+
+
+def _completion_logprobs(steps: tuple[GeneratedTokenLogprobs, ...] | None) -> dict[str, Any]:
+    tokens, token_logprobs, top, offsets, offset = [], [], [], [], 0
+    for s in steps or ():
+        tokens.append(s.chosen.token)
+        token_logprobs.append(s.chosen.logprob)
+        top.append({t.token: t.logprob for t in s.top})
+        offsets.append(offset)
+        offset += len(s.chosen.token)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}

@@ -1,0 +1,164 @@
+"""OpenAI wire format: request models that turn themselves into sampling parameters.
+
+Field names and order follow OpenAI's API reference. Unknown fields are accepted (clients send many)
+and logged, never a crash; fields we cannot honour are a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from helixloom.engine import SamplingParams, sampling
+from helixloom.errors import HelixloomError
+
+log = logging.getLogger("helixloom.server")
+
+
+class OpenAIModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _log_extra(self) -> OpenAIModel:
+        if self.model_extra:
+            log.info("ignored request fields: %s", ", ".join(sorted(self.model_extra)))
+        return self
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
+
+class StreamOptions(OpenAIModel):
+    include_usage: bool = False
+
+
+class ChatMessage(OpenAIModel):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text":
+                raise HelixloomError(
+                    f"message content of type {part.get('type')!r} is not supported",
+                    "send text",
+                    param="messages",
+                )
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+
+
+class _Sampling(OpenAIModel):
+    model: str
+    frequency_penalty: float | None = 0.0
+    presence_penalty: float | None = 0.0
+    max_tokens: int | None = None
+    n: int = 1
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    # Not OpenAI's, but common (vLLM, llama.cpp): accepted as an extension.
+    top_k: int | None = None
+
+    def base_sampling(
+        self, *, max_tokens: int | None, logprobs: int | None, default_max: int
+    ) -> SamplingParams:
+        if self.frequency_penalty or self.presence_penalty:
+            field = "frequency_penalty" if self.frequency_penalty else "presence_penalty"
+            raise HelixloomError(f"{field} is not supported", "leave it at 0", param=field)
+        if not 1 <= self.n <= 16:
+            raise HelixloomError("n must be between 1 and 16", param="n")
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4:
+            raise HelixloomError("stop takes at most 4 sequences", param="stop")
+        if self.temperature is not None and self.temperature > 2:
+            raise HelixloomError("temperature must be between 0 and 2", param="temperature")
+        return sampling(
+            max_tokens=max_tokens if max_tokens is not None else default_max,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0,
+            seed=self.seed,
+            stop=tuple(stops),
+            logprobs=logprobs,
+        )
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage]
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    max_completion_tokens: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+
+    def to_sampling(self, default_max: int) -> SamplingParams:
+        if self.tools:
+            raise HelixloomError("tools are not supported", param="tools")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise HelixloomError(
+                "response_format other than text is not supported yet", param="response_format"
+            )
+        if self.top_logprobs is not None and not self.logprobs:
+            raise HelixloomError("top_logprobs needs logprobs: true", param="top_logprobs")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
+            raise HelixloomError("top_logprobs must be between 0 and 20", param="top_logprobs")
+        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return self.base_sampling(
+            max_tokens=limit,
+            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+            default_max=default_max,
+        )
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def to_sampling(self, default_max: int) -> SamplingParams:
+        if self.suffix:
+            raise HelixloomError("suffix is not supported", param="suffix")
+        if self.best_of not in (None, 1, self.n):
+            raise HelixloomError("best_of is not supported", param="best_of")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 5:
+            raise HelixloomError("logprobs must be between 0 and 5", param="logprobs")
+        if self.echo and self.logprobs is not None:
+            raise HelixloomError("echo with logprobs (prompt scoring) is not supported yet", param="echo")
+        return self.base_sampling(max_tokens=self.max_tokens, logprobs=self.logprobs, default_max=default_max)
+
+    def prompts(self) -> list[str]:
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        if not prompts or any(not isinstance(p, str) or not p for p in prompts):
+            raise HelixloomError("prompt must be a non-empty string or a list of them", param="prompt")
+        return prompts
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    score: Literal["up", "down"]
+    reason: str | None = Field(None, max_length=10_000)
+    message_id: str | None = None  # rate one message of the session instead of the whole session
+
+
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

@@ -1,0 +1,123 @@
+"""What a running server holds: its configuration, the batching engine, the store, the pipelines."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from helixloom.engine import Engine
+from helixloom.engine.batching import BatchingEngine
+from helixloom.errors import HelixloomError, ModelNotFound
+from helixloom.helixnet import STAGES, PromptFormat, Stage
+from helixloom.store import Store
+
+PIPELINES = ("helixnet",)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``helixloom serve`` can be told; the CLI flags map onto these fields."""
+
+    model: str = "default"
+    adapters: dict[str, str] = field(default_factory=dict)  # NAME -> PEFT folder, served besides the registry
+    api_keys: dict[str, str] = field(default_factory=dict)  # key -> label (the label is what gets stored)
+    max_batch: int = 8
+    max_queue: int = 64
+    max_body_bytes: int = 4 * 1024 * 1024
+    default_max_tokens: int = 512
+    helixnet_adapters: dict[Stage, str] = field(default_factory=dict)  # role -> adapter name or folder
+    helixnet_format: str = "helixnet"
+    helixnet_rounds: int = 1
+
+
+def key_label(spec: str) -> tuple[str, str]:
+    """``LABEL:KEY`` or a bare ``KEY`` (labelled by a short hash) as (key, label)."""
+    label, sep, key = spec.partition(":")
+    if sep and label and key:
+        return key, label
+    return spec, "key-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's ``model`` names: the base model, one of its adapters, or a pipeline."""
+
+    kind: Literal["base", "adapter", "pipeline"]
+    name: str
+    adapter: str | None = None
+
+
+class ServerState:
+    """The loaded engine (behind a batching scheduler), the store, and adapters loaded on demand."""
+
+    def __init__(self, config: ServerConfig, engine: Engine, store: Store) -> None:
+        self.config = config
+        self.engine = (
+            engine
+            if isinstance(engine, BatchingEngine)
+            else BatchingEngine(engine, max_batch=config.max_batch, max_queue=config.max_queue)
+        )
+        self.store = store
+        self.helixnet_format = PromptFormat.load(config.helixnet_format)
+        self._lock = threading.Lock()
+        self._extra_adapters = {
+            name: str(Path(p).expanduser().resolve()) for name, p in config.adapters.items()
+        }
+        for name, path in self._extra_adapters.items():
+            self.engine.load_adapter(name, path)  # fail at start-up, not on the first request
+        self.helixnet_roles: dict[Stage, str | None] = {}
+        for stage in STAGES:
+            spec = config.helixnet_adapters.get(stage)
+            self.helixnet_roles[stage] = self.ensure_adapter(spec) if spec else None
+
+    @property
+    def base_id(self) -> str:
+        return self.config.model
+
+    def served_adapters(self) -> dict[str, str]:
+        """Adapter name -> folder: the registry's and those given to ``serve``."""
+        served = {r.name: str(r.path) for r in self.store.list_adapters()}
+        served.update(self._extra_adapters)
+        return served
+
+    def resolve(self, model: str) -> Target:
+        """The target a request's ``model`` names; ``ModelNotFound`` (404) when it names nothing."""
+        if model == self.base_id:
+            return Target("base", model)
+        if model in PIPELINES:
+            return Target("pipeline", model)
+        if model in self.served_adapters():
+            return Target("adapter", model, self.ensure_adapter(model))
+        raise ModelNotFound(f"The model `{model}` does not exist", "see GET /v1/models")
+
+    def ensure_adapter(self, name_or_path: str) -> str:
+        """Load an adapter into the engine on first use; returns the name requests use."""
+        from helixloom import adapters
+
+        with self._lock:
+            if name_or_path in self._extra_adapters:
+                return name_or_path
+            name, folder = adapters.resolve(self.store, name_or_path)
+            loaded = {a.name: a.path for a in self.engine.adapters()}
+            if name not in loaded:
+                self.engine.load_adapter(name, str(folder))
+            elif Path(loaded[name]) != folder.resolve():
+                raise HelixloomError(f"adapter {name!r} is loaded from another folder", "restart the server")
+            return name
+
+    def check_key(self, authorization: str | None) -> str | None:
+        """The label of the request's API key; raises when keys are required and this one is wrong."""
+        if not self.config.api_keys:
+            return None
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        label = self.config.api_keys.get(token)
+        if label is None:
+            raise PermissionError("missing or wrong API key")
+        return label
+
+    def close(self) -> None:
+        self.engine.close()
+        self.store.close()
