@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from helixloom.engine import (
+    AbortCheck,
     AdapterInfo,
     BatchEvent,
     Engine,
@@ -35,7 +36,9 @@ class ScriptedEngine(Engine):
         self.requests: list[GenerationRequest] = []
         self._adapters: dict[str, AdapterInfo] = {}
 
-    def stream_batch(self, requests: Sequence[GenerationRequest]) -> Iterator[BatchEvent]:
+    def stream_batch(
+        self, requests: Sequence[GenerationRequest], *, abort: AbortCheck | None = None
+    ) -> Iterator[BatchEvent]:
         for row, request in enumerate(requests):
             self.requests.append(request)
             full = self._respond.pop(0) if isinstance(self._respond, list) else self._respond(request)

@@ -63,6 +63,7 @@ class BatchingEngine(Engine):
         self._queue: queue.Queue[_Pending | object] = queue.Queue(maxsize=max_queue)
         self.batches_run = 0
         self.largest_batch = 0
+        self.aborted_rows = 0  # rows ended early because their caller went away
         self._worker = threading.Thread(target=self._loop, name=f"batching-{inner.model_name}", daemon=True)
         self._worker.start()
 
@@ -164,6 +165,7 @@ class BatchingEngine(Engine):
             ):
                 if isinstance(event, GenerationResult):
                     finished[i] = True
+                    self.aborted_rows += event.finish_reason == "abort"
                 batch[i].events.put((batch[i].row, event))
         except BaseException as exc:  # handed to every waiting caller, never lost
             for i, p in enumerate(batch):

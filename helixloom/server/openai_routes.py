@@ -25,6 +25,7 @@ from helixloom.engine import (
     GenerationResult,
     SamplingParams,
     StreamDelta,
+    Timings,
     Usage,
 )
 from helixloom.errors import HelixloomError
@@ -227,6 +228,7 @@ class _Call:
         """Chunks as they are produced; the engine drops the rows if the client goes away."""
         gone = threading.Event()
         results: list[GenerationResult | None] = [None] * len(self.requests)
+        partial = [""] * len(self.requests)
 
         def produce() -> Iterator[Any]:
             yield from self.state.engine.stream_batch(self.requests, abort=lambda _: gone.is_set())
@@ -262,6 +264,7 @@ class _Call:
                     }
             async for row, event in _in_thread(produce, gone):
                 if isinstance(event, StreamDelta):
+                    partial[row] += event.text
                     yield {
                         **base,
                         "choices": [self._delta_choice(obj, row, event.text, event.logprobs, None)],
@@ -274,9 +277,12 @@ class _Call:
                 yield {**base, "choices": [], "usage": _usage(self.usage(done))}
         finally:
             gone.set()
-            finished = [r for r in results if r is not None]
-            if len(finished) == len(results):
-                await asyncio.to_thread(self.record, finished)
+            # A client that went away still gets its call recorded, unfinished rows as "abort".
+            recorded = [
+                r or GenerationResult(partial[i], "abort", Usage(0, 0), (), Timings())
+                for i, r in enumerate(results)
+            ]
+            await asyncio.to_thread(self.record, recorded)
 
     def _delta_choice(
         self,

@@ -69,8 +69,9 @@ class _Sampling(OpenAIModel):
     stream_options: StreamOptions | None = None
     temperature: float | None = None
     top_p: float | None = None
-    # Not OpenAI's, but common (vLLM, llama.cpp): accepted as an extension.
+    # Not OpenAI's, but common (vLLM, llama.cpp): accepted as extensions.
     top_k: int | None = None
+    ignore_eos: bool = False
 
     def base_sampling(
         self, *, max_tokens: int | None, logprobs: int | None, default_max: int
@@ -93,6 +94,7 @@ class _Sampling(OpenAIModel):
             seed=self.seed,
             stop=tuple(stops),
             logprobs=logprobs,
+            ignore_eos=self.ignore_eos,
         )
 
 

@@ -1,0 +1,368 @@
+"""The server as a server: uvicorn on a loopback port, driven by the official ``openai`` client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from helixloom.engine import GenerationRequest, sampling
+from helixloom.engine.hf import HFEngine
+from helixloom.server import ServerConfig, ServerState, create_app
+from helixloom.store import Store
+from tests.conftest import TinyModel
+
+
+@dataclass
+class Running:
+    url: str
+    state: ServerState
+    engine: HFEngine
+    db: Path
+
+    def client(self, **kw: object) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.url + "/v1", api_key=str(kw.pop("api_key", "none")), max_retries=0, **kw
+        )  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(state: ServerState) -> tuple[str, uvicorn.Server, threading.Thread]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
+    )  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: TinyModel) -> HFEngine:
+    return HFEngine.load(str(tiny_model.path))
+
+
+@pytest.fixture(scope="module")
+def served(
+    tiny_model: TinyModel, engine: HFEngine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    db = tmp_path_factory.mktemp("server") / "helixloom.db"
+    store = Store(db)
+    store.add_adapter("alpha", str(tiny_model.adapters["alpha"]))
+    config = ServerConfig(
+        model=str(tiny_model.path),
+        adapters={"beta": str(tiny_model.adapters["beta"])},
+        default_max_tokens=16,
+        helixnet_adapters={"critic": "alpha"},
+    )
+    state = ServerState(config, engine, store)
+    url, server, thread = start(state)
+    yield Running(url, state, engine, db)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def greedy_text(engine: HFEngine, prompt: str, adapter: str | None = None, **kw: object) -> str:
+    params = sampling(**{"temperature": 0, "max_tokens": 8, **kw})
+    return engine.generate([GenerationRequest(prompt, params, adapter)])[0].text
+
+
+def test_models_list(served: Running) -> None:
+    models = {m.id: m for m in served.client().models.list().data}
+    base = served.state.base_id
+    assert set(models) == {base, "alpha", "beta", "helixnet"}
+    assert models["alpha"].model_extra and models["alpha"].model_extra["parent"] == base
+
+
+def test_chat_stream_equals_non_stream_and_is_recorded(served: Running) -> None:
+    client = served.client()
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Paris is the capital of"},
+    ]
+    raw = client.chat.completions.with_raw_response.create(
+        model=served.state.base_id,
+        messages=messages,
+        temperature=0,
+        max_tokens=10,  # type: ignore[arg-type]
+    )
+    reply = raw.parse()
+    session_id = raw.headers["x-helixloom-session"]
+    text = reply.choices[0].message.content
+    assert text and reply.choices[0].finish_reason in ("stop", "length")
+    prompt = served.engine.format_chat(messages)
+    assert reply.usage is not None and reply.usage.prompt_tokens == len(served.engine.encode(prompt))
+    assert reply.usage.completion_tokens <= 10
+    stream = client.chat.completions.create(
+        model=served.state.base_id,
+        messages=messages,
+        temperature=0,
+        max_tokens=10,
+        stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert chunks[-1].choices == [] and chunks[-1].usage == reply.usage
+    with Store(served.db) as store:
+        stored = store.get_messages(session_id)
+        assert [m.role for m in stored] == ["system", "user", "assistant"]
+        assert stored[-1].content == text and stored[-1].completion_tokens == reply.usage.completion_tokens
+
+
+def test_n_seed_stop_and_logprobs(served: Running) -> None:
+    client = served.client()
+    base = served.state.base_id
+    msgs = [{"role": "user", "content": "The quick brown fox"}]
+    two = client.chat.completions.create(model=base, messages=msgs, n=2, seed=3, max_tokens=8)  # type: ignore[arg-type]
+    again = client.chat.completions.create(model=base, messages=msgs, n=2, seed=3, max_tokens=8)  # type: ignore[arg-type]
+    assert len(two.choices) == 2
+    assert [c.message.content for c in two.choices] == [c.message.content for c in again.choices]
+    full = client.chat.completions.create(model=base, messages=msgs, temperature=0, max_tokens=12)  # type: ignore[arg-type]
+    text = full.choices[0].message.content or ""
+    stop = text[len(text) // 2 :][:2]
+    cut = client.chat.completions.create(model=base, messages=msgs, temperature=0, max_tokens=12, stop=[stop])  # type: ignore[arg-type]
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    lp = client.chat.completions.create(
+        model=base,
+        messages=msgs,
+        temperature=0,
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=3,  # type: ignore[arg-type]
+    )
+    content = lp.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == lp.usage.completion_tokens  # type: ignore[union-attr]
+    for step in content:
+        assert len(step.top_logprobs) == 3 and step.logprob <= 0
+        assert step.top_logprobs[0].logprob >= step.logprob - 1e-6  # greedy picks the top token
+
+
+def test_completions(served: Running) -> None:
+    client = served.client()
+    base = served.state.base_id
+    prompts = ["The quick brown fox", "Paris is"]
+    out = client.completions.create(model=base, prompt=prompts, temperature=0, max_tokens=6, logprobs=2)
+    assert [c.text for c in out.choices] == [greedy_text(served.engine, p, max_tokens=6) for p in prompts]
+    assert out.choices[0].logprobs is not None and len(out.choices[0].logprobs.top_logprobs or []) <= 6
+    echo = client.completions.create(model=base, prompt="Paris is", temperature=0, max_tokens=6, echo=True)
+    assert echo.choices[0].text == "Paris is" + out.choices[1].text
+    streamed = client.completions.create(
+        model=base, prompt="Paris is", temperature=0, max_tokens=6, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == out.choices[1].text
+
+
+def test_adapter_by_model_name(served: Running) -> None:
+    client = served.client()
+    for name in ("alpha", "beta"):
+        reply = client.completions.create(
+            model=name, prompt="The quick brown fox", temperature=0, max_tokens=8
+        )
+        assert reply.choices[0].text == greedy_text(served.engine, "The quick brown fox", adapter=name)
+    assert greedy_text(served.engine, "The quick brown fox", "alpha") != greedy_text(
+        served.engine, "The quick brown fox"
+    )
+
+
+def test_helixnet_model(served: Running) -> None:
+    client = served.client()
+    raw = client.chat.completions.with_raw_response.create(
+        model="helixnet",
+        messages=[{"role": "user", "content": "Paris is"}],
+        temperature=0,
+        max_tokens=6,  # type: ignore[arg-type]
+    )
+    reply = raw.parse()
+    extra = reply.model_extra["helixnet"]  # type: ignore[index]
+    assert set(extra) >= {"actor", "critique", "rounds"}
+    assert reply.choices[0].message.content == extra["rounds"][-1]["regeneration"]
+    with Store(served.db) as store:
+        stages = [(m.stage, m.adapter) for m in store.get_messages(raw.headers["x-helixloom-session"])]
+    assert stages == [(None, None), ("actor", None), ("critic", "alpha"), ("regenerator", None)]
+    stream = client.chat.completions.create(
+        model="helixnet",
+        messages=[{"role": "user", "content": "Paris is"}],
+        temperature=0,
+        max_tokens=6,
+        stream=True,  # type: ignore[arg-type]
+    )
+    chunks = list(stream)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    reasoning = "".join(
+        (c.choices[0].delta.model_extra or {}).get("reasoning_content", "") for c in chunks if c.choices
+    )
+    stages = {
+        c.model_extra["helixnet_stage"] for c in chunks if c.model_extra and "helixnet_stage" in c.model_extra
+    }  # type: ignore[index]
+    assert content.strip() == reply.choices[0].message.content
+    assert extra["actor"] in reasoning
+    assert stages == {"actor", "critic", "regenerator"}
+
+
+def test_errors_have_openai_shape(served: Running) -> None:
+    client = served.client()
+    base = served.state.base_id
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.NotFoundError) as nf:
+        client.chat.completions.create(model="nope", messages=msgs)  # type: ignore[arg-type]
+    assert nf.value.code == "model_not_found"
+    for kwargs, param in [
+        ({"temperature": 3}, "temperature"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"n": 0}, "n"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.chat.completions.create(model=base, messages=msgs, **kwargs)  # type: ignore[call-overload]
+        assert bad.value.param == param, kwargs
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=base, messages=[])
+    # Unknown fields are ignored, not fatal.
+    ok = client.chat.completions.create(model=base, messages=msgs, max_tokens=2, extra_body={"frobnicate": 1})  # type: ignore[arg-type]
+    assert ok.choices
+    huge = httpx.post(
+        served.url + "/v1/chat/completions",
+        content=b"x" * (5 * 1024 * 1024),
+        headers={"content-type": "application/json"},
+    )
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+    missing = httpx.get(served.url + "/api/sessions/nonexistent")
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_concurrent_requests_batched_and_all_stored(served: Running) -> None:
+    client = served.client()
+    base = served.state.base_id
+    before = served.state.engine.batches_run
+    with Store(served.db) as store:
+        count_before = len(store.list_sessions(limit=10_000))
+
+    def ask(i: int) -> str:
+        model = (base, "alpha", "beta")[i % 3]
+        reply = client.completions.create(model=model, prompt=f"Number {i} is", max_tokens=8, seed=i)
+        return reply.choices[0].text
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(16)))
+    assert len(answers) == 16
+    assert served.state.engine.batches_run - before < 16  # requests shared batches
+    assert served.state.engine.largest_batch > 1
+    with Store(served.db) as store:
+        assert len(store.list_sessions(limit=10_000)) == count_before + 16
+
+
+def test_feedback_round_trip(served: Running) -> None:
+    client = served.client()
+    raw = client.chat.completions.with_raw_response.create(
+        model=served.state.base_id,
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=3,  # type: ignore[arg-type]
+    )
+    sid = raw.headers["x-helixloom-session"]
+    r = httpx.post(f"{served.url}/api/sessions/{sid}/feedback", json={"score": "up", "reason": "nice"})
+    assert r.status_code == 200 and r.json()["score"] == 1
+    up = httpx.get(f"{served.url}/api/sessions", params={"rating": "up"}).json()["data"]
+    assert sid in {s["id"] for s in up}
+    detail = httpx.get(f"{served.url}/api/sessions/{sid}").json()
+    assert detail["ratings"][0]["reason"] == "nice" and detail["messages"][-1]["role"] == "assistant"
+    bad = httpx.post(f"{served.url}/api/sessions/{sid}/feedback", json={"score": "meh"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "score"
+
+
+def test_disconnecting_client_frees_its_slot(served: Running) -> None:
+    before = served.state.engine.aborted_rows
+    with httpx.stream(
+        "POST",
+        served.url + "/v1/completions",
+        json={
+            "model": served.state.base_id,
+            "prompt": "Once",
+            "max_tokens": 400,
+            "stream": True,
+            "ignore_eos": True,
+        },
+    ) as response:
+        lines = response.iter_lines()
+        for _ in range(3):
+            next(lines)
+    deadline = time.time() + 20
+    while served.state.engine.aborted_rows == before:
+        assert time.time() < deadline, "the abandoned stream kept generating"
+        time.sleep(0.05)
+
+
+def test_api_key_enforced_everywhere(tiny_model: TinyModel, engine: HFEngine, tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    state = ServerState(
+        ServerConfig(model=str(tiny_model.path), api_keys={"s3cret-key": "alice"}), engine, store
+    )
+    url, server, thread = start(state)
+    try:
+        for method, path in [
+            ("GET", "/v1/models"),
+            ("POST", "/v1/chat/completions"),
+            ("POST", "/v1/completions"),
+            ("GET", "/api/sessions"),
+        ]:
+            assert httpx.request(method, url + path, json={}).status_code == 401
+            wrong = httpx.request(method, url + path, json={}, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        good = openai.OpenAI(base_url=url + "/v1", api_key="s3cret-key", max_retries=0)
+        raw = good.completions.with_raw_response.create(model=state.base_id, prompt="hi", max_tokens=2)
+        session = store.get_session(raw.headers["x-helixloom-session"])
+        assert session is not None and session.api_key_label == "alice"
+        assert httpx.get(url + "/health").status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        store.close()
+    assert b"s3cret-key" not in (tmp_path / "db.sqlite").read_bytes()
+
+
+def test_full_queue_is_503(tiny_model: TinyModel, engine: HFEngine, tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    state = ServerState(ServerConfig(model=str(tiny_model.path), max_batch=1, max_queue=1), engine, store)
+    url, server, thread = start(state)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+
+    def ask(_: int) -> int:
+        try:
+            client.completions.create(
+                model=state.base_id, prompt="Once", max_tokens=60, extra_body={"ignore_eos": True}
+            )
+            return 200
+        except openai.InternalServerError as exc:
+            assert exc.status_code == 503 and exc.code == "server_overloaded"
+            return 503
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(ask, range(8)))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        store.close()
+    assert 503 in codes and 200 in codes
