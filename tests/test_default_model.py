@@ -73,3 +73,29 @@ def test_helixnet_once_json_on_default_model(default_model_home: Path) -> None:
     with Store(default_model_home / "helixloom.db") as store:
         stages = [m.stage for m in store.get_messages(body["session_id"])]
     assert stages == [None, "actor", "critic", "regenerator"]
+
+
+def test_server_on_default_model(default_model_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import openai
+
+    from helixloom.server import BackgroundServer, ServerConfig, open_state
+
+    monkeypatch.setenv("HELIXLOOM_HOME", str(default_model_home))
+    state = open_state(ServerConfig(model="default"))
+    server = BackgroundServer(state)
+    url = server.url
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="default",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            temperature=0,
+            max_tokens=12,
+        )
+        reply = raw.parse()
+        assert reply.choices[0].message.content and reply.choices[0].message.content.strip()
+        session = state.store.get_session(raw.headers["x-helixloom-session"])
+        assert session is not None and session.kind == "api"
+    finally:
+        server.stop()
+        state.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,11 +11,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from helixloom.engine import GenerationRequest, sampling
 from helixloom.engine.hf import HFEngine
-from helixloom.server import ServerConfig, ServerState, create_app
+from helixloom.server import BackgroundServer, ServerConfig, ServerState
 from helixloom.store import Store
 from tests.conftest import TinyModel
 
@@ -35,24 +32,9 @@ class Running:
         )  # type: ignore[arg-type]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(state: ServerState) -> tuple[str, uvicorn.Server, threading.Thread]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
-    )  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server, thread
+def start(state: ServerState) -> tuple[str, BackgroundServer]:
+    server = BackgroundServer(state)
+    return server.url, server
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +56,9 @@ def served(
         helixnet_adapters={"critic": "alpha"},
     )
     state = ServerState(config, engine, store)
-    url, server, thread = start(state)
+    url, server = start(state)
     yield Running(url, state, engine, db)
-    server.should_exit = True
-    thread.join(timeout=10)
+    server.stop()
 
 
 def greedy_text(engine: HFEngine, prompt: str, adapter: str | None = None, **kw: object) -> str:
@@ -317,7 +298,7 @@ def test_api_key_enforced_everywhere(tiny_model: TinyModel, engine: HFEngine, tm
     state = ServerState(
         ServerConfig(model=str(tiny_model.path), api_keys={"s3cret-key": "alice"}), engine, store
     )
-    url, server, thread = start(state)
+    url, server = start(state)
     try:
         for method, path in [
             ("GET", "/v1/models"),
@@ -336,8 +317,7 @@ def test_api_key_enforced_everywhere(tiny_model: TinyModel, engine: HFEngine, tm
         assert session is not None and session.api_key_label == "alice"
         assert httpx.get(url + "/health").status_code == 200
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop()
         store.close()
     assert b"s3cret-key" not in (tmp_path / "db.sqlite").read_bytes()
 
@@ -345,7 +325,7 @@ def test_api_key_enforced_everywhere(tiny_model: TinyModel, engine: HFEngine, tm
 def test_full_queue_is_503(tiny_model: TinyModel, engine: HFEngine, tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     state = ServerState(ServerConfig(model=str(tiny_model.path), max_batch=1, max_queue=1), engine, store)
-    url, server, thread = start(state)
+    url, server = start(state)
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
 
     def ask(_: int) -> int:
@@ -362,7 +342,6 @@ def test_full_queue_is_503(tiny_model: TinyModel, engine: HFEngine, tmp_path: Pa
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(ask, range(8)))
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop()
         store.close()
     assert 503 in codes and 200 in codes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from helixloom.server.app import create_app
 from helixloom.server.state import ServerConfig, ServerState
 
-__all__ = ["ServerConfig", "ServerState", "create_app", "open_state"]
+__all__ = ["BackgroundServer", "ServerConfig", "ServerState", "create_app", "open_state"]
 
 
 def open_state(config: ServerConfig) -> ServerState:
@@ -23,3 +23,34 @@ def open_state(config: ServerConfig) -> ServerState:
     except BaseException:
         store.close()
         raise
+
+
+class BackgroundServer:
+    """A server running in a thread of this process (tests, benchmarks, notebooks)."""
+
+    def __init__(self, state: ServerState, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+        self.url = f"http://{host}:{port}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(create_app(state), host=host, port=port, log_level="warning")
+        )
+        self._thread = threading.Thread(target=self._server.run, name="helixloom-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {self.url}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
