@@ -1,7 +1,8 @@
 """Server throughput under concurrent streaming clients, against the engine's own batched generation.
 
 Starts helixloom's server on a free loopback port (in this process), sends N concurrent streaming
-chat requests with the official ``openai`` client, and reports aggregate tokens/s against the
+completion requests (``ignore_eos``, so every request makes exactly --tokens tokens) with the
+official ``openai`` client, and reports aggregate tokens/s against the
 same N requests run straight through the engine as one batch (ratio; target >= 0.85), p50/p95
 time to first token and latency, and that every request was stored as a session.
 
@@ -42,7 +43,6 @@ def main() -> None:
 
     import openai
 
-    from helixloom.chat import render
     from helixloom.engine import GenerationRequest, sampling
     from helixloom.engine.hf import HFEngine
     from helixloom.server import BackgroundServer, ServerConfig, ServerState
@@ -54,17 +54,11 @@ def main() -> None:
     server = BackgroundServer(state)
     url = server.url
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-    questions = [f"Write a short note about topic number {i}." for i in range(args.clients)]
+    questions = [f"Here is a short note about topic number {i}:" for i in range(args.clients)]
 
     # Baseline: the same requests as one batch straight through the engine.
     params = sampling(temperature=0, max_tokens=args.tokens, ignore_eos=True)
-    prompts = [render(engine, [{"role": "user", "content": q}]) for q in questions]
-    requests = [
-        GenerationRequest(
-            p.prompt, params.model_copy(update={"stop": p.stop, "token_healing": p.token_healing})
-        )
-        for p in prompts
-    ]
+    requests = [GenerationRequest(q, params) for q in questions]
     engine.generate(requests[:1])  # warm-up
     start_t = time.perf_counter()
     direct = engine.generate(requests)
@@ -80,9 +74,9 @@ def main() -> None:
         nonlocal tokens
         t0 = time.perf_counter()
         first = None
-        stream = client.chat.completions.create(
+        stream = client.completions.create(
             model=args.model,
-            messages=[{"role": "user", "content": question}],
+            prompt=question,
             temperature=0,
             max_tokens=args.tokens,
             stream=True,
@@ -91,7 +85,7 @@ def main() -> None:
         )
         used = 0
         for chunk in stream:
-            if first is None and chunk.choices and chunk.choices[0].delta.content:
+            if first is None and chunk.choices and chunk.choices[0].text:
                 first = time.perf_counter() - t0
             if chunk.usage:
                 used = chunk.usage.completion_tokens

@@ -46,7 +46,13 @@ class BatchingEngine(Engine):
     """Collects requests from many threads and runs them through ``inner`` in batches."""
 
     def __init__(
-        self, inner: Engine, *, max_batch: int = 8, max_queue: int = 64, gather_seconds: float = 0.005
+        self,
+        inner: Engine,
+        *,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        gather_idle: float = 0.01,
+        gather_max: float = 0.05,
     ) -> None:
         if max_batch < 1 or max_queue < 1:
             raise HelixloomError("max_batch and max_queue must be at least 1")
@@ -59,7 +65,10 @@ class BatchingEngine(Engine):
         self.supports_logprobs = inner.supports_logprobs
         self.supports_training = inner.supports_training
         self.max_batch = max_batch
-        self.gather_seconds = gather_seconds
+        # A batch starts once no request has arrived for gather_idle seconds (or gather_max after its
+        # first): clients that start together share a batch, a lone request waits only gather_idle.
+        self.gather_idle = gather_idle
+        self.gather_max = gather_max
         self._queue: queue.Queue[_Pending | object] = queue.Queue(maxsize=max_queue)
         self.batches_run = 0
         self.largest_batch = 0
@@ -138,10 +147,11 @@ class BatchingEngine(Engine):
             if first is _STOP:
                 return
             batch = [first]
-            deadline = time.perf_counter() + self.gather_seconds
+            deadline = time.perf_counter() + self.gather_max
             while len(batch) < self.max_batch:
+                wait = min(self.gather_idle, deadline - time.perf_counter())
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+                    item = self._queue.get(timeout=max(0.0, wait))
                 except queue.Empty:
                     break
                 if item is _STOP:

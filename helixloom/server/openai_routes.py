@@ -317,7 +317,9 @@ async def _in_thread(produce: Callable[[], Iterator[Any]], gone: threading.Event
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, end)
 
-    task = loop.run_in_executor(None, pump)
+    # A thread of its own, not the loop's default executor: that one has cpu_count + 4 workers,
+    # and every open stream holds one while it waits for tokens, which capped concurrent streams.
+    threading.Thread(target=pump, name="helixloom-stream", daemon=True).start()
     try:
         while (item := await queue.get()) is not end:
             if isinstance(item, BaseException):
@@ -325,7 +327,6 @@ async def _in_thread(produce: Callable[[], Iterator[Any]], gone: threading.Event
             yield item
     finally:
         gone.set()  # the pump thread ends at its next item; the engine drops the rows
-        del task
 
 
 def _sse(chunks: AsyncIterator[dict[str, Any]], session_id: str) -> StreamingResponse:
