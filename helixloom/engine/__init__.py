@@ -8,6 +8,7 @@ from __future__ import annotations
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine
 from helixloom.engine.types import (
     AdapterInfo,
+    Constraint,
     GeneratedTokenLogprobs,
     GenerationRequest,
     GenerationResult,
@@ -24,6 +25,7 @@ __all__ = [
     "AbortCheck",
     "AdapterInfo",
     "BatchEvent",
+    "Constraint",
     "Engine",
     "GeneratedTokenLogprobs",
     "GenerationRequest",

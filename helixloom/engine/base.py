@@ -35,6 +35,7 @@ class Engine(abc.ABC):
     supports_mixed_adapter_batch: bool = False
     supports_logprobs: bool = False
     supports_training: bool = False
+    supports_constraints: bool = False  # GenerationRequest.constraint is honoured
 
     #: The model spec this engine was made from, as the user gave it.
     model_name: str

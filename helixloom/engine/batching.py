@@ -64,6 +64,7 @@ class BatchingEngine(Engine):
         self.supports_mixed_adapter_batch = inner.supports_mixed_adapter_batch
         self.supports_logprobs = inner.supports_logprobs
         self.supports_training = inner.supports_training
+        self.supports_constraints = inner.supports_constraints
         self.max_batch = max_batch
         # A batch starts once no request has arrived for gather_idle seconds (or gather_max after its
         # first): clients that start together share a batch, a lone request waits only gather_idle.

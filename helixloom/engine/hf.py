@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from helixloom.adapters import describe_base, inspect_adapter
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
+from helixloom.engine.grammar import Grammars, RowMatcher
 from helixloom.engine.types import (
     AdapterInfo,
     FinishReason,
@@ -52,6 +53,7 @@ class _Row:
     decoder: IncrementalDecoder
     stops: StopMatcher
     heal: str = ""  # prompt text backed up over; the first token must start with it
+    grammar: RowMatcher | None = None
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[GeneratedTokenLogprobs] = field(default_factory=list)
     finish: FinishReason | None = None
@@ -69,6 +71,7 @@ class HFEngine(Engine):
     supports_mixed_adapter_batch = True
     supports_logprobs = True
     supports_training = True
+    supports_constraints = True
 
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str) -> None:
         import torch
@@ -82,6 +85,7 @@ class HFEngine(Engine):
         self._adapters: dict[str, AdapterInfo] = {}
         self._texts: list[str] | None = None  # each token's text, for token healing
         self._heal_masks: dict[str, torch.Tensor] = {}
+        self._control_mask: torch.Tensor | None = None
         self._lock = threading.RLock()  # one forward pass at a time; adapters load between batches
         self._torch = torch
         eos = model.generation_config.eos_token_id if model.generation_config else None
@@ -92,6 +96,7 @@ class HFEngine(Engine):
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 20)
+        self._grammars = Grammars(tokenizer, int(model.config.vocab_size), sorted(self.eos_token_ids))
 
     @classmethod
     def load(cls, spec: str, *, device: str | None = None, dtype: str | None = None) -> HFEngine:
@@ -298,6 +303,11 @@ class HFEngine(Engine):
             heal = self._token_texts()[ids[-1]]
             ids = ids[:-1]
         row = _Row(request, ids, generator, IncrementalDecoder(self._decode, ids), StopMatcher(p.stop), heal)
+        if request.constraint is not None:
+            # JSON never has a raw control character (compact separators, escapes inside strings),
+            # but xgrammar's length-bounded string rule lets them through: forbid them here.
+            forbid = self._control_tokens() if request.constraint.kind == "json_schema" else None
+            row.grammar = self._grammars.matcher(request.constraint, forbid)
         return row
 
     def _left_pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -316,7 +326,11 @@ class HFEngine(Engine):
         p = row.params
         if row.heal and not row.token_ids:
             logits = logits.masked_fill(~self._tokens_starting_with(row.heal), -math.inf)
+        if row.grammar is not None:
+            logits = row.grammar.mask(logits)
         token = sample(self._torch, logits, p, row.generator)
+        if row.grammar is not None:
+            row.grammar.accept(token)
         row.token_ids.append(token)
         step_logprobs: tuple[GeneratedTokenLogprobs, ...] | None = None
         if p.logprobs is not None:
@@ -353,6 +367,15 @@ class HFEngine(Engine):
             vocab = len(self.tokenizer)
             self._texts = [str(t) for t in self.tokenizer.batch_decode([[i] for i in range(vocab)])]
         return self._texts
+
+    def _control_tokens(self) -> torch.Tensor:
+        """A mask ([V]) of tokens whose text has a control character (U+0000 to U+001F)."""
+        if self._control_mask is None:
+            texts = self._token_texts()
+            mask = self._torch.zeros(self.model.config.vocab_size, dtype=self._torch.bool)
+            mask[[i for i, t in enumerate(texts) if any(ord(c) < 0x20 for c in t)]] = True
+            self._control_mask = mask.to(self.device)
+        return self._control_mask
 
     def _tokens_starting_with(self, prefix: str) -> torch.Tensor:
         """A mask over the model's vocabulary ([V]) of tokens whose text starts with ``prefix``."""

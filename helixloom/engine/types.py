@@ -6,8 +6,9 @@ stay small and free of torch.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -101,16 +102,77 @@ def sampling(**kwargs: object) -> SamplingParams:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """What the output must match: a JSON schema, any JSON object, a regular expression or a choice.
+
+    Build one with the class methods; ``key`` identifies it for compilation caches.
+    """
+
+    kind: Literal["json_schema", "json_object", "regex", "choice"]
+    spec: str  # the schema as canonical JSON, the regex, or the choices as a JSON list
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any] | str) -> Constraint:
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as exc:
+                raise HelixloomError(
+                    f"the JSON schema is not valid JSON: {exc}", param="json_schema"
+                ) from exc
+        if not isinstance(schema, dict):
+            raise HelixloomError("a JSON schema must be a JSON object", param="json_schema")
+        from jsonschema import Draft202012Validator, SchemaError
+
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            raise HelixloomError(f"invalid JSON schema: {exc.message}", param="json_schema") from exc
+        return cls("json_schema", json.dumps(schema, sort_keys=True))
+
+    @classmethod
+    def json_object(cls) -> Constraint:
+        return cls("json_object", "")
+
+    @classmethod
+    def regex(cls, pattern: str) -> Constraint:
+        import re
+
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise HelixloomError(f"invalid regex: {exc}", param="regex") from exc
+        return cls("regex", pattern)
+
+    @classmethod
+    def choice(cls, options: list[str] | tuple[str, ...]) -> Constraint:
+        if not options or any(not isinstance(o, str) or not o for o in options):
+            raise HelixloomError("choice needs at least one non-empty string", param="choice")
+        return cls("choice", json.dumps(list(options)))
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        return json.loads(self.spec) if self.kind == "json_schema" else None
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
-    """One completion to produce: a prompt, the adapter to use (None = base model) and sampling."""
+    """One completion to produce: a prompt, the adapter to use (None = base model), sampling, and
+    optionally a constraint the output must satisfy."""
 
     prompt: str
     sampling: SamplingParams = field(default_factory=SamplingParams)
     adapter: str | None = None
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         if not self.prompt:
             raise HelixloomError("the prompt is empty", "pass some text to complete", param="prompt")
+        if self.constraint is not None and (self.sampling.ignore_eos or self.sampling.token_healing):
+            raise HelixloomError(
+                "a constrained request cannot use ignore_eos or token_healing",
+                "the constraint decides where the output ends and how it starts",
+            )
 
 
 @dataclass(frozen=True)
