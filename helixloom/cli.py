@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help="the text to complete; '-' reads it from standard input")
     add_model_flags(gen)
     add_sampling_flags(gen)
+    shape = gen.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--json-schema", metavar="FILE", help="the output must be JSON valid under this schema file"
+    )
+    shape.add_argument("--json-object", action="store_true", help="the output must be a JSON value")
+    shape.add_argument("--regex", metavar="PATTERN", help="the output must match this regular expression")
+    shape.add_argument(
+        "--choice", action="append", metavar="TEXT", help="the output must be one of these; repeatable"
+    )
     gen.add_argument(
         "--token-healing",
         action="store_true",
@@ -257,6 +266,25 @@ def sampling_from(args: argparse.Namespace) -> Any:
     )
 
 
+def constraint_from(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from helixloom.engine import Constraint
+
+    if args.json_schema:
+        path = Path(args.json_schema)
+        if not path.is_file():
+            raise HelixloomError(f"schema file {path} does not exist", param="json_schema")
+        return Constraint.json_schema(path.read_text())
+    if args.json_object:
+        return Constraint.json_object()
+    if args.regex is not None:
+        return Constraint.regex(args.regex)
+    if args.choice:
+        return Constraint.choice(args.choice)
+    return None
+
+
 # ---------------------------------------------------------------------------- commands
 
 
@@ -274,6 +302,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise HelixloomError("--n must be at least 1")
     params = sampling_from(args)
+    constraint = constraint_from(args)
     models.resolve(args.model)  # a bad spec fails before anything is loaded
     ensure_home()
     with Store.open_default() as store:
@@ -295,6 +324,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             adapter=adapter[0] if adapter else None,
             store=store,
             on_delta=show if streaming else None,
+            constraint=constraint,
         )
     choices = [
         {

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from helixloom.engine import Engine, GenerationRequest, GenerationResult, SamplingParams, StreamDelta
+from helixloom.engine import (
+    Constraint,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    StreamDelta,
+)
 from helixloom.errors import HelixloomError
 from helixloom.store import NewMessage, Store
 
@@ -34,6 +41,7 @@ def complete(
     adapter: str | None = None,
     store: Store | None = None,
     on_delta: OnDelta | None = None,
+    constraint: Constraint | None = None,
     kind: str = "generate",
     meta: dict[str, object] | None = None,
 ) -> Completion:
@@ -49,6 +57,7 @@ def complete(
             prompt,
             params.model_copy(update={"seed": requests_seed(params, i)}),
             adapter,
+            constraint,
         )
         for i in range(n)
     ]

@@ -99,3 +99,41 @@ def test_server_on_default_model(default_model_home: Path, monkeypatch: pytest.M
     finally:
         server.stop()
         state.close()
+
+
+def test_qa_pairs_schema_on_default_model(default_model_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import jsonschema
+
+    from helixloom.engine import Constraint, GenerationRequest, load_engine, sampling
+
+    monkeypatch.setenv("HELIXLOOM_HOME", str(default_model_home))
+    engine = load_engine("default")
+    schema = {
+        "type": "object",
+        "properties": {
+            "pairs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 2,
+                "items": {
+                    "type": "object",
+                    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+                    "required": ["question", "answer"],
+                },
+            }
+        },
+        "required": ["pairs"],
+    }
+    text = "The Eiffel Tower is in Paris. It was finished in 1889 and is 330 metres tall."
+    prompt = f"Text: {text}\nWrite question and answer pairs about the text as JSON.\nJSON: "
+    result = engine.generate(
+        [
+            GenerationRequest(
+                prompt, sampling(temperature=0, max_tokens=120), None, Constraint.json_schema(schema)
+            )
+        ]
+    )[0]
+    assert result.finish_reason == "stop", result.text
+    data = json.loads(result.text)
+    jsonschema.validate(data, schema)
+    assert data["pairs"][0]["question"].strip()

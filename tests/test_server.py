@@ -345,3 +345,43 @@ def test_full_queue_is_503(tiny_model: TinyModel, engine: HFEngine, tmp_path: Pa
         server.stop()
         store.close()
     assert 503 in codes and 200 in codes
+
+
+def test_response_format(served: Running) -> None:
+    import json
+
+    import jsonschema
+
+    from tests.test_structured import PERSON
+
+    client = served.client()
+    base = served.state.base_id
+    reply = client.chat.completions.create(
+        model=base,
+        messages=[{"role": "user", "content": "A person:"}],  # type: ignore[list-item]
+        max_tokens=160,
+        seed=1,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(reply.choices[0].message.content or ""), PERSON)
+    obj = client.chat.completions.create(
+        model=base,
+        messages=[{"role": "user", "content": "x"}],
+        max_tokens=60,
+        seed=2,  # type: ignore[list-item]
+        response_format={"type": "json_object"},
+    )
+    assert (obj.choices[0].message.content or "")[:1] in ("{", "[")  # JSON mode starts an object or array
+    for bad in (
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+        {"type": "json_schema"},
+        {"type": "yaml"},
+    ):
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.chat.completions.create(
+                model=base,
+                messages=[{"role": "user", "content": "x"}],
+                response_format=bad,  # type: ignore[arg-type,list-item]
+            )
+        assert exc.value.param == "response_format"

@@ -118,3 +118,22 @@ def test_bad_constraints_are_clear_errors(engine: HFEngine) -> None:
         Constraint.regex("([a-z")
     with pytest.raises(HelixloomError, match="ignore_eos"):
         GenerationRequest("x", sampling(ignore_eos=True), None, Constraint.json_object())
+
+
+def test_cli_json_schema(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from helixloom.cli import main
+
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps(PERSON))
+    code = main(["generate", "A person:", "--model", str(tiny_model.path), "--json-schema", str(schema),
+                 "--max-tokens", "160", "--seed", "4", "--json"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert parses(json.loads(out)["text"], PERSON)
+    assert main(["generate", "Pick:", "--model", str(tiny_model.path), "--choice", "red", "--choice", "blue",
+                 "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["text"] in ("red", "blue")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": "nonsense"}')
+    assert main(["generate", "x", "--model", str(tiny_model.path), "--json-schema", str(bad)]) == 2
+    assert "invalid JSON schema" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from helixloom import chat, completion, helixnet
 from helixloom.engine import (
+    Constraint,
     GeneratedTokenLogprobs,
     GenerationRequest,
     GenerationResult,
@@ -29,7 +30,7 @@ from helixloom.engine import (
     Usage,
 )
 from helixloom.errors import HelixloomError
-from helixloom.server.protocol import ChatCompletionRequest, CompletionRequest, error_body
+from helixloom.server.protocol import ChatCompletionRequest, CompletionRequest, constraint_from, error_body
 from helixloom.server.state import PIPELINES, ServerState, Target
 
 router = APIRouter(prefix="/v1")
@@ -89,15 +90,26 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     params = body.to_sampling(state.config.default_max_tokens)
     session_id = uuid.uuid4().hex
     label = request.state.key_label
+    constraint = constraint_from(body.response_format)
     if target.kind == "pipeline":
+        if constraint is not None:
+            raise HelixloomError("helixnet does not take a response_format", param="response_format")
         return _helixnet(state, body, messages, params, session_id, label)
     rendered = chat.render(state.engine, messages)
-    params = params.model_copy(
-        update={"stop": (*params.stop, *rendered.stop), "token_healing": rendered.token_healing}
-    )
+    healing = rendered.token_healing and constraint is None  # a constraint decides how output starts
+    params = params.model_copy(update={"stop": (*params.stop, *rendered.stop), "token_healing": healing})
     inputs = [(m["role"], m["content"]) for m in messages]
     call = _Call(
-        state, target, [rendered.prompt], params, body.n, inputs, session_id, label, "chat.completions"
+        state,
+        target,
+        [rendered.prompt],
+        params,
+        body.n,
+        inputs,
+        session_id,
+        label,
+        "chat.completions",
+        constraint,
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -138,8 +150,18 @@ def completions(body: CompletionRequest, request: Request) -> Any:
     params = body.to_sampling(state.config.default_max_tokens)
     session_id = uuid.uuid4().hex
     inputs = [("user", p) for p in prompts]
+    constraint = constraint_from(body.response_format)
     call = _Call(
-        state, target, prompts, params, body.n, inputs, session_id, request.state.key_label, "completions"
+        state,
+        target,
+        prompts,
+        params,
+        body.n,
+        inputs,
+        session_id,
+        request.state.key_label,
+        "completions",
+        constraint,
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -184,13 +206,17 @@ class _Call:
         session_id: str,
         key_label: str | None,
         endpoint: str,
+        constraint: Constraint | None = None,
     ) -> None:
         self.state, self.target, self.prompts, self.params, self.n = state, target, prompts, params, n
         self.inputs, self.session_id, self.key_label, self.endpoint = inputs, session_id, key_label, endpoint
         self.created = int(time.time())
         self.requests = [
             GenerationRequest(
-                p, params.model_copy(update={"seed": completion.requests_seed(params, j)}), target.adapter
+                p,
+                params.model_copy(update={"seed": completion.requests_seed(params, j)}),
+                target.adapter,
+                constraint,
             )
             for p in prompts
             for j in range(n)

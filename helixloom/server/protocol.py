@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from helixloom.engine import SamplingParams, sampling
+from helixloom.engine import Constraint, SamplingParams, sampling
 from helixloom.errors import HelixloomError
 
 log = logging.getLogger("helixloom.server")
@@ -109,10 +109,6 @@ class ChatCompletionRequest(_Sampling):
     def to_sampling(self, default_max: int) -> SamplingParams:
         if self.tools:
             raise HelixloomError("tools are not supported", param="tools")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise HelixloomError(
-                "response_format other than text is not supported yet", param="response_format"
-            )
         if self.top_logprobs is not None and not self.logprobs:
             raise HelixloomError("top_logprobs needs logprobs: true", param="top_logprobs")
         if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
@@ -128,12 +124,40 @@ class ChatCompletionRequest(_Sampling):
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
 
+def constraint_from(response_format: dict[str, Any] | None) -> Constraint | None:
+    """OpenAI's ``response_format`` as an engine constraint (None for plain text)."""
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return Constraint.json_object()
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise HelixloomError(
+                "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}",
+                param="response_format",
+            )
+        try:
+            return Constraint.json_schema(spec["schema"])
+        except HelixloomError as exc:
+            raise HelixloomError(exc.message, param="response_format") from exc
+    raise HelixloomError(
+        f"unknown response_format type {kind!r}",
+        "use text, json_object or json_schema",
+        param="response_format",
+    )
+
+
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     echo: bool = False
     logprobs: int | None = None
     suffix: str | None = None
     best_of: int | None = None
+    response_format: dict[str, Any] | None = None  # an extension on /v1/completions, as vLLM has
 
     def to_sampling(self, default_max: int) -> SamplingParams:
         if self.suffix:
