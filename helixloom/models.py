@@ -38,7 +38,7 @@ class ModelSource:
     """A resolved model spec. ``kind`` says how ``location`` turns into a loadable folder."""
 
     spec: str
-    kind: Literal["default", "hf_dir", "gguf", "hub"]
+    kind: Literal["default", "hf_dir", "gguf", "hub", "remote"]
     location: str
     name: str
 
@@ -52,6 +52,11 @@ def resolve(spec: str) -> ModelSource:
         )
     if spec == DEFAULT_SPEC:
         return ModelSource(spec, "default", DEFAULT_SPEC, DEFAULT_NAME)
+    if spec.startswith("openai:"):
+        from helixloom.engine.remote import parse_spec
+
+        url, model = parse_spec(spec)
+        return ModelSource(spec, "remote", url, model or url)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -78,6 +83,8 @@ def materialize(source: ModelSource) -> Path:
     """Return a folder that ``from_pretrained`` can load, converting or fetching it first if needed."""
     if source.kind == "hf_dir":
         return Path(source.location)
+    if source.kind == "remote":
+        raise ModelNotFound(f"{source.spec} is served remotely; there are no weights to load here")
     if source.kind == "hub":
         return _from_hub(source.location)
     if source.kind == "default":
@@ -88,7 +95,7 @@ def materialize(source: ModelSource) -> Path:
 
 def is_cached(source: ModelSource) -> bool:
     """Whether ``materialize`` would return at once (no conversion or download)."""
-    if source.kind == "hf_dir":
+    if source.kind in ("hf_dir", "remote"):
         return True
     if source.kind == "default":
         return _complete(paths.models_dir() / DEFAULT_NAME)

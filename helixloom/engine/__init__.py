@@ -42,7 +42,12 @@ __all__ = [
 
 
 def load_engine(spec: str, *, device: str | None = None) -> Engine:
-    """Load the engine for a model spec (see ``helixloom.models``); today every spec runs on ``hf``."""
+    """The engine for a model spec (see ``helixloom.models``): ``openai:URL[#MODEL]`` talks to an
+    OpenAI-compatible server; every other spec loads locally on the ``hf`` backend."""
+    if spec.startswith("openai:"):
+        from helixloom.engine.remote import RemoteEngine
+
+        return RemoteEngine(spec)
     from helixloom.engine.hf import HFEngine
 
     return HFEngine.load(spec, device=device)

@@ -82,8 +82,8 @@ class _Sampling(OpenAIModel):
         if not 1 <= self.n <= 16:
             raise HelixloomError("n must be between 1 and 16", param="n")
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4:
-            raise HelixloomError("stop takes at most 4 sequences", param="stop")
+        if len(stops) > 16:  # OpenAI allows 4; like vLLM we take more (HelixNet's format has 6)
+            raise HelixloomError("stop takes at most 16 sequences", param="stop")
         if self.temperature is not None and self.temperature > 2:
             raise HelixloomError("temperature must be between 0 and 2", param="temperature")
         return sampling(
@@ -164,8 +164,8 @@ class CompletionRequest(_Sampling):
             raise HelixloomError("suffix is not supported", param="suffix")
         if self.best_of not in (None, 1, self.n):
             raise HelixloomError("best_of is not supported", param="best_of")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 5:
-            raise HelixloomError("logprobs must be between 0 and 5", param="logprobs")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:  # OpenAI: 5; vLLM and we: 20
+            raise HelixloomError("logprobs must be between 0 and 20", param="logprobs")
         if self.echo and self.logprobs is not None:
             raise HelixloomError("echo with logprobs (prompt scoring) is not supported yet", param="echo")
         return self.base_sampling(max_tokens=self.max_tokens, logprobs=self.logprobs, default_max=default_max)

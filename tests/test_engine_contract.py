@@ -1,0 +1,164 @@
+"""The engine contract, run on every backend: hf in-process, and remote against a real server.
+
+The remote engine talks to helixloom's own server over loopback (the server runs the same tiny
+model), so greedy outputs must match the local engine's exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helixloom.engine import Constraint, Engine, GenerationRequest, GenerationResult, StreamDelta, sampling
+from helixloom.engine.hf import HFEngine
+from helixloom.engine.remote import RemoteEngine
+from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
+from helixloom.server import BackgroundServer, ServerConfig, ServerState
+from helixloom.store import Store
+from tests.conftest import TinyModel
+
+PROMPTS = ["The quick brown fox", "Paris is the capital of", "def add(a, b):"]
+
+
+@pytest.fixture(scope="module")
+def local(tiny_model: TinyModel) -> HFEngine:
+    engine = HFEngine.load(str(tiny_model.path))
+    for name in ("alpha", "beta"):
+        engine.load_adapter(name, str(tiny_model.adapters[name]))
+    return engine
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    engine = HFEngine.load(str(tiny_model.path))
+    config = ServerConfig(
+        model=str(tiny_model.path), adapters={n: str(tiny_model.adapters[n]) for n in ("alpha", "beta")}
+    )
+    running = BackgroundServer(ServerState(config, engine, Store(tmp_path_factory.mktemp("srv") / "db")))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def remote(server: BackgroundServer, tiny_model: TinyModel) -> RemoteEngine:
+    engine = RemoteEngine(f"openai:{server.url}/v1#{tiny_model.path}")
+    for name in ("alpha", "beta"):
+        engine.load_adapter(name, "served")
+    return engine
+
+
+@pytest.fixture(params=["hf", "remote"])
+def engine(request: pytest.FixtureRequest, local: HFEngine) -> Engine:
+    return local if request.param == "hf" else request.getfixturevalue("remote")
+
+
+def greedy(prompt: str, adapter: str | None = None, **kw: object) -> GenerationRequest:
+    return GenerationRequest(prompt, sampling(**{"temperature": 0, "max_tokens": 10, **kw}), adapter)
+
+
+def test_greedy_batch_equals_single_and_local(engine: Engine, local: HFEngine) -> None:
+    batch = engine.generate([greedy(p) for p in PROMPTS])
+    for prompt, result in zip(PROMPTS, batch, strict=True):
+        assert result.text == engine.generate([greedy(prompt)])[0].text
+        expected = local.generate([greedy(prompt)])[0]
+        assert result.text == expected.text
+        assert result.usage == expected.usage
+
+
+def test_seed_reproduces(engine: Engine) -> None:
+    req = GenerationRequest(PROMPTS[0], sampling(temperature=1.0, max_tokens=12, seed=11))
+    assert engine.generate([req])[0].text == engine.generate([req])[0].text
+
+
+def test_stop_sequences(engine: Engine) -> None:
+    full = engine.generate([greedy(PROMPTS[1], max_tokens=20, ignore_eos=True)])[0]
+    stop = full.text[len(full.text) // 2 :][:3]
+    cut = engine.generate([greedy(PROMPTS[1], max_tokens=20, ignore_eos=True, stop=[stop])])[0]
+    assert cut.text == full.text[: full.text.index(stop)] and cut.finish_reason == "stop"
+
+
+def test_stream_joins_to_text(engine: Engine) -> None:
+    events = list(engine.stream(greedy(PROMPTS[2], max_tokens=12)))
+    assert isinstance(events[-1], GenerationResult)
+    assert "".join(e.text for e in events if isinstance(e, StreamDelta)) == events[-1].text
+
+
+def test_mixed_adapters_in_one_batch(engine: Engine, local: HFEngine) -> None:
+    plan = [(PROMPTS[0], "alpha"), (PROMPTS[0], None), (PROMPTS[0], "beta")]
+    batch = engine.generate([greedy(p, a) for p, a in plan])
+    for (prompt, adapter), result in zip(plan, batch, strict=True):
+        assert result.text == local.generate([greedy(prompt, adapter)])[0].text
+    assert len({r.text for r in batch}) == 3
+
+
+def test_next_token_logprobs(engine: Engine, local: HFEngine) -> None:
+    [res] = engine.next_token_logprobs([PROMPTS[1]], top_k=5)
+    [ref] = local.next_token_logprobs([PROMPTS[1]], top_k=5)
+    assert [t.token for t in res.top] == [t.token for t in ref.top]
+    for a, b in zip(res.top, ref.top, strict=True):
+        assert math.isclose(a.logprob, b.logprob, abs_tol=1e-4)
+    top_token = ref.top[0].token
+    [with_cand] = engine.next_token_logprobs([PROMPTS[1]], top_k=5, candidates=[top_token])
+    assert with_cand.candidates[top_token] is not None
+
+
+def test_json_schema_constraint(engine: Engine) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    result = engine.generate(
+        [
+            GenerationRequest(
+                "JSON:", sampling(temperature=0, max_tokens=20), None, Constraint.json_schema(schema)
+            )
+        ]
+    )[0]
+    assert json.loads(result.text)["ok"] in (True, False)
+
+
+def test_unknown_adapter(engine: Engine) -> None:
+    with pytest.raises((AdapterError, ModelNotFound, HelixloomError)):
+        engine.generate([greedy(PROMPTS[0], "nonexistent")])
+
+
+def test_remote_errors(server: BackgroundServer, tiny_model: TinyModel) -> None:
+    with pytest.raises(ModelNotFound, match="does not serve"):
+        RemoteEngine(f"openai:{server.url}/v1#no-such-model")
+    with pytest.raises(HelixloomError, match="cannot reach"):
+        RemoteEngine("openai:http://127.0.0.1:9/v1", max_retries=0)
+    remote = RemoteEngine(f"openai:{server.url}")  # the first served model, /v1 added
+    assert remote.model == str(tiny_model.path)
+    with pytest.raises(AdapterError, match="does not serve an adapter"):
+        remote.load_adapter("gamma", "/x")
+    with pytest.raises(ModelNotFound, match="http"):
+        RemoteEngine("openai:ftp://nowhere")
+
+
+def test_helixnet_runs_on_the_remote_engine(remote: RemoteEngine, local: HFEngine) -> None:
+    from helixloom.helixnet import HelixNet, Role
+
+    params = sampling(temperature=0, max_tokens=6)
+    outputs = []
+    for engine in (remote, local):
+        role = Role(engine, None, params)
+        outputs.append(HelixNet(role, Role(engine, "alpha", params), role, system="S").answer("Paris is"))
+    assert [s.text for s in outputs[0].stages] == [s.text for s in outputs[1].stages]
+
+
+def test_remote_spec_through_the_cli(
+    capsys: pytest.CaptureFixture[str], server: BackgroundServer, tiny_model: TinyModel, helixloom_home: Path
+) -> None:
+    from helixloom.cli import main
+
+    spec = f"openai:{server.url}/v1#{tiny_model.path}"
+    code = main(
+        ["generate", "Paris is", "--model", spec, "--temperature", "0", "--max-tokens", "6", "--json"]
+    )
+    body = json.loads(capsys.readouterr().out)
+    assert (
+        code == 0
+        and body["text"]
+        == HFEngine.load(str(tiny_model.path)).generate([greedy("Paris is", max_tokens=6)])[0].text
+    )
