@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 # The embedded model converts once (about a minute); tests keep the converted copy here between runs.
 export HELIXLOOM_TEST_CACHE ?= $(CURDIR)/.helixloom-test-cache
+# llama.cpp is built from source for the llamacpp backend (about 5 minutes). A portable AVX2 build:
+# a native build enables AMX on CPUs that report it, and crashes in VMs that do not let it be used.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: install demo test lint bench
 
@@ -13,7 +16,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[test]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir "llama-cpp-python>=0.3.16"
+	$(PY) -m pip install -q -e '.[test,llamacpp]'
 	touch $@
 
 demo: install

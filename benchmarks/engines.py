@@ -1,0 +1,105 @@
+"""Engines side by side on the embedded default model, in one run.
+
+Prints one JSON object: single-stream and batch tokens/s for the ``hf`` and ``llamacpp`` backends
+(greedy, --tokens new tokens each), our llamacpp engine against plain llama-cpp-python on the same
+GGUF (ratio; target >= 0.95), and one HelixNet turn's wall time per backend.
+
+    python benchmarks/engines.py [--tokens 64] [--batch 4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+
+def best(repeats: int, run: Callable[[], int]) -> float:
+    """Tokens/s of the best of ``repeats`` runs; ``run`` returns the tokens it made."""
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        tokens = run()
+        rates.append(tokens / (time.perf_counter() - t0))
+    return max(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+    from llama_cpp import Llama
+
+    from helixloom.engine import GenerationRequest, sampling
+    from helixloom.engine.hf import HFEngine
+    from helixloom.engine.llamacpp import LlamaCppEngine
+    from helixloom.helixnet import HelixNet, Role
+
+    prompt = "The history of the printing press begins"
+    params = sampling(temperature=0, max_tokens=args.tokens, ignore_eos=True)
+    report: dict[str, object] = {"benchmark": "engines", "new_tokens": args.tokens, "threads": os.cpu_count()}
+
+    engines = {"hf": HFEngine.load("default"), "llamacpp": LlamaCppEngine("llamacpp:default")}
+    for name, engine in engines.items():
+
+        def run(batch: int, engine: object = engine) -> int:
+            results = engine.generate([GenerationRequest(prompt, params)] * batch)  # type: ignore[attr-defined]
+            return sum(r.usage.completion_tokens for r in results)
+
+        run(1)  # warm-up
+        report[f"{name}_single_tok_s"] = round(best(args.repeats, lambda: run(1)), 2)
+        report[f"{name}_batch{args.batch}_tok_s"] = round(best(args.repeats, lambda: run(args.batch)), 2)
+
+    # Plain llama-cpp-python on the same file, same greedy settings, a fresh context per run as ours.
+    ours = engines["llamacpp"]
+    assert isinstance(ours, LlamaCppEngine)
+    plain = Llama(model_path=str(ours.path), n_ctx=4096, n_threads=os.cpu_count(), verbose=False)
+    tokens = plain.tokenize(prompt.encode(), add_bos=True, special=True)
+
+    def run_plain() -> int:
+        plain.reset()
+        made = 0
+        for _ in plain.generate(tokens, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+            made += 1
+            if made >= args.tokens:
+                break
+        return made
+
+    def run_ours() -> int:
+        ours.llm.reset()
+        ours._kv_adapter = "__fresh__"  # no prefix reuse: measure the same work as plain
+        return ours.generate([GenerationRequest(prompt, params)])[0].usage.completion_tokens
+
+    run_plain()
+    plain_rate = best(args.repeats, run_plain)
+    ours_rate = best(args.repeats, run_ours)
+    report["plain_llama_cpp_python_tok_s"] = round(plain_rate, 2)
+    report["llamacpp_engine_tok_s"] = round(ours_rate, 2)
+    report["ratio_llamacpp_over_plain"] = round(ours_rate / plain_rate, 3)
+    plain.close()
+
+    helix = sampling(temperature=0, max_tokens=48, token_healing=True)
+    for name, engine in engines.items():
+        role = Role(engine, None, helix)
+        net = HelixNet(role, role, role)
+        t0 = time.perf_counter()
+        turn = net.answer("Why is the sky blue?")
+        report[f"helixnet_turn_seconds_{name}"] = round(time.perf_counter() - t0, 2)
+        report[f"helixnet_tokens_{name}"] = turn.usage.completion_tokens
+    report["helixnet_speedup_llamacpp_over_hf"] = round(
+        float(report["helixnet_turn_seconds_hf"]) / float(report["helixnet_turn_seconds_llamacpp"]),
+        2,  # type: ignore[arg-type]
+    )
+    json.dump(report, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

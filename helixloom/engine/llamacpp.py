@@ -1,0 +1,357 @@
+"""The ``llamacpp`` backend: GGUF models on llama.cpp (llama-cpp-python), fast on CPU.
+
+Spec: ``llamacpp:FILE.gguf`` or ``llamacpp:default`` (the embedded model's GGUF, no conversion).
+Requests run one after another on one context (llama-cpp-python has no batched decoding); each
+reuses the KV cache of the previous prompt's common prefix, but only when both ran under the same
+adapter: LoRA changes K and V, so a prefix computed under another adapter is recomputed (the bug
+llama.cpp's server shipped, its issue 26207). Adapters are GGUF LoRA files (see
+``helixloom adapters export-gguf``), switched per request on the context without reloading.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from helixloom.engine.base import AbortCheck, BatchEvent, Engine
+from helixloom.engine.detok import IncrementalDecoder, StopMatcher
+from helixloom.engine.types import (
+    AdapterInfo,
+    Constraint,
+    FinishReason,
+    GeneratedTokenLogprobs,
+    GenerationRequest,
+    GenerationResult,
+    NextTokenLogprobs,
+    StreamDelta,
+    Timings,
+    TokenLogprob,
+    Usage,
+)
+from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
+
+PREFIX = "llamacpp:"
+GGUF_ADAPTER_FILE = "adapter_model.gguf"  # where `helixloom adapters export-gguf` writes by default
+
+
+def gguf_path(spec: str) -> Path:
+    """The GGUF file a ``llamacpp:`` spec names."""
+    rest = spec.removeprefix(PREFIX)
+    if rest == "default":
+        from helixloom.models import default_gguf
+
+        return default_gguf()
+    path = Path(rest).expanduser()
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ModelNotFound(
+            f"{spec}: no such .gguf file", "use llamacpp:default or llamacpp:/path/model.gguf"
+        )
+    return path.resolve()
+
+
+class LlamaCppEngine(Engine):
+    backend = "llamacpp"
+    supports_adapters = True
+    supports_mixed_adapter_batch = False  # rows run one after another; each with its own adapter
+    supports_logprobs = True
+    supports_constraints = True
+
+    def __init__(self, spec: str, *, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise HelixloomError(
+                "the llamacpp backend needs llama-cpp-python", "pip install 'helixloom[llamacpp]'"
+            ) from exc
+        self.model_name = spec
+        self.path = gguf_path(spec)
+        self.llm = Llama(
+            model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), verbose=False
+        )
+        self._lock = threading.RLock()
+        self._adapters: dict[str, tuple[AdapterInfo, Any]] = {}
+        self._applied: str | None = None  # the adapter set on the context now
+        self._kv_adapter: str | None = None  # the adapter the cached KV was computed under
+        self.prefix_hits = 0  # prompt tokens reused from the KV cache (for benchmarks)
+        self._texts: list[str] | None = None
+        self.eos_token_ids = frozenset({self.llm.token_eos()})
+
+    # ------------------------------------------------------------------ tokens
+
+    def encode(self, prompt: str) -> list[int]:
+        return list(self.llm.tokenize(prompt.encode(), add_bos=True, special=True))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode(), add_bos=False, special=False))
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+
+    def _token_text(self, token_id: int) -> str:
+        return self._decode([token_id])
+
+    def _token_texts(self) -> list[str]:
+        if self._texts is None:
+            self._texts = [self._token_text(i) for i in range(self.llm.n_vocab())]
+        return self._texts
+
+    # ------------------------------------------------------------------ adapters
+
+    def load_adapter(self, name: str, path: str) -> AdapterInfo:
+        import llama_cpp
+
+        with self._lock:
+            file = Path(path)
+            if file.is_dir() and (file / GGUF_ADAPTER_FILE).is_file():
+                file = file / GGUF_ADAPTER_FILE  # a PEFT folder with its exported GGUF beside it
+            if name in self._adapters:
+                if self._adapters[name][0].path == str(file.resolve()):
+                    return self._adapters[name][0]
+                raise AdapterError(f"an adapter named {name!r} is already loaded from another file")
+            if file.is_dir():
+                raise AdapterError(
+                    f"adapter {name!r}: {file} is a PEFT folder; llama.cpp needs a GGUF LoRA",
+                    f"convert it: helixloom adapters export-gguf {name}",
+                )
+            if not file.is_file():
+                raise AdapterError(f"adapter {name!r}: {file} does not exist")
+            handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(file).encode())
+            if not handle:
+                raise AdapterError(f"llama.cpp could not load {file} as a LoRA for {self.path.name}")
+            info = AdapterInfo(name, str(file.resolve()), None, ())
+            self._adapters[name] = (info, handle)
+            return info
+
+    def adapters(self) -> list[AdapterInfo]:
+        return [info for info, _ in self._adapters.values()]
+
+    def _use_adapter(self, name: str | None) -> None:
+        import llama_cpp
+
+        if name is not None and name not in self._adapters:
+            raise AdapterError(f"adapter {name!r} is not loaded", "load it first (load_adapter)")
+        if name == self._applied:
+            return
+        if name is None:
+            llama_cpp.llama_set_adapters_lora(self.llm.ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapters[name][1])
+            scales = (ctypes.c_float * 1)(1.0)
+            llama_cpp.llama_set_adapters_lora(self.llm.ctx, handles, 1, scales)
+        self._applied = name
+
+    def _prepare(self, adapter: str | None, tokens: list[int]) -> None:
+        """Set the adapter; keep the cached prefix only if it was computed under the same adapter."""
+        self._use_adapter(adapter)
+        if adapter != self._kv_adapter:
+            self.llm.reset()
+            self._kv_adapter = adapter
+        else:
+            self.prefix_hits += self.llm.longest_token_prefix(self.llm._input_ids.tolist(), tokens)
+
+    # ------------------------------------------------------------------ generation
+
+    def stream_batch(
+        self, requests: Sequence[GenerationRequest], *, abort: AbortCheck | None = None
+    ) -> Iterator[BatchEvent]:
+        for row, request in enumerate(requests):
+            enqueued = time.perf_counter()
+            with self._lock:
+                for event in self._one(
+                    request, enqueued, None if abort is None else (lambda r=row: abort(r))
+                ):
+                    yield row, event
+
+    def _one(self, request: GenerationRequest, enqueued: float, aborted: Any) -> Iterator[Any]:
+        import numpy as np
+        from llama_cpp import LogitsProcessorList
+
+        p = request.sampling
+        started = time.perf_counter()
+        tokens = self.encode(request.prompt)
+        if len(tokens) + p.max_tokens > self.llm.n_ctx():
+            raise HelixloomError(
+                f"prompt ({len(tokens)} tokens) + max_tokens ({p.max_tokens}) exceeds the context of "
+                f"{self.llm.n_ctx()} tokens",
+                param="max_tokens",
+            )
+        heal = ""
+        if p.token_healing and len(tokens) > 1:
+            heal = self._token_text(tokens[-1])
+            tokens = tokens[:-1]
+        self._prepare(request.adapter, tokens)
+        self.llm.set_seed(p.seed if p.seed is not None else secrets.randbits(31))
+        processors = []
+        if heal:
+            allowed = np.array([t.startswith(heal) for t in self._token_texts()])
+            first = [True]
+
+            def heal_first(_: Any, scores: Any) -> Any:
+                if first[0]:
+                    first[0] = False
+                    scores = np.where(allowed[: scores.shape[0]], scores, -np.inf)
+                return scores
+
+            processors.append(heal_first)
+        grammar = _grammar(request.constraint) if request.constraint is not None else None
+        decoder = IncrementalDecoder(self._decode, tokens)
+        stops = StopMatcher(p.stop)
+        generated: list[int] = []
+        logprobs: list[GeneratedTokenLogprobs] = []
+        finish: FinishReason = "length"
+        first_token_at = None
+        greedy = p.temperature == 0
+        for token in self.llm.generate(
+            tokens,
+            top_k=1 if greedy else (p.top_k or 0),
+            top_p=1.0 if greedy else p.top_p,
+            min_p=0.0,
+            temp=0.0 if greedy else p.temperature,
+            repeat_penalty=1.0,
+            logits_processor=LogitsProcessorList(processors) if processors else None,
+            grammar=grammar,
+        ):
+            first_token_at = first_token_at or time.perf_counter()
+            if aborted is not None and aborted():
+                finish = "abort"
+                break
+            generated.append(token)
+            step = None
+            if p.logprobs is not None:
+                logprobs.append(self._step_logprobs(token, p.logprobs))
+                step = (logprobs[-1],)
+            if token in self.eos_token_ids and not p.ignore_eos:
+                finish = "stop"
+                text = stops.feed(_unheal(decoder.flush(), heal))
+                if step or text:
+                    yield StreamDelta(text, step)
+                break
+            text = stops.feed(_unheal_stream(decoder.push(token), heal, generated))
+            if stops.stopped:
+                finish = "stop"
+                if text:
+                    yield StreamDelta(text, step)
+                break
+            if text or step:
+                yield StreamDelta(text, step)
+            if len(generated) >= p.max_tokens:
+                break
+        if finish != "stop" and (rest := stops.feed(decoder.flush()) + stops.finish()):
+            yield StreamDelta(rest)
+        done = time.perf_counter()
+        first_token_at = first_token_at or done
+        yield GenerationResult(
+            text=stops.text,
+            finish_reason="stop" if stops.stopped else finish,
+            usage=Usage(len(tokens), len(generated)),
+            token_ids=tuple(generated),
+            timings=Timings(
+                queued=started - enqueued, prefill=first_token_at - started, decode=done - first_token_at
+            ),
+            logprobs=tuple(logprobs) if p.logprobs is not None else None,
+        )
+
+    def _step_logprobs(self, token: int, n: int) -> GeneratedTokenLogprobs:
+        logprobs = _log_softmax(self._last_logits())  # what produced ``token``
+        top: tuple[TokenLogprob, ...] = ()
+        if n > 0:
+            ids = logprobs.argsort()[::-1][:n]
+            top = tuple(TokenLogprob(int(i), self._token_text(int(i)), float(logprobs[i])) for i in ids)
+        return GeneratedTokenLogprobs(
+            TokenLogprob(token, self._token_text(token), float(logprobs[token])), top
+        )
+
+    def _last_logits(self) -> Any:
+        """The logits of the last position the context evaluated ([V]).
+
+        Read from the context itself: without logits_all, llama-cpp-python does not copy them into
+        ``scores`` (and logits_all would make every prefill write logits for every prompt token).
+        """
+        import numpy as np
+
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(self.llm.n_vocab(),)).copy()
+
+    # ------------------------------------------------------------------ scoring
+
+    def next_token_logprobs(
+        self,
+        prompts: Sequence[str],
+        *,
+        adapter: str | None = None,
+        top_k: int = 5,
+        candidates: Sequence[str] = (),
+    ) -> list[NextTokenLogprobs]:
+        results = []
+        with self._lock:
+            candidate_ids = {}
+            for c in candidates:
+                ids = self.llm.tokenize(c.encode(), add_bos=False, special=False)
+                candidate_ids[c] = ids[0] if len(ids) == 1 else None
+            for prompt in prompts:
+                tokens = self.encode(prompt)
+                self._prepare(adapter, tokens)
+                # eval() itself skips the prefix it already holds.
+                prefix = self.llm.longest_token_prefix(self.llm._input_ids.tolist(), tokens)
+                if prefix == len(tokens):  # the whole prompt is cached: re-run its last token for logits
+                    prefix -= 1
+                self.llm.n_tokens = prefix
+                self.llm.eval(tokens[prefix:])
+                logprobs = _log_softmax(self._last_logits())
+                ids = logprobs.argsort()[::-1][: max(0, top_k)]
+                top = tuple(TokenLogprob(int(i), self._token_text(int(i)), float(logprobs[i])) for i in ids)
+                cand = {c: (float(logprobs[t]) if t is not None else None) for c, t in candidate_ids.items()}
+                results.append(NextTokenLogprobs(top, cand, len(tokens)))
+        return results
+
+    def close(self) -> None:
+        import llama_cpp
+
+        with self._lock:
+            self._use_adapter(None)
+            for _, handle in self._adapters.values():
+                llama_cpp.llama_adapter_lora_free(handle)
+            self._adapters.clear()
+            self.llm.close()
+
+
+def _log_softmax(logits: Any) -> Any:
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    m = x.max()
+    return x - (m + math.log(np.exp(x - m).sum()))
+
+
+def _unheal(text: str, heal: str) -> str:
+    return text[len(heal) :] if heal and text.startswith(heal) else text
+
+
+def _unheal_stream(text: str, heal: str, generated: list[int]) -> str:
+    # Only the first delta carries the backed-up prompt text.
+    return _unheal(text, heal) if len(generated) == 1 else text
+
+
+def _grammar(constraint: Constraint) -> Any:
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    if constraint.kind == "json_schema":
+        return LlamaGrammar.from_json_schema(constraint.spec, verbose=False)
+    if constraint.kind == "json_object":
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    if constraint.kind == "choice":
+        options = json.loads(constraint.spec)
+        return LlamaGrammar.from_string(
+            "root ::= " + " | ".join(json.dumps(o) for o in options), verbose=False
+        )
+    raise HelixloomError(
+        "the llamacpp backend takes JSON schema, JSON object and choice constraints, not regex"
+    )

@@ -1,0 +1,121 @@
+"""PEFT LoRA folders to GGUF LoRA files, for the llama.cpp backend (and llama.cpp's own server).
+
+The layout follows llama.cpp's ``convert_lora_to_gguf.py``: ``general.type = adapter``,
+``adapter.type = lora``, ``adapter.lora.alpha``, and per target layer the tensors
+``<gguf name>.weight.lora_a`` (A, [r, in]) and ``...lora_b`` (B, [out, r]) in float32. Layer names
+map from Hugging Face to GGUF with the ``gguf`` package's tensor-name tables, read for the base
+model's architecture from the base GGUF file itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helixloom.errors import AdapterError
+
+# Architectures whose converter permutes q/k rows (HF's rotary layout to GGML's); the LoRA's B must
+# be permuted the same way. Gemma and Qwen keep HF's layout.
+_PERMUTED_QK = {"llama"}
+
+
+@dataclass(frozen=True)
+class GGUFExport:
+    out: Path
+    tensors: int
+    arch: str
+    alpha: float
+    rank: int
+
+
+def export(adapter_dir: Path, base_gguf: Path, out: Path) -> GGUFExport:
+    """Write ``adapter_dir`` (a PEFT LoRA) as a GGUF LoRA for the model in ``base_gguf``."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    weights_file = adapter_dir / "adapter_model.safetensors"
+    if not weights_file.is_file():
+        raise AdapterError(f"{adapter_dir} has no adapter_model.safetensors", "re-save it with PEFT")
+    if config.get("use_dora") or config.get("use_rslora"):
+        raise AdapterError("DoRA and rsLoRA adapters cannot be written as llama.cpp LoRAs")
+    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise AdapterError("adapters with per-layer rank or alpha cannot be written as one llama.cpp LoRA")
+    reader = gguf.GGUFReader(str(base_gguf))
+    arch = str(reader.fields["general.architecture"].contents())
+    blocks = int(reader.fields[f"{arch}.block_count"].contents())
+    heads = int(reader.fields[f"{arch}.attention.head_count"].contents())
+    kv_field = reader.fields.get(f"{arch}.attention.head_count_kv")
+    kv_heads = int(kv_field.contents()) if kv_field is not None else heads
+    base_tensors = {t.name for t in reader.tensors}
+    arch_enum = next((a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch), None)
+    if arch_enum is None:
+        raise AdapterError(f"the gguf package does not know the architecture {arch!r}")
+    names = gguf.get_tensor_name_map(arch_enum, blocks)
+
+    tensors = load_file(str(weights_file))
+    pairs: dict[str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in key:
+                module = key.split(marker)[0].removeprefix("base_model.model.")
+                pairs.setdefault(module, {})[part] = value.astype(np.float32)
+    if not pairs:
+        raise AdapterError(f"{adapter_dir} holds no LoRA matrices")
+
+    tmp = out.with_name(out.name + ".partial")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", alpha)
+    count = 0
+    for module, ab in sorted(pairs.items()):
+        if set(ab) != {"lora_A", "lora_B"}:
+            raise AdapterError(f"{module} has only one of lora_A / lora_B")
+        gguf_name = names.get_name(module + ".weight", try_suffixes=(".weight",))
+        if gguf_name is None or gguf_name not in base_tensors:
+            raise AdapterError(f"{module} has no counterpart in {base_gguf.name} ({arch})")
+        a, b = ab["lora_A"], ab["lora_B"]  # a: [r, in], b: [out, r]
+        if arch in _PERMUTED_QK and module.endswith(("q_proj", "k_proj")):
+            b = _permute_rows(b, heads, heads if module.endswith("q_proj") else kv_heads)
+        writer.add_tensor(gguf_name + ".lora_a", np.ascontiguousarray(a))
+        writer.add_tensor(gguf_name + ".lora_b", np.ascontiguousarray(b))
+        count += 1
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, out)
+    return GGUFExport(out, count, arch, alpha, rank)
+
+
+def _permute_rows(b: Any, n_head: int, n_head_kv: int) -> Any:
+    """llama.cpp's q/k permutation (``LlamaModel.permute``) applied to the rows of B."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return b.reshape(n_head, 2, b.shape[0] // n_head // 2, *b.shape[1:]).swapaxes(1, 2).reshape(b.shape)
+
+
+def base_gguf_for(spec: str) -> Path:
+    """The GGUF file a model spec came from (``default`` or a .gguf spec), for exporting its adapters."""
+    from helixloom import models
+
+    source = models.resolve(spec)
+    if source.kind == "gguf":
+        return Path(source.location)
+    if source.kind == "default":
+        return models.default_gguf()
+    folder = Path(source.location)
+    marker = folder / models.SOURCE_MARKER
+    if marker.is_file():
+        return Path(json.loads(marker.read_text())["gguf"])
+    raise AdapterError(
+        f"{spec} did not come from a GGUF file",
+        "pass the base as the .gguf file llama.cpp will load (--base model.gguf)",
+    )
