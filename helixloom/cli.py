@@ -208,6 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
     aadd.add_argument("path", help="the PEFT adapter folder")
     aadd.add_argument("--replace", action="store_true", help="replace an adapter already registered as NAME")
     aadd.set_defaults(run=cmd_adapters_add)
+    aext = asub.add_parser(
+        "extract",
+        help="make a LoRA adapter from a full fine-tune (truncated SVD of the weight deltas)",
+        description="Extract a LoRA adapter from a fully fine-tuned model: for every linear layer but the "
+        "output head, the best rank-r approximation (truncated SVD) of W_tuned - W_base, written as a "
+        "standard PEFT adapter whose applied update (alpha/r)*B*A equals that approximation. This is how "
+        "HelixNet-LMoE made its three role adapters (rank 64, alpha 128).",
+    )
+    aext.add_argument(
+        "--base", required=True, metavar="SPEC", help="the base model the fine-tune started from"
+    )
+    aext.add_argument("--tuned", required=True, metavar="SPEC", help="the fully fine-tuned model")
+    aext.add_argument("--rank", type=int, default=64, help="LoRA rank r (default 64)")
+    aext.add_argument("--alpha", type=float, default=128.0, help="LoRA alpha (default 128)")
+    aext.add_argument("--out", required=True, help="the adapter folder to write")
+    aext.add_argument("--name", help="also register the adapter under this name")
+    aext.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    aext.set_defaults(run=cmd_adapters_extract)
     aexp = asub.add_parser(
         "export-gguf",
         help="convert a PEFT LoRA to a GGUF LoRA for llama.cpp",
@@ -639,6 +657,49 @@ def cmd_adapters_add(args: argparse.Namespace) -> int:
     with _store() as store:
         record = adapters.register(store, args.name, args.path, replace=args.replace)
     print(f"registered adapter {record.name} -> {record.path}")
+    return 0
+
+
+def cmd_adapters_extract(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from helixloom import adapters, models
+    from helixloom.training.extract import ExtractConfig, extract_lora
+
+    config = ExtractConfig(rank=args.rank, alpha=args.alpha)
+    models.resolve(args.base)
+    models.resolve(args.tuned)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise HelixloomError(f"{out} exists and is not empty", "pick a new --out, or pass --overwrite")
+    bar = tqdm(total=0, unit="layer", desc="extracting", file=sys.stderr)
+
+    def progress(i: int, total: int, name: str) -> None:
+        bar.total = total
+        bar.set_postfix_str(name[-40:])
+        bar.update(1)
+
+    report = extract_lora(args.base, args.tuned, out, config, overwrite=args.overwrite, on_layer=progress)
+    bar.close()
+    for layer in report.layers:
+        print(f"{layer.module:<60} relative error {layer.relative_error:.4f}")
+    print(
+        f"wrote {report.out}: {len(report.layers)} layers at rank {report.rank}, alpha {report.alpha:g}; "
+        f"worst relative error {report.max_relative_error:.4f}"
+    )
+    for label, names in (
+        ("unchanged linear layers (no LoRA needed)", report.skipped_unchanged),
+        ("changed biases a LoRA cannot carry", report.bias_changed),
+        ("changed non-linear weights a LoRA cannot carry", report.other_changed),
+    ):
+        if names:
+            print(f"{label}: {len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+    if args.name:
+        with _store() as store:
+            adapters.register(store, args.name, out, replace=True)
+        print(f"registered as {args.name}")
     return 0
 
 
