@@ -1,1 +1,1 @@
-"""Training recipes: sft, dpo, reward, iterate, selfinstruct, extract (only ``extract`` so far)."""
+"""Training recipes: sft, dpo, reward, iterate, selfinstruct, extract."""
