@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir "llama-cpp-python>=0.3.16"
-	$(PY) -m pip install -q -e '.[test,llamacpp]'
+	$(PY) -m pip install -q -e '.[test,llamacpp,llamacpp-server]'
 	touch $@
 
 demo: install

@@ -177,3 +177,61 @@ def test_helixnet_once_on_llamacpp(home: Path, capsys: pytest.CaptureFixture[str
     assert code == 0
     assert body["actor"] and body["stages"][0]["model"] == "llamacpp:default"
     assert math.isfinite(body["timings"]["actor"])
+
+
+@pytest.fixture(scope="module")
+def llama_server(home: Path) -> Iterator[str]:
+    """llama-cpp-python's own OpenAI-compatible server on loopback: a server nobody here wrote."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from helixloom.models import default_gguf
+
+    pytest.importorskip("sse_starlette")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf()), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--model_alias", "gemma"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, "llama_cpp.server exited"
+                assert time.time() < deadline, "llama_cpp.server did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_remote_engine_on_llama_cpp_server(llama_server: str, lc: LlamaCppEngine) -> None:
+    from helixloom.engine.remote import RemoteEngine
+    from helixloom.errors import HelixloomError
+    from helixloom.helixnet import HelixNet, Role
+
+    remote = RemoteEngine(f"openai:{llama_server}/v1#gemma")
+    got = remote.generate([greedy(max_tokens=10)])[0]
+    assert got.text == lc.generate([greedy(max_tokens=10)])[0].text  # same library, same greedy text
+    assert got.usage.completion_tokens == 10 and got.finish_reason == "length"
+    events = list(remote.stream(greedy(max_tokens=8)))
+    assert "".join(e.text for e in events if isinstance(e, StreamDelta)) == events[-1].text  # type: ignore[union-attr]
+    try:
+        [scored] = remote.next_token_logprobs([PROMPT], top_k=5)
+        assert scored.top and all(t.logprob <= 0 for t in scored.top)
+    except HelixloomError as exc:  # servers without logprobs must say so clearly
+        assert "logprobs" in str(exc)
+    role = Role(remote, None, sampling(temperature=0, max_tokens=12))
+    turn = HelixNet(role, role, role).answer("Why is the sky blue?")
+    assert len(turn.stages) == 3 and all(s.model.startswith("openai:") for s in turn.stages)

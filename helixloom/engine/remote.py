@@ -173,7 +173,9 @@ class RemoteEngine(Engine):
             log.warning(
                 "token healing runs in local engines only; %s gets the prompt as it is", self.base_url
             )
-        extra: dict[str, Any] = {}
+        # Our sampling has no repetition penalty and no min-p; say so, since some servers default
+        # to them (llama-cpp-python: repeat_penalty 1.1, min_p 0.05). Servers ignore unknown fields.
+        extra: dict[str, Any] = {"repeat_penalty": 1.0, "min_p": 0.0}
         if p.top_k:
             extra["top_k"] = p.top_k
         if p.ignore_eos:
@@ -193,11 +195,11 @@ class RemoteEngine(Engine):
                 logprobs=p.logprobs,
                 stream=True,
                 stream_options={"include_usage": True},
-                extra_body=extra or None,
+                extra_body=extra,
             )
         )
         stops = StopMatcher(p.stop)
-        finish, usage, first = "length", None, None
+        finish, usage, first, chunks = "length", None, None, 0
         logprobs: list[GeneratedTokenLogprobs] = []
         try:
             for chunk in stream:
@@ -210,6 +212,7 @@ class RemoteEngine(Engine):
                     continue
                 choice = chunk.choices[0]
                 first = first or time.perf_counter()
+                chunks += 1 if choice.text else 0
                 step = _chunk_logprobs(choice.logprobs) if p.logprobs is not None else ()
                 logprobs.extend(step)
                 if text := stops.feed(choice.text or ""):
@@ -228,11 +231,20 @@ class RemoteEngine(Engine):
         return GenerationResult(
             text=stops.text,
             finish_reason=finish,  # type: ignore[arg-type]
-            usage=usage or Usage(0, len(logprobs)),
+            usage=usage or self._estimated_usage(request.prompt, chunks),
             token_ids=(),
             timings=Timings(queued=started - enqueued, prefill=first - started, decode=done - first),
             logprobs=tuple(logprobs) if p.logprobs is not None else None,
         )
+
+    def _estimated_usage(self, prompt: str, chunks: int) -> Usage:
+        """For servers that send no usage in streams (llama-cpp-python's): the streamed chunks
+        (one token each on llama.cpp and vLLM) and the prompt as the server tokenizes it."""
+        try:
+            prompt_tokens = self.count_tokens(prompt)
+        except HelixloomError:
+            prompt_tokens = 0
+        return Usage(prompt_tokens, chunks)
 
     # ------------------------------------------------------------------ scoring
 
@@ -289,10 +301,15 @@ class RemoteEngine(Engine):
         import urllib.error
         import urllib.request
 
-        url = self.base_url.removesuffix("/v1") + "/tokenize"
-        for body in ({"model": self.model, "prompt": text}, {"content": text}):
+        root = self.base_url.removesuffix("/v1")
+        shapes = [  # vLLM, llama.cpp's server, llama-cpp-python's server
+            ("/tokenize", {"model": self.model, "prompt": text}),
+            ("/tokenize", {"content": text}),
+            ("/extras/tokenize", {"input": text}),
+        ]
+        for path, body in shapes:
             req = urllib.request.Request(
-                url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+                root + path, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
             )
             try:
                 with urllib.request.urlopen(req, timeout=30) as reply:
