@@ -57,3 +57,42 @@ def default_model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = Path(cached) if cached else tmp_path_factory.mktemp("default-home")
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+@pytest.fixture(scope="session")
+def gemma_loras(default_model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two rank-8 LoRAs for the embedded default model (random A and B, std 0.04), each with its GGUF
+    export beside it (adapter_model.gguf), for tests that compare backends on real weights."""
+    old = os.environ.get("HELIXLOOM_HOME")
+    os.environ["HELIXLOOM_HOME"] = str(default_model_home)
+    try:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        from helixloom import gguf_lora, models
+
+        checkpoint = models.materialize(models.resolve("default"))
+        base_gguf = gguf_lora.base_gguf_for("default")
+        out = {}
+        for seed, name in enumerate(("rand", "rand2")):
+            folder = tmp_path_factory.mktemp(f"gemma-{name}")
+            base = AutoModelForCausalLM.from_pretrained(str(checkpoint))
+            torch.manual_seed(seed)
+            peft_model = get_peft_model(
+                base,
+                LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]),
+            )
+            with torch.no_grad():
+                for pname, p in peft_model.named_parameters():
+                    if "lora_" in pname:
+                        p.normal_(0, 0.04)
+            peft_model.save_pretrained(folder)
+            gguf_lora.export(folder, base_gguf, folder / "adapter_model.gguf")
+            out[name] = folder
+        return out
+    finally:
+        if old is None:
+            os.environ.pop("HELIXLOOM_HOME", None)
+        else:
+            os.environ["HELIXLOOM_HOME"] = old

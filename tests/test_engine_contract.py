@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,64 +53,104 @@ def remote(server: BackgroundServer, tiny_model: TinyModel) -> RemoteEngine:
     return engine
 
 
-@pytest.fixture(params=["hf", "remote"])
-def engine(request: pytest.FixtureRequest, local: HFEngine) -> Engine:
-    return local if request.param == "hf" else request.getfixturevalue("remote")
+@dataclass(frozen=True)
+class Backend:
+    engine: Engine
+    reference: Engine  # whose greedy output this backend must reproduce exactly
+    adapters: tuple[str, str]  # two adapters this engine has loaded
+
+
+@pytest.fixture(scope="module")
+def llamacpp(gemma_loras: dict[str, Path], default_model_home: Path) -> Iterator[Engine]:
+    if os.environ.get("HELIXLOOM_REQUIRE_LLAMACPP") != "1":
+        pytest.importorskip("llama_cpp")
+    from helixloom.engine.llamacpp import LlamaCppEngine
+    from helixloom.models import default_gguf
+
+    old = os.environ.get("HELIXLOOM_HOME")
+    os.environ["HELIXLOOM_HOME"] = str(default_model_home)
+    try:
+        engine = LlamaCppEngine(f"llamacpp:{default_gguf()}")
+    finally:
+        if old is not None:
+            os.environ["HELIXLOOM_HOME"] = old
+    for name, folder in gemma_loras.items():
+        engine.load_adapter(name, str(folder))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(params=["hf", "remote", pytest.param("llamacpp", marks=pytest.mark.default_model)])
+def backend(request: pytest.FixtureRequest, local: HFEngine) -> Backend:
+    if request.param == "hf":
+        return Backend(local, local, ("alpha", "beta"))
+    if request.param == "remote":
+        return Backend(request.getfixturevalue("remote"), local, ("alpha", "beta"))
+    engine = request.getfixturevalue("llamacpp")
+    return Backend(engine, engine, ("rand", "rand2"))
 
 
 def greedy(prompt: str, adapter: str | None = None, **kw: object) -> GenerationRequest:
     return GenerationRequest(prompt, sampling(**{"temperature": 0, "max_tokens": 10, **kw}), adapter)
 
 
-def test_greedy_batch_equals_single_and_local(engine: Engine, local: HFEngine) -> None:
+def test_greedy_batch_equals_single_and_reference(backend: Backend) -> None:
+    engine = backend.engine
     batch = engine.generate([greedy(p) for p in PROMPTS])
     for prompt, result in zip(PROMPTS, batch, strict=True):
         assert result.text == engine.generate([greedy(prompt)])[0].text
-        expected = local.generate([greedy(prompt)])[0]
+        expected = backend.reference.generate([greedy(prompt)])[0]
         assert result.text == expected.text
         assert result.usage == expected.usage
 
 
-def test_seed_reproduces(engine: Engine) -> None:
+def test_seed_reproduces(backend: Backend) -> None:
     req = GenerationRequest(PROMPTS[0], sampling(temperature=1.0, max_tokens=12, seed=11))
-    assert engine.generate([req])[0].text == engine.generate([req])[0].text
+    assert backend.engine.generate([req])[0].text == backend.engine.generate([req])[0].text
 
 
-def test_stop_sequences(engine: Engine) -> None:
+def test_stop_sequences(backend: Backend) -> None:
+    engine = backend.engine
     full = engine.generate([greedy(PROMPTS[1], max_tokens=20, ignore_eos=True)])[0]
     stop = full.text[len(full.text) // 2 :][:3]
     cut = engine.generate([greedy(PROMPTS[1], max_tokens=20, ignore_eos=True, stop=[stop])])[0]
     assert cut.text == full.text[: full.text.index(stop)] and cut.finish_reason == "stop"
 
 
-def test_stream_joins_to_text(engine: Engine) -> None:
-    events = list(engine.stream(greedy(PROMPTS[2], max_tokens=12)))
+def test_stream_joins_to_text(backend: Backend) -> None:
+    events = list(backend.engine.stream(greedy(PROMPTS[2], max_tokens=12)))
     assert isinstance(events[-1], GenerationResult)
     assert "".join(e.text for e in events if isinstance(e, StreamDelta)) == events[-1].text
 
 
-def test_mixed_adapters_in_one_batch(engine: Engine, local: HFEngine) -> None:
-    plan = [(PROMPTS[0], "alpha"), (PROMPTS[0], None), (PROMPTS[0], "beta")]
-    batch = engine.generate([greedy(p, a) for p, a in plan])
+def test_mixed_adapters_in_one_batch(backend: Backend) -> None:
+    first, second = backend.adapters
+    plan = [(PROMPTS[0], first), (PROMPTS[0], None), (PROMPTS[0], second)]
+    batch = backend.engine.generate([greedy(p, a) for p, a in plan])
     for (prompt, adapter), result in zip(plan, batch, strict=True):
-        assert result.text == local.generate([greedy(prompt, adapter)])[0].text
+        assert result.text == backend.reference.generate([greedy(prompt, adapter)])[0].text
     assert len({r.text for r in batch}) == 3
 
 
-def test_next_token_logprobs(engine: Engine, local: HFEngine) -> None:
-    [res] = engine.next_token_logprobs([PROMPTS[1]], top_k=5)
-    [ref] = local.next_token_logprobs([PROMPTS[1]], top_k=5)
+def test_next_token_logprobs(backend: Backend) -> None:
+    [res] = backend.engine.next_token_logprobs([PROMPTS[1]], top_k=5)
+    [ref] = backend.reference.next_token_logprobs([PROMPTS[1]], top_k=5)
     assert [t.token for t in res.top] == [t.token for t in ref.top]
+    values = [t.logprob for t in res.top]
+    assert values == sorted(values, reverse=True) and all(v <= 0 for v in values)
     for a, b in zip(res.top, ref.top, strict=True):
         assert math.isclose(a.logprob, b.logprob, abs_tol=1e-4)
     top_token = ref.top[0].token
-    [with_cand] = engine.next_token_logprobs([PROMPTS[1]], top_k=5, candidates=[top_token])
+    [with_cand] = backend.engine.next_token_logprobs([PROMPTS[1]], top_k=5, candidates=[top_token])
     assert with_cand.candidates[top_token] is not None
+    # Greedy's first token is the distribution's top token.
+    first = backend.engine.generate([greedy(PROMPTS[1], max_tokens=1)])[0]
+    assert first.text.startswith(top_token.strip()) or top_token.startswith(first.text)
 
 
-def test_json_schema_constraint(engine: Engine) -> None:
+def test_json_schema_constraint(backend: Backend) -> None:
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
-    result = engine.generate(
+    result = backend.engine.generate(
         [
             GenerationRequest(
                 "JSON:", sampling(temperature=0, max_tokens=20), None, Constraint.json_schema(schema)
@@ -118,9 +160,9 @@ def test_json_schema_constraint(engine: Engine) -> None:
     assert json.loads(result.text)["ok"] in (True, False)
 
 
-def test_unknown_adapter(engine: Engine) -> None:
+def test_unknown_adapter(backend: Backend) -> None:
     with pytest.raises((AdapterError, ModelNotFound, HelixloomError)):
-        engine.generate([greedy(PROMPTS[0], "nonexistent")])
+        backend.engine.generate([greedy(PROMPTS[0], "nonexistent")])
 
 
 def test_remote_errors(server: BackgroundServer, tiny_model: TinyModel) -> None:

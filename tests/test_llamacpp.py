@@ -50,27 +50,8 @@ def hf(home: Path) -> HFEngine:
 
 
 @pytest.fixture(scope="module")
-def lora(home: Path, hf: HFEngine, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A rank-8 LoRA for the default model with random A and B, and its GGUF export beside it."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from helixloom import gguf_lora, models
-
-    folder = tmp_path_factory.mktemp("gemma-lora")
-    base = AutoModelForCausalLM.from_pretrained(str(models.materialize(models.resolve("default"))))
-    torch.manual_seed(0)
-    peft_model = get_peft_model(
-        base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
-    )
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.normal_(0, 0.04)
-    peft_model.save_pretrained(folder)
-    gguf_lora.export(folder, gguf_lora.base_gguf_for("default"), folder / "adapter_model.gguf")
-    return folder
+def lora(gemma_loras: dict[str, Path]) -> Path:
+    return gemma_loras["rand"]
 
 
 def greedy(prompt: str = PROMPT, adapter: str | None = None, **kw: object) -> GenerationRequest:
