@@ -14,11 +14,14 @@ from helixloom.errors import AdapterError
 from helixloom.store import AdapterRecord, Store
 
 
-def resolve(store: Store | None, name_or_path: str) -> tuple[str, Path]:
+def resolve(store: Store | None, name_or_path: str, *, model: str | None = None) -> tuple[str, Path]:
     """A registered adapter name, or a PEFT folder path, as (name, folder); validated, not loaded.
 
-    Without a store only folder paths resolve.
+    Without a store only folder paths resolve. For a remote model (``openai:...``) an adapter is a
+    model name on that server: it passes through here and the engine checks that it is served.
     """
+    if model is not None and model.startswith("openai:"):
+        return name_or_path, Path(name_or_path)
     record = store.get_adapter(name_or_path) if store is not None else None
     if record is not None:
         folder = Path(record.path)

@@ -340,7 +340,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     models.resolve(args.model)  # a bad spec fails before anything is loaded
     ensure_home()
     with Store.open_default() as store:
-        adapter = adapter_registry.resolve(store, args.adapter) if args.adapter else None
+        adapter = adapter_registry.resolve(store, args.adapter, model=args.model) if args.adapter else None
         engine = load_engine(args.model)
         if adapter is not None:
             engine.load_adapter(adapter[0], str(adapter[1]))

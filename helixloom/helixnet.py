@@ -456,7 +456,7 @@ def build(
             found_adapters[stage] = None
         else:
             try:
-                found_adapters[stage] = adapters.resolve(store, spec.adapter)
+                found_adapters[stage] = adapters.resolve(store, spec.adapter, model=spec.model)
             except HelixloomError as exc:
                 raise HelixloomError(f"{stage} adapter: {exc.message}", exc.hint) from exc
     pool = pool or EnginePool()

@@ -204,3 +204,33 @@ def test_remote_spec_through_the_cli(
         and body["text"]
         == HFEngine.load(str(tiny_model.path)).generate([greedy("Paris is", max_tokens=6)])[0].text
     )
+
+
+def test_remote_helixnet_chat_with_served_adapter_names(
+    capsys: pytest.CaptureFixture[str], server: BackgroundServer, tiny_model: TinyModel, helixloom_home: Path
+) -> None:
+    """LMoE over a remote server: adapters are the names the server serves, as with vLLM's --lora-modules."""
+    from helixloom.cli import main
+
+    spec = f"openai:{server.url}/v1#{tiny_model.path}"
+    roles = ["--critic-adapter", "alpha", "--regenerator-adapter", "beta"]
+    code = main(
+        [
+            "chat",
+            "--base",
+            spec,
+            *roles,
+            "--once",
+            "Paris is",
+            "--json",
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0",
+        ]
+    )
+    body = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [s["adapter"] for s in body["stages"]] == [None, "alpha", "beta"]
+    assert main(["chat", "--base", spec, "--critic-adapter", "gamma", "--once", "q"]) == 2
+    assert "does not serve an adapter" in capsys.readouterr().err
