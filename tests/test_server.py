@@ -385,3 +385,46 @@ def test_response_format(served: Running) -> None:
                 response_format=bad,  # type: ignore[arg-type,list-item]
             )
         assert exc.value.param == "response_format"
+
+
+def test_helixloom_serve_command(tiny_model: TinyModel, tmp_path: Path) -> None:
+    """The CLI entry point itself: flags, start-up, a request, a clean stop."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HELIXLOOM_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "helixloom.cli", "serve", "--model", str(tiny_model.path), "--port", str(port),
+         "--adapter", f"alpha={tiny_model.adapters['alpha']}", "--api-key", "ops:k3y", "--max-tokens", "4"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k3y", max_retries=0)
+        deadline = time.time() + 60
+        while True:
+            try:
+                ids = {m.id for m in client.models.list().data}
+                break
+            except openai.APIConnectionError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.time() < deadline
+                time.sleep(0.3)
+        assert {"alpha", "helixnet", str(tiny_model.path)} <= ids
+        reply = client.completions.create(model="alpha", prompt="Paris is")
+        assert reply.usage is not None and reply.usage.completion_tokens <= 4
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "helixloom.cli", "serve", "--model", "./nope"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "unknown model spec" in bad.stderr
