@@ -272,3 +272,17 @@ def test_token_healing_backs_up_over_a_trailing_space(plain_engine: HFEngine) ->
     scored = plain_engine.next_token_logprobs([plain_engine.tokenizer.decode(ids[1:-1])], top_k=600)[0]
     best = next(t for t in scored.top if t.token.startswith(space))
     assert healed.token_ids[0] == best.token_id
+
+
+def test_shared_prompt_is_prefilled_once(engine: HFEngine) -> None:
+    """n samples of one prompt (or a search node's children) share one prefill, and each row still
+    equals its solo run; other adapters on the same prompt get their own prefill."""
+    prompt = PROMPTS[2]
+    rows = [GenerationRequest(prompt, sampling(temperature=1.0, max_tokens=8, seed=s)) for s in range(4)]
+    rows.append(GenerationRequest(prompt, sampling(temperature=1.0, max_tokens=8, seed=0), "alpha"))
+    before = engine.prefill_tokens
+    batch = engine.generate(rows)
+    assert engine.prefill_tokens - before == 2 * len(engine.encode(prompt))
+    for request, result in zip(rows, batch, strict=True):
+        assert engine.generate([request])[0].token_ids == result.token_ids
+    assert len({r.token_ids for r in batch[:4]}) > 1

@@ -85,6 +85,7 @@ class HFEngine(Engine):
         self._adapters: dict[str, AdapterInfo] = {}
         self._texts: list[str] | None = None  # each token's text, for token healing
         self._heal_masks: dict[str, torch.Tensor] = {}
+        self.prefill_tokens = 0  # prompt tokens run through the model (a shared prompt counts once)
         self._control_mask: torch.Tensor | None = None
         self._lock = threading.RLock()  # one forward pass at a time; adapters load between batches
         self._torch = torch
@@ -238,16 +239,27 @@ class HFEngine(Engine):
         extra = self._adapter_names([r.adapter for r in requests])
 
         with torch.inference_mode():
-            input_ids, attention, positions = self._left_pad([row.prompt_ids for row in rows])
+            # Rows with the same prompt and adapter (n samples, a search node's children) share one
+            # prefill; the cache and logits are then copied out to every row.
+            keys = [(tuple(row.prompt_ids), row.request.adapter) for row in rows]
+            unique = list(dict.fromkeys(keys))
+            expand = torch.tensor([unique.index(k) for k in keys], device=self.device)
+            firsts = [keys.index(k) for k in unique]
+            input_ids, attention, positions = self._left_pad([rows[i].prompt_ids for i in firsts])
+            prefill_extra = {"adapter_names": [extra["adapter_names"][i] for i in firsts]} if extra else {}
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention,
                 position_ids=positions,
                 use_cache=True,
                 logits_to_keep=1,
-                **extra,
+                **prefill_extra,
             )
-            cache, logits = out.past_key_values, out.logits[:, -1, :].float()  # logits: [B, V]
+            self.prefill_tokens += int(attention.sum())
+            cache, logits = out.past_key_values, out.logits[:, -1, :].float()  # logits: [U, V]
+            if len(unique) < len(rows):
+                cache.batch_select_indices(expand)
+                logits, attention, positions = logits[expand], attention[expand], positions[expand]
             prefill_done = time.perf_counter()
             live = list(range(len(rows)))  # batch position -> row index
             while True:
