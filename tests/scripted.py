@@ -6,6 +6,7 @@ prompts and control flow; the tiny real model covers the numerics.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 from helixloom.engine import (
@@ -28,10 +29,19 @@ class ScriptedEngine(Engine):
     supports_adapters = True
     supports_mixed_adapter_batch = True
 
+    supports_logprobs = True
+
     def __init__(
-        self, respond: Callable[[GenerationRequest], str] | list[str], *, model_name: str = "scripted"
+        self,
+        respond: Callable[[GenerationRequest], str] | list[str],
+        *,
+        model_name: str = "scripted",
+        judge: Callable[[str], float] | None = None,
     ):
+        """``judge(prompt)`` is the probability of "yes" as the next token after ``prompt``."""
         self._respond = respond
+        self._judge = judge
+        self.scored: list[str] = []
         self.model_name = model_name
         self.requests: list[GenerationRequest] = []
         self._adapters: dict[str, AdapterInfo] = {}
@@ -70,7 +80,15 @@ class ScriptedEngine(Engine):
         top_k: int = 5,
         candidates: Sequence[str] = (),
     ) -> list[NextTokenLogprobs]:
-        raise NotImplementedError
+        if self._judge is None:
+            raise NotImplementedError("give the scripted engine a judge to score with it")
+        out = []
+        for prompt in prompts:
+            self.scored.append(prompt)
+            p = min(max(self._judge(prompt), 1e-6), 1 - 1e-6)
+            values = {"yes": math.log(p), "no": math.log(1 - p)}
+            out.append(NextTokenLogprobs((), {c: values.get(c) for c in candidates}, len(prompt.split())))
+        return out
 
     def load_adapter(self, name: str, path: str) -> AdapterInfo:
         self._adapters[name] = AdapterInfo(name, path, None, ())

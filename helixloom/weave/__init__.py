@@ -1,0 +1,74 @@
+"""MiniHF's Weave: tree search over continuations, steered by a zero-shot yes/no evaluator."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+from helixloom.engine import Engine
+from helixloom.store import Store
+from helixloom.weave.evaluator import Evaluator, Question, default_template
+from helixloom.weave.search import WeaveConfig, WeaveNode, WeaveResult, weave
+
+__all__ = [
+    "Evaluator",
+    "Question",
+    "WeaveConfig",
+    "WeaveNode",
+    "WeaveResult",
+    "default_template",
+    "run",
+    "weave",
+]
+
+
+def run(
+    prompt: str,
+    engine: Engine,
+    evaluator: Evaluator,
+    config: WeaveConfig | None = None,
+    *,
+    adapter: str | None = None,
+    store: Store | None = None,
+    tree_id: str | None = None,
+) -> tuple[WeaveResult, str | None]:
+    """Run a search and store every node (parent links, text, score, depth, model and adapter) as a
+    tree; returns the result and the tree id. The stored tree can be inspected or continued."""
+    config = config or WeaveConfig()
+    if store is None:
+        return weave(prompt, engine, evaluator, config, adapter=adapter), None
+    tree = tree_id or uuid.uuid4().hex
+
+    def keep(node: WeaveNode) -> None:
+        parent_id = node.parent.node_id if node.parent is not None else None
+        stored = store.add_node(
+            tree,
+            parent_id,
+            node.text,
+            author="human" if node.parent is None else engine.model_name,
+            model=None if node.parent is None else engine.model_name,
+            adapter=None if node.parent is None else adapter,
+            score=node.score,
+            meta={"source": "weave", "gumbel": node.gumbel},
+        )
+        node.node_id = stored.id
+
+    result = weave(prompt, engine, evaluator, config, adapter=adapter, on_node=keep)
+    best = {id(n) for n in result.best[: config.beam_width]}
+    for node in result.root.nodes():
+        if node.node_id is not None:
+            store.update_node_meta(
+                node.node_id,
+                {
+                    "committed": node.committed,
+                    "pruned": node.pruned,
+                    "logit": node.logit if math.isfinite(node.logit) else None,
+                    "best": id(node) in best,
+                    "weave": {
+                        "budget": config.budget,
+                        "seed": config.seed,
+                        "temperature": config.temperature,
+                    },
+                },
+            )
+    return result, tree

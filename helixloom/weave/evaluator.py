@@ -1,0 +1,106 @@
+"""The zero-shot yes/no evaluator: a reward read from a model's next-token log-probabilities.
+
+For each question the evaluator fills a template with ``{prompt}``, ``{response}`` and
+``{question}`` and reads the model's next token: the score is log P(yes) − log P(no), each side
+summed over the tokenizer's variants of the word (" yes", "Yes", ...). Several questions (a rubric
+or constitution: text, weight, desired answer) combine into one score: the weighted mean of the
+scores, each signed so that the desired answer counts as positive. All prompts of a call go to
+the engine as one batch. The evaluator may be another model, or an adapter of the same base.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+from helixloom.engine import Engine
+from helixloom.errors import HelixloomError
+
+YES_WORDS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
+NO_WORDS = ("no", "No", "NO", " no", " No", " NO")
+
+
+def default_template() -> str:
+    """MiniHF's evaluator prompt, shipped as ``data/weave/evaluator.txt``."""
+    return (resources.files("helixloom") / "data" / "weave" / "evaluator.txt").read_text()
+
+
+@dataclass(frozen=True)
+class Question:
+    """One yes/no question of a rubric; ``answer`` is the answer that is good."""
+
+    text: str
+    weight: float = 1.0
+    answer: Literal["yes", "no"] = "yes"
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise HelixloomError("an evaluator question is empty", param="question")
+        if not self.weight > 0:
+            raise HelixloomError(f"question weight must be positive: {self.text[:40]!r}", param="question")
+
+
+class Evaluator:
+    """Scores (prompt, response) pairs by asking ``engine`` each question and reading yes/no odds."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        questions: Sequence[Question],
+        *,
+        template: str | None = None,
+        adapter: str | None = None,
+    ) -> None:
+        if not questions:
+            raise HelixloomError("the evaluator needs at least one question", "pass --question 'Is ...?'")
+        if not engine.supports_logprobs:
+            raise HelixloomError(
+                f"the {engine.backend} engine cannot give log-probabilities for the evaluator"
+            )
+        self.engine = engine
+        self.questions = list(questions)
+        self.template = template if template is not None else default_template()
+        for field in ("{prompt}", "{response}", "{question}"):
+            if field not in self.template:
+                raise HelixloomError(f"the evaluator template has no {field}", param="template")
+        self.adapter = adapter
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """One combined score per (prompt, response): the weighted mean of signed log-odds."""
+        if not pairs:
+            return []
+        prompts = [
+            self.template.replace("{prompt}", p).replace("{response}", r).replace("{question}", q.text)
+            for p, r in pairs
+            for q in self.questions
+        ]
+        results = self.engine.next_token_logprobs(
+            prompts, adapter=self.adapter, top_k=20, candidates=YES_WORDS + NO_WORDS
+        )
+        total = sum(q.weight for q in self.questions)
+        scores = []
+        for i in range(len(pairs)):
+            combined = 0.0
+            for j, q in enumerate(self.questions):
+                result = results[i * len(self.questions) + j]
+                odds = _log_odds(result.candidates, [math.exp(t.logprob) for t in result.top])
+                combined += q.weight * (odds if q.answer == "yes" else -odds)
+            scores.append(combined / total)
+        return scores
+
+
+def _log_odds(candidates: dict[str, float | None], top_probs: list[float]) -> float:
+    """log P(yes-set) − log P(no-set). A side none of whose variants was scored (a remote server
+    reports only its top tokens) gets the probability mass the listed tokens leave over."""
+    yes = [v for w, v in candidates.items() if w in YES_WORDS and v is not None]
+    no = [v for w, v in candidates.items() if w in NO_WORDS and v is not None]
+    leftover = math.log(max(1.0 - sum(top_probs), 1e-12))
+    return (_logsumexp(yes) if yes else leftover) - (_logsumexp(no) if no else leftover)
+
+
+def _logsumexp(values: list[float]) -> float:
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))

@@ -1,0 +1,162 @@
+"""Weave: the yes/no evaluator and tree search (scripted engines for exact checks, tiny model for real)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helixloom.engine import GenerationRequest
+from helixloom.engine.hf import HFEngine
+from helixloom.errors import HelixloomError
+from helixloom.store import Store
+from helixloom.weave import Evaluator, Question, WeaveConfig, run, weave
+from helixloom.weave.search import WeaveNode
+from tests.conftest import TinyModel
+from tests.scripted import ScriptedEngine
+
+WORDS = ["cat", "dog", "sun", "car", "tree"]  # "cat" is drawn one time in five
+
+
+def one_word(request: GenerationRequest) -> str:
+    return " " + random.Random(request.sampling.seed).choice(WORDS)
+
+
+def response_of(prompt: str) -> str:
+    return re.search(r"=== Begin Response ===\n(.*)\n=== End Response ===", prompt, re.S).group(1)  # type: ignore[union-attr]
+
+
+def cats(prompt: str) -> float:
+    """The scripted judge: the more cats in the response, the likelier "yes"."""
+    return 1 - 0.5 ** (1 + response_of(prompt).count("cat"))
+
+
+def test_evaluator_orders_by_the_property_and_combines_questions() -> None:
+    engine = ScriptedEngine([], judge=cats)
+    ev = Evaluator(engine, [Question("Is it about cats?")])
+    none, one, two = ev.score([("p", "a dog"), ("p", "a cat"), ("p", "cat cat")])
+    assert none < one < two
+    assert one == pytest.approx(math.log(0.75) - math.log(0.25))
+    # A question whose good answer is "no" counts negatively; weights make a weighted mean.
+    mixed = Evaluator(engine, [Question("Cats?", weight=3.0), Question("Dogs?", weight=1.0, answer="no")])
+    [score] = mixed.score([("p", "a cat")])
+    assert score == pytest.approx((3 * one - one) / 4)
+    assert len(engine.scored) == 3 + 2  # one prompt per (pair, question), in one batch each call
+    assert "Is it about cats?" in engine.scored[0] and "a dog" in engine.scored[0]
+
+
+def test_evaluator_errors() -> None:
+    engine = ScriptedEngine([], judge=cats)
+    with pytest.raises(HelixloomError, match="at least one question"):
+        Evaluator(engine, [])
+    with pytest.raises(HelixloomError, match="no \\{response\\}"):
+        Evaluator(engine, [Question("q")], template="{prompt} {question}")
+    with pytest.raises(HelixloomError, match="weight"):
+        Question("q", weight=0)
+
+
+def test_evaluator_on_the_tiny_model(tiny_model: TinyModel) -> None:
+    engine = HFEngine.load(str(tiny_model.path))
+    engine.load_adapter("alpha", str(tiny_model.adapters["alpha"]))
+    ev = Evaluator(engine, [Question("Is this good?"), Question("Is it long?", answer="no")])
+    scores = ev.score([("Once", " upon a time"), ("Paris is", " the capital"), ("x", "")])
+    assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
+    with_adapter = Evaluator(engine, [Question("Is this good?")], adapter="alpha").score([("Once", " upon")])
+    assert with_adapter != Evaluator(engine, [Question("Is this good?")]).score([("Once", " upon")])
+
+
+def scripted_weave(config: WeaveConfig) -> tuple[ScriptedEngine, object]:
+    engine = ScriptedEngine(one_word, judge=cats)
+    return engine, weave("Story:", engine, Evaluator(engine, [Question("Cats?")]), config)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    budget=st.integers(1, 30),
+    round_budget=st.integers(1, 12),
+    n_expand=st.integers(1, 5),
+    beam=st.integers(1, 3),
+    lookahead=st.integers(1, 3),
+    seed=st.integers(0, 10_000),
+)
+def test_weave_invariants(
+    budget: int, round_budget: int, n_expand: int, beam: int, lookahead: int, seed: int
+) -> None:
+    config = WeaveConfig(budget=budget, round_budget=round_budget, n_expand=n_expand, beam_width=beam,
+                         max_lookahead=lookahead, temperature=0.5, seed=seed)  # fmt: skip
+    engine, result = scripted_weave(config)
+    nodes = result.root.nodes()  # type: ignore[attr-defined]
+    # The budget counts generated nodes and is never exceeded.
+    assert result.generated == len(nodes) - 1 == len(engine.requests) <= budget  # type: ignore[attr-defined]
+    for node in nodes:
+        scored = [c.logit for c in node.children]
+        if scored and not node.committed:  # internal uncommitted nodes hold the soft-max backup
+            m = max(scored)
+            assert node.logit == pytest.approx(m + math.log(sum(math.exp(v - m) for v in scored)))
+        if node.committed and node.parent is not None:  # committed nodes hang off committed nodes
+            assert node.parent.committed and not node.pruned
+    committed = sorted((n for n in nodes if n.committed), key=lambda n: n.depth)
+    if beam == 1:  # one node committed per round: the committed nodes are one path from the root
+        assert [n.depth for n in committed] == list(range(len(committed)))
+        assert all(n.parent is prev for prev, n in itertools.pairwise(committed))
+    # Same seed, same tree.
+    _, again = scripted_weave(config)
+    assert [(n.text, n.score, n.depth) for n in again.root.nodes()] == [
+        (n.text, n.score, n.depth) for n in nodes
+    ]  # type: ignore[attr-defined]
+
+
+def test_weave_finds_what_the_evaluator_rewards() -> None:
+    """Three committed levels of one word each: a plain sample has a cat 1 - 0.8^3 = 49% of the time."""
+    found, plain = 0, 0
+    for seed in range(20):
+        config = WeaveConfig(
+            budget=24, round_budget=8, n_expand=4, tokens_per_node=1, temperature=0.25, seed=seed
+        )
+        _, result = scripted_weave(config)
+        best = result.best[0]  # type: ignore[attr-defined]
+        found += best.depth >= 1 and "cat" in best.branch_text(include_root=False)
+        sample_rng = random.Random(1000 + seed)
+        plain += "cat" in "".join(sample_rng.choice(WORDS) for _ in range(best.depth))
+    assert found >= 18 and found > plain + 5
+
+
+def test_run_stores_the_tree(tmp_path: Path) -> None:
+    engine = ScriptedEngine(one_word, judge=cats)
+    with Store(tmp_path / "db") as store:
+        evaluator = Evaluator(engine, [Question("Cats?")])
+        result, tree = run("Story:", engine, evaluator, WeaveConfig(budget=10, seed=1), store=store)
+        stored = store.tree_nodes(tree or "")
+        # Content-addressed: identical siblings (the same word twice) are one stored node.
+        ids = {n.node_id for n in result.root.nodes()}
+        assert None not in ids and len(stored) == len(ids) <= result.generated + 1
+        by_id = {n.id: n for n in stored}
+        root = next(n for n in stored if n.parent_id is None)
+        assert root.text == "Story:" and root.depth == 0
+        for n in stored:
+            if n.parent_id:
+                assert (
+                    by_id[n.parent_id].depth == n.depth - 1 and n.score is not None and n.model == "scripted"
+                )
+        assert any(n.meta and n.meta.get("best") for n in stored)
+        assert sum(1 for n in stored if n.meta and n.meta.get("committed")) >= 2
+
+
+def test_weave_on_the_tiny_model(tiny_model: TinyModel) -> None:
+    engine = HFEngine.load(str(tiny_model.path))
+    ev = Evaluator(engine, [Question("Is this a good story?")])
+    before = engine.prefill_tokens
+    config = WeaveConfig(budget=8, round_budget=4, n_expand=4, tokens_per_node=4, seed=3)
+    result = weave("Once upon a time", engine, ev, config)
+    assert result.generated == 8 and result.text
+    assert isinstance(result.best[0], WeaveNode) and result.best[0].depth >= 1
+    # Each expansion's 4 children share one prefill.
+    assert engine.prefill_tokens - before < 8 * len(engine.encode("Once upon a time")) + 100
+    again = weave("Once upon a time", engine, ev, config)
+    assert again.text == result.text
