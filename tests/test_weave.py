@@ -88,8 +88,15 @@ def scripted_weave(config: WeaveConfig) -> tuple[ScriptedEngine, object]:
 def test_weave_invariants(
     budget: int, round_budget: int, n_expand: int, beam: int, lookahead: int, seed: int
 ) -> None:
-    config = WeaveConfig(budget=budget, round_budget=round_budget, n_expand=n_expand, beam_width=beam,
-                         max_lookahead=lookahead, temperature=0.5, seed=seed)  # fmt: skip
+    config = WeaveConfig(
+        budget=budget,
+        round_budget=round_budget,
+        n_expand=n_expand,
+        beam_width=beam,
+        max_lookahead=lookahead,
+        temperature=0.5,
+        seed=seed,
+    )
     engine, result = scripted_weave(config)
     nodes = result.root.nodes()  # type: ignore[attr-defined]
     # The budget counts generated nodes and is never exceeded.
@@ -160,3 +167,88 @@ def test_weave_on_the_tiny_model(tiny_model: TinyModel) -> None:
     assert engine.prefill_tokens - before < 8 * len(engine.encode("Once upon a time")) + 100
     again = weave("Once upon a time", engine, ev, config)
     assert again.text == result.text
+
+
+def test_cli_weave(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, helixloom_home: Path) -> None:
+    import json
+
+    from helixloom.cli import main, parse_question
+
+    assert parse_question("2*no:Is it long?") == Question("Is it long?", 2.0, "no")
+    assert parse_question("Is it sad?") == Question("Is it sad?")
+    args = [
+        "weave",
+        "Once upon a time",
+        "--model",
+        str(tiny_model.path),
+        "--question",
+        "Is it a story?",
+        "--question",
+        "no:Is it boring?",
+        "--budget",
+        "6",
+        "--round-budget",
+        "3",
+        "--n-expand",
+        "3",
+        "--tokens-per-node",
+        "4",
+        "--seed",
+        "2",
+        "--json",
+    ]
+    assert main(args) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["generated"] == 6 and body["best"][0]["text"] == body["text"]
+    with Store(helixloom_home / "helixloom.db") as store:
+        nodes = store.tree_nodes(body["tree_id"])
+    assert nodes[0].text == "Once upon a time" and len(nodes) >= 4
+    assert main(["weave", "x", "--model", str(tiny_model.path)]) == 2
+    assert "--question" in capsys.readouterr().err
+
+
+def test_weave_on_the_server(tiny_model: TinyModel, tmp_path: Path) -> None:
+    import httpx
+    import openai
+
+    from helixloom.server import BackgroundServer, ServerConfig, ServerState
+
+    engine = HFEngine.load(str(tiny_model.path))
+    state = ServerState(ServerConfig(model=str(tiny_model.path)), engine, Store(tmp_path / "db"))
+    server = BackgroundServer(state)
+    try:
+        r = httpx.post(
+            server.url + "/api/weave",
+            json={
+                "prompt": "Once upon a time",
+                "budget": 4,
+                "round_budget": 2,
+                "n_expand": 2,
+                "tokens_per_node": 3,
+                "questions": [{"text": "Is it good?"}],
+            },
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["generated"] == 4 and len(state.store.tree_nodes(body["tree_id"])) >= 3
+        bad = httpx.post(server.url + "/api/weave", json={"prompt": "x", "budget": 0})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "budget"
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        assert "weave" in {m.id for m in client.models.list().data}
+        raw = client.chat.completions.with_raw_response.create(
+            model="weave",
+            messages=[{"role": "user", "content": "Tell a story"}],  # type: ignore[list-item]
+            extra_body={"weave": {"budget": 4, "round_budget": 2, "n_expand": 2, "tokens_per_node": 3}},
+        )
+        reply = raw.parse()
+        assert reply.model_extra and reply.model_extra["weave"]["generated"] == 4
+        session = state.store.get_session(raw.headers["x-helixloom-session"])
+        assert (
+            session is not None
+            and session.meta
+            and session.meta["tree_id"] == reply.model_extra["weave"]["tree_id"]
+        )
+    finally:
+        server.stop()
+        state.close()

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
-from helixloom.server.protocol import Feedback, error_body
+from helixloom.errors import HelixloomError
+from helixloom.server.protocol import Feedback, WeaveOptions, WeaveRequest, error_body
 from helixloom.server.state import ServerState
 
 router = APIRouter(prefix="/api")
@@ -54,6 +55,46 @@ def get_session(session_id: str, request: Request) -> Any:
         "messages": [asdict(m) for m in store.get_messages(session_id)],
         "ratings": [asdict(r) for r in store.ratings_for("session", session_id)],
     }
+
+
+@router.post("/weave")
+def run_weave(body: WeaveRequest, request: Request) -> dict[str, Any]:
+    """Run a Weave search on the served model; every node is stored as a tree."""
+    state = _state(request)
+    adapter = None
+    if body.model is not None and body.model != state.base_id:
+        target = state.resolve(body.model)
+        if target.kind != "adapter":
+            raise HelixloomError(
+                f"weave generates with the base model or an adapter, not {body.model}", param="model"
+            )
+        adapter = target.adapter
+    result, tree_id = weave_search(state, body.prompt, body, adapter)
+    return {
+        "tree_id": tree_id,
+        "text": result.text,
+        "generated": result.generated,
+        "best": [
+            {
+                "node_id": n.node_id,
+                "text": n.branch_text(include_root=False),
+                "score": n.score,
+                "depth": n.depth,
+            }
+            for n in result.best[:5]
+        ],
+    }
+
+
+def weave_search(state: ServerState, prompt: str, options: WeaveOptions, adapter: str | None) -> Any:
+    """One search on the served engine (generation batches with other traffic), stored as a tree."""
+    from helixloom import weave
+
+    evaluator = weave.Evaluator(
+        state.engine, [weave.Question(q.text, q.weight, q.answer) for q in options.questions]
+    )
+    config = weave.WeaveConfig(**options.model_dump(exclude={"questions", "prompt", "model"}))
+    return weave.run(prompt, state.engine, evaluator, config, adapter=adapter, store=state.store)
 
 
 @router.post("/sessions/{session_id}/feedback", response_model=None)

@@ -94,6 +94,8 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     if target.kind == "pipeline":
         if constraint is not None:
             raise HelixloomError("helixnet does not take a response_format", param="response_format")
+        if body.model == "weave":
+            return _weave(state, body, messages, params, session_id, label)
         return _helixnet(state, body, messages, params, session_id, label)
     rendered = chat.render(state.engine, messages)
     healing = rendered.token_healing and constraint is None  # a constraint decides how output starts
@@ -368,6 +370,71 @@ def _sse(chunks: AsyncIterator[dict[str, Any]], session_id: str) -> StreamingRes
         lines(),
         media_type="text/event-stream",
         headers={SESSION_HEADER: session_id, "Cache-Control": "no-cache"},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- weave
+
+
+def _weave(
+    state: ServerState,
+    body: ChatCompletionRequest,
+    messages: list[dict[str, str]],
+    params: SamplingParams,
+    session_id: str,
+    key_label: str | None,
+) -> Any:
+    """``model: "weave"``: search continuations of the chat and answer with the best branch.
+    Settings come in an extra ``weave`` field (questions, budget, ...)."""
+    from helixloom.server.api_routes import weave_search
+    from helixloom.server.protocol import WeaveOptions
+
+    if body.stream or body.n != 1:
+        raise HelixloomError("weave answers with one choice and does not stream", param="stream")
+    raw = (body.model_extra or {}).get("weave") or {}
+    try:
+        options = WeaveOptions(**raw, seed=body.seed or 0) if "seed" not in raw else WeaveOptions(**raw)
+    except Exception as exc:
+        raise HelixloomError(f"invalid weave options: {exc}".splitlines()[0], param="weave") from exc
+    rendered = chat.render(state.engine, messages)
+    result, tree_id = weave_search(state, rendered.prompt, options, None)
+    answer = result.text
+    for stop in rendered.stop:  # the text format's turn markers end the answer, as in plain chat
+        if stop in answer:
+            answer = answer[: answer.index(stop)]
+    answer = answer.strip()
+    choice = GenerationResult(answer, "stop", Usage(0, state.engine.count_tokens(answer)), (), Timings())
+    completion.record(
+        state.store,
+        state.engine,
+        [(m["role"], m["content"]) for m in messages],
+        params,
+        [choice],
+        adapter=None,
+        kind="api",
+        meta={"endpoint": "chat.completions", "model": "weave", "tree_id": tree_id},
+        api_key_label=key_label,
+        session_id=session_id,
+    )
+    return JSONResponse(
+        {
+            "id": f"chatcmpl-{session_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "weave",
+            "system_fingerprint": "helixloom",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": _usage(choice.usage),
+            "weave": {"tree_id": tree_id, "generated": result.generated, "score": result.best[0].score},
+        },
+        headers={SESSION_HEADER: session_id},
     )
 
 

@@ -177,6 +177,36 @@ class CompletionRequest(_Sampling):
         return prompts
 
 
+class WeaveQuestion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    weight: float = 1.0
+    answer: Literal["yes", "no"] = "yes"
+
+
+class WeaveOptions(BaseModel):
+    """Weave search settings (MiniHF's defaults, smaller budget for an interactive server)."""
+
+    model_config = ConfigDict(extra="forbid")
+    questions: list[WeaveQuestion] = Field(
+        default_factory=lambda: [WeaveQuestion(text="Does the response answer the prompt well?")]
+    )
+    budget: int = Field(24, ge=1, le=512)
+    round_budget: int = Field(8, ge=1, le=512)
+    n_expand: int = Field(4, ge=1, le=32)
+    tokens_per_node: int = Field(32, ge=1, le=512)
+    beam_width: int = Field(1, ge=1, le=8)
+    max_lookahead: int = Field(3, ge=1, le=8)
+    temperature: float = Field(0.25, gt=0)
+    sampling_temperature: float = Field(0.9, ge=0)
+    seed: int = 0
+
+
+class WeaveRequest(WeaveOptions):
+    prompt: str = Field(min_length=1)
+    model: str | None = None  # an adapter name to generate with (default: the base model)
+
+
 class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
     score: Literal["up", "down"]

@@ -14,7 +14,7 @@ from helixloom.errors import HelixloomError, ModelNotFound
 from helixloom.helixnet import STAGES, PromptFormat, Stage
 from helixloom.store import Store
 
-PIPELINES = ("helixnet",)
+PIPELINES = ("helixnet", "weave")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 
 from helixloom.engine import Engine
 from helixloom.store import Store
@@ -31,12 +32,13 @@ def run(
     adapter: str | None = None,
     store: Store | None = None,
     tree_id: str | None = None,
+    on_node: Callable[[WeaveNode], None] | None = None,
 ) -> tuple[WeaveResult, str | None]:
     """Run a search and store every node (parent links, text, score, depth, model and adapter) as a
     tree; returns the result and the tree id. The stored tree can be inspected or continued."""
     config = config or WeaveConfig()
     if store is None:
-        return weave(prompt, engine, evaluator, config, adapter=adapter), None
+        return weave(prompt, engine, evaluator, config, adapter=adapter, on_node=on_node), None
     tree = tree_id or uuid.uuid4().hex
 
     def keep(node: WeaveNode) -> None:
@@ -52,6 +54,8 @@ def run(
             meta={"source": "weave", "gumbel": node.gumbel},
         )
         node.node_id = stored.id
+        if on_node is not None:
+            on_node(node)
 
     result = weave(prompt, engine, evaluator, config, adapter=adapter, on_node=keep)
     best = {id(n) for n in result.best[: config.beam_width]}
