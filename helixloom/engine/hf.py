@@ -86,6 +86,8 @@ class HFEngine(Engine):
         self._texts: list[str] | None = None  # each token's text, for token healing
         self._heal_masks: dict[str, torch.Tensor] = {}
         self.prefill_tokens = 0  # prompt tokens run through the model (a shared prompt counts once)
+        self.decode_tokens = 0  # tokens run through the model one step at a time
+        self.share_prefill = True  # rows with one prompt and adapter share a prefill (off: to measure it)
         self._control_mask: torch.Tensor | None = None
         self._lock = threading.RLock()  # one forward pass at a time; adapters load between batches
         self._torch = torch
@@ -241,7 +243,10 @@ class HFEngine(Engine):
         with torch.inference_mode():
             # Rows with the same prompt and adapter (n samples, a search node's children) share one
             # prefill; the cache and logits are then copied out to every row.
-            keys = [(tuple(row.prompt_ids), row.request.adapter) for row in rows]
+            keys = [
+                (tuple(row.prompt_ids), row.request.adapter, i * (not self.share_prefill))
+                for i, row in enumerate(rows)
+            ]
             unique = list(dict.fromkeys(keys))
             expand = torch.tensor([unique.index(k) for k in keys], device=self.device)
             firsts = [keys.index(k) for k in unique]
@@ -287,6 +292,7 @@ class HFEngine(Engine):
                     live = [live[p] for p in keep]
                     if extra:
                         extra = {"adapter_names": [extra["adapter_names"][p] for p in keep]}
+                self.decode_tokens += len(live)
                 attention = torch.cat([attention, attention.new_ones((len(live), 1))], dim=1)
                 positions = positions[:, -1:] + 1  # positions: [B, 1]
                 out = self.model(
