@@ -9,7 +9,7 @@ export HELIXLOOM_TEST_CACHE ?= $(CURDIR)/.helixloom-test-cache
 # a native build enables AMX on CPUs that report it, and crashes in VMs that do not let it be used.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install demo test lint bench
+.PHONY: install browser demo test lint bench
 
 install: $(VENV)/.installed
 
@@ -23,12 +23,17 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/helixloom chat --once "Why is the sky blue?" --max-tokens 96 --seed 0
 
+# The loom UI is tested in headless Chromium from Debian (root installs it; elsewhere the test skips).
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != "0" ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 lint: install
 	$(VENV)/bin/ruff check helixloom tests benchmarks
 	$(VENV)/bin/ruff format --check helixloom tests benchmarks
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint browser
 	$(PY) -m pytest
 
 bench: install

@@ -221,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     sexp.set_defaults(run=cmd_sessions_export)
     sessions.set_defaults(run=lambda _: _usage(sessions))
 
+    export = sub.add_parser(
+        "export",
+        help="training data from the loom's ratings and choices (JSONL)",
+        description="Turn loom trees into training data. sft: one row per thumbs-up node "
+        "({prompt, completion}). preferences: {prompt, chosen, rejected} pairs between siblings, where a "
+        "branch wins by rating, by leading to a thumbs-up, or by being explored further.",
+    )
+    export.add_argument("kind", choices=["sft", "preferences"])
+    export.add_argument("--out", help="file to write (default stdout)")
+    export.set_defaults(run=cmd_export)
+
     models = sub.add_parser(
         "models", help="list the models that can be used", description="List model specs."
     )
@@ -741,6 +752,24 @@ def cmd_sessions_export(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     print(f"exported {count} sessions", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from helixloom import loom
+
+    out = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - stdout is not ours to close
+    count = 0
+    try:
+        with _store() as store:
+            rows = loom.export_sft(store) if args.kind == "sft" else loom.export_preferences(store)
+            for row in rows:
+                out.write(json.dumps(row) + "\n")
+                count += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {count} {args.kind} rows", file=sys.stderr)
     return 0
 
 

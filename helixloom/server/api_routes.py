@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from helixloom.errors import HelixloomError
 from helixloom.server.protocol import Feedback, WeaveOptions, WeaveRequest, error_body
 from helixloom.server.state import ServerState
+from helixloom.store import Node
 
 router = APIRouter(prefix="/api")
 
@@ -86,7 +87,9 @@ def run_weave(body: WeaveRequest, request: Request) -> dict[str, Any]:
     }
 
 
-def weave_search(state: ServerState, prompt: str, options: WeaveOptions, adapter: str | None) -> Any:
+def weave_search(
+    state: ServerState, prompt: str, options: WeaveOptions, adapter: str | None, parent: Node | None = None
+) -> Any:
     """One search on the served engine (generation batches with other traffic), stored as a tree."""
     from helixloom import weave
 
@@ -94,7 +97,9 @@ def weave_search(state: ServerState, prompt: str, options: WeaveOptions, adapter
         state.engine, [weave.Question(q.text, q.weight, q.answer) for q in options.questions]
     )
     config = weave.WeaveConfig(**options.model_dump(exclude={"questions", "prompt", "model"}))
-    return weave.run(prompt, state.engine, evaluator, config, adapter=adapter, store=state.store)
+    return weave.run(
+        prompt, state.engine, evaluator, config, adapter=adapter, store=state.store, parent=parent
+    )
 
 
 @router.post("/sessions/{session_id}/feedback", response_model=None)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helixloom.engine.batching import EngineBusy
@@ -25,12 +27,20 @@ log = logging.getLogger("helixloom.server")
 
 def create_app(state: ServerState) -> FastAPI:
     """The ASGI app over a ready ``ServerState`` (engine loaded, store open)."""
-    from helixloom.server import api_routes, openai_routes
+    from helixloom.server import api_routes, loom_routes, openai_routes
 
     app = FastAPI(title="helixloom", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.helixloom = state
     app.include_router(openai_routes.router)
     app.include_router(api_routes.router)
+    app.include_router(loom_routes.router)
+    static = resources.files("helixloom") / "server" / "static"
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(str(static / "index.html"))
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
     @app.middleware("http")
     async def require_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

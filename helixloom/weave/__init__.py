@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 
 from helixloom.engine import Engine
-from helixloom.store import Store
+from helixloom.store import Node, Store
 from helixloom.weave.evaluator import Evaluator, Question, default_template
 from helixloom.weave.search import WeaveConfig, WeaveNode, WeaveResult, weave
 
@@ -31,17 +31,21 @@ def run(
     *,
     adapter: str | None = None,
     store: Store | None = None,
-    tree_id: str | None = None,
+    parent: Node | None = None,
     on_node: Callable[[WeaveNode], None] | None = None,
 ) -> tuple[WeaveResult, str | None]:
     """Run a search and store every node (parent links, text, score, depth, model and adapter) as a
-    tree; returns the result and the tree id. The stored tree can be inspected or continued."""
+    tree; returns the result and the tree id. With ``parent`` (a stored node whose branch text is
+    ``prompt``) the search grows under that node, in its tree: a search continued from the loom."""
     config = config or WeaveConfig()
     if store is None:
         return weave(prompt, engine, evaluator, config, adapter=adapter, on_node=on_node), None
-    tree = tree_id or uuid.uuid4().hex
+    tree = parent.tree_id if parent is not None else uuid.uuid4().hex
 
     def keep(node: WeaveNode) -> None:
+        if node.parent is None and parent is not None:
+            node.node_id = parent.id  # the search's root is the node it started from
+            return
         parent_id = node.parent.node_id if node.parent is not None else None
         stored = store.add_node(
             tree,
@@ -60,7 +64,7 @@ def run(
     result = weave(prompt, engine, evaluator, config, adapter=adapter, on_node=keep)
     best = {id(n) for n in result.best[: config.beam_width]}
     for node in result.root.nodes():
-        if node.node_id is not None:
+        if node.node_id is not None and not (node is result.root and parent is not None):
             store.update_node_meta(
                 node.node_id,
                 {
