@@ -9,13 +9,20 @@ export HELIXLOOM_TEST_CACHE ?= $(CURDIR)/.helixloom-test-cache
 # a native build enables AMX on CPUs that report it, and crashes in VMs that do not let it be used.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install browser demo test lint bench
+.PHONY: install install-llamacpp browser demo test lint bench
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# The llamacpp backend and llama-cpp-python's own server, for the tests (the demo does not need them).
+install-llamacpp: $(VENV)/.installed-llamacpp
+
+$(VENV)/.installed-llamacpp: $(VENV)/.installed
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir "llama-cpp-python>=0.3.16"
 	$(PY) -m pip install -q -e '.[test,llamacpp,llamacpp-server]'
 	touch $@
@@ -33,7 +40,7 @@ lint: install
 	$(VENV)/bin/ruff format --check helixloom tests benchmarks
 	$(VENV)/bin/mypy
 
-test: lint browser
+test: lint install-llamacpp browser
 	$(PY) -m pytest
 
 bench: install
