@@ -130,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
         "in batches, scored by asking the evaluator model each --question (yes/no log-odds), committed one "
         "level per round. Every node is stored as a tree; the best branch is printed.",
     )
-    wv.add_argument("prompt", help="the text to continue; '-' reads it from standard input")
+    wv.add_argument("prompt", nargs="?", help="the text to continue; '-' reads it from standard input")
+    wv.add_argument(
+        "--from-node", metavar="NODE_ID", help="continue a stored tree: search under this node (no PROMPT)"
+    )
     wv.add_argument(
         "--question",
         action="append",
@@ -554,8 +557,10 @@ def cmd_weave(args: argparse.Namespace) -> int:
     from helixloom import models, weave
     from helixloom.engine.pool import EnginePool
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    if not prompt.strip():
+    if (args.prompt is None) == (args.from_node is None):
+        raise HelixloomError("give either PROMPT or --from-node NODE_ID", "see helixloom weave --help")
+    prompt = (sys.stdin.read() if args.prompt == "-" else args.prompt) if args.prompt is not None else ""
+    if args.prompt is not None and not prompt.strip():
         raise HelixloomError("the prompt is empty", param="prompt")
     if not args.question:
         raise HelixloomError(
@@ -582,6 +587,16 @@ def cmd_weave(args: argparse.Namespace) -> int:
     models.resolve(args.model)
     models.resolve(evaluator_spec)
     with _store() as store:
+        parent = None
+        if args.from_node is not None:
+            from helixloom import loom
+
+            parent = store.get_node(args.from_node)
+            if parent is None:
+                raise HelixloomError(
+                    f"no node {args.from_node}", "node ids are in weave --json output and the loom"
+                )
+            prompt = loom.branch_text(store, parent.id)
         adapter = adapter_registry.resolve(store, args.adapter, model=args.model) if args.adapter else None
         ev_adapter = (
             adapter_registry.resolve(store, args.evaluator_adapter, model=evaluator_spec)
@@ -612,6 +627,7 @@ def cmd_weave(args: argparse.Namespace) -> int:
             config,
             adapter=adapter[0] if adapter else None,
             store=store,
+            parent=parent,
             on_node=progress,
         )
         print(file=sys.stderr)

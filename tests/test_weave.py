@@ -203,6 +203,28 @@ def test_cli_weave(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, he
     with Store(helixloom_home / "helixloom.db") as store:
         nodes = store.tree_nodes(body["tree_id"])
     assert nodes[0].text == "Once upon a time" and len(nodes) >= 4
+    # Continue the stored search under its best node.
+    more = [
+        "weave",
+        "--from-node",
+        body["best"][0]["node_id"],
+        "--model",
+        str(tiny_model.path),
+        "--question",
+        "Is it a story?",
+        "--budget",
+        "3",
+        "--n-expand",
+        "3",
+        "--tokens-per-node",
+        "4",
+        "--json",
+    ]
+    assert main(more) == 0
+    grown = json.loads(capsys.readouterr().out)
+    assert grown["tree_id"] == body["tree_id"]
+    with Store(helixloom_home / "helixloom.db") as store:
+        assert len(store.tree_nodes(body["tree_id"])) > len(nodes)
     assert main(["weave", "x", "--model", str(tiny_model.path)]) == 2
     assert "--question" in capsys.readouterr().err
 
