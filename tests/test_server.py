@@ -69,7 +69,7 @@ def greedy_text(engine: HFEngine, prompt: str, adapter: str | None = None, **kw:
 def test_models_list(served: Running) -> None:
     models = {m.id: m for m in served.client().models.list().data}
     base = served.state.base_id
-    assert set(models) == {base, "alpha", "beta", "helixnet"}
+    assert set(models) == {base, "alpha", "beta", "helixnet", "weave"}
     assert models["alpha"].model_extra and models["alpha"].model_extra["parent"] == base
 
 
