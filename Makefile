@@ -28,7 +28,7 @@ $(VENV)/.installed-llamacpp: $(VENV)/.installed
 	touch $@
 
 demo: install
-	$(VENV)/bin/helixloom chat --once "Why is the sky blue?" --max-tokens 96 --seed 0
+	$(VENV)/bin/helixloom chat --once "Why do leaves change color in autumn?" --max-tokens 64 --seed 3
 
 # The loom UI is tested in headless Chromium from Debian (root installs it; elsewhere the test skips).
 browser:
