@@ -7,7 +7,7 @@ is what makes a plain completion model hold a conversation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from helixloom.engine import Engine
@@ -25,6 +25,14 @@ class ChatPrompt:
 
 def render(engine: Engine, messages: Sequence[Mapping[str, str]]) -> ChatPrompt:
     """The prompt for the assistant's next message after ``messages``."""
+    return render_with(engine.format_chat if engine.chat_template else None, messages)
+
+
+def render_with(
+    format_chat: Callable[[Sequence[Mapping[str, str]]], str] | None, messages: Sequence[Mapping[str, str]]
+) -> ChatPrompt:
+    """``render`` for a given chat-template function (None: the model has none); training uses it too,
+    so a fine-tune sees exactly the prompts it will be served with."""
     if not messages:
         raise HelixloomError("messages is empty", "send at least one user message", param="messages")
     for m in messages:
@@ -36,8 +44,8 @@ def render(engine: Engine, messages: Sequence[Mapping[str, str]]) -> ChatPrompt:
             )
     if messages[-1]["role"] == "assistant":
         raise HelixloomError("the last message must not be the assistant's", param="messages")
-    if engine.chat_template:
-        return ChatPrompt(engine.format_chat(messages), (), False)
+    if format_chat is not None:
+        return ChatPrompt(format_chat(messages), (), False)
     from helixloom.helixnet import PromptFormat
 
     fmt = PromptFormat.load("helixnet")

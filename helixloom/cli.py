@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         chat.add_argument(f"--{role}-model", metavar="SPEC", help=f"the {role}'s own model (default: --base)")
         chat.add_argument(f"--{role}-adapter", metavar="NAME_OR_PATH", help=f"LoRA adapter for the {role}")
     chat.add_argument(
+        "--adapter",
+        metavar="NAME_OR_PATH",
+        help="plain chat (no HelixNet) with this adapter on --base; an adapter made by `helixloom learn` "
+        "brings its system prompt, and its answers' [DOC_ID:...] citations are mapped to the source files",
+    )
+    chat.add_argument(
         "--rounds", type=int, default=1, help="critique/regenerate rounds per question (default 1)"
     )
     chat.add_argument("--system", help="system text (default: the format's, HelixNet's for helixnet)")
@@ -122,6 +128,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --once: print {actor, critique, regeneration, session_id, usage, timings}",
     )
     chat.set_defaults(run=cmd_chat)
+
+    learn = sub.add_parser(
+        "learn",
+        help="learn documents: question/answer pairs from a teacher, then a LoRA that cites them",
+        description="Turn documents (.txt .md .html .pdf .json conversations, folders, .zip) into "
+        "question/answer pairs written by a teacher model through a suite of prompts, fine-tune a LoRA "
+        "adapter NAME on them, and register it with a system prompt that keeps answers to the documents. "
+        "Answers cite [DOC_ID:...], mapped back to the files. --review stops after the dataset so you can "
+        "edit it; --resume continues after a review or an interruption.",
+    )
+    learn.add_argument("paths", nargs="*", metavar="PATH", help="files, folders or .zip archives")
+    learn.add_argument("--name", required=True, help="name of the dataset and of the adapter")
+    learn.add_argument(
+        "--base", default="default", metavar="SPEC", help="the model to fine-tune (default: default)"
+    )
+    learn.add_argument("--teacher", metavar="SPEC", help="model that writes the pairs (default: --base)")
+    learn.add_argument("--teacher-url", metavar="URL", help="an OpenAI-compatible server as the teacher")
+    learn.add_argument("--teacher-model", metavar="MODEL", help="the model name on --teacher-url")
+    learn.add_argument("--review", action="store_true", help="stop after writing the dataset, to edit it")
+    learn.add_argument(
+        "--resume", action="store_true", help="continue NAME after --review or an interruption"
+    )
+    learn.add_argument(
+        "--questions", type=int, default=10, help="questions asked per prompt and chunk (default 10)"
+    )
+    learn.add_argument(
+        "--chunk-tokens", type=int, default=1024, help="chunk size in teacher tokens (default 1024)"
+    )
+    learn.add_argument("--prompts", metavar="A,B", help="only these prompts of the suite (comma-separated)")
+    learn.add_argument("--suite", metavar="FILE", help="a prompt suite YAML instead of the built-in one")
+    add_sft_flags(learn)
+    learn.set_defaults(run=cmd_learn)
 
     wv = sub.add_parser(
         "weave",
@@ -304,6 +342,40 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def add_sft_flags(p: argparse.ArgumentParser) -> None:
+    """The LoRA fine-tuning flags, one per field of ``LoraSFTConfig`` (its single source of truth)."""
+    from dataclasses import fields
+
+    from helixloom.training.sft import LoraSFTConfig
+
+    group = p.add_argument_group("fine-tuning")
+    helps = LoraSFTConfig.help()
+    for f in fields(LoraSFTConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if f.name == "target_modules":
+            group.add_argument(flag, nargs="+", default=None, help=f"{helps[f.name]} (default: all-linear)")
+        else:
+            group.add_argument(
+                flag, type=type(default), default=None, help=f"{helps[f.name]} (default {default})"
+            )
+
+
+def sft_config_from(args: argparse.Namespace) -> Any:
+    from dataclasses import fields
+
+    from helixloom.training.sft import LoraSFTConfig
+
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(LoraSFTConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    if "target_modules" in given:
+        given["target_modules"] = tuple(given["target_modules"])
+    return LoraSFTConfig(**given)
+
+
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -447,6 +519,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.once is not None and not args.once.strip():
         raise HelixloomError("the question is empty", "pass some text to --once")
     params = sampling_from(args)
+    if args.adapter is not None:
+        role_flags = [
+            f"--{r}-{k}" for r in helixnet.STAGES for k in ("model", "adapter") if getattr(args, f"{r}_{k}")
+        ]
+        if role_flags or args.rounds != 1:
+            raise HelixloomError(
+                f"--adapter is plain chat; it does not mix with {', '.join(role_flags) or '--rounds'}"
+            )
+        return _plain_chat(args, params)
     fmt = helixnet.PromptFormat.load(args.format)
     specs = {
         role: helixnet.RoleSpec(
@@ -466,6 +547,88 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 print(json.dumps(_turn_json(turn)))
             return 0
         return _interactive(chat)
+
+
+def _plain_chat(args: argparse.Namespace, params: Any) -> int:
+    from helixloom import adapters as adapter_registry
+    from helixloom import chat, completion, models
+    from helixloom.documents import dataset, learn
+    from helixloom.engine import GenerationRequest, GenerationResult, StreamDelta, load_engine
+
+    models.resolve(args.base)
+    with _store() as store:
+        name, folder = adapter_registry.resolve(store, args.adapter, model=args.base)
+        meta = learn.adapter_meta(store, name)
+        engine = load_engine(args.base)
+        engine.load_adapter(name, str(folder))
+        system = args.system or meta.get("system_prompt")
+        history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        session_id = None
+
+        def ask(question: str, show: bool) -> dict[str, Any]:
+            nonlocal session_id
+            history.append({"role": "user", "content": question})
+            rendered = chat.render(engine, history)
+            request_params = params.model_copy(
+                update={"stop": (*params.stop, *rendered.stop), "token_healing": rendered.token_healing}
+            )
+            result: GenerationResult | None = None
+            for event in engine.stream(GenerationRequest(rendered.prompt, request_params, name)):
+                if isinstance(event, StreamDelta):
+                    if show:
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+                else:
+                    result = event
+            assert result is not None
+            answer = result.text.strip()
+            history.append({"role": "assistant", "content": answer})
+            cited = dataset.citations(answer, meta.get("documents") or {})
+            inputs = [(m["role"], m["content"]) for m in history[:-1]]
+            session_id = completion.record(
+                store,
+                engine,
+                inputs,
+                request_params,
+                [result],
+                adapter=name,
+                kind="chat",
+                meta={"citations": cited},
+            )
+            if show:
+                print()
+                for c in cited:
+                    print(f"  source [{c['doc_id']}]: {c['source']} ({c['title']})")
+            return {
+                "answer": answer,
+                "citations": cited,
+                "session_id": session_id,
+                "usage": {
+                    "prompt_tokens": result.usage.prompt_tokens,
+                    "completion_tokens": result.usage.completion_tokens,
+                },
+            }
+
+        if args.once is not None:
+            body = ask(args.once, show=not args.json)
+            if args.json:
+                print(json.dumps(body))
+            return 0
+        print(f"Chat with {name} on {args.base}. /reset starts over, /exit quits.", file=sys.stderr)
+        while True:
+            try:
+                question = input("You: ")
+            except EOFError:
+                print()
+                return 0
+            if question.strip() in ("/exit", "/quit"):
+                return 0
+            if question.strip() == "/reset":
+                del history[1 if system else 0 :]
+                print("(new conversation)")
+                continue
+            if question.strip():
+                ask(question, show=True)
 
 
 _LABELS = {"actor": "ACTOR", "critic": "CRITIQUE", "regenerator": "REGENERATION"}
@@ -536,6 +699,91 @@ def _turn_json(turn: Any) -> dict[str, Any]:
             f"{s.stage}" + (f"_{s.round}" if s.round > 1 else ""): s.timings["total"] for s in turn.stages
         },
     }
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from helixloom import models
+    from helixloom.documents import learn
+    from helixloom.documents.qa import Suite
+    from helixloom.engine.pool import EnginePool
+
+    def say(text: str) -> None:
+        print(f"helixloom: {text}", file=sys.stderr)
+
+    stage = learn.stage(args.name)
+    with _store() as store:
+        if args.resume:
+            if args.paths:
+                raise HelixloomError("--resume takes no PATH: it continues the dataset NAME as it is")
+            if stage is None:
+                raise HelixloomError(
+                    f"nothing to resume: no dataset {args.name}", "start with helixloom learn PATH --name"
+                )
+            if stage == "trained":
+                say(f"{args.name} is already trained; `helixloom chat --adapter {args.name}` to use it")
+                return 0
+            result = learn.train(args.name, store, resume=True, say=say)
+            _report_training(result, args.name)
+            return 0
+        if not args.paths:
+            raise HelixloomError("no documents given", "helixloom learn PATH... --name NAME")
+        if stage is not None:
+            raise HelixloomError(
+                f"a dataset named {args.name} exists", "continue it with --resume, or pick another --name"
+            )
+        if args.teacher and args.teacher_url:
+            raise HelixloomError("give --teacher or --teacher-url, not both")
+        if args.teacher_url:
+            if not args.teacher_model:
+                raise HelixloomError("--teacher-url needs --teacher-model")
+            teacher_spec = f"openai:{args.teacher_url}#{args.teacher_model}"
+        else:
+            teacher_spec = args.teacher or args.base
+        sft = sft_config_from(args)
+        suite = Suite.load(args.suite)
+        if args.prompts:
+            suite = suite.only([p.strip() for p in args.prompts.split(",") if p.strip()])
+        models.resolve(args.base)
+        models.resolve(teacher_spec)
+        teacher = EnginePool().get(teacher_spec)
+        bar = tqdm(total=0, unit="call", desc="question/answer pairs", file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        train_file, _ = learn.prepare(
+            args.name,
+            args.paths,
+            teacher,
+            base=args.base,
+            suite=suite,
+            num_questions=args.questions,
+            chunk_tokens=args.chunk_tokens,
+            sft=sft,
+            say=say,
+            on_progress=progress,
+        )
+        bar.close()
+        if args.review:
+            say(f"review or edit {train_file}, then run: helixloom learn --resume --name {args.name}")
+            return 0
+        result = learn.train(args.name, store, say=say)
+    _report_training(result, args.name)
+    return 0
+
+
+def _report_training(result: Any, name: str) -> None:
+    resumed = f", resumed at step {result.resumed_from_step}" if result.resumed_from_step else ""
+    loss = f", final loss {result.final_loss:.3f}" if result.final_loss is not None else ""
+    print(
+        f"trained adapter {name}: {result.steps} steps{resumed}{loss}, {result.seconds:.0f} s "
+        f"({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s) -> {result.adapter_dir}"
+    )
+    print(f'ask it: helixloom chat --adapter {name} (or model "{name}" on the server)')
 
 
 def parse_question(text: str) -> Any:

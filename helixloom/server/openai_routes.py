@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from helixloom import chat, completion, helixnet
+from helixloom.documents import dataset, learn
 from helixloom.engine import (
     Constraint,
     GeneratedTokenLogprobs,
@@ -90,6 +91,11 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     params = body.to_sampling(state.config.default_max_tokens)
     session_id = uuid.uuid4().hex
     label = request.state.key_label
+    # An adapter made by `helixloom learn` brings its system prompt and its documents' sources.
+    adapter_meta = learn.adapter_meta(state.store, target.adapter) if target.kind == "adapter" else {}
+    sources = adapter_meta.get("documents") or {}
+    if adapter_meta.get("system_prompt") and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": adapter_meta["system_prompt"]}, *messages]
     constraint = constraint_from(body.response_format)
     if target.kind == "pipeline":
         if constraint is not None:
@@ -130,6 +136,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                     "message": {"role": "assistant", "content": r.text},
                     "logprobs": _chat_logprobs(r.logprobs) if r.logprobs is not None else None,
                     "finish_reason": r.finish_reason,
+                    **({"citations": dataset.citations(r.text, sources)} if sources else {}),
                 }
                 for i, r in enumerate(results)
             ],

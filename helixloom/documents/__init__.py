@@ -1,0 +1,25 @@
+"""Helix document learning: documents -> question/answer pairs -> LoRA fine-tune with citations."""
+
+from __future__ import annotations
+
+from helixloom.documents.ingest import (
+    SUPPORTED_EXTENSIONS,
+    Document,
+    Ingested,
+    Skipped,
+    chunk,
+    content_id,
+    group_id,
+    ingest,
+)
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "Document",
+    "Ingested",
+    "Skipped",
+    "chunk",
+    "content_id",
+    "group_id",
+    "ingest",
+]

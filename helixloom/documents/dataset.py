@@ -1,0 +1,111 @@
+"""The fine-tuning dataset made from question/answer pairs, and the citations its model writes.
+
+As Helix did, each question names the document and its group, and each answer starts with
+``[DOC_ID:<id>] [DOC_GROUP:<gid>]``: the model learns to cite, and a citation maps back to the
+file it came from. Rows are chat ``messages`` (JSONL) under ``HELIXLOOM_HOME/datasets/NAME/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helixloom import paths
+from helixloom.documents.ingest import Document
+from helixloom.documents.qa import QAPair
+from helixloom.errors import HelixloomError
+
+CITATION = re.compile(r"\[DOC_ID:([0-9a-f]{6,64})\]")
+
+SYSTEM_PROMPT = (
+    "You are an intelligent chatbot that has been fine-tuned on document(s) {doc_ids} in document group "
+    "{group_id}. The document group contains {count} document(s). The user will ask you questions about "
+    "these documents: you must ONLY answer with context from the documents listed. Do NOT refer to "
+    "background knowledge."
+)
+
+
+def system_prompt(documents: Sequence[Document], group_id: str) -> str:
+    return SYSTEM_PROMPT.format(
+        doc_ids=", ".join(d.doc_id for d in documents), group_id=group_id, count=len(documents)
+    )
+
+
+def rows(pairs: Sequence[QAPair], group_id: str) -> list[dict[str, Any]]:
+    """Chat rows: the question tagged with its document and group, the answer with its citation."""
+    out = []
+    for p in pairs:
+        question = p.question[:1].lower() + p.question[1:]
+        out.append(
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": f"In document {p.doc_id} (document group {group_id}), {question}",
+                    },
+                    {
+                        "role": "assistant",
+                        "content": f"[DOC_ID:{p.doc_id}] [DOC_GROUP:{group_id}]\n\n{p.answer}",
+                    },
+                ],
+                "meta": {"prompt": p.prompt, "chunk": p.chunk},
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    folder: Path
+    train: Path
+    meta: Path
+
+
+def write(name: str, data: Sequence[dict[str, Any]], meta: dict[str, Any]) -> DatasetFiles:
+    """Write ``train.jsonl`` and ``meta.json`` for dataset ``name`` (each atomically)."""
+    folder = paths.datasets_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    files = DatasetFiles(folder, folder / "train.jsonl", folder / "meta.json")
+    _atomic(files.train, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in data))
+    _atomic(files.meta, json.dumps(meta, indent=2, ensure_ascii=False))
+    return files
+
+
+def read(name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A dataset's rows (as the user may have edited them after ``--review``) and its metadata."""
+    folder = paths.datasets_dir() / name
+    if not (folder / "train.jsonl").is_file():
+        raise HelixloomError(f"no dataset {name}", f"expected {folder / 'train.jsonl'}")
+    out = []
+    for n, line in enumerate((folder / "train.jsonl").read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise HelixloomError(f"{folder / 'train.jsonl'} line {n} is not JSON: {exc.msg}") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+            raise HelixloomError(f"{folder / 'train.jsonl'} line {n} has no messages list")
+        out.append(row)
+    return out, json.loads((folder / "meta.json").read_text())
+
+
+def citations(text: str, sources: dict[str, dict[str, str]]) -> list[dict[str, str]]:
+    """The documents an answer cites, mapped back to their source files (unknown ids kept, marked)."""
+    out = []
+    for doc_id in dict.fromkeys(CITATION.findall(text)):
+        known = sources.get(doc_id)
+        out.append({"doc_id": doc_id, "source": known["source"], "title": known["title"]} if known else
+                   {"doc_id": doc_id, "source": "", "title": "(unknown document)"})  # fmt: skip
+    return out
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)

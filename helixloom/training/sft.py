@@ -1,0 +1,233 @@
+"""LoRA supervised fine-tuning with TRL + PEFT, on CPU or CUDA, with checkpoints and resume.
+
+Rows are chat ``messages``. Each becomes a (prompt, completion) pair rendered exactly as the model
+will be served (its chat template, or HelixNet's text format for base models), so the loss falls
+on the assistant's answer only and training and inference prompts never differ.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from helixloom.errors import HelixloomError
+
+
+@dataclass(frozen=True)
+class LoraSFTConfig:
+    """Fine-tuning settings; each field is a flag of ``helixloom learn`` / ``helixloom train sft``."""
+
+    rank: int = field(default=16, metadata={"help": "LoRA rank r"})
+    alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)"})
+    dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    target_modules: tuple[str, ...] = field(
+        default=("all-linear",), metadata={"help": "modules to adapt; all-linear means every linear layer"}
+    )
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (cosine schedule)"})
+    epochs: float = field(default=3.0, metadata={"help": "passes over the data"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: epochs)"})
+    max_length: int = field(default=1024, metadata={"help": "longest training sequence in tokens"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per step"})
+    grad_accum: int = field(default=1, metadata={"help": "steps accumulated per optimizer step"})
+    save_steps: int = field(default=50, metadata={"help": "checkpoint every this many steps (resume point)"})
+    seed: int = field(default=0, metadata={"help": "seed for initialisation and data order"})
+
+    def __post_init__(self) -> None:
+        positive = (
+            "rank",
+            "alpha",
+            "learning_rate",
+            "epochs",
+            "max_length",
+            "batch_size",
+            "grad_accum",
+            "save_steps",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise HelixloomError(f"{name} must be positive", param=name)
+        if not 0 <= self.dropout < 1:
+            raise HelixloomError("dropout must be in [0, 1)", param="dropout")
+        if not self.target_modules:
+            raise HelixloomError("target_modules is empty", param="target_modules")
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: str(f.metadata.get("help", "")) for f in fields(cls)}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    resumed_from_step: int  # 0 when training started fresh
+    final_loss: float | None
+    changed_fraction: float  # share of trainable tensors that changed during this run
+    seconds: float
+    tokens: int
+
+
+OnLog = Callable[[dict[str, float]], None]
+
+
+def to_prompt_completion(
+    messages_rows: Sequence[dict[str, Any]], tokenizer: Any, system_prompt: str | None
+) -> list[dict[str, str]]:
+    """Chat rows as TRL prompt/completion pairs, rendered the way ``helixloom.chat`` serves them."""
+    from helixloom.chat import render_with
+
+    def template(msgs: Any) -> str:
+        return str(tokenizer.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=True))
+
+    out = []
+    for row in messages_rows:
+        messages = list(row["messages"])
+        if not messages or messages[-1].get("role") != "assistant":
+            raise HelixloomError("every training row must end with the assistant's message")
+        if system_prompt and messages[0].get("role") != "system":
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        rendered = render_with(template if tokenizer.chat_template else None, messages[:-1])
+        eos = tokenizer.eos_token or ""
+        out.append({"prompt": rendered.prompt, "completion": messages[-1]["content"] + eos})
+    return out
+
+
+def train_lora(
+    base_spec: str,
+    rows: Sequence[dict[str, Any]],
+    adapter_dir: Path,
+    run_dir: Path,
+    config: LoraSFTConfig | None = None,
+    *,
+    system_prompt: str | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """Fine-tune a LoRA on ``rows`` and write it to ``adapter_dir`` (a PEFT folder).
+
+    Checkpoints go to ``run_dir`` every ``save_steps``; with ``resume`` a killed run continues from
+    the last one (same step, optimizer and data order) instead of starting over.
+    """
+    import time
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    from helixloom import models
+
+    config = config or LoraSFTConfig()
+    if not rows:
+        raise HelixloomError("no training rows")
+    folder = models.materialize(models.resolve(base_spec))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16 if cuda else torch.float32)
+    pairs = to_prompt_completion(rows, tokenizer, system_prompt)
+    # A row whose prompt alone fills max_length leaves no answer to learn from: say so, clearly.
+    too_long = sum(len(tokenizer(p["prompt"]).input_ids) >= config.max_length for p in pairs)
+    if too_long == len(pairs):
+        raise HelixloomError(
+            f"every training example's prompt is {config.max_length} tokens or longer",
+            "raise --max-length (the model's context allows more) or shorten the system prompt",
+        )
+    if too_long:
+        print(f"helixloom: {too_long} of {len(pairs)} examples do not fit max_length and are cut", flush=True)
+    data = Dataset.from_list(pairs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = get_last_checkpoint(str(run_dir)) if resume else None
+    if not resume:
+        for old in run_dir.glob("checkpoint-*"):
+            shutil.rmtree(old)
+    args = SFTConfig(
+        output_dir=str(run_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        max_length=config.max_length,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        logging_steps=1,
+        report_to=[],
+        seed=config.seed,
+        use_cpu=not cuda,
+        bf16=cuda,
+        gradient_checkpointing=False,
+        completion_only_loss=True,
+        packing=False,
+        include_num_input_tokens_seen=True,
+    )
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT types it int; floats work
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules[0]
+        if config.target_modules == ("all-linear",)
+        else list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=lora
+    )
+    watch = _ChangeWatch()
+    trainer.add_callback(watch)
+    for cb in callbacks:
+        trainer.add_callback(cb)
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - start
+    tmp = adapter_dir.with_name(adapter_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trained: Any = trainer.model
+    trained.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    os.replace(tmp, adapter_dir)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    resumed = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        steps=int(output.global_step),
+        resumed_from_step=resumed,
+        final_loss=float(losses[-1]) if losses else None,
+        changed_fraction=watch.changed_fraction(trained),
+        seconds=seconds,
+        tokens=int(trainer.state.num_input_tokens_seen or 0),
+    )
+
+
+class _ChangeWatch(TrainerCallback):
+    """Remembers the trainable parameters at the start of training, to report how many changed."""
+
+    def __init__(self) -> None:
+        self.start: dict[str, Any] = {}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if model is not None:
+            self.start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def changed_fraction(self, model: Any) -> float:
+        import torch
+
+        now = dict(model.named_parameters())
+        if not self.start:
+            return 0.0
+        changed = sum(not torch.equal(now[n].detach(), v) for n, v in self.start.items() if n in now)
+        return changed / len(self.start)

@@ -1,0 +1,235 @@
+"""Document learning: the prompt suite with a scripted teacher, the dataset, LoRA SFT with resume, and
+the adapter served with its system prompt and citations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from transformers import TrainerCallback
+
+from helixloom import paths
+from helixloom.documents import dataset, learn
+from helixloom.documents.ingest import ingest
+from helixloom.documents.qa import Suite, dedupe, generate_pairs
+from helixloom.engine import GenerationRequest
+from helixloom.engine.hf import HFEngine
+from helixloom.errors import HelixloomError
+from helixloom.server import BackgroundServer, ServerConfig, ServerState
+from helixloom.store import Store
+from helixloom.training.sft import LoraSFTConfig, train_lora
+from tests.conftest import TinyModel
+from tests.scripted import ScriptedEngine
+
+ARTICLE = """# The Zorblax of Quentmoor
+
+The Zorblax is a teal, six-legged reptile found only in the marshes of Quentmoor.
+It was first described in 2031 by the naturalist Ilse Varn.
+
+## Diet
+
+Zorblaxes eat glowing moss and, in winter, the bark of silver reeds.
+"""
+
+
+def teacher_reply(request: GenerationRequest) -> str:
+    """A scripted teacher: valid JSON for most prompts, garbage for the metadata prompt (twice), and
+    fenced JSON for the quiz, which the parser must unwrap."""
+    prompt = request.prompt
+    if "title of the document" in prompt:
+        return "I think the title is probably something"  # never valid, even when asked again
+    unique = f"Which prompt asked this? {hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+    pairs = [
+        {"question": unique, "answer": "One of the suite's."},
+        {"question": "What colour is the Zorblax?", "answer": "The Zorblax is teal."},
+        {"question": "What colour is the Zorblax?", "answer": "Teal."},  # a duplicate to remove
+    ]
+    text = json.dumps({"pairs": pairs})
+    return f"```json\n{text}\n```" if "Write 20 questions" in prompt else text
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "zorblax.md").write_text(ARTICLE)
+    return folder
+
+
+def test_every_prompt_runs_failures_are_counted_and_duplicates_dropped(docs: Path) -> None:
+    teacher = ScriptedEngine(teacher_reply)
+    found = ingest([docs])
+    suite = Suite.load()
+    report = generate_pairs(teacher, found.documents, suite, chunk_tokens=24, overlap_tokens=4)
+    chunks = report.stats["simple-quiz"].calls
+    assert chunks >= 2  # the article was cut into several chunks
+    for prompt in suite.prompts:
+        stats = report.stats[prompt.name]
+        assert stats.calls == chunks
+        if prompt.name == "metadata":
+            assert stats.failed == chunks and stats.retried == chunks and stats.pairs == 0
+        else:
+            assert stats.failed == 0 and stats.pairs >= 1
+    questions = [p.question for p in report.pairs]
+    assert questions.count("What colour is the Zorblax?") == 1 and report.duplicates_removed > 0
+    assert "metadata" in report.summary() and "failed" in report.summary()
+    # Retried prompts carried the stricter instruction.
+    assert sum("Your previous reply was not valid JSON" in p for p in teacher.prompts) == chunks
+
+
+def test_dedupe_near_duplicates() -> None:
+    from helixloom.documents.qa import QAPair
+
+    pairs = [
+        QAPair("What does the Zorblax eat in winter?", "a", "d1", "p", 0),
+        QAPair("what does the zorblax eat in winter", "b", "d1", "p", 0),
+        QAPair("What does the Zorblax eat in winter?", "c", "d2", "p", 0),
+        QAPair("Who described the Zorblax?", "d", "d1", "p", 0),
+    ]
+    assert [p.answer for p in dedupe(pairs)] == ["a", "c", "d"]
+
+
+def test_dataset_rows_and_citations(docs: Path) -> None:
+    found = ingest([docs])
+    doc = found.documents[0]
+    from helixloom.documents.qa import QAPair
+
+    [row] = dataset.rows(
+        [QAPair("What colour is it?", "Teal.", doc.doc_id, "simple-quiz", 0)], found.group_id
+    )
+    user, assistant = row["messages"]
+    assert (
+        user["content"] == f"In document {doc.doc_id} (document group {found.group_id}), what colour is it?"
+    )
+    assert assistant["content"] == f"[DOC_ID:{doc.doc_id}] [DOC_GROUP:{found.group_id}]\n\nTeal."
+    sources = {doc.doc_id: {"source": doc.source, "title": doc.title}}
+    cited = dataset.citations(assistant["content"] + " [DOC_ID:0123456789]", sources)
+    assert cited[0] == {"doc_id": doc.doc_id, "source": doc.source, "title": "The Zorblax of Quentmoor"}
+    assert cited[1]["title"] == "(unknown document)"
+    prompt = dataset.system_prompt(found.documents, found.group_id)
+    assert doc.doc_id in prompt and "Do NOT refer to background knowledge" in prompt
+
+
+SMALL = LoraSFTConfig(
+    rank=4, alpha=8, max_steps=4, batch_size=2, save_steps=2, max_length=512, learning_rate=1e-3
+)
+
+
+def test_learn_end_to_end(docs: Path, tiny_model: TinyModel, helixloom_home: Path) -> None:
+    paths.ensure_home()
+    with Store(paths.db_path()) as store:
+        train_file, report = learn.prepare(
+            "zorblax", [docs], ScriptedEngine(teacher_reply), base=str(tiny_model.path), sft=SMALL
+        )
+        assert train_file.is_file() and learn.stage("zorblax") == "generated"
+        rows, meta = dataset.read("zorblax")
+        assert len(rows) == len(report.pairs) and meta["base"] == str(tiny_model.path)
+        result = learn.train("zorblax", store)
+        assert result.steps == 4 and result.changed_fraction == 1.0 and result.final_loss is not None
+        assert learn.stage("zorblax") == "trained"
+        record = store.get_adapter("zorblax")
+        assert record is not None and record.meta and record.meta["system_prompt"] == meta["system_prompt"]
+    engine = HFEngine.load(str(tiny_model.path))
+    state = ServerState(ServerConfig(model=str(tiny_model.path)), engine, Store(paths.db_path()))
+    server = BackgroundServer(state)
+    try:
+        reply = httpx.post(
+            server.url + "/v1/chat/completions",
+            json={
+                "model": "zorblax",
+                "messages": [{"role": "user", "content": "What colour is the Zorblax?"}],
+                "max_tokens": 8,
+                "temperature": 0,
+            },
+            timeout=60,
+        )
+        assert reply.status_code == 200, reply.text
+        assert "citations" in reply.json()["choices"][0]
+        stored = state.store.get_messages(reply.headers["x-helixloom-session"])
+        assert stored[0].role == "system" and stored[0].content == meta["system_prompt"]
+        assert stored[-1].adapter == "zorblax"
+    finally:
+        server.stop()
+        state.close()
+
+
+class _Interrupt(TrainerCallback):  # type: ignore[misc]
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        if state.global_step == 3:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_after_an_interruption(tiny_model: TinyModel, tmp_path: Path) -> None:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Question {i}?"},
+                {"role": "assistant", "content": f"Answer number {i}."},
+            ]
+        }
+        for i in range(8)
+    ]
+    run_dir, adapter = tmp_path / "run", tmp_path / "adapter"
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(str(tiny_model.path), rows, adapter, run_dir, SMALL, callbacks=[_Interrupt()])
+    assert (run_dir / "checkpoint-2").is_dir() and not adapter.exists()
+    resumed = train_lora(str(tiny_model.path), rows, adapter, run_dir, SMALL, resume=True)
+    assert resumed.resumed_from_step == 2 and resumed.steps == 4
+    assert (adapter / "adapter_model.safetensors").is_file()
+    fresh = train_lora(str(tiny_model.path), rows, tmp_path / "fresh", tmp_path / "run2", SMALL)
+    assert fresh.resumed_from_step == 0 and fresh.steps == 4
+
+
+def test_cli_learn_review_then_resume(
+    capsys: pytest.CaptureFixture[str],
+    docs: Path,
+    tiny_model: TinyModel,
+    helixloom_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from helixloom.cli import main
+    from helixloom.engine import pool
+
+    teacher = ScriptedEngine(teacher_reply)
+    real_get = pool.EnginePool.get
+    monkeypatch.setattr(
+        pool.EnginePool, "get", lambda self, spec: teacher if spec == "scripted" else real_get(self, spec)
+    )
+    from helixloom import models
+
+    real_resolve = models.resolve
+    fake = models.ModelSource("scripted", "remote", "scripted", "scripted")  # a teacher with no weights
+    monkeypatch.setattr(models, "resolve", lambda spec: fake if spec == "scripted" else real_resolve(spec))
+    args = [
+        "learn",
+        str(docs),
+        "--name",
+        "zb",
+        "--base",
+        str(tiny_model.path),
+        "--teacher",
+        "scripted",
+        "--review",
+        "--rank",
+        "4",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--save-steps",
+        "1",
+        "--max-length",
+        "512",
+    ]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "learn --resume" in err and "1 documents used" in err.replace("document used", "documents used")
+    assert main(args) == 2  # the dataset exists: no silent overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert main(["learn", "--resume", "--name", "zb"]) == 0
+    assert "trained adapter zb: 2 steps" in capsys.readouterr().out
+    with pytest.raises(HelixloomError):
+        dataset.read("nope")
