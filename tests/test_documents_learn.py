@@ -233,3 +233,37 @@ def test_cli_learn_review_then_resume(
     assert "trained adapter zb: 2 steps" in capsys.readouterr().out
     with pytest.raises(HelixloomError):
         dataset.read("nope")
+
+
+def test_cli_plain_chat_with_learned_adapter(
+    capsys: pytest.CaptureFixture[str], docs: Path, tiny_model: TinyModel, helixloom_home: Path
+) -> None:
+    from helixloom.cli import main
+
+    paths.ensure_home()
+    with Store(paths.db_path()) as store:
+        learn.prepare("zq", [docs], ScriptedEngine(teacher_reply), base=str(tiny_model.path), sft=SMALL)
+        learn.train("zq", store)
+    code = main(
+        [
+            "chat",
+            "--base",
+            str(tiny_model.path),
+            "--adapter",
+            "zq",
+            "--once",
+            "What colour is it?",
+            "--json",
+            "--max-tokens",
+            "6",
+            "--temperature",
+            "0",
+        ]
+    )
+    body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and "citations" in body and body["session_id"]
+    with Store(paths.db_path()) as store:
+        messages = store.get_messages(body["session_id"])
+    assert messages[0].role == "system" and "Do NOT refer to background knowledge" in messages[0].content
+    assert main(["chat", "--adapter", "zq", "--critic-adapter", "x", "--once", "q"]) == 2
+    assert "plain chat" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -143,7 +144,10 @@ def train_lora(
             "raise --max-length (the model's context allows more) or shorten the system prompt",
         )
     if too_long:
-        print(f"helixloom: {too_long} of {len(pairs)} examples do not fit max_length and are cut", flush=True)
+        print(
+            f"helixloom: {too_long} of {len(pairs)} examples do not fit max_length and are cut",
+            file=sys.stderr,
+        )
     data = Dataset.from_list(pairs)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = get_last_checkpoint(str(run_dir)) if resume else None
