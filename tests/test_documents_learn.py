@@ -267,3 +267,35 @@ def test_cli_plain_chat_with_learned_adapter(
     assert messages[0].role == "system" and "Do NOT refer to background knowledge" in messages[0].content
     assert main(["chat", "--adapter", "zq", "--critic-adapter", "x", "--once", "q"]) == 2
     assert "plain chat" in capsys.readouterr().err
+
+
+def test_eval_qa(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, tmp_path: Path) -> None:
+    from helixloom.cli import main
+    from helixloom.engine import sampling
+    from helixloom.evals import qa
+
+    items = [qa.QAItem("What colour?", ("teal", "blue")), qa.QAItem("Where?", ("Quentmoor",))]
+    scripted = ScriptedEngine(lambda r: "It is TEAL, in  quentmoor." if "colour" in r.prompt else "No idea.")
+    answers = qa.answer(scripted, items, sampling(temperature=0, max_tokens=8))
+    assert [a.score for a in answers] == [0.5, 0.0] and qa.mean_score(answers) == 0.25
+    file = tmp_path / "q.jsonl"
+    file.write_text('{"question": "What colour is the Zorblax?", "facts": ["teal"]}\n')
+    code = main(
+        [
+            "eval",
+            "qa",
+            "--adapter",
+            str(tiny_model.adapters["alpha"]),
+            "--questions",
+            str(file),
+            "--base",
+            str(tiny_model.path),
+            "--max-tokens",
+            "4",
+            "--json",
+        ]
+    )
+    body = json.loads(capsys.readouterr().out)
+    assert code == 0 and body["questions"] == 1 and set(body["answers"][0]) >= {"base", "adapter"}
+    file.write_text('{"question": "no facts"}\n')
+    assert main(["eval", "qa", "--adapter", "x", "--questions", str(file)]) == 2
