@@ -1,0 +1,131 @@
+"""Document learning on the embedded default model: what a fine-tune on an unknown article teaches it.
+
+Writes a short article about a made-up subject (so the model cannot know it), runs ``learn`` with
+the default model as both teacher and student, and asks key-fact questions, a vague title question
+among them, before and after. Prints one JSON object: key-fact accuracy of the base model and of
+the adapter (the baseline is the base model, same run), pairs made per prompt, training tokens/s,
+and wall time per stage.
+
+    python benchmarks/learn.py [--epochs 3] [--rank 16] [--questions 5] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ARTICLE = """# Quentmoor Council approves the Zorblax marsh reserve
+
+On 14 March 2031 the Quentmoor Council voted 9 to 2 to protect the Velling Marsh as a reserve for the
+Zorblax, a teal, six-legged reptile that lives nowhere else.
+
+## What the reserve does
+
+The reserve closes the marsh to peat cutting and to motor boats. Councillor Ilse Varn, who proposed it,
+said the Zorblax population had fallen to about 400 animals. Zorblaxes eat glowing moss, which needs
+undisturbed water.
+
+## What happens next
+
+Wardens will count the animals every spring. Peat cutters will be paid to move to the Ossary fields,
+and the first count is planned for April 2032.
+"""
+
+QUESTIONS = [
+    {"question": "What colour is the Zorblax?", "facts": ["teal"]},
+    {"question": "How many legs does a Zorblax have?", "facts": ["six"]},
+    {"question": "Who proposed the Zorblax reserve?", "facts": ["Ilse Varn"]},
+    {"question": "What does the Zorblax eat?", "facts": ["moss"]},
+    {"question": "How many Zorblaxes are left?", "facts": ["400"]},
+    {
+        "question": "What is the council going to do about the marsh?",
+        "facts": ["reserve"],
+    },  # vague, title-style
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--questions", type=int, default=5, help="pairs asked per prompt")
+    parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
+    args = parser.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    work = args.work or Path(tempfile.mkdtemp(prefix="helixloom-bench-learn-"))
+    os.environ["HELIXLOOM_HOME"] = str(work)
+    # Reuse the converted default model from the user's home when there is one.
+    cached = Path(os.environ.get("HELIXLOOM_BENCH_MODELS", str(Path.home() / ".helixloom" / "models")))
+    (work / "models").mkdir(parents=True, exist_ok=True)
+    for f in cached.glob("*") if cached.is_dir() else []:
+        target = work / "models" / f.name
+        if not target.exists():
+            target.symlink_to(f)
+
+    from helixloom import paths
+    from helixloom.documents import learn
+    from helixloom.engine import load_engine, sampling
+    from helixloom.evals import qa
+    from helixloom.store import Store
+    from helixloom.training.sft import LoraSFTConfig
+
+    paths.ensure_home()
+    docs = work / "docs"
+    docs.mkdir(exist_ok=True)
+    (docs / "zorblax.md").write_text(ARTICLE)
+    items = [qa.QAItem(q["question"], tuple(q["facts"])) for q in QUESTIONS]
+    stages: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    engine = load_engine("default")
+    stages["load_seconds"] = time.perf_counter() - t0
+    params = sampling(temperature=0, max_tokens=48)
+    t0 = time.perf_counter()
+    before = qa.answer(engine, items, params)
+    stages["eval_before_seconds"] = time.perf_counter() - t0
+
+    sft = LoraSFTConfig(
+        rank=args.rank, alpha=2.0 * args.rank, epochs=args.epochs, batch_size=4, max_length=512
+    )
+    t0 = time.perf_counter()
+    _, report = learn.prepare(
+        "bench-zorblax", [docs], engine, base="default", num_questions=args.questions, sft=sft
+    )
+    stages["qa_generation_seconds"] = time.perf_counter() - t0
+    with Store(paths.db_path()) as store:
+        t0 = time.perf_counter()
+        trained = learn.train("bench-zorblax", store)
+        stages["training_seconds"] = time.perf_counter() - t0
+        system = learn.adapter_meta(store, "bench-zorblax").get("system_prompt")
+    engine.load_adapter("bench-zorblax", str(trained.adapter_dir))
+    t0 = time.perf_counter()
+    after = qa.answer(engine, items, params, adapter="bench-zorblax", system=system)
+    stages["eval_after_seconds"] = time.perf_counter() - t0
+
+    result = {
+        "benchmark": "learn",
+        "model": "default",
+        "questions": len(items),
+        "key_fact_accuracy_base": round(qa.mean_score(before), 3),
+        "key_fact_accuracy_adapter": round(qa.mean_score(after), 3),
+        "vague_title_question": {"base": before[-1].answer, "adapter": after[-1].answer},
+        "pairs": len(report.pairs),
+        "pairs_by_prompt": {n: s.pairs for n, s in report.stats.items()},
+        "failed_calls_by_prompt": {n: s.failed for n, s in report.stats.items()},
+        "training_steps": trained.steps,
+        "training_tokens_per_s": round(trained.tokens / trained.seconds, 1) if trained.seconds else None,
+        "final_loss": trained.final_loss,
+        **{k: round(v, 1) for k, v in stages.items()},
+        "answers_after": [a.answer for a in after],
+    }
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
