@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from helixloom import __version__
@@ -1064,38 +1064,35 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_export(args: argparse.Namespace) -> int:
-    out = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - stdout is not ours to close
-    count = 0
-    try:
-        with _store() as store:
-            offset = 0
-            while batch := store.list_sessions(kind=args.kind, rating=args.rating, limit=500, offset=offset):
-                for session in batch:
-                    out.write(json.dumps(_session_json(store, session)) + "\n")
-                    count += 1
-                offset += len(batch)
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    print(f"exported {count} sessions", file=sys.stderr)
-    return 0
+    def sessions(store: Any) -> Iterator[dict[str, Any]]:
+        offset = 0
+        while batch := store.list_sessions(kind=args.kind, rating=args.rating, limit=500, offset=offset):
+            yield from (_session_json(store, session) for session in batch)
+            offset += len(batch)
+
+    return _write_jsonl(sessions, args.out, "sessions")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from helixloom import loom
 
-    out = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - stdout is not ours to close
+    source = loom.export_sft if args.kind == "sft" else loom.export_preferences
+    return _write_jsonl(source, args.out, f"{args.kind} rows")
+
+
+def _write_jsonl(rows_of: Callable[[Any], Iterable[dict[str, Any]]], out_path: str | None, what: str) -> int:
+    """Write the rows a store yields as JSONL to ``out_path`` (or stdout); say how many on stderr."""
+    out = open(out_path, "w") if out_path else sys.stdout  # noqa: SIM115 - stdout is not ours to close
     count = 0
     try:
         with _store() as store:
-            rows = loom.export_sft(store) if args.kind == "sft" else loom.export_preferences(store)
-            for row in rows:
+            for row in rows_of(store):
                 out.write(json.dumps(row) + "\n")
                 count += 1
     finally:
         if out is not sys.stdout:
             out.close()
-    print(f"exported {count} {args.kind} rows", file=sys.stderr)
+    print(f"exported {count} {what}", file=sys.stderr)
     return 0
 
 

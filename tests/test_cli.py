@@ -150,3 +150,18 @@ def test_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
         assert flag in out
     code, out, _ = run(capsys, "models")
     assert code == 0 and "default" in out
+
+
+def test_sessions_commands(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, tmp_path: Path) -> None:
+    assert main(["generate", "Paris is", "--model", str(tiny_model.path), "--max-tokens", "3", "--json"]) == 0
+    sid = json.loads(capsys.readouterr().out)["session_id"]
+    assert main(["sessions", "list", "--json"]) == 0
+    assert [s["id"] for s in json.loads(capsys.readouterr().out)] == [sid]
+    assert main(["sessions", "show", sid, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [m["role"] for m in shown["messages"]] == ["user", "assistant"]
+    out = tmp_path / "sessions.jsonl"
+    assert main(["sessions", "export", "--format", "jsonl", "--out", str(out)]) == 0
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["id"] == sid and row["messages"][0]["content"] == "Paris is"
+    assert main(["sessions", "show", "nope"]) == 2
