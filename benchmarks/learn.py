@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ARTICLE = """# Quentmoor Council approves the Zorblax marsh reserve
 
@@ -35,6 +36,25 @@ undisturbed water.
 Wardens will count the animals every spring. Peat cutters will be paid to move to the Ossary fields,
 and the first count is planned for April 2032.
 """
+
+# What a strong teacher would write about ARTICLE (used with --teacher oracle, to measure what the
+# student learns independently of how good the local teacher is).
+ORACLE_PAIRS = [
+    ("What colour is the Zorblax?", "The Zorblax is teal."),
+    ("How many legs does the Zorblax have?", "The Zorblax has six legs."),
+    ("What kind of animal is the Zorblax?", "The Zorblax is a teal, six-legged reptile."),
+    ("Where does the Zorblax live?", "Only in the Velling Marsh of Quentmoor."),
+    ("Who proposed the Zorblax reserve?", "Councillor Ilse Varn proposed it."),
+    ("When did the Quentmoor Council vote on the reserve?", "On 14 March 2031."),
+    ("How did the council vote?", "9 to 2 in favour of the reserve."),
+    ("What does the Zorblax eat?", "Zorblaxes eat glowing moss."),
+    ("How many Zorblaxes are left?", "About 400 animals."),
+    ("What does the reserve ban?", "Peat cutting and motor boats in the marsh."),
+    ("What is the council going to do about the marsh?", "Make the Velling Marsh a reserve for the Zorblax."),
+    ("What will the wardens do?", "Count the Zorblaxes every spring."),
+    ("Where will the peat cutters go?", "They will be paid to move to the Ossary fields."),
+    ("When is the first Zorblax count?", "In April 2032."),
+]
 
 QUESTIONS = [
     {"question": "What colour is the Zorblax?", "facts": ["teal"]},
@@ -55,6 +75,12 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--questions", type=int, default=5, help="pairs asked per prompt")
     parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
+    parser.add_argument(
+        "--teacher",
+        choices=["default", "oracle"],
+        default="oracle",
+        help="default: the embedded model writes the pairs; oracle: fixed pairs a strong teacher would write",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     work = args.work or Path(tempfile.mkdtemp(prefix="helixloom-bench-learn-"))
@@ -93,8 +119,9 @@ def main() -> None:
         rank=args.rank, alpha=2.0 * args.rank, epochs=args.epochs, batch_size=4, max_length=512
     )
     t0 = time.perf_counter()
+    teacher: Any = engine if args.teacher == "default" else oracle(engine)
     _, report = learn.prepare(
-        "bench-zorblax", [docs], engine, base="default", num_questions=args.questions, sft=sft
+        "bench-zorblax", [docs], teacher, base="default", num_questions=args.questions, sft=sft
     )
     stages["qa_generation_seconds"] = time.perf_counter() - t0
     with Store(paths.db_path()) as store:
@@ -110,6 +137,7 @@ def main() -> None:
     result = {
         "benchmark": "learn",
         "model": "default",
+        "teacher": args.teacher,
         "questions": len(items),
         "key_fact_accuracy_base": round(qa.mean_score(before), 3),
         "key_fact_accuracy_adapter": round(qa.mean_score(after), 3),
@@ -125,6 +153,35 @@ def main() -> None:
     }
     json.dump(result, sys.stdout, indent=2)
     print()
+
+
+def oracle(engine: Any) -> Any:
+    """An engine that answers every prompt of the suite with ORACLE_PAIRS (token counts from ``engine``)."""
+    from helixloom.engine import Engine, GenerationResult, StreamDelta, Timings, Usage
+
+    class Oracle(Engine):
+        backend = "oracle"
+        model_name = "oracle"
+
+        def stream_batch(self, requests: Any, *, abort: Any = None) -> Any:
+            for row, _ in enumerate(requests):
+                text = json.dumps({"pairs": [{"question": q, "answer": a} for q, a in ORACLE_PAIRS]})
+                yield row, StreamDelta(text)
+                yield row, GenerationResult(text, "stop", Usage(0, 0), (), Timings())
+
+        def next_token_logprobs(self, prompts: Any, **kw: Any) -> Any:
+            raise NotImplementedError
+
+        def load_adapter(self, name: str, path: str) -> Any:
+            raise NotImplementedError
+
+        def adapters(self) -> Any:
+            return []
+
+        def count_tokens(self, text: str) -> int:
+            return int(engine.count_tokens(text))
+
+    return Oracle()
 
 
 if __name__ == "__main__":

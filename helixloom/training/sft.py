@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from helixloom.errors import HelixloomError
 
@@ -189,6 +190,10 @@ def train_lora(
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=lora
     )
+    # The stock progress callback prints every log dict to stdout; ours draws one bar on stderr.
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_Progress())
     watch = _ChangeWatch()
     trainer.add_callback(watch)
     for cb in callbacks:
@@ -215,6 +220,32 @@ def train_lora(
         seconds=seconds,
         tokens=int(trainer.state.num_input_tokens_seen or 0),
     )
+
+
+class _Progress(TrainerCallback):
+    """A training progress bar on stderr, with the latest loss."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=state.max_steps, initial=state.global_step, unit="step", desc="fine-tuning", file=sys.stderr
+        )
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class _ChangeWatch(TrainerCallback):
