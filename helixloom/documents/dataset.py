@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helixloom import paths
+from helixloom import jsonl, paths
 from helixloom.documents.ingest import Document
 from helixloom.documents.qa import QAPair
 from helixloom.errors import HelixloomError
@@ -82,13 +82,7 @@ def read(name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     if not (folder / "train.jsonl").is_file():
         raise HelixloomError(f"no dataset {name}", f"expected {folder / 'train.jsonl'}")
     out = []
-    for n, line in enumerate((folder / "train.jsonl").read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HelixloomError(f"{folder / 'train.jsonl'} line {n} is not JSON: {exc.msg}") from exc
+    for n, row in jsonl.read(folder / "train.jsonl"):
         if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
             raise HelixloomError(f"{folder / 'train.jsonl'} line {n} has no messages list")
         out.append(row)

@@ -250,16 +250,9 @@ class HFEngine(Engine):
             unique = list(dict.fromkeys(keys))
             expand = torch.tensor([unique.index(k) for k in keys], device=self.device)
             firsts = [keys.index(k) for k in unique]
-            input_ids, attention, positions = self._left_pad([rows[i].prompt_ids for i in firsts])
             prefill_extra = {"adapter_names": [extra["adapter_names"][i] for i in firsts]} if extra else {}
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **prefill_extra,
-            )
+            prompts = [rows[i].prompt_ids for i in firsts]
+            out, attention, positions = self._prefill(prompts, prefill_extra, use_cache=True)
             self.prefill_tokens += int(attention.sum())
             cache, logits = out.past_key_values, out.logits[:, -1, :].float()  # logits: [U, V]
             if len(unique) < len(rows):
@@ -327,6 +320,21 @@ class HFEngine(Engine):
             forbid = self._control_tokens() if request.constraint.kind == "json_schema" else None
             row.grammar = self._grammars.matcher(request.constraint, forbid)
         return row
+
+    def _prefill(
+        self, batch: list[list[int]], extra: dict[str, Any], *, use_cache: bool
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Run left-padded prompts through the model, keeping only the last position's logits."""
+        input_ids, attention, positions = self._left_pad(batch)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=use_cache,
+            logits_to_keep=1,
+            **extra,
+        )
+        return out, attention, positions
 
     def _left_pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         torch = self._torch
@@ -450,15 +458,7 @@ class HFEngine(Engine):
         with self._lock, torch.inference_mode():
             extra = self._adapter_names([adapter] * len(prompts))
             batch = [self.encode(p) for p in prompts]
-            input_ids, attention, positions = self._left_pad(batch)
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention,
-                position_ids=positions,
-                use_cache=False,
-                logits_to_keep=1,
-                **extra,
-            )
+            out, _, _ = self._prefill(batch, extra, use_cache=False)
             logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # logprobs: [B, V]
         results = []
         for r, ids in enumerate(batch):

@@ -7,13 +7,12 @@ the report gives the mean per model (base, and base + adapter), so users see wha
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from helixloom import chat
+from helixloom import chat, jsonl
 from helixloom.engine import Engine, GenerationRequest, SamplingParams
 from helixloom.errors import HelixloomError
 
@@ -41,13 +40,7 @@ def load(path: str | Path) -> list[QAItem]:
     if not file.is_file():
         raise HelixloomError(f"question file {file} does not exist")
     items = []
-    for n, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HelixloomError(f"{file} line {n} is not JSON: {exc.msg}") from exc
+    for n, row in jsonl.read(file):
         facts = row.get("facts") if isinstance(row, dict) else None
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not facts:
             raise HelixloomError(f"{file} line {n} needs a question and a non-empty facts list")
