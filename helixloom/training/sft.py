@@ -81,23 +81,110 @@ OnLog = Callable[[dict[str, float]], None]
 def to_prompt_completion(
     messages_rows: Sequence[dict[str, Any]], tokenizer: Any, system_prompt: str | None
 ) -> list[dict[str, str]]:
-    """Chat rows as TRL prompt/completion pairs, rendered the way ``helixloom.chat`` serves them."""
+    """Training rows as TRL prompt/completion pairs.
+
+    Three row forms: chat ``messages`` (rendered the way ``helixloom.chat`` serves them, the loss on
+    the last assistant message), raw ``prompt``/``completion`` text (used as is: evaluator labels,
+    loom exports) and plain ``text`` (language modelling: the loss on all of it).
+    """
     from helixloom.chat import render_with
 
     def template(msgs: Any) -> str:
         return str(tokenizer.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=True))
 
+    eos = tokenizer.eos_token or ""
     out = []
-    for row in messages_rows:
-        messages = list(row["messages"])
-        if not messages or messages[-1].get("role") != "assistant":
-            raise HelixloomError("every training row must end with the assistant's message")
-        if system_prompt and messages[0].get("role") != "system":
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        rendered = render_with(template if tokenizer.chat_template else None, messages[:-1])
-        eos = tokenizer.eos_token or ""
-        out.append({"prompt": rendered.prompt, "completion": messages[-1]["content"] + eos})
+    for i, row in enumerate(messages_rows):
+        if "messages" in row:
+            messages = list(row["messages"])
+            if not messages or messages[-1].get("role") != "assistant":
+                raise HelixloomError(f"row {i + 1}: a messages row must end with the assistant's message")
+            if system_prompt and messages[0].get("role") != "system":
+                messages.insert(0, {"role": "system", "content": system_prompt})
+            rendered = render_with(template if tokenizer.chat_template else None, messages[:-1])
+            out.append({"prompt": rendered.prompt, "completion": messages[-1]["content"] + eos})
+        elif isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+            out.append({"prompt": row["prompt"], "completion": row["completion"] + eos})
+        elif isinstance(row.get("text"), str):
+            out.append({"prompt": "", "completion": row["text"] + eos})
+        else:
+            raise HelixloomError(
+                f"row {i + 1}: expected 'messages', 'prompt' + 'completion', or 'text'",
+                param="data",
+            )
     return out
+
+
+def load_for_training(base_spec: str, init_adapter: Path | None = None) -> tuple[Any, Any, bool]:
+    """The base model (fp32 on CPU, bf16 on CUDA) and its tokenizer (pad token set); with
+    ``init_adapter`` the model is a PEFT model whose trainable adapter starts from that one."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helixloom import models
+
+    folder = models.materialize(models.resolve(base_spec))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16 if cuda else torch.float32)
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(init_adapter) / "adapter_config.json").is_file():
+            raise HelixloomError(f"{init_adapter} is not a PEFT adapter folder")
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)  # type: ignore[assignment]
+    return model, tokenizer, cuda
+
+
+def lora_config(config: LoraSFTConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT types it int; floats work
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules[0]
+        if config.target_modules == ("all-linear",)
+        else list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> str | None:
+    """The checkpoint to resume from (None: start fresh, old checkpoints removed)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        return get_last_checkpoint(str(run_dir))
+    for old in run_dir.glob("checkpoint-*"):
+        shutil.rmtree(old)
+    return None
+
+
+def save_adapter(model: Any, tokenizer: Any, adapter_dir: Path) -> None:
+    """Write the trained ``default`` adapter atomically (a frozen reference copy is not saved)."""
+    tmp = adapter_dir.with_name(adapter_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), selected_adapters=["default"])
+    tokenizer.save_pretrained(str(tmp))
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    os.replace(tmp, adapter_dir)
+
+
+def quiet_trainer(trainer: Any, callbacks: Sequence[Any]) -> _ChangeWatch:
+    """Our progress bar instead of the stock log printing; returns the parameter-change watch."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_Progress())
+    watch = _ChangeWatch()
+    trainer.add_callback(watch)
+    for cb in callbacks:
+        trainer.add_callback(cb)
+    return watch
 
 
 def train_lora(
@@ -109,33 +196,24 @@ def train_lora(
     *,
     system_prompt: str | None = None,
     resume: bool = False,
+    init_adapter: Path | None = None,
     callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     """Fine-tune a LoRA on ``rows`` and write it to ``adapter_dir`` (a PEFT folder).
 
     Checkpoints go to ``run_dir`` every ``save_steps``; with ``resume`` a killed run continues from
-    the last one (same step, optimizer and data order) instead of starting over.
+    the last one (same step, optimizer and data order) instead of starting over. ``init_adapter``
+    continues training an existing adapter (its rank and targets) instead of a fresh one.
     """
     import time
 
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
-
-    from helixloom import models
 
     config = config or LoraSFTConfig()
     if not rows:
         raise HelixloomError("no training rows")
-    folder = models.materialize(models.resolve(base_spec))
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16 if cuda else torch.float32)
+    model, tokenizer, cuda = load_for_training(base_spec, init_adapter)
     pairs = to_prompt_completion(rows, tokenizer, system_prompt)
     # A row whose prompt alone fills max_length leaves no answer to learn from: say so, clearly.
     too_long = sum(len(tokenizer(p["prompt"]).input_ids) >= config.max_length for p in pairs)
@@ -150,11 +228,7 @@ def train_lora(
             file=sys.stderr,
         )
     data = Dataset.from_list(pairs)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = get_last_checkpoint(str(run_dir)) if resume else None
-    if not resume:
-        for old in run_dir.glob("checkpoint-*"):
-            shutil.rmtree(old)
+    checkpoint = prepare_run_dir(run_dir, resume)
     args = SFTConfig(
         output_dir=str(run_dir),
         num_train_epochs=config.epochs,
@@ -178,37 +252,19 @@ def train_lora(
         packing=False,
         include_num_input_tokens_seen=True,
     )
-    lora = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT types it int; floats work
-        lora_dropout=config.dropout,
-        target_modules=config.target_modules[0]
-        if config.target_modules == ("all-linear",)
-        else list(config.target_modules),
-        task_type="CAUSAL_LM",
-    )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=lora
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=None if init_adapter is not None else lora_config(config),
     )
-    # The stock progress callback prints every log dict to stdout; ours draws one bar on stderr.
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_Progress())
-    watch = _ChangeWatch()
-    trainer.add_callback(watch)
-    for cb in callbacks:
-        trainer.add_callback(cb)
+    watch = quiet_trainer(trainer, callbacks)
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
-    tmp = adapter_dir.with_name(adapter_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     trained: Any = trainer.model
-    trained.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    os.replace(tmp, adapter_dir)
+    save_adapter(trained, tokenizer, adapter_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     resumed = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0
     return TrainResult(
@@ -256,7 +312,11 @@ class _ChangeWatch(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is not None:
-            self.start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            self.start = {
+                n: p.detach().clone()
+                for n, p in model.named_parameters()
+                if p.requires_grad and ".ref." not in n  # DPO's frozen reference copy
+            }
 
     def changed_fraction(self, model: Any) -> float:
         import torch
@@ -264,5 +324,6 @@ class _ChangeWatch(TrainerCallback):
         now = dict(model.named_parameters())
         if not self.start:
             return 0.0
-        changed = sum(not torch.equal(now[n].detach(), v) for n, v in self.start.items() if n in now)
-        return changed / len(self.start)
+        watched = [n for n in self.start if n in now]
+        changed = sum(not torch.equal(now[n].detach(), self.start[n]) for n in watched)
+        return changed / len(watched) if watched else 0.0

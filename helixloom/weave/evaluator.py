@@ -11,10 +11,11 @@ the engine as one batch. The evaluator may be another model, or an adapter of th
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 from helixloom.engine import Engine
 from helixloom.errors import HelixloomError
@@ -70,6 +71,14 @@ class Evaluator:
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """One combined score per (prompt, response): the weighted mean of signed log-odds."""
+        total = sum(q.weight for q in self.questions)
+        return [
+            sum(q.weight * s for q, s in zip(self.questions, row, strict=True)) / total
+            for row in self.signed_scores(pairs)
+        ]
+
+    def signed_scores(self, pairs: Sequence[tuple[str, str]]) -> list[list[float]]:
+        """Per pair, each question's log-odds signed so that its desired answer is positive."""
         if not pairs:
             return []
         prompts = [
@@ -80,16 +89,28 @@ class Evaluator:
         results = self.engine.next_token_logprobs(
             prompts, adapter=self.adapter, top_k=20, candidates=YES_WORDS + NO_WORDS
         )
-        total = sum(q.weight for q in self.questions)
-        scores = []
+        n = len(self.questions)
+        out = []
         for i in range(len(pairs)):
-            combined = 0.0
+            row = []
             for j, q in enumerate(self.questions):
-                result = results[i * len(self.questions) + j]
-                odds = _log_odds(result.candidates, [math.exp(t.logprob) for t in result.top])
-                combined += q.weight * (odds if q.answer == "yes" else -odds)
-            scores.append(combined / total)
-        return scores
+                odds = log_odds(results[i * n + j])
+                row.append(odds if q.answer == "yes" else -odds)
+            out.append(row)
+        return out
+
+
+def parse_question(text: str) -> Question:
+    """'Is it sad?', 'no:Is it cruel?', '2*Is it sad?' or '0.5*no:Is it long?' as a Question."""
+    match = re.match(r"^\s*(?:(\d+(?:\.\d+)?)\*)?(?:(yes|no):)?(.*)$", text, re.S)
+    assert match is not None
+    weight, answer, body = match.groups()
+    return Question(body.strip(), float(weight) if weight else 1.0, answer or "yes")  # type: ignore[arg-type]
+
+
+def log_odds(result: Any) -> float:
+    """log P(yes-set) − log P(no-set) from a ``next_token_logprobs`` result."""
+    return _log_odds(result.candidates, [math.exp(t.logprob) for t in result.top])
 
 
 def _log_odds(candidates: dict[str, float | None], top_probs: list[float]) -> float:

@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     eqa.add_argument("--max-tokens", type=int, default=128)
     eqa.add_argument("--json", action="store_true", help="print every answer and the scores as JSON")
     eqa.set_defaults(run=cmd_eval_qa)
+    from helixloom.cli import evals as cli_evals
+
+    cli_evals.register(esub)
     ev.set_defaults(run=lambda _: _usage(ev))
 
     wv = sub.add_parser(
@@ -351,7 +354,19 @@ def build_parser() -> argparse.ArgumentParser:
     arm.add_argument("name")
     arm.set_defaults(run=cmd_adapters_remove)
     adapters.set_defaults(run=lambda _: _usage(adapters))
+
+    from helixloom.cli import iterate as cli_iterate
+    from helixloom.cli import prompts as cli_prompts
+    from helixloom.cli import train as cli_train
+
+    cli_prompts.register(sub)
+    cli_train.register(sub)
+    cli_iterate.register(sub)
     return parser
+
+
+def usage(parser: argparse.ArgumentParser) -> int:
+    return _usage(parser)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -359,15 +374,17 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def add_sft_flags(p: argparse.ArgumentParser) -> None:
-    """The LoRA fine-tuning flags, one per field of ``LoraSFTConfig`` (its single source of truth)."""
+def add_sft_flags(p: argparse.ArgumentParser, config_class: Any = None, title: str = "fine-tuning") -> None:
+    """The fine-tuning flags, one per field of the config dataclass (its single source of truth):
+    ``LoraSFTConfig`` by default, or a subclass such as ``LoraDPOConfig``."""
     from dataclasses import fields
 
     from helixloom.training.sft import LoraSFTConfig
 
-    group = p.add_argument_group("fine-tuning")
-    helps = LoraSFTConfig.help()
-    for f in fields(LoraSFTConfig):
+    cls = config_class or LoraSFTConfig
+    group = p.add_argument_group(title)
+    helps = cls.help()
+    for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         if f.name == "target_modules":
@@ -378,19 +395,16 @@ def add_sft_flags(p: argparse.ArgumentParser) -> None:
             )
 
 
-def sft_config_from(args: argparse.Namespace) -> Any:
+def sft_config_from(args: argparse.Namespace, config_class: Any = None) -> Any:
     from dataclasses import fields
 
     from helixloom.training.sft import LoraSFTConfig
 
-    given = {
-        f.name: getattr(args, f.name)
-        for f in fields(LoraSFTConfig)
-        if getattr(args, f.name, None) is not None
-    }
+    cls = config_class or LoraSFTConfig
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
     if "target_modules" in given:
         given["target_modules"] = tuple(given["target_modules"])
-    return LoraSFTConfig(**given)
+    return cls(**given)
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -849,15 +863,9 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
 
 
 def parse_question(text: str) -> Any:
-    """'Is it sad?', 'no:Is it cruel?', '2*Is it sad?' or '0.5*no:Is it long?' as a Question."""
-    import re
+    from helixloom.weave.evaluator import parse_question as parse
 
-    from helixloom.weave import Question
-
-    match = re.match(r"^\s*(?:(\d+(?:\.\d+)?)\*)?(?:(yes|no):)?(.*)$", text, re.S)
-    assert match is not None
-    weight, answer, body = match.groups()
-    return Question(body.strip(), float(weight) if weight else 1.0, answer or "yes")  # type: ignore[arg-type]
+    return parse(text)
 
 
 def cmd_weave(args: argparse.Namespace) -> int:

@@ -1,0 +1,9 @@
+"""Placeholder: filled by the commit that adds this command group."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds nothing yet."""

@@ -1,0 +1,337 @@
+"""Rewards: one interface over every way helixloom scores a response to a prompt.
+
+A reward maps (prompt, response) pairs to floats, higher is better. Sources, by spec:
+
+- ``evaluator`` / ``evaluator:QUESTION``: the zero-shot yes/no evaluator (log-odds of yes), with the
+  default helpfulness rubric or one question ("no:" prefix when no is good, "W*" for a weight);
+- ``constitution:FILE``: MiniHF's constitution format, each principle asked of the evaluator, signed
+  by its desired answer and combined with a weighted soft minimum (RLAIF);
+- ``rm:NAME_OR_PATH``: a reward model trained by ``helixloom train reward``;
+- ``head:NAME_OR_PATH``: a reward head trained by ``helixloom train reward-head``;
+- ``judge`` / ``judge:SPEC``: a pairwise LLM judge; a group of responses to one prompt is scored by
+  a round-robin tournament (both orders per pair), as RLHFlow's pairwise preference model;
+- ``py:MODULE:FUNCTION`` or ``py:FILE.py:FUNCTION``: a Python function
+  ``f(prompts, responses) -> list[float]`` (scripted rewards, tests, custom heuristics).
+
+``score_group`` scores the K responses to one prompt together; pointwise rewards score them one by
+one, a pairwise judge compares them with each other.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from helixloom.errors import HelixloomError
+
+if TYPE_CHECKING:
+    from helixloom.engine import Engine
+    from helixloom.store import Store
+    from helixloom.weave.evaluator import Evaluator
+
+
+class Reward(ABC):
+    """Scores responses; higher is better. Scores of one reward are comparable with each other."""
+
+    name: str = "reward"
+
+    @abstractmethod
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """One score per (prompt, response) pair."""
+
+    def score_group(self, prompt: str, responses: Sequence[str]) -> list[float]:
+        """Scores for several responses to the same prompt (a pairwise reward compares them)."""
+        return self.score([prompt] * len(responses), responses)
+
+
+def _check_lengths(prompts: Sequence[str], responses: Sequence[str]) -> None:
+    if len(prompts) != len(responses):
+        raise HelixloomError(f"{len(prompts)} prompts but {len(responses)} responses")
+
+
+class FunctionReward(Reward):
+    """A Python function ``f(prompts, responses) -> list[float]`` as a reward."""
+
+    def __init__(self, fn: Callable[[list[str], list[str]], Sequence[float]], name: str = "function") -> None:
+        self.fn = fn
+        self.name = name
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        _check_lengths(prompts, responses)
+        if not prompts:
+            return []
+        out = [float(x) for x in self.fn(list(prompts), list(responses))]
+        if len(out) != len(prompts):
+            raise HelixloomError(f"reward function {self.name} returned {len(out)} scores for {len(prompts)}")
+        if any(math.isnan(x) for x in out):
+            raise HelixloomError(f"reward function {self.name} returned NaN")
+        return out
+
+
+class EvaluatorReward(Reward):
+    """The yes/no evaluator as a reward; ``combine`` is how several questions become one score."""
+
+    def __init__(
+        self, evaluator: Evaluator, *, combine: Literal["mean", "softmin"] = "mean", name: str = ""
+    ) -> None:
+        self.evaluator = evaluator
+        self.combine = combine
+        self.name = name or "evaluator"
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        _check_lengths(prompts, responses)
+        pairs = list(zip(prompts, responses, strict=True))
+        if self.combine == "mean":
+            return self.evaluator.score(pairs)
+        signed = self.evaluator.signed_scores(pairs)
+        weights = [q.weight for q in self.evaluator.questions]
+        return [soft_minimum(row, weights) for row in signed]
+
+
+def soft_minimum(scores: Sequence[float], weights: Sequence[float], tau: float = 1.0) -> float:
+    """MiniHF's RLAIF combination: ``-tau * log(sum_i w_i exp(-s_i / tau))`` with weights normalised.
+
+    Dominated by the worst-satisfied principle, so one badly failed principle cannot be bought back
+    by the others; equals the plain score when there is one principle.
+    """
+    total = sum(weights)
+    terms = [math.log(w / total) - s / tau for s, w in zip(scores, weights, strict=True)]
+    m = max(terms)
+    return -tau * (m + math.log(sum(math.exp(t - m) for t in terms)))
+
+
+# ---------------------------------------------------------------------------- constitutions
+
+
+@dataclass(frozen=True)
+class Constitution:
+    """MiniHF's constitution: a preamble and principles, each a yes/no prompt with weight and answer.
+
+    File format: ``==[PREAMBLE]==`` then a text, then one section per principle headed
+    ``==[Principle: NAME; Weight: 1.0; Answer: Yes]==`` whose body may use ``{preamble}``,
+    ``{prompt}`` and ``{response}``.
+    """
+
+    preamble: str
+    principles: tuple[Principle, ...]
+
+    @classmethod
+    def parse(cls, text: str, source: str = "constitution") -> Constitution:
+        parts = re.split(r"==\[(.+?)\]==", text)
+        # parts: [before, header1, body1, header2, body2, ...]
+        preamble = ""
+        principles = []
+        for i in range(1, len(parts), 2):
+            header, body = parts[i].strip(), parts[i + 1].strip("\n")
+            if header.upper() == "PREAMBLE":
+                preamble = body.strip()
+                continue
+            fields: dict[str, str] = {}
+            for item in header.split(";"):
+                if ":" not in item:
+                    raise HelixloomError(f"{source}: header [{header}] has an item without 'name: value'")
+                key, value = item.split(":", 1)
+                fields[key.strip().lower()] = value.strip()
+            if "principle" not in fields:
+                raise HelixloomError(f"{source}: header [{header}] names no Principle")
+            try:
+                weight = float(fields.get("weight", "1"))
+            except ValueError:
+                raise HelixloomError(
+                    f"{source}: principle {fields['principle']!r} has a bad Weight"
+                ) from None
+            answer = fields.get("answer", "yes").lower()
+            if answer not in ("yes", "no"):
+                raise HelixloomError(f"{source}: principle {fields['principle']!r}: Answer must be Yes or No")
+            if not weight > 0:
+                raise HelixloomError(f"{source}: principle {fields['principle']!r}: Weight must be positive")
+            if "{response}" not in body:
+                raise HelixloomError(f"{source}: principle {fields['principle']!r} has no {{response}}")
+            principles.append(Principle(fields["principle"], body, weight, answer))  # type: ignore[arg-type]
+        if not principles:
+            raise HelixloomError(
+                f"{source}: no principles (sections headed ==[Principle: ...; Weight: ...]==)"
+            )
+        return cls(preamble, tuple(principles))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Constitution:
+        p = Path(path)
+        if not p.is_file():
+            raise HelixloomError(f"constitution file {p} does not exist")
+        return cls.parse(p.read_text(encoding="utf-8"), source=str(p))
+
+    @classmethod
+    def default(cls) -> Constitution:
+        """The built-in helpfulness constitution (``data/rewards/helpful.constitution``)."""
+        text = (resources.files("helixloom") / "data" / "rewards" / "helpful.constitution").read_text()
+        return cls.parse(text, source="helpful.constitution")
+
+
+@dataclass(frozen=True)
+class Principle:
+    name: str
+    template: str
+    weight: float
+    answer: Literal["yes", "no"]
+
+
+class ConstitutionReward(Reward):
+    """Each principle's yes/no log-odds, signed by its desired answer, combined by weighted soft-min."""
+
+    def __init__(self, engine: Engine, constitution: Constitution, *, adapter: str | None = None) -> None:
+        from helixloom.weave.evaluator import NO_WORDS, YES_WORDS
+
+        if not engine.supports_logprobs:
+            raise HelixloomError(
+                f"the {engine.backend} engine cannot give log-probabilities for a constitution"
+            )
+        self.engine = engine
+        self.constitution = constitution
+        self.adapter = adapter
+        self.name = "constitution"
+        self._words = YES_WORDS + NO_WORDS
+
+    def principle_scores(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
+        """Per pair, each principle's signed log-odds (positive means the desired answer)."""
+        from helixloom.weave.evaluator import log_odds
+
+        _check_lengths(prompts, responses)
+        c = self.constitution
+        texts = [
+            p.template.replace("{preamble}", c.preamble).replace("{prompt}", pr).replace("{response}", r)
+            for pr, r in zip(prompts, responses, strict=True)
+            for p in c.principles
+        ]
+        results = self.engine.next_token_logprobs(
+            texts, adapter=self.adapter, top_k=20, candidates=self._words
+        )
+        n = len(c.principles)
+        out = []
+        for i in range(len(prompts)):
+            row = []
+            for j, principle in enumerate(c.principles):
+                odds = log_odds(results[i * n + j])
+                row.append(odds if principle.answer == "yes" else -odds)
+            out.append(row)
+        return out
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        weights = [p.weight for p in self.constitution.principles]
+        return [soft_minimum(row, weights) for row in self.principle_scores(prompts, responses)]
+
+
+# ---------------------------------------------------------------------------- specs
+
+
+def load_function(spec: str) -> Callable[..., Any]:
+    """``MODULE:FUNCTION`` or ``FILE.py:FUNCTION`` to the callable."""
+    target, sep, fn_name = spec.rpartition(":")
+    if not sep or not target or not fn_name:
+        raise HelixloomError(f"expected py:MODULE:FUNCTION or py:FILE.py:FUNCTION, got py:{spec}")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise HelixloomError(f"reward file {path} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"helixloom_user_{path.stem}", path)
+        if module_spec is None or module_spec.loader is None:
+            raise HelixloomError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise HelixloomError(f"cannot import reward module {target}: {exc}") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise HelixloomError(f"{target} has no function {fn_name}")
+    return fn
+
+
+DEFAULT_QUESTION = "Is the response a helpful, correct and clear answer to the prompt?"
+
+
+def load_reward(
+    spec: str,
+    *,
+    engine: Engine,
+    store: Store | None = None,
+    evaluator_adapter: str | None = None,
+    evaluator_template: str | None = None,
+) -> Reward:
+    """Build the reward named by ``spec`` (see the module docstring).
+
+    ``engine`` is the model that evaluates (the policy's base model unless the caller loaded another);
+    ``evaluator_adapter`` is an adapter name already loaded on it (e.g. a tuned evaluator).
+    """
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind == "evaluator":
+        from helixloom.weave.evaluator import Evaluator, parse_question
+
+        question = parse_question(arg) if arg.strip() else parse_question(DEFAULT_QUESTION)
+        evaluator = Evaluator(engine, [question], template=evaluator_template, adapter=evaluator_adapter)
+        return EvaluatorReward(evaluator, name=spec)
+    if kind == "rubric":
+        from helixloom.weave.evaluator import Evaluator, parse_question
+
+        path = Path(arg)
+        if not path.is_file():
+            raise HelixloomError(f"rubric file {path} does not exist (one question per line)")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        questions = [parse_question(ln) for ln in lines if ln and not ln.startswith("#")]
+        evaluator = Evaluator(engine, questions, template=evaluator_template, adapter=evaluator_adapter)
+        return EvaluatorReward(evaluator, name=spec)
+    if kind == "constitution":
+        constitution = Constitution.default() if not arg.strip() else Constitution.load(arg)
+        return ConstitutionReward(engine, constitution, adapter=evaluator_adapter)
+    if kind == "py":
+        return FunctionReward(load_function(arg), name=spec)
+    if kind == "rm":
+        from helixloom.training.reward_model import RewardModelReward
+
+        return RewardModelReward.load(_artifact(arg, store, "reward model"))
+    if kind == "head":
+        from helixloom.training.reward_head import RewardHeadReward
+
+        return RewardHeadReward.load(_artifact(arg, store, "reward head"), engine)
+    if kind == "judge":
+        from helixloom.evals.judge import JudgeReward, PairwiseJudge
+
+        judge_engine = engine
+        if arg.strip():
+            from helixloom.engine import load_engine
+
+            judge_engine = load_engine(arg.strip())
+        return JudgeReward(PairwiseJudge(judge_engine))
+    raise HelixloomError(
+        f"unknown reward {spec!r}",
+        "use evaluator[:QUESTION], rubric:FILE, constitution[:FILE], rm:NAME, head:NAME, judge[:SPEC] "
+        "or py:MODULE:FUNCTION",
+    )
+
+
+def _artifact(name_or_path: str, store: Store | None, what: str) -> Path:
+    """A trained reward artifact: a folder path, or a name under ``HELIXLOOM_HOME/rewards/``."""
+    from helixloom import paths
+
+    if not name_or_path.strip():
+        raise HelixloomError(f"name the {what}: e.g. rm:NAME or rm:/path/to/folder")
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p
+    named = paths.home() / "rewards" / name_or_path
+    if named.is_dir():
+        return named
+    raise HelixloomError(
+        f"no {what} {name_or_path!r}: not a folder, and not under {paths.home() / 'rewards'}"
+    )
