@@ -34,7 +34,10 @@ TRAIN = LoraDPOConfig(learning_rate=5e-3, epochs=4, batch_size=8, rank=8, alpha=
 
 
 def _tied_too(prompts: list[str], responses: list[str]) -> list[float]:
-    return [0.5 if p.startswith(TIED) else s for p, s in zip(prompts, vowel_share(prompts, responses), strict=True)]
+    return [
+        0.5 if p.startswith(TIED) else s
+        for p, s in zip(prompts, vowel_share(prompts, responses), strict=True)
+    ]
 
 
 def test_pick_pairs_best_vs_worst_random_and_ties() -> None:
@@ -68,7 +71,9 @@ def test_dpo_iterations_raise_mean_reward_with_best_vs_worst_pairs(tiny_model) -
         samples = [json.loads(x) for x in (run.root / f"iter-{i}" / "samples.jsonl").read_text().splitlines()]
         assert len(samples) == len(PROMPTS) and all(len(s["responses"]) == 4 for s in samples)
         by_prompt = {s["prompt"]: s for s in samples}
-        pairs = [json.loads(x) for x in (run.root / f"iter-{i}" / "train_rows.jsonl").read_text().splitlines()]
+        pairs = [
+            json.loads(x) for x in (run.root / f"iter-{i}" / "train_rows.jsonl").read_text().splitlines()
+        ]
         for pair in pairs:
             sample = next(s for s in samples if s["responses"].count(pair["chosen"]))
             assert pair["chosen_reward"] == max(sample["rewards"])
@@ -86,11 +91,14 @@ def test_dpo_iterations_raise_mean_reward_with_best_vs_worst_pairs(tiny_model) -
 
 def test_raft_trains_on_the_best_of_k(tiny_model) -> None:
     config = IterateConfig(iterations=1, k=3, max_tokens=6, gen_batch=30, method="raft")
-    run = IterativeRun.create("raft", PROMPTS, base=str(tiny_model.path), reward="py", config=config, train=TRAIN)
+    run = IterativeRun.create(
+        "raft", PROMPTS, base=str(tiny_model.path), reward="py", config=config, train=TRAIN
+    )
     rows = run.execute(load_engine(str(tiny_model.path)), FunctionReward(_tied_too))
     assert rows[1].changed_fraction == 1.0 and rows[1].ties_dropped == 2
     samples = {
-        json.loads(x)["prompt"]: json.loads(x) for x in (run.root / "iter-1" / "samples.jsonl").read_text().splitlines()
+        json.loads(x)["prompt"]: json.loads(x)
+        for x in (run.root / "iter-1" / "samples.jsonl").read_text().splitlines()
     }
     train = [json.loads(x) for x in (run.root / "iter-1" / "train_rows.jsonl").read_text().splitlines()]
     assert len(train) == 8
@@ -106,13 +114,15 @@ class _Killed(Exception):
 
 def test_killed_run_resumes_in_the_phase_and_prompt_it_was_in(tiny_model) -> None:
     config = IterateConfig(iterations=2, k=2, max_tokens=6, gen_batch=2)  # one prompt per batch
-    run = IterativeRun.create("resume", PROMPTS, base=str(tiny_model.path), reward="py", config=config, train=TRAIN)
+    run = IterativeRun.create(
+        "resume", PROMPTS, base=str(tiny_model.path), reward="py", config=config, train=TRAIN
+    )
     engine = load_engine(str(tiny_model.path))
     calls = {"n": 0}
 
     def dies_in_iteration_2(prompts: list[str], responses: list[str]) -> list[float]:
         calls["n"] += 1
-        # eval of iteration 0 (1 call) + 10 sampled prompts + eval of iteration 1 (1) + 4 prompts of iteration 2
+        # eval of iteration 0 (1 call), 10 sampled prompts, eval of iteration 1 (1), 4 prompts of iteration 2
         if calls["n"] == 1 + 10 + 1 + 5:
             raise _Killed
         return _tied_too(prompts, responses)
@@ -194,7 +204,10 @@ def test_constitution_parses_minihf_format_and_rejects_bad_headers() -> None:
     )
     c = Constitution.parse(text)
     assert c.preamble == "Answer yes or no."
-    assert [(p.name, p.weight, p.answer) for p in c.principles] == [("Kind", 2.0, "yes"), ("Cruel", 0.5, "no")]
+    assert [(p.name, p.weight, p.answer) for p in c.principles] == [
+        ("Kind", 2.0, "yes"),
+        ("Cruel", 0.5, "no"),
+    ]
     with pytest.raises(HelixloomError, match="Answer must be Yes or No"):
         Constitution.parse("==[Principle: X; Answer: Maybe]==\n{response}")
     with pytest.raises(HelixloomError, match="no principles"):
@@ -235,7 +248,9 @@ def test_load_reward_specs(tmp_path: Path) -> None:
     fn.write_text("def f(prompts, responses):\n    return [len(r) for r in responses]\n")
     assert load_reward(f"py:{fn}:f", engine=engine).score(["a", "b"], ["xy", "xyz"]) == [2.0, 3.0]
     assert load_reward("evaluator", engine=engine).score(["a"], ["b"]) == [pytest.approx(math.log(4))]
-    assert load_reward("evaluator:no:Is it rude?", engine=engine).score(["a"], ["b"]) == [pytest.approx(-math.log(4))]
+    assert load_reward("evaluator:no:Is it rude?", engine=engine).score(["a"], ["b"]) == [
+        pytest.approx(-math.log(4))
+    ]
     assert load_reward("constitution", engine=engine).score(["a"], ["b"])[0] != 0
     for bad, msg in [
         ("bogus", "unknown reward"),

@@ -137,7 +137,7 @@ def cmd_iterate(args: argparse.Namespace) -> int:
             evaluator_adapter, str(adapter_registry.resolve(store, meta["evaluator_adapter"])[1])
         )
     reward = load_reward(meta["reward"], engine=engine, store=store, evaluator_adapter=evaluator_adapter)
-    judge_fn = _judge_fn(meta.get("judge"), engine) if meta.get("judge") else None
+    judge_fn = _judge_fn(str(meta["judge"]), engine) if meta.get("judge") else None
 
     def progress(label: str, total: int) -> Any:
         return tqdm(total=total, desc=label, unit="prompt", file=sys.stderr, leave=False)
@@ -176,7 +176,7 @@ def _judge_fn(spec: str, engine: Any) -> Any:
 
     judge = PairwiseJudge(engine if spec == "base" else load_engine(spec))
 
-    def run(prompts: list[str], answers: list[str], baseline: list[str]) -> tuple[float, float | None]:
+    def run(prompts: list[str], answers: list[str], baseline: list[str]) -> tuple[float | None, float | None]:
         verdicts = judge.compare(prompts, answers, baseline)
         report = win_rate(verdicts, [len(a) for a in answers], [len(b) for b in baseline])
         return report.win_rate, report.lc_win_rate

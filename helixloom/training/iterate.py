@@ -42,8 +42,9 @@ from helixloom.training.dpo import LoraDPOConfig
 METHODS = ("dpo", "raft")
 PAIRINGS = ("max_min", "max_random", "max_min+max_random")
 
-# (prompts, policy answers, baseline answers) -> (win rate %, length-controlled win rate % or None)
-JudgeFn = Callable[[list[str], list[str], list[str]], tuple[float, float | None]]
+# (prompts, policy answers, baseline answers) -> (win rate %, length-controlled win rate %); None when
+# the judge could not decide any pair
+JudgeFn = Callable[[list[str], list[str], list[str]], tuple[float | None, float | None]]
 Event = Callable[[str], None]
 
 

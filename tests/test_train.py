@@ -1,0 +1,201 @@
+"""``helixloom train sft|dpo|evaluator`` and their data loading, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from helixloom.cli import main
+from helixloom.errors import HelixloomError
+from helixloom.store import NewMessage, Store
+from helixloom.training.data import liked_rows, load_sft_data, mix_general, sft_row
+from helixloom.training.evaluator_tune import Example, evaluator_rows, split, train_evaluator
+from helixloom.training.sft import LoraSFTConfig
+
+FAST = ["--max-steps", "2", "--batch-size", "2", "--rank", "4", "--learning-rate", "1e-3"]
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_sft_rows_of_every_form_and_clear_errors(tmp_path: Path) -> None:
+    data = _write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+            {"prompt": "Once upon", "completion": " a time"},
+            {"text": "plain text"},
+            # a session export: extra fields, and a trailing critique-free user turn is dropped
+            {
+                "id": "s1",
+                "messages": [
+                    {"role": "user", "content": "q", "id": 1},
+                    {"role": "assistant", "content": "a", "stage": None},
+                    {"role": "user", "content": "unanswered"},
+                ],
+            },
+        ],
+    )
+    doc = tmp_path / "notes.md"
+    doc.write_text("# Notes\n\n" + "Paragraph with words. " * 60)
+    loaded = load_sft_data([data, doc], words, chunk_tokens=64)
+    kinds = [next(iter(r)) for r in loaded.rows]
+    assert kinds[:4] == ["messages", "prompt", "text", "messages"]
+    assert loaded.rows[3]["messages"][-1] == {"role": "assistant", "content": "a"}
+    chunks = [r["text"] for r in loaded.rows[4:]]
+    assert len(chunks) >= 3 and all(words(c) <= 64 for c in chunks)
+    assert loaded.sources[str(data)] == 4
+    for bad, msg in [
+        ({"messages": [{"role": "robot", "content": "x"}]}, "role"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "user message"),
+        ({"prompt": "p", "completion": "  "}, "completion is empty"),
+        ({"question": "?"}, "expected 'messages'"),
+    ]:
+        with pytest.raises(HelixloomError, match=msg):
+            sft_row(bad, "row 1")
+    with pytest.raises(HelixloomError, match="does not exist"):
+        load_sft_data([tmp_path / "missing.jsonl"], words)
+
+
+def test_mix_general_makes_up_the_ratio(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"General paragraph number {i} about many things." for i in range(200)))
+    rows = [{"text": f"user row {i}"} for i in range(30)]
+    mixed, added = mix_general(rows, [corpus], 0.25, words, chunk_tokens=16)
+    assert added == 10 and len(mixed) == 40
+    assert sum(r["text"].startswith("user row") for r in mixed) == 30
+    with pytest.raises(HelixloomError, match="between 0 and 1"):
+        mix_general(rows, [corpus], 1.0, words)
+
+
+def test_liked_rows_from_the_store(tmp_path: Path) -> None:
+    store = Store.open_default()
+    liked = store.record_session(
+        "api",
+        [
+            NewMessage("user", "What is 2+2?"),
+            NewMessage("assistant", "4"),
+            NewMessage("assistant", "bad", stage="critic"),
+        ],
+    )
+    store.add_rating("session", liked.id, 1)
+    disliked = store.record_session("api", [NewMessage("user", "x"), NewMessage("assistant", "y")])
+    store.add_rating("session", disliked.id, -1)
+    rows = liked_rows(store)
+    assert rows == [
+        {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}
+    ]
+
+
+def test_train_sft_cli_with_documents_mix_and_store(tiny_model, tmp_path: Path, capsys) -> None:
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Say hi", "completion": " hi"}] * 3)
+    corpus = tmp_path / "general.txt"
+    corpus.write_text("\n\n".join(f"General text {i}." for i in range(50)))
+    args = ["train", "sft", "--data", str(data), "--name", "mine", "--base", str(tiny_model.path)]
+    assert main([*args, "--mix", str(corpus), "--mix-ratio", "0.5", "--chunk-tokens", "16", *FAST]) == 0
+    captured = capsys.readouterr()
+    assert "3 training rows" in captured.err and "mixed in 3 rows" in captured.err
+    assert "trained mine: 2 steps" in captured.out
+    assert (Path(captured.out.split("adapter ")[-1].strip()) / "adapter_config.json").is_file()
+    # The name is taken now; a second run must say so.
+    assert main([*args, *FAST]) == 2
+    assert "registered" in capsys.readouterr().err
+    # Nothing to train on is a clear error.
+    assert main(["train", "sft", "--name", "empty", "--base", str(tiny_model.path), "--from-store"]) == 2
+    assert "no training rows" in capsys.readouterr().err
+
+
+def test_train_dpo_cli(tiny_model, tmp_path: Path, capsys) -> None:
+    rows = [
+        {"prompt": "Once upon a time", "chosen": " a fox jumped.", "rejected": " no no no."},
+        {
+            "messages": [{"role": "user", "content": "Capital of France?"}],
+            "chosen": "Paris.",
+            "rejected": "Berlin.",
+        },
+    ]
+    data = _write_jsonl(tmp_path / "prefs.jsonl", rows)
+    args = ["train", "dpo", "--data", str(data), "--name", "pref", "--base", str(tiny_model.path), *FAST]
+    assert main(args) == 0
+    assert "2 preference pairs" in capsys.readouterr().err
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": "c"}])
+    assert main(["train", "dpo", "--data", str(bad), "--name", "x", "--base", str(tiny_model.path)]) == 2
+    assert "line 1" in capsys.readouterr().err
+
+
+def _examples(n: int, seed: int) -> list[Example]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        good = i % 2 == 0
+        word = "Paris" if good else "Berlin"
+        out.append(Example(f"Capital of France? ({rng.randint(0, 99)})", f"It is {word}.", int(good)))
+    return out
+
+
+def test_evaluator_rows_answer_yes_or_no_after_the_template() -> None:
+    rows = evaluator_rows(_examples(2, 0), "Is it right?", "P:{prompt} R:{response} Q:{question}\nAnswer:\n")
+    assert rows[0]["completion"] == "Yes" and rows[1]["completion"] == "No"
+    assert rows[0]["prompt"].endswith("Q:Is it right?\nAnswer:\n") and "It is Paris." in rows[0]["prompt"]
+    assert (
+        evaluator_rows(_examples(1, 0), "Q", "{prompt}{response}{question} Answer:")[0]["completion"]
+        == " Yes"
+    )
+    train, test = split(_examples(20, 0), 0.2, seed=0)
+    assert len(test) == 4 and {e.label for e in test} == {0, 1} and len(train) == 16
+
+
+def test_tuned_evaluator_learns_the_ratings(tiny_model, tmp_path: Path) -> None:
+    config = LoraSFTConfig(rank=8, alpha=16, learning_rate=1e-2, epochs=15, batch_size=8, save_steps=1000)
+    result = train_evaluator(
+        str(tiny_model.path),
+        _examples(40, 1),
+        tmp_path / "evaluator",
+        tmp_path / "run",
+        config,
+        question="Is the answer right?",
+        held_out=0.25,
+    )
+    assert result.held_out == 10
+    # The random model cannot tell the answers apart; the tuned evaluator can.
+    assert result.accuracy_before == 0.5
+    assert result.accuracy_after is not None and result.accuracy_after >= 0.9
+    assert result.train.changed_fraction == 1.0
+    with pytest.raises(HelixloomError, match="both kinds"):
+        train_evaluator(
+            str(tiny_model.path), _examples(1, 0), tmp_path / "e2", tmp_path / "r2", question="Q?"
+        )
+
+
+def test_train_evaluator_cli_from_jsonl(tiny_model, tmp_path: Path, capsys) -> None:
+    rows = [{"prompt": e.prompt, "response": e.response, "label": e.label} for e in _examples(10, 2)]
+    data = _write_jsonl(tmp_path / "labels.jsonl", rows)
+    args = [
+        "train",
+        "evaluator",
+        "--data",
+        str(data),
+        "--name",
+        "ev",
+        "--base",
+        str(tiny_model.path),
+        "--json",
+    ]
+    assert main([*args, *FAST]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["examples"] == 10 and out["held_out"] == 2 and out["steps"] == 2
+    assert 0 <= out["accuracy_before"] <= 1 and 0 <= out["accuracy_after"] <= 1
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "response": "r", "label": 3}])
+    assert (
+        main(["train", "evaluator", "--data", str(bad), "--name", "x", "--base", str(tiny_model.path)]) == 2
+    )
+    assert "not 0 or 1" in capsys.readouterr().err
