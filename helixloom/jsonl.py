@@ -21,27 +21,49 @@ def read(path: Path) -> Iterator[tuple[int, Any]]:
             raise HelixloomError(f"{path} line {n} is not JSON: {exc.msg}") from exc
 
 
-def read_prompts(path: str | Path, what: str = "prompts") -> list[str]:
-    """Prompts from a user file: JSONL rows with a ``prompt`` (or a ``messages`` list whose last user
-    message is the prompt), or plain text with one prompt per line. Blank lines are skipped."""
-    p = Path(path)
-    if not p.is_file():
-        raise HelixloomError(f"{what} file {p} does not exist")
-    if p.suffix.lower() not in (".jsonl", ".json"):
-        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    out = []
-    for n, row in read(p):
-        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
-            out.append(row["prompt"])
-        elif isinstance(row, dict) and isinstance(row.get("messages"), list):
-            users = [
-                m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") == "user"
-            ]
-            if not users or not isinstance(users[-1], str):
-                raise HelixloomError(f"{p} line {n}: messages has no user message")
-            out.append(users[-1])
-        else:
-            raise HelixloomError(f"{p} line {n}: expected an object with a 'prompt' string (or 'messages')")
-    if not out:
-        raise HelixloomError(f"{what} file {p} has no prompts")
-    return out
+def read_prompts(path: str | Path, what: str = "prompts", *, chat: bool = False) -> list[Any]:
+    """Prompts from a user file: JSONL rows with a ``prompt`` (or ``instruction``) string or a
+    ``messages`` list ending with a user message, or plain text with one prompt per non-blank line.
+
+    With ``chat`` a ``messages`` row stays a list of ``{role, content}``; without it, a row whose
+    messages are one user message (after an optional system message) becomes that message's text.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise HelixloomError(f"{what} file {file} does not exist")
+    prompts: list[Any] = []
+    if file.suffix.lower() in (".jsonl", ".json"):
+        for n, row in read(file):
+            if not isinstance(row, dict):
+                raise HelixloomError(f"{file} line {n} is not a JSON object")
+            text = row.get("prompt", row.get("instruction"))
+            if isinstance(text, str) and text.strip():
+                prompts.append(text)
+                continue
+            messages = row.get("messages")
+            if isinstance(messages, list) and messages:
+                ok = all(
+                    isinstance(m, dict)
+                    and m.get("role") in ("system", "user", "assistant")
+                    and isinstance(m.get("content"), str)
+                    for m in messages
+                )
+                if not ok or messages[-1]["role"] != "user":
+                    raise HelixloomError(
+                        f"{file} line {n}: messages must be {{role, content}} objects ending with a user "
+                        "message"
+                    )
+                clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+                if chat:
+                    prompts.append(clean)
+                elif [m["role"] for m in clean if m["role"] != "system"] == ["user"]:
+                    prompts.append(clean[-1]["content"])
+                else:
+                    raise HelixloomError(f"{file} line {n}: multi-turn prompts are not supported here")
+                continue
+            raise HelixloomError(f"{file} line {n} needs a non-empty 'prompt' string or a 'messages' list")
+    else:
+        prompts.extend(line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not prompts:
+        raise HelixloomError(f"{what} file {file} has no prompts")
+    return prompts

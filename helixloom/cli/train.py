@@ -214,8 +214,8 @@ def cmd_train_evaluator(args: argparse.Namespace) -> int:
     from helixloom import adapters as adapter_registry
     from helixloom.cli import _store, sft_config_from
     from helixloom.errors import HelixloomError
-    from helixloom.training.evaluator_tune import Example, train_evaluator
-    from helixloom.training.reward_head import read_examples, store_examples
+    from helixloom.training.evaluator_tune import train_evaluator
+    from helixloom.training.feedback import read_examples, store_examples
 
     store = _store()
     _check_name(store, args.name, args.resume)
@@ -224,7 +224,7 @@ def cmd_train_evaluator(args: argparse.Namespace) -> int:
         found += read_examples(Path(args.data))
     if args.from_store or not args.data:
         found += store_examples(store)
-    examples = [Example(e.prompt, e.response, e.label) for e in found]
+    examples = found
     template = None
     if args.template:
         t = Path(args.template)

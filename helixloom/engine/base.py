@@ -36,6 +36,7 @@ class Engine(abc.ABC):
     supports_logprobs: bool = False
     supports_training: bool = False
     supports_constraints: bool = False  # GenerationRequest.constraint is honoured
+    supports_embeddings: bool = False  # embed() gives pooled hidden states
 
     #: The model spec this engine was made from, as the user gave it.
     model_name: str
@@ -85,6 +86,16 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def adapters(self) -> list[AdapterInfo]:
         """The adapters loaded so far."""
+
+    def embed(self, texts: Sequence[str], *, adapter: str | None = None) -> list[list[float]]:
+        """One vector per text: the model's last hidden state, mean-pooled over the text's tokens (fp32).
+
+        Backends that have no hidden states to give (``supports_embeddings`` False) raise.
+        """
+        raise HelixloomError(
+            f"the {self.backend} engine for {self.model_name} cannot give embeddings (hidden states)",
+            "use the hf backend (a local model folder, a hub id or default)",
+        )
 
     def format_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
         """Render chat messages (role, content) with the model's chat template, ready to complete."""

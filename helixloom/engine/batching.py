@@ -65,6 +65,7 @@ class BatchingEngine(Engine):
         self.supports_logprobs = inner.supports_logprobs
         self.supports_training = inner.supports_training
         self.supports_constraints = inner.supports_constraints
+        self.supports_embeddings = inner.supports_embeddings
         self.max_batch = max_batch
         # A batch starts once no request has arrived for gather_idle seconds (or gather_max after its
         # first): clients that start together share a batch, a lone request waits only gather_idle.
@@ -118,6 +119,9 @@ class BatchingEngine(Engine):
         candidates: Sequence[str] = (),
     ) -> list[NextTokenLogprobs]:
         return self.inner.next_token_logprobs(prompts, adapter=adapter, top_k=top_k, candidates=candidates)
+
+    def embed(self, texts: Sequence[str], *, adapter: str | None = None) -> list[list[float]]:
+        return self.inner.embed(texts, adapter=adapter)
 
     def load_adapter(self, name: str, path: str) -> AdapterInfo:
         return self.inner.load_adapter(name, path)

@@ -72,6 +72,8 @@ class HFEngine(Engine):
     supports_logprobs = True
     supports_training = True
     supports_constraints = True
+    supports_embeddings = True
+    embed_batch_size = 16  # texts per forward pass in embed()
 
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str) -> None:
         import torch
@@ -471,6 +473,49 @@ class HFEngine(Engine):
             cand = {c: (float(logprobs[r, t]) if t is not None else None) for c, t in candidate_ids.items()}
             results.append(NextTokenLogprobs(top, cand, len(ids)))
         return results
+
+    def embed(self, texts: Sequence[str], *, adapter: str | None = None) -> list[list[float]]:
+        """Mean of the last hidden state over each text's tokens (padding excluded), in fp32.
+
+        Texts are batched by length, left-padded with explicit positions, so a text's vector does not
+        depend on what it is batched with; ``adapter`` applies per row as in generation. A text longer
+        than the context keeps its first token (BOS) and its end.
+        """
+        torch = self._torch
+        if not texts:
+            return []
+        if any(not t for t in texts):
+            raise HelixloomError("a text to embed is empty", param="texts")
+        encoded = [self._fit_context(self.encode(t)) for t in texts]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out: list[list[float]] = [[] for _ in texts]
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(order), self.embed_batch_size):
+                chunk = order[start : start + self.embed_batch_size]
+                extra = self._adapter_names([adapter] * len(chunk))
+                input_ids, attention, positions = self._left_pad([encoded[i] for i in chunk])
+                result = self.model(
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    position_ids=positions,
+                    use_cache=False,
+                    output_hidden_states=True,
+                    logits_to_keep=1,
+                    **extra,
+                )
+                hidden = result.hidden_states[-1].float()  # hidden: [B, S, H]
+                keep = attention.bool()[:, :, None]
+                # where, not multiply: a padded position's state may be NaN (a fully masked query row)
+                summed = torch.where(keep, hidden, hidden.new_zeros(())).sum(dim=1)
+                pooled = summed / attention.sum(dim=1, keepdim=True).float()  # pooled: [B, H]
+                for i, vector in zip(chunk, pooled.cpu().tolist(), strict=True):
+                    out[i] = vector
+        return out
+
+    def _fit_context(self, ids: list[int]) -> list[int]:
+        if len(ids) <= self.context_length:
+            return ids
+        return ids[:1] + ids[len(ids) - self.context_length + 1 :]
 
     def _single_token(self, text: str) -> int | None:
         ids = self.tokenizer(text, add_special_tokens=False).input_ids

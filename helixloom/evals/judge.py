@@ -993,37 +993,7 @@ def replay_sessions(
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:
-    """Prompts from a file: JSONL (``.jsonl``/``.json``) with a ``prompt`` (or ``instruction``) string
-    or a ``messages`` list per line, or plain text with one prompt per non-blank line."""
+    """Prompts from a file (see ``helixloom.jsonl.read_prompts``); chat ``messages`` rows stay chats."""
     from helixloom import jsonl
 
-    file = Path(path)
-    if not file.is_file():
-        raise HelixloomError(f"prompts file {file} does not exist")
-    prompts: list[Prompt] = []
-    if file.suffix in (".jsonl", ".json"):
-        for n, row in jsonl.read(file):
-            if not isinstance(row, dict):
-                raise HelixloomError(f"{file} line {n} is not a JSON object")
-            text = row.get("prompt", row.get("instruction"))
-            if isinstance(text, str) and text.strip():
-                prompts.append(text)
-                continue
-            messages = row.get("messages")
-            if isinstance(messages, list) and messages:
-                ok = all(
-                    isinstance(m, dict) and m.get("role") in chat.ROLES and isinstance(m.get("content"), str)
-                    for m in messages
-                )
-                if ok and messages[-1]["role"] == "user":
-                    prompts.append([{"role": m["role"], "content": m["content"]} for m in messages])
-                    continue
-                raise HelixloomError(
-                    f"{file} line {n}: messages must be {{role, content}} objects ending with a user message"
-                )
-            raise HelixloomError(f"{file} line {n} needs a non-empty 'prompt' string or a 'messages' list")
-    else:
-        prompts.extend(line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip())
-    if not prompts:
-        raise HelixloomError(f"{file} has no prompts")
-    return prompts
+    return jsonl.read_prompts(path, chat=True)

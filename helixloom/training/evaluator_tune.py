@@ -17,14 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from helixloom.errors import HelixloomError
+from helixloom.training.feedback import LabelledExample as Example
 from helixloom.training.sft import LoraSFTConfig, TrainResult, train_lora
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str
-    response: str
-    label: int  # 1: good (thumbs up), 0: bad
 
 
 @dataclass(frozen=True)
