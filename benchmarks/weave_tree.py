@@ -4,7 +4,7 @@ Runs the same seeded search twice: with the children of a node sharing one prefi
 and with every child prefilling the whole branch itself. Prints one JSON object: nodes/s, tokens
 run through the model per expanded node for both, and their ratio (shared / unshared).
 
-    python benchmarks/weave.py [--budget 24] [--tokens-per-node 16] [--n-expand 4]
+    python benchmarks/weave_tree.py [--budget 24] [--tokens-per-node 16] [--n-expand 4]
 """
 
 from __future__ import annotations
