@@ -264,3 +264,11 @@ def test_load_reward_specs(tmp_path: Path) -> None:
     wrong = FunctionReward(lambda p, r: [1.0])
     with pytest.raises(HelixloomError, match="returned 1 scores for 2"):
         wrong.score(["a", "b"], ["c", "d"])
+
+
+def test_reward_outcome_calls_the_same_answer_a_tie() -> None:
+    from helixloom.training.iterate import reward_outcome
+
+    assert reward_outcome("same", 2.5000001, "same", 2.4) == 0.5  # batch noise on identical text
+    assert reward_outcome("a", 2.0, "b", 2.0 + 1e-9) == 0.5
+    assert reward_outcome("a", 2.1, "b", 2.0) == 1.0 and reward_outcome("a", 1.9, "b", 2.0) == 0.0

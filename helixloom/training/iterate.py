@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -130,6 +131,14 @@ def pick_pairs(
         if (best, pick) not in out:
             out.append((best, pick))
     return [(c, r) for c, r in out if responses[c] != responses[r]], False
+
+
+def reward_outcome(answer: str, score: float, baseline: str, baseline_score: float) -> float:
+    """1 win, 0.5 tie, 0 loss by reward. The same text is a tie whatever the scores say: a batch
+    scored with other rows differs in the last bits, and that noise must not decide a win."""
+    if answer == baseline or math.isclose(score, baseline_score, rel_tol=1e-5, abs_tol=1e-6):
+        return 0.5
+    return 1.0 if score > baseline_score else 0.0
 
 
 class IterativeRun:
@@ -516,7 +525,10 @@ class IterativeRun:
             base_rows = _read_jsonl_tolerant(self.root / "iter-0" / "eval_answers.jsonl")
             base_scores = [float(r["reward"]) for r in base_rows]
             win = 100.0 * _mean(
-                [1.0 if s > b else 0.5 if s == b else 0.0 for s, b in zip(scores, base_scores, strict=True)]
+                [
+                    reward_outcome(t, s, r["answer"], b)
+                    for t, s, r, b in zip(texts, scores, base_rows, base_scores, strict=True)
+                ]
             )
             judge_win = judge_lc = None
             if judge is not None:
