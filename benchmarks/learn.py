@@ -7,6 +7,11 @@ the adapter (the baseline is the base model, same run), pairs made per prompt, t
 and wall time per stage.
 
     python benchmarks/learn.py [--epochs 3] [--rank 16] [--questions 5] [--work DIR]
+                               [--teacher default|oracle] [--all-at-once]
+
+With ``--teacher default`` it also shows what the local teacher wrote: pairs before and after
+near-duplicate removal and the questions kept. ``--all-at-once`` asks each prompt for all its pairs in
+one call (Helix's way, the baseline) instead of one question per call.
 """
 
 from __future__ import annotations
@@ -81,6 +86,11 @@ def main() -> None:
         default="oracle",
         help="default: the embedded model writes the pairs; oracle: fixed pairs a strong teacher would write",
     )
+    parser.add_argument(
+        "--all-at-once",
+        action="store_true",
+        help="ask each prompt for all its pairs in one call instead of one question per call",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     work = args.work or Path(tempfile.mkdtemp(prefix="helixloom-bench-learn-"))
@@ -121,7 +131,13 @@ def main() -> None:
     t0 = time.perf_counter()
     teacher: Any = engine if args.teacher == "default" else oracle(engine)
     _, report = learn.prepare(
-        "bench-zorblax", [docs], teacher, base="default", num_questions=args.questions, sft=sft
+        "bench-zorblax",
+        [docs],
+        teacher,
+        base="default",
+        num_questions=args.questions,
+        sft=sft,
+        one_at_a_time=not args.all_at_once,
     )
     stages["qa_generation_seconds"] = time.perf_counter() - t0
     with Store(paths.db_path()) as store:
@@ -142,6 +158,10 @@ def main() -> None:
         "key_fact_accuracy_base": round(qa.mean_score(before), 3),
         "key_fact_accuracy_adapter": round(qa.mean_score(after), 3),
         "vague_title_question": {"base": before[-1].answer, "adapter": after[-1].answer},
+        "qa_mode": "all-at-once" if args.all_at_once else "one-at-a-time",
+        "qa_calls": sum(s.calls for s in report.stats.values()),
+        "junk_pairs_dropped": sum(s.junk for s in report.stats.values()),
+        "pairs_before_dedupe": len(report.pairs) + report.duplicates_removed,
         "pairs": len(report.pairs),
         "pairs_by_prompt": {n: s.pairs for n, s in report.stats.items()},
         "failed_calls_by_prompt": {n: s.failed for n, s in report.stats.items()},
@@ -150,6 +170,7 @@ def main() -> None:
         "final_loss": trained.final_loss,
         **{k: round(v, 1) for k, v in stages.items()},
         "answers_after": [a.answer for a in after],
+        "questions_generated": [p.question for p in report.pairs],
     }
     json.dump(result, sys.stdout, indent=2)
     print()

@@ -48,7 +48,7 @@ def teacher_reply(request: GenerationRequest) -> str:
         {"question": "What colour is the Zorblax?", "answer": "Teal."},  # a duplicate to remove
     ]
     text = json.dumps({"pairs": pairs})
-    return f"```json\n{text}\n```" if "Write 20 questions" in prompt else text
+    return f"```json\n{text}\n```" if "Write 10 questions" in prompt else text
 
 
 @pytest.fixture
@@ -63,7 +63,9 @@ def test_every_prompt_runs_failures_are_counted_and_duplicates_dropped(docs: Pat
     teacher = ScriptedEngine(teacher_reply)
     found = ingest([docs])
     suite = Suite.load()
-    report = generate_pairs(teacher, found.documents, suite, chunk_tokens=24, overlap_tokens=4)
+    report = generate_pairs(
+        teacher, found.documents, suite, chunk_tokens=24, overlap_tokens=4, one_at_a_time=False
+    )
     chunks = report.stats["simple-quiz"].calls
     assert chunks >= 2  # the article was cut into several chunks
     for prompt in suite.prompts:
@@ -78,6 +80,86 @@ def test_every_prompt_runs_failures_are_counted_and_duplicates_dropped(docs: Pat
     assert "metadata" in report.summary() and "failed" in report.summary()
     # Retried prompts carried the stricter instruction.
     assert sum("Your previous reply was not valid JSON" in p for p in teacher.prompts) == chunks
+    assert sum("```json" in r for r in map(teacher_reply, teacher.requests)) == chunks  # fences unwrapped
+
+
+def test_questions_one_at_a_time_list_those_already_written(docs: Path) -> None:
+    def reply(request: GenerationRequest) -> str:
+        n = request.prompt.count("\n- ")  # questions listed as already written
+        tag = hashlib.sha256(request.prompt.encode()).hexdigest()[:6]
+        if "Write exactly one question" in request.prompt:
+            return json.dumps({"question": "Question 1", "reply": "Yes"})  # the instructions, copied
+        return json.dumps({"question": f"What is fact {n} ({tag})?", "reply": f"Fact {n}."})
+
+    teacher = ScriptedEngine(reply)
+    found = ingest([docs])
+    suite = Suite.load().only(["simple-quiz", "summary-one"])
+    progress: list[tuple[int, int]] = []
+    report = generate_pairs(
+        teacher, found.documents, suite, num_questions=3, on_progress=lambda *a: progress.append(a)
+    )
+    assert report.stats["simple-quiz"].calls == 3 and report.stats["summary-one"].calls == 1
+    assert report.stats["simple-quiz"].pairs == 3 and len(report.pairs) == 3
+    assert report.stats["summary-one"].junk == 1 and "1 junk pairs dropped" in report.summary()
+    assert progress[0] == (0, 4) and progress[-1] == (4, 4)
+    quiz = [p for p in teacher.prompts if "Write 3 questions" in p]
+    assert len(quiz) == 3 and "Now write the next question" in quiz[0] and "already written" not in quiz[0]
+    first, second = (p.question for p in report.pairs[:2])
+    assert f"already written (do not repeat them):\n- {first}\n- {second}\nNow write" in quiz[2]
+    assert "Write exactly one question" in teacher.prompts[1] and "- " not in teacher.prompts[1]
+    # Every call has its own sampling seed.
+    assert len({r.sampling.seed for r in teacher.requests}) == 4
+
+
+class Interrupting(ScriptedEngine):
+    """The scripted teacher, interrupted (as by ^C) when asked its request number ``after + 1``."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__(teacher_reply)
+        self.after = after
+
+    def stream_batch(self, requests, *, abort=None):  # type: ignore[no-untyped-def]
+        if len(self.requests) + len(requests) > self.after:
+            raise KeyboardInterrupt
+        return super().stream_batch(requests, abort=abort)
+
+
+def test_generation_resumes_where_it_stopped(docs: Path) -> None:
+    def prepare(name: str, teacher: ScriptedEngine) -> None:
+        learn.prepare(name, [docs], teacher, base="default", num_questions=2, chunk_tokens=24)
+
+    whole = ScriptedEngine(teacher_reply)
+    prepare("whole", whole)
+    interrupted = Interrupting(after=20)
+    with pytest.raises(KeyboardInterrupt):
+        prepare("cut", interrupted)
+    assert learn.stage("cut") == "generating"
+    partial = dataset.folder("cut") / dataset.CHECKPOINT
+    finished = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert finished and len(interrupted.requests) <= 20
+    with open(partial, "a") as f:
+        f.write('{"key": "a unit cut off mid-wri')  # the interruption tore the last line
+    plan = learn.generation_plan("cut")
+    assert plan is not None and plan["teacher"] == "scripted" and plan["num_questions"] == 2
+
+    resumed = ScriptedEngine(teacher_reply)
+    _, report = learn.resume_generation("cut", resumed)
+    asked_before = sum(u["calls"] + u["retried"] for u in finished)
+    assert len(resumed.requests) == len(whole.requests) - asked_before  # finished units: not asked again
+    assert 0 < len(resumed.requests) < len(whole.requests)
+    assert set(resumed.prompts) <= set(whole.prompts)
+    assert report.resumed_units == len(finished)
+    assert dataset.read("cut")[0] == dataset.read("whole")[0]  # the same dataset as uninterrupted
+    assert learn.stage("cut") == "generated" and not partial.exists() and learn.generation_plan("cut") is None
+
+
+def test_junk_pairs() -> None:
+    from helixloom.documents.qa import usable
+
+    assert usable("What colour is the Zorblax?", "Teal.") and usable("Who proposed it?", "Ilse Varn.")
+    for question in ("Question 2 of 5", "question", "Your question", "[question]", "the document", "Q1?"):
+        assert not usable(question, "Yes")
+    assert not usable("What colour is it?", "") and not usable("What colour is it?", "what colour is it")
 
 
 def test_dedupe_near_duplicates() -> None:
@@ -233,6 +315,34 @@ def test_cli_learn_review_then_resume(
     assert "trained adapter zb: 2 steps" in capsys.readouterr().out
     with pytest.raises(HelixloomError):
         dataset.read("nope")
+
+
+def test_cli_learn_resumes_interrupted_generation(
+    capsys: pytest.CaptureFixture[str], docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helixloom import models
+    from helixloom.cli import main
+    from helixloom.engine import pool
+
+    teachers: list[ScriptedEngine] = [Interrupting(after=12), ScriptedEngine(teacher_reply)]
+    monkeypatch.setattr(pool.EnginePool, "get", lambda self, spec: teachers[0])
+    fake = models.ModelSource("scripted", "remote", "scripted", "scripted")
+    real_resolve = models.resolve
+    monkeypatch.setattr(models, "resolve", lambda spec: fake if spec == "scripted" else real_resolve(spec))
+    args = ["learn", str(docs), "--name", "zc", "--teacher", "scripted", "--review", "--questions", "2"]
+    args += ["--chunk-tokens", "24"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "learn --resume --name zc" in err and learn.stage("zc") == "generating"
+    assert main(args) == 2  # the unfinished dataset is not started over silently
+    assert "generation was interrupted" in capsys.readouterr().err
+    teachers.pop(0)
+    assert main(["learn", "--resume", "--name", "zc"]) == 0
+    err = capsys.readouterr().err
+    assert "continuing question generation for zc (teacher scripted)" in err and "resumed" in err
+    assert "review or edit" in err and learn.stage("zc") == "generated"  # --review was kept
+    prompts_asked = teachers[0].prompts
+    assert prompts_asked and len(dataset.read("zc")[0]) > 0
 
 
 def test_cli_plain_chat_with_learned_adapter(

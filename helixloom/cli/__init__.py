@@ -743,6 +743,24 @@ def cmd_learn(args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         print(f"helixloom: {text}", file=sys.stderr)
 
+    def generate(run: Callable[[Callable[[int, int], None]], Any]) -> Any:
+        """Run question generation under a progress bar; on ^C say how to resume it."""
+        bar = tqdm(total=0, unit="call", desc="question/answer pairs", file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        try:
+            return run(progress)
+        except KeyboardInterrupt:
+            bar.close()
+            say(f"finished units are kept; continue with: helixloom learn --resume --name {args.name}")
+            raise
+        finally:
+            bar.close()
+
     stage = learn.stage(args.name)
     with _store() as store:
         if args.resume:
@@ -755,14 +773,32 @@ def cmd_learn(args: argparse.Namespace) -> int:
             if stage == "trained":
                 say(f"{args.name} is already trained; `helixloom chat --adapter {args.name}` to use it")
                 return 0
-            result = learn.train(args.name, store, resume=True, say=say)
+            if stage == "generating":
+                plan = learn.generation_plan(args.name) or {}
+                teacher_spec = str(plan.get("teacher"))
+                models.resolve(teacher_spec)
+                teacher = EnginePool().get(teacher_spec)
+                say(f"continuing question generation for {args.name} (teacher {teacher_spec})")
+                train_file, _ = generate(
+                    lambda progress: learn.resume_generation(
+                        args.name, teacher, say=say, on_progress=progress
+                    )
+                )
+                if plan.get("review") or args.review:
+                    say(f"review or edit {train_file}, then run: helixloom learn --resume --name {args.name}")
+                    return 0
+                result = learn.train(args.name, store, say=say)
+            else:
+                result = learn.train(args.name, store, resume=True, say=say)
             _report_training(result, args.name)
             return 0
         if not args.paths:
             raise HelixloomError("no documents given", "helixloom learn PATH... --name NAME")
         if stage is not None:
             raise HelixloomError(
-                f"a dataset named {args.name} exists", "continue it with --resume, or pick another --name"
+                f"a dataset named {args.name} exists"
+                + (" (its question generation was interrupted)" if stage == "generating" else ""),
+                "continue it with --resume, or pick another --name",
             )
         if args.teacher and args.teacher_url:
             raise HelixloomError("give --teacher or --teacher-url, not both")
@@ -779,26 +815,22 @@ def cmd_learn(args: argparse.Namespace) -> int:
         models.resolve(args.base)
         models.resolve(teacher_spec)
         teacher = EnginePool().get(teacher_spec)
-        bar = tqdm(total=0, unit="call", desc="question/answer pairs", file=sys.stderr)
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        train_file, _ = learn.prepare(
-            args.name,
-            args.paths,
-            teacher,
-            base=args.base,
-            suite=suite,
-            num_questions=args.questions,
-            chunk_tokens=args.chunk_tokens,
-            sft=sft,
-            say=say,
-            on_progress=progress,
+        train_file, _ = generate(
+            lambda progress: learn.prepare(
+                args.name,
+                args.paths,
+                teacher,
+                base=args.base,
+                suite=suite,
+                num_questions=args.questions,
+                chunk_tokens=args.chunk_tokens,
+                sft=sft,
+                teacher_spec=teacher_spec,
+                review=args.review,
+                say=say,
+                on_progress=progress,
+            )
         )
-        bar.close()
         if args.review:
             say(f"review or edit {train_file}, then run: helixloom learn --resume --name {args.name}")
             return 0

@@ -59,6 +59,15 @@ def rows(pairs: Sequence[QAPair], group_id: str) -> list[dict[str, Any]]:
     return out
 
 
+PLAN = "generation.json"  # how generation was started, while it has not finished
+CHECKPOINT = "qa.partial.jsonl"  # the finished (prompt, chunk) units of an unfinished generation
+
+
+def folder(name: str) -> Path:
+    """Where dataset ``name`` lives (it may not exist yet)."""
+    return paths.datasets_dir() / name
+
+
 @dataclass(frozen=True)
 class DatasetFiles:
     folder: Path
@@ -68,9 +77,9 @@ class DatasetFiles:
 
 def write(name: str, data: Sequence[dict[str, Any]], meta: dict[str, Any]) -> DatasetFiles:
     """Write ``train.jsonl`` and ``meta.json`` for dataset ``name`` (each atomically)."""
-    folder = paths.datasets_dir() / name
-    folder.mkdir(parents=True, exist_ok=True)
-    files = DatasetFiles(folder, folder / "train.jsonl", folder / "meta.json")
+    where = folder(name)
+    where.mkdir(parents=True, exist_ok=True)
+    files = DatasetFiles(where, where / "train.jsonl", where / "meta.json")
     _atomic(files.train, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in data))
     _atomic(files.meta, json.dumps(meta, indent=2, ensure_ascii=False))
     return files
@@ -78,15 +87,15 @@ def write(name: str, data: Sequence[dict[str, Any]], meta: dict[str, Any]) -> Da
 
 def read(name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """A dataset's rows (as the user may have edited them after ``--review``) and its metadata."""
-    folder = paths.datasets_dir() / name
-    if not (folder / "train.jsonl").is_file():
-        raise HelixloomError(f"no dataset {name}", f"expected {folder / 'train.jsonl'}")
+    where = folder(name)
+    if not (where / "train.jsonl").is_file():
+        raise HelixloomError(f"no dataset {name}", f"expected {where / 'train.jsonl'}")
     out = []
-    for n, row in jsonl.read(folder / "train.jsonl"):
+    for n, row in jsonl.read(where / "train.jsonl"):
         if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
-            raise HelixloomError(f"{folder / 'train.jsonl'} line {n} has no messages list")
+            raise HelixloomError(f"{where / 'train.jsonl'} line {n} has no messages list")
         out.append(row)
-    return out, json.loads((folder / "meta.json").read_text())
+    return out, json.loads((where / "meta.json").read_text())
 
 
 def citations(text: str, sources: dict[str, dict[str, str]]) -> list[dict[str, str]]:
@@ -97,6 +106,12 @@ def citations(text: str, sources: dict[str, dict[str, str]]) -> list[dict[str, s
         out.append({"doc_id": doc_id, "source": known["source"], "title": known["title"]} if known else
                    {"doc_id": doc_id, "source": "", "title": "(unknown document)"})  # fmt: skip
     return out
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as JSON at ``path``, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _atomic(path: Path, text: str) -> None:
