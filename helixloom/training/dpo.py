@@ -11,7 +11,6 @@ iterate, as RLHFlow's GSHF scripts do, while only one base model sits in memory.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,7 @@ from helixloom.training.sft import (
     load_for_training,
     lora_config,
     prepare_run_dir,
-    quiet_trainer,
-    save_adapter,
+    run_trainer,
 )
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm")
@@ -135,20 +133,4 @@ def train_dpo(
         processing_class=tokenizer,
         peft_config=None if init_adapter is not None else lora_config(config),
     )
-    watch = quiet_trainer(trainer, callbacks)
-    start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.perf_counter() - start
-    trained: Any = trainer.model
-    save_adapter(trained, tokenizer, adapter_dir)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    resumed = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0
-    return TrainResult(
-        adapter_dir=adapter_dir,
-        steps=int(output.global_step),
-        resumed_from_step=resumed,
-        final_loss=float(losses[-1]) if losses else None,
-        changed_fraction=watch.changed_fraction(trained),
-        seconds=seconds,
-        tokens=int(trainer.state.num_input_tokens_seen or 0),
-    )
+    return run_trainer(trainer, tokenizer, adapter_dir, checkpoint, callbacks)

@@ -205,7 +205,6 @@ def train_lora(
     the last one (same step, optimizer and data order) instead of starting over. ``init_adapter``
     continues training an existing adapter (its rank and targets) instead of a fresh one.
     """
-    import time
 
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -259,6 +258,15 @@ def train_lora(
         processing_class=tokenizer,
         peft_config=None if init_adapter is not None else lora_config(config),
     )
+    return run_trainer(trainer, tokenizer, adapter_dir, checkpoint, callbacks)
+
+
+def run_trainer(
+    trainer: Any, tokenizer: Any, adapter_dir: Path, checkpoint: str | None, callbacks: Sequence[Any]
+) -> TrainResult:
+    """Train (from ``checkpoint`` when resuming) with our progress bar, save the adapter, report."""
+    import time
+
     watch = quiet_trainer(trainer, callbacks)
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
