@@ -109,6 +109,29 @@ def test_cut_off_output_is_length_not_valid(engine: HFEngine) -> None:
         json.loads(result.text)
 
 
+def test_no_surrogate_bytes_in_constrained_text(engine: HFEngine) -> None:
+    # xgrammar reads ED A0..BF as a character; it is a UTF-16 surrogate, not UTF-8, and decodes to three
+    # U+FFFD (a maxLength 10 string came back 12 characters long). After a token ending in ED only the
+    # valid second bytes 80..9F may follow.
+    import torch
+
+    byte_token = {raw[0]: i for i, raw in enumerate(_decoded_vocab(engine)) if len(raw) == 1}
+    row = engine._grammars.matcher(Constraint.json_schema({"type": "string", "maxLength": 3}))
+    for byte in (ord('"'), 0xED):
+        row.accept(byte_token[byte])
+    allowed = row.mask(torch.zeros(engine.model.config.vocab_size)) > float("-inf")
+    assert all(allowed[byte_token[b]] for b in range(0x80, 0xA0))
+    assert not any(allowed[byte_token[b]] for b in range(0xA0, 0xC0))
+    row.accept(byte_token[0x9F])  # ED 9F: U+D7C0..U+D7FF, a real character
+    assert row.mask(torch.zeros(engine.model.config.vocab_size))[byte_token[0xA0]] > float("-inf")
+
+
+def _decoded_vocab(engine: HFEngine) -> list[bytes]:
+    import xgrammar as xgr
+
+    return [bytes(raw) for raw in xgr.TokenizerInfo.from_huggingface(engine.tokenizer).decoded_vocab]
+
+
 def test_bad_constraints_are_clear_errors(engine: HFEngine) -> None:
     with pytest.raises(HelixloomError, match="invalid JSON schema"):
         Constraint.json_schema({"type": "nonsense"})

@@ -4,6 +4,10 @@ xgrammar compiles a constraint (JSON schema, any JSON, regex, choice) against th
 vocabulary once; each constrained row then gets its own matcher, which masks the logits before
 sampling and advances with every accepted token. Rows with and without constraints, or with
 different ones, share a batch: masking is per row.
+
+xgrammar's UTF-8 reading lets a string hold the bytes of a UTF-16 surrogate (ED A0..BF ..), which is
+not UTF-8: decoded, each byte turns into U+FFFD, so the text breaks a schema's maxLength the grammar
+counted as one character. ``RowMatcher`` keeps those byte pairs out, within a token and across two.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class Grammars:
         self._stop_ids = stop_token_ids
         self._compiler: Any = None
         self._compiled: dict[Constraint, Any] = {}
+        self._surrogates: SurrogateMasks | None = None
         self._lock = threading.Lock()
 
     def _get_compiler(self) -> Any:
@@ -39,6 +44,7 @@ class Grammars:
                 self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_ids
             )
             self._compiler = xgr.GrammarCompiler(info, max_threads=2)
+            self._surrogates = SurrogateMasks.of(info.decoded_vocab, self._vocab_size)
         return self._compiler
 
     def compile(self, constraint: Constraint) -> Any:
@@ -70,16 +76,55 @@ class Grammars:
         """A fresh grammar state for one row; ``forbidden`` ([V] bool) tokens are never allowed."""
         import xgrammar as xgr
 
-        return RowMatcher(xgr.GrammarMatcher(self.compile(constraint)), self._vocab_size, forbidden)
+        grammar = self.compile(constraint)
+        assert self._surrogates is not None  # built with the compiler
+        return RowMatcher(xgr.GrammarMatcher(grammar), self._vocab_size, self._surrogates, forbidden)
+
+
+class SurrogateMasks:
+    """Masks ([V] bool) of the tokens that would put a UTF-16 surrogate's bytes (ED A0..BF) in the text."""
+
+    def __init__(self, inside: torch.Tensor, after_lead: torch.Tensor, ends_in_lead: list[bool]) -> None:
+        self.inside = inside  # tokens holding ED A0..BF themselves
+        self.after_lead = after_lead  # tokens starting with A0..BF: never right after a token ending in ED
+        self.ends_in_lead = ends_in_lead  # per token: its last byte is ED
+        self._on: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def on(self, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inside`` and ``after_lead`` on ``device``, copied there once."""
+        if device not in self._on:
+            self._on[device] = (self.inside.to(device), self.after_lead.to(device))
+        return self._on[device]
+
+    @classmethod
+    def of(cls, vocab: list[bytes], vocab_size: int) -> SurrogateMasks:
+        import re
+
+        import torch
+
+        vocab = [bytes(raw) for raw in vocab[:vocab_size]] + [b""] * (vocab_size - len(vocab))
+        surrogate = re.compile(rb"\xed[\xa0-\xbf]")
+        inside = [surrogate.search(raw) is not None for raw in vocab]
+        after_lead = [b"\xa0" <= raw[:1] <= b"\xbf" for raw in vocab]
+        ends_in_lead = [raw[-1:] == b"\xed" for raw in vocab]
+        return cls(torch.tensor(inside), torch.tensor(after_lead), ends_in_lead)
 
 
 class RowMatcher:
     """The grammar state of one row."""
 
-    def __init__(self, matcher: Any, vocab_size: int, forbidden: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        matcher: Any,
+        vocab_size: int,
+        surrogates: SurrogateMasks,
+        forbidden: torch.Tensor | None = None,
+    ) -> None:
         import xgrammar as xgr
 
         self._matcher = matcher
+        self._surrogates = surrogates
+        self._after_lead = False  # the last accepted token ended in ED, a lead byte awaiting its next
         self._forbidden = forbidden
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
         self._vocab_size = vocab_size
@@ -91,13 +136,17 @@ class RowMatcher:
         self._matcher.fill_next_token_bitmask(self._bitmask)
         masked = logits[None].clone()  # masked: [1, V]
         xgr.apply_token_bitmask_inplace(masked, self._bitmask.to(masked.device), vocab_size=self._vocab_size)
-        if self._forbidden is not None:
-            masked[0, : self._forbidden.shape[0]].masked_fill_(self._forbidden, float("-inf"))
+        inside, after_lead = self._surrogates.on(masked.device)
+        for forbidden in (self._forbidden, inside, after_lead if self._after_lead else None):
+            if forbidden is not None:
+                masked[0, : forbidden.shape[0]].masked_fill_(forbidden, float("-inf"))
         return masked[0]
 
     def accept(self, token_id: int) -> None:
         if not self._matcher.accept_token(token_id):
             raise RuntimeError(f"the grammar refused token {token_id} it had allowed")
+        ends = self._surrogates.ends_in_lead
+        self._after_lead = token_id < len(ends) and ends[token_id]
 
     @property
     def terminated(self) -> bool:
