@@ -109,6 +109,24 @@ def test_cut_off_output_is_length_not_valid(engine: HFEngine) -> None:
         json.loads(result.text)
 
 
+def test_properties_are_written_in_the_schema_order(engine: HFEngine) -> None:
+    # "question" sorts after "answer": a constraint that sorted the schema's keys would write the
+    # answer first, and a teacher would answer a question it has not asked yet.
+    schema = {
+        "type": "object",
+        "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+        "required": ["question", "answer"],
+    }
+    constraint = Constraint.json_schema(schema)
+    assert Constraint.json_schema(json.dumps(schema)) == constraint
+    requests = [
+        GenerationRequest("A question and its answer:", sampling(max_tokens=40, seed=seed), None, constraint)
+        for seed in range(3)
+    ]
+    for result in engine.generate(requests):
+        assert result.text.startswith('{"question"'), result.text
+
+
 def test_no_surrogate_bytes_in_constrained_text(engine: HFEngine) -> None:
     # xgrammar reads ED A0..BF as a character; it is a UTF-16 surrogate, not UTF-8, and decodes to three
     # U+FFFD (a maxLength 10 string came back 12 characters long). After a token ending in ED only the

@@ -33,10 +33,10 @@ from helixloom.documents.ingest import Document, chunk
 from helixloom.engine import Constraint, Engine, GenerationRequest, SamplingParams, sampling
 from helixloom.errors import HelixloomError
 
-# The key of the answer in the JSON the teacher writes. Constraint.json_schema canonicalizes a schema
-# with sorted keys, and grammar backends emit properties in schema order: with "answer" the teacher
-# would write each answer before its question. "reply" sorts after "question". Replies keyed "answer"
-# (Helix's shape, what unconstrained teachers often write) are read too.
+# The key of the answer in the JSON the teacher writes. Chosen when Constraint.json_schema sorted a
+# schema's keys ("reply" sorts after "question", so the question came first); constraints now keep the
+# schema's order, so any name would do. Replies keyed "answer" (Helix's shape, what unconstrained
+# teachers often write) are read too.
 ANSWER_KEY = "reply"
 
 

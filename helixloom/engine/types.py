@@ -105,11 +105,13 @@ def sampling(**kwargs: object) -> SamplingParams:
 class Constraint:
     """What the output must match: a JSON schema, any JSON object, a regular expression or a choice.
 
-    Build one with the class methods; ``key`` identifies it for compilation caches.
+    Build one with the class methods. A constraint is hashable and compiled grammars are cached by it.
     """
 
     kind: Literal["json_schema", "json_object", "regex", "choice"]
-    spec: str  # the schema as canonical JSON, the regex, or the choices as a JSON list
+    # The schema as JSON in its own key order, the regex, or the choices as a JSON list. Keys are
+    # not sorted: grammar backends write an object's properties in the order the schema lists them.
+    spec: str
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any] | str) -> Constraint:
@@ -128,7 +130,7 @@ class Constraint:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
             raise HelixloomError(f"invalid JSON schema: {exc.message}", param="json_schema") from exc
-        return cls("json_schema", json.dumps(schema, sort_keys=True))
+        return cls("json_schema", json.dumps(schema))
 
     @classmethod
     def json_object(cls) -> Constraint:
