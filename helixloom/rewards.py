@@ -184,49 +184,35 @@ class Principle:
     answer: Literal["yes", "no"]
 
 
-class ConstitutionReward(Reward):
-    """Each principle's yes/no log-odds, signed by its desired answer, combined by weighted soft-min."""
+class ConstitutionReward(EvaluatorReward):
+    """Each principle's yes/no log-odds, signed by its desired answer, combined by weighted soft-min.
+
+    The principles are asked as evaluator questions that carry their own prompts, so the evaluator
+    computes the log-odds here as for any rubric.
+    """
 
     def __init__(self, engine: Engine, constitution: Constitution, *, adapter: str | None = None) -> None:
-        from helixloom.weave.evaluator import NO_WORDS, YES_WORDS
+        from helixloom.weave.evaluator import Evaluator, Question
 
         if not engine.supports_logprobs:
             raise HelixloomError(
                 f"the {engine.backend} engine cannot give log-probabilities for a constitution"
             )
-        self.engine = engine
+        questions = [
+            Question(
+                p.name, p.weight, p.answer, template=p.template.replace("{preamble}", constitution.preamble)
+            )
+            for p in constitution.principles
+        ]
+        super().__init__(
+            Evaluator(engine, questions, adapter=adapter), combine="softmin", name="constitution"
+        )
         self.constitution = constitution
-        self.adapter = adapter
-        self.name = "constitution"
-        self._words = YES_WORDS + NO_WORDS
 
     def principle_scores(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
         """Per pair, each principle's signed log-odds (positive means the desired answer)."""
-        from helixloom.weave.evaluator import log_odds
-
         _check_lengths(prompts, responses)
-        c = self.constitution
-        texts = [
-            p.template.replace("{preamble}", c.preamble).replace("{prompt}", pr).replace("{response}", r)
-            for pr, r in zip(prompts, responses, strict=True)
-            for p in c.principles
-        ]
-        results = self.engine.next_token_logprobs(
-            texts, adapter=self.adapter, top_k=20, candidates=self._words
-        )
-        n = len(c.principles)
-        out = []
-        for i in range(len(prompts)):
-            row = []
-            for j, principle in enumerate(c.principles):
-                odds = log_odds(results[i * n + j])
-                row.append(odds if principle.answer == "yes" else -odds)
-            out.append(row)
-        return out
-
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        weights = [p.weight for p in self.constitution.principles]
-        return [soft_minimum(row, weights) for row in self.principle_scores(prompts, responses)]
+        return self.evaluator.signed_scores(list(zip(prompts, responses, strict=True)))
 
 
 # ---------------------------------------------------------------------------- specs

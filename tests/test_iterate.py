@@ -242,6 +242,26 @@ def test_constitution_reward_signs_principles_by_their_desired_answer() -> None:
     assert reward.principle_scores(["q"], ["nice"]) == [[pytest.approx(odds), pytest.approx(odds)]]
 
 
+def test_constitution_principles_are_asked_with_their_own_prompts() -> None:
+    c = Constitution.parse(
+        "==[PREAMBLE]==\nAnswer yes or no.\n"
+        "==[Principle: Kind; Weight: 2; Answer: Yes]==\n{preamble} P={prompt} R={response} Kind?\n"
+        "==[Principle: Cruel; Weight: 1; Answer: No]==\n{response} Cruel? {preamble}\n"
+    )
+    engine = ScriptedEngine("", judge=lambda prompt: 0.7)
+    reward = ConstitutionReward(engine, c, adapter=None)
+    [a, b] = reward.principle_scores(["q1", "q2"], ["r1", "r2"])
+    odds = math.log(0.7 / 0.3)
+    assert a == b == [pytest.approx(odds), pytest.approx(-odds)]
+    assert engine.scored == [
+        "Answer yes or no. P=q1 R=r1 Kind?",
+        "r1 Cruel? Answer yes or no.",
+        "Answer yes or no. P=q2 R=r2 Kind?",
+        "r2 Cruel? Answer yes or no.",
+    ]
+    assert reward.score(["q1"], ["r1"]) == [pytest.approx(soft_minimum([odds, -odds], [2.0, 1.0]))]
+
+
 def test_load_reward_specs(tmp_path: Path) -> None:
     engine = ScriptedEngine("", judge=lambda p: 0.8)
     fn = tmp_path / "r.py"

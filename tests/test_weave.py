@@ -61,6 +61,21 @@ def test_evaluator_errors() -> None:
         Question("q", weight=0)
 
 
+def test_a_question_may_carry_its_own_prompt() -> None:
+    engine = ScriptedEngine([], judge=lambda prompt: 0.8 if prompt.startswith("OWN") else 0.4)
+    own = Question("Own", 2.0, "no", template="OWN {prompt} / {response} {question}")
+    ev = Evaluator(engine, [Question("Shared?"), own])
+    [[shared, mine]] = ev.signed_scores([("p", "r")])
+    assert (shared, mine) == (pytest.approx(math.log(0.4 / 0.6)), pytest.approx(-math.log(0.8 / 0.2)))
+    # The own prompt replaces the evaluator's template; "{question}" is not a field of it.
+    assert engine.scored[1] == "OWN p / r {question}"
+    assert "Shared?" in engine.scored[0] and "=== Begin Response ===\nr" in engine.scored[0]
+    with pytest.raises(HelixloomError, match="no \\{response\\}"):
+        Question("Own", template="{prompt} only")
+    with pytest.raises(HelixloomError, match="empty"):
+        Question("Own", template="  ")
+
+
 def test_evaluator_on_the_tiny_model(tiny_model: TinyModel) -> None:
     engine = HFEngine.load(str(tiny_model.path))
     engine.load_adapter("alpha", str(tiny_model.adapters["alpha"]))

@@ -4,8 +4,10 @@ For each question the evaluator fills a template with ``{prompt}``, ``{response}
 ``{question}`` and reads the model's next token: the score is log P(yes) − log P(no), each side
 summed over the tokenizer's variants of the word (" yes", "Yes", ...). Several questions (a rubric
 or constitution: text, weight, desired answer) combine into one score: the weighted mean of the
-scores, each signed so that the desired answer counts as positive. All prompts of a call go to
-the engine as one batch. The evaluator may be another model, or an adapter of the same base.
+scores, each signed so that the desired answer counts as positive. A question may instead carry
+its own whole prompt with ``{prompt}`` and ``{response}`` (a MiniHF constitution principle). All
+prompts of a call go to the engine as one batch. The evaluator may be another model, or an adapter
+of the same base.
 """
 
 from __future__ import annotations
@@ -31,15 +33,22 @@ def default_template() -> str:
 
 @dataclass(frozen=True)
 class Question:
-    """One yes/no question of a rubric; ``answer`` is the answer that is good."""
+    """One yes/no question of a rubric; ``answer`` is the answer that is good.
+
+    ``template``, when given, is the question's own whole prompt, with ``{prompt}`` and ``{response}``
+    and no ``{question}``: it replaces the evaluator's template, and ``text`` only names the question.
+    """
 
     text: str
     weight: float = 1.0
     answer: Literal["yes", "no"] = "yes"
+    template: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.text.strip():
+        if not (self.text if self.template is None else self.template).strip():
             raise HelixloomError("an evaluator question is empty", param="question")
+        if self.template is not None and "{response}" not in self.template:
+            raise HelixloomError(f"question {self.text[:40]!r} has no {{response}}", param="question")
         if not self.weight > 0:
             raise HelixloomError(f"question weight must be positive: {self.text[:40]!r}", param="question")
 
@@ -81,11 +90,7 @@ class Evaluator:
         """Per pair, each question's log-odds signed so that its desired answer is positive."""
         if not pairs:
             return []
-        prompts = [
-            self.template.replace("{prompt}", p).replace("{response}", r).replace("{question}", q.text)
-            for p, r in pairs
-            for q in self.questions
-        ]
+        prompts = [self.prompt_for(p, r, q) for p, r in pairs for q in self.questions]
         results = self.engine.next_token_logprobs(
             prompts, adapter=self.adapter, top_k=20, candidates=YES_WORDS + NO_WORDS
         )
@@ -98,6 +103,13 @@ class Evaluator:
                 row.append(odds if q.answer == "yes" else -odds)
             out.append(row)
         return out
+
+    def prompt_for(self, prompt: str, response: str, question: Question) -> str:
+        """What the engine is asked: the question's own template, or the evaluator's with the question."""
+        if question.template is not None:
+            return question.template.replace("{prompt}", prompt).replace("{response}", response)
+        filled = self.template.replace("{prompt}", prompt).replace("{response}", response)
+        return filled.replace("{question}", question.text)
 
 
 def parse_question(text: str) -> Question:
