@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,10 @@ PROMPTS_HELP = (
 
 def register(esub: argparse._SubParsersAction) -> None:
     """Add the judge-based evaluations to the ``eval`` command's subparsers."""
-    wr = esub.add_parser(
+    _add_eval_command(
+        esub,
         "winrate",
+        cmd_winrate,
         help="win rate of a model or adapter against a baseline, judged pairwise by an LLM",
         description="Answer every prompt with the model (A) and the baseline (B), then let the judge model "
         "compare the two answers with MT-bench's pair-v2 prompt, asked in both orders to cancel position "
@@ -34,51 +36,80 @@ def register(esub: argparse._SubParsersAction) -> None:
         "style) and a length-controlled win rate (AlpacaEval's GLM: the preference predicted for answers "
         "of equal length). With the same SPEC for --model and --baseline the model is loaded once and "
         "only the adapters differ, e.g. --adapter mine against its base. " + JUDGE_NOTE,
+        model_help="model A (default: default)",
+        adapter_help="LoRA adapter on model A",
+        own_flags=_winrate_flags,
+        judge_modes=True,
     )
-    wr.add_argument("--model", default="default", metavar="SPEC", help="model A (default: default)")
-    wr.add_argument("--adapter", metavar="NAME_OR_PATH", help="LoRA adapter on model A")
-    wr.add_argument("--baseline", metavar="SPEC", help="model B, the baseline (default: --model)")
-    wr.add_argument("--baseline-adapter", metavar="NAME_OR_PATH", help="LoRA adapter on model B")
-    wr.add_argument("--prompts", required=True, metavar="FILE", help=PROMPTS_HELP)
-    _add_judge_flags(wr, modes=True)
-    _add_generation_flags(wr)
-    _add_output_flags(wr)
-    wr.set_defaults(run=cmd_winrate)
-
-    gr = esub.add_parser(
+    _add_eval_command(
+        esub,
         "grade",
+        cmd_grade,
         help="grade a model's answers 1-10 with an LLM judge (MT-bench single grading)",
         description="Answer every prompt with the model, then let the judge rate each answer from 1 to 10 "
         "with MT-bench's single-v1 prompt (greedy). The rating is read from '[[n]]' (or '[n]'); replies "
         "without one are counted as malformed and left out of the mean. Small base models rarely follow "
         "the format: give them --no-explanation, or prefer `eval winrate`, which reads the verdict from "
         "log-probabilities. " + JUDGE_NOTE,
+        model_help="the model to grade",
+        adapter_help="LoRA adapter on the model",
+        own_flags=_prompts_flag,
+        judge_modes=False,  # grading has one answer to rate: no pairwise verdict to read
     )
-    gr.add_argument("--model", default="default", metavar="SPEC", help="the model to grade")
-    gr.add_argument("--adapter", metavar="NAME_OR_PATH", help="LoRA adapter on the model")
-    gr.add_argument("--prompts", required=True, metavar="FILE", help=PROMPTS_HELP)
-    _add_judge_flags(gr, modes=False)
-    _add_generation_flags(gr)
-    _add_output_flags(gr)
-    gr.set_defaults(run=cmd_grade)
-
-    ss = esub.add_parser(
+    _add_eval_command(
+        esub,
         "sessions",
+        cmd_sessions,
         help="replay rated sessions: does the model beat the answers users disliked?",
         description="Take the stored answers users rated thumbs up or down (on a message, or on the "
         "whole session: its final answer), ask their conversation again to the model (or adapter), and "
         "let the judge compare each new answer (A) with the rated one (B), both orders. Win rates "
         "against liked and against disliked answers are reported apart: a better model beats the "
         "disliked answers and at least ties the liked ones. " + JUDGE_NOTE,
+        model_help="the model to replay with",
+        adapter_help="LoRA adapter on the model",
+        own_flags=_sessions_flags,
+        judge_modes=True,
     )
-    ss.add_argument("--model", default="default", metavar="SPEC", help="the model to replay with")
-    ss.add_argument("--adapter", metavar="NAME_OR_PATH", help="LoRA adapter on the model")
-    ss.add_argument("--rating", choices=["up", "down"], help="only answers rated so (default: both)")
-    ss.add_argument("--limit", type=int, help="at most this many rated answers, newest sessions first")
-    _add_judge_flags(ss, modes=True)
-    _add_generation_flags(ss)
-    _add_output_flags(ss)
-    ss.set_defaults(run=cmd_sessions)
+
+
+def _add_eval_command(
+    esub: argparse._SubParsersAction,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str,
+    model_help: str,
+    adapter_help: str,
+    own_flags: Callable[[argparse.ArgumentParser], None],
+    judge_modes: bool,
+) -> None:
+    """One ``eval`` command: --model and --adapter, the command's ``own_flags``, then the judge,
+    generation and output flags the three commands share (``judge_modes`` adds --judge-mode)."""
+    p = esub.add_parser(name, help=help, description=description)
+    p.add_argument("--model", default="default", metavar="SPEC", help=model_help)
+    p.add_argument("--adapter", metavar="NAME_OR_PATH", help=adapter_help)
+    own_flags(p)
+    _add_judge_flags(p, modes=judge_modes)
+    _add_generation_flags(p)
+    _add_output_flags(p)
+    p.set_defaults(run=run)
+
+
+def _prompts_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", required=True, metavar="FILE", help=PROMPTS_HELP)
+
+
+def _winrate_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--baseline", metavar="SPEC", help="model B, the baseline (default: --model)")
+    p.add_argument("--baseline-adapter", metavar="NAME_OR_PATH", help="LoRA adapter on model B")
+    _prompts_flag(p)
+
+
+def _sessions_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rating", choices=["up", "down"], help="only answers rated so (default: both)")
+    p.add_argument("--limit", type=int, help="at most this many rated answers, newest sessions first")
 
 
 def _add_judge_flags(p: argparse.ArgumentParser, *, modes: bool) -> None:
