@@ -39,7 +39,9 @@ def ensure_home() -> Path:
 
 
 def db_path() -> Path:
-    return home() / "helixloom.db"
+    """``HELIXLOOM_HOME/helixloom.db``, or ``HELIXLOOM_DB`` if set (how a server hands its store to jobs)."""
+    env = os.environ.get("HELIXLOOM_DB")
+    return Path(env).expanduser() if env else home() / "helixloom.db"
 
 
 def models_dir() -> Path:

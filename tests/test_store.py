@@ -66,7 +66,7 @@ FULL = NewMessage(
 def test_open_creates_database_with_pragmas_and_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "folder" / "h.db"
     with Store(path) as s:
-        assert s.schema_version == latest_version() == 3
+        assert s.schema_version == latest_version() == 4
         conn = s._connection()
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -82,7 +82,7 @@ def test_open_default_uses_helixloom_home(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HELIXLOOM_HOME", str(home))
     with Store.open_default() as s:
         assert s.path == home / "helixloom.db"
-        assert s.schema_version == 3
+        assert s.schema_version == 4
     assert (home / "helixloom.db").is_file()
     assert (home / "adapters").is_dir()
 
@@ -145,7 +145,7 @@ def test_upgrade_from_1_keeps_rows_and_adds_tables_and_column(tmp_path: Path) ->
         )
 
     with Store(path) as s:
-        assert s.schema_version == 3
+        assert s.schema_version == 4
         assert [n for n, _, _ in s.applied_migrations()] == [1, 2, 3]
         session = s.get_session("s1")
         assert session is not None
@@ -183,7 +183,7 @@ def test_upgrade_from_2_keeps_nodes_and_ratings(tmp_path: Path) -> None:
         old.add_rating("session", "s1", 1)
 
     with Store(path) as s:
-        assert s.schema_version == 3
+        assert s.schema_version == 4
         assert s.get_node(kid.id) == kid
         assert [n.id for n in s.tree_nodes("t")] == [root.id, kid.id]
         assert [(r.score, r.reason) for r in s.ratings_for("node", kid.id)] == [(-1, "dull")]

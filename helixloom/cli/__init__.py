@@ -29,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _quiet_libraries()
     try:
+        if getattr(args, "job", None) or args.run_job_id:
+            return _run_as_job(args, list(sys.argv[1:] if argv is None else argv))
         return int(args.run(args) or 0)
     except HelixloomError as exc:
         print(f"helixloom: error: {exc}", file=sys.stderr)
@@ -36,6 +38,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nhelixloom: interrupted", file=sys.stderr)
         return 130
+
+
+def _run_as_job(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run a long command inside a job (see helixloom.jobs): its progress and end go to the store."""
+    from helixloom import jobs
+    from helixloom.paths import ensure_home
+
+    ensure_home()
+    if args.run_job_id and not getattr(args, "job", None):
+        raise HelixloomError("--job-id is only for job commands (learn, iterate, train, prompts, eval)")
+    words = [a for a in argv if a != "--job-id" and a != args.run_job_id]
+    params = {"argv": words, "launcher": "cli"}
+    try:
+        with jobs.run_job(
+            args.job, name=getattr(args, "name", None), params=params, job_id=args.run_job_id
+        ) as job:
+            if args.run_job_id is None:
+                print(f"helixloom: job {job.id} (see `helixloom jobs show {job.id[:8]}`)", file=sys.stderr)
+            code = int(args.run(args) or 0)
+            if code != 0:
+                raise HelixloomError(f"exited with code {code}")
+            return code
+    except jobs.JobCancelled:
+        print("\nhelixloom: cancelled; checkpoints are kept (continue with --resume)", file=sys.stderr)
+        return 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Run `helixloom COMMAND --help` for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"helixloom {__version__}")
+    # The server starts queued jobs as `helixloom --job-id ID COMMAND ...`; not for people.
+    parser.add_argument("--job-id", dest="run_job_id", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     gen = sub.add_parser(
@@ -159,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--prompts", metavar="A,B", help="only these prompts of the suite (comma-separated)")
     learn.add_argument("--suite", metavar="FILE", help="a prompt suite YAML instead of the built-in one")
     add_sft_flags(learn)
-    learn.set_defaults(run=cmd_learn)
+    learn.set_defaults(run=cmd_learn, job="learn")
 
     ev = sub.add_parser("eval", help="evaluate answers", description="Evaluations.")
     esub = ev.add_subparsers(title="evaluations", metavar="EVAL")
@@ -175,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     eqa.add_argument("--base", default="default", metavar="SPEC")
     eqa.add_argument("--max-tokens", type=int, default=128)
     eqa.add_argument("--json", action="store_true", help="print every answer and the scores as JSON")
-    eqa.set_defaults(run=cmd_eval_qa)
+    eqa.set_defaults(run=cmd_eval_qa, job="eval")
     from helixloom.cli import evals as cli_evals
 
     cli_evals.register(esub)
@@ -256,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--format", default="helixnet", metavar="NAME_OR_FILE", help="helixnet prompt format")
     serve.add_argument(
         "--rounds", type=int, default=1, help="helixnet critique/regenerate rounds (default 1)"
+    )
+    serve.add_argument(
+        "--no-jobs",
+        dest="run_jobs",
+        action="store_false",
+        help="do not run jobs submitted to POST /api/jobs (learn, train, iterate, ...; by default they run "
+        "one at a time, each in its own process, with their progress on /jobs)",
     )
     serve.set_defaults(run=cmd_serve)
 
@@ -356,12 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     adapters.set_defaults(run=lambda _: _usage(adapters))
 
     from helixloom.cli import iterate as cli_iterate
+    from helixloom.cli import jobs as cli_jobs
     from helixloom.cli import prompts as cli_prompts
     from helixloom.cli import train as cli_train
 
     cli_prompts.register(sub)
     cli_train.register(sub)
     cli_iterate.register(sub)
+    cli_jobs.register(sub)
     return parser
 
 
@@ -733,19 +771,18 @@ def _turn_json(turn: Any) -> dict[str, Any]:
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from helixloom import models
+    from helixloom import jobs, models
     from helixloom.documents import learn
     from helixloom.documents.qa import Suite
     from helixloom.engine.pool import EnginePool
 
     def say(text: str) -> None:
         print(f"helixloom: {text}", file=sys.stderr)
+        jobs.log(text)
 
     def generate(run: Callable[[Callable[[int, int], None]], Any]) -> Any:
         """Run question generation under a progress bar; on ^C say how to resume it."""
-        bar = tqdm(total=0, unit="call", desc="question/answer pairs", file=sys.stderr)
+        bar = jobs.progress_bar(0, unit="call", desc="question/answer pairs")
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -1040,6 +1077,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         },
         helixnet_format=args.format,
         helixnet_rounds=args.rounds,
+        run_jobs=args.run_jobs,
     )
     if args.rounds < 1 or args.max_batch < 1 or args.max_queue < 1 or args.max_tokens < 1:
         raise HelixloomError("--rounds, --max-batch, --max-queue and --max-tokens must be at least 1")

@@ -94,7 +94,7 @@ def _add_eval_command(
     _add_judge_flags(p, modes=judge_modes)
     _add_generation_flags(p)
     _add_output_flags(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, job="eval")
 
 
 def _prompts_flag(p: argparse.ArgumentParser) -> None:

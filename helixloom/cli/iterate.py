@@ -8,6 +8,9 @@ import sys
 from dataclasses import asdict, fields
 from typing import Any
 
+from helixloom import jobs
+from helixloom.jobs import progress_bar
+
 DESCRIPTION = """
 Improve a model from its own samples (GSHF / iterative DPO). Each iteration samples --k responses per
 prompt from the current policy (base + the last iteration's adapter), scores them with --reward, pairs
@@ -71,12 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     it.add_argument("--resume", action="store_true", help="continue run NAME where it stopped")
     it.add_argument("--overwrite", action="store_true", help="delete an existing run NAME and start over")
     it.add_argument("--json", action="store_true", help="print the per-iteration table as JSON")
-    it.set_defaults(run=cmd_iterate)
+    it.set_defaults(run=cmd_iterate, job="iterate")
 
 
 def cmd_iterate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from helixloom import adapters as adapter_registry
     from helixloom.cli import _store, sft_config_from
     from helixloom.engine import load_engine
@@ -140,7 +141,7 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     judge_fn = _judge_fn(str(meta["judge"]), engine) if meta.get("judge") else None
 
     def progress(label: str, total: int) -> Any:
-        return tqdm(total=total, desc=label, unit="prompt", file=sys.stderr, leave=False)
+        return progress_bar(total, desc=label, unit="prompt", leave=False)
 
     start_path = None
     if meta.get("start_adapter"):
@@ -167,6 +168,7 @@ def cmd_iterate(args: argparse.Namespace) -> int:
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr)
+    jobs.log(text.strip())
 
 
 def _judge_fn(spec: str, engine: Any) -> Any:

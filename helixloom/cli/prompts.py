@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from helixloom.errors import HelixloomError
+from helixloom.jobs import progress_bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,12 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seed for example choice and sampling; the same seed repeats a run (default 0)",
     )
     gen.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    gen.set_defaults(run=cmd_prompts_generate)
+    gen.set_defaults(run=cmd_prompts_generate, job="prompts")
     prompts.set_defaults(run=lambda _: usage(prompts))
 
 
 def cmd_prompts_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from helixloom import adapters as adapter_registry
     from helixloom import models
@@ -101,7 +101,7 @@ def cmd_prompts_generate(args: argparse.Namespace) -> int:
     if adapter is not None:
         engine.load_adapter(adapter[0], str(adapter[1]))
     new: list[str] = []
-    bar = tqdm(total=args.n, unit="prompt", desc="prompts", file=sys.stderr)
+    bar = progress_bar(args.n, unit="prompt", desc="prompts")
 
     def progress(done: int, total: int) -> None:
         bar.n = done

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
+
+from helixloom.errors import HelixloomError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sft.add_argument("--chunk-tokens", type=int, default=512, help="tokens per document chunk (default 512)")
     sft.add_argument("--resume", action="store_true", help="continue an interrupted run of NAME")
     add_sft_flags(sft)
-    sft.set_defaults(run=cmd_train_sft)
+    sft.set_defaults(run=cmd_train_sft, job="train")
 
     dpo = tsub.add_parser(
         "dpo",
@@ -58,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     dpo.add_argument("--resume", action="store_true", help="continue an interrupted run of NAME")
     add_sft_flags(dpo, LoraDPOConfig, title="training (DPO)")
-    dpo.set_defaults(run=cmd_train_dpo)
+    dpo.set_defaults(run=cmd_train_dpo, job="train")
 
     ev = tsub.add_parser(
         "evaluator",
@@ -87,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--resume", action="store_true", help="continue an interrupted run of NAME")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     add_sft_flags(ev)
-    ev.set_defaults(run=cmd_train_evaluator)
+    ev.set_defaults(run=cmd_train_evaluator, job="train")
 
     train_rewards.register(tsub)
     train.set_defaults(run=lambda _: usage(train))
@@ -101,7 +104,6 @@ def _paths(name: str) -> tuple[Any, Any]:
 
 
 def _check_name(store: Any, name: str, resume: bool) -> None:
-    from helixloom.errors import HelixloomError
 
     if not name or "/" in name or name.startswith("."):
         raise HelixloomError(f"bad adapter name {name!r}", param="name")
@@ -130,6 +132,9 @@ def cmd_train_sft(args: argparse.Namespace) -> int:
     _check_name(store, args.name, args.resume)
     config = sft_config_from(args)
     init = adapter_registry.resolve(store, args.adapter, model=args.base)[1] if args.adapter else None
+    for path in args.data:  # before the tokenizer loads: a first load of the default model takes minutes
+        if not Path(path).exists():
+            raise HelixloomError(f"{path} does not exist", param="data")
     count = token_counter(args.base)
     data = load_sft_data(
         args.data, count, chunk_tokens=args.chunk_tokens, store=store if args.from_store else None
@@ -160,7 +165,6 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
     from helixloom import jsonl
     from helixloom.chat import render_with
     from helixloom.cli import _store, sft_config_from
-    from helixloom.errors import HelixloomError
     from helixloom.training.dpo import LoraDPOConfig, train_dpo
 
     store = _store()
@@ -213,7 +217,6 @@ def cmd_train_evaluator(args: argparse.Namespace) -> int:
 
     from helixloom import adapters as adapter_registry
     from helixloom.cli import _store, sft_config_from
-    from helixloom.errors import HelixloomError
     from helixloom.training.evaluator_tune import train_evaluator
     from helixloom.training.feedback import read_examples, store_examples
 

@@ -27,18 +27,23 @@ log = logging.getLogger("helixloom.server")
 
 def create_app(state: ServerState) -> FastAPI:
     """The ASGI app over a ready ``ServerState`` (engine loaded, store open)."""
-    from helixloom.server import api_routes, loom_routes, openai_routes
+    from helixloom.server import api_routes, job_routes, loom_routes, openai_routes
 
     app = FastAPI(title="helixloom", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.helixloom = state
     app.include_router(openai_routes.router)
     app.include_router(api_routes.router)
     app.include_router(loom_routes.router)
+    app.include_router(job_routes.router)
     static = resources.files("helixloom") / "server" / "static"
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(str(static / "index.html"))
+
+    @app.get("/jobs", include_in_schema=False)
+    def jobs_page() -> FileResponse:
+        return FileResponse(str(static / "jobs.html"))
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 

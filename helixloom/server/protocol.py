@@ -214,6 +214,16 @@ class Feedback(BaseModel):
     message_id: str | None = None  # rate one message of the session instead of the whole session
 
 
+class JobRequest(BaseModel):
+    """A long command to run as a job: ``helixloom COMMAND...`` given as words or as one string."""
+
+    model_config = ConfigDict(extra="forbid")
+    argv: list[str] | None = Field(
+        None, description='e.g. ["iterate", "--prompts", "p.jsonl", "--name", "x"]'
+    )
+    command: str | None = Field(None, description="the same as one shell-quoted string")
+
+
 def error_body(
     message: str, type_: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from helixloom.engine import Engine
 from helixloom.engine.batching import BatchingEngine
 from helixloom.errors import HelixloomError, ModelNotFound
 from helixloom.helixnet import STAGES, PromptFormat, Stage
+from helixloom.jobs import JobRunner
 from helixloom.store import Store
 
 PIPELINES = ("helixnet", "weave")
@@ -31,6 +32,7 @@ class ServerConfig:
     helixnet_adapters: dict[Stage, str] = field(default_factory=dict)  # role -> adapter name or folder
     helixnet_format: str = "helixnet"
     helixnet_rounds: int = 1
+    run_jobs: bool = True  # run jobs submitted to POST /api/jobs (one at a time, as subprocesses)
 
 
 def key_label(spec: str) -> tuple[str, str]:
@@ -72,6 +74,9 @@ class ServerState:
         for stage in STAGES:
             spec = config.helixnet_adapters.get(stage)
             self.helixnet_roles[stage] = self.ensure_adapter(spec) if spec else None
+        self.jobs = JobRunner(store)
+        if config.run_jobs:
+            self.jobs.start()
 
     @property
     def base_id(self) -> str:
@@ -119,5 +124,6 @@ class ServerState:
         return label
 
     def close(self) -> None:
+        self.jobs.stop()
         self.engine.close()
         self.store.close()

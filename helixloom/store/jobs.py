@@ -43,6 +43,8 @@ class JobsMixin(StoreBase):
         message: str | None = None,
         result: Any = None,
         error: str | None = None,
+        pid: int | None = None,
+        host: str | None = None,
     ) -> Job:
         """Change the fields given (``None`` leaves a field as it is), stamp ``updated_at``, return the job.
 
@@ -59,6 +61,8 @@ class JobsMixin(StoreBase):
             "message": message,
             "result": dumps(result, "result"),
             "error": error,
+            "pid": pid,
+            "host": host,
         }
         # Column names come from the fixed dict above, never from the caller.
         sets = [f"{column} = ?" for column, value in changes.items() if value is not None]

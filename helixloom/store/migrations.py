@@ -133,6 +133,15 @@ MIGRATIONS: list[Migration] = [
         ALTER TABLE sessions ADD COLUMN api_key_label TEXT;
         """,
     ),
+    Migration(
+        4,
+        "jobs_process",
+        # Which process runs a job, so a job whose process died can be told from one still running.
+        """
+        ALTER TABLE jobs ADD COLUMN pid INTEGER;
+        ALTER TABLE jobs ADD COLUMN host TEXT;
+        """,
+    ),
 ]
 
 

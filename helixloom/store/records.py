@@ -256,6 +256,8 @@ class Job:
     error: str | None
     created_at: str
     updated_at: str
+    pid: int | None = None
+    host: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -277,4 +279,6 @@ class Job:
             error=row["error"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            pid=row["pid"],
+            host=row["host"],
         )

@@ -293,11 +293,9 @@ class _Progress(TrainerCallback):
         self.bar: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        from tqdm import tqdm
+        from helixloom.jobs import progress_bar
 
-        self.bar = tqdm(
-            total=state.max_steps, initial=state.global_step, unit="step", desc="fine-tuning", file=sys.stderr
-        )
+        self.bar = progress_bar(state.max_steps, initial=state.global_step, unit="step", desc="fine-tuning")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bar is not None:

@@ -1,0 +1,91 @@
+"""``/api/jobs``: long work (learn, train, iterate, prompts, eval) started, watched and cancelled.
+
+A submitted command line runs as ``helixloom --job-id ID COMMAND...`` in a subprocess, one job at a
+time (``helixloom.jobs.JobRunner``); jobs run from the CLI on this machine are listed too. Paths in
+a command are read on the server's machine, relative to the server's working directory.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from helixloom import jobs
+from helixloom.errors import HelixloomError
+from helixloom.server.protocol import JobRequest, error_body
+from helixloom.server.state import ServerState
+
+router = APIRouter(prefix="/api/jobs")
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.helixloom
+    return state
+
+
+def _not_found(job_id: str) -> JSONResponse:
+    return JSONResponse(
+        error_body(f"no job {job_id}", "invalid_request_error", param="job_id", code="not_found"),
+        status_code=404,
+    )
+
+
+@router.get("")
+def list_jobs(
+    request: Request,
+    kind: str | None = None,
+    status: Status | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+) -> dict[str, Any]:
+    store = _state(request).store
+    jobs.reap(store)
+    return {"object": "list", "data": [asdict(j) for j in store.list_jobs(kind=kind, status=status)[:limit]]}
+
+
+@router.post("", status_code=201)
+def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
+    """Queue a command line as a job; 400 with the CLI's own message when it would not parse."""
+    if (body.argv is None) == (body.command is None):
+        raise HelixloomError("give either argv (a list of words) or command (one string)", param="argv")
+    if body.command is not None:
+        try:
+            argv = shlex.split(body.command)
+        except ValueError as exc:
+            raise HelixloomError(f"command: {exc}", param="command") from None
+        if argv[:1] == ["helixloom"]:
+            argv = argv[1:]
+    else:
+        argv = list(body.argv or [])
+    state = _state(request)
+    if not state.config.run_jobs:
+        raise HelixloomError("this server does not run jobs (started with --no-jobs)")
+    return asdict(state.jobs.submit(argv))
+
+
+@router.get("/{job_id}", response_model=None)
+def get_job(job_id: str, request: Request) -> Any:
+    """The job with its log lines (``log``) and, for jobs started here, the tail of its output."""
+    store = _state(request).store
+    jobs.reap(store)
+    job = store.get_job(job_id)
+    if job is None:
+        return _not_found(job_id)
+    output = None
+    path = jobs.job_log_path(job_id)
+    if path.is_file():
+        output = jobs.tail(path, 40)
+    return {**asdict(job), "log": store.job_logs(job_id), "output": output}
+
+
+@router.post("/{job_id}/cancel", response_model=None)
+def cancel_job(job_id: str, request: Request) -> Any:
+    state = _state(request)
+    if state.store.get_job(job_id) is None:
+        return _not_found(job_id)
+    return asdict(state.jobs.cancel(job_id))
