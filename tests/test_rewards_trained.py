@@ -8,6 +8,7 @@ head that happens to prefer one kind) fails the test.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers import TrainerCallback
 
 from helixloom.cli import main
 from helixloom.engine.batching import BatchingEngine
@@ -22,6 +24,7 @@ from helixloom.engine.hf import HFEngine
 from helixloom.errors import AdapterError, HelixloomError
 from helixloom.rewards import load_reward
 from helixloom.store import NewMessage, Store
+from helixloom.training import reward_model
 from helixloom.training.feedback import LabelledExample, labelled_examples, store_examples
 from helixloom.training.reward_head import RewardHeadConfig, RewardHeadReward, train_reward_head
 from helixloom.training.reward_model import (
@@ -222,6 +225,26 @@ def test_reward_head_embeddings_are_cached_and_adapters_kept(engine: HFEngine, t
     ).score(["Q:"], [" Paris cites France."])
 
 
+def test_interrupted_embedding_keeps_what_it_embedded(
+    engine: HFEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    examples = head_examples(pairs(40, seed=5))  # 80 texts: two batches of embeddings
+    calls = {"n": 0}
+    embed = engine.embed
+
+    def dies_on_the_second_batch(texts: list[str], adapter: str | None = None) -> list[list[float]]:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the probe, the first batch, then ^C
+            raise KeyboardInterrupt
+        return embed(texts, adapter=adapter)
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(engine, "embed", dies_on_the_second_batch)
+        train_reward_head(engine, examples, tmp_path / "a", HEAD_CONFIG, run_dir=tmp_path / "run")
+    again = train_reward_head(engine, examples, tmp_path / "a", HEAD_CONFIG, run_dir=tmp_path / "run")
+    assert again.cached_embeddings == 64
+
+
 def test_reward_head_refuses_another_model(engine: HFEngine, tiny_model: TinyModel, tmp_path: Path) -> None:
     train_reward_head(engine, head_examples(pairs(4, seed=4)), reward_dir("small"), HEAD_CONFIG)
     wide = HFEngine.load(str(tiny_model.foreign_adapter.parent / "wide-model"))
@@ -328,21 +351,55 @@ def test_examples_from_the_store(helixloom_home: Path) -> None:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+class _Interrupt(TrainerCallback):  # type: ignore[misc]
+    """^C during step 3, before its checkpoint is written."""
+
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        if state.global_step == 3:
+            raise KeyboardInterrupt
+
+
 def test_cli_train_reward_and_resume(
-    capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, tmp_path: Path, helixloom_home: Path
+    capsys: pytest.CaptureFixture[str],
+    tiny_model: TinyModel,
+    tmp_path: Path,
+    helixloom_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    data = write_jsonl(tmp_path / "pairs.jsonl", pairs(16, seed=1))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs(24, seed=1))
     common = ["train", "reward", "--data", str(data), "--name", "cli-rm", "--base", str(tiny_model.path)]
     small = ["--rank", "4", "--lr", "1e-3", "--batch-size", "4", "--max-length", "64", "--eval-split", "0.25"]
-    assert main([*common, *small, "--max-steps", "2", "--save-steps", "1"]) == 0
+    interrupted = functools.partial(train_reward_model, callbacks=[_Interrupt()])
+    with monkeypatch.context() as m:  # only this patch: HELIXLOOM_HOME stays set
+        m.setattr(reward_model, "train_reward_model", interrupted)
+        assert main([*common, *small, "--save-steps", "1"]) == 130  # 18 pairs: 5 steps, killed in step 3
+    run = helixloom_home / "runs" / "reward-cli-rm"
+    assert (run / "checkpoint-2").is_dir() and not (run / "checkpoint-3").exists()
+    assert not reward_dir("cli-rm").exists()
+    capsys.readouterr()
+
+    # The run saved its settings: --name and --resume are enough, and go on from the checkpoint.
+    assert main(["train", "reward", "--name", "cli-rm", "--resume"]) == 0
     out = capsys.readouterr().out
-    assert "trained reward model cli-rm: 12 pairs, 2 steps" in out
+    assert "trained reward model cli-rm: 18 pairs, 5 steps, resumed at step 2" in out
     assert "held-out accuracy:" in out and "rm:cli-rm" in out
+    meta = json.loads((reward_dir("cli-rm") / "helixloom_reward.json").read_text())
+    assert (meta["config"]["rank"], meta["config"]["save_steps"], meta["train_pairs"]) == (4, 1, 18)
+    assert load_reward("rm:cli-rm", engine=None).score(["Q:"], [" Paris."])  # type: ignore[arg-type]
+
+    # A flag given again must agree with the saved settings; one that disagrees is refused by name.
+    assert main(["train", "reward", "--name", "cli-rm", "--resume", "--max-steps", "9", "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-steps 9 disagrees with the settings run reward-cli-rm started with (--max-steps -1)" in err
+    other = write_jsonl(tmp_path / "other.jsonl", pairs(8, seed=2))
+    assert main(["train", "reward", "--name", "cli-rm", "--resume", "--data", str(other)]) == 2
+    assert f"--data {other} disagrees" in capsys.readouterr().err
     assert main([*common, *small]) == 2
     assert "exists" in capsys.readouterr().err
-    assert main([*common, *small, "--max-steps", "3", "--save-steps", "1", "--resume"]) == 0
-    assert "3 steps, resumed at step 2" in capsys.readouterr().out
-    assert load_reward("rm:cli-rm", engine=None).score(["Q:"], [" Paris."])  # type: ignore[arg-type]
+    assert main(["train", "reward", "--name", "never-ran", "--resume"]) == 2
+    assert "run reward-never-ran saved no settings to resume from" in capsys.readouterr().err
+    assert main(["train", "reward", "--name", "x", "--base", str(tiny_model.path)]) == 2
+    assert "--data is required" in capsys.readouterr().err
 
 
 def test_cli_train_reward_head(
@@ -355,6 +412,17 @@ def test_cli_train_reward_head(
     assert "trained reward head cli-head: 32 examples (16 up, 16 down)" in out
     assert "validation accuracy:" in out
     assert (helixloom_home / "rewards" / "cli-head" / "head.safetensors").is_file()
+    # --resume with only --name trains again with the saved settings and reuses the embeddings.
+    assert main(["train", "reward-head", "--name", "cli-head", "--resume", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "trained reward head cli-head: 32 examples (16 up, 16 down)" in out and "32 cached" in out
+    assert main(["train", "reward-head", "--name", "cli-head", "--resume", "--from-store"]) == 2
+    assert (
+        "--from-store disagrees with the settings run reward-head-cli-head started with (no --from-store)"
+        in (capsys.readouterr().err)
+    )
+    assert main(["train", "reward-head", "--name", "cli-head", *base]) == 2
+    assert "exists" in capsys.readouterr().err
 
     with Store(helixloom_home / "helixloom.db") as store:
         for i, (answer, score) in enumerate([(" Paris cites France.", 1), (" 3 ; ( 7", -1)] * 2):
@@ -418,9 +486,7 @@ def test_cli_bad_input(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel
         ["train", "reward-head", "--from-store", "--name", "x", *base],
         "too few labelled examples in the store",
     )
-    with pytest.raises(SystemExit):
-        main(["train", "reward-head", "--name", "x"])  # --data or --from-store is required
-    assert "one of the arguments --data --from-store is required" in capsys.readouterr().err
+    fails(["train", "reward-head", "--name", "x"], "--data FILE.jsonl or --from-store is required")
 
 
 def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,7 @@ Thin: the recipes are ``helixloom.training.reward_model`` and ``helixloom.traini
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -14,6 +15,11 @@ from typing import Any
 from helixloom.errors import HelixloomError
 
 _ALIASES = {"learning_rate": ["--lr"]}
+SETTINGS_FILE = "settings.json"  # in the run folder: what --resume reloads
+RESUME_HELP = (
+    "continue the run NAME: its data, base model and training flags are the ones it saved when it "
+    "started; a flag given again must agree with them"
+)
 
 
 def register(tsub: argparse._SubParsersAction) -> None:
@@ -30,17 +36,16 @@ def register(tsub: argparse._SubParsersAction) -> None:
         "strings are read as prompt + response, lists of chat messages through the model's chat template), "
         "as `helixloom export preferences` writes from the loom. The model is saved under "
         "$HELIXLOOM_HOME/rewards/NAME; use it anywhere a reward is asked for as rm:NAME.",
-        epilog="Checkpoints go to $HELIXLOOM_HOME/runs/reward-NAME every --save-steps; a killed run "
-        "continues with the same command plus --resume. --eval-split 0.1 holds out a tenth of the pairs "
-        "and prints how many of them the trained model ranks right.",
+        epilog="Checkpoints go to $HELIXLOOM_HOME/runs/reward-NAME every --save-steps, with the run's "
+        "settings; a killed run continues from its last checkpoint with `helixloom train reward --name "
+        "NAME --resume`. --eval-split 0.1 holds out a tenth of the pairs and prints how many of them the "
+        "trained model ranks right.",
     )
-    rm.add_argument("--data", required=True, metavar="FILE.jsonl", help="preference pairs")
+    rm.add_argument("--data", metavar="FILE.jsonl", help="preference pairs (required unless --resume)")
     rm.add_argument("--name", required=True, help="name of the reward model (rm:NAME)")
+    rm.add_argument("--base", metavar="SPEC", help="the model to start from (default: default)")
     rm.add_argument(
-        "--base", default="default", metavar="SPEC", help="the model to start from (default: default)"
-    )
-    rm.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
+        "--resume", action="store_true", help=RESUME_HELP + "; training goes on from the last checkpoint"
     )
     rm.add_argument("--replace", action="store_true", help="train again over an existing reward NAME")
     _add_config_flags(rm, RewardModelConfig, "training")
@@ -58,21 +63,23 @@ def register(tsub: argparse._SubParsersAction) -> None:
         "use it as head:NAME with the same base model.",
         epilog="A validation split (--val-split) stops training when the validation loss stops improving "
         "and gives the accuracy printed at the end. Few ratings make a weak head: MiniHF found it needed "
-        "many before it steered usefully.",
+        "many before it steered usefully. The run's settings and embeddings are kept in "
+        "$HELIXLOOM_HOME/runs/reward-head-NAME: `helixloom train reward-head --name NAME --resume` trains "
+        "again with them, embedding only what an interrupted run had not.",
     )
-    source = head.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", metavar="FILE.jsonl", help="labelled rows {prompt, response, label}")
+    source = head.add_mutually_exclusive_group()
+    source.add_argument(
+        "--data", metavar="FILE.jsonl", help="labelled rows {prompt, response, label} (or --from-store)"
+    )
     source.add_argument("--from-store", action="store_true", help="use the ratings recorded in the store")
     head.add_argument("--name", required=True, help="name of the reward head (head:NAME)")
     head.add_argument(
-        "--base",
-        default="default",
-        metavar="SPEC",
-        help="the model whose hidden states it reads (default: default)",
+        "--base", metavar="SPEC", help="the model whose hidden states it reads (default: default)"
     )
     head.add_argument(
         "--adapter", metavar="NAME_OR_PATH", help="read the hidden states with this LoRA adapter applied"
     )
+    head.add_argument("--resume", action="store_true", help=RESUME_HELP + "; embeddings it made are reused")
     head.add_argument("--replace", action="store_true", help="train again over an existing reward NAME")
     _add_config_flags(head, RewardHeadConfig, "training")
     head.set_defaults(run=cmd_train_reward_head)
@@ -103,14 +110,104 @@ def _add_config_flags(p: argparse.ArgumentParser, config_cls: Any, title: str) -
             )
 
 
-def _config_from(args: argparse.Namespace, config_cls: Any) -> Any:
-    given = {
-        f.name: getattr(args, f.name) for f in fields(config_cls) if getattr(args, f.name, None) is not None
-    }
+def _given_config(args: argparse.Namespace, config_cls: Any) -> dict[str, Any]:
+    """The config flags given on the command line (tuple fields as tuples)."""
+    given = {}
     for f in fields(config_cls):
-        if f.name in given and isinstance(f.default, tuple):
-            given[f.name] = tuple(given[f.name])
-    return config_cls(**given)
+        value = getattr(args, f.name, None)
+        if value is not None:
+            given[f.name] = tuple(value) if isinstance(f.default, tuple) else value
+    return given
+
+
+def _run_settings(
+    args: argparse.Namespace,
+    run_dir: Path,
+    command: str,
+    config_cls: Any,
+    sources: dict[str, Any],
+    defaults: dict[str, Any],
+) -> tuple[Any, dict[str, Any]]:
+    """The run's config and sources (data, base model, ...) as (config, sources).
+
+    ``sources`` are the source flags as given (None: not given), normalised so that equal settings
+    compare equal. Without --resume: the flags over ``defaults``. With --resume: the settings the run
+    saved when it started (``_save_settings``); a flag given again that disagrees with them is an
+    error naming it. A run that saved none resumes with the flags as given.
+    """
+    given_config = _given_config(args, config_cls)
+    given = {k: v for k, v in sources.items() if v is not None}
+    saved = _read_settings(run_dir, command) if args.resume else None
+    if saved is None:
+        return config_cls(**given_config), {**defaults, **given}
+    run = run_dir.name
+    for key, value in given.items():
+        if saved["sources"].get(key) != value:
+            raise _conflict("--" + key.replace("_", "-"), value, saved["sources"].get(key), run)
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()}
+    unknown = sorted(set(config) - {f.name for f in fields(config_cls)})
+    if unknown:
+        raise HelixloomError(f"{run_dir / SETTINGS_FILE} has unknown settings: {', '.join(unknown)}")
+    for key, value in given_config.items():
+        if config.get(key) != value:
+            raise _conflict("--" + key.replace("_", "-"), value, config.get(key), run)
+    return config_cls(**config), saved["sources"]
+
+
+def _conflict(flag: str, given: Any, saved: Any, run: str) -> HelixloomError:
+    def shown(value: Any) -> str:
+        if value is None:
+            return f"no {flag}"
+        if value is True:
+            return flag
+        return f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple | list) else value}"
+
+    return HelixloomError(
+        f"{shown(given)} disagrees with the settings run {run} started with ({shown(saved)})",
+        "leave the flag out to resume with the saved settings, or start a new run without --resume",
+        param=flag.removeprefix("--").replace("-", "_"),
+    )
+
+
+def _read_settings(run_dir: Path, command: str) -> dict[str, Any] | None:
+    """The settings a run of ``command`` saved in ``run_dir``; None when it saved none."""
+    file = run_dir / SETTINGS_FILE
+    if not file.is_file():
+        return None
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise HelixloomError(f"{file} is not JSON: {exc.msg}") from exc
+    if not isinstance(saved, dict) or not {"sources", "config"} <= saved.keys():
+        raise HelixloomError(f"{file} is not a run's settings (no sources and config)")
+    if saved.get("command") != command:
+        raise HelixloomError(
+            f"{run_dir} holds a run of `helixloom train {saved.get('command')}`, not {command}"
+        )
+    return saved
+
+
+def _save_settings(run_dir: Path, command: str, config: Any, sources: dict[str, Any]) -> None:
+    """Keep the run's settings in its folder, so that --resume needs only --name."""
+    settings = {
+        "command": command,
+        "sources": sources,
+        "config": {f.name: getattr(config, f.name) for f in fields(config)},
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (SETTINGS_FILE + ".partial")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(run_dir / SETTINGS_FILE)
+
+
+def _data_path(data: str | None) -> str | None:
+    return str(Path(data).expanduser().resolve()) if data else None
+
+
+def _base_spec(base: str | None) -> str | None:
+    from helixloom.training.reward_model import portable_spec
+
+    return portable_spec(base) if base else None
 
 
 def _say(text: str) -> None:
@@ -135,17 +232,32 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
         train_reward_model,
     )
 
-    config = _config_from(args, RewardModelConfig)
     folder = _target(args.name, args.replace, args.resume)
-    data = Path(args.data)
+    run_dir = paths.runs_dir() / f"reward-{args.name}"
+    config, sources = _run_settings(
+        args,
+        run_dir,
+        "reward",
+        RewardModelConfig,
+        {"data": _data_path(args.data), "base": _base_spec(args.base)},
+        {"data": None, "base": _base_spec("default")},
+    )
+    if sources["data"] is None:
+        if args.resume:
+            raise HelixloomError(
+                f"run reward-{args.name} saved no settings to resume from",
+                "pass --data and the run's other flags again, or start it without --resume",
+            )
+        raise HelixloomError("--data is required", "pass --data FILE.jsonl with the preference pairs")
+    data, base = Path(sources["data"]), sources["base"]
     rows = read_pairs(data)
     preference_pairs(rows, source=str(data))  # bad rows fail here, before the model loads
-    models.resolve(args.base)
+    models.resolve(base)
     paths.ensure_home()
-    run_dir = paths.runs_dir() / f"reward-{args.name}"
     if args.resume and not any(run_dir.glob("checkpoint-*")):
         _say(f"no checkpoint in {run_dir}: starting from the beginning")
-    result = train_reward_model(args.base, rows, folder, run_dir, config, resume=args.resume)
+    _save_settings(run_dir, "reward", config, sources)
+    result = train_reward_model(base, rows, folder, run_dir, config, resume=args.resume)
     resumed = f", resumed at step {result.resumed_from_step}" if result.resumed_from_step else ""
     loss = f", final loss {result.final_loss:.3f}" if result.final_loss is not None else ""
     print(
@@ -170,31 +282,55 @@ def cmd_train_reward_head(args: argparse.Namespace) -> int:
         train_reward_head,
     )
 
-    config = _config_from(args, RewardHeadConfig)
-    folder = _target(args.name, args.replace)
+    folder = _target(args.name, args.replace, args.resume)
+    run_dir = paths.runs_dir() / f"reward-head-{args.name}"
+    adapter_given = args.adapter
+    if adapter_given and Path(adapter_given).expanduser().exists():
+        adapter_given = str(Path(adapter_given).expanduser().resolve())
+    config, sources = _run_settings(
+        args,
+        run_dir,
+        "reward-head",
+        RewardHeadConfig,
+        {
+            "data": _data_path(args.data),
+            "from_store": True if args.from_store else None,
+            "base": _base_spec(args.base),
+            "adapter": adapter_given,
+        },
+        {"data": None, "from_store": None, "base": _base_spec("default"), "adapter": None},
+    )
+    if sources["data"] is None and not sources["from_store"]:
+        if args.resume:
+            raise HelixloomError(
+                f"run reward-head-{args.name} saved no settings to resume from",
+                "pass --data or --from-store and the run's other flags again, or start it without --resume",
+            )
+        raise HelixloomError("--data FILE.jsonl or --from-store is required", "say where the ratings are")
+    base, adapter_spec = sources["base"], sources["adapter"]
     adapter_folder: tuple[str, Path] | None = None
-    if args.from_store or args.adapter:
+    if sources["from_store"] or adapter_spec:
         with _store() as store:
-            examples = store_examples(store) if args.from_store else []
-            if args.adapter:
-                adapter_folder = adapters.resolve(store, args.adapter, model=args.base)
-        if args.from_store:
+            examples = store_examples(store) if sources["from_store"] else []
+            if adapter_spec:
+                adapter_folder = adapters.resolve(store, adapter_spec, model=base)
+        if sources["from_store"]:
             _say(f"{len(examples)} rated examples in the store")
             if len(examples) < MIN_EXAMPLES:
                 raise HelixloomError(
                     f"too few labelled examples in the store: {len(examples)}",
                     "rate loom nodes, answers or sessions thumbs up/down first, or pass --data FILE.jsonl",
                 )
-    if args.data:
-        examples = read_examples(Path(args.data))
+    if sources["data"]:
+        examples = read_examples(Path(sources["data"]))
     check_examples(examples)
-    models.resolve(args.base)
+    models.resolve(base)
     paths.ensure_home()
-    engine = load_engine(args.base)
+    _save_settings(run_dir, "reward-head", config, sources)
+    engine = load_engine(base)
     adapter = None
     if adapter_folder is not None:
         adapter = engine.load_adapter(adapter_folder[0], str(adapter_folder[1])).name
-    run_dir = paths.runs_dir() / f"reward-head-{args.name}"
     result = train_reward_head(engine, examples, folder, config, adapter=adapter, run_dir=run_dir)
     ups = sum(e.label for e in examples)
     cached = f", {result.cached_embeddings} cached" if result.cached_embeddings else ""
@@ -207,5 +343,5 @@ def cmd_train_reward_head(args: argparse.Namespace) -> int:
         print(f"validation accuracy: {result.val_accuracy:.3f} ({result.val_examples} examples held out)")
     else:
         print("no validation examples (too few to hold some out): accuracy unknown")
-    print(f"use it as the reward head:{args.name} with --base {args.base}")
+    print(f"use it as the reward head:{args.name} with --base {base}")
     return 0

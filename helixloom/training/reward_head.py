@@ -177,20 +177,25 @@ def embed_cached(
     reused = sum(k in cache for k in keys)
     batch = 64
     bar = _bar(len(missing), "embedding")
-    for start in range(0, len(missing), batch):
-        chunk = missing[start : start + batch]
-        vectors = engine.embed([t for _, t in chunk], adapter=adapter)
-        for (k, _), v in zip(chunk, vectors, strict=True):
-            cache[k] = torch.tensor(v, dtype=torch.float32)
+    done = 0
+    try:
+        for start in range(0, len(missing), batch):
+            chunk = missing[start : start + batch]
+            vectors = engine.embed([t for _, t in chunk], adapter=adapter)
+            for (k, _), v in zip(chunk, vectors, strict=True):
+                cache[k] = torch.tensor(v, dtype=torch.float32)
+            done += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
         if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    if cache_file is not None and missing:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + ".partial")
-        save_file({**cache, "__probe__": probe_t}, str(tmp))
-        tmp.replace(cache_file)
+            bar.close()
+        # Saved on an interruption too: training again (--resume) embeds only the rest.
+        if cache_file is not None and done:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(cache_file.name + ".partial")
+            save_file({**cache, "__probe__": probe_t}, str(tmp))
+            tmp.replace(cache_file)
     return torch.stack([cache[k] for k in keys]), reused
 
 
