@@ -63,9 +63,12 @@ def test_run_job_failure_and_interrupt_are_recorded(tmp_path: Path) -> None:
         interrupted, failed = store.list_jobs()
         assert (failed.status, failed.error) == ("failed", "bad data")
         assert interrupted.status == "cancelled" and "checkpoints are kept" in (interrupted.message or "")
-        with jobs.run_job("train", store=store), pytest.raises(HelixloomError, match="already running"):
-            with jobs.run_job("train", store=store):
-                pass
+        with (
+            jobs.run_job("train", store=store),
+            pytest.raises(HelixloomError, match="already running"),
+            jobs.run_job("train", store=store),
+        ):
+            pass
 
 
 def test_sigterm_cancels_a_job(tmp_path: Path) -> None:

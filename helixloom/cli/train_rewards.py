@@ -49,7 +49,7 @@ def register(tsub: argparse._SubParsersAction) -> None:
     )
     rm.add_argument("--replace", action="store_true", help="train again over an existing reward NAME")
     _add_config_flags(rm, RewardModelConfig, "training")
-    rm.set_defaults(run=cmd_train_reward)
+    rm.set_defaults(run=cmd_train_reward, job="train")
 
     head = tsub.add_parser(
         "reward-head",
@@ -82,7 +82,7 @@ def register(tsub: argparse._SubParsersAction) -> None:
     head.add_argument("--resume", action="store_true", help=RESUME_HELP + "; embeddings it made are reused")
     head.add_argument("--replace", action="store_true", help="train again over an existing reward NAME")
     _add_config_flags(head, RewardHeadConfig, "training")
-    head.set_defaults(run=cmd_train_reward_head)
+    head.set_defaults(run=cmd_train_reward_head, job="train")
 
 
 def _add_config_flags(p: argparse.ArgumentParser, config_cls: Any, title: str) -> None:

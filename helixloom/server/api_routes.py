@@ -6,26 +6,13 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
 
 from helixloom.errors import HelixloomError
-from helixloom.server.protocol import Feedback, WeaveOptions, WeaveRequest, error_body
-from helixloom.server.state import ServerState
+from helixloom.server.protocol import Feedback, WeaveOptions, WeaveRequest, not_found
+from helixloom.server.state import ServerState, state_of
 from helixloom.store import Node
 
 router = APIRouter(prefix="/api")
-
-
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.helixloom
-    return state
-
-
-def _not_found(session_id: str) -> JSONResponse:
-    return JSONResponse(
-        error_body(f"no session {session_id}", "invalid_request_error", param="session_id", code="not_found"),
-        status_code=404,
-    )
 
 
 @router.get("/sessions")
@@ -39,7 +26,7 @@ def list_sessions(
     limit: int = Query(50, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
-    sessions = _state(request).store.list_sessions(
+    sessions = state_of(request).store.list_sessions(
         kind=kind, model=model, rating=rating, since=since, until=until, limit=limit, offset=offset
     )
     return {"object": "list", "data": [asdict(s) for s in sessions]}
@@ -47,10 +34,10 @@ def list_sessions(
 
 @router.get("/sessions/{session_id}", response_model=None)
 def get_session(session_id: str, request: Request) -> Any:
-    store = _state(request).store
+    store = state_of(request).store
     session = store.get_session(session_id)
     if session is None:
-        return _not_found(session_id)
+        return not_found(f"no session {session_id}", "session_id")
     return {
         **asdict(session),
         "messages": [asdict(m) for m in store.get_messages(session_id)],
@@ -61,7 +48,7 @@ def get_session(session_id: str, request: Request) -> Any:
 @router.post("/weave")
 def run_weave(body: WeaveRequest, request: Request) -> dict[str, Any]:
     """Run a Weave search on the served model; every node is stored as a tree."""
-    state = _state(request)
+    state = state_of(request)
     adapter = None
     if body.model is not None and body.model != state.base_id:
         target = state.resolve(body.model)
@@ -104,9 +91,9 @@ def weave_search(
 
 @router.post("/sessions/{session_id}/feedback", response_model=None)
 def feedback(session_id: str, body: Feedback, request: Request) -> Any:
-    store = _state(request).store
+    store = state_of(request).store
     if store.get_session(session_id) is None:
-        return _not_found(session_id)
+        return not_found(f"no session {session_id}", "session_id")
     score = 1 if body.score == "up" else -1
     if body.message_id is not None:
         if body.message_id not in {m.id for m in store.get_messages(session_id)}:

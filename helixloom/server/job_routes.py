@@ -12,28 +12,15 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 
 from helixloom import jobs
 from helixloom.errors import HelixloomError
-from helixloom.server.protocol import JobRequest, error_body
-from helixloom.server.state import ServerState
+from helixloom.server.protocol import JobRequest, not_found
+from helixloom.server.state import state_of
 
 router = APIRouter(prefix="/api/jobs")
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-
-
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.helixloom
-    return state
-
-
-def _not_found(job_id: str) -> JSONResponse:
-    return JSONResponse(
-        error_body(f"no job {job_id}", "invalid_request_error", param="job_id", code="not_found"),
-        status_code=404,
-    )
 
 
 @router.get("")
@@ -43,7 +30,7 @@ def list_jobs(
     status: Status | None = None,
     limit: int = Query(50, ge=1, le=1000),
 ) -> dict[str, Any]:
-    store = _state(request).store
+    store = state_of(request).store
     jobs.reap(store)
     return {"object": "list", "data": [asdict(j) for j in store.list_jobs(kind=kind, status=status)[:limit]]}
 
@@ -62,7 +49,7 @@ def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
             argv = argv[1:]
     else:
         argv = list(body.argv or [])
-    state = _state(request)
+    state = state_of(request)
     if not state.config.run_jobs:
         raise HelixloomError("this server does not run jobs (started with --no-jobs)")
     return asdict(state.jobs.submit(argv))
@@ -71,11 +58,11 @@ def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
 @router.get("/{job_id}", response_model=None)
 def get_job(job_id: str, request: Request) -> Any:
     """The job with its log lines (``log``) and, for jobs started here, the tail of its output."""
-    store = _state(request).store
+    store = state_of(request).store
     jobs.reap(store)
     job = store.get_job(job_id)
     if job is None:
-        return _not_found(job_id)
+        return not_found(f"no job {job_id}", "job_id")
     output = None
     path = jobs.job_log_path(job_id)
     if path.is_file():
@@ -85,7 +72,7 @@ def get_job(job_id: str, request: Request) -> Any:
 
 @router.post("/{job_id}/cancel", response_model=None)
 def cancel_job(job_id: str, request: Request) -> Any:
-    state = _state(request)
+    state = state_of(request)
     if state.store.get_job(job_id) is None:
-        return _not_found(job_id)
+        return not_found(f"no job {job_id}", "job_id")
     return asdict(state.jobs.cancel(job_id))

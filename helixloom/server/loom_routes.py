@@ -11,13 +11,12 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from helixloom import loom
 from helixloom.errors import HelixloomError
-from helixloom.server.protocol import WeaveOptions, error_body
-from helixloom.server.state import ServerState
+from helixloom.server.protocol import WeaveOptions, not_found
+from helixloom.server.state import ServerState, state_of
 
 router = APIRouter(prefix="/api")
 
@@ -47,47 +46,38 @@ class Rate(BaseModel):
     reason: str | None = None
 
 
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.helixloom
-    return state
-
-
-def _missing(what: str) -> JSONResponse:
-    return JSONResponse(error_body(f"no {what}", "invalid_request_error", code="not_found"), status_code=404)
-
-
 @router.get("/trees")
 def list_trees(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [asdict(t) for t in _state(request).store.list_trees()]}
+    return {"object": "list", "data": [asdict(t) for t in state_of(request).store.list_trees()]}
 
 
 @router.post("/trees")
 def new_tree(body: NewTree, request: Request) -> dict[str, Any]:
-    store = _state(request).store
+    store = state_of(request).store
     root = store.add_node(uuid.uuid4().hex, None, body.prompt, author="human")
     return loom.tree_json(store, root.tree_id)
 
 
 @router.get("/trees/{tree_id}", response_model=None)
 def get_tree(tree_id: str, request: Request) -> Any:
-    store = _state(request).store
+    store = state_of(request).store
     if not store.tree_nodes(tree_id):
-        return _missing(f"tree {tree_id}")
+        return not_found(f"no tree {tree_id}", "tree_id")
     return loom.tree_json(store, tree_id)
 
 
 @router.post("/trees/import")
 def import_tree(body: dict[str, Any], request: Request) -> dict[str, Any]:
-    store = _state(request).store
+    store = state_of(request).store
     return loom.tree_json(store, loom.import_tree(store, body))
 
 
 @router.post("/nodes/{node_id}/children", response_model=None)
 def roll(node_id: str, body: Roll, request: Request) -> Any:
     """Quick roll: ``n`` continuations of the branch ending at this node, in one batch."""
-    state = _state(request)
+    state = state_of(request)
     if state.store.get_node(node_id) is None:
-        return _missing(f"node {node_id}")
+        return not_found(f"no node {node_id}", "node_id")
     adapter = _adapter(state, body.model)
     loom.roll(
         state.store,
@@ -109,10 +99,10 @@ def weave_from(node_id: str, body: WeaveOptions, request: Request) -> Any:
     """Run Weave from this node; the search's nodes join the same tree under it."""
     from helixloom.server.api_routes import weave_search
 
-    state = _state(request)
+    state = state_of(request)
     node = state.store.get_node(node_id)
     if node is None:
-        return _missing(f"node {node_id}")
+        return not_found(f"no node {node_id}", "node_id")
     weave_search(state, loom.branch_text(state.store, node_id), body, None, parent=node)
     return loom.tree_json(state.store, node.tree_id)
 
@@ -120,19 +110,19 @@ def weave_from(node_id: str, body: WeaveOptions, request: Request) -> Any:
 @router.post("/nodes/{node_id}/edit", response_model=None)
 def edit(node_id: str, body: Edit, request: Request) -> Any:
     """An edited node becomes a new sibling (the original is kept)."""
-    store = _state(request).store
+    store = state_of(request).store
     if store.get_node(node_id) is None:
-        return _missing(f"node {node_id}")
+        return not_found(f"no node {node_id}", "node_id")
     new = loom.edit(store, node_id, body.text)
     return {**loom.tree_json(store, new.tree_id), "node_id": new.id}
 
 
 @router.post("/nodes/{node_id}/rate", response_model=None)
 def rate(node_id: str, body: Rate, request: Request) -> Any:
-    store = _state(request).store
+    store = state_of(request).store
     node = store.get_node(node_id)
     if node is None:
-        return _missing(f"node {node_id}")
+        return not_found(f"no node {node_id}", "node_id")
     store.add_rating("node", node_id, 1 if body.score == "up" else -1, body.reason)
     return loom.tree_json(store, node.tree_id)
 

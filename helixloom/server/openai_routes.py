@@ -32,20 +32,15 @@ from helixloom.engine import (
 )
 from helixloom.errors import HelixloomError
 from helixloom.server.protocol import ChatCompletionRequest, CompletionRequest, constraint_from, error_body
-from helixloom.server.state import PIPELINES, ServerState, Target
+from helixloom.server.state import PIPELINES, ServerState, Target, state_of
 
 router = APIRouter(prefix="/v1")
 SESSION_HEADER = "X-Helixloom-Session"
 
 
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.helixloom
-    return state
-
-
 @router.get("/models")
 def list_models(request: Request) -> dict[str, Any]:
-    state = _state(request)
+    state = state_of(request)
     created = int(time.time())
     data = [
         {
@@ -85,7 +80,7 @@ def list_models(request: Request) -> dict[str, Any]:
 
 @router.post("/chat/completions", response_model=None)
 def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    state = _state(request)
+    state = state_of(request)
     target = state.resolve(body.model)
     messages = body.plain_messages()
     params = body.to_sampling(state.config.default_max_tokens)
@@ -151,7 +146,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
 
 @router.post("/completions", response_model=None)
 def completions(body: CompletionRequest, request: Request) -> Any:
-    state = _state(request)
+    state = state_of(request)
     target = state.resolve(body.model)
     if target.kind == "pipeline":
         raise HelixloomError(f"{body.model} is a chat pipeline", "use /v1/chat/completions", param="model")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from helixloom.engine import Constraint, SamplingParams, sampling
@@ -222,6 +223,13 @@ class JobRequest(BaseModel):
         None, description='e.g. ["iterate", "--prompts", "p.jsonl", "--name", "x"]'
     )
     command: str | None = Field(None, description="the same as one shell-quoted string")
+
+
+def not_found(message: str, param: str | None = None) -> JSONResponse:
+    """A 404 in OpenAI's error envelope."""
+    return JSONResponse(
+        error_body(message, "invalid_request_error", param=param, code="not_found"), status_code=404
+    )
 
 
 def error_body(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from starlette.requests import Request
+
 from helixloom.engine import Engine
 from helixloom.engine.batching import BatchingEngine
 from helixloom.errors import HelixloomError, ModelNotFound
@@ -33,6 +35,12 @@ class ServerConfig:
     helixnet_format: str = "helixnet"
     helixnet_rounds: int = 1
     run_jobs: bool = True  # run jobs submitted to POST /api/jobs (one at a time, as subprocesses)
+
+
+def state_of(request: Request) -> ServerState:
+    """The ``ServerState`` of the app serving ``request``."""
+    state: ServerState = request.app.state.helixloom
+    return state
 
 
 def key_label(spec: str) -> tuple[str, str]:

@@ -1,29 +1,8 @@
 // helixloom jobs: a plain client of /api/jobs. Polls every 2 s while the page is open.
+// headers, api, escapeHtml and bindApiKey come from common.js.
 "use strict";
-const $ = (id) => document.getElementById(id);
 let selected = new URLSearchParams(location.hash.slice(1)).get("job");
 
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const key = localStorage.getItem("helixloom-key");
-  if (key) h.Authorization = "Bearer " + key;
-  return h;
-}
-
-async function api(method, path, body) {
-  const response = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined });
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    $("status").textContent = (data.error && data.error.message) || response.statusText;
-    throw new Error($("status").textContent);
-  }
-  $("status").textContent = "";
-  return data;
-}
-
-function escapeHtml(s) {
-  return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-}
 
 function progressCell(job) {
   const message = escapeHtml(job.message || "");
@@ -34,7 +13,7 @@ function progressCell(job) {
 }
 
 async function refresh() {
-  const list = (await api("GET", "/api/jobs?limit=100")).data;
+  const list = (await api("GET", "/api/jobs?limit=100", null, { quiet: true })).data;
   $("jobs").querySelector("tbody").innerHTML = list.map((j) => `
     <tr data-id="${j.id}" class="${j.id === selected ? "current" : ""}">
       <td>${escapeHtml(j.created_at.slice(0, 19).replace("T", " "))}</td>
@@ -48,7 +27,7 @@ async function refresh() {
 }
 
 async function showDetail(id) {
-  const job = await api("GET", "/api/jobs/" + id);
+  const job = await api("GET", "/api/jobs/" + id, null, { quiet: true });
   $("detail").hidden = false;
   $("detail-title").textContent = `${job.kind}${job.name ? " " + job.name : ""}: ${job.status}`;
   const argv = (job.params && job.params.argv) || [];
@@ -87,8 +66,7 @@ $("start").addEventListener("click", async () => {
 });
 $("command").addEventListener("keydown", (e) => { if (e.key === "Enter") $("start").click(); });
 
-$("apikey").value = localStorage.getItem("helixloom-key") || "";
-$("apikey").addEventListener("change", () => { localStorage.setItem("helixloom-key", $("apikey").value); refresh(); });
+bindApiKey(() => refresh().catch(() => {}));
 
 refresh().catch(() => {});
 setInterval(() => refresh().catch(() => {}), 2000);

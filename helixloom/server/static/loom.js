@@ -1,28 +1,9 @@
 // helixloom loom: a plain client of the server's /api routes. All state lives in the server's store;
 // the page keeps only which tree and node are open (in the URL hash, so a reload comes back to them).
+// headers, api, escapeHtml and bindApiKey come from common.js.
 "use strict";
-const $ = (id) => document.getElementById(id);
 let tree = null;      // {tree_id, nodes: [...]}
 let current = null;   // node id
-
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const key = localStorage.getItem("helixloom-key");
-  if (key) h.Authorization = "Bearer " + key;
-  return h;
-}
-
-async function api(method, path, body) {
-  $("status").textContent = method === "GET" ? "" : "working…";
-  const response = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined });
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    $("status").textContent = (data.error && data.error.message) || response.statusText;
-    throw new Error($("status").textContent);
-  }
-  $("status").textContent = "";
-  return data;
-}
 
 const byId = (id) => tree.nodes.find((n) => n.id === id);
 const children = (id) => tree.nodes.filter((n) => n.parent_id === id);
@@ -46,7 +27,6 @@ async function openTree(treeId, nodeId) {
 
 function useTree(data, nodeId) { tree = data; current = nodeId || current; render(); loadTrees(tree.tree_id); }
 
-function escapeHtml(s) { return s.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c])); }
 
 function render() {
   if (!tree) return;
@@ -144,8 +124,7 @@ $("edit").onclick = startEdit; $("save").onclick = saveEdit; $("cancel").onclick
 $("export").onclick = exportTree;
 $("import").onchange = (e) => e.target.files[0] && importTree(e.target.files[0]);
 $("trees").onchange = (e) => e.target.value && openTree(e.target.value);
-$("apikey").value = localStorage.getItem("helixloom-key") || "";
-$("apikey").onchange = (e) => { localStorage.setItem("helixloom-key", e.target.value); loadTrees(); };
+bindApiKey(() => loadTrees());
 
 document.addEventListener("keydown", (e) => {
   if (!tree || ["TEXTAREA", "INPUT", "SELECT"].includes(e.target.tagName)) return;
