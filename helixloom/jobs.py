@@ -47,6 +47,7 @@ class JobHandle:
         self.id = job.id
         self.kind = job.kind
         self.result: Any = None
+        self.error: str | None = None  # set to end the job as failed without raising
         self._last = 0.0
         self._lock = threading.Lock()
 
@@ -150,8 +151,8 @@ def run_job(
     """Run the body as a job: a new one of ``kind``, or the queued job ``job_id`` (made by ``JobRunner``).
 
     The job is marked running with this process's pid, then succeeded (with ``handle.result``),
-    failed (with the exception's message; the exception propagates) or cancelled (SIGTERM, which
-    raises ``JobCancelled`` in the body, or ^C; both propagate). Only one job runs per process.
+    failed (with the exception's message, which propagates, or with ``handle.error``) or cancelled
+    (SIGTERM, which raises ``JobCancelled`` in the body, or ^C; both propagate). One job per process.
     """
     global _active
     if _active is not None:
@@ -187,7 +188,10 @@ def run_job(
             _finish(store, job.id, "failed", "failed", error=str(exc) or type(exc).__name__)
             raise
         else:
-            _finish(store, job.id, "succeeded", "done", result=handle.result)
+            if handle.error is not None:
+                _finish(store, job.id, "failed", "failed", error=handle.error, result=handle.result)
+            else:
+                _finish(store, job.id, "succeeded", "done", result=handle.result)
         finally:
             _active = None
             if previous is not None:
@@ -359,7 +363,10 @@ class JobRunner:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            job = self._next()
+            try:
+                job = self._next()
+            except HelixloomError:  # the store was closed under us: the server is going away
+                return
             if job is None:
                 self._wake.wait(1.0)
                 self._wake.clear()

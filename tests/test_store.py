@@ -93,6 +93,7 @@ def test_migrations_are_numbered_in_order() -> None:
         (1, "sessions"),
         (2, "trees_ratings"),
         (3, "datasets_jobs"),
+        (4, "jobs_process"),
     ]
     with pytest.raises(ValueError, match="in order"):
         migrations_module.check_order([MIGRATIONS[0], MIGRATIONS[2]])
@@ -106,6 +107,7 @@ def test_migrations_recorded_and_not_reapplied(tmp_path: Path) -> None:
         (1, "sessions"),
         (2, "trees_ratings"),
         (3, "datasets_jobs"),
+        (4, "jobs_process"),
     ]
     assert all(at.endswith("+00:00") for _, _, at in first)
     with Store(path) as s:
@@ -146,7 +148,7 @@ def test_upgrade_from_1_keeps_rows_and_adds_tables_and_column(tmp_path: Path) ->
 
     with Store(path) as s:
         assert s.schema_version == 4
-        assert [n for n, _, _ in s.applied_migrations()] == [1, 2, 3]
+        assert [n for n, _, _ in s.applied_migrations()] == [1, 2, 3, 4]
         session = s.get_session("s1")
         assert session is not None
         assert (session.kind, session.title, session.meta, session.api_key_label) == (
@@ -198,9 +200,9 @@ def test_database_from_newer_code_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "h.db"
     with Store(path) as s:
         s.record_session("chat", [NewMessage("user", "hi")])
-    raw(path, "INSERT INTO schema_migrations VALUES (4, 'from_the_future', '2030-01-01T00:00:00+00:00')")
+    raw(path, "INSERT INTO schema_migrations VALUES (99, 'from_the_future', '2030-01-01T00:00:00+00:00')")
     before = raw(path, "SELECT * FROM schema_migrations ORDER BY number")
-    with pytest.raises(HelixloomError, match=r"newer helixloom.*migration 4"):
+    with pytest.raises(HelixloomError, match=r"newer helixloom.*migration 99"):
         Store(path)
     assert raw(path, "SELECT * FROM schema_migrations ORDER BY number") == before
     assert raw(path, "SELECT COUNT(*) FROM sessions") == [(1,)]
@@ -210,13 +212,15 @@ def test_failed_migration_leaves_no_trace(tmp_path: Path, monkeypatch: pytest.Mo
     path = tmp_path / "h.db"
     Store(path).close()
     broken = Migration(
-        4, "broken", "CREATE TABLE half_done (x INTEGER); INSERT INTO no_such_table VALUES (1);"
+        len(MIGRATIONS) + 1,
+        "broken",
+        "CREATE TABLE half_done (x INTEGER); INSERT INTO no_such_table VALUES (1);",
     )
     monkeypatch.setattr(migrations_module, "MIGRATIONS", [*MIGRATIONS, broken])
     with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
         Store(path)
     assert "half_done" not in tables(path)
-    assert raw(path, "SELECT MAX(number) FROM schema_migrations") == [(3,)]
+    assert raw(path, "SELECT MAX(number) FROM schema_migrations") == [(len(MIGRATIONS),)]
 
 
 def test_callable_migration_runs_in_its_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,10 +228,11 @@ def test_callable_migration_runs_in_its_transaction(tmp_path: Path, monkeypatch:
         conn.execute("CREATE TABLE notes (body TEXT)")
         conn.execute("INSERT INTO notes VALUES ('from python')")
 
-    monkeypatch.setattr(migrations_module, "MIGRATIONS", [*MIGRATIONS, Migration(4, "notes", add_notes)])
+    notes = Migration(len(MIGRATIONS) + 1, "notes", add_notes)
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", [*MIGRATIONS, notes])
     path = tmp_path / "h.db"
     with Store(path) as s:
-        assert s.schema_version == 4
+        assert s.schema_version == notes.number
     assert raw(path, "SELECT body FROM notes") == [("from python",)]
 
 
@@ -649,5 +654,5 @@ def test_concurrent_stores_on_one_fresh_file(tmp_path: Path) -> None:
 
     _run_threads(work, 8)
     with Store(path) as s:
-        assert [n for n, _, _ in s.applied_migrations()] == [1, 2, 3]
+        assert [n for n, _, _ in s.applied_migrations()] == [1, 2, 3, 4]
         assert len(s.list_sessions(limit=1000)) == 160

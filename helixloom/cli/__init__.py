@@ -51,14 +51,11 @@ def _run_as_job(args: argparse.Namespace, argv: list[str]) -> int:
     words = [a for a in argv if a != "--job-id" and a != args.run_job_id]
     params = {"argv": words, "launcher": "cli"}
     try:
-        with jobs.run_job(
-            args.job, name=getattr(args, "name", None), params=params, job_id=args.run_job_id
-        ) as job:
-            if args.run_job_id is None:
-                print(f"helixloom: job {job.id} (see `helixloom jobs show {job.id[:8]}`)", file=sys.stderr)
+        name = getattr(args, "name", None)
+        with jobs.run_job(args.job, name=name, params=params, job_id=args.run_job_id) as job:
             code = int(args.run(args) or 0)
             if code != 0:
-                raise HelixloomError(f"exited with code {code}")
+                job.error = f"exited with code {code}"
             return code
     except jobs.JobCancelled:
         print("\nhelixloom: cancelled; checkpoints are kept (continue with --resume)", file=sys.stderr)
