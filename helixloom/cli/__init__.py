@@ -424,6 +424,13 @@ def add_sft_flags(p: argparse.ArgumentParser, config_class: Any = None, title: s
         default = f.default
         if f.name == "target_modules":
             group.add_argument(flag, nargs="+", default=None, help=f"{helps[f.name]} (default: all-linear)")
+        elif isinstance(default, bool):
+            group.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{helps[f.name]} (default {'on' if default else 'off'})",
+            )
         else:
             group.add_argument(
                 flag, type=type(default), default=None, help=f"{helps[f.name]} (default {default})"
