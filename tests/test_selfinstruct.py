@@ -251,6 +251,10 @@ def test_cli_writes_appends_and_keeps_prompts_on_interrupt(
     err = capsys.readouterr().err
     rows = [json.loads(line)["prompt"] for line in out.read_text().splitlines()]
     assert len(rows) == 40 and "run again with --append" in err
+    from helixloom.store import Store
+
+    with Store.open_default() as store:
+        assert store.list_jobs(kind="prompts")[0].status == "cancelled"  # not failed: work was kept
 
 
 def test_cli_bad_seed_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

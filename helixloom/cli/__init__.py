@@ -54,6 +54,8 @@ def _run_as_job(args: argparse.Namespace, argv: list[str]) -> int:
         name = getattr(args, "name", None)
         with jobs.run_job(args.job, name=name, params=params, job_id=args.run_job_id) as job:
             code = int(args.run(args) or 0)
+            if code == 130:  # the command caught ^C itself (after saving its work)
+                raise KeyboardInterrupt
             if code != 0:
                 job.error = f"exited with code {code}"
             return code
