@@ -290,6 +290,8 @@ def check_command(argv: Sequence[str]) -> tuple[str, str | None]:
 class JobRunner:
     """Runs submitted command lines as jobs, one at a time, each in its own ``helixloom`` process.
 
+    A queued job also waits while a job started from the CLI runs on this machine.
+
     Submitted jobs wait in the store as ``queued``, so a server restart picks them up again. Their
     output goes to ``runs/jobs/ID.log``; progress and log lines go to the store.
     """
@@ -354,6 +356,12 @@ class JobRunner:
         return self.store.get_job(job_id) or job
 
     def _next(self) -> Job | None:
+        """The oldest queued server job, once no job runs on this machine (a CLI one included):
+        two trainings side by side would each take twice as long, and may not fit in memory."""
+        reap(self.store)
+        host = socket.gethostname()
+        if any(j.host == host for j in self.store.list_jobs(status="running")):
+            return None
         queued = [
             j
             for j in self.store.list_jobs(status="queued")

@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,8 +87,6 @@ def test_reap_marks_jobs_of_dead_processes_failed(tmp_path: Path) -> None:
     dead.wait()
     with Store(tmp_path / "db") as store:
         gone = store.create_job("iterate")
-        import socket
-
         store.update_job(gone.id, status="running", pid=dead.pid, host=socket.gethostname())
         alive = store.create_job("train")
         store.update_job(alive.id, status="running", pid=os.getpid(), host=socket.gethostname())
@@ -176,9 +175,17 @@ def test_server_runs_queues_and_cancels_jobs(
         assert r.status_code == 400 and words in r.json()["error"]["message"], r.text
     assert httpx.get(url + "/api/jobs/nope").status_code == 404
 
-    # A quick job runs to the end in its own process, recording its progress and log.
-    quick = httpx.post(url + "/api/jobs", json={"argv": [*base, "--name", "quick", *FAST]})
-    assert quick.status_code == 201 and quick.json()["status"] in ("queued", "running")
+    # A job waits while another (a CLI one here) runs on this machine.
+    with Store.open_default() as store:  # the server's store
+        cli_job = store.create_job("train", name="from-the-cli")
+        store.update_job(cli_job.id, status="running", pid=os.getpid(), host=socket.gethostname())
+        quick = httpx.post(url + "/api/jobs", json={"argv": [*base, "--name", "quick", *FAST]})
+        assert quick.status_code == 201 and quick.json()["status"] == "queued"
+        time.sleep(2.5)
+        assert httpx.get(f"{url}/api/jobs/{quick.json()['id']}").json()["status"] == "queued"
+        store.update_job(cli_job.id, status="succeeded")
+
+    # Then it runs to the end in its own process, recording its progress and log.
     done = _wait(url, quick.json()["id"], ("succeeded", "failed"))
     assert done["status"] == "succeeded", done
     assert done["progress"] == done["total"] == 2 and done["pid"] != os.getpid()
@@ -205,7 +212,7 @@ def test_server_runs_queues_and_cancels_jobs(
     assert stopped["status"] == "cancelled", stopped
     assert httpx.post(f"{url}/api/jobs/{long_job['id']}/cancel").status_code == 400
     listed = httpx.get(url + "/api/jobs", params={"kind": "train"}).json()["data"]
-    assert [j["name"] for j in listed] == ["later", "long", "quick"]
+    assert [j["name"] for j in listed] == ["later", "long", "quick", "from-the-cli"]
     time.sleep(1.5)  # the runner does not pick up the cancelled job
     assert httpx.get(f"{url}/api/jobs/{waiting['id']}").json()["status"] == "cancelled"
 
