@@ -83,6 +83,18 @@ def log(line: str) -> None:
             job.log(line)
 
 
+def set_result(value: Any) -> None:
+    """What the running job produced (dataclasses and paths become JSON); nothing when no job runs."""
+    import dataclasses
+    import json
+
+    job = _active
+    if job is not None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        job.result = json.loads(json.dumps(value, default=str))
+
+
 def report(done: float, total: float | None, message: str | None = None, *, force: bool = False) -> None:
     """Record progress on the running job; nothing when no job runs."""
     job = _active
@@ -94,12 +106,18 @@ def report(done: float, total: float | None, message: str | None = None, *, forc
 class _Bar(tqdm):
     """A tqdm bar that also records its position on the running job."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._label = kwargs.get("desc")  # a disabled tqdm (not a terminal, disable=None) keeps no desc
+        super().__init__(*args, **kwargs)
+
     def _report(self, force: bool = False) -> None:
         if _active is not None:
-            report(self.n, self.total or None, self.desc or None, force=force)
+            report(self.n, self.total or None, getattr(self, "desc", None) or self._label, force=force)
 
     def update(self, n: float | None = 1) -> bool | None:
         shown = super().update(n)
+        if self.disable:  # tqdm stops counting when disabled; the job still wants the position
+            self.n += 1 if n is None else n
         self._report()
         return shown
 

@@ -42,6 +42,14 @@ def test_run_job_records_progress_log_and_result(tmp_path: Path) -> None:
             for _ in range(7):
                 bar.update(1)
             bar.close()
+            quiet = jobs.progress_bar(3, desc="hidden", disable=True)  # tqdm counts nothing when disabled
+            quiet.update(2)
+            quiet.close()
+            hidden = store.get_job(job.id)
+            assert hidden is not None and (hidden.progress, hidden.total, hidden.message) == (2, 3, "hidden")
+            bar = jobs.progress_bar(7, desc="fine-tuning", unit="step", initial=6)
+            bar.update(1)
+            bar.close()
             jobs.log("halfway")
             job.result = {"steps": 7}
         done = store.get_job(job.id)
@@ -109,6 +117,7 @@ def test_cli_commands_are_jobs(tiny_model: TinyModel, tmp_path: Path, capsys: py
     failed, ok = json.loads(capsys.readouterr().out)
     assert (ok["kind"], ok["name"], ok["status"]) == ("train", "j1", "succeeded")
     assert ok["progress"] == ok["total"] == 2 and ok["params"]["argv"] == args
+    assert ok["result"]["steps"] == 2 and ok["result"]["adapter_dir"].endswith("j1")  # the TrainResult
     assert failed["status"] == "failed" and "missing.jsonl" in failed["error"]
     assert main(["jobs", "show", ok["id"][:6]]) == 0
     out = capsys.readouterr().out

@@ -883,6 +883,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def _report_training(result: Any, name: str) -> None:
+    from helixloom import jobs
+
+    jobs.set_result(result)
     resumed = f", resumed at step {result.resumed_from_step}" if result.resumed_from_step else ""
     loss = f", final loss {result.final_loss:.3f}" if result.final_loss is not None else ""
     print(

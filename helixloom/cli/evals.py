@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -238,9 +237,9 @@ def _judge(args: argparse.Namespace, models: _Models, *, pairwise: bool) -> Any:
 
 @contextmanager
 def _progress(total: int, desc: str) -> Iterator[Any]:
-    from tqdm import tqdm
+    from helixloom.jobs import progress_bar
 
-    bar = tqdm(total=total, desc=desc, unit="prompt", file=sys.stderr, disable=None)
+    bar = progress_bar(total, desc=desc, unit="prompt", disable=None)
     try:
         yield bar.update
     finally:
@@ -248,7 +247,10 @@ def _progress(total: int, desc: str) -> Iterator[Any]:
 
 
 def _emit(args: argparse.Namespace, body: dict[str, Any]) -> bool:
-    """Write ``--out``; print JSON for ``--json``. True when the JSON was printed."""
+    """Write ``--out``; print JSON for ``--json``; the job's result. True when the JSON was printed."""
+    from helixloom import jobs
+
+    jobs.set_result(body)
     if args.out:
         Path(args.out).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     if args.json:

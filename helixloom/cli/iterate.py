@@ -155,6 +155,7 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     if final is not None:
         adapter_registry.register(store, run.name, final, replace=True)
     report = run.write_report()
+    jobs.set_result({"name": run.name, "adapter": str(final), "rows": [asdict(r) for r in rows]})
     if args.json:
         print(
             json.dumps({"name": run.name, "adapter": str(final), "rows": [asdict(r) for r in rows]}, indent=2)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from helixloom.errors import HelixloomError
-from helixloom.jobs import progress_bar
+from helixloom.jobs import progress_bar, set_result
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -147,8 +147,9 @@ def cmd_prompts_generate(args: argparse.Namespace) -> int:
     if new:
         save()
         print(f"helixloom: wrote {len(new)} new prompts to {out}", file=sys.stderr)
+    body: dict[str, Any] = {**report.as_dict(), "out": str(out), "rows": len(kept_rows) + len(new)}
+    set_result(body)
     if args.json:
-        body: dict[str, Any] = {**report.as_dict(), "out": str(out), "rows": len(kept_rows) + len(new)}
         print(json.dumps(body))
     if not new:
         raise HelixloomError(

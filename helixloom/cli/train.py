@@ -114,6 +114,9 @@ def _check_name(store: Any, name: str, resume: bool) -> None:
 
 
 def _report(result: Any, name: str) -> None:
+    from helixloom import jobs
+
+    jobs.set_result(result)
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
     resumed = f", resumed at step {result.resumed_from_step}" if result.resumed_from_step else ""
     print(

@@ -12,6 +12,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from helixloom import jobs
 from helixloom.errors import HelixloomError
 
 _ALIASES = {"learning_rate": ["--lr"]}
@@ -258,6 +259,7 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
         _say(f"no checkpoint in {run_dir}: starting from the beginning")
     _save_settings(run_dir, "reward", config, sources)
     result = train_reward_model(base, rows, folder, run_dir, config, resume=args.resume)
+    jobs.set_result(result)
     resumed = f", resumed at step {result.resumed_from_step}" if result.resumed_from_step else ""
     loss = f", final loss {result.final_loss:.3f}" if result.final_loss is not None else ""
     print(
@@ -332,6 +334,7 @@ def cmd_train_reward_head(args: argparse.Namespace) -> int:
     if adapter_folder is not None:
         adapter = engine.load_adapter(adapter_folder[0], str(adapter_folder[1])).name
     result = train_reward_head(engine, examples, folder, config, adapter=adapter, run_dir=run_dir)
+    jobs.set_result(result)
     ups = sum(e.label for e in examples)
     cached = f", {result.cached_embeddings} cached" if result.cached_embeddings else ""
     print(

@@ -21,7 +21,6 @@ import json
 import math
 import random
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -202,9 +201,9 @@ def embed_cached(
 def _bar(total: int, desc: str) -> Any:
     if total <= 0:
         return None
-    from tqdm import tqdm
+    from helixloom.jobs import progress_bar
 
-    return tqdm(total=total, unit="text", desc=desc, file=sys.stderr, leave=False)
+    return progress_bar(total, unit="text", desc=desc, leave=False)
 
 
 def train_reward_head(
