@@ -178,6 +178,16 @@ def test_remote_errors(server: BackgroundServer, tiny_model: TinyModel) -> None:
         RemoteEngine("openai:ftp://nowhere")
 
 
+def test_remote_without_template_routes_keeps_the_transcript(remote: RemoteEngine) -> None:
+    """helixloom's server has neither llama.cpp's /props nor vLLM's /tokenize: no chat template is found,
+    and chat messages get the transcript format, as before."""
+    from helixloom import chat
+
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Paris is"}]
+    assert remote.chat_template is None
+    assert chat.render(remote, messages) == chat.render_with(None, messages)
+
+
 def test_helixnet_runs_on_the_remote_engine(remote: RemoteEngine, local: HFEngine) -> None:
     from helixloom.helixnet import HelixNet, Role
 
