@@ -286,3 +286,33 @@ def test_shared_prompt_is_prefilled_once(engine: HFEngine) -> None:
     for request, result in zip(rows, batch, strict=True):
         assert engine.generate([request])[0].token_ids == result.token_ids
     assert len({r.token_ids for r in batch[:4]}) > 1
+
+
+def test_prompt_logprobs_score_each_token_given_the_ones_before(engine: HFEngine) -> None:
+    prompt = PROMPTS[1]
+    scored, other = engine.prompt_logprobs([prompt, PROMPTS[0]], top_k=3)
+    assert "".join(scored.tokens) == prompt and "".join(other.tokens) == PROMPTS[0]
+    ids = engine.encode(prompt)
+    bos_added = ids[0] == engine.tokenizer.bos_token_id
+    assert list(scored.token_ids) == (ids[1:] if bos_added else ids)
+    assert (scored.logprobs[0] is None) == (not bos_added)
+    checked = 0
+    for i, token in enumerate(scored.token_ids):
+        before = ids[: i + 1] if bos_added else ids[:i]
+        prefix = "".join(scored.tokens[:i])
+        if scored.logprobs[i] is None or not prefix or engine.encode(prefix) != before:
+            continue
+        step = engine.next_token_logprobs([prefix], top_k=10_000)[0]
+        expected = {t.token_id: t.logprob for t in step.top}
+        got = scored.logprobs[i]
+        assert got is not None and math.isclose(got, expected[token], abs_tol=1e-4)
+        top = scored.top[i]
+        assert top is not None and [t.token_id for t in top] == [t.token_id for t in step.top[:3]]
+        checked += 1
+    assert checked >= 3
+    # An adapter scores differently; bad input is refused.
+    with_adapter = engine.prompt_logprobs([prompt], adapter="alpha")[0]
+    assert with_adapter.tokens == scored.tokens and with_adapter.logprobs != scored.logprobs
+    assert with_adapter.top == (None,) * len(scored.tokens)
+    with pytest.raises(HelixloomError, match="empty"):
+        engine.prompt_logprobs([""])

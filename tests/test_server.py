@@ -153,6 +153,45 @@ def test_completions(served: Running) -> None:
     assert "".join(c.choices[0].text for c in streamed if c.choices) == out.choices[1].text
 
 
+def test_echo_with_logprobs_scores_the_prompt(served: Running) -> None:
+    """What evaluation harnesses send for log-likelihoods: echo, logprobs, max_tokens 0 or 1."""
+    client = served.client()
+    base = served.state.base_id
+    prompt = "The quick brown fox jumps"
+    scored = served.engine.prompt_logprobs([prompt], top_k=2)[0]
+    only = client.completions.create(model=base, prompt=prompt, echo=True, logprobs=2, max_tokens=0)
+    choice = only.choices[0]
+    assert choice.text == prompt and only.usage is not None and only.usage.completion_tokens == 0
+    lp = choice.logprobs
+    assert lp is not None and lp.tokens == list(scored.tokens) and "".join(lp.tokens) == prompt
+    assert lp.token_logprobs == list(scored.logprobs)
+    offsets = lp.text_offset or []
+    assert all(prompt[o : o + len(t)] == t for t, o in zip(lp.tokens, offsets, strict=True))
+    assert offsets == sorted(offsets) and len(offsets) == len(lp.tokens)
+    assert all(top is None or len(top) == 2 for top in lp.top_logprobs or [])
+    # With generation: the prompt's logprobs, then the completion's, offsets running on.
+    more = client.completions.create(
+        model=base, prompt=[prompt, "Paris is"], echo=True, logprobs=1, max_tokens=3, temperature=0
+    )
+    first = more.choices[0]
+    made = client.completions.create(model=base, prompt=prompt, logprobs=1, max_tokens=3, temperature=0)
+    assert first.text == prompt + made.choices[0].text
+    assert first.logprobs is not None and made.choices[0].logprobs is not None
+    assert first.logprobs.tokens == lp.tokens + (made.choices[0].logprobs.tokens or [])
+    assert (first.logprobs.text_offset or [])[len(lp.tokens)] == len(prompt)
+    assert "".join(more.choices[1].logprobs.tokens or []).startswith("Paris is")  # type: ignore[union-attr]
+    # An adapter scores with its own weights.
+    alpha = client.completions.create(model="alpha", prompt=prompt, echo=True, logprobs=0, max_tokens=0)
+    assert alpha.choices[0].logprobs is not None
+    assert alpha.choices[0].logprobs.token_logprobs != lp.token_logprobs
+    for bad, words in [
+        ({"max_tokens": 0}, "only with echo"),
+        ({"echo": True, "logprobs": 1, "stream": True}, "not streamed"),
+    ]:
+        with pytest.raises(openai.BadRequestError, match=words):
+            client.completions.create(model=base, prompt=prompt, **bad)  # type: ignore[call-overload]
+
+
 def test_adapter_by_model_name(served: Running) -> None:
     client = served.client()
     for name in ("alpha", "beta"):

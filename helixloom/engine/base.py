@@ -15,6 +15,7 @@ from helixloom.engine.types import (
     GenerationRequest,
     GenerationResult,
     NextTokenLogprobs,
+    PromptLogprobs,
     StreamDelta,
 )
 from helixloom.errors import HelixloomError
@@ -37,6 +38,7 @@ class Engine(abc.ABC):
     supports_training: bool = False
     supports_constraints: bool = False  # GenerationRequest.constraint is honoured
     supports_embeddings: bool = False  # embed() gives pooled hidden states
+    supports_prompt_logprobs: bool = False  # prompt_logprobs() scores the prompt's own tokens
 
     #: The model spec this engine was made from, as the user gave it.
     model_name: str
@@ -86,6 +88,18 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def adapters(self) -> list[AdapterInfo]:
         """The adapters loaded so far."""
+
+    def prompt_logprobs(
+        self, prompts: Sequence[str], *, adapter: str | None = None, top_k: int = 0
+    ) -> list[PromptLogprobs]:
+        """Score each prompt's own tokens (``echo`` with ``logprobs``: what evaluation harnesses ask).
+
+        Backends without it (``supports_prompt_logprobs`` False) raise.
+        """
+        raise HelixloomError(
+            f"the {self.backend} engine for {self.model_name} cannot score prompt tokens",
+            "use the hf backend (a local model folder, a hub id or default)",
+        )
 
     def embed(self, texts: Sequence[str], *, adapter: str | None = None) -> list[list[float]]:
         """One vector per text: the model's last hidden state, mean-pooled over the text's tokens (fp32).

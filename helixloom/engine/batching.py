@@ -21,6 +21,7 @@ from helixloom.engine.types import (
     GenerationRequest,
     GenerationResult,
     NextTokenLogprobs,
+    PromptLogprobs,
     Timings,
     Usage,
 )
@@ -66,6 +67,7 @@ class BatchingEngine(Engine):
         self.supports_training = inner.supports_training
         self.supports_constraints = inner.supports_constraints
         self.supports_embeddings = inner.supports_embeddings
+        self.supports_prompt_logprobs = inner.supports_prompt_logprobs
         self.max_batch = max_batch
         # A batch starts once no request has arrived for gather_idle seconds (or gather_max after its
         # first): clients that start together share a batch, a lone request waits only gather_idle.
@@ -122,6 +124,11 @@ class BatchingEngine(Engine):
 
     def embed(self, texts: Sequence[str], *, adapter: str | None = None) -> list[list[float]]:
         return self.inner.embed(texts, adapter=adapter)
+
+    def prompt_logprobs(
+        self, prompts: Sequence[str], *, adapter: str | None = None, top_k: int = 0
+    ) -> list[PromptLogprobs]:
+        return self.inner.prompt_logprobs(prompts, adapter=adapter, top_k=top_k)
 
     def load_adapter(self, name: str, path: str) -> AdapterInfo:
         return self.inner.load_adapter(name, path)

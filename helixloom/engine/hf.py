@@ -29,6 +29,7 @@ from helixloom.engine.types import (
     GenerationRequest,
     GenerationResult,
     NextTokenLogprobs,
+    PromptLogprobs,
     SamplingParams,
     StreamDelta,
     Timings,
@@ -73,6 +74,7 @@ class HFEngine(Engine):
     supports_training = True
     supports_constraints = True
     supports_embeddings = True
+    supports_prompt_logprobs = True
     embed_batch_size = 16  # texts per forward pass in embed()
 
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str) -> None:
@@ -472,6 +474,61 @@ class HFEngine(Engine):
             )
             cand = {c: (float(logprobs[r, t]) if t is not None else None) for c, t in candidate_ids.items()}
             results.append(NextTokenLogprobs(top, cand, len(ids)))
+        return results
+
+    def prompt_logprobs(
+        self, prompts: Sequence[str], *, adapter: str | None = None, top_k: int = 0
+    ) -> list[PromptLogprobs]:
+        """One prompt per forward pass: its logits are [S, V], and V is large (262k for Gemma)."""
+        torch = self._torch
+        if not prompts:
+            return []
+        if any(not p for p in prompts):
+            raise HelixloomError("a prompt to score is empty", param="prompt")
+        if not 0 <= top_k <= 20:
+            raise HelixloomError("top_k must be between 0 and 20", param="logprobs")
+        results = []
+        with self._lock, torch.inference_mode():
+            for prompt in prompts:
+                ids = self.encode(prompt)
+                if len(ids) > self.context_length:
+                    raise HelixloomError(
+                        f"the prompt has {len(ids)} tokens; the model reads at most {self.context_length}",
+                        param="prompt",
+                    )
+                extra = self._adapter_names([adapter])
+                logits = self.model(
+                    input_ids=torch.tensor([ids], device=self.device), use_cache=False, **extra
+                )
+                logprobs = torch.log_softmax(logits.logits[0, :-1].float(), dim=-1)  # logprobs: [S-1, V]
+                scores = logprobs.gather(1, torch.tensor(ids[1:], device=logprobs.device)[:, None])[:, 0]
+                tops = logprobs.topk(top_k, dim=-1) if top_k else None
+                entries: list[tuple[int, float | None, tuple[TokenLogprob, ...] | None]] = [
+                    (ids[0], None, None)
+                ]
+                for i, token in enumerate(ids[1:]):
+                    top = None
+                    if tops is not None:
+                        top = tuple(
+                            TokenLogprob(int(t), self._token_text(int(t)), float(v))
+                            for v, t in zip(tops.values[i].tolist(), tops.indices[i].tolist(), strict=True)
+                        )
+                    entries.append((token, float(scores[i]), top))
+                bos = self.tokenizer.bos_token_id
+                if (
+                    bos is not None
+                    and ids[0] == bos
+                    and not prompt.startswith(self.tokenizer.bos_token or "")
+                ):
+                    entries = entries[1:]  # added by encode(), not part of the text
+                results.append(
+                    PromptLogprobs(
+                        token_ids=tuple(t for t, _, _ in entries),
+                        tokens=tuple(self._token_text(t) for t, _, _ in entries),
+                        logprobs=tuple(lp for _, lp, _ in entries),
+                        top=tuple(top for _, _, top in entries),
+                    )
+                )
         return results
 
     def embed(self, texts: Sequence[str], *, adapter: str | None = None) -> list[list[float]]:

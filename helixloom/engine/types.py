@@ -241,6 +241,21 @@ class StreamDelta:
 
 
 @dataclass(frozen=True)
+class PromptLogprobs:
+    """A prompt's tokens as the engine reads them, each with its log-probability given the ones before.
+
+    Column-wise, as OpenAI's ``logprobs`` object: ``tokens`` joined give the prompt text back. A BOS
+    token the engine adds itself is not listed (it is not in the text), and the first text token is
+    scored after it; without one, nothing comes before the first token and its entries are None.
+    """
+
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    logprobs: tuple[float | None, ...]
+    top: tuple[tuple[TokenLogprob, ...] | None, ...]
+
+
+@dataclass(frozen=True)
 class NextTokenLogprobs:
     """The next-token distribution after a prompt: its top tokens and the logprobs of asked candidates.
 

@@ -25,6 +25,7 @@ from helixloom.engine import (
     GeneratedTokenLogprobs,
     GenerationRequest,
     GenerationResult,
+    PromptLogprobs,
     SamplingParams,
     StreamDelta,
     Timings,
@@ -167,10 +168,29 @@ def completions(body: CompletionRequest, request: Request) -> Any:
         "completions",
         constraint,
     )
+    scored = None
+    if body.echo and body.logprobs is not None:
+        if not state.engine.supports_prompt_logprobs:
+            raise HelixloomError(
+                f"the {state.engine.backend} engine cannot score prompt tokens (echo with logprobs)",
+                param="echo",
+            )
+        scored = state.engine.prompt_logprobs(prompts, adapter=target.adapter, top_k=body.logprobs)
+    if not body.generates:
+        return JSONResponse(
+            _echo_only(call, body.model, scored, session_id), headers={SESSION_HEADER: session_id}
+        )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _sse(call.stream_chunks("text_completion", include_usage, echo=body.echo), session_id)
     results = call.run()
+
+    def choice_logprobs(i: int, r: GenerationResult) -> dict[str, Any] | None:
+        if r.logprobs is None:
+            return None
+        made = _completion_logprobs(r.logprobs)
+        return made if scored is None else _joined_logprobs(scored[i // body.n], made)
+
     return JSONResponse(
         {
             "id": f"cmpl-{session_id}",
@@ -182,7 +202,7 @@ def completions(body: CompletionRequest, request: Request) -> Any:
                 {
                     "index": i,
                     "text": (call.prompt_of(i) if body.echo else "") + r.text,
-                    "logprobs": _completion_logprobs(r.logprobs) if r.logprobs is not None else None,
+                    "logprobs": choice_logprobs(i, r),
                     "finish_reason": r.finish_reason,
                 }
                 for i, r in enumerate(results)
@@ -630,6 +650,56 @@ def _chat_logprobs(steps: tuple[GeneratedTokenLogprobs, ...] | None) -> dict[str
             }
             for s in steps or ()
         ]
+    }
+
+
+def _prompt_logprobs(scored: PromptLogprobs) -> dict[str, Any]:
+    """OpenAI's ``logprobs`` object for a prompt's own tokens (``echo``)."""
+    offsets, offset = [], 0
+    for token in scored.tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "tokens": list(scored.tokens),
+        "token_logprobs": list(scored.logprobs),
+        "top_logprobs": [None if top is None else {t.token: t.logprob for t in top} for top in scored.top],
+        "text_offset": offsets,
+    }
+
+
+def _joined_logprobs(scored: PromptLogprobs, made: dict[str, Any]) -> dict[str, Any]:
+    """The prompt's logprobs followed by the completion's, offsets counted from the prompt's start."""
+    head = _prompt_logprobs(scored)
+    shift = sum(len(t) for t in scored.tokens)
+    return {
+        "tokens": head["tokens"] + made["tokens"],
+        "token_logprobs": head["token_logprobs"] + made["token_logprobs"],
+        "top_logprobs": head["top_logprobs"] + made["top_logprobs"],
+        "text_offset": head["text_offset"] + [shift + o for o in made["text_offset"]],
+    }
+
+
+def _echo_only(
+    call: _Call, model: str, scored: list[PromptLogprobs] | None, session_id: str
+) -> dict[str, Any]:
+    """``max_tokens: 0`` with ``echo``: each choice is its prompt (scored with ``logprobs``), nothing new."""
+    prompt_tokens = sum(call.state.engine.count_tokens(p) for p in call.prompts)
+    return {
+        "id": f"cmpl-{session_id}",
+        "object": "text_completion",
+        "created": call.created,
+        "model": model,
+        "system_fingerprint": "helixloom",
+        "choices": [
+            {
+                "index": i,
+                "text": call.prompt_of(i),
+                "logprobs": None if scored is None else _prompt_logprobs(scored[i // call.n]),
+                "finish_reason": "length",
+            }
+            for i in range(len(call.prompts) * call.n)
+        ],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens},
     }
 
 

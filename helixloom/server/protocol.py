@@ -167,9 +167,22 @@ class CompletionRequest(_Sampling):
             raise HelixloomError("best_of is not supported", param="best_of")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:  # OpenAI: 5; vLLM and we: 20
             raise HelixloomError("logprobs must be between 0 and 20", param="logprobs")
-        if self.echo and self.logprobs is not None:
-            raise HelixloomError("echo with logprobs (prompt scoring) is not supported yet", param="echo")
+        if self.max_tokens == 0:
+            if not self.echo:
+                raise HelixloomError(
+                    "max_tokens must be at least 1 (0 only with echo: the prompt comes back, scored "
+                    "when logprobs is set, and nothing is generated)",
+                    param="max_tokens",
+                )
+            return self.base_sampling(max_tokens=1, logprobs=self.logprobs, default_max=default_max)
+        if self.echo and self.logprobs is not None and self.stream:
+            raise HelixloomError("echo with logprobs is not streamed; send stream: false", param="stream")
         return self.base_sampling(max_tokens=self.max_tokens, logprobs=self.logprobs, default_max=default_max)
+
+    @property
+    def generates(self) -> bool:
+        """False for ``max_tokens: 0`` with ``echo``: the answer is the prompt alone."""
+        return self.max_tokens != 0
 
     def prompts(self) -> list[str]:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
