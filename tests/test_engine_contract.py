@@ -178,14 +178,22 @@ def test_remote_errors(server: BackgroundServer, tiny_model: TinyModel) -> None:
         RemoteEngine("openai:ftp://nowhere")
 
 
-def test_remote_without_template_routes_keeps_the_transcript(remote: RemoteEngine) -> None:
-    """helixloom's server has neither llama.cpp's /props nor vLLM's /tokenize: no chat template is found,
-    and chat messages get the transcript format, as before."""
+def test_remote_gets_the_served_chat_template(
+    remote: RemoteEngine, local: HFEngine, server: BackgroundServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """helixloom's server answers vLLM's /tokenize and /detokenize, so the remote engine renders chat
+    messages with the served model's template, as the local engine does; with the template turned off
+    (``none``, for a base model) chat keeps the transcript format."""
     from helixloom import chat
+    from helixloom.engine.remote import SERVER_TEMPLATE
 
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Paris is"}]
-    assert remote.chat_template is None
-    assert chat.render(remote, messages) == chat.render_with(None, messages)
+    assert remote.chat_template == SERVER_TEMPLATE
+    assert chat.render(remote, messages) == chat.render(local, messages)
+    monkeypatch.setenv("HELIXLOOM_REMOTE_CHAT_TEMPLATE", "none")
+    plain = RemoteEngine(remote.model_name)
+    assert plain.chat_template is None
+    assert chat.render(plain, messages) == chat.render_with(None, messages)
 
 
 def test_helixnet_runs_on_the_remote_engine(remote: RemoteEngine, local: HFEngine) -> None:

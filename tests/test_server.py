@@ -204,6 +204,112 @@ def test_adapter_by_model_name(served: Running) -> None:
     )
 
 
+def test_tokenize_and_detokenize_as_vllm(served: Running) -> None:
+    """vLLM's /tokenize and /detokenize at the server root, with the served tokenizer."""
+    tok = served.engine.tokenizer
+    base = served.state.base_id
+    text = "The quick brown fox"
+    reply = httpx.post(served.url + "/tokenize", json={"model": base, "prompt": text})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["tokens"] == tok(text).input_ids and body["tokens"][0] == tok.bos_token_id
+    assert body["count"] == len(body["tokens"]) and body["max_model_len"] == 512
+    plain = httpx.post(
+        served.url + "/tokenize", json={"model": base, "prompt": text, "add_special_tokens": False}
+    ).json()
+    assert plain["tokens"] == body["tokens"][1:] and plain["count"] == served.engine.count_tokens(text)
+    back = httpx.post(served.url + "/detokenize", json={"model": base, "tokens": body["tokens"]}).json()
+    assert back == {"prompt": "<s>" + text}  # special tokens are written out, as vLLM does
+    # Messages get the model's chat template, without a BOS unless asked (vLLM's defaults).
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Paris is"}]
+    chat = httpx.post(served.url + "/tokenize", json={"model": base, "messages": messages}).json()
+    rendered = served.engine.format_chat(messages)
+    assert chat["tokens"] == tok(rendered, add_special_tokens=False).input_ids
+    back = httpx.post(served.url + "/detokenize", json={"model": base, "tokens": chat["tokens"]}).json()
+    assert back["prompt"] == rendered and rendered.endswith("<|assistant|>\n")
+    closed_turn = {"add_generation_prompt": False, "add_special_tokens": True}
+    closed = httpx.post(
+        served.url + "/tokenize", json={"model": base, "messages": messages, **closed_turn}
+    ).json()
+    text_closed = tok.decode(closed["tokens"])
+    assert text_closed == "<s>" + served.engine.format_chat(messages, add_generation_prompt=False)
+    assert not text_closed.endswith("<|assistant|>\n")
+    # An adapter shares the base tokenizer; no model means the base model.
+    for model in ("alpha", "beta", None):
+        same = httpx.post(served.url + "/tokenize", json={"model": model, "prompt": text}).json()
+        assert same["tokens"] == body["tokens"], model
+    assert httpx.post(served.url + "/detokenize", json={"model": "alpha", "tokens": [5]}).status_code == 200
+
+
+def test_tokenize_errors(served: Running) -> None:
+    base = served.state.base_id
+    vocab = len(served.engine.tokenizer)
+    prompt = {"model": base, "prompt": "x"}
+    chat = {"model": base, "messages": [{"role": "user", "content": "x"}]}
+    for path, payload, status, param in [
+        ("/tokenize", {"model": "nope", "prompt": "x"}, 404, "model"),
+        ("/detokenize", {"model": "nope", "tokens": [1]}, 404, "model"),
+        ("/tokenize", {"model": "helixnet", "prompt": "x"}, 400, "model"),
+        ("/tokenize", {"model": base}, 400, "prompt"),
+        ("/tokenize", {"content": "x"}, 400, "prompt"),  # llama.cpp's shape
+        ("/tokenize", {**prompt, **chat}, 400, "prompt"),
+        ("/tokenize", {"model": base, "messages": []}, 400, "messages"),
+        ("/tokenize", {**prompt, "add_generation_prompt": True}, 400, "add_generation_prompt"),
+        ("/tokenize", {**prompt, "return_token_strs": True}, 400, "return_token_strs"),
+        ("/tokenize", {**chat, "tools": [{}]}, 400, "tools"),
+        ("/detokenize", {"model": base, "tokens": [vocab]}, 400, "tokens"),
+        ("/detokenize", {"model": base, "tokens": [-1]}, 400, "tokens"),
+        ("/detokenize", {"model": base, "tokens": ["a"]}, 400, "tokens"),
+    ]:
+        reply = httpx.post(served.url + path, json=payload)
+        assert reply.status_code == status, (path, payload, reply.text)
+        assert reply.json()["error"]["param"] == param, (path, payload, reply.text)
+        if payload.get("tokens") == [vocab]:
+            assert "outside the vocabulary" in reply.json()["error"]["message"]
+
+
+def test_tokenize_messages_without_a_chat_template(served: Running) -> None:
+    engine = served.state.engine
+    template, engine.chat_template = engine.chat_template, None
+    try:
+        reply = httpx.post(
+            served.url + "/tokenize",
+            json={"model": served.state.base_id, "messages": [{"role": "user", "content": "x"}]},
+        )
+    finally:
+        engine.chat_template = template
+    assert reply.status_code == 400 and "has no chat template" in reply.json()["error"]["message"]
+    assert reply.json()["error"]["param"] == "messages"
+
+
+def test_tokenize_needs_an_engine_that_can(served: Running) -> None:
+    engine = served.state.engine
+    engine.supports_tokenize = False
+    try:
+        for path, payload in [("/tokenize", {"prompt": "x"}), ("/detokenize", {"tokens": [1]})]:
+            reply = httpx.post(served.url + path, json=payload)
+            assert reply.status_code == 400 and "cannot tokenize" in reply.json()["error"]["message"]
+    finally:
+        engine.supports_tokenize = True
+
+
+def test_remote_engine_on_a_helixloom_server(served: Running) -> None:
+    """A remote engine finds the served model's chat template through /tokenize + /detokenize (as with
+    vLLM), renders chat as the local engine does, and counts tokens with the served tokenizer."""
+    from helixloom import chat
+    from helixloom.engine.remote import SERVER_TEMPLATE, RemoteEngine
+
+    remote = RemoteEngine(f"openai:{served.url}/v1#{served.state.base_id}", max_retries=0)
+    try:
+        assert remote.chat_template == SERVER_TEMPLATE
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Café, 東京?"}]
+        assert chat.render(remote, messages).prompt == chat.render(served.engine, messages).prompt
+        for text in ("The quick brown fox", "Café, naïve, 東京", "<|user|> hi </s>", ""):
+            assert remote.count_tokens(text) == served.engine.count_tokens(text), text
+    finally:
+        remote.close()
+
+
 def test_helixnet_model(served: Running) -> None:
     client = served.client()
     raw = client.chat.completions.with_raw_response.create(
@@ -344,6 +450,8 @@ def test_api_key_enforced_everywhere(tiny_model: TinyModel, engine: HFEngine, tm
             ("POST", "/v1/chat/completions"),
             ("POST", "/v1/completions"),
             ("GET", "/api/sessions"),
+            ("POST", "/tokenize"),
+            ("POST", "/detokenize"),
         ]:
             assert httpx.request(method, url + path, json={}).status_code == 401
             wrong = httpx.request(method, url + path, json={}, headers={"Authorization": "Bearer nope"})
@@ -354,6 +462,11 @@ def test_api_key_enforced_everywhere(tiny_model: TinyModel, engine: HFEngine, tm
         raw = good.completions.with_raw_response.create(model=state.base_id, prompt="hi", max_tokens=2)
         session = store.get_session(raw.headers["x-helixloom-session"])
         assert session is not None and session.api_key_label == "alice"
+        key = {"Authorization": "Bearer s3cret-key"}
+        tokens = httpx.post(url + "/tokenize", json={"prompt": "hi"}, headers=key)
+        assert tokens.status_code == 200 and tokens.json()["count"] > 0
+        text = httpx.post(url + "/detokenize", json={"tokens": tokens.json()["tokens"]}, headers=key)
+        assert text.status_code == 200 and text.json()["prompt"].endswith("hi")
         assert httpx.get(url + "/health").status_code == 200
     finally:
         server.stop()

@@ -39,11 +39,14 @@ class Engine(abc.ABC):
     supports_constraints: bool = False  # GenerationRequest.constraint is honoured
     supports_embeddings: bool = False  # embed() gives pooled hidden states
     supports_prompt_logprobs: bool = False  # prompt_logprobs() scores the prompt's own tokens
+    supports_tokenize: bool = False  # tokenize() and detokenize() give the model's own token ids
 
     #: The model spec this engine was made from, as the user gave it.
     model_name: str
     #: The tokenizer's chat template, or None for a plain completion model.
     chat_template: str | None = None
+    #: The most tokens (prompt and completion together) one request may have; None when unknown.
+    max_model_len: int | None = None
 
     @abc.abstractmethod
     def stream_batch(
@@ -111,12 +114,24 @@ class Engine(abc.ABC):
             "use the hf backend (a local model folder, a hub id or default)",
         )
 
-    def format_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """Render chat messages (role, content) with the model's chat template, ready to complete."""
+    def format_chat(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
+        """Render chat messages (role, content) with the model's chat template; with
+        ``add_generation_prompt`` the assistant's turn is opened, ready to complete."""
         raise HelixloomError(
             f"{self.model_name} has no chat template",
             "use a chat model, or a prompt format with chat: false",
         )
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """``text`` as the model's token ids; ``add_special_tokens`` adds what the tokenizer puts around
+        every text (a BOS). Backends without it (``supports_tokenize`` False) raise."""
+        raise HelixloomError(f"the {self.backend} engine for {self.model_name} cannot tokenize")
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens written out; an id outside the vocabulary raises."""
+        raise HelixloomError(f"the {self.backend} engine for {self.model_name} cannot tokenize")
 
     @abc.abstractmethod
     def count_tokens(self, text: str) -> int:

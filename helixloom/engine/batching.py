@@ -68,6 +68,8 @@ class BatchingEngine(Engine):
         self.supports_constraints = inner.supports_constraints
         self.supports_embeddings = inner.supports_embeddings
         self.supports_prompt_logprobs = inner.supports_prompt_logprobs
+        self.supports_tokenize = inner.supports_tokenize
+        self.max_model_len = inner.max_model_len
         self.max_batch = max_batch
         # A batch starts once no request has arrived for gather_idle seconds (or gather_max after its
         # first): clients that start together share a batch, a lone request waits only gather_idle.
@@ -139,8 +141,16 @@ class BatchingEngine(Engine):
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
-    def format_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
-        return self.inner.format_chat(messages)
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return self.inner.tokenize(text, add_special_tokens=add_special_tokens)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.inner.detokenize(ids)
+
+    def format_chat(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
+        return self.inner.format_chat(messages, add_generation_prompt=add_generation_prompt)
 
     @property
     def queued(self) -> int:

@@ -75,7 +75,9 @@ class HFEngine(Engine):
     supports_constraints = True
     supports_embeddings = True
     supports_prompt_logprobs = True
+    supports_tokenize = True
     embed_batch_size = 16  # texts per forward pass in embed()
+    max_model_len: int  # the model's max_position_embeddings (2**20 when it names none)
 
     def __init__(self, model: Any, tokenizer: Any, *, model_name: str) -> None:
         import torch
@@ -102,7 +104,7 @@ class HFEngine(Engine):
         self.eos_token_ids = frozenset(eos_ids)
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
-        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 20)
+        self.max_model_len = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 20)
         self._grammars = Grammars(tokenizer, int(model.config.vocab_size), sorted(self.eos_token_ids))
 
     @classmethod
@@ -133,17 +135,30 @@ class HFEngine(Engine):
         add_special = not (bos and prompt.startswith(bos))
         return list(self.tokenizer(prompt, add_special_tokens=add_special).input_ids)
 
-    def format_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+    def format_chat(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
         if not self.chat_template:
             return super().format_chat(messages)
         return str(
             self.tokenizer.apply_chat_template(
-                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
             )
         )
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return len(self.tokenize(text, add_special_tokens=False))
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        vocab = len(self.tokenizer)
+        if bad := [t for t in ids if not 0 <= t < vocab]:
+            raise HelixloomError(
+                f"token id {bad[0]} is outside the vocabulary (0 to {vocab - 1})", param="tokens"
+            )
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
     def _decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
@@ -305,10 +320,10 @@ class HFEngine(Engine):
     def _new_row(self, request: GenerationRequest) -> _Row:
         ids = self.encode(request.prompt)
         p = request.sampling
-        if len(ids) + p.max_tokens > self.context_length:
+        if len(ids) + p.max_tokens > self.max_model_len:
             raise HelixloomError(
                 f"prompt ({len(ids)} tokens) + max_tokens ({p.max_tokens}) exceeds the model's context "
-                f"of {self.context_length} tokens",
+                f"of {self.max_model_len} tokens",
                 "shorten the prompt or lower max_tokens",
                 param="max_tokens",
             )
@@ -491,9 +506,9 @@ class HFEngine(Engine):
         with self._lock, torch.inference_mode():
             for prompt in prompts:
                 ids = self.encode(prompt)
-                if len(ids) > self.context_length:
+                if len(ids) > self.max_model_len:
                     raise HelixloomError(
-                        f"the prompt has {len(ids)} tokens; the model reads at most {self.context_length}",
+                        f"the prompt has {len(ids)} tokens; the model reads at most {self.max_model_len}",
                         param="prompt",
                     )
                 extra = self._adapter_names([adapter])
@@ -570,9 +585,9 @@ class HFEngine(Engine):
         return out
 
     def _fit_context(self, ids: list[int]) -> list[int]:
-        if len(ids) <= self.context_length:
+        if len(ids) <= self.max_model_len:
             return ids
-        return ids[:1] + ids[len(ids) - self.context_length + 1 :]
+        return ids[:1] + ids[len(ids) - self.max_model_len + 1 :]
 
     def _single_token(self, text: str) -> int | None:
         ids = self.tokenizer(text, add_special_tokens=False).input_ids

@@ -63,6 +63,7 @@ class LlamaCppEngine(Engine):
     supports_mixed_adapter_batch = False  # rows run one after another; each with its own adapter
     supports_logprobs = True
     supports_constraints = True
+    supports_tokenize = True
 
     def __init__(self, spec: str, *, n_ctx: int = 4096, n_threads: int | None = None) -> None:
         try:
@@ -83,6 +84,7 @@ class LlamaCppEngine(Engine):
         self.prefix_hits = 0  # prompt tokens reused from the KV cache (for benchmarks)
         self._texts: list[str] | None = None
         self.eos_token_ids = frozenset({self.llm.token_eos()})
+        self.max_model_len = self.llm.n_ctx()
 
     # ------------------------------------------------------------------ tokens
 
@@ -91,6 +93,17 @@ class LlamaCppEngine(Engine):
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode(), add_bos=False, special=False))
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.llm.tokenize(text.encode(), add_bos=add_special_tokens, special=True))
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        vocab = self.llm.n_vocab()
+        if bad := [t for t in ids if not 0 <= t < vocab]:
+            raise HelixloomError(
+                f"token id {bad[0]} is outside the vocabulary (0 to {vocab - 1})", param="tokens"
+            )
+        return self.llm.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")

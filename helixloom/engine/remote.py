@@ -314,17 +314,21 @@ class RemoteEngine(Engine):
 
     # ------------------------------------------------------------------ chat template
 
-    def format_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """The served model's chat template applied to ``messages``, with the assistant's turn opened."""
+    def format_chat(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
+        """The served model's chat template applied to ``messages`` (with ``add_generation_prompt``,
+        the assistant's turn opened)."""
         if self._template is not None:
             import jinja2
 
             try:
-                return self._template.render(messages)
+                return self._template.render(messages, add_generation_prompt=add_generation_prompt)
             except jinja2.TemplateError as exc:
                 raise HelixloomError(f"the chat template for {self.model} failed: {exc}") from exc
         if self.chat_template == SERVER_TEMPLATE:
-            return self._server_render(tuple((m["role"], m["content"]) for m in messages))
+            turns = tuple((m["role"], m["content"]) for m in messages)
+            return self._server_render(turns, add_generation_prompt)
         return super().format_chat(messages)
 
     def _find_chat_template(self, choice: str) -> None:
@@ -397,11 +401,11 @@ class RemoteEngine(Engine):
         bos = tokens.get("bos_token", "")
         return bos if bos and self._bos_id(deadline) is not None else ""
 
-    def _render_on_server(self, messages: tuple[tuple[str, str], ...]) -> str:
+    def _render_on_server(self, messages: tuple[tuple[str, str], ...], add_generation_prompt: bool) -> str:
         body = {
             "model": self.model,
             "messages": [{"role": role, "content": content} for role, content in messages],
-            "add_generation_prompt": True,
+            "add_generation_prompt": add_generation_prompt,
         }
         try:
             tokens = self._root_json("/tokenize", body, self._timeout)["tokens"]
@@ -486,13 +490,16 @@ class _LocalTemplate:
     tokens: Mapping[str, str]  # the special tokens a template may name: bos_token, eos_token, ...
     server_bos: str  # a BOS text the server adds to every prompt itself, so not repeated ("": none)
 
-    def render(self, messages: Sequence[Mapping[str, str]]) -> str:
+    def render(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
         from transformers.utils.chat_template_utils import render_jinja_template
 
         variables: dict[str, Any] = dict(self.tokens)
         # Annotated as str; it returns (one rendering per conversation, assistant token indices).
         rendered: Any = render_jinja_template(
-            [[dict(m) for m in messages]], chat_template=self.source, add_generation_prompt=True, **variables
+            [[dict(m) for m in messages]],
+            chat_template=self.source,
+            add_generation_prompt=add_generation_prompt,
+            **variables,
         )
         text = str(rendered[0][0])
         return text.removeprefix(self.server_bos) if self.server_bos else text

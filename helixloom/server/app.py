@@ -1,4 +1,5 @@
-"""The FastAPI application: OpenAI-compatible routes under /v1, the store's sessions under /api.
+"""The FastAPI application: OpenAI-compatible routes under /v1, the store's sessions under /api,
+vLLM's /tokenize and /detokenize.
 
 Thin: routes parse, call the Python API (engine, helixnet, store) and shape the answer. Every error
 leaves in OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
@@ -23,11 +24,13 @@ from helixloom.server.protocol import error_body
 from helixloom.server.state import ServerState
 
 log = logging.getLogger("helixloom.server")
+#: Routes beside /v1 and /api that need the API key too (vLLM's, where vLLM serves them).
+KEYED_ROUTES = ("/tokenize", "/detokenize")
 
 
 def create_app(state: ServerState) -> FastAPI:
     """The ASGI app over a ready ``ServerState`` (engine loaded, store open)."""
-    from helixloom.server import api_routes, job_routes, loom_routes, openai_routes
+    from helixloom.server import api_routes, job_routes, loom_routes, openai_routes, tokenize_routes
 
     app = FastAPI(title="helixloom", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.helixloom = state
@@ -35,6 +38,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(api_routes.router)
     app.include_router(loom_routes.router)
     app.include_router(job_routes.router)
+    app.include_router(tokenize_routes.router)
     static = resources.files("helixloom") / "server" / "static"
 
     @app.get("/", include_in_schema=False)
@@ -49,7 +53,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.middleware("http")
     async def require_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path.startswith(("/v1", "/api")):
+        if request.url.path.startswith(("/v1", "/api")) or request.url.path in KEYED_ROUTES:
             try:
                 request.state.key_label = state.check_key(request.headers.get("authorization"))
             except PermissionError as exc:

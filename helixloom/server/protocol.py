@@ -191,6 +191,48 @@ class CompletionRequest(_Sampling):
         return prompts
 
 
+class TokenizeRequest(OpenAIModel):
+    """vLLM's ``POST /tokenize``: a ``prompt``, or chat ``messages`` put in the model's chat template."""
+
+    model: str | None = None  # default: the base model
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True  # messages only: open the assistant's turn
+    add_special_tokens: bool | None = None  # default: True for a prompt, False for messages (vLLM's)
+    return_token_strs: bool = False
+
+    def check(self) -> None:
+        """A 400 naming the field unless there is exactly one of prompt and messages and nothing we
+        would ignore."""
+        if (self.prompt is None) == (self.messages is None):
+            raise HelixloomError("send either prompt or messages", param="prompt")
+        if self.messages is not None and not self.messages:
+            raise HelixloomError("messages is empty", param="messages")
+        if self.prompt is not None and "add_generation_prompt" in self.model_fields_set:
+            raise HelixloomError("add_generation_prompt goes with messages", param="add_generation_prompt")
+        if self.return_token_strs:
+            raise HelixloomError("return_token_strs is not supported", param="return_token_strs")
+        for name in ("continue_final_message", "chat_template", "chat_template_kwargs", "tools"):
+            if (self.model_extra or {}).get(name):
+                raise HelixloomError(f"{name} is not supported", param=name)
+
+    @property
+    def special_tokens(self) -> bool:
+        if self.add_special_tokens is not None:
+            return self.add_special_tokens
+        return self.messages is None  # a chat template writes its own special tokens
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages or ()]
+
+
+class DetokenizeRequest(OpenAIModel):
+    """vLLM's ``POST /detokenize``: token ids back to text."""
+
+    model: str | None = None  # default: the base model
+    tokens: list[int]
+
+
 class WeaveQuestion(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
