@@ -258,6 +258,7 @@ def test_jobs_page_in_chromium(server: BackgroundServer, tiny_model: TinyModel, 
         page.wait_for_selector("#jobs td.status-succeeded", timeout=240_000)
         page.wait_for_function("document.querySelector('#detail-log').textContent.includes('queued')")
         assert "train ui: succeeded" in page.inner_text("#detail-title")
+        assert '"steps": 2' in page.inner_text("#detail-result")
         assert "2/2" in page.inner_text("#jobs")
         page.screenshot(path=str(artifacts / "jobs.png"), full_page=True)
         browser.close()

@@ -33,6 +33,8 @@ async function showDetail(id) {
   const argv = (job.params && job.params.argv) || [];
   $("detail-command").textContent = argv.length ? "helixloom " + argv.join(" ") : "";
   $("detail-error").textContent = job.error || "";
+  $("detail-result").hidden = job.result == null;
+  $("detail-result").textContent = job.result == null ? "" : "result: " + JSON.stringify(job.result, null, 2);
   for (const [id, text] of [["detail-log", job.log.join("\n")], ["detail-output", job.output || ""]]) {
     const el = $(id);
     const atEnd = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
