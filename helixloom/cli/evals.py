@@ -1,4 +1,5 @@
-"""``helixloom eval winrate|grade|sessions``: judges and win rates (see ``helixloom.evals.judge``)."""
+"""``helixloom eval qa|winrate|grade|sessions``: key-fact QA of a fine-tune, and judges and win rates
+(see ``helixloom.evals.judge``)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,25 @@ PROMPTS_HELP = (
 )
 
 
-def register(esub: argparse._SubParsersAction) -> None:
-    """Add the judge-based evaluations to the ``eval`` command's subparsers."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` command: key-fact QA and the judge-based evaluations."""
+    from helixloom.cli import usage
+
+    ev = sub.add_parser("eval", help="evaluate answers", description="Evaluations.")
+    esub = ev.add_subparsers(title="evaluations", metavar="EVAL")
+    eqa = esub.add_parser(
+        "qa",
+        help="key-fact QA: the base model against base + adapter",
+        description="Ask each question of a JSONL file ({question, facts: [...]}) with the base model and "
+        "with the adapter (its system prompt applied), and score the share of expected facts each answer "
+        "contains: what the fine-tune learned.",
+    )
+    eqa.add_argument("--adapter", required=True, metavar="NAME_OR_PATH")
+    eqa.add_argument("--questions", required=True, metavar="FILE")
+    eqa.add_argument("--base", default="default", metavar="SPEC")
+    eqa.add_argument("--max-tokens", type=int, default=128)
+    eqa.add_argument("--json", action="store_true", help="print every answer and the scores as JSON")
+    eqa.set_defaults(run=cmd_eval_qa, job="eval")
     _add_eval_command(
         esub,
         "winrate",
@@ -70,6 +88,7 @@ def register(esub: argparse._SubParsersAction) -> None:
         own_flags=_sessions_flags,
         judge_modes=True,
     )
+    ev.set_defaults(run=lambda _: usage(ev))
 
 
 def _add_eval_command(
@@ -288,6 +307,52 @@ def _short(text: str, width: int) -> str:
 
 def _label(spec: str, adapter: str | None) -> str:
     return f"{spec} + {adapter}" if adapter else spec
+
+
+def cmd_eval_qa(args: argparse.Namespace) -> int:
+    from helixloom import adapters as adapter_registry
+    from helixloom import models
+    from helixloom.cli import _store
+    from helixloom.documents import learn
+    from helixloom.engine import load_engine, sampling
+    from helixloom.evals import qa
+
+    items = qa.load(args.questions)
+    params = sampling(temperature=0, max_tokens=args.max_tokens)
+    models.resolve(args.base)
+    with _store() as store:
+        name, folder = adapter_registry.resolve(store, args.adapter, model=args.base)
+        system = learn.adapter_meta(store, name).get("system_prompt")
+    engine = load_engine(args.base)
+    engine.load_adapter(name, str(folder))
+    before = qa.answer(engine, items, params)
+    after = qa.answer(engine, items, params, adapter=name, system=system)
+    report = {
+        "questions": len(items),
+        "base_score": qa.mean_score(before),
+        "adapter_score": qa.mean_score(after),
+    }
+    if args.json:
+        rows = [
+            {
+                "question": b.item.question,
+                "facts": list(b.item.facts),
+                "base": b.answer,
+                "base_found": list(b.found),
+                "adapter": a.answer,
+                "adapter_found": list(a.found),
+            }
+            for b, a in zip(before, after, strict=True)
+        ]
+        print(json.dumps({**report, "answers": rows}))
+        return 0
+    for b, a in zip(before, after, strict=True):
+        print(b.item.question)
+        print(f"  base    {b.score:.0%}: {b.answer[:100]!r}")
+        print(f"  {name:<7} {a.score:.0%}: {a.answer[:100]!r}")
+    found = f"base {report['base_score']:.0%}, {name} {report['adapter_score']:.0%}"
+    print(f"\nkey facts found: {found} ({len(items)} questions)")
+    return 0
 
 
 def cmd_winrate(args: argparse.Namespace) -> int:

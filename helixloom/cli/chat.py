@@ -1,0 +1,255 @@
+"""``helixloom chat``: HelixNet chat (actor, critic, regenerator), or plain chat with a learned adapter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from helixloom.errors import HelixloomError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``chat`` command."""
+    from helixloom.cli import add_sampling_flags
+
+    chat = sub.add_parser(
+        "chat",
+        help="HelixNet chat: actor answers, critic critiques, regenerator rewrites",
+        description="Chat through HelixNet: the actor answers, the critic critiques the answer, the "
+        "regenerator rewrites it from the critique (each stage streamed under its label). Roles run on "
+        "three models (--actor-model ...), or on one base model with one LoRA adapter per role "
+        "(--base with --actor-adapter ..., HelixNet-LMoE); with no flags every role uses the default "
+        "model. Interactive commands: /reset starts a new conversation, /exit quits.",
+    )
+    chat.add_argument(
+        "--base", default="default", metavar="SPEC", help="model for roles without --ROLE-model"
+    )
+    for role in ("actor", "critic", "regenerator"):
+        chat.add_argument(f"--{role}-model", metavar="SPEC", help=f"the {role}'s own model (default: --base)")
+        chat.add_argument(f"--{role}-adapter", metavar="NAME_OR_PATH", help=f"LoRA adapter for the {role}")
+    chat.add_argument(
+        "--adapter",
+        metavar="NAME_OR_PATH",
+        help="plain chat (no HelixNet) with this adapter on --base; an adapter made by `helixloom learn` "
+        "brings its system prompt, and its answers' [DOC_ID:...] citations are mapped to the source files",
+    )
+    chat.add_argument(
+        "--rounds", type=int, default=1, help="critique/regenerate rounds per question (default 1)"
+    )
+    chat.add_argument("--system", help="system text (default: the format's, HelixNet's for helixnet)")
+    chat.add_argument(
+        "--format",
+        default="helixnet",
+        metavar="NAME_OR_FILE",
+        help="prompt format: helixnet (the seed's, byte for byte), instruct (for chat-template models), "
+        "or a .yaml file",
+    )
+    add_sampling_flags(chat, temperature=0.75, top_p=1.0, top_k=50, max_tokens=1024)
+    chat.add_argument(
+        "--no-token-healing",
+        dest="token_healing",
+        action="store_false",
+        help="do not back up over a prompt's last token (on by default: the seed's prompts end in a space)",
+    )
+    chat.add_argument("--once", metavar="QUESTION", help="answer one question and exit")
+    chat.add_argument(
+        "--json",
+        action="store_true",
+        help="with --once: print {actor, critique, regeneration, session_id, usage, timings}",
+    )
+    chat.set_defaults(run=cmd_chat)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from helixloom import helixnet
+    from helixloom.cli import _store, sampling_from
+    from helixloom.store import Store
+
+    if args.json and args.once is None:
+        raise HelixloomError("--json needs --once", "pass --once QUESTION, or drop --json for a chat")
+    if args.once is not None and not args.once.strip():
+        raise HelixloomError("the question is empty", "pass some text to --once")
+    params = sampling_from(args)
+    if args.adapter is not None:
+        role_flags = [
+            f"--{r}-{k}" for r in helixnet.STAGES for k in ("model", "adapter") if getattr(args, f"{r}_{k}")
+        ]
+        if role_flags or args.rounds != 1:
+            raise HelixloomError(
+                f"--adapter is plain chat; it does not mix with {', '.join(role_flags) or '--rounds'}"
+            )
+        return _plain_chat(args, params)
+    fmt = helixnet.PromptFormat.load(args.format)
+    specs = {
+        role: helixnet.RoleSpec(
+            model=getattr(args, f"{role}_model") or args.base,
+            adapter=getattr(args, f"{role}_adapter"),
+            sampling=params,
+        )
+        for role in helixnet.STAGES
+    }
+    with _store() as store:
+        assert isinstance(store, Store)
+        net = helixnet.build(specs, store=store, prompt_format=fmt, system=args.system, rounds=args.rounds)
+        chat = helixnet.HelixChat(net, store)
+        if args.once is not None:
+            turn = chat.ask(args.once, on_event=None if args.json else _print_stage)
+            if args.json:
+                print(json.dumps(_turn_json(turn)))
+            return 0
+        return _interactive(chat)
+
+
+def _plain_chat(args: argparse.Namespace, params: Any) -> int:
+    from helixloom import adapters as adapter_registry
+    from helixloom import chat, completion, models
+    from helixloom.cli import _store
+    from helixloom.documents import dataset, learn
+    from helixloom.engine import GenerationRequest, GenerationResult, StreamDelta, load_engine
+
+    models.resolve(args.base)
+    with _store() as store:
+        name, folder = adapter_registry.resolve(store, args.adapter, model=args.base)
+        meta = learn.adapter_meta(store, name)
+        engine = load_engine(args.base)
+        engine.load_adapter(name, str(folder))
+        system = args.system or meta.get("system_prompt")
+        history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        session_id = None
+
+        def ask(question: str, show: bool) -> dict[str, Any]:
+            nonlocal session_id
+            history.append({"role": "user", "content": question})
+            rendered = chat.render(engine, history)
+            request_params = params.model_copy(
+                update={"stop": (*params.stop, *rendered.stop), "token_healing": rendered.token_healing}
+            )
+            result: GenerationResult | None = None
+            for event in engine.stream(GenerationRequest(rendered.prompt, request_params, name)):
+                if isinstance(event, StreamDelta):
+                    if show:
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+                else:
+                    result = event
+            assert result is not None
+            answer = result.text.strip()
+            history.append({"role": "assistant", "content": answer})
+            cited = dataset.citations(answer, meta.get("documents") or {})
+            inputs = [(m["role"], m["content"]) for m in history[:-1]]
+            session_id = completion.record(
+                store,
+                engine,
+                inputs,
+                request_params,
+                [result],
+                adapter=name,
+                kind="chat",
+                meta={"citations": cited},
+            )
+            if show:
+                print()
+                for c in cited:
+                    print(f"  source [{c['doc_id']}]: {c['source']} ({c['title']})")
+            return {
+                "answer": answer,
+                "citations": cited,
+                "session_id": session_id,
+                "usage": {
+                    "prompt_tokens": result.usage.prompt_tokens,
+                    "completion_tokens": result.usage.completion_tokens,
+                },
+            }
+
+        if args.once is not None:
+            body = ask(args.once, show=not args.json)
+            if args.json:
+                print(json.dumps(body))
+            return 0
+        print(f"Chat with {name} on {args.base}. /reset starts over, /exit quits.", file=sys.stderr)
+        while True:
+            try:
+                question = input("You: ")
+            except EOFError:
+                print()
+                return 0
+            if question.strip() in ("/exit", "/quit"):
+                return 0
+            if question.strip() == "/reset":
+                del history[1 if system else 0 :]
+                print("(new conversation)")
+                continue
+            if question.strip():
+                ask(question, show=True)
+
+
+_LABELS = {"actor": "ACTOR", "critic": "CRITIQUE", "regenerator": "REGENERATION"}
+
+
+def _print_stage(event: Any) -> None:
+    if event.kind == "start":
+        label = _LABELS[event.stage] + (f" (round {event.round})" if event.round > 1 else "")
+        sys.stdout.write(f"{label}: ")
+    elif event.kind == "delta":
+        sys.stdout.write(event.text)
+    else:
+        sys.stdout.write("\n\n")
+    sys.stdout.flush()
+
+
+def _interactive(chat: Any) -> int:
+    print("HelixNet chat. /reset starts over, /exit quits.", file=sys.stderr)
+    while True:
+        try:
+            question = input("You: ")
+        except EOFError:
+            print()
+            return 0
+        command = question.strip()
+        if command in ("/exit", "/quit"):
+            return 0
+        if command == "/reset":
+            chat.reset()
+            print("(new conversation)")
+            continue
+        if not command:
+            continue
+        chat.ask(question, on_event=_print_stage)
+
+
+def _turn_json(turn: Any) -> dict[str, Any]:
+    def usage(u: Any) -> dict[str, int]:
+        return {
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.total_tokens,
+        }
+
+    return {
+        "question": turn.question,
+        "actor": turn.actor.text,
+        "critique": turn.critique,
+        "regeneration": turn.regeneration,
+        "session_id": turn.session_id,
+        "rounds": [
+            {"critique": c.text, "regeneration": r.text}
+            for c, r in zip(turn.critiques, turn.regenerations, strict=True)
+        ],
+        "usage": usage(turn.usage),
+        "stages": [
+            {
+                "stage": s.stage,
+                "round": s.round,
+                "model": s.model,
+                "adapter": s.adapter,
+                "finish_reason": s.finish_reason,
+                "usage": usage(s.usage),
+            }
+            for s in turn.stages
+        ],
+        "timings": {
+            f"{s.stage}" + (f"_{s.round}" if s.round > 1 else ""): s.timings["total"] for s in turn.stages
+        },
+    }

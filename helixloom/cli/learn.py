@@ -1,0 +1,168 @@
+"""``helixloom learn``: documents become question/answer pairs written by a teacher, then a LoRA that
+cites them (``helixloom.documents.learn``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from helixloom.errors import HelixloomError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``learn`` command."""
+    from helixloom.cli import add_sft_flags
+
+    learn = sub.add_parser(
+        "learn",
+        help="learn documents: question/answer pairs from a teacher, then a LoRA that cites them",
+        description="Turn documents (.txt .md .html .pdf .json conversations, folders, .zip) into "
+        "question/answer pairs written by a teacher model through a suite of prompts, fine-tune a LoRA "
+        "adapter NAME on them, and register it with a system prompt that keeps answers to the documents. "
+        "Answers cite [DOC_ID:...], mapped back to the files. --review stops after the dataset so you can "
+        "edit it; --resume continues after a review or an interruption.",
+    )
+    learn.add_argument("paths", nargs="*", metavar="PATH", help="files, folders or .zip archives")
+    learn.add_argument("--name", required=True, help="name of the dataset and of the adapter")
+    learn.add_argument(
+        "--base", default="default", metavar="SPEC", help="the model to fine-tune (default: default)"
+    )
+    learn.add_argument("--teacher", metavar="SPEC", help="model that writes the pairs (default: --base)")
+    learn.add_argument("--teacher-url", metavar="URL", help="an OpenAI-compatible server as the teacher")
+    learn.add_argument("--teacher-model", metavar="MODEL", help="the model name on --teacher-url")
+    learn.add_argument("--review", action="store_true", help="stop after writing the dataset, to edit it")
+    learn.add_argument(
+        "--resume", action="store_true", help="continue NAME after --review or an interruption"
+    )
+    learn.add_argument(
+        "--questions", type=int, default=10, help="questions asked per prompt and chunk (default 10)"
+    )
+    learn.add_argument(
+        "--chunk-tokens", type=int, default=1024, help="chunk size in teacher tokens (default 1024)"
+    )
+    learn.add_argument("--prompts", metavar="A,B", help="only these prompts of the suite (comma-separated)")
+    learn.add_argument("--suite", metavar="FILE", help="a prompt suite YAML instead of the built-in one")
+    add_sft_flags(learn)
+    learn.set_defaults(run=cmd_learn, job="learn")
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from helixloom import jobs, models
+    from helixloom.cli import _store, sft_config_from
+    from helixloom.documents import learn
+    from helixloom.documents.qa import Suite
+    from helixloom.engine.pool import EnginePool
+
+    def say(text: str) -> None:
+        print(f"helixloom: {text}", file=sys.stderr)
+        jobs.log(text)
+
+    def generate(run: Callable[[Callable[[int, int], None]], Any]) -> Any:
+        """Run question generation under a progress bar; on ^C say how to resume it."""
+        bar = jobs.progress_bar(0, unit="call", desc="question/answer pairs")
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        try:
+            return run(progress)
+        except KeyboardInterrupt:
+            bar.close()
+            say(f"finished units are kept; continue with: helixloom learn --resume --name {args.name}")
+            raise
+        finally:
+            bar.close()
+
+    stage = learn.stage(args.name)
+    with _store() as store:
+        if args.resume:
+            if args.paths:
+                raise HelixloomError("--resume takes no PATH: it continues the dataset NAME as it is")
+            if stage is None:
+                raise HelixloomError(
+                    f"nothing to resume: no dataset {args.name}", "start with helixloom learn PATH --name"
+                )
+            if stage == "trained":
+                say(f"{args.name} is already trained; `helixloom chat --adapter {args.name}` to use it")
+                return 0
+            if stage == "generating":
+                plan = learn.generation_plan(args.name) or {}
+                teacher_spec = str(plan.get("teacher"))
+                models.resolve(teacher_spec)
+                teacher = EnginePool().get(teacher_spec)
+                say(f"continuing question generation for {args.name} (teacher {teacher_spec})")
+                train_file, _ = generate(
+                    lambda progress: learn.resume_generation(
+                        args.name, teacher, say=say, on_progress=progress
+                    )
+                )
+                if plan.get("review") or args.review:
+                    say(f"review or edit {train_file}, then run: helixloom learn --resume --name {args.name}")
+                    return 0
+                result = learn.train(args.name, store, say=say)
+            else:
+                result = learn.train(args.name, store, resume=True, say=say)
+            _report_training(result, args.name)
+            return 0
+        if not args.paths:
+            raise HelixloomError("no documents given", "helixloom learn PATH... --name NAME")
+        if stage is not None:
+            raise HelixloomError(
+                f"a dataset named {args.name} exists"
+                + (" (its question generation was interrupted)" if stage == "generating" else ""),
+                "continue it with --resume, or pick another --name",
+            )
+        if args.teacher and args.teacher_url:
+            raise HelixloomError("give --teacher or --teacher-url, not both")
+        if args.teacher_url:
+            if not args.teacher_model:
+                raise HelixloomError("--teacher-url needs --teacher-model")
+            teacher_spec = f"openai:{args.teacher_url}#{args.teacher_model}"
+        else:
+            teacher_spec = args.teacher or args.base
+        sft = sft_config_from(args)
+        suite = Suite.load(args.suite)
+        if args.prompts:
+            suite = suite.only([p.strip() for p in args.prompts.split(",") if p.strip()])
+        models.resolve(args.base)
+        models.resolve(teacher_spec)
+        teacher = EnginePool().get(teacher_spec)
+        train_file, _ = generate(
+            lambda progress: learn.prepare(
+                args.name,
+                args.paths,
+                teacher,
+                base=args.base,
+                suite=suite,
+                num_questions=args.questions,
+                chunk_tokens=args.chunk_tokens,
+                sft=sft,
+                teacher_spec=teacher_spec,
+                review=args.review,
+                say=say,
+                on_progress=progress,
+            )
+        )
+        if args.review:
+            say(f"review or edit {train_file}, then run: helixloom learn --resume --name {args.name}")
+            return 0
+        result = learn.train(args.name, store, say=say)
+    _report_training(result, args.name)
+    return 0
+
+
+def _report_training(result: Any, name: str) -> None:
+    from helixloom import jobs
+
+    jobs.set_result(result)
+    resumed = f", resumed at step {result.resumed_from_step}" if result.resumed_from_step else ""
+    loss = f", final loss {result.final_loss:.3f}" if result.final_loss is not None else ""
+    print(
+        f"trained adapter {name}: {result.steps} steps{resumed}{loss}, {result.seconds:.0f} s "
+        f"({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s) -> {result.adapter_dir}"
+    )
+    print(f'ask it: helixloom chat --adapter {name} (or model "{name}" on the server)')
