@@ -165,3 +165,16 @@ def test_sessions_commands(capsys: pytest.CaptureFixture[str], tiny_model: TinyM
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["id"] == sid and row["messages"][0]["content"] == "Paris is"
     assert main(["sessions", "show", "nope"]) == 2
+
+
+def test_building_the_cli_does_not_import_torch() -> None:
+    """`helixloom --help` and argument errors stay instant: no command's flags need torch to be built."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from helixloom.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -126,7 +126,7 @@ def add_sft_flags(p: argparse.ArgumentParser, config_class: Any = None, title: s
     ``LoraSFTConfig`` by default, or a subclass such as ``LoraDPOConfig``."""
     from dataclasses import fields
 
-    from helixloom.training.sft import LoraSFTConfig
+    from helixloom.training.configs import LoraSFTConfig
 
     cls = config_class or LoraSFTConfig
     group = p.add_argument_group(title)
@@ -152,7 +152,7 @@ def add_sft_flags(p: argparse.ArgumentParser, config_class: Any = None, title: s
 def sft_config_from(args: argparse.Namespace, config_class: Any = None) -> Any:
     from dataclasses import fields
 
-    from helixloom.training.sft import LoraSFTConfig
+    from helixloom.training.configs import LoraSFTConfig
 
     cls = config_class or LoraSFTConfig
     given = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}

@@ -24,7 +24,7 @@ registered as NAME.
 
 def register(sub: argparse._SubParsersAction) -> None:
     from helixloom.cli import add_sft_flags
-    from helixloom.training.dpo import LoraDPOConfig
+    from helixloom.training.configs import LoraDPOConfig
     from helixloom.training.iterate import IterateConfig
 
     it = sub.add_parser(
@@ -84,7 +84,7 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     from helixloom.errors import HelixloomError
     from helixloom.jsonl import read_prompts
     from helixloom.rewards import load_reward
-    from helixloom.training.dpo import LoraDPOConfig
+    from helixloom.training.configs import LoraDPOConfig
     from helixloom.training.iterate import IterateConfig, IterativeRun, format_table
 
     store = _store()

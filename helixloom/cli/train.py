@@ -13,7 +13,7 @@ from helixloom.errors import HelixloomError
 
 def register(sub: argparse._SubParsersAction) -> None:
     from helixloom.cli import add_sft_flags, train_rewards, usage
-    from helixloom.training.dpo import LoraDPOConfig
+    from helixloom.training.configs import LoraDPOConfig
 
     train = sub.add_parser(
         "train",

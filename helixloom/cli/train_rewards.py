@@ -25,7 +25,7 @@ RESUME_HELP = (
 
 def register(tsub: argparse._SubParsersAction) -> None:
     """Add ``reward`` and ``reward-head`` to the ``train`` command's subparsers."""
-    from helixloom.training.reward_head import RewardHeadConfig
+    from helixloom.training.configs import RewardHeadConfig
     from helixloom.training.reward_model import RewardModelConfig
 
     rm = tsub.add_parser(

@@ -12,56 +12,18 @@ iterate, as RLHFlow's GSHF scripts do, while only one base model sits in memory.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from helixloom.errors import HelixloomError
+from helixloom.training.configs import LoraDPOConfig
 from helixloom.training.sft import (
-    LoraSFTConfig,
     TrainResult,
     load_for_training,
     lora_config,
     prepare_run_dir,
     run_trainer,
 )
-
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm")
-
-
-@dataclass(frozen=True)
-class LoraDPOConfig(LoraSFTConfig):
-    """DPO settings: the LoRA and optimiser fields of ``LoraSFTConfig`` plus DPO's own."""
-
-    learning_rate: float = field(
-        default=5e-5,
-        metadata={
-            "help": "peak learning rate (cosine schedule); TRL suggests ~10x full fine-tuning's for LoRA"
-        },
-    )
-    epochs: float = field(default=2.0, metadata={"help": "passes over each iteration's pairs"})
-    batch_size: int = field(default=4, metadata={"help": "pairs per step"})
-    beta: float = field(default=0.1, metadata={"help": "DPO beta: strength of the pull toward the reference"})
-    loss_type: str = field(default="sigmoid", metadata={"help": "DPO loss: " + ", ".join(LOSS_TYPES)})
-    label_smoothing: float = field(
-        default=0.0, metadata={"help": "robust/conservative DPO label noise in [0, 0.5) (0.1 is common)"}
-    )
-    precompute_ref: bool = field(
-        default=True,
-        metadata={
-            "help": "score the pairs under the reference once before training instead of at every step "
-            "(same loss, 1.24x faster on the default model)"
-        },
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.beta > 0:
-            raise HelixloomError("beta must be positive", param="beta")
-        if self.loss_type not in LOSS_TYPES:
-            raise HelixloomError(f"loss_type must be one of {', '.join(LOSS_TYPES)}", param="loss_type")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise HelixloomError("label_smoothing must be in [0, 0.5)", param="label_smoothing")
 
 
 def check_preference_rows(rows: Sequence[dict[str, Any]]) -> None:

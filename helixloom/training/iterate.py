@@ -38,7 +38,7 @@ from helixloom.chat import render
 from helixloom.engine import Engine, GenerationRequest, sampling
 from helixloom.errors import HelixloomError
 from helixloom.rewards import Reward
-from helixloom.training.dpo import LoraDPOConfig
+from helixloom.training.configs import LoraDPOConfig
 
 METHODS = ("dpo", "raft")
 PAIRINGS = ("max_min", "max_random", "max_min+max_random")

@@ -23,7 +23,7 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from torch import nn
 
 from helixloom.errors import HelixloomError
 from helixloom.rewards import Reward
+from helixloom.training.configs import RewardHeadConfig
 from helixloom.training.feedback import LabelledExample
 from helixloom.training.reward_model import META_FILE, now_iso, portable_spec, read_meta, replace_folder
 
@@ -68,36 +69,6 @@ def head_text(prompt: str, response: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- training
-
-
-@dataclass(frozen=True)
-class RewardHeadConfig:
-    """Reward-head training settings; each field is a flag of ``helixloom train reward-head``."""
-
-    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate (MiniHF's)"})
-    batch_size: int = field(default=32, metadata={"help": "examples per step"})
-    max_epochs: int = field(default=100, metadata={"help": "most passes over the training examples"})
-    patience: int = field(
-        default=10, metadata={"help": "stop after this many epochs without a better validation loss"}
-    )
-    val_split: float = field(
-        default=0.2, metadata={"help": "share of each class held out for validation and early stopping"}
-    )
-    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
-    seed: int = field(default=0, metadata={"help": "seed for initialisation, the split and data order"})
-
-    def __post_init__(self) -> None:
-        for name in ("learning_rate", "batch_size", "max_epochs", "patience"):
-            if not getattr(self, name) > 0:
-                raise HelixloomError(f"{name} must be positive", param=name)
-        if not 0 <= self.val_split < 1:
-            raise HelixloomError("val_split must be in [0, 1)", param="val_split")
-        if self.weight_decay < 0:
-            raise HelixloomError("weight_decay must not be negative", param="weight_decay")
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return {f.name: str(f.metadata.get("help", "")) for f in fields(cls)}
 
 
 @dataclass(frozen=True)

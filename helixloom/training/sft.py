@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,49 +19,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from helixloom.errors import HelixloomError
-
-
-@dataclass(frozen=True)
-class LoraSFTConfig:
-    """Fine-tuning settings; each field is a flag of ``helixloom learn`` / ``helixloom train sft``."""
-
-    rank: int = field(default=16, metadata={"help": "LoRA rank r"})
-    alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)"})
-    dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
-    target_modules: tuple[str, ...] = field(
-        default=("all-linear",), metadata={"help": "modules to adapt; all-linear means every linear layer"}
-    )
-    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (cosine schedule)"})
-    epochs: float = field(default=3.0, metadata={"help": "passes over the data"})
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: epochs)"})
-    max_length: int = field(default=1024, metadata={"help": "longest training sequence in tokens"})
-    batch_size: int = field(default=4, metadata={"help": "sequences per step"})
-    grad_accum: int = field(default=1, metadata={"help": "steps accumulated per optimizer step"})
-    save_steps: int = field(default=50, metadata={"help": "checkpoint every this many steps (resume point)"})
-    seed: int = field(default=0, metadata={"help": "seed for initialisation and data order"})
-
-    def __post_init__(self) -> None:
-        positive = (
-            "rank",
-            "alpha",
-            "learning_rate",
-            "epochs",
-            "max_length",
-            "batch_size",
-            "grad_accum",
-            "save_steps",
-        )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise HelixloomError(f"{name} must be positive", param=name)
-        if not 0 <= self.dropout < 1:
-            raise HelixloomError("dropout must be in [0, 1)", param="dropout")
-        if not self.target_modules:
-            raise HelixloomError("target_modules is empty", param="target_modules")
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return {f.name: str(f.metadata.get("help", "")) for f in fields(cls)}
+from helixloom.training.configs import LoraSFTConfig
 
 
 @dataclass(frozen=True)
