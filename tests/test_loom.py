@@ -172,3 +172,57 @@ def test_loom_ui_in_chromium(server: BackgroundServer) -> None:
         page.screenshot(path=str(artifacts / "loom.png"), full_page=True)
         browser.close()
     assert (artifacts / "loom.png").stat().st_size > 5000
+
+
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true", reason="no Chromium here"
+)
+def test_chat_page_streams_answers_and_takes_feedback(
+    server: BackgroundServer, tiny_model: TinyModel
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    artifacts = Path(__file__).resolve().parent.parent / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.click("a[href='/chat']")
+        page.wait_for_function("document.querySelectorAll('#model option').length >= 2")
+        page.select_option("#model", str(tiny_model.path))
+        page.fill("#message", "Hello there")
+        page.press("#message", "Control+Enter")
+        page.wait_for_selector(".turn.assistant .feedback:not([hidden])", timeout=120_000)
+        reply = page.locator(".turn.assistant").first
+        session_id = reply.get_attribute("data-session")
+        assert session_id
+        page.fill(".turn.assistant .reason", "friendly")
+        page.click(".turn.assistant .up")
+        page.wait_for_selector(".turn.assistant .rated.good")
+        # The page's answer is the one the server recorded, and the rating is stored with the reason.
+        session = httpx.get(f"{server.url}/api/sessions/{session_id}").json()
+        recorded = [m["content"] for m in session["messages"] if m["role"] == "assistant"]
+        assert recorded == [reply.locator(".text").text_content()]
+        assert [(r["score"], r["reason"]) for r in session["ratings"]] == [(1, "friendly")]
+        # HelixNet, in a new chat (the tiny model's 512-token context is full of the first answer):
+        # the actor's answer and the critique stream into the folded stages.
+        page.click("#reset")
+        assert page.locator(".turn").count() == 0
+        page.select_option("#model", "helixnet")
+        page.fill("#max-tokens", "24")  # three stages must fit the tiny model's 512 tokens
+        page.fill("#message", "Why is the sky blue?")
+        page.click("#send")
+        page.wait_for_function(
+            "document.querySelectorAll('.turn.assistant .feedback:not([hidden])').length == 1"
+        )
+        second = page.locator(".turn.assistant").first
+        helix = httpx.get(f"{server.url}/api/sessions/{second.get_attribute('data-session')}").json()
+        assert "messages" in helix, helix
+        actor = "".join(m["content"] for m in helix["messages"] if m["stage"] == "actor")
+        assert second.locator(".actor").text_content() == actor  # folded: not rendered, but there
+        assert page.locator(".turn").count() == 2
+        page.click(".turn.assistant .down")
+        page.wait_for_selector(".turn.assistant .rated.bad")
+        page.screenshot(path=str(artifacts / "chat.png"), full_page=True)
+        browser.close()

@@ -580,3 +580,21 @@ def test_helixloom_serve_command(tiny_model: TinyModel, tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode == 2 and "unknown model spec" in bad.stderr
+
+
+def test_default_max_tokens_yields_to_a_long_prompt(served: Running) -> None:
+    """No max_tokens: the server's default shrinks to the room the context leaves; an explicit one is kept."""
+    client = served.client()
+    base = served.state.base_id
+    context = served.engine.max_model_len
+    assert context is not None
+    words = "the quick brown fox " * 400
+    ids = served.engine.tokenize(words, add_special_tokens=False)
+    prompt = served.engine.detokenize(ids[: context - 5])
+    room = context - len(served.engine.encode(prompt))
+    assert 0 < room < served.state.config.default_max_tokens
+    out = client.completions.create(model=base, prompt=prompt, temperature=0, extra_body={"ignore_eos": True})
+    assert out.usage is not None and out.usage.completion_tokens == room
+    assert out.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError, match="exceeds the model's context"):
+        client.completions.create(model=base, prompt=prompt, max_tokens=room + 1)

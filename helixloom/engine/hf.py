@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -320,6 +320,10 @@ class HFEngine(Engine):
     def _new_row(self, request: GenerationRequest) -> _Row:
         ids = self.encode(request.prompt)
         p = request.sampling
+        room = self.max_model_len - len(ids)
+        if p.fit_context and 0 < room < p.max_tokens:
+            p = p.model_copy(update={"max_tokens": room})
+            request = replace(request, sampling=p)
         if len(ids) + p.max_tokens > self.max_model_len:
             raise HelixloomError(
                 f"prompt ({len(ids)} tokens) + max_tokens ({p.max_tokens}) exceeds the model's context "

@@ -190,6 +190,9 @@ class LlamaCppEngine(Engine):
         p = request.sampling
         started = time.perf_counter()
         tokens = self.encode(request.prompt)
+        room = self.llm.n_ctx() - len(tokens)
+        if p.fit_context and 0 < room < p.max_tokens:
+            p = p.model_copy(update={"max_tokens": room})
         if len(tokens) + p.max_tokens > self.llm.n_ctx():
             raise HelixloomError(
                 f"prompt ({len(tokens)} tokens) + max_tokens ({p.max_tokens}) exceeds the context of "

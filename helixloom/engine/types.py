@@ -32,6 +32,11 @@ class SamplingParams(BaseModel):
         None, description="Return the log-probability of each generated token and this many alternatives."
     )
     ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token.")
+    fit_context: bool = Field(
+        False,
+        description="Treat max_tokens as a ceiling: lower it to the room the context leaves after the "
+        "prompt instead of refusing the request (the server does this when a request gives no max_tokens).",
+    )
     token_healing: bool = Field(
         False,
         description="Back up over the prompt's last token and make the first new token start with its "

@@ -45,6 +45,10 @@ def create_app(state: ServerState) -> FastAPI:
     def index() -> FileResponse:
         return FileResponse(str(static / "index.html"))
 
+    @app.get("/chat", include_in_schema=False)
+    def chat_page() -> FileResponse:
+        return FileResponse(str(static / "chat.html"))
+
     @app.get("/jobs", include_in_schema=False)
     def jobs_page() -> FileResponse:
         return FileResponse(str(static / "jobs.html"))

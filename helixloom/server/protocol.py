@@ -89,6 +89,7 @@ class _Sampling(OpenAIModel):
             raise HelixloomError("temperature must be between 0 and 2", param="temperature")
         return sampling(
             max_tokens=max_tokens if max_tokens is not None else default_max,
+            fit_context=max_tokens is None,  # the server's default yields to a long prompt
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             top_k=self.top_k or 0,
