@@ -185,7 +185,7 @@ def test_remote_gets_the_served_chat_template(
     messages with the served model's template, as the local engine does; with the template turned off
     (``none``, for a base model) chat keeps the transcript format."""
     from helixloom import chat
-    from helixloom.engine.remote import SERVER_TEMPLATE
+    from helixloom.engine.remote_chat import SERVER_TEMPLATE
 
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Paris is"}]
     assert remote.chat_template == SERVER_TEMPLATE

@@ -21,8 +21,9 @@ import pytest
 
 from helixloom import chat
 from helixloom.engine import GenerationRequest, sampling
-from helixloom.engine import remote as remote_module
-from helixloom.engine.remote import SERVER_TEMPLATE, RemoteEngine
+from helixloom.engine import remote_chat as remote_module
+from helixloom.engine.remote import RemoteEngine
+from helixloom.engine.remote_chat import SERVER_TEMPLATE
 from helixloom.errors import HelixloomError
 from tests.conftest import TinyModel
 from tests.tiny import CHAT_TEMPLATE

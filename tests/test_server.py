@@ -297,7 +297,8 @@ def test_remote_engine_on_a_helixloom_server(served: Running) -> None:
     """A remote engine finds the served model's chat template through /tokenize + /detokenize (as with
     vLLM), renders chat as the local engine does, and counts tokens with the served tokenizer."""
     from helixloom import chat
-    from helixloom.engine.remote import SERVER_TEMPLATE, RemoteEngine
+    from helixloom.engine.remote import RemoteEngine
+    from helixloom.engine.remote_chat import SERVER_TEMPLATE
 
     remote = RemoteEngine(f"openai:{served.url}/v1#{served.state.base_id}", max_retries=0)
     try:

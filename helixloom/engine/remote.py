@@ -7,20 +7,12 @@ format survives; stop sequences are also applied here, in case a server caps how
 The API key comes from ``HELIXLOOM_REMOTE_API_KEY`` (or ``OPENAI_API_KEY``).
 
 Chat messages (``chat.render``) are formatted with the served model's chat template, found once at
-start-up: a template the user names (``chat_template=`` or ``HELIXLOOM_REMOTE_CHAT_TEMPLATE``: a Jinja
-file, a Hugging Face model folder, or ``none`` for a base model), else llama.cpp's ``GET /props``
-(rendered here with transformers' Jinja), else vLLM's ``/tokenize`` + ``/detokenize`` (rendered by the
-server). Either way the prompt then goes to ``/v1/completions`` like any other, so logprobs of the
-next token after it stay available. Neither server dedupes a BOS written by the template against the
-one it adds to every completion prompt, so a leading BOS is dropped when the server adds one (as
-llama.cpp's own chat endpoint does). A server with neither route keeps the plain transcript format.
+start-up (``helixloom.engine.remote_chat``); the prompt then goes to ``/v1/completions`` like any
+other, so logprobs of the next token after it stay available.
 """
 
 from __future__ import annotations
 
-import functools
-import http.client
-import json
 import logging
 import os
 import queue
@@ -28,12 +20,16 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine
 from helixloom.engine.detok import StopMatcher
+from helixloom.engine.remote_chat import (
+    HTTP_ERRORS,
+    TEMPLATE_ENV,
+    ChatTemplate,
+    ServerRoutes,
+)
 from helixloom.engine.types import (
     AdapterInfo,
     GeneratedTokenLogprobs,
@@ -49,14 +45,6 @@ from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
 
 log = logging.getLogger("helixloom.engine.remote")
 PREFIX = "openai:"
-TEMPLATE_ENV = "HELIXLOOM_REMOTE_CHAT_TEMPLATE"
-#: ``chat_template`` when the server renders chat messages itself (vLLM's /tokenize and /detokenize).
-SERVER_TEMPLATE = "server:vllm"
-#: All of chat-template discovery together: a server that never answers costs at most this.
-DISCOVERY_SECONDS = 5.0
-_PROBE = ({"role": "user", "content": "Hello"},)
-# What a failed request to a route beside /v1 raises: refused, timed out, HTTP error, not JSON.
-_HTTP_ERRORS = (OSError, ValueError, http.client.HTTPException)
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -109,9 +97,8 @@ class RemoteEngine(Engine):
         self._client = openai.OpenAI(
             base_url=self.base_url, api_key=key, timeout=timeout, max_retries=max_retries
         )
-        self._root = self.base_url.removesuffix("/v1")
-        self._headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-        self._timeout = timeout
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        self._routes = ServerRoutes(self.base_url.removesuffix("/v1"), headers)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="helixloom-remote")
         self._adapters: dict[str, AdapterInfo] = {}
         served = self._served_models()
@@ -125,10 +112,9 @@ class RemoteEngine(Engine):
             )
         self.model = model
         self._warned_healing = False
-        self._template: _LocalTemplate | None = None
-        self._server_bos: int | None = None  # for SERVER_TEMPLATE: the BOS id /v1/completions adds
-        self._server_render = functools.lru_cache(maxsize=4096)(self._render_on_server)
-        self._find_chat_template(chat_template or os.environ.get(TEMPLATE_ENV) or "auto")
+        choice = chat_template or os.environ.get(TEMPLATE_ENV) or "auto"
+        self._chat = ChatTemplate(self._routes, model, choice, timeout)
+        self.chat_template = self._chat.source
 
     def _served_models(self) -> list[str]:
         return [m.id for m in self._call(lambda: self._client.models.list()).data]
@@ -317,126 +303,10 @@ class RemoteEngine(Engine):
     def format_chat(
         self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
     ) -> str:
-        """The served model's chat template applied to ``messages`` (with ``add_generation_prompt``,
-        the assistant's turn opened)."""
-        if self._template is not None:
-            import jinja2
-
-            try:
-                return self._template.render(messages, add_generation_prompt=add_generation_prompt)
-            except jinja2.TemplateError as exc:
-                raise HelixloomError(f"the chat template for {self.model} failed: {exc}") from exc
-        if self.chat_template == SERVER_TEMPLATE:
-            turns = tuple((m["role"], m["content"]) for m in messages)
-            return self._server_render(turns, add_generation_prompt)
-        return super().format_chat(messages)
-
-    def _find_chat_template(self, choice: str) -> None:
-        """Sets ``chat_template`` from the first source that has one. Only a template the user named
-        can raise; the server's routes are asked within ``DISCOVERY_SECONDS``, any failure ignored."""
-        deadline = time.monotonic() + DISCOVERY_SECONDS
-        if choice == "none":
-            return
-        if choice != "auto":
-            source, tokens = _template_from_path(choice)
-            self._use_template(
-                _LocalTemplate(source, tokens, self._bos_text(tokens, deadline)), explicit=True
-            )
-            return
-        props = self._probe("/props", None, deadline)
-        served = props.get("chat_template") if isinstance(props, dict) else None
-        if isinstance(served, str) and served and not self._is_fallback_chatml(served, deadline):
-            tokens = {k: v for k in ("bos_token", "eos_token") if isinstance(v := props.get(k), str)}
-            if self._use_template(_LocalTemplate(served, tokens, self._bos_text(tokens, deadline))):
-                return
-        # vLLM renders chat messages with the model's template on /tokenize (a 400 when it has none).
-        body = {"model": self.model, "messages": list(_PROBE), "add_generation_prompt": True}
-        probe = self._probe("/tokenize", body, deadline)
-        ids = probe.get("tokens") if isinstance(probe, dict) else None
-        if isinstance(ids, list) and ids and all(isinstance(t, int) for t in ids):
-            back = self._probe("/detokenize", {"model": self.model, "tokens": ids}, deadline)
-            if isinstance(back, dict) and isinstance(back.get("prompt"), str):
-                self._server_bos = self._bos_id(deadline)
-                self.chat_template = SERVER_TEMPLATE
-                return
-        log.debug("%s gave no chat template; chat messages get the transcript format", self._root)
-
-    def _use_template(self, template: _LocalTemplate, *, explicit: bool = False) -> bool:
-        """Takes a template that renders a first message; one that fails is an error only when the
-        user named it."""
-        try:
-            template.render(_PROBE)
-        except Exception as exc:
-            if explicit:
-                raise HelixloomError(f"the chat template does not render: {exc}") from exc
-            log.debug("%s/props: its chat template does not render (%s); ignored", self._root, exc)
-            return False
-        self._template = template
-        self.chat_template = template.source
-        return True
-
-    def _is_fallback_chatml(self, source: str, deadline: float) -> bool:
-        """llama.cpp serves ChatML when the model has no template; a vocabulary without ChatML's
-        ``<|im_start|>`` token says this is that fallback, not the model's template."""
-        if "<|im_start|>" not in source:
-            return False
-        reply = self._probe("/tokenize", {"content": "<|im_start|>"}, deadline)
-        tokens = reply.get("tokens") if isinstance(reply, dict) else None
-        return isinstance(tokens, list) and len(tokens) > 1
-
-    def _bos_id(self, deadline: float) -> int | None:
-        """The token the server puts before every completion prompt (an empty prompt tokenized with
-        special tokens), or None: it adds none, or cannot say. llama.cpp's shape goes first: llama.cpp
-        answers vLLM's with no tokens, while vLLM refuses llama.cpp's."""
-        llamacpp = {"content": "", "add_special": True}
-        vllm = {"model": self.model, "prompt": "", "add_special_tokens": True}
-        for body in (llamacpp, vllm):
-            reply = self._probe("/tokenize", body, deadline)
-            if isinstance(reply, dict) and isinstance(tokens := reply.get("tokens"), list):
-                return tokens[0] if tokens and isinstance(tokens[0], int) else None
-        return None
-
-    def _bos_text(self, tokens: Mapping[str, str], deadline: float) -> str:
-        """The template's BOS text when the server adds a BOS itself, else ""."""
-        bos = tokens.get("bos_token", "")
-        return bos if bos and self._bos_id(deadline) is not None else ""
-
-    def _render_on_server(self, messages: tuple[tuple[str, str], ...], add_generation_prompt: bool) -> str:
-        body = {
-            "model": self.model,
-            "messages": [{"role": role, "content": content} for role, content in messages],
-            "add_generation_prompt": add_generation_prompt,
-        }
-        try:
-            tokens = self._root_json("/tokenize", body, self._timeout)["tokens"]
-            if self._server_bos is not None and tokens[:1] == [self._server_bos]:
-                tokens = tokens[1:]  # /v1/completions adds it again
-            reply = self._root_json("/detokenize", {"model": self.model, "tokens": tokens}, self._timeout)
-            return str(reply["prompt"])
-        except (*_HTTP_ERRORS, KeyError, TypeError) as exc:
-            raise HelixloomError(f"{self._root} could not apply its chat template: {exc}") from exc
-
-    def _root_json(self, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
-        """The JSON answer of a route beside /v1 (GET without a body, else POST); raises one of
-        ``_HTTP_ERRORS``."""
-        import urllib.request
-
-        data = None if body is None else json.dumps(body).encode()
-        method = "GET" if body is None else "POST"
-        request = urllib.request.Request(self._root + path, data, self._headers, method=method)
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
-            return json.loads(reply.read())
-
-    def _probe(self, path: str, body: dict[str, Any] | None, deadline: float) -> Any:
-        """``_root_json`` within the discovery deadline; None when it fails (servers lack most routes)."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        try:
-            return self._root_json(path, body, left)
-        except _HTTP_ERRORS as exc:
-            log.debug("%s%s: %s", self._root, path, exc)
-            return None
+        """The served model's chat template applied to ``messages`` (see ``remote_chat``)."""
+        if self._chat.source is None:
+            return super().format_chat(messages)
+        return self._chat.render(messages, add_generation_prompt=add_generation_prompt)
 
     # ------------------------------------------------------------------ adapters and tokens
 
@@ -464,8 +334,8 @@ class RemoteEngine(Engine):
         ]
         for path, body in shapes:
             try:
-                data = self._root_json(path, body, 30)
-            except _HTTP_ERRORS:
+                data = self._routes.json(path, body, 30)
+            except HTTP_ERRORS:
                 continue
             if not isinstance(data, dict):
                 continue
@@ -480,69 +350,6 @@ class RemoteEngine(Engine):
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
-
-
-@dataclass(frozen=True)
-class _LocalTemplate:
-    """A Jinja chat template rendered here, the way transformers' ``apply_chat_template`` renders it."""
-
-    source: str
-    tokens: Mapping[str, str]  # the special tokens a template may name: bos_token, eos_token, ...
-    server_bos: str  # a BOS text the server adds to every prompt itself, so not repeated ("": none)
-
-    def render(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
-        from transformers.utils.chat_template_utils import render_jinja_template
-
-        variables: dict[str, Any] = dict(self.tokens)
-        # Annotated as str; it returns (one rendering per conversation, assistant token indices).
-        rendered: Any = render_jinja_template(
-            [[dict(m) for m in messages]],
-            chat_template=self.source,
-            add_generation_prompt=add_generation_prompt,
-            **variables,
-        )
-        text = str(rendered[0][0])
-        return text.removeprefix(self.server_bos) if self.server_bos else text
-
-
-def _template_from_path(choice: str) -> tuple[str, dict[str, str]]:
-    """A Jinja file's text (no special tokens), or a Hugging Face model or tokenizer folder's chat
-    template (``chat_template.jinja``, else ``tokenizer_config.json``) and special tokens."""
-    path = Path(choice).expanduser()
-    if path.is_file():
-        return path.read_text(encoding="utf-8"), {}
-    if not path.is_dir():
-        raise HelixloomError(
-            f"chat template {choice!r}: no such file or folder",
-            f"{TEMPLATE_ENV} takes a Jinja file, a Hugging Face model folder, auto or none",
-        )
-    tokens: dict[str, str] = {}
-    configs = [_json_file(path / "special_tokens_map.json"), _json_file(path / "tokenizer_config.json")]
-    for config in configs:
-        for key, value in config.items():
-            text = value.get("content") if isinstance(value, dict) else value
-            if key.endswith("_token") and isinstance(text, str):
-                tokens[key] = text
-    jinja = path / "chat_template.jinja"
-    source = jinja.read_text(encoding="utf-8") if jinja.is_file() else configs[1].get("chat_template")
-    if isinstance(source, list):  # named templates: [{"name": "default", "template": ...}, ...]
-        source = next((t.get("template") for t in source if t.get("name") == "default"), None)
-    if not isinstance(source, str) or not source:
-        raise HelixloomError(
-            f"{path} has no chat template (no chat_template.jinja, none in tokenizer_config.json)",
-            "give the instruct model's folder, its Jinja file, or none for a base model",
-        )
-    return source, tokens
-
-
-def _json_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise HelixloomError(f"{path} is not JSON: {exc}") from exc
-    return data if isinstance(data, dict) else {}
 
 
 def _response_format(constraint: Any) -> dict[str, Any]:
