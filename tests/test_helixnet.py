@@ -270,6 +270,25 @@ def test_cli_chat_interactive(
         assert len(store.list_sessions(kind="helixnet")) == 2  # /reset started a new session
 
 
+def test_cli_plain_chat_interactive_with_an_adapter(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny_model: TinyModel
+) -> None:
+    lines = iter(["Paris is", "/reset", "", "Berlin is"])  # EOF after the last line ends the chat
+
+    def read(_prompt: str = "") -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", read)
+    adapter = str(tiny_model.adapters["alpha"])
+    argv = ["chat", "--base", str(tiny_model.path), "--adapter", adapter, "--max-tokens", "4"]
+    assert main([*argv, "--temperature", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert "(new conversation)" in out and "/reset starts over" in err
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [

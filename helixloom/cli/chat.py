@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from helixloom.errors import HelixloomError
@@ -168,21 +169,11 @@ def _plain_chat(args: argparse.Namespace, params: Any) -> int:
             if args.json:
                 print(json.dumps(body))
             return 0
-        print(f"Chat with {name} on {args.base}. /reset starts over, /exit quits.", file=sys.stderr)
-        while True:
-            try:
-                question = input("You: ")
-            except EOFError:
-                print()
-                return 0
-            if question.strip() in ("/exit", "/quit"):
-                return 0
-            if question.strip() == "/reset":
-                del history[1 if system else 0 :]
-                print("(new conversation)")
-                continue
-            if question.strip():
-                ask(question, show=True)
+
+        def reset() -> None:
+            del history[1 if system else 0 :]
+
+        return _repl(f"Chat with {name} on {args.base}", lambda q: ask(q, show=True), reset)
 
 
 _LABELS = {"actor": "ACTOR", "critic": "CRITIQUE", "regenerator": "REGENERATION"}
@@ -200,7 +191,12 @@ def _print_stage(event: Any) -> None:
 
 
 def _interactive(chat: Any) -> int:
-    print("HelixNet chat. /reset starts over, /exit quits.", file=sys.stderr)
+    return _repl("HelixNet chat", lambda q: chat.ask(q, on_event=_print_stage), chat.reset)
+
+
+def _repl(title: str, ask: Callable[[str], Any], reset: Callable[[], None]) -> int:
+    """Read questions until EOF or /exit; /reset starts a new conversation."""
+    print(f"{title}. /reset starts over, /exit quits.", file=sys.stderr)
     while True:
         try:
             question = input("You: ")
@@ -211,12 +207,10 @@ def _interactive(chat: Any) -> int:
         if command in ("/exit", "/quit"):
             return 0
         if command == "/reset":
-            chat.reset()
+            reset()
             print("(new conversation)")
-            continue
-        if not command:
-            continue
-        chat.ask(question, on_event=_print_stage)
+        elif command:
+            ask(question)
 
 
 def _turn_json(turn: Any) -> dict[str, Any]:

@@ -519,33 +519,17 @@ class HFEngine(Engine):
                 logits = self.model(
                     input_ids=torch.tensor([ids], device=self.device), use_cache=False, **extra
                 )
-                logprobs = torch.log_softmax(logits.logits[0, :-1].float(), dim=-1)  # logprobs: [S-1, V]
-                scores = logprobs.gather(1, torch.tensor(ids[1:], device=logprobs.device)[:, None])[:, 0]
-                tops = logprobs.topk(top_k, dim=-1) if top_k else None
-                entries: list[tuple[int, float | None, tuple[TokenLogprob, ...] | None]] = [
-                    (ids[0], None, None)
-                ]
-                for i, token in enumerate(ids[1:]):
-                    top = None
-                    if tops is not None:
-                        top = tuple(
-                            TokenLogprob(int(t), self._token_text(int(t)), float(v))
-                            for v, t in zip(tops.values[i].tolist(), tops.indices[i].tolist(), strict=True)
-                        )
-                    entries.append((token, float(scores[i]), top))
-                bos = self.tokenizer.bos_token_id
-                if (
-                    bos is not None
-                    and ids[0] == bos
-                    and not prompt.startswith(self.tokenizer.bos_token or "")
-                ):
-                    entries = entries[1:]  # added by encode(), not part of the text
+                rows = logits.logits[0, :-1].float()  # rows: [S-1, V]; row i predicts ids[i + 1]
+                steps = [self._token_logprobs(rows[i], token, top_k) for i, token in enumerate(ids[1:])]
+                bos, bos_text = self.tokenizer.bos_token_id, self.tokenizer.bos_token or ""
+                # A BOS that encode() added is not part of the text: leave it out.
+                skip = 1 if bos is not None and ids[0] == bos and not prompt.startswith(bos_text) else 0
                 results.append(
                     PromptLogprobs(
-                        token_ids=tuple(t for t, _, _ in entries),
-                        tokens=tuple(self._token_text(t) for t, _, _ in entries),
-                        logprobs=tuple(lp for _, lp, _ in entries),
-                        top=tuple(top for _, _, top in entries),
+                        token_ids=tuple(ids[skip:]),
+                        tokens=(self._token_text(ids[0]), *(s.chosen.token for s in steps))[skip:],
+                        logprobs=(None, *(s.chosen.logprob for s in steps))[skip:],
+                        top=(None, *((s.top if top_k else None) for s in steps))[skip:],
                     )
                 )
         return results

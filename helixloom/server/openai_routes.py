@@ -683,7 +683,10 @@ def _echo_only(
     call: _Call, model: str, scored: list[PromptLogprobs] | None, session_id: str
 ) -> dict[str, Any]:
     """``max_tokens: 0`` with ``echo``: each choice is its prompt (scored with ``logprobs``), nothing new."""
-    prompt_tokens = sum(call.state.engine.count_tokens(p) for p in call.prompts)
+    if scored is not None:  # already tokenized for scoring (the tokens of the text, as count_tokens)
+        prompt_tokens = sum(len(s.token_ids) for s in scored)
+    else:
+        prompt_tokens = sum(call.state.engine.count_tokens(p) for p in call.prompts)
     return {
         "id": f"cmpl-{session_id}",
         "object": "text_completion",
