@@ -121,44 +121,69 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def add_sft_flags(p: argparse.ArgumentParser, config_class: Any = None, title: str = "fine-tuning") -> None:
-    """The fine-tuning flags, one per field of the config dataclass (its single source of truth):
-    ``LoraSFTConfig`` by default, or a subclass such as ``LoraDPOConfig``."""
-    from dataclasses import fields
+def add_config_flags(
+    p: argparse.ArgumentParser, config_class: Any, title: str, aliases: dict[str, list[str]] | None = None
+) -> None:
+    """One flag per field of a settings dataclass (its single source of truth), its default in the help:
+    tuples take several values, booleans get --flag/--no-flag. Unset flags stay None (see
+    ``given_config``), so the dataclass's own defaults apply."""
+    from dataclasses import MISSING, fields
 
-    from helixloom.training.configs import LoraSFTConfig
-
-    cls = config_class or LoraSFTConfig
     group = p.add_argument_group(title)
-    helps = cls.help()
-    for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if f.name == "target_modules":
-            group.add_argument(flag, nargs="+", default=None, help=f"{helps[f.name]} (default: all-linear)")
+    helps = config_class.help()
+    for f in fields(config_class):
+        flags = ["--" + f.name.replace("_", "-"), *(aliases or {}).get(f.name, [])]
+        default = f.default if f.default is not MISSING else None
+        if isinstance(default, tuple):
+            group.add_argument(
+                *flags,
+                dest=f.name,
+                nargs="+",
+                default=None,
+                help=f"{helps[f.name]} (default: {' '.join(default)})",
+            )
         elif isinstance(default, bool):
             group.add_argument(
-                flag,
+                *flags,
+                dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
                 help=f"{helps[f.name]} (default {'on' if default else 'off'})",
             )
         else:
             group.add_argument(
-                flag, type=type(default), default=None, help=f"{helps[f.name]} (default {default})"
+                *flags,
+                dest=f.name,
+                type=type(default),
+                default=None,
+                help=f"{helps[f.name]} (default {default})",
             )
 
 
-def sft_config_from(args: argparse.Namespace, config_class: Any = None) -> Any:
+def given_config(args: argparse.Namespace, config_class: Any) -> dict[str, Any]:
+    """The settings flags given on the command line (tuple fields as tuples)."""
     from dataclasses import fields
 
+    given = {}
+    for f in fields(config_class):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            given[f.name] = tuple(value) if isinstance(f.default, tuple) else value
+    return given
+
+
+def add_sft_flags(p: argparse.ArgumentParser, config_class: Any = None, title: str = "fine-tuning") -> None:
+    """The fine-tuning flags: ``LoraSFTConfig`` by default, or a subclass such as ``LoraDPOConfig``."""
+    from helixloom.training.configs import LoraSFTConfig
+
+    add_config_flags(p, config_class or LoraSFTConfig, title)
+
+
+def sft_config_from(args: argparse.Namespace, config_class: Any = None) -> Any:
     from helixloom.training.configs import LoraSFTConfig
 
     cls = config_class or LoraSFTConfig
-    given = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
-    if "target_modules" in given:
-        given["target_modules"] = tuple(given["target_modules"])
-    return cls(**given)
+    return cls(**given_config(args, cls))
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:

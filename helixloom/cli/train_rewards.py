@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from helixloom import jobs
+from helixloom.cli import add_config_flags, given_config
 from helixloom.errors import HelixloomError
 
 _ALIASES = {"learning_rate": ["--lr"]}
@@ -49,7 +50,7 @@ def register(tsub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help=RESUME_HELP + "; training goes on from the last checkpoint"
     )
     rm.add_argument("--replace", action="store_true", help="train again over an existing reward NAME")
-    _add_config_flags(rm, RewardModelConfig, "training")
+    add_config_flags(rm, RewardModelConfig, "training", _ALIASES)
     rm.set_defaults(run=cmd_train_reward, job="train")
 
     head = tsub.add_parser(
@@ -82,43 +83,8 @@ def register(tsub: argparse._SubParsersAction) -> None:
     )
     head.add_argument("--resume", action="store_true", help=RESUME_HELP + "; embeddings it made are reused")
     head.add_argument("--replace", action="store_true", help="train again over an existing reward NAME")
-    _add_config_flags(head, RewardHeadConfig, "training")
+    add_config_flags(head, RewardHeadConfig, "training", _ALIASES)
     head.set_defaults(run=cmd_train_reward_head, job="train")
-
-
-def _add_config_flags(p: argparse.ArgumentParser, config_cls: Any, title: str) -> None:
-    """One flag per field of a config dataclass (its single source of truth), defaults in the help."""
-    group = p.add_argument_group(title)
-    helps = config_cls.help()
-    for f in fields(config_cls):
-        flags = ["--" + f.name.replace("_", "-"), *_ALIASES.get(f.name, [])]
-        default = f.default if f.default is not MISSING else None
-        if isinstance(default, tuple):
-            group.add_argument(
-                *flags,
-                dest=f.name,
-                nargs="+",
-                default=None,
-                help=f"{helps[f.name]} (default: {' '.join(default)})",
-            )
-        else:
-            group.add_argument(
-                *flags,
-                dest=f.name,
-                type=type(default),
-                default=None,
-                help=f"{helps[f.name]} (default {default})",
-            )
-
-
-def _given_config(args: argparse.Namespace, config_cls: Any) -> dict[str, Any]:
-    """The config flags given on the command line (tuple fields as tuples)."""
-    given = {}
-    for f in fields(config_cls):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            given[f.name] = tuple(value) if isinstance(f.default, tuple) else value
-    return given
 
 
 def _run_settings(
@@ -136,11 +102,11 @@ def _run_settings(
     saved when it started (``_save_settings``); a flag given again that disagrees with them is an
     error naming it. A run that saved none resumes with the flags as given.
     """
-    given_config = _given_config(args, config_cls)
+    flags = given_config(args, config_cls)
     given = {k: v for k, v in sources.items() if v is not None}
     saved = _read_settings(run_dir, command) if args.resume else None
     if saved is None:
-        return config_cls(**given_config), {**defaults, **given}
+        return config_cls(**flags), {**defaults, **given}
     run = run_dir.name
     for key, value in given.items():
         if saved["sources"].get(key) != value:
@@ -149,7 +115,7 @@ def _run_settings(
     unknown = sorted(set(config) - {f.name for f in fields(config_cls)})
     if unknown:
         raise HelixloomError(f"{run_dir / SETTINGS_FILE} has unknown settings: {', '.join(unknown)}")
-    for key, value in given_config.items():
+    for key, value in flags.items():
         if config.get(key) != value:
             raise _conflict("--" + key.replace("_", "-"), value, config.get(key), run)
     return config_cls(**config), saved["sources"]
