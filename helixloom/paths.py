@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -58,3 +59,32 @@ def datasets_dir() -> Path:
 
 def runs_dir() -> Path:
     return home() / "runs"
+
+
+# A name that becomes a folder: a letter or digit first, then letters, digits, '.', '_' and '-'; no
+# separators, no '..', nothing hidden, short enough for every filesystem. The one rule for datasets,
+# adapters, runs, rewards, trees and jobs.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(name: str, what: str = "name", *, param: str = "name") -> str:
+    """``name`` if it is safe to use as one folder name under ``HELIXLOOM_HOME``; else a
+    ``HelixloomError`` that says what names may look like."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise HelixloomError(
+            f"bad {what} {name!r}",
+            "use letters, digits, '.', '_' and '-' (at most 128, starting with a letter or digit)",
+            param=param,
+        )
+    return name
+
+
+def confined(path: str | Path, root: Path | None = None) -> Path:
+    """``path`` resolved (links followed), if it lies under ``root`` (default ``HELIXLOOM_HOME``); a
+    relative path is taken from ``root``. Anything outside is a ``HelixloomError``."""
+    base = (root or home()).resolve()
+    p = Path(path)
+    resolved = (p if p.is_absolute() else base / p).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise HelixloomError(f"{path} is outside {base}", "only paths under HELIXLOOM_HOME are allowed here")
+    return resolved
