@@ -12,7 +12,7 @@ from helixloom.errors import HelixloomError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``models`` and ``adapters`` commands."""
-    from helixloom.cli import usage
+    from helixloom.cli.common import usage
 
     models = sub.add_parser(
         "models", help="list the models that can be used", description="List model specs."
@@ -101,9 +101,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters_list(args: argparse.Namespace) -> int:
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
 
-    with _store() as store:
+    with open_store() as store:
         records = store.list_adapters()
     if args.json:
         print(
@@ -124,9 +124,9 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
 
 def cmd_adapters_add(args: argparse.Namespace) -> int:
     from helixloom import adapters
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
 
-    with _store() as store:
+    with open_store() as store:
         record = adapters.register(store, args.name, args.path, replace=args.replace)
     print(f"registered adapter {record.name} -> {record.path}")
     return 0
@@ -138,7 +138,7 @@ def cmd_adapters_extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from helixloom import adapters, models
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
     from helixloom.training.extract import ExtractConfig, extract_lora
 
     config = ExtractConfig(rank=args.rank, alpha=args.alpha)
@@ -170,7 +170,7 @@ def cmd_adapters_extract(args: argparse.Namespace) -> int:
         if names:
             print(f"{label}: {len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
     if args.name:
-        with _store() as store:
+        with open_store() as store:
             adapters.register(store, args.name, out, replace=True)
         print(f"registered as {args.name}")
     return 0
@@ -180,10 +180,10 @@ def cmd_adapters_export_gguf(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from helixloom import adapters, gguf_lora
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
     from helixloom.engine.llamacpp import GGUF_ADAPTER_FILE
 
-    with _store() as store:
+    with open_store() as store:
         _, folder = adapters.resolve(store, args.name)
     base = gguf_lora.base_gguf_for(args.base)
     out = Path(args.out) if args.out else folder / GGUF_ADAPTER_FILE
@@ -197,9 +197,9 @@ def cmd_adapters_export_gguf(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters_remove(args: argparse.Namespace) -> int:
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
 
-    with _store() as store:
+    with open_store() as store:
         if not store.remove_adapter(args.name):
             raise HelixloomError(f"no adapter named {args.name!r}", "see `helixloom adapters list`")
     print(f"removed adapter {args.name}")

@@ -13,7 +13,7 @@ from helixloom.errors import HelixloomError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``chat`` command."""
-    from helixloom.cli import add_sampling_flags
+    from helixloom.cli.common import add_sampling_flags
 
     chat = sub.add_parser(
         "chat",
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from helixloom import helixnet
-    from helixloom.cli import _store, sampling_from
+    from helixloom.cli.common import open_store, sampling_from
     from helixloom.store import Store
 
     if args.json and args.once is None:
@@ -91,7 +91,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         )
         for role in helixnet.STAGES
     }
-    with _store() as store:
+    with open_store() as store:
         assert isinstance(store, Store)
         net = helixnet.build(specs, store=store, prompt_format=fmt, system=args.system, rounds=args.rounds)
         chat = helixnet.HelixChat(net, store)
@@ -106,14 +106,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def _plain_chat(args: argparse.Namespace, params: Any) -> int:
     from helixloom import adapters as adapter_registry
     from helixloom import chat, completion, models
-    from helixloom.cli import _store
-    from helixloom.documents import dataset, learn
+    from helixloom.cli.common import open_store
+    from helixloom.documents import dataset
     from helixloom.engine import GenerationRequest, GenerationResult, StreamDelta, load_engine
 
     models.resolve(args.base)
-    with _store() as store:
+    with open_store() as store:
         name, folder = adapter_registry.resolve(store, args.adapter, model=args.base)
-        meta = learn.adapter_meta(store, name)
+        meta = store.adapter_meta(name)
         engine = load_engine(args.base)
         engine.load_adapter(name, str(folder))
         system = args.system or meta.get("system_prompt")

@@ -24,7 +24,7 @@ PROMPTS_HELP = (
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``eval`` command: key-fact QA and the judge-based evaluations."""
-    from helixloom.cli import usage
+    from helixloom.cli.common import usage
 
     ev = sub.add_parser("eval", help="evaluate answers", description="Evaluations.")
     esub = ev.add_subparsers(title="evaluations", metavar="EVAL")
@@ -172,7 +172,7 @@ def _add_judge_flags(p: argparse.ArgumentParser, *, modes: bool) -> None:
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
-    from helixloom.cli import add_sampling_flags
+    from helixloom.cli.common import add_sampling_flags
 
     add_sampling_flags(p, temperature=0.0, max_tokens=256)
     p.add_argument(
@@ -214,11 +214,10 @@ class _Models:
 
     def system(self, given: str | None, adapter: str | None) -> str | None:
         """``--system``, else the system prompt registered with the adapter (by ``helixloom learn``)."""
-        from helixloom.documents.learn import adapter_meta
 
         if given:
             return given
-        prompt = adapter_meta(self.store, adapter).get("system_prompt")
+        prompt = self.store.adapter_meta(adapter).get("system_prompt")
         return prompt if isinstance(prompt, str) and prompt else None
 
 
@@ -312,17 +311,16 @@ def _label(spec: str, adapter: str | None) -> str:
 def cmd_eval_qa(args: argparse.Namespace) -> int:
     from helixloom import adapters as adapter_registry
     from helixloom import models
-    from helixloom.cli import _store
-    from helixloom.documents import learn
+    from helixloom.cli.common import open_store
     from helixloom.engine import load_engine, sampling
     from helixloom.evals import qa
 
     items = qa.load(args.questions)
     params = sampling(temperature=0, max_tokens=args.max_tokens)
     models.resolve(args.base)
-    with _store() as store:
+    with open_store() as store:
         name, folder = adapter_registry.resolve(store, args.adapter, model=args.base)
-        system = learn.adapter_meta(store, name).get("system_prompt")
+        system = store.adapter_meta(name).get("system_prompt")
     engine = load_engine(args.base)
     engine.load_adapter(name, str(folder))
     before = qa.answer(engine, items, params)
@@ -356,7 +354,7 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
 
 
 def cmd_winrate(args: argparse.Namespace) -> int:
-    from helixloom.cli import _store, sampling_from
+    from helixloom.cli.common import open_store, sampling_from
     from helixloom.evals import judge
 
     prompts = judge.load_prompts(args.prompts)
@@ -364,7 +362,7 @@ def cmd_winrate(args: argparse.Namespace) -> int:
     baseline_spec = args.baseline or args.model
     judge_spec = args.judge or args.model
     _check_specs(args.model, baseline_spec, judge_spec)
-    with _store() as store:
+    with open_store() as store:
         models = _Models(store)
         model, adapter = models.get(args.model, args.adapter)
         baseline, baseline_adapter = models.get(baseline_spec, args.baseline_adapter)
@@ -411,14 +409,14 @@ def cmd_winrate(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from helixloom.cli import _store, sampling_from
+    from helixloom.cli.common import open_store, sampling_from
     from helixloom.evals import judge
 
     prompts = judge.load_prompts(args.prompts)
     params = sampling_from(args)
     judge_spec = args.judge or args.model
     _check_specs(args.model, judge_spec)
-    with _store() as store:
+    with open_store() as store:
         models = _Models(store)
         model, adapter = models.get(args.model, args.adapter)
         system = models.system(args.system, adapter)
@@ -457,7 +455,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    from helixloom.cli import _store, sampling_from
+    from helixloom.cli.common import open_store, sampling_from
     from helixloom.evals import judge
 
     if args.limit is not None and args.limit < 1:
@@ -465,7 +463,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     params = sampling_from(args)
     judge_spec = args.judge or args.model
     _check_specs(args.model, judge_spec)
-    with _store() as store:
+    with open_store() as store:
         items = judge.rated_answers(store, rating=args.rating, limit=args.limit)
         if not items:
             raise HelixloomError(

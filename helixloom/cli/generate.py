@@ -13,7 +13,7 @@ from helixloom.errors import HelixloomError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``generate`` command."""
-    from helixloom.cli import add_model_flags, add_sampling_flags
+    from helixloom.cli.common import add_model_flags, add_sampling_flags
 
     gen = sub.add_parser(
         "generate",
@@ -72,7 +72,7 @@ def constraint_from(args: argparse.Namespace) -> Any:
 def cmd_generate(args: argparse.Namespace) -> int:
     from helixloom import adapters as adapter_registry
     from helixloom import models
-    from helixloom.cli import sampling_from
+    from helixloom.cli.common import sampling_from
     from helixloom.completion import complete
     from helixloom.engine import load_engine
     from helixloom.paths import ensure_home

@@ -23,7 +23,7 @@ registered as NAME.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from helixloom.cli import add_sft_flags
+    from helixloom.cli.common import add_sft_flags
     from helixloom.training.configs import LoraDPOConfig
     from helixloom.training.iterate import IterateConfig
 
@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_iterate(args: argparse.Namespace) -> int:
     from helixloom import adapters as adapter_registry
-    from helixloom.cli import _store, sft_config_from
+    from helixloom.cli.common import open_store, sft_config_from
     from helixloom.engine import load_engine
     from helixloom.errors import HelixloomError
     from helixloom.jsonl import read_prompts
@@ -87,7 +87,7 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     from helixloom.training.configs import LoraDPOConfig
     from helixloom.training.iterate import IterateConfig, IterativeRun, format_table
 
-    store = _store()
+    store = open_store()
     if args.resume:
         if args.prompts or args.overwrite:
             raise HelixloomError(

@@ -14,7 +14,7 @@ from helixloom.errors import HelixloomError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``jobs`` command."""
-    from helixloom.cli import usage
+    from helixloom.cli.common import usage
 
     jobs = sub.add_parser(
         "jobs",
@@ -71,9 +71,9 @@ def progress_text(job: Any) -> str:
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     from helixloom import jobs
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
 
-    with _store() as store:
+    with open_store() as store:
         jobs.reap(store)
         rows = store.list_jobs(kind=args.kind, status=args.status)[: max(args.limit, 0)]
     if args.json:
@@ -91,9 +91,9 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 def cmd_jobs_show(args: argparse.Namespace) -> int:
     from helixloom import jobs
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
 
-    with _store() as store:
+    with open_store() as store:
         jobs.reap(store)
         job = find_job(store, args.job_id)
         if args.json:
@@ -128,9 +128,9 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     from helixloom import jobs
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
 
-    with _store() as store:
+    with open_store() as store:
         job = find_job(store, args.job_id)
         after = jobs.JobRunner(store).cancel(job.id)
     said = "cancelled" if after.status == "cancelled" else "asked to stop"

@@ -13,7 +13,7 @@ from helixloom.errors import HelixloomError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``learn`` command."""
-    from helixloom.cli import add_sft_flags
+    from helixloom.cli.common import add_sft_flags
 
     learn = sub.add_parser(
         "learn",
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_learn(args: argparse.Namespace) -> int:
     from helixloom import jobs, models
-    from helixloom.cli import _store, sft_config_from
+    from helixloom.cli.common import open_store, sft_config_from
     from helixloom.documents import learn
     from helixloom.documents.qa import Suite
     from helixloom.engine.pool import EnginePool
@@ -78,7 +78,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             bar.close()
 
     stage = learn.stage(args.name)
-    with _store() as store:
+    with open_store() as store:
         if args.resume:
             if args.paths:
                 raise HelixloomError("--resume takes no PATH: it continues the dataset NAME as it is")

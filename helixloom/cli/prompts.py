@@ -14,7 +14,7 @@ from helixloom.jobs import progress_bar, set_result
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``prompts`` command."""
-    from helixloom.cli import add_model_flags, usage
+    from helixloom.cli.common import add_model_flags, usage
 
     prompts = sub.add_parser(
         "prompts",
@@ -81,7 +81,7 @@ def cmd_prompts_generate(args: argparse.Namespace) -> int:
 
     from helixloom import adapters as adapter_registry
     from helixloom import models
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
     from helixloom.engine import load_engine
     from helixloom.training import selfinstruct
 
@@ -95,7 +95,7 @@ def cmd_prompts_generate(args: argparse.Namespace) -> int:
         raise HelixloomError(f"{out} exists", "add --append to add to it, or --overwrite to replace it")
     kept_rows = selfinstruct.read_existing(out) if args.append else []
     models.resolve(args.model)  # a bad spec fails before anything is loaded
-    with _store() as store:
+    with open_store() as store:
         adapter = adapter_registry.resolve(store, args.adapter, model=args.model) if args.adapter else None
     engine = load_engine(args.model)
     if adapter is not None:

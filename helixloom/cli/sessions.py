@@ -14,7 +14,7 @@ from helixloom.errors import HelixloomError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``sessions`` and ``export`` commands."""
-    from helixloom.cli import usage
+    from helixloom.cli.common import usage
 
     sessions = sub.add_parser("sessions", help="recorded sessions", description="Recorded sessions.")
     ssub = sessions.add_subparsers(title="actions", metavar="ACTION")
@@ -64,9 +64,9 @@ def _session_json(store: Any, session: Any) -> dict[str, Any]:
 def cmd_sessions_list(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
 
-    with _store() as store:
+    with open_store() as store:
         rows = store.list_sessions(
             kind=args.kind,
             model=args.model,
@@ -86,9 +86,9 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_show(args: argparse.Namespace) -> int:
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
 
-    with _store() as store:
+    with open_store() as store:
         session = store.get_session(args.session_id)
         if session is None:
             raise HelixloomError(f"no session {args.session_id}", "see `helixloom sessions list`")
@@ -124,12 +124,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _write_jsonl(rows_of: Callable[[Any], Iterable[dict[str, Any]]], out_path: str | None, what: str) -> int:
     """Write the rows a store yields as JSONL to ``out_path`` (or stdout); say how many on stderr."""
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
 
     out = open(out_path, "w") if out_path else sys.stdout  # noqa: SIM115 - stdout is not ours to close
     count = 0
     try:
-        with _store() as store:
+        with open_store() as store:
             for row in rows_of(store):
                 out.write(json.dumps(row) + "\n")
                 count += 1

@@ -12,7 +12,8 @@ from helixloom.errors import HelixloomError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from helixloom.cli import add_sft_flags, train_rewards, usage
+    from helixloom.cli import train_rewards
+    from helixloom.cli.common import add_sft_flags, usage
     from helixloom.training.configs import LoraDPOConfig
 
     train = sub.add_parser(
@@ -127,11 +128,11 @@ def _report(result: Any, name: str) -> None:
 
 def cmd_train_sft(args: argparse.Namespace) -> int:
     from helixloom import adapters as adapter_registry
-    from helixloom.cli import _store, sft_config_from
+    from helixloom.cli.common import open_store, sft_config_from
     from helixloom.training.data import load_sft_data, mix_general, token_counter
     from helixloom.training.sft import train_lora
 
-    store = _store()
+    store = open_store()
     _check_name(store, args.name, args.resume)
     config = sft_config_from(args)
     init = adapter_registry.resolve(store, args.adapter, model=args.base)[1] if args.adapter else None
@@ -167,10 +168,10 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
     from helixloom import adapters as adapter_registry
     from helixloom import jsonl
     from helixloom.chat import render_with
-    from helixloom.cli import _store, sft_config_from
+    from helixloom.cli.common import open_store, sft_config_from
     from helixloom.training.dpo import LoraDPOConfig, train_dpo
 
-    store = _store()
+    store = open_store()
     _check_name(store, args.name, args.resume)
     config = sft_config_from(args, LoraDPOConfig)
     init = adapter_registry.resolve(store, args.adapter, model=args.base)[1] if args.adapter else None
@@ -219,11 +220,11 @@ def cmd_train_evaluator(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from helixloom import adapters as adapter_registry
-    from helixloom.cli import _store, sft_config_from
+    from helixloom.cli.common import open_store, sft_config_from
     from helixloom.training.evaluator_tune import train_evaluator
     from helixloom.training.feedback import read_examples, store_examples
 
-    store = _store()
+    store = open_store()
     _check_name(store, args.name, args.resume)
     found = []
     if args.data:

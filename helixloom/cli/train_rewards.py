@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from helixloom import jobs
-from helixloom.cli import add_config_flags, given_config
+from helixloom.cli.common import add_config_flags, given_config
 from helixloom.errors import HelixloomError
 
 _ALIASES = {"learning_rate": ["--lr"]}
@@ -240,7 +240,7 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
 
 def cmd_train_reward_head(args: argparse.Namespace) -> int:
     from helixloom import adapters, models, paths
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
     from helixloom.engine import load_engine
     from helixloom.training.feedback import read_examples, store_examples
     from helixloom.training.reward_head import (
@@ -278,7 +278,7 @@ def cmd_train_reward_head(args: argparse.Namespace) -> int:
     base, adapter_spec = sources["base"], sources["adapter"]
     adapter_folder: tuple[str, Path] | None = None
     if sources["from_store"] or adapter_spec:
-        with _store() as store:
+        with open_store() as store:
             examples = store_examples(store) if sources["from_store"] else []
             if adapter_spec:
                 adapter_folder = adapters.resolve(store, adapter_spec, model=base)

@@ -12,7 +12,7 @@ from helixloom.errors import HelixloomError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``weave`` command."""
-    from helixloom.cli import add_model_flags
+    from helixloom.cli.common import add_model_flags
 
     wv = sub.add_parser(
         "weave",
@@ -65,7 +65,7 @@ def cmd_weave(args: argparse.Namespace) -> int:
 
     from helixloom import adapters as adapter_registry
     from helixloom import models, weave
-    from helixloom.cli import _store
+    from helixloom.cli.common import open_store
     from helixloom.engine.pool import EnginePool
 
     if (args.prompt is None) == (args.from_node is None):
@@ -97,7 +97,7 @@ def cmd_weave(args: argparse.Namespace) -> int:
     evaluator_spec = args.evaluator_model or args.model
     models.resolve(args.model)
     models.resolve(evaluator_spec)
-    with _store() as store:
+    with open_store() as store:
         parent = None
         if args.from_node is not None:
             from helixloom import loom

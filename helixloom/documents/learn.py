@@ -211,11 +211,3 @@ def stage(name: str) -> str | None:
         return str(dataset.read(name)[1].get("stage"))
     except HelixloomError:
         return "generating" if (dataset.folder(name) / dataset.PLAN).is_file() else None
-
-
-def adapter_meta(store: Store, name: str | None) -> dict[str, Any]:
-    """The system prompt and document sources registered with an adapter (empty for others)."""
-    if not name:
-        return {}
-    record = store.get_adapter(name)
-    return dict(record.meta or {}) if record is not None else {}

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from helixloom import chat, completion, helixnet
-from helixloom.documents import dataset, learn
+from helixloom.documents import dataset
 from helixloom.engine import (
     Constraint,
     GeneratedTokenLogprobs,
@@ -88,7 +88,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     session_id = uuid.uuid4().hex
     label = request.state.key_label
     # An adapter made by `helixloom learn` brings its system prompt and its documents' sources.
-    adapter_meta = learn.adapter_meta(state.store, target.adapter) if target.kind == "adapter" else {}
+    adapter_meta = state.store.adapter_meta(target.adapter) if target.kind == "adapter" else {}
     sources = adapter_meta.get("documents") or {}
     if adapter_meta.get("system_prompt") and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": adapter_meta["system_prompt"]}, *messages]

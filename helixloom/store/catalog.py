@@ -51,6 +51,14 @@ class CatalogMixin(StoreBase):
         row = self._fetchone("SELECT * FROM adapters WHERE name = ?", (name,))
         return None if row is None else AdapterRecord.from_row(row)
 
+    def adapter_meta(self, name: str | None) -> JSON:
+        """What was registered with adapter ``name`` (a learned adapter's system prompt and document
+        sources); empty for no name, an unknown adapter or one registered without metadata."""
+        if not name:
+            return {}
+        record = self.get_adapter(name)
+        return dict(record.meta or {}) if record is not None else {}
+
     def list_adapters(self) -> list[AdapterRecord]:
         """Every registered adapter, by name."""
         return [AdapterRecord.from_row(r) for r in self._fetchall("SELECT * FROM adapters ORDER BY name")]
