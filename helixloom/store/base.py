@@ -4,12 +4,17 @@ One connection is shared by every thread of a process (the server's request hand
 threads); a re-entrant lock serialises its use. Across processes SQLite's own locking applies:
 WAL lets readers run beside one writer, every write transaction starts with ``BEGIN IMMEDIATE``
 so it takes the write lock up front, and ``busy_timeout`` waits for it instead of failing at once.
+A write that still finds the lock taken (a long training job writing progress, a CLI command in
+another process) keeps waiting, up to ``WRITE_WAIT_S`` in all, so an answer already generated is
+stored late rather than lost. Reads never take the write lock, and neither does opening a store whose
+schema is current.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +25,11 @@ from helixloom.errors import HelixloomError
 from helixloom.store import migrations
 
 BUSY_TIMEOUT_MS = 5000
+WRITE_WAIT_S = 120.0  # how long a write waits in all for another process's write lock
+
+
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 class StoreBase:
@@ -105,7 +115,7 @@ class StoreBase:
         """One write transaction: everything inside commits together or not at all."""
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin_immediate(conn)
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -114,6 +124,23 @@ class StoreBase:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        """Take the write lock, waiting (beyond one busy timeout) while another process holds it."""
+        deadline = time.monotonic() + WRITE_WAIT_S
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise HelixloomError(
+                        f"the database {self.path} stayed locked by another process for {WRITE_WAIT_S:.0f} s",
+                        "wait for the other helixloom command or job to finish, then try again",
+                    ) from exc
+                time.sleep(0.05)
 
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -200,12 +200,19 @@ def migrate(
     latest = latest_version(migrations)
     if upto is not None and not 0 <= upto <= latest:
         raise HelixloomError(f"upto={upto} is not a migration number; this code knows 0 to {latest}")
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations"
-        " (number INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)"
-    )
+    # Reads first: a store whose schema is current is opened without ever taking the write lock,
+    # so read-only commands work beside a process that is writing.
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ).fetchone()
+    if not has_table:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (number INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)"
+        )
     known = {m.number for m in migrations}
-    unknown = sorted(set(applied(conn)) - known)
+    recorded = set(applied(conn))
+    unknown = sorted(recorded - known)
     if unknown:
         raise HelixloomError(
             f"this database was written by a newer helixloom: it has schema migration {unknown[-1]}, "
@@ -216,6 +223,8 @@ def migrate(
     for migration in migrations:
         if upto is not None and migration.number > upto:
             break
+        if migration.number in recorded:
+            continue
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Checked again under the write lock: another process may have applied it meanwhile.
