@@ -1,0 +1,398 @@
+"""What an HTTP client may run as a job: an explicit list of commands and of flags, each flag with the
+kind of value it takes, every path confined to ``HELIXLOOM_HOME``.
+
+The CLI acts for the local user and may touch anything they name; the server acts for remote clients
+and may not. So a command line that arrives over HTTP is parsed by the CLI's own parser (its errors
+are argparse's), then every flag it sets is looked up here: a flag that is not listed is refused, as
+is a value of the wrong kind: a path outside the home, a model spec the operator did not allow (remote
+URLs among them), a Python reward, a name that is not a plain folder name. Paths are rewritten
+absolute, so the job reads and writes exactly what was checked (it runs with the home as its working
+folder too). Listing is deliberate: a flag added to the CLI later stays out of the API until someone
+decides what kind of value it takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helixloom.errors import HelixloomError
+from helixloom.paths import check_name, confined
+
+# Kinds of flag values.
+VALUE = "value"  # a number, a choice, a flag or free text: argparse checks it, nothing names a resource
+NAME = "name"  # a name that becomes a folder (check_name)
+IN = "in"  # a file or folder the job reads: exists, under the home
+OUT = "out"  # a file the job writes: under the home
+MODEL = "model"  # a model spec: one the operator allowed
+ADAPTER = "adapter"  # a registered adapter name, or a PEFT folder under the home
+REWARD = "reward"  # a reward spec without Python files or remote models
+TEMPLATE = "template"  # a built-in template name, or a file under the home
+
+_COMMON = {
+    "name": NAME,
+    "base": MODEL,
+    "model": MODEL,
+    "teacher": MODEL,
+    "judge": MODEL,
+    "baseline": MODEL,
+    "adapter": ADAPTER,
+    "judge_adapter": ADAPTER,
+    "baseline_adapter": ADAPTER,
+    "evaluator_adapter": ADAPTER,
+    "data": IN,
+    "mix": IN,
+    "prompts": IN,
+    "eval_prompts": IN,
+    "suite": IN,
+    "template": IN,
+    "paths": IN,
+    "judge_template": TEMPLATE,
+    "out": OUT,
+    "reward": REWARD,
+}
+_TRAINING = [
+    "rank",
+    "alpha",
+    "dropout",
+    "target_modules",
+    "learning_rate",
+    "epochs",
+    "max_steps",
+    "max_length",
+    "batch_size",
+    "grad_accum",
+    "save_steps",
+    "seed",
+    "resume",
+]
+_SAMPLING = ["max_tokens", "temperature", "top_p", "top_k", "seed", "stop"]
+_JUDGING = ["judge_mode", "explain", "judge_max_tokens", "system", "batch_size", "json"]
+
+
+def _flags(values: Iterable[str], *special: str, **overrides: str) -> dict[str, str]:
+    table = {d: VALUE for d in values}
+    table.update({d: _COMMON[d] for d in special})
+    table.update(overrides)
+    return table
+
+
+#: (command words) -> {argparse dest: kind}. Anything not here is refused over HTTP.
+ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
+    ("learn",): _flags(
+        ["review", "questions", "chunk_tokens", "prompts", *_TRAINING],
+        "paths",
+        "name",
+        "base",
+        "teacher",
+        "suite",
+        prompts=VALUE,  # here: which prompts of the suite, by name
+    ),
+    ("eval", "qa"): _flags(["max_tokens", "json"], "adapter", "base", questions=IN),
+    ("eval", "winrate"): _flags(
+        [*_SAMPLING, *_JUDGING],
+        "model",
+        "adapter",
+        "baseline",
+        "baseline_adapter",
+        "prompts",
+        "judge",
+        "judge_adapter",
+        "judge_template",
+        "out",
+    ),
+    ("eval", "grade"): _flags(
+        [*_SAMPLING, *(j for j in _JUDGING if j != "judge_mode")],
+        "model",
+        "adapter",
+        "prompts",
+        "judge",
+        "judge_adapter",
+        "judge_template",
+        "out",
+    ),
+    ("eval", "sessions"): _flags(
+        [*_SAMPLING, *_JUDGING, "rating", "limit"],
+        "model",
+        "adapter",
+        "judge",
+        "judge_adapter",
+        "judge_template",
+        "out",
+    ),
+    ("prompts", "generate"): _flags(
+        [
+            "append",
+            "overwrite",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "max_similarity",
+            "min_chars",
+            "max_chars",
+            "shots",
+            "batch_size",
+            "max_attempts",
+            "seed_rng",
+            "n",
+            "json",
+        ],
+        "out",
+        "model",
+        "adapter",
+        seed=IN,  # here: the seed prompts file
+    ),
+    ("train", "sft"): _flags(
+        ["from_store", "system", "mix_ratio", "chunk_tokens", *_TRAINING],
+        "data",
+        "mix",
+        "name",
+        "base",
+        "adapter",
+    ),
+    ("train", "dpo"): _flags(
+        ["beta", "loss_type", "label_smoothing", "precompute_ref", *_TRAINING],
+        "data",
+        "name",
+        "base",
+        "adapter",
+    ),
+    ("train", "evaluator"): _flags(
+        ["from_store", "question", "held_out", "json", *_TRAINING], "data", "name", "base", "template"
+    ),
+    ("train", "reward"): _flags(
+        ["replace", "eval_split", "center_rewards", "render", *_TRAINING], "data", "name", "base"
+    ),
+    ("train", "reward-head"): _flags(
+        [
+            "from_store",
+            "resume",
+            "replace",
+            "learning_rate",
+            "batch_size",
+            "max_epochs",
+            "patience",
+            "val_split",
+            "weight_decay",
+            "seed",
+        ],
+        "data",
+        "name",
+        "base",
+        "adapter",
+    ),
+    ("iterate",): _flags(
+        [
+            "iterations",
+            "k",
+            "method",
+            "pairs",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "eval_temperature",
+            "gen_batch",
+            "system",
+            "beta",
+            "loss_type",
+            "label_smoothing",
+            "precompute_ref",
+            "overwrite",
+            "json",
+            *_TRAINING,
+        ],
+        "name",
+        "prompts",
+        "eval_prompts",
+        "base",
+        "adapter",
+        "reward",
+        "evaluator_adapter",
+        "judge",
+    ),
+}
+
+_BUILTIN_TEMPLATES = ("pair-v2", "single-v1")
+# Reward kinds that name neither code nor a remote model (a judge is checked as a model spec).
+_SAFE_REWARDS = ("evaluator", "rubric", "constitution", "rm", "head", "judge")
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """The rules for jobs submitted over HTTP.
+
+    ``models`` are the model specs a job may name (the operator's: the served model, ``default`` and
+    whatever ``serve --allow-job-model`` added, remote ones included); ``adapters`` the registered
+    adapter names. Everything a job reads or writes lies under ``home``.
+    """
+
+    home: Path
+    models: frozenset[str]
+    adapters: frozenset[str] = frozenset()
+
+    def check(self, parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+        """``argv`` (a command line without the program name) if a remote client may run it, with its
+        paths made absolute under the home; otherwise ``HelixloomError`` naming the first problem."""
+        words = self._command(parser, argv)
+        allowed = ALLOWED.get(words)
+        if allowed is None:
+            jobs = ", ".join(" ".join(w) for w in ALLOWED)
+            raise HelixloomError(f"'{' '.join(words)}' cannot be run from the API", f"jobs are: {jobs}")
+        sub = self._subparser(parser, words)
+        rest = argv[len(words) :]
+        out = list(words)
+        for dest, option, values in self._given(sub, rest):
+            kind = allowed.get(dest)
+            if kind is None:
+                raise HelixloomError(f"{option} cannot be used from the API", param=dest)
+            out.extend(self._checked(kind, option, values))
+        return out
+
+    # --- parsing ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _command(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[str, ...]:
+        words: list[str] = []
+        current = parser
+        for word in argv:
+            subs = _subparsers(current)
+            if subs is None or word not in subs:
+                break
+            words.append(word)
+            current = subs[word]
+        if not words:
+            raise HelixloomError("a job needs a command", "e.g. 'learn docs --name mydocs'")
+        return tuple(words)
+
+    @staticmethod
+    def _subparser(parser: argparse.ArgumentParser, words: tuple[str, ...]) -> argparse.ArgumentParser:
+        current = parser
+        for word in words:
+            subs = _subparsers(current)
+            assert subs is not None
+            current = subs[word]
+        return current
+
+    @staticmethod
+    def _given(sub: argparse.ArgumentParser, rest: list[str]) -> list[tuple[str, str, list[str]]]:
+        """(dest, the option as written, its values) for every option and positional in ``rest``,
+        by the subcommand's own parser (so abbreviations and ``--x=y`` are read as argparse reads them).
+        """
+        by_option = {o: a for a in sub._actions for o in a.option_strings}
+        positionals = [a for a in sub._actions if not a.option_strings]
+        given: list[tuple[str, str, list[str]]] = []
+        loose: list[str] = []
+        i = 0
+        while i < len(rest):
+            word = rest[i]
+            if word == "--":
+                loose.extend(rest[i + 1 :])
+                break
+            if word.startswith("-") and word != "-":
+                option, eq, inline = word.partition("=")
+                action = by_option.get(option) or _abbreviation(by_option, option)
+                if action is None:
+                    raise HelixloomError(f"unknown option {option}")
+                if eq:
+                    values = [inline]
+                    i += 1
+                elif action.nargs == 0:
+                    values = []
+                    i += 1
+                else:
+                    j = i + 1
+                    many = action.nargs in ("*", "+") or isinstance(action.nargs, int)
+                    while j < len(rest) and not (rest[j].startswith("-") and rest[j] != "-"):
+                        j += 1
+                        if not many:
+                            break
+                    values = rest[i + 1 : j]
+                    i = j
+                given.append((action.dest, option, values))
+            else:
+                loose.append(word)
+                i += 1
+        if loose:
+            if not positionals:
+                raise HelixloomError(f"unexpected argument {loose[0]!r}")
+            given.insert(0, (positionals[0].dest, positionals[0].dest, loose))
+        return given
+
+    # --- values ----------------------------------------------------------------------------------
+
+    def _checked(self, kind: str, option: str, values: list[str]) -> list[str]:
+        head = [option] if option.startswith("-") else []
+        if kind == VALUE:
+            return [*head, *values]
+        checked = [self._value(kind, option, v) for v in values]
+        return [*head, *checked]
+
+    def _value(self, kind: str, option: str, value: str) -> str:
+        if kind == NAME:
+            return check_name(value, f"{option.lstrip('-')} name")
+        if kind == IN:
+            path = confined(value, self.home)
+            if not path.exists():
+                raise HelixloomError(
+                    f"{value} does not exist under HELIXLOOM_HOME", "upload it first (PUT /api/files/NAME)"
+                )
+            return str(path)
+        if kind == OUT:
+            path = confined(value, self.home)
+            if path.is_dir():
+                raise HelixloomError(f"{value} is a folder", param=option)
+            return str(path)
+        if kind == MODEL:
+            if value not in self.models:
+                raise HelixloomError(
+                    f"model {value!r} is not allowed for jobs",
+                    f"the server allows {', '.join(sorted(self.models))} (serve --allow-job-model adds more)",
+                )
+            return value
+        if kind == ADAPTER:
+            if value in self.adapters:
+                return value
+            path = confined(value, self.home)
+            if not path.is_dir():
+                raise HelixloomError(
+                    f"adapter {value!r} is neither registered nor a folder under HELIXLOOM_HOME"
+                )
+            return str(path)
+        if kind == TEMPLATE:
+            return value if value in _BUILTIN_TEMPLATES else self._value(IN, option, value)
+        if kind == REWARD:
+            return self._reward(value)
+        raise AssertionError(kind)
+
+    def _reward(self, spec: str) -> str:
+        kind, _, arg = spec.partition(":")
+        if kind not in _SAFE_REWARDS:
+            raise HelixloomError(
+                f"reward {spec!r} cannot be used from the API",
+                f"jobs may use {', '.join(_SAFE_REWARDS)} rewards; Python rewards only from the CLI",
+            )
+        if kind in ("rm", "head") and arg:
+            check_name(arg, "reward name")
+        elif kind == "judge" and arg:
+            self._value(MODEL, "--reward", arg)
+        elif kind in ("rubric", "constitution") and arg:
+            return f"{kind}:{self._value(IN, '--reward', arg)}"
+        return spec
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, Any] | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return None
+
+
+def _abbreviation(by_option: dict[str, argparse.Action], option: str) -> argparse.Action | None:
+    """argparse accepts a unique prefix of a long option; so must we, or a prefix would slip past."""
+    if not option.startswith("--"):
+        return None
+    hits = {a for o, a in by_option.items() if o.startswith(option)}
+    return hits.pop() if len(hits) == 1 else None
