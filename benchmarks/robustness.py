@@ -186,8 +186,6 @@ def main() -> None:
     if not 1 <= args.clients <= 32 or not 1 <= args.rounds <= 20 or not 1 <= args.repeat <= 50:
         sys.exit("--clients must be 1..32, --rounds 1..20, --repeat 1..50")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    home = Path(tempfile.mkdtemp(prefix="hl-robust-"))
-    os.environ.setdefault("HELIXLOOM_HOME", str(home))
 
     import httpx
 
@@ -195,7 +193,9 @@ def main() -> None:
     from helixloom.server import BackgroundServer, ServerConfig, ServerState
     from helixloom.store import Store
 
-    engine = load_engine(args.model)
+    engine = load_engine(args.model)  # from the usual HELIXLOOM_HOME: its converted model is cached
+    home = Path(tempfile.mkdtemp(prefix="hl-robust-"))
+    os.environ["HELIXLOOM_HOME"] = str(home)  # everything the server writes goes to a fresh home
     db = home / "robust.db"
     state = ServerState(
         ServerConfig(model=args.model, api_keys={KEY: "bench"}, default_max_tokens=8), engine, Store(db)

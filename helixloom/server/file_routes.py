@@ -1,0 +1,70 @@
+"""``/api/files``: the files a remote client wants a job to use (documents, prompts, preference data).
+
+Jobs submitted over HTTP may only read and write under ``HELIXLOOM_HOME`` (see ``job_policy``), so a
+client uploads what it needs first: ``PUT /api/files/NAME`` with the bytes as the body stores it at
+``HELIXLOOM_HOME/uploads/NAME``, and a job names it as ``uploads/NAME`` (a ``.zip`` of documents works
+for ``learn``). Names are single plain folder names; the write is atomic; the size is capped by the
+server's ``max_upload_bytes``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from helixloom import atomic, paths
+from helixloom.server.protocol import not_found
+
+router = APIRouter(prefix="/api/files")
+
+UPLOADS = "uploads"
+
+
+def uploads_dir() -> Path:
+    """``HELIXLOOM_HOME/uploads``, where uploaded files live."""
+    return paths.home() / UPLOADS
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {
+        "name": path.name,
+        "path": f"{UPLOADS}/{path.name}",
+        "bytes": st.st_size,
+        "modified": datetime.fromtimestamp(st.st_mtime, UTC).isoformat(),
+    }
+
+
+@router.get("")
+def list_files() -> dict[str, Any]:
+    """Every uploaded file, by name."""
+    folder = uploads_dir()
+    files = (
+        sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        if folder.is_dir()
+        else []
+    )
+    return {"object": "list", "data": [_describe(p) for p in files]}
+
+
+@router.put("/{name}", status_code=201)
+async def upload(name: str, request: Request) -> dict[str, Any]:
+    """Store the request body as ``uploads/NAME`` (replacing a file of that name)."""
+    paths.check_name(name, "file name")
+    data = await request.body()
+    target = uploads_dir() / name
+    atomic.write_bytes(target, data)
+    return _describe(target)
+
+
+@router.delete("/{name}", response_model=None)
+def delete(name: str) -> Any:
+    paths.check_name(name, "file name")
+    target = uploads_dir() / name
+    if not target.is_file():
+        return not_found(f"no file {name}", "name")
+    target.unlink()
+    return {"name": name, "deleted": True}
