@@ -71,7 +71,8 @@ def main() -> int:
     datasets.disable_progress_bars()
 
     from helixloom.engine import load_engine
-    from helixloom.evals.judge import PairwiseJudge, win_rate
+    from helixloom.evals.pairwise import PairwiseJudge
+    from helixloom.evals.winrate import win_rate
     from helixloom.paths import ensure_home
     from helixloom.rewards import load_reward
     from helixloom.training.dpo import LoraDPOConfig

@@ -106,7 +106,7 @@ def main() -> None:
     from helixloom import paths
     from helixloom.documents import learn
     from helixloom.engine import load_engine, sampling
-    from helixloom.evals import qa
+    from helixloom.evals import keyfacts as qa
     from helixloom.store import Store
     from helixloom.training.sft import LoraSFTConfig
 

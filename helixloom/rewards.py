@@ -291,7 +291,8 @@ def load_reward(
 
         return RewardHeadReward.load(_artifact(arg, store, "reward head"), engine)
     if kind == "judge":
-        from helixloom.evals.judge import JudgeReward, PairwiseJudge
+        from helixloom.evals.judge_reward import JudgeReward
+        from helixloom.evals.pairwise import PairwiseJudge
 
         judge_engine = engine
         if arg.strip():

@@ -382,7 +382,7 @@ def test_cli_plain_chat_with_learned_adapter(
 def test_eval_qa(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, tmp_path: Path) -> None:
     from helixloom.cli import main
     from helixloom.engine import sampling
-    from helixloom.evals import qa
+    from helixloom.evals import keyfacts as qa
 
     items = [qa.QAItem("What colour?", ("teal", "blue")), qa.QAItem("Where?", ("Quentmoor",))]
     scripted = ScriptedEngine(lambda r: "It is TEAL, in  quentmoor." if "colour" in r.prompt else "No idea.")

@@ -15,22 +15,13 @@ import pytest
 from helixloom.cli import main
 from helixloom.engine import GenerationRequest, GenerationResult, NextTokenLogprobs, SamplingParams
 from helixloom.errors import HelixloomError
-from helixloom.evals.judge import (
-    Grader,
-    JudgeReward,
-    JudgeTemplate,
-    PairVerdict,
-    PairwiseJudge,
-    evaluate_winrate,
-    grade_report,
-    length_controlled,
-    load_prompts,
-    parse_pair_verdict,
-    parse_rating,
-    rated_answers,
-    replay_sessions,
-    win_rate,
-)
+from helixloom.evals.grade import Grader, grade_report, parse_rating
+from helixloom.evals.judge_reward import JudgeReward
+from helixloom.evals.pairwise import PairVerdict, PairwiseJudge, parse_pair_verdict
+from helixloom.evals.prompts import load_prompts
+from helixloom.evals.replay import rated_answers, replay_sessions
+from helixloom.evals.templates import JudgeTemplate
+from helixloom.evals.winrate import evaluate_winrate, length_controlled, win_rate
 from helixloom.store import NewMessage, Store
 from tests.conftest import TinyModel
 from tests.scripted import ScriptedEngine
@@ -150,7 +141,7 @@ def test_judge_prompt_is_the_pair_template_with_braces_kept() -> None:
 
 def test_letters_from_top_tokens_when_candidates_are_not_scored() -> None:
     from helixloom.engine import TokenLogprob
-    from helixloom.evals.judge import letter_probs
+    from helixloom.evals.pairwise import letter_probs
 
     result = NextTokenLogprobs(
         (

@@ -175,7 +175,8 @@ def _say(text: str) -> None:
 def _judge_fn(spec: str, engine: Any) -> Any:
     """A pairwise judge as the loop's ``(prompts, answers, baseline answers) -> (win %, LC win %)``."""
     from helixloom.engine import load_engine
-    from helixloom.evals.judge import PairwiseJudge, win_rate
+    from helixloom.evals.pairwise import PairwiseJudge
+    from helixloom.evals.winrate import win_rate
 
     judge = PairwiseJudge(engine if spec == "base" else load_engine(spec))
 

@@ -11,10 +11,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from helixloom import chat, jsonl
-from helixloom.engine import Engine, GenerationRequest, SamplingParams
+from helixloom import jsonl
+from helixloom.engine import Engine, SamplingParams
 from helixloom.errors import HelixloomError
+from helixloom.evals import prompts
 
 
 @dataclass(frozen=True)
@@ -63,22 +65,49 @@ def answer(
     system: str | None = None,
 ) -> list[QAAnswer]:
     """Ask every question (one batch) and check each answer for its facts."""
-    requests = []
-    for item in items:
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": item.question}
-        ]
-        rendered = chat.render(engine, messages)
-        p = params.model_copy(
-            update={"stop": (*params.stop, *rendered.stop), "token_healing": rendered.token_healing}
-        )
-        requests.append(GenerationRequest(rendered.prompt, p, adapter))
-    out = []
-    for item, result in zip(items, engine.generate(requests), strict=True):
-        text = _norm(result.text)
-        out.append(QAAnswer(item, result.text.strip(), tuple(f for f in item.facts if _norm(f) in text)))
-    return out
+    texts = prompts.answer(engine, [item.question for item in items], params, adapter=adapter, system=system)
+    return [
+        QAAnswer(item, text, tuple(f for f in item.facts if _norm(f) in _norm(text)))
+        for item, text in zip(items, texts, strict=True)
+    ]
 
 
 def mean_score(answers: Sequence[QAAnswer]) -> float:
     return sum(a.score for a in answers) / len(answers) if answers else 0.0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The same questions answered by the base model (``before``) and with the adapter (``after``),
+    in the same order."""
+
+    before: list[QAAnswer]
+    after: list[QAAnswer]
+
+    @property
+    def base_score(self) -> float:
+        return mean_score(self.before)
+
+    @property
+    def adapter_score(self) -> float:
+        return mean_score(self.after)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report ``helixloom eval qa --json`` prints: the scores, then every answer pair."""
+        rows = [
+            {
+                "question": b.item.question,
+                "facts": list(b.item.facts),
+                "base": b.answer,
+                "base_found": list(b.found),
+                "adapter": a.answer,
+                "adapter_found": list(a.found),
+            }
+            for b, a in zip(self.before, self.after, strict=True)
+        ]
+        return {
+            "questions": len(self.before),
+            "base_score": self.base_score,
+            "adapter_score": self.adapter_score,
+            "answers": rows,
+        }
