@@ -3,7 +3,7 @@
 Markdown and plain text are read as UTF-8; HTML becomes markdown-ish text (headings as ``#`` lines,
 list items as ``- item``) without scripts, styles and navigation; a PDF gives the text of its pages;
 a JSON chat export gives "role: content" lines. A file that cannot be used raises ``Unusable`` with
-the reason shown to the user.
+the reason shown to the user; markup nested deeper than ``max_depth`` raises ``limits.Refused``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+
+from helixloom.documents.limits import Refused
 
 SUPPORTED_EXTENSIONS: dict[str, str] = {
     ".txt": "txt",
@@ -29,19 +31,27 @@ class Unusable(Exception):
     """An input that cannot be used; its message is the reason shown to the user."""
 
 
-def extract(name: str, data: bytes) -> tuple[str, str, str | None]:
-    """(kind, text, title or None) of one file's bytes; raises ``Unusable`` with the reason."""
+def kind_of(name: str) -> str:
+    """The kind ("md", "html", ...) of a file called ``name``, by its extension; ``Unusable`` for an
+    unsupported one. Judged from the name alone, so an unsupported file is never read."""
     suffix = Path(name).suffix.lower()
     kind = SUPPORTED_EXTENSIONS.get(suffix)
     if kind is None:
         raise Unusable(f"unsupported type {suffix}" if suffix else "unsupported type (no extension)")
+    return kind
+
+
+def extract(name: str, data: bytes, *, max_depth: int) -> tuple[str, str, str | None]:
+    """(kind, text, title or None) of one file's bytes; raises ``Unusable`` with the reason, and
+    ``Refused`` for HTML or JSON nested more than ``max_depth`` deep."""
+    kind = kind_of(name)
     title: str | None = None
     if kind == "html":
-        text, title = _html_text(data)
+        text, title = _html_text(data, max_depth)
     elif kind == "pdf":
         text, title = _pdf_text(data)
     elif kind == "json":
-        text = _conversation_text(_decode(data))
+        text = _conversation_text(_decode(data), max_depth)
     else:
         text = _decode(data)
     text = re.sub(r"[ \t]+\n", "\n", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
@@ -74,7 +84,7 @@ _BLOCKS = frozenset(
 )
 
 
-def _html_text(data: bytes) -> tuple[str, str | None]:
+def _html_text(data: bytes, max_depth: int) -> tuple[str, str | None]:
     """Markdown-ish text of an HTML page (headings as ``#`` lines, list items as ``- item``) and its title."""
     from bs4 import BeautifulSoup
 
@@ -84,8 +94,13 @@ def _html_text(data: bytes) -> tuple[str, str | None]:
         title = h1.get_text(" ", strip=True)
     for tag in soup.find_all(list(_DROPPED_TAGS)):
         tag.decompose()
-    renderer = _HtmlRenderer()
-    renderer.visit(soup)
+    renderer = _HtmlRenderer(max_depth)
+    try:
+        renderer.visit(soup)
+    except RecursionError:  # a max_depth set past what the interpreter's stack allows
+        raise Refused(
+            f"HTML nested too deeply to read (over {renderer.nesting} elements)", "max_depth"
+        ) from None
     renderer.flush()
     return re.sub(r"\n{3,}", "\n\n", "\n".join(renderer.lines)).strip(), title or None
 
@@ -93,7 +108,9 @@ def _html_text(data: bytes) -> tuple[str, str | None]:
 class _HtmlRenderer:
     """Walks the tree in document order; inline text gathers into a line that block elements end."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+        self.nesting = 0  # elements open around the node being visited
         self.lines: list[str] = []
         self.buffer: list[str] = []
         self.marker = ""  # "- " (indented by list depth) while inside a list item
@@ -150,8 +167,14 @@ class _HtmlRenderer:
             self._children(node)
 
     def _children(self, node: Any) -> None:
+        # The walk recurses once per level: past max_depth it is refused rather than left to hit
+        # Python's recursion limit (an exception ends the walk, so nesting need not be unwound then).
+        self.nesting += 1
+        if self.nesting > self.max_depth:
+            raise Refused(f"HTML nested more than {self.max_depth} elements deep", "max_depth")
         for child in list(node.children):
             self.visit(child)
+        self.nesting -= 1
 
 
 # --------------------------------------------------------------------------------------- pdf, json
@@ -175,12 +198,16 @@ def _pdf_text(data: bytes) -> tuple[str, str | None]:
     return "\n\n".join(p for p in pages if p), title or None
 
 
-def _conversation_text(raw: str) -> str:
+def _conversation_text(raw: str, max_depth: int) -> str:
     """A chat export as "role: content" lines; conversations are separated by a blank line."""
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as e:
         raise Unusable(f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:  # the parser recurses once per level, up to the interpreter's limit
+        raise Refused("JSON nested too deeply to parse", "max_depth") from None
+    if _json_depth(value, max_depth) > max_depth:
+        raise Refused(f"JSON nested more than {max_depth} arrays or objects deep", "max_depth")
     conversations = _conversations(value)
     if conversations is None:
         raise Unusable(
@@ -190,6 +217,19 @@ def _conversation_text(raw: str) -> str:
     return "\n\n".join(
         "\n".join(f"{role}: {content}" for role, content in conv if content.strip()) for conv in conversations
     )
+
+
+def _json_depth(value: Any, stop: int) -> int:
+    """How deep arrays and objects nest in ``value`` (a scalar is 0), counted without recursion; the
+    count stops once it is past ``stop``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= stop:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _conversations(value: Any) -> list[list[tuple[str, str]]] | None:
