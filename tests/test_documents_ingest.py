@@ -1,4 +1,4 @@
-"""Document ingest (every format, zips, skips, content ids) and token-budgeted chunking."""
+"""Document ingest (every format, zips, skips, content ids, limits) and token-budgeted chunking."""
 
 from __future__ import annotations
 
@@ -6,14 +6,21 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import random
+import struct
+import threading
+import time
+import tracemalloc
 import zipfile
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pypdf
 import pytest
 
-from helixloom.documents import Document, Ingested, Skipped, chunk, ingest
+from helixloom.documents import Document, Ingested, IngestLimits, Skipped, chunk, ingest
 from helixloom.errors import HelixloomError
 
 
@@ -310,3 +317,191 @@ def test_chunk_large_text() -> None:
     chunks = chunk(text, _words, max_tokens=1024, overlap_tokens=128)
     assert all(_words(c) <= 1024 for c in chunks)
     assert _without_overlaps(chunks) == text.split()
+
+
+# ------------------------------------------------------------------------------------------ limits
+
+MiB = 1024 * 1024
+
+
+def _zip_bomb(path: Path, members: dict[str, int], fill: bytes = b"\0") -> None:
+    """A zip whose members each inflate to the given number of MiB of ``fill``, written without ever
+    holding them: one MiB is compressed once and its block repeated (a full flush makes each block
+    stand alone), so 700 MiB take about 700 KB, as in the bomb that issue 15 reports."""
+    block_in = fill * MiB
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(block_in) + compressor.flush(zlib.Z_FULL_FLUSH)
+    end = compressor.flush()  # the final (empty) block
+    local, central = bytearray(), bytearray()
+    for name, mib in members.items():
+        crc = 0
+        for _ in range(mib):
+            crc = zlib.crc32(block_in, crc)
+        data = block * mib + end
+        raw = name.encode()
+        sizes = (crc, len(data), mib * MiB, len(raw))
+        central += struct.pack(
+            "<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, *sizes, 0, 0, 0, 0, 0, len(local)
+        )
+        central += raw
+        local += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, *sizes, 0) + raw + data
+    end_record = struct.pack(
+        "<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(local), 0
+    )
+    path.write_bytes(bytes(local + central + end_record))
+
+
+def _within(seconds: float, *args: Any, **kwargs: Any) -> Ingested:
+    """``ingest(*args, **kwargs)``, failing the test instead of hanging when it takes over ``seconds``."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = ingest(*args, **kwargs)
+        except BaseException as e:  # handed to the test's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"ingest did not return within {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_zip_bomb_is_refused_quickly_without_the_memory(tmp_path: Path) -> None:
+    cases = {  # members -> the refusal: the archive as a whole, then one member on its own
+        (("notes.md", 700),): "{archive}: 700 MiB inflated, over the 512 MiB limit per archive",
+        (("notes.md", 200),): "{archive}!notes.md: 200 MiB, over the 128 MiB limit for one file",
+    }
+    for members, refusal in cases.items():
+        archive = tmp_path / f"bomb{len(refusal)}.zip"
+        _zip_bomb(archive, dict(members))
+        assert archive.stat().st_size < MiB
+        with zipfile.ZipFile(archive) as zf, zf.open("notes.md") as member:  # valid: it inflates
+            assert member.read(MiB) == bytes(MiB)
+        tracemalloc.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(HelixloomError) as info:
+                _within(30, [archive])
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert time.monotonic() - started < 5
+        assert peak < 8 * MiB
+        assert info.value.message == "refused " + refusal.format(archive=archive)
+        assert info.value.hint is not None and "IngestLimits.max_" in info.value.hint
+
+
+def test_zip_members_over_the_ratio_or_the_archive_total_are_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "ratio.zip"
+    _zip_bomb(archive, {"a.md": 10})  # under every size limit, but 10 MiB from about 10 KB
+    with pytest.raises(
+        HelixloomError, match=r"refused .*ratio\.zip!a\.md: inflates \d+ times .* \(a zip bomb\?\)"
+    ):
+        ingest([archive])
+    archive = tmp_path / "letters.zip"
+    _zip_bomb(archive, {"a.md": 2, "b.md": 2}, fill=b"a")
+    generous = IngestLimits(max_ratio=1e6)
+    assert [len(d.text) for d in ingest([archive], limits=generous).documents] == [
+        2 * MiB
+    ]  # b.md is a duplicate
+    with pytest.raises(HelixloomError) as info:
+        ingest([archive], limits=IngestLimits(max_ratio=1e6, max_archive_bytes=3 * MiB))
+    assert info.value.message == f"refused {archive}: 4 MiB inflated, over the 3 MiB limit per archive"
+    assert info.value.hint is not None and "IngestLimits.max_archive_bytes" in info.value.hint
+
+
+def test_zip_with_too_many_entries_is_refused_and_unsupported_members_are_not_counted(tmp_path: Path) -> None:
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(5):
+            zf.writestr(f"doc{i}.md", f"document {i}")
+        zf.writestr("movie.mp4", b"\0" * 4000)
+    with pytest.raises(HelixloomError, match=r"many\.zip: 6 entries, over the limit of 5 per archive"):
+        ingest([archive], limits=IngestLimits(max_members=5))
+    # The unsupported member is skipped unread: it counts toward neither the total nor the file size.
+    result = ingest([archive], limits=IngestLimits(max_archive_bytes=100, max_file_bytes=100))
+    assert len(result.documents) == 5
+    assert result.skipped == [Skipped(f"{archive}!movie.mp4", "unsupported type .mp4")]
+
+
+def test_files_over_the_size_limit_are_refused_and_unsupported_ones_skipped_unread(tmp_path: Path) -> None:
+    (tmp_path / "big.txt").write_text("word " * 400)
+    (tmp_path / "video.mp4").write_bytes(b"\0" * 5000)
+    (tmp_path / "small.md").write_text("small")
+    limits = IngestLimits(max_file_bytes=1000)
+    with pytest.raises(HelixloomError) as info:
+        ingest([tmp_path], limits=limits)
+    assert (
+        info.value.message == f"refused {tmp_path / 'big.txt'}: 2.0 KiB, over the 1000 B limit for one file"
+    )
+    result = ingest([tmp_path / "video.mp4", tmp_path / "small.md"], limits=limits)
+    assert [d.text for d in result.documents] == ["small"]
+    assert result.skipped == [Skipped(str(tmp_path / "video.mp4"), "unsupported type .mp4")]
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_devices_are_refused_without_reading_them(tmp_path: Path) -> None:
+    for path in (Path("/dev/zero"), tmp_path / "zero.txt"):
+        if path.parent == tmp_path:
+            path.symlink_to("/dev/zero")  # a supported name in front of a device
+        with pytest.raises(HelixloomError) as info:
+            _within(10, [path])
+        assert info.value.message == f"refused {path}: not a regular file (a character device)"
+        assert info.value.hint is not None and "regular files" in info.value.hint
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_are_refused_without_hanging(tmp_path: Path) -> None:
+    for name in ("pipe.md", "pipe.zip", "pipe"):
+        os.mkfifo(tmp_path / name)
+        with pytest.raises(HelixloomError) as info:
+            _within(10, [tmp_path / name])
+        assert info.value.message == f"refused {tmp_path / name}: not a regular file (a FIFO)"
+    # In a folder, devices and FIFOs are passed over as before: only regular files are visited.
+    (tmp_path / "zero.md").symlink_to("/dev/zero")
+    (tmp_path / "notes.md").write_text("the notes")
+    result = _within(10, [tmp_path])
+    assert [d.text for d in result.documents] == ["the notes"] and result.skipped == []
+
+
+def test_deeply_nested_html_and_json_are_refused_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "deep.html").write_text("<div>" * 20_000 + "text" + "</div>" * 20_000)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "deeper.json").write_text("[" * 300 + "]" * 300)  # parses, but past the limit
+    for name, reason in [
+        ("deep.html", "HTML nested more than 256 elements deep"),
+        ("deep.json", "JSON nested too deeply to parse"),
+        ("deeper.json", "JSON nested more than 256 arrays or objects deep"),
+    ]:
+        with pytest.raises(HelixloomError) as info:
+            ingest([tmp_path / name])
+        assert info.value.message == f"refused {tmp_path / name}: {reason}"
+        assert info.value.hint is not None and "IngestLimits.max_depth" in info.value.hint
+    (tmp_path / "nested.html").write_text("<div>" * 200 + "<p>deep but fine</p>" + "</div>" * 200)
+    assert _one(ingest([tmp_path / "nested.html"])).text == "deep but fine"
+    with pytest.raises(HelixloomError, match="HTML nested more than 100"):
+        ingest([tmp_path / "nested.html"], limits=IngestLimits(max_depth=100))
+
+
+def test_usual_inputs_ingest_the_same_under_the_default_limits(tmp_path: Path) -> None:
+    (tmp_path / "paper.pdf").write_bytes(_pdf_with_text("Hello PDF world", title="A PDF Title"))
+    (tmp_path / "page.html").write_text("<head><title>T</title></head><h1>Head</h1><ul><li>one</li></ul>")
+    (tmp_path / "notes.md").write_text("# Notes\n\nsome notes")
+    with zipfile.ZipFile(tmp_path / "bundle.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.md", "# Ay\n\n" + "repeated words " * 20_000)  # compresses well; under 1 MiB
+        zf.writestr("chat.json", json.dumps([{"role": "user", "content": "hi"}]))
+    unlimited = IngestLimits(max_file_bytes=2**62, max_members=2**62, max_archive_bytes=2**62, max_ratio=1e18)
+    assert ingest([tmp_path]) == ingest([tmp_path], limits=unlimited)
+    result = ingest([tmp_path])
+    assert [(Path(d.source).name, d.kind, d.title) for d in result.documents] == [
+        ("bundle.zip!a.md", "md", "Ay"),
+        ("bundle.zip!chat.json", "json", "chat"),
+        ("notes.md", "md", "Notes"),
+        ("page.html", "html", "T"),
+        ("paper.pdf", "pdf", "A PDF Title"),
+    ]
+    assert result.documents[3].text == "# Head\n\n- one" and result.skipped == []

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from helixloom import paths
 from helixloom.documents import dataset, learn
 from helixloom.documents.ingest import ingest
-from helixloom.documents.qa import Suite, dedupe, generate_pairs
+from helixloom.documents.questions import Suite, dedupe, generate_pairs
 from helixloom.engine import GenerationRequest
 from helixloom.engine.hf import HFEngine
 from helixloom.errors import HelixloomError
@@ -154,7 +154,7 @@ def test_generation_resumes_where_it_stopped(docs: Path) -> None:
 
 
 def test_junk_pairs() -> None:
-    from helixloom.documents.qa import usable
+    from helixloom.documents.questions import usable
 
     assert usable("What colour is the Zorblax?", "Teal.") and usable("Who proposed it?", "Ilse Varn.")
     for question in ("Question 2 of 5", "question", "Your question", "[question]", "the document", "Q1?"):
@@ -163,7 +163,7 @@ def test_junk_pairs() -> None:
 
 
 def test_dedupe_near_duplicates() -> None:
-    from helixloom.documents.qa import QAPair
+    from helixloom.documents.questions import QAPair
 
     pairs = [
         QAPair("What does the Zorblax eat in winter?", "a", "d1", "p", 0),
@@ -177,7 +177,7 @@ def test_dedupe_near_duplicates() -> None:
 def test_dataset_rows_and_citations(docs: Path) -> None:
     found = ingest([docs])
     doc = found.documents[0]
-    from helixloom.documents.qa import QAPair
+    from helixloom.documents.questions import QAPair
 
     [row] = dataset.rows(
         [QAPair("What colour is it?", "Teal.", doc.doc_id, "simple-quiz", 0)], found.group_id

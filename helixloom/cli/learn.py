@@ -52,7 +52,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from helixloom import jobs, models
     from helixloom.cli.common import open_store, sft_config_from
     from helixloom.documents import learn
-    from helixloom.documents.qa import Suite
+    from helixloom.documents.questions import Suite
     from helixloom.engine.pool import EnginePool
 
     def say(text: str) -> None:

@@ -8,16 +8,15 @@ file it came from. Rows are chat ``messages`` (JSONL) under ``HELIXLOOM_HOME/dat
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helixloom import jsonl, paths
+from helixloom import atomic, jsonl, paths
 from helixloom.documents.ingest import Document
-from helixloom.documents.qa import QAPair
+from helixloom.documents.questions import QAPair
 from helixloom.errors import HelixloomError
 
 CITATION = re.compile(r"\[DOC_ID:([0-9a-f]{6,64})\]")
@@ -64,8 +63,9 @@ CHECKPOINT = "qa.partial.jsonl"  # the finished (prompt, chunk) units of an unfi
 
 
 def folder(name: str) -> Path:
-    """Where dataset ``name`` lives (it may not exist yet)."""
-    return paths.datasets_dir() / name
+    """Where dataset ``name`` lives (it may not exist yet); a name that is not one safe folder name is a
+    ``HelixloomError``."""
+    return paths.datasets_dir() / paths.check_name(name, "dataset name")
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,9 @@ class DatasetFiles:
 def write(name: str, data: Sequence[dict[str, Any]], meta: dict[str, Any]) -> DatasetFiles:
     """Write ``train.jsonl`` and ``meta.json`` for dataset ``name`` (each atomically)."""
     where = folder(name)
-    where.mkdir(parents=True, exist_ok=True)
     files = DatasetFiles(where, where / "train.jsonl", where / "meta.json")
-    _atomic(files.train, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in data))
-    _atomic(files.meta, json.dumps(meta, indent=2, ensure_ascii=False))
+    atomic.write_jsonl(files.train, data)
+    atomic.write_json(files.meta, meta)
     return files
 
 
@@ -109,12 +108,5 @@ def citations(text: str, sources: dict[str, dict[str, str]]) -> list[dict[str, s
 
 
 def write_json(path: Path, data: Any) -> None:
-    """``data`` as JSON at ``path``, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """``data`` as JSON at ``path``, atomically (``atomic.write_json``; kept for the learn recipe)."""
+    atomic.write_json(path, data)

@@ -21,7 +21,7 @@ from typing import Any
 from helixloom import paths
 from helixloom.documents import dataset
 from helixloom.documents.ingest import ingest
-from helixloom.documents.qa import QAReport, Suite, generate_pairs
+from helixloom.documents.questions import QAReport, Suite, generate_pairs
 from helixloom.engine import Engine
 from helixloom.errors import HelixloomError
 from helixloom.store import Store

@@ -82,7 +82,8 @@ def load_sft_data(
 ) -> LoadedData:
     """Rows from ``paths`` (JSONL files, documents, folders, zips) and, with ``store``, its thumbs-up."""
     from helixloom import jsonl
-    from helixloom.documents.ingest import chunk, ingest
+    from helixloom.documents.chunking import chunk
+    from helixloom.documents.ingest import ingest
 
     data = LoadedData()
     documents: list[Path] = []

@@ -29,7 +29,8 @@ from typing import Any
 import yaml
 
 from helixloom import chat, textsim
-from helixloom.documents.ingest import Document, chunk
+from helixloom.documents.chunking import chunk
+from helixloom.documents.ingest import Document
 from helixloom.engine import Constraint, Engine, GenerationRequest, SamplingParams, sampling
 from helixloom.errors import HelixloomError
 
