@@ -184,7 +184,7 @@ def test_remote_gets_the_served_chat_template(
     """helixloom's server answers vLLM's /tokenize and /detokenize, so the remote engine renders chat
     messages with the served model's template, as the local engine does; with the template turned off
     (``none``, for a base model) chat keeps the transcript format."""
-    from helixloom import chat
+    from helixloom import prompting as chat
     from helixloom.engine.remote_chat import SERVER_TEMPLATE
 
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Paris is"}]

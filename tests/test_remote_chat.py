@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from helixloom import chat
+from helixloom import prompting as chat
 from helixloom.engine import GenerationRequest, sampling
 from helixloom.engine import remote_chat as remote_module
 from helixloom.engine.remote import RemoteEngine

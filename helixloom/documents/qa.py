@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from helixloom import chat, textsim
+from helixloom import prompting as chat
+from helixloom import textsim
 from helixloom.documents.ingest import Document, chunk
 from helixloom.engine import Constraint, Engine, GenerationRequest, SamplingParams, sampling
 from helixloom.errors import HelixloomError

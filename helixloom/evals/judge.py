@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from helixloom import chat
+from helixloom import prompting as chat
 from helixloom.engine import Engine, GenerationRequest, SamplingParams, sampling
 from helixloom.errors import HelixloomError
 from helixloom.rewards import Reward

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from helixloom import chat, jsonl
+from helixloom import jsonl
+from helixloom import prompting as chat
 from helixloom.engine import Engine, GenerationRequest, SamplingParams
 from helixloom.errors import HelixloomError
 

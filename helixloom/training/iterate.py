@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from helixloom import paths
-from helixloom.chat import render
+from helixloom.prompting import render
 from helixloom.engine import Engine, GenerationRequest, sampling
 from helixloom.errors import HelixloomError
 from helixloom.rewards import Reward
