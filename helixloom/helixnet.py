@@ -11,130 +11,38 @@ Multi-turn follows the seed: the actor sees the system text, the earlier questio
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from helixloom.engine import Engine, GenerationRequest, GenerationResult, SamplingParams, StreamDelta, Usage
 from helixloom.engine.pool import EnginePool
 from helixloom.errors import HelixloomError
+from helixloom.prompting import STAGES, Exchange, PromptFormat, Stage, conversation
 from helixloom.store import NewMessage, Store
 
-Stage = Literal["actor", "critic", "regenerator"]
-STAGES: tuple[Stage, ...] = ("actor", "critic", "regenerator")
+__all__ = [
+    "SEED_SAMPLING",
+    "STAGES",
+    "Exchange",
+    "HelixChat",
+    "HelixNet",
+    "HelixTurn",
+    "LMoE",
+    "PromptFormat",
+    "Role",
+    "RoleSpec",
+    "Stage",
+    "StageEvent",
+    "StageOutput",
+    "build",
+]
 
 # The seed's sampling: temperature 0.75, top_p 1.0, top_k 50, up to 1024 new tokens. Token healing is
 # ours: the seed's prompts end in a space ("ASSISTANT: "), which pushes models that were not trained on
 # exactly that tokenization into emitting a newline and an empty answer.
 SEED_SAMPLING = SamplingParams(temperature=0.75, top_p=1.0, top_k=50, max_tokens=1024, token_healing=True)
-
-
-# ------------------------------------------------------------------------------------------ formats
-
-
-@dataclass(frozen=True)
-class PromptFormat:
-    """How each stage's prompt is written. Loaded from a YAML data file (see data/helixnet/)."""
-
-    name: str
-    system: str
-    critic: str
-    regenerator: str
-    actor_head: str = "SYSTEM: {system}"
-    actor_turn: str = " \nUSER: {question} \nASSISTANT: {answer}"
-    actor_ask: str = " \nUSER: {question} \nASSISTANT: "
-    strip_prefixes: tuple[str, ...] = ()
-    stop: tuple[str, ...] = ()  # added to every stage's stop sequences
-    chat: bool = False  # render each stage through the model's chat template
-
-    @classmethod
-    def load(cls, name_or_path: str = "helixnet") -> PromptFormat:
-        """A built-in format by name (``helixnet``, ``instruct``) or a YAML file with the same keys."""
-        path = Path(name_or_path).expanduser()
-        if path.suffix in (".yaml", ".yml"):
-            if not path.is_file():
-                raise HelixloomError(f"prompt format file {path} does not exist")
-            text = path.read_text()
-        else:
-            builtin = resources.files("helixloom") / "data" / "helixnet" / f"{name_or_path}.yaml"
-            if not builtin.is_file():
-                raise HelixloomError(
-                    f"unknown prompt format {name_or_path!r}",
-                    "use helixnet, instruct, or a .yaml file with system/critic/regenerator keys",
-                )
-            text = builtin.read_text()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise HelixloomError(f"prompt format {name_or_path} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise HelixloomError(f"prompt format {name_or_path} must be a YAML mapping")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        missing = sorted({"system", "critic", "regenerator"} - set(data))
-        if unknown or missing:
-            raise HelixloomError(
-                f"prompt format {name_or_path}: "
-                + (f"unknown keys {unknown}" if unknown else f"missing keys {missing}"),
-                f"the keys are {sorted(known)}",
-            )
-        data.setdefault("name", path.stem if path.suffix else name_or_path)
-        data["strip_prefixes"] = tuple(data.get("strip_prefixes") or ())
-        data["stop"] = tuple(data.get("stop") or ())
-        return cls(**data)
-
-    def actor_prompt(self, engine: Engine, system: str, question: str, history: Sequence[Exchange]) -> str:
-        if self.chat:
-            messages = [{"role": "system", "content": system}] if system else []
-            for ex in history:
-                messages += [
-                    {"role": "user", "content": ex.question},
-                    {"role": "assistant", "content": ex.answer},
-                ]
-            messages.append({"role": "user", "content": question})
-            return engine.format_chat(messages)
-        prompt = _fill(self.actor_head, system=system)
-        for ex in history:
-            prompt += _fill(self.actor_turn, question=ex.question, answer=ex.answer)
-        return prompt + _fill(self.actor_ask, question=question)
-
-    def critic_prompt(self, engine: Engine, system: str, question: str, response: str) -> str:
-        text = _fill(self.critic, system=system, question=question, response=response)
-        return self._wrap(engine, system, text)
-
-    def regenerator_prompt(
-        self, engine: Engine, system: str, question: str, response: str, critique: str
-    ) -> str:
-        text = _fill(self.regenerator, system=system, question=question, response=response, critique=critique)
-        return self._wrap(engine, system, text)
-
-    def clean(self, stage: Stage, text: str) -> str:
-        """A stage's output as carried forward: the regenerator's stray labels removed, whitespace trimmed."""
-        text = text.strip()
-        if stage == "regenerator":
-            for prefix in self.strip_prefixes:
-                if text.startswith(prefix):
-                    text = text[len(prefix) :].strip()
-        return text
-
-    def _wrap(self, engine: Engine, system: str, text: str) -> str:
-        if not self.chat:
-            return text
-        return engine.format_chat([{"role": "system", "content": system}, {"role": "user", "content": text}])
-
-
-def _fill(template: str, **values: str) -> str:
-    try:
-        return template.format(**values)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise HelixloomError(
-            f"prompt template {template[:40]!r}... has a placeholder it cannot fill: {exc}",
-            "placeholders are {system}, {question}, {response}, {critique}, {answer}; write {{ }} for braces",
-        ) from exc
 
 
 # ------------------------------------------------------------------------------------------ pipeline
@@ -147,14 +55,6 @@ class Role:
     engine: Engine
     adapter: str | None = None
     sampling: SamplingParams = SEED_SAMPLING
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """An earlier turn as the actor sees it: the question and the regenerated answer."""
-
-    question: str
-    answer: str
 
 
 @dataclass(frozen=True)
@@ -483,3 +383,47 @@ def build(
         system=system,
         rounds=rounds,
     )
+
+
+@dataclass(frozen=True)
+class LMoE:
+    """HelixNet-LMoE on one loaded engine, as the server runs it: each role is an adapter on that
+    engine (None: the base model)."""
+
+    engine: Engine
+    adapters: Mapping[Stage, str | None]
+    prompt_format: PromptFormat
+    rounds: int = 1
+
+    def resume(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        sampling: SamplingParams,
+        store: Store,
+        *,
+        session_id: str | None = None,
+        api_key_label: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[HelixChat, str]:
+        """The conversation chat ``messages`` hold, and the question to ask it next.
+
+        The system messages replace the format's system text; earlier user and assistant messages are
+        the history (the assistant's answers stand for regenerations); the last message must be the
+        user's. Every role samples with ``sampling``, token healing on (the seed's prompts need it)."""
+        if messages and messages[-1]["role"] != "user":
+            raise HelixloomError("the last message must be the user's question", param="messages")
+        talk = conversation(messages)
+        params = sampling.model_copy(update={"token_healing": True})
+        roles = {stage: Role(self.engine, self.adapters.get(stage), params) for stage in STAGES}
+        net = HelixNet(
+            roles["actor"],
+            roles["critic"],
+            roles["regenerator"],
+            prompt_format=self.prompt_format,
+            system=talk.system,
+            rounds=self.rounds,
+        )
+        chat = HelixChat(
+            net, store, history=talk.history, session_id=session_id, api_key_label=api_key_label, meta=meta
+        )
+        return chat, talk.question

@@ -184,16 +184,16 @@ def test_remote_gets_the_served_chat_template(
     """helixloom's server answers vLLM's /tokenize and /detokenize, so the remote engine renders chat
     messages with the served model's template, as the local engine does; with the template turned off
     (``none``, for a base model) chat keeps the transcript format."""
-    from helixloom import chat
+    from helixloom import prompting
     from helixloom.engine.remote_chat import SERVER_TEMPLATE
 
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Paris is"}]
     assert remote.chat_template == SERVER_TEMPLATE
-    assert chat.render(remote, messages) == chat.render(local, messages)
+    assert prompting.render(remote, messages) == prompting.render(local, messages)
     monkeypatch.setenv("HELIXLOOM_REMOTE_CHAT_TEMPLATE", "none")
     plain = RemoteEngine(remote.model_name)
     assert plain.chat_template is None
-    assert chat.render(plain, messages) == chat.render_with(None, messages)
+    assert prompting.render(plain, messages) == prompting.render_with(None, messages)
 
 
 def test_helixnet_runs_on_the_remote_engine(remote: RemoteEngine, local: HFEngine) -> None:

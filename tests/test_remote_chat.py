@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from helixloom import chat
+from helixloom import prompting
 from helixloom.engine import GenerationRequest, sampling
 from helixloom.engine import remote_chat as remote_module
 from helixloom.engine.remote import RemoteEngine
@@ -197,7 +197,7 @@ def test_llamacpp_props_template_rendered_here(serve: Any, adds_bos: bool) -> No
     fake = Fake(props=props, tokenize="llamacpp", adds_bos=adds_bos)
     remote = engine(serve(fake))
     assert remote.chat_template == TEMPLATE
-    rendered = chat.render(remote, MESSAGES)
+    rendered = prompting.render(remote, MESSAGES)
     # The server puts <s> before every prompt itself, so the template's own is dropped.
     expected = RENDERED if adds_bos else "<s>" + RENDERED
     assert rendered.prompt == expected and rendered.stop == () and not rendered.token_healing
@@ -208,7 +208,7 @@ def test_llamacpp_props_without_special_tokens(serve: Any) -> None:
     """Older servers send no bos_token/eos_token: the template sees them undefined (empty)."""
     fake = Fake(props={"chat_template": TEMPLATE}, tokenize="llamacpp")
     remote = engine(serve(fake))
-    assert chat.render(remote, MESSAGES).prompt == RENDERED
+    assert prompting.render(remote, MESSAGES).prompt == RENDERED
 
 
 def test_llamacpp_chatml_fallback_is_no_template(serve: Any) -> None:
@@ -217,7 +217,7 @@ def test_llamacpp_chatml_fallback_is_no_template(serve: Any) -> None:
     fake = Fake(props={"chat_template": LLAMACPP_CHATML, "bos_token": "<s>"}, tokenize="llamacpp")
     remote = engine(serve(fake))
     assert remote.chat_template is None
-    assert chat.render(remote, MESSAGES).token_healing
+    assert prompting.render(remote, MESSAGES).token_healing
 
 
 # ---------------------------------------------------------------------- vLLM: /tokenize + /detokenize
@@ -228,12 +228,12 @@ def test_vllm_renders_on_the_server(serve: Any, adds_bos: bool) -> None:
     fake = Fake(tokenize="vllm", adds_bos=adds_bos)
     remote = engine(serve(fake))
     assert remote.chat_template == SERVER_TEMPLATE
-    rendered = chat.render(remote, MESSAGES)
+    rendered = prompting.render(remote, MESSAGES)
     # /tokenize gives the template's <s>; when /v1/completions adds one, it is left out of the text.
     expected = RENDERED if adds_bos else "<s>" + RENDERED
     assert rendered.prompt == expected and not rendered.token_healing
     renders = len([p for p in routes(fake) if p == "/detokenize"])
-    assert chat.render(remote, [dict(m) for m in MESSAGES]).prompt == expected
+    assert prompting.render(remote, [dict(m) for m in MESSAGES]).prompt == expected
     assert len([p for p in routes(fake) if p == "/detokenize"]) == renders  # rendered once
     fake.seen.clear()
     assert sent_prompt(fake, remote, rendered.prompt) == expected
@@ -246,8 +246,8 @@ def test_server_without_template_routes_keeps_the_transcript(serve: Any) -> None
     fake = Fake()
     remote = engine(serve(fake))
     assert remote.chat_template is None
-    rendered = chat.render(remote, MESSAGES)
-    assert rendered == chat.render_with(None, MESSAGES) and rendered.token_healing
+    rendered = prompting.render(remote, MESSAGES)
+    assert rendered == prompting.render_with(None, MESSAGES) and rendered.token_healing
     with pytest.raises(HelixloomError, match="no chat template"):
         remote.format_chat(MESSAGES)
 
@@ -260,7 +260,7 @@ def test_explicit_jinja_file(serve: Any, tmp_path: Path) -> None:
     path.write_text(TEMPLATE)
     remote = engine(serve(Fake()), chat_template=str(path))
     assert remote.chat_template == TEMPLATE
-    assert chat.render(remote, MESSAGES).prompt == RENDERED  # a bare file knows no bos_token
+    assert prompting.render(remote, MESSAGES).prompt == RENDERED  # a bare file knows no bos_token
 
 
 def test_explicit_model_folder_matches_transformers(
@@ -271,7 +271,7 @@ def test_explicit_model_folder_matches_transformers(
     remote = engine(serve(fake))
     assert remote.chat_template == CHAT_TEMPLATE
     expected = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
-    assert chat.render(remote, MESSAGES).prompt == expected == RENDERED
+    assert prompting.render(remote, MESSAGES).prompt == expected == RENDERED
     assert "/props" not in routes(fake)  # the user's choice is not second-guessed
 
 
@@ -284,14 +284,14 @@ def test_explicit_folder_with_template_in_tokenizer_config(
     config = json.loads((tiny_model.path / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": TEMPLATE}))
     remote = engine(serve(Fake(tokenize="llamacpp", adds_bos=adds_bos)), chat_template=str(folder))
-    assert chat.render(remote, MESSAGES).prompt == (RENDERED if adds_bos else "<s>" + RENDERED)
+    assert prompting.render(remote, MESSAGES).prompt == (RENDERED if adds_bos else "<s>" + RENDERED)
 
 
 def test_none_turns_discovery_off(serve: Any) -> None:
     fake = Fake(props={"chat_template": TEMPLATE, "bos_token": "<s>"}, tokenize="vllm")
     remote = engine(serve(fake), chat_template="none")
     assert remote.chat_template is None and routes(fake) == []
-    assert chat.render(remote, MESSAGES).token_healing
+    assert prompting.render(remote, MESSAGES).token_healing
 
 
 def test_explicit_template_errors(serve: Any, tmp_path: Path) -> None:
@@ -326,4 +326,4 @@ def test_hanging_props_costs_at_most_the_discovery_budget(
 def test_bad_props_fall_back(serve: Any, props: Any) -> None:
     remote = engine(serve(Fake(props=props, tokenize="llamacpp")))
     assert remote.chat_template is None
-    assert chat.render(remote, MESSAGES) == chat.render_with(None, MESSAGES)
+    assert prompting.render(remote, MESSAGES) == prompting.render_with(None, MESSAGES)

@@ -296,7 +296,7 @@ def test_tokenize_needs_an_engine_that_can(served: Running) -> None:
 def test_remote_engine_on_a_helixloom_server(served: Running) -> None:
     """A remote engine finds the served model's chat template through /tokenize + /detokenize (as with
     vLLM), renders chat as the local engine does, and counts tokens with the served tokenizer."""
-    from helixloom import chat
+    from helixloom import prompting
     from helixloom.engine.remote import RemoteEngine
     from helixloom.engine.remote_chat import SERVER_TEMPLATE
 
@@ -304,7 +304,7 @@ def test_remote_engine_on_a_helixloom_server(served: Running) -> None:
     try:
         assert remote.chat_template == SERVER_TEMPLATE
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Café, 東京?"}]
-        assert chat.render(remote, messages).prompt == chat.render(served.engine, messages).prompt
+        assert prompting.render(remote, messages).prompt == prompting.render(served.engine, messages).prompt
         for text in ("The quick brown fox", "Café, naïve, 東京", "<|user|> hi </s>", ""):
             assert remote.count_tokens(text) == served.engine.count_tokens(text), text
     finally:

@@ -105,7 +105,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def _plain_chat(args: argparse.Namespace, params: Any) -> int:
     from helixloom import adapters as adapter_registry
-    from helixloom import chat, completion, models
+    from helixloom import completion, models, prompting
     from helixloom.cli.common import open_store
     from helixloom.documents import dataset
     from helixloom.engine import GenerationRequest, GenerationResult, StreamDelta, load_engine
@@ -123,7 +123,7 @@ def _plain_chat(args: argparse.Namespace, params: Any) -> int:
         def ask(question: str, show: bool) -> dict[str, Any]:
             nonlocal session_id
             history.append({"role": "user", "content": question})
-            rendered = chat.render(engine, history)
+            rendered = prompting.render(engine, history)
             request_params = params.model_copy(
                 update={"stop": (*params.stop, *rendered.stop), "token_healing": rendered.token_healing}
             )

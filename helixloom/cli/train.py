@@ -167,8 +167,8 @@ def cmd_train_sft(args: argparse.Namespace) -> int:
 def cmd_train_dpo(args: argparse.Namespace) -> int:
     from helixloom import adapters as adapter_registry
     from helixloom import jsonl
-    from helixloom.chat import render_with
     from helixloom.cli.common import open_store, sft_config_from
+    from helixloom.prompting import render_with
     from helixloom.training.dpo import LoraDPOConfig, train_dpo
 
     store = open_store()

@@ -13,6 +13,7 @@ from helixloom.errors import HelixloomError
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``weave`` command."""
     from helixloom.cli.common import add_model_flags
+    from helixloom.weave.search import WeaveConfig as C  # its defaults are the flags'
 
     wv = sub.add_parser(
         "weave",
@@ -39,15 +40,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     wv.add_argument(
         "--template", metavar="FILE", help="evaluator prompt with {prompt}, {response}, {question}"
     )
-    wv.add_argument("--budget", type=int, default=72, help="nodes to generate in all (default 72)")
-    wv.add_argument("--round-budget", type=int, default=24, help="nodes per round (default 24)")
-    wv.add_argument("--n-expand", type=int, default=8, help="children per expansion (default 8)")
-    wv.add_argument("--tokens-per-node", type=int, default=32, help="tokens per node (default 32)")
-    wv.add_argument("--beam-width", type=int, default=1, help="branches kept per round (default 1)")
-    wv.add_argument("--max-lookahead", type=int, default=3, help="levels below the committed one (default 3)")
-    wv.add_argument("--temperature", type=float, default=0.25, help="of the evaluator scores (default 0.25)")
-    wv.add_argument("--sampling-temperature", type=float, default=0.9, help="of the generator (default 0.9)")
-    wv.add_argument("--seed", type=int, default=0, help="the same seed grows the same tree (default 0)")
+    wv.add_argument(
+        "--budget", type=int, default=C.budget, help="nodes to generate in all (default %(default)s)"
+    )
+    wv.add_argument(
+        "--round-budget", type=int, default=C.round_budget, help="nodes per round (default %(default)s)"
+    )
+    wv.add_argument(
+        "--n-expand", type=int, default=C.n_expand, help="children per expansion (default %(default)s)"
+    )
+    wv.add_argument(
+        "--tokens-per-node", type=int, default=C.tokens_per_node, help="tokens per node (default %(default)s)"
+    )
+    wv.add_argument(
+        "--beam-width", type=int, default=C.beam_width, help="branches kept per round (default %(default)s)"
+    )
+    wv.add_argument(
+        "--max-lookahead",
+        type=int,
+        default=C.max_lookahead,
+        help="levels below the committed one (default %(default)s)",
+    )
+    wv.add_argument(
+        "--temperature",
+        type=float,
+        default=C.temperature,
+        help="of the evaluator scores (default %(default)s)",
+    )
+    wv.add_argument(
+        "--sampling-temperature",
+        type=float,
+        default=C.sampling_temperature,
+        help="of the generator (default %(default)s)",
+    )
+    wv.add_argument(
+        "--seed", type=int, default=C.seed, help="the same seed grows the same tree (default %(default)s)"
+    )
     wv.add_argument(
         "--json", action="store_true", help="print the best branches, scores and the tree id as JSON"
     )

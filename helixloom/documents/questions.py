@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from helixloom import chat, textsim
+from helixloom import prompting, textsim
 from helixloom.documents.chunking import chunk
 from helixloom.documents.ingest import Document
 from helixloom.engine import Constraint, Engine, GenerationRequest, SamplingParams, sampling
@@ -355,7 +355,7 @@ def _ask(
         else:
             user += "\n\n" + (suite.retry_instruction if retry else suite.json_instruction)
             schema = pairs_schema(unit.size)
-        rendered = chat.render(
+        rendered = prompting.render(
             teacher, [{"role": "system", "content": suite.system}, {"role": "user", "content": user}]
         )
         constraint = Constraint.json_schema(schema) if teacher.supports_constraints else None

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from helixloom import chat
+from helixloom import prompting
 from helixloom.engine import Engine, GenerationRequest, SamplingParams
 from helixloom.errors import HelixloomError
 
@@ -77,7 +77,7 @@ def answer_requests(
         messages = as_messages(prompt)
         if system and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": system}, *messages]
-        rendered = chat.render(engine, messages)
+        rendered = prompting.render(engine, messages)
         p = params.model_copy(
             update={"stop": (*params.stop, *rendered.stop), "token_healing": rendered.token_healing}
         )

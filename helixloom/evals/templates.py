@@ -18,7 +18,7 @@ from typing import Literal
 
 import yaml
 
-from helixloom import chat
+from helixloom import prompting
 from helixloom.engine import Engine, GenerationRequest, sampling
 from helixloom.errors import HelixloomError
 
@@ -95,9 +95,9 @@ class JudgeTemplate:
         """``template`` itself, or the one ``load`` finds by that name or path (None: ``kind``'s default)."""
         return template if isinstance(template, JudgeTemplate) else cls.load(template, kind=kind)
 
-    def render(self, engine: Engine, fields: Mapping[str, str]) -> chat.ChatPrompt:
+    def render(self, engine: Engine, fields: Mapping[str, str]) -> prompting.ChatPrompt:
         """The filled template as ``engine``'s prompt for the judge's reply."""
-        return chat.render(engine, self.messages(**fields))
+        return prompting.render(engine, self.messages(**fields))
 
 
 def write_judgments(

@@ -8,9 +8,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from helixloom.errors import HelixloomError
-from helixloom.server.protocol import Feedback, WeaveOptions, WeaveRequest, not_found
-from helixloom.server.state import ServerState, state_of
-from helixloom.store import Node
+from helixloom.server.pipelines import weave_search
+from helixloom.server.protocol import Feedback, WeaveRequest, not_found
+from helixloom.server.state import state_of
 
 router = APIRouter(prefix="/api")
 
@@ -72,21 +72,6 @@ def run_weave(body: WeaveRequest, request: Request) -> dict[str, Any]:
             for n in result.best[:5]
         ],
     }
-
-
-def weave_search(
-    state: ServerState, prompt: str, options: WeaveOptions, adapter: str | None, parent: Node | None = None
-) -> Any:
-    """One search on the served engine (generation batches with other traffic), stored as a tree."""
-    from helixloom import weave
-
-    evaluator = weave.Evaluator(
-        state.engine, [weave.Question(q.text, q.weight, q.answer) for q in options.questions]
-    )
-    config = weave.WeaveConfig(**options.model_dump(exclude={"questions", "prompt", "model"}))
-    return weave.run(
-        prompt, state.engine, evaluator, config, adapter=adapter, store=state.store, parent=parent
-    )
 
 
 @router.post("/sessions/{session_id}/feedback", response_model=None)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from helixloom import loom
 from helixloom.errors import HelixloomError
+from helixloom.server.pipelines import weave_search
 from helixloom.server.protocol import WeaveOptions, not_found
 from helixloom.server.state import ServerState, state_of
 
@@ -97,8 +98,6 @@ def roll(node_id: str, body: Roll, request: Request) -> Any:
 @router.post("/nodes/{node_id}/weave", response_model=None)
 def weave_from(node_id: str, body: WeaveOptions, request: Request) -> Any:
     """Run Weave from this node; the search's nodes join the same tree under it."""
-    from helixloom.server.api_routes import weave_search
-
     state = state_of(request)
     node = state.store.get_node(node_id)
     if node is None:

@@ -1,4 +1,5 @@
-"""OpenAI wire format: request models that turn themselves into sampling parameters.
+"""OpenAI wire format: request models that turn themselves into sampling parameters (vLLM's habit);
+the response models are in ``responses``.
 
 Field names and order follow OpenAI's API reference. Unknown fields are accepted (clients send many)
 and logged, never a crash; fields we cannot honour are a 400 naming the field.
@@ -7,6 +8,7 @@ and logged, never a crash; fields we cannot honour are a 400 naming the field.
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
@@ -14,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from helixloom.engine import Constraint, SamplingParams, sampling
 from helixloom.errors import HelixloomError
+from helixloom.server.responses import ErrorInfo, ErrorResponse
+from helixloom.weave.evaluator import Question
+from helixloom.weave.search import WeaveConfig
 
 log = logging.getLogger("helixloom.server")
 
@@ -26,10 +31,6 @@ class OpenAIModel(BaseModel):
         if self.model_extra:
             log.info("ignored request fields: %s", ", ".join(sorted(self.model_extra)))
         return self
-
-    @property
-    def ignored_fields(self) -> list[str]:
-        return sorted(self.model_extra or {})
 
 
 class StreamOptions(OpenAIModel):
@@ -74,8 +75,13 @@ class _Sampling(OpenAIModel):
     top_k: int | None = None
     ignore_eos: bool = False
 
+    @property
+    def include_usage(self) -> bool:
+        """A streamed answer ends with a usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
     def base_sampling(
-        self, *, max_tokens: int | None, logprobs: int | None, default_max: int
+        self, *, max_tokens: int | None, logprobs: int | None, default_max: int, defaults: SamplingParams
     ) -> SamplingParams:
         if self.frequency_penalty or self.presence_penalty:
             field = "frequency_penalty" if self.frequency_penalty else "presence_penalty"
@@ -90,14 +96,17 @@ class _Sampling(OpenAIModel):
         return sampling(
             max_tokens=max_tokens if max_tokens is not None else default_max,
             fit_context=max_tokens is None,  # the server's default yields to a long prompt
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k or 0,
+            temperature=defaults.temperature if self.temperature is None else self.temperature,
+            top_p=defaults.top_p if self.top_p is None else self.top_p,
+            top_k=defaults.top_k if self.top_k is None else self.top_k,
             seed=self.seed,
             stop=tuple(stops),
             logprobs=logprobs,
             ignore_eos=self.ignore_eos,
         )
+
+
+_OPENAI = SamplingParams()  # OpenAI's sampling defaults: temperature 1, top_p 1, no top_k
 
 
 class ChatCompletionRequest(_Sampling):
@@ -108,7 +117,9 @@ class ChatCompletionRequest(_Sampling):
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
 
-    def to_sampling(self, default_max: int) -> SamplingParams:
+    def to_sampling(self, default_max: int, defaults: SamplingParams = _OPENAI) -> SamplingParams:
+        """The sampling this request asks for; temperature, top_p and top_k it leaves out come from
+        ``defaults`` (OpenAI's unless a pipeline has its own)."""
         if self.tools:
             raise HelixloomError("tools are not supported", param="tools")
         if self.top_logprobs is not None and not self.logprobs:
@@ -120,10 +131,20 @@ class ChatCompletionRequest(_Sampling):
             max_tokens=limit,
             logprobs=(self.top_logprobs or 0) if self.logprobs else None,
             default_max=default_max,
+            defaults=defaults,
         )
 
     def plain_messages(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+    def weave_options(self) -> WeaveOptions:
+        """``model: "weave"``'s settings, from the extra ``weave`` field; its seed defaults to the
+        request's."""
+        raw = (self.model_extra or {}).get("weave") or {}
+        try:
+            return WeaveOptions(**raw, seed=self.seed or 0) if "seed" not in raw else WeaveOptions(**raw)
+        except Exception as exc:
+            raise HelixloomError(f"invalid weave options: {exc}".splitlines()[0], param="weave") from exc
 
 
 def constraint_from(response_format: dict[str, Any] | None) -> Constraint | None:
@@ -162,6 +183,7 @@ class CompletionRequest(_Sampling):
     response_format: dict[str, Any] | None = None  # an extension on /v1/completions, as vLLM has
 
     def to_sampling(self, default_max: int) -> SamplingParams:
+        """The sampling this request asks for (OpenAI's defaults for what it leaves out)."""
         if self.suffix:
             raise HelixloomError("suffix is not supported", param="suffix")
         if self.best_of not in (None, 1, self.n):
@@ -175,10 +197,14 @@ class CompletionRequest(_Sampling):
                     "when logprobs is set, and nothing is generated)",
                     param="max_tokens",
                 )
-            return self.base_sampling(max_tokens=1, logprobs=self.logprobs, default_max=default_max)
+            return self.base_sampling(
+                max_tokens=1, logprobs=self.logprobs, default_max=default_max, defaults=_OPENAI
+            )
         if self.echo and self.logprobs is not None and self.stream:
             raise HelixloomError("echo with logprobs is not streamed; send stream: false", param="stream")
-        return self.base_sampling(max_tokens=self.max_tokens, logprobs=self.logprobs, default_max=default_max)
+        return self.base_sampling(
+            max_tokens=self.max_tokens, logprobs=self.logprobs, default_max=default_max, defaults=_OPENAI
+        )
 
     @property
     def generates(self) -> bool:
@@ -241,22 +267,35 @@ class WeaveQuestion(BaseModel):
     answer: Literal["yes", "no"] = "yes"
 
 
+# MiniHF's settings (WeaveConfig's) with a budget an interactive request can wait for.
+_SERVED_WEAVE = WeaveConfig(budget=24, round_budget=8, n_expand=4)
+
+
 class WeaveOptions(BaseModel):
-    """Weave search settings (MiniHF's defaults, smaller budget for an interactive server)."""
+    """Weave search settings as a request gives them; ``to_config`` makes them a ``WeaveConfig``.
+    The bounds are the server's limits on one request."""
 
     model_config = ConfigDict(extra="forbid")
     questions: list[WeaveQuestion] = Field(
         default_factory=lambda: [WeaveQuestion(text="Does the response answer the prompt well?")]
     )
-    budget: int = Field(24, ge=1, le=512)
-    round_budget: int = Field(8, ge=1, le=512)
-    n_expand: int = Field(4, ge=1, le=32)
-    tokens_per_node: int = Field(32, ge=1, le=512)
-    beam_width: int = Field(1, ge=1, le=8)
-    max_lookahead: int = Field(3, ge=1, le=8)
-    temperature: float = Field(0.25, gt=0)
-    sampling_temperature: float = Field(0.9, ge=0)
-    seed: int = 0
+    budget: int = Field(_SERVED_WEAVE.budget, ge=1, le=512)
+    round_budget: int = Field(_SERVED_WEAVE.round_budget, ge=1, le=512)
+    n_expand: int = Field(_SERVED_WEAVE.n_expand, ge=1, le=32)
+    tokens_per_node: int = Field(_SERVED_WEAVE.tokens_per_node, ge=1, le=512)
+    beam_width: int = Field(_SERVED_WEAVE.beam_width, ge=1, le=8)
+    max_lookahead: int = Field(_SERVED_WEAVE.max_lookahead, ge=1, le=8)
+    temperature: float = Field(_SERVED_WEAVE.temperature, gt=0)
+    sampling_temperature: float = Field(_SERVED_WEAVE.sampling_temperature, ge=0)
+    seed: int = _SERVED_WEAVE.seed
+
+    def to_config(self) -> WeaveConfig:
+        """The search settings (what the options leave out, ``top_p``, is WeaveConfig's)."""
+        names = {f.name for f in fields(WeaveConfig)}
+        return WeaveConfig(**{k: v for k, v in self.model_dump().items() if k in names})
+
+    def to_questions(self) -> list[Question]:
+        return [Question(q.text, q.weight, q.answer) for q in self.questions]
 
 
 class WeaveRequest(WeaveOptions):
@@ -291,4 +330,5 @@ def not_found(message: str, param: str | None = None) -> JSONResponse:
 def error_body(
     message: str, type_: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """OpenAI's error envelope: ``{"error": {"message", "type", "param", "code"}}``."""
+    return ErrorResponse(error=ErrorInfo(message=message, type=type_, param=param, code=code)).model_dump()

@@ -80,10 +80,10 @@ class KeyRing:
         scheme, _, token = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer":
             raise PermissionError("missing or wrong API key")
-        token = token.strip().encode()
+        given = token.strip().encode()
         found = None
         for key, label in self.keys.items():  # every key compared, in constant time
-            if hmac.compare_digest(key.encode(), token):
+            if hmac.compare_digest(key.encode(), given):
                 found = label
         if found is None:
             raise PermissionError("missing or wrong API key")

@@ -17,7 +17,8 @@ from helixloom.helixnet import STAGES, PromptFormat, Stage
 from helixloom.jobs import JobRunner
 from helixloom.store import Store
 
-PIPELINES = ("helixnet", "weave")
+Pipeline = Literal["helixnet", "weave"]
+PIPELINES: tuple[Pipeline, ...] = ("helixnet", "weave")
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,13 @@ def key_label(spec: str) -> tuple[str, str]:
 class Target:
     """What a request's ``model`` names: the base model, one of its adapters, or a pipeline."""
 
-    kind: Literal["base", "adapter", "pipeline"]
+    kind: Literal["base", "adapter"] | Pipeline
     name: str
     adapter: str | None = None
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self.kind in PIPELINES
 
 
 class ServerState:
@@ -100,8 +105,9 @@ class ServerState:
         """The target a request's ``model`` names; ``ModelNotFound`` (404) when it names nothing."""
         if model == self.base_id:
             return Target("base", model)
-        if model in PIPELINES:
-            return Target("pipeline", model)
+        for pipeline in PIPELINES:
+            if model == pipeline:
+                return Target(pipeline, model)
         if model in self.served_adapters():
             return Target("adapter", model, self.ensure_adapter(model))
         raise ModelNotFound(f"The model `{model}` does not exist", "see GET /v1/models")

@@ -45,7 +45,7 @@ def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
 def _tokenizer(state: ServerState, model: str | None) -> Engine:
     """The engine whose tokenizer ``model`` uses: 404 for a name the server does not serve."""
     target = state.resolve(model or state.base_id)
-    if target.kind == "pipeline":
+    if target.is_pipeline:
         raise HelixloomError(
             f"{target.name} is a chat pipeline", f"use the base model, {state.base_id}", param="model"
         )

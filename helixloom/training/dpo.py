@@ -1,7 +1,7 @@
 """Direct preference optimisation of a LoRA with TRL, on CPU or CUDA, with checkpoints and resume.
 
 Rows are ``{prompt, chosen, rejected}`` where ``prompt`` is already rendered exactly as the policy
-was sampled (``helixloom.chat.render``), so training and sampling never see different prompts.
+was sampled (``helixloom.prompting.render``), so training and sampling never see different prompts.
 
 The reference model is the policy before this training run: the base model (adapter disabled) for
 a fresh LoRA, or, when ``init_adapter`` continues an existing adapter, a frozen copy of that adapter

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from helixloom import paths
-from helixloom.chat import render
 from helixloom.engine import Engine, GenerationRequest, sampling
 from helixloom.errors import HelixloomError
+from helixloom.prompting import render
 from helixloom.rewards import Reward
 from helixloom.training.configs import LoraDPOConfig
 

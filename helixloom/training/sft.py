@@ -41,11 +41,11 @@ def to_prompt_completion(
 ) -> list[dict[str, str]]:
     """Training rows as TRL prompt/completion pairs.
 
-    Three row forms: chat ``messages`` (rendered the way ``helixloom.chat`` serves them, the loss on
+    Three row forms: chat ``messages`` (rendered the way ``helixloom.prompting`` serves them, the loss on
     the last assistant message), raw ``prompt``/``completion`` text (used as is: evaluator labels,
     loom exports) and plain ``text`` (language modelling: the loss on all of it).
     """
-    from helixloom.chat import render_with
+    from helixloom.prompting import render_with
 
     def template(msgs: Any) -> str:
         return str(tokenizer.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=True))

@@ -1,0 +1,185 @@
+"""The pipelines served as chat models: ``helixnet`` (actor, critic, regenerator on the served
+engine's adapters) and ``weave`` (a tree search, answered with its best branch)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from helixloom import completion, prompting, weave
+from helixloom.engine import GenerationResult, SamplingParams, Timings, Usage
+from helixloom.errors import HelixloomError
+from helixloom.helixnet import HelixChat, HelixTurn, LMoE, Stage
+from helixloom.server.calls import Origin
+from helixloom.server.protocol import ChatCompletionRequest, WeaveOptions
+from helixloom.server.responses import (
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatCompletionStreamChoice,
+    ChatMessageOut,
+    DeltaMessage,
+    HelixNetInfo,
+    HelixNetRound,
+    UsageInfo,
+    WeaveInfo,
+)
+from helixloom.server.state import ServerState
+from helixloom.server.streaming import Emit, from_thread
+from helixloom.store import Node
+
+# ------------------------------------------------------------------------------------------- helixnet
+
+
+def helixnet(
+    state: ServerState, body: ChatCompletionRequest, params: SamplingParams, origin: Origin
+) -> JSONResponse | StreamingResponse:
+    """``model: "helixnet"``: the regeneration is the answer; the actor's answer and the critique come
+    in the ``helixnet`` field (streamed first as ``reasoning_content``)."""
+    if body.n != 1:
+        raise HelixloomError("helixnet answers with one choice; use n=1", param="n")
+    lmoe = LMoE(state.engine, state.helixnet_roles, state.helixnet_format, state.config.helixnet_rounds)
+    session, question = lmoe.resume(
+        body.plain_messages(),
+        params,
+        state.store,
+        session_id=origin.session_id,
+        api_key_label=origin.key_label,
+        meta={"endpoint": origin.endpoint, "model": "helixnet"},
+    )
+    if body.stream:
+        return origin.stream(_helixnet_chunks(session, question, origin, body.include_usage))
+    turn = session.ask(question)
+    choice = ChatCompletionChoice(
+        index=0,
+        message=ChatMessageOut(content=turn.regeneration),
+        finish_reason=turn.regenerations[-1].finish_reason,
+    )
+    return origin.answer(
+        ChatCompletionResponse(
+            id=origin.response_id,
+            created=origin.created,
+            model="helixnet",
+            choices=[choice],
+            usage=UsageInfo.of(turn.usage),
+            helixnet=_helixnet_info(turn),
+        )
+    )
+
+
+async def _helixnet_chunks(
+    session: HelixChat, question: str, origin: Origin, include_usage: bool
+) -> AsyncIterator[ChatCompletionChunk]:
+    """The regeneration streams as ``content``; the actor's answer and the critique stream before it
+    as ``reasoning_content``; every chunk names its stage in ``helixnet_stage``."""
+    gone = threading.Event()
+    turns: list[HelixTurn] = []
+
+    def work(emit: Emit) -> None:
+        turns.append(session.ask(question, on_event=emit))
+
+    def chunk(
+        choices: list[ChatCompletionStreamChoice],
+        stage: Stage | None = None,
+        round_: int | None = None,
+        info: HelixNetInfo | None = None,
+        usage: UsageInfo | None = None,
+    ) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=origin.response_id,
+            created=origin.created,
+            model="helixnet",
+            choices=choices,
+            usage=usage,
+            helixnet_stage=stage,
+            helixnet_round=round_,
+            helixnet=info,
+        )
+
+    opening = DeltaMessage(role="assistant", content="")
+    yield chunk([ChatCompletionStreamChoice(index=0, delta=opening)], "actor")
+    async for event in from_thread(work, gone):
+        if event.kind != "delta":
+            continue
+        final = event.stage == "regenerator" and event.round == session.net.rounds
+        delta = DeltaMessage(content=event.text) if final else DeltaMessage(reasoning_content=event.text)
+        yield chunk([ChatCompletionStreamChoice(index=0, delta=delta)], event.stage, event.round)
+    turn = turns[0]
+    last = ChatCompletionStreamChoice(
+        index=0, delta=DeltaMessage(), finish_reason=turn.regenerations[-1].finish_reason
+    )
+    yield chunk([last], "regenerator", info=_helixnet_info(turn))
+    if include_usage:
+        yield chunk([], usage=UsageInfo.of(turn.usage))
+
+
+def _helixnet_info(turn: HelixTurn) -> HelixNetInfo:
+    return HelixNetInfo(
+        actor=turn.actor.text,
+        critique=turn.critique,
+        rounds=[
+            HelixNetRound(critique=c.text, regeneration=r.text)
+            for c, r in zip(turn.critiques, turn.regenerations, strict=True)
+        ],
+        session_id=turn.session_id,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- weave
+
+
+def weave_chat(
+    state: ServerState, body: ChatCompletionRequest, params: SamplingParams, origin: Origin
+) -> JSONResponse:
+    """``model: "weave"``: search continuations of the chat and answer with the best branch.
+    Settings come in an extra ``weave`` field (questions, budget, ...)."""
+    if body.stream or body.n != 1:
+        raise HelixloomError("weave answers with one choice and does not stream", param="stream")
+    options = body.weave_options()
+    messages = body.plain_messages()
+    rendered = prompting.render(state.engine, messages)
+    result, tree_id = weave_search(state, rendered.prompt, options, None)
+    answer = result.text
+    for stop in rendered.stop:  # the text format's turn markers end the answer, as in plain chat
+        if stop in answer:
+            answer = answer[: answer.index(stop)]
+    answer = answer.strip()
+    choice = GenerationResult(answer, "stop", Usage(0, state.engine.count_tokens(answer)), (), Timings())
+    completion.record(
+        state.store,
+        state.engine,
+        [(m["role"], m["content"]) for m in messages],
+        params,
+        [choice],
+        adapter=None,
+        kind="api",
+        meta={"endpoint": origin.endpoint, "model": "weave", "tree_id": tree_id},
+        api_key_label=origin.key_label,
+        session_id=origin.session_id,
+    )
+    return origin.answer(
+        ChatCompletionResponse(
+            id=origin.response_id,
+            created=origin.created,
+            model="weave",
+            choices=[
+                ChatCompletionChoice(index=0, message=ChatMessageOut(content=answer), finish_reason="stop")
+            ],
+            usage=UsageInfo.of(choice.usage),
+            weave=WeaveInfo(tree_id=tree_id, generated=result.generated, score=result.best[0].score),
+        )
+    )
+
+
+def weave_search(
+    state: ServerState, prompt: str, options: WeaveOptions, adapter: str | None, parent: Node | None = None
+) -> tuple[weave.WeaveResult, str | None]:
+    """One search on the served engine (generation batches with other traffic), stored as a tree;
+    returns the result and the tree id."""
+    evaluator = weave.Evaluator(state.engine, options.to_questions())
+    config = options.to_config()
+    return weave.run(
+        prompt, state.engine, evaluator, config, adapter=adapter, store=state.store, parent=parent
+    )
