@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from helixloom.errors import HelixloomError
-from helixloom.store import migrations
+from helixloom.store.migrations import migrate
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -58,7 +58,7 @@ class StoreBase:
                     f"cannot open database {self.path}: {exc}",
                     "move the file aside if it is not a SQLite database",
                 ) from exc
-            migrations.migrate(conn, upto=upto)
+            migrate(conn, upto=upto)
         except BaseException:
             conn.close()
             raise
