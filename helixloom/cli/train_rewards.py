@@ -179,10 +179,8 @@ def _say(text: str) -> None:
 
 
 def _target(name: str, replace: bool, resume: bool = False) -> Path:
-    from helixloom.paths import check_name
     from helixloom.training.reward_model import reward_dir
 
-    check_name(name, "reward name")
     folder = reward_dir(name)
     if folder.exists() and not (replace or resume):
         raise HelixloomError(f"a reward named {name} exists ({folder})", "pass --replace to train it again")
