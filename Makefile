@@ -39,6 +39,7 @@ lint: install
 	$(VENV)/bin/ruff check helixloom tests benchmarks
 	$(VENV)/bin/ruff format --check helixloom tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test: lint install-llamacpp browser
 	$(PY) -m pytest

@@ -74,9 +74,9 @@ def main() -> int:
     from helixloom.evals.pairwise import PairwiseJudge
     from helixloom.evals.winrate import win_rate
     from helixloom.paths import ensure_home
-    from helixloom.rewards import load_reward
     from helixloom.training.dpo import LoraDPOConfig
     from helixloom.training.iterate import IterateConfig, IterativeRun, format_table
+    from helixloom.training.reward_spec import load_reward
 
     ensure_home()
     t0 = time.perf_counter()

@@ -12,9 +12,10 @@ import pytest
 from helixloom.cli import main
 from helixloom.engine import load_engine
 from helixloom.errors import HelixloomError
-from helixloom.rewards import Constitution, ConstitutionReward, FunctionReward, load_reward, soft_minimum
+from helixloom.rewards import Constitution, ConstitutionReward, FunctionReward, soft_minimum
 from helixloom.training.dpo import LoraDPOConfig
 from helixloom.training.iterate import IterateConfig, IterativeRun, pick_pairs
+from helixloom.training.reward_spec import load_reward
 from tests.scripted import ScriptedEngine
 
 TIED = "Say something constant"  # the reward gives every response to this prompt the same score

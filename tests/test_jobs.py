@@ -18,9 +18,10 @@ import httpx
 import pytest
 
 from helixloom import jobs
-from helixloom.cli import main
+from helixloom.cli import main, parse_args
 from helixloom.errors import HelixloomError
 from helixloom.server import BackgroundServer, ServerConfig, ServerState
+from helixloom.server.job_runner import check_command
 from helixloom.store import Store
 from tests.conftest import TinyModel
 
@@ -133,13 +134,13 @@ def test_cli_commands_are_jobs(tiny_model: TinyModel, tmp_path: Path, capsys: py
 
 
 def test_check_command_uses_the_cli_parser(tiny_model: TinyModel) -> None:
-    assert jobs.check_command(["iterate", "--prompts", "p.jsonl", "--name", "r"]) == ("iterate", "r")
+    assert check_command(["iterate", "--prompts", "p.jsonl", "--name", "r"], parse_args) == ("iterate", "r")
     with pytest.raises(HelixloomError, match="a job runs one of"):
-        jobs.check_command(["serve"])
+        check_command(["serve"], parse_args)
     with pytest.raises(HelixloomError, match="--name"):
-        jobs.check_command(["iterate", "--prompts", "p.jsonl"])
+        check_command(["iterate", "--prompts", "p.jsonl"], parse_args)
     with pytest.raises(HelixloomError, match="not a job command"):
-        jobs.check_command(["train"])
+        check_command(["train"], parse_args)
 
 
 @pytest.fixture
@@ -149,7 +150,10 @@ def server(tiny_model: TinyModel, helixloom_home: Path) -> Iterator[BackgroundSe
 
     ensure_home()
     state = ServerState(
-        ServerConfig(model=str(tiny_model.path)), HFEngine.load(str(tiny_model.path)), Store.open_default()
+        ServerConfig(model=str(tiny_model.path)),
+        HFEngine.load(str(tiny_model.path)),
+        Store.open_default(),
+        parse_command=parse_args,
     )
     running = BackgroundServer(state)
     yield running

@@ -312,7 +312,7 @@ def test_judge_reward_score_groups_by_prompt_and_refuses_singletons() -> None:
 
 
 def test_load_reward_builds_a_judge_reward() -> None:
-    from helixloom.rewards import load_reward
+    from helixloom.training.reward_spec import load_reward
 
     reward = load_reward("judge", engine=VerdictEngine(longer))
     assert isinstance(reward, JudgeReward)

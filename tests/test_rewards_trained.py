@@ -22,7 +22,6 @@ from helixloom.cli import main
 from helixloom.engine.batching import BatchingEngine
 from helixloom.engine.hf import HFEngine
 from helixloom.errors import AdapterError, HelixloomError
-from helixloom.rewards import load_reward
 from helixloom.store import NewMessage, Store
 from helixloom.training import reward_model
 from helixloom.training.feedback import LabelledExample, labelled_examples, store_examples
@@ -35,6 +34,7 @@ from helixloom.training.reward_model import (
     reward_dir,
     train_reward_model,
 )
+from helixloom.training.reward_spec import load_reward
 from tests import tiny
 from tests.conftest import TinyModel
 from tests.scripted import ScriptedEngine

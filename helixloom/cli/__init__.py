@@ -1,8 +1,8 @@
 """The ``helixloom`` command line. Thin: it parses flags, calls the Python API and prints.
 
 Each command (or group of commands) lives in its own module here with a ``register(sub)`` that adds
-its parser; this module builds the parser from them, runs the chosen command (inside a job when it is
-a long one) and holds the flags and helpers the commands share.
+its parser; this module builds the parser from them and runs the chosen command (inside a job when it
+is a long one). The flags and helpers the commands share are in ``helixloom.cli.common``.
 
 Errors a user can cause print one line (``helixloom: error: ...``) and exit with code 2.
 """
@@ -104,7 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
         cli_jobs,
     ):
         command.register(sub)
+    # The server checks job command lines with this parser; it is handed over because the server,
+    # below the CLI, cannot import it.
+    sub.choices["serve"].set_defaults(parse_command=parse_args)
     return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line as ``helixloom`` does, with a parser of its own (exits, as argparse does,
+    with the message on stderr when the line is bad)."""
+    return build_parser().parse_args(argv)
 
 
 def _quiet_libraries() -> None:

@@ -83,9 +83,9 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     from helixloom.engine import load_engine
     from helixloom.errors import HelixloomError
     from helixloom.jsonl import read_prompts
-    from helixloom.rewards import load_reward
     from helixloom.training.configs import LoraDPOConfig
     from helixloom.training.iterate import IterateConfig, IterativeRun, format_table
+    from helixloom.training.reward_spec import load_reward
 
     store = open_store()
     if args.resume:

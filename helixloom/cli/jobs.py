@@ -132,7 +132,7 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
     with open_store() as store:
         job = find_job(store, args.job_id)
-        after = jobs.JobRunner(store).cancel(job.id)
+        after = jobs.cancel(store, job.id)
     said = "cancelled" if after.status == "cancelled" else "asked to stop"
     print(f"job {after.id}: {said}")
     return 0

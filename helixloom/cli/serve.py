@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.rounds < 1 or args.max_batch < 1 or args.max_queue < 1 or args.max_tokens < 1:
         raise HelixloomError("--rounds, --max-batch, --max-queue and --max-tokens must be at least 1")
-    state = open_state(config)
+    state = open_state(config, parse_command=args.parse_command)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     print(f"helixloom: serving {config.model} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     try:

@@ -105,9 +105,9 @@ def _paths(name: str) -> tuple[Any, Any]:
 
 
 def _check_name(store: Any, name: str, resume: bool) -> None:
+    from helixloom.paths import check_name
 
-    if not name or "/" in name or name.startswith("."):
-        raise HelixloomError(f"bad adapter name {name!r}", param="name")
+    check_name(name, "adapter name")
     if not resume and any(a.name == name for a in store.list_adapters()):
         raise HelixloomError(
             f"an adapter named {name} is registered", "pick another --name or remove it first"

@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from helixloom import jobs
+from helixloom import atomic, jobs
 from helixloom.cli.common import add_config_flags, given_config
 from helixloom.errors import HelixloomError
 
@@ -161,10 +161,7 @@ def _save_settings(run_dir: Path, command: str, config: Any, sources: dict[str, 
         "sources": sources,
         "config": {f.name: getattr(config, f.name) for f in fields(config)},
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (SETTINGS_FILE + ".partial")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(run_dir / SETTINGS_FILE)
+    atomic.write_text(run_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
 
 
 def _data_path(data: str | None) -> str | None:

@@ -27,11 +27,6 @@ class EnginePool:
                     self._engines[spec] = self._loader(spec)
             return self._engines[spec]
 
-    def put(self, spec: str, engine: Engine) -> None:
-        """Use an engine that is already loaded for ``spec``."""
-        with self._lock:
-            self._engines[spec] = engine
-
     @property
     def loaded(self) -> dict[str, Engine]:
         return dict(self._engines)

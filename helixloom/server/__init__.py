@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from helixloom.server.app import create_app
+from helixloom.server.job_runner import ParseCommand
 from helixloom.server.state import ServerConfig, ServerState
 
 __all__ = ["BackgroundServer", "ServerConfig", "ServerState", "create_app", "open_state"]
 
 
-def open_state(config: ServerConfig) -> ServerState:
-    """Load the model, open the store and load the served adapters (fails before the port opens)."""
+def open_state(config: ServerConfig, *, parse_command: ParseCommand | None = None) -> ServerState:
+    """Load the model, open the store and load the served adapters (fails before the port opens).
+
+    ``parse_command`` is the CLI's parser, for checking command lines submitted as jobs.
+    """
     from helixloom import models
     from helixloom.engine import load_engine
     from helixloom.paths import ensure_home
@@ -19,7 +23,7 @@ def open_state(config: ServerConfig) -> ServerState:
     ensure_home()
     store = Store.open_default()
     try:
-        return ServerState(config, load_engine(config.model), store)
+        return ServerState(config, load_engine(config.model), store, parse_command=parse_command)
     except BaseException:
         store.close()
         raise

@@ -1,7 +1,7 @@
 """``/api/jobs``: long work (learn, train, iterate, prompts, eval) started, watched and cancelled.
 
 A submitted command line runs as ``helixloom --job-id ID COMMAND...`` in a subprocess, one job at a
-time (``helixloom.jobs.JobRunner``); jobs run from the CLI on this machine are listed too. Paths in
+time (``helixloom.server.job_runner``); jobs run from the CLI on this machine are listed too. Paths in
 a command are read on the server's machine, relative to the server's working directory.
 """
 
@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request
 
 from helixloom import jobs
 from helixloom.errors import HelixloomError
+from helixloom.server.job_runner import job_log_path, tail
 from helixloom.server.protocol import JobRequest, not_found
 from helixloom.server.state import state_of
 
@@ -64,15 +65,15 @@ def get_job(job_id: str, request: Request) -> Any:
     if job is None:
         return not_found(f"no job {job_id}", "job_id")
     output = None
-    path = jobs.job_log_path(job_id)
+    path = job_log_path(job_id)
     if path.is_file():
-        output = jobs.tail(path, 40)
+        output = tail(path, 40)
     return {**asdict(job), "log": store.job_logs(job_id), "output": output}
 
 
 @router.post("/{job_id}/cancel", response_model=None)
 def cancel_job(job_id: str, request: Request) -> Any:
-    state = state_of(request)
-    if state.store.get_job(job_id) is None:
+    store = state_of(request).store
+    if store.get_job(job_id) is None:
         return not_found(f"no job {job_id}", "job_id")
-    return asdict(state.jobs.cancel(job_id))
+    return asdict(jobs.cancel(store, job_id))

@@ -14,7 +14,7 @@ from helixloom.engine import Engine
 from helixloom.engine.batching import BatchingEngine
 from helixloom.errors import HelixloomError, ModelNotFound
 from helixloom.helixnet import STAGES, PromptFormat, Stage
-from helixloom.jobs import JobRunner
+from helixloom.server.job_runner import JobRunner, ParseCommand
 from helixloom.store import Store
 
 Pipeline = Literal["helixnet", "weave"]
@@ -66,9 +66,15 @@ class Target:
 
 
 class ServerState:
-    """The loaded engine (behind a batching scheduler), the store, and adapters loaded on demand."""
+    """The loaded engine (behind a batching scheduler), the store, and adapters loaded on demand.
 
-    def __init__(self, config: ServerConfig, engine: Engine, store: Store) -> None:
+    ``parse_command`` is the CLI's parser, which checks command lines submitted as jobs; without it
+    the server refuses new jobs (the server sits below the CLI and cannot import it).
+    """
+
+    def __init__(
+        self, config: ServerConfig, engine: Engine, store: Store, *, parse_command: ParseCommand | None = None
+    ) -> None:
         self.config = config
         self.engine = (
             engine
@@ -87,7 +93,7 @@ class ServerState:
         for stage in STAGES:
             spec = config.helixnet_adapters.get(stage)
             self.helixnet_roles[stage] = self.ensure_adapter(spec) if spec else None
-        self.jobs = JobRunner(store)
+        self.jobs = JobRunner(store, parse_command)
         if config.run_jobs:
             self.jobs.start()
 

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from helixloom.errors import HelixloomError
-from helixloom.store import migrations
+from helixloom.store.migrations import migrate
 
 BUSY_TIMEOUT_MS = 5000
 WRITE_WAIT_S = 120.0  # how long a write waits in all for another process's write lock
@@ -68,7 +68,7 @@ class StoreBase:
                     f"cannot open database {self.path}: {exc}",
                     "move the file aside if it is not a SQLite database",
                 ) from exc
-            migrations.migrate(conn, upto=upto)
+            migrate(conn, upto=upto)
         except BaseException:
             conn.close()
             raise

@@ -1,0 +1,189 @@
+"""The server's side of jobs: submitted command lines queued in the store and run one at a time.
+
+Each job runs as a ``helixloom --job-id ID COMMAND...`` subprocess, so a crash in a job never takes
+the server down; the subprocess records its own progress and end (``helixloom.jobs.run_job``).
+A command line is checked before it is queued with the CLI's own parser, which the server is
+given (``ParseCommand``) rather than importing the CLI, which sits above it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from helixloom.errors import HelixloomError
+from helixloom.jobs import reap
+from helixloom.paths import runs_dir
+from helixloom.store import Store
+from helixloom.store.records import Job
+
+#: Parses a command line as ``helixloom`` would (argparse: exits with its message on stderr when bad).
+ParseCommand = Callable[[list[str]], argparse.Namespace]
+
+#: Commands the server may start as jobs (the first word of the command line).
+LAUNCHABLE = ("learn", "iterate", "train", "prompts", "eval")
+
+
+def job_log_path(job_id: str) -> Path:
+    """Where a launched job's stdout and stderr go."""
+    return runs_dir() / "jobs" / f"{job_id}.log"
+
+
+def check_command(argv: Sequence[str], parse: ParseCommand) -> tuple[str, str | None]:
+    """Parse a command line with the CLI's ``parse``; return (job kind, job name) or raise ``HelixloomError``
+    with the parser's own message."""
+    argv = list(argv)
+    if not argv or argv[0] not in LAUNCHABLE:
+        raise HelixloomError(
+            f"a job runs one of: {', '.join(LAUNCHABLE)}", f"got {shlex.join(argv) if argv else 'nothing'}"
+        )
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = parse(argv)
+    except SystemExit as exc:
+        lines = [line for line in err.getvalue().strip().splitlines() if line.strip()]
+        raise HelixloomError(lines[-1] if lines else f"bad command line (exit {exc.code})") from None
+    kind = getattr(args, "job", None)
+    if not isinstance(args, argparse.Namespace) or not kind:
+        raise HelixloomError(f"`helixloom {shlex.join(argv)}` is not a job command")
+    return str(kind), getattr(args, "name", None)
+
+
+class JobRunner:
+    """Runs submitted command lines as jobs, one at a time, each in its own ``helixloom`` process.
+
+    A queued job also waits while a job started from the CLI runs on this machine.
+
+    Submitted jobs wait in the store as ``queued``, so a server restart picks them up again. Their
+    output goes to ``runs/jobs/ID.log``; progress and log lines go to the store. Without ``parse``
+    (the CLI's parser) the runner still runs jobs already queued but refuses new ones.
+    """
+
+    def __init__(self, store: Store, parse: ParseCommand | None = None) -> None:
+        self.store = store
+        self.parse = parse
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._current: tuple[str, subprocess.Popen[bytes]] | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        if self._thread is None:
+            reap(self.store)
+            self._thread = threading.Thread(target=self._loop, name="helixloom-jobs", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking jobs; a running job is asked to stop (SIGTERM) and given ``timeout`` seconds."""
+        self._stop.set()
+        self._wake.set()
+        with self._lock:
+            current = self._current
+        if current is not None:
+            _, proc = current
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def submit(self, argv: Sequence[str]) -> Job:
+        """Queue ``helixloom ARGV...`` as a job; raises ``HelixloomError`` for a bad command line."""
+        if self.parse is None:
+            raise HelixloomError("this server was given no command parser, so it cannot check job commands")
+        kind, name = check_command(argv, self.parse)
+        if not isinstance(self.store.path, Path):
+            raise HelixloomError("jobs need a store on disk; this server's store is in memory")
+        job = self.store.create_job(kind, name=name, params={"argv": list(argv), "launcher": "server"})
+        self.store.log_job(job.id, f"queued: helixloom {shlex.join(argv)}")
+        self._wake.set()
+        return job
+
+    def _next(self) -> Job | None:
+        """The oldest queued server job, once no job runs on this machine (a CLI one included):
+        two trainings side by side would each take twice as long, and may not fit in memory."""
+        reap(self.store)
+        host = socket.gethostname()
+        if any(j.host == host for j in self.store.list_jobs(status="running")):
+            return None
+        queued = [
+            j
+            for j in self.store.list_jobs(status="queued")
+            if isinstance(j.params, dict) and j.params.get("launcher") == "server"
+        ]
+        return queued[-1] if queued else None  # list_jobs is newest first
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._next()
+            except HelixloomError:  # the store was closed under us: the server is going away
+                return
+            if job is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        argv = list((job.params or {}).get("argv", []))
+        path = job_log_path(job.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The job records itself in this store, whatever HELIXLOOM_HOME says.
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "HELIXLOOM_DB": str(self.store.path),
+            # Libraries' own bars (weights loading, dataset maps) would bury the job's output.
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        }
+        with open(path, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "helixloom", "--job-id", job.id, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            with self._lock:
+                self._current = (job.id, proc)
+            code = proc.wait()
+            with self._lock:
+                self._current = None
+        after = self.store.get_job(job.id)
+        if after is not None and not after.finished:
+            # It ended before recording an end of its own: a bad flag, a crash, a kill.
+            last = tail(path)
+            self.store.update_job(
+                job.id,
+                status="failed",
+                message=f"exited with code {code}",
+                error=last or f"exited with code {code}",
+            )
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    """The last ``lines`` non-empty lines of a log; a progress bar's redraws count as its last one."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    shown = (line.rstrip("\r").split("\r")[-1] for line in text.split("\n"))
+    kept = [line for line in shown if line.strip()]
+    return "\n".join(kept[-lines:])
