@@ -106,14 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.register(sub)
     # The server checks job command lines with this parser; it is handed over because the server,
     # below the CLI, cannot import it.
-    sub.choices["serve"].set_defaults(parse_command=parse_args)
+    sub.choices["serve"].set_defaults(command_parser=build_parser)
     return parser
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Parse a command line as ``helixloom`` does, with a parser of its own (exits, as argparse does,
-    with the message on stderr when the line is bad)."""
-    return build_parser().parse_args(argv)
 
 
 def _quiet_libraries() -> None:

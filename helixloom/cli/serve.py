@@ -33,9 +33,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--api-key",
         action="append",
         default=[],
-        metavar="[LABEL:]KEY",
-        help="require this bearer key on /v1 and /api (repeatable; also $HELIXLOOM_API_KEY). Sessions "
-        "record the label, never the key",
+        metavar="KEY",
+        help="require this bearer key on /v1 and /api (repeatable; also $HELIXLOOM_API_KEY). The whole "
+        "value is the key; sessions record a short hash of it, never the key",
+    )
+    serve.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="keys from FILE, one per line as KEY or LABEL KEY (sessions record the label); keeps keys out "
+        "of the process list",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name clients reach this server by (the Host header), besides loopback names and --host; "
+        "repeatable; '*' allows any. Stops DNS-rebinding pages from reaching a local server",
+    )
+    serve.add_argument(
+        "--allow-unauthenticated-network",
+        action="store_true",
+        help="let a --host other than loopback serve without an API key (anyone who can reach the port can "
+        "use the models, the store and the jobs API)",
+    )
+    serve.add_argument(
+        "--allow-job-model",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a model spec jobs submitted over HTTP may name (e.g. openai:URL#MODEL as a teacher or judge), "
+        "besides the served model and default; repeatable",
     )
     serve.add_argument("--max-batch", type=int, default=8, help="most requests per engine batch (default 8)")
     serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 (default 64)")
@@ -64,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from helixloom.server import ServerConfig, create_app, open_state
-    from helixloom.server.state import key_label
+    from helixloom.server.security import KeyRing, check_bind, read_key_file
 
     adapters = {}
     for item in args.adapter:
@@ -72,13 +100,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not sep or not name or not path:
             raise HelixloomError(f"--adapter {item!r} is not NAME=PATH", param="adapter")
         adapters[name] = path
-    keys = list(args.api_key) + (
-        [os.environ["HELIXLOOM_API_KEY"]] if os.environ.get("HELIXLOOM_API_KEY") else []
-    )
+    keys = list(args.api_key)
+    if "HELIXLOOM_API_KEY" in os.environ:  # an exported but empty variable is refused, not "no auth"
+        keys.append(os.environ["HELIXLOOM_API_KEY"])
+    ring = KeyRing.of(keys, read_key_file(args.api_key_file) if args.api_key_file else None)
+    check_bind(args.host, ring, args.allow_unauthenticated_network)
     config = ServerConfig(
         model=args.model,
         adapters=adapters,
-        api_keys=dict(key_label(k) for k in keys),
+        api_keys=dict(ring.keys),
+        host=args.host,
+        allowed_hosts=tuple(args.allowed_host),
+        job_models=tuple(args.allow_job_model),
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         default_max_tokens=args.max_tokens,
@@ -93,7 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.rounds < 1 or args.max_batch < 1 or args.max_queue < 1 or args.max_tokens < 1:
         raise HelixloomError("--rounds, --max-batch, --max-queue and --max-tokens must be at least 1")
-    state = open_state(config, parse_command=args.parse_command)
+    state = open_state(config, command_parser=args.command_parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     print(f"helixloom: serving {config.model} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     try:

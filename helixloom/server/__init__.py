@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from helixloom.server.app import create_app
-from helixloom.server.job_runner import ParseCommand
+from helixloom.server.job_runner import CommandParser
 from helixloom.server.state import ServerConfig, ServerState
 
 __all__ = ["BackgroundServer", "ServerConfig", "ServerState", "create_app", "open_state"]
 
 
-def open_state(config: ServerConfig, *, parse_command: ParseCommand | None = None) -> ServerState:
+def open_state(config: ServerConfig, *, command_parser: CommandParser | None = None) -> ServerState:
     """Load the model, open the store and load the served adapters (fails before the port opens).
 
-    ``parse_command`` is the CLI's parser, for checking command lines submitted as jobs.
+    ``command_parser`` builds the CLI's parser, for checking command lines submitted as jobs.
     """
     from helixloom import models
     from helixloom.engine import load_engine
@@ -23,7 +23,7 @@ def open_state(config: ServerConfig, *, parse_command: ParseCommand | None = Non
     ensure_home()
     store = Store.open_default()
     try:
-        return ServerState(config, load_engine(config.model), store, parse_command=parse_command)
+        return ServerState(config, load_engine(config.model), store, command_parser=command_parser)
     except BaseException:
         store.close()
         raise

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helixloom.engine.batching import EngineBusy
@@ -30,7 +31,14 @@ KEYED_ROUTES = ("/tokenize", "/detokenize")
 
 def create_app(state: ServerState) -> FastAPI:
     """The ASGI app over a ready ``ServerState`` (engine loaded, store open)."""
-    from helixloom.server import api_routes, job_routes, loom_routes, openai_routes, tokenize_routes
+    from helixloom.server import (
+        api_routes,
+        file_routes,
+        job_routes,
+        loom_routes,
+        openai_routes,
+        tokenize_routes,
+    )
 
     app = FastAPI(title="helixloom", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.helixloom = state
@@ -38,6 +46,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(api_routes.router)
     app.include_router(loom_routes.router)
     app.include_router(job_routes.router)
+    app.include_router(file_routes.router)
     app.include_router(tokenize_routes.router)
     static = resources.files("helixloom") / "server" / "static"
 
@@ -57,6 +66,16 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.middleware("http")
     async def require_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if not state.hosts.ok(request.headers.get("host")):
+            # A page on another site that rebinds its name to this machine carries its own Host.
+            return JSONResponse(
+                error_body(
+                    "this server does not answer to that Host name",
+                    "invalid_request_error",
+                    code="invalid_host",
+                ),
+                status_code=421,
+            )
         if request.url.path.startswith(("/v1", "/api")) or request.url.path in KEYED_ROUTES:
             try:
                 request.state.key_label = state.check_key(request.headers.get("authorization"))
@@ -97,6 +116,12 @@ def create_app(state: ServerState) -> FastAPI:
             headers={"Retry-After": "1"},
         )
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own errors (unknown route, wrong method) in OpenAI's envelope too.
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code)
+
     @app.exception_handler(HelixloomError)
     async def user_error(_: Request, exc: HelixloomError) -> JSONResponse:
         return JSONResponse(error_body(str(exc), "invalid_request_error", param=exc.param), status_code=400)
@@ -112,15 +137,18 @@ def create_app(state: ServerState) -> FastAPI:
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": state.base_id, "queued": state.engine.queued}
 
-    return BodyLimit(app, state.config.max_body_bytes)  # type: ignore[return-value]
+    limits = {"/api/files/": state.config.max_upload_bytes}
+    return BodyLimit(app, state.config.max_body_bytes, limits)  # type: ignore[return-value]
 
 
 class BodyLimit:
-    """Refuses request bodies over ``limit`` bytes with 413, by header or by counting what arrives."""
+    """Refuses request bodies over ``limit`` bytes with 413, by header or by counting what arrives;
+    paths under a prefix of ``limits`` (uploads) have that prefix's limit instead."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.limits = limits or {}
 
     def __getattr__(self, name: str) -> Any:  # tests and uvicorn reach the FastAPI app through us
         return getattr(self.app, name)
@@ -129,10 +157,12 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        limit = next((n for prefix, n in self.limits.items() if path.startswith(prefix)), self.limit)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit)
             return
         seen = 0
         too_large = False
@@ -142,7 +172,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     too_large = True  # the app sees a client that went away, and its answer is dropped
                     return {"type": "http.disconnect"}
             return message
@@ -157,13 +187,11 @@ class BodyLimit:
             if not too_large:
                 raise
         if too_large:
-            await self._refuse(send)
+            await self._refuse(send, limit)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, limit: int) -> None:
         body = JSONResponse(
-            error_body(
-                f"request body over {self.limit} bytes", "invalid_request_error", code="request_too_large"
-            ),
+            error_body(f"request body over {limit} bytes", "invalid_request_error", code="request_too_large"),
             status_code=413,
         )
         await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})

@@ -1,8 +1,10 @@
 """``/api/jobs``: long work (learn, train, iterate, prompts, eval) started, watched and cancelled.
 
 A submitted command line runs as ``helixloom --job-id ID COMMAND...`` in a subprocess, one job at a
-time (``helixloom.server.job_runner``); jobs run from the CLI on this machine are listed too. Paths in
-a command are read on the server's machine, relative to the server's working directory.
+time (``helixloom.server.job_runner``); jobs run from the CLI on this machine are listed too. What a
+client may run is listed in ``helixloom.server.job_policy``: paths lie under ``HELIXLOOM_HOME``
+(relative ones are taken from it; upload files with ``PUT /api/files/NAME`` and name them
+``uploads/NAME``), models are the operator's.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
     state = state_of(request)
     if not state.config.run_jobs:
         raise HelixloomError("this server does not run jobs (started with --no-jobs)")
-    return asdict(state.jobs.submit(argv))
+    return asdict(state.jobs.submit(argv, state.job_policy()))
 
 
 @router.get("/{job_id}", response_model=None)

@@ -2,8 +2,11 @@
 
 Each job runs as a ``helixloom --job-id ID COMMAND...`` subprocess, so a crash in a job never takes
 the server down; the subprocess records its own progress and end (``helixloom.jobs.run_job``).
-A command line is checked before it is queued with the CLI's own parser, which the server is
-given (``ParseCommand``) rather than importing the CLI, which sits above it.
+A command line is checked before it is queued: first by the CLI's own parser, which the server is
+given (``CommandParser``) rather than importing the CLI, which sits above it; then by the job policy
+(``helixloom.server.job_policy``): only listed commands and flags, paths under ``HELIXLOOM_HOME``,
+models the operator allowed. The job runs in the home, with a cleaned environment: no API keys or
+other secrets of the server's go along.
 """
 
 from __future__ import annotations
@@ -22,12 +25,54 @@ from pathlib import Path
 
 from helixloom.errors import HelixloomError
 from helixloom.jobs import reap
-from helixloom.paths import runs_dir
+from helixloom.paths import home, runs_dir
+from helixloom.server.job_policy import JobPolicy
 from helixloom.store import Store
 from helixloom.store.records import Job
 
-#: Parses a command line as ``helixloom`` would (argparse: exits with its message on stderr when bad).
-ParseCommand = Callable[[list[str]], argparse.Namespace]
+#: Builds the parser of ``helixloom``'s command line (the CLI's ``build_parser``).
+CommandParser = Callable[[], argparse.ArgumentParser]
+
+#: The environment a job inherits from the server: what Python, the libraries and the job need to run,
+#: nothing else (API keys, tokens and cloud credentials stay with the server).
+_KEPT_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "HELIXLOOM_HOME",
+    "HELIXLOOM_TEST_CACHE",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "TRANSFORMERS_VERBOSITY",
+    "TOKENIZERS_PARALLELISM",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+)
+
+
+def job_env(db: Path) -> dict[str, str]:
+    """The environment of a job the server starts."""
+    env = {k: v for k, v in os.environ.items() if k in _KEPT_ENV or k.startswith("LC_")}
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "HELIXLOOM_DB": str(db),  # the job records itself in this store, whatever HELIXLOOM_HOME says
+            # Libraries' own bars (weights loading, dataset maps) would bury the job's output.
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        }
+    )
+    return env
+
 
 #: Commands the server may start as jobs (the first word of the command line).
 LAUNCHABLE = ("learn", "iterate", "train", "prompts", "eval")
@@ -38,8 +83,8 @@ def job_log_path(job_id: str) -> Path:
     return runs_dir() / "jobs" / f"{job_id}.log"
 
 
-def check_command(argv: Sequence[str], parse: ParseCommand) -> tuple[str, str | None]:
-    """Parse a command line with the CLI's ``parse``; return (job kind, job name) or raise ``HelixloomError``
+def check_command(argv: Sequence[str], make_parser: CommandParser) -> tuple[str, str | None]:
+    """Parse a command line with the CLI's parser; return (job kind, job name) or raise ``HelixloomError``
     with the parser's own message."""
     argv = list(argv)
     if not argv or argv[0] not in LAUNCHABLE:
@@ -49,7 +94,7 @@ def check_command(argv: Sequence[str], parse: ParseCommand) -> tuple[str, str | 
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args = parse(argv)
+            args = make_parser().parse_args(argv)
     except SystemExit as exc:
         lines = [line for line in err.getvalue().strip().splitlines() if line.strip()]
         raise HelixloomError(lines[-1] if lines else f"bad command line (exit {exc.code})") from None
@@ -65,13 +110,13 @@ class JobRunner:
     A queued job also waits while a job started from the CLI runs on this machine.
 
     Submitted jobs wait in the store as ``queued``, so a server restart picks them up again. Their
-    output goes to ``runs/jobs/ID.log``; progress and log lines go to the store. Without ``parse``
-    (the CLI's parser) the runner still runs jobs already queued but refuses new ones.
+    output goes to ``runs/jobs/ID.log``; progress and log lines go to the store. Without
+    ``make_parser`` (the CLI's parser) the runner still runs jobs already queued but refuses new ones.
     """
 
-    def __init__(self, store: Store, parse: ParseCommand | None = None) -> None:
+    def __init__(self, store: Store, make_parser: CommandParser | None = None) -> None:
         self.store = store
-        self.parse = parse
+        self.make_parser = make_parser
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,11 +147,14 @@ class JobRunner:
             self._thread.join(timeout)
             self._thread = None
 
-    def submit(self, argv: Sequence[str]) -> Job:
-        """Queue ``helixloom ARGV...`` as a job; raises ``HelixloomError`` for a bad command line."""
-        if self.parse is None:
+    def submit(self, argv: Sequence[str], policy: JobPolicy) -> Job:
+        """Queue ``helixloom ARGV...`` as a job, if ``policy`` lets a remote client run it (with its
+        paths rewritten absolute); raises ``HelixloomError`` for a bad or refused command line."""
+        if self.make_parser is None:
             raise HelixloomError("this server was given no command parser, so it cannot check job commands")
-        kind, name = check_command(argv, self.parse)
+        check_command(argv, self.make_parser)
+        argv = policy.check(self.make_parser(), list(argv))
+        kind, name = check_command(argv, self.make_parser)
         if not isinstance(self.store.path, Path):
             raise HelixloomError("jobs need a store on disk; this server's store is in memory")
         job = self.store.create_job(kind, name=name, params={"argv": list(argv), "launcher": "server"})
@@ -144,15 +192,8 @@ class JobRunner:
         argv = list((job.params or {}).get("argv", []))
         path = job_log_path(job.id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The job records itself in this store, whatever HELIXLOOM_HOME says.
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "HELIXLOOM_DB": str(self.store.path),
-            # Libraries' own bars (weights loading, dataset maps) would bury the job's output.
-            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        }
+        assert isinstance(self.store.path, Path)
+        env = job_env(self.store.path)
         with open(path, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "helixloom", "--job-id", job.id, *argv],
@@ -160,6 +201,7 @@ class JobRunner:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd=home(),  # a relative path the job meets is the home's, as the policy checked it
             )
             with self._lock:
                 self._current = (job.id, proc)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +9,14 @@ from typing import Literal
 
 from starlette.requests import Request
 
+from helixloom import paths
 from helixloom.engine import Engine
 from helixloom.engine.batching import BatchingEngine
 from helixloom.errors import HelixloomError, ModelNotFound
 from helixloom.helixnet import STAGES, PromptFormat, Stage
-from helixloom.server.job_runner import JobRunner, ParseCommand
+from helixloom.server.job_policy import JobPolicy
+from helixloom.server.job_runner import CommandParser, JobRunner
+from helixloom.server.security import HostCheck, KeyRing
 from helixloom.store import Store
 
 Pipeline = Literal["helixnet", "weave"]
@@ -36,20 +38,16 @@ class ServerConfig:
     helixnet_format: str = "helixnet"
     helixnet_rounds: int = 1
     run_jobs: bool = True  # run jobs submitted to POST /api/jobs (one at a time, as subprocesses)
+    job_models: tuple[str, ...] = ()  # model specs jobs may name besides the served one and the default
+    host: str = "127.0.0.1"  # the address bound: the Host header may name it
+    allowed_hosts: tuple[str, ...] = ()  # more names the Host header may carry ("*": any)
+    max_upload_bytes: int = 256 * 1024 * 1024  # PUT /api/files
 
 
 def state_of(request: Request) -> ServerState:
     """The ``ServerState`` of the app serving ``request``."""
     state: ServerState = request.app.state.helixloom
     return state
-
-
-def key_label(spec: str) -> tuple[str, str]:
-    """``LABEL:KEY`` or a bare ``KEY`` (labelled by a short hash) as (key, label)."""
-    label, sep, key = spec.partition(":")
-    if sep and label and key:
-        return key, label
-    return spec, "key-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
 
 
 @dataclass(frozen=True)
@@ -68,14 +66,21 @@ class Target:
 class ServerState:
     """The loaded engine (behind a batching scheduler), the store, and adapters loaded on demand.
 
-    ``parse_command`` is the CLI's parser, which checks command lines submitted as jobs; without it
-    the server refuses new jobs (the server sits below the CLI and cannot import it).
+    ``command_parser`` builds the CLI's parser, which checks command lines submitted as jobs; without
+    it the server refuses new jobs (the server sits below the CLI and cannot import it).
     """
 
     def __init__(
-        self, config: ServerConfig, engine: Engine, store: Store, *, parse_command: ParseCommand | None = None
+        self,
+        config: ServerConfig,
+        engine: Engine,
+        store: Store,
+        *,
+        command_parser: CommandParser | None = None,
     ) -> None:
         self.config = config
+        self.keys = KeyRing.of(labelled=config.api_keys)
+        self.hosts = HostCheck.for_bind(config.host, config.allowed_hosts, keyed=bool(self.keys.keys))
         self.engine = (
             engine
             if isinstance(engine, BatchingEngine)
@@ -93,7 +98,7 @@ class ServerState:
         for stage in STAGES:
             spec = config.helixnet_adapters.get(stage)
             self.helixnet_roles[stage] = self.ensure_adapter(spec) if spec else None
-        self.jobs = JobRunner(store, parse_command)
+        self.jobs = JobRunner(store, command_parser)
         if config.run_jobs:
             self.jobs.start()
 
@@ -134,14 +139,16 @@ class ServerState:
             return name
 
     def check_key(self, authorization: str | None) -> str | None:
-        """The label of the request's API key; raises when keys are required and this one is wrong."""
-        if not self.config.api_keys:
-            return None
-        token = (authorization or "").removeprefix("Bearer ").strip()
-        label = self.config.api_keys.get(token)
-        if label is None:
-            raise PermissionError("missing or wrong API key")
-        return label
+        """The label of the request's API key; ``PermissionError`` when keys are required and this one
+        is missing or wrong."""
+        return self.keys.label(authorization)
+
+    def job_policy(self) -> JobPolicy:
+        """What a remote client may run as a job now (the registered adapters change over time)."""
+        models = {"default", "llamacpp:default", self.config.model, *self.config.job_models}
+        return JobPolicy(
+            home=paths.home(), models=frozenset(models), adapters=frozenset(self.served_adapters())
+        )
 
     def close(self) -> None:
         self.jobs.stop()
