@@ -74,8 +74,10 @@ def main() -> int:
     from helixloom.evals.judge import PairwiseJudge, win_rate
     from helixloom.paths import ensure_home
     from helixloom.rewards import load_reward
+    from helixloom.training.configs import IterateConfig
     from helixloom.training.dpo import LoraDPOConfig
-    from helixloom.training.iterate import IterateConfig, IterativeRun, format_table
+    from helixloom.training.iterate import IterativeRun
+    from helixloom.training.iterate_report import format_table
 
     ensure_home()
     t0 = time.perf_counter()

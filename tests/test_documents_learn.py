@@ -12,7 +12,7 @@ import pytest
 from transformers import TrainerCallback
 
 from helixloom import paths
-from helixloom.documents import dataset, learn
+from helixloom.documents import dataset
 from helixloom.documents.ingest import ingest
 from helixloom.documents.qa import Suite, dedupe, generate_pairs
 from helixloom.engine import GenerationRequest
@@ -20,7 +20,9 @@ from helixloom.engine.hf import HFEngine
 from helixloom.errors import HelixloomError
 from helixloom.server import BackgroundServer, ServerConfig, ServerState
 from helixloom.store import Store
-from helixloom.training.sft import LoraSFTConfig, train_lora
+from helixloom.training import learn
+from helixloom.training.configs import LoraSFTConfig
+from helixloom.training.sft import train_lora
 from tests.conftest import TinyModel
 from tests.scripted import ScriptedEngine
 

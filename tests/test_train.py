@@ -13,7 +13,7 @@ from helixloom.errors import HelixloomError
 from helixloom.store import NewMessage, Store
 from helixloom.training.data import liked_rows, load_sft_data, mix_general, sft_row
 from helixloom.training.evaluator_tune import Example, evaluator_rows, split, train_evaluator
-from helixloom.training.sft import LoraSFTConfig
+from helixloom.training.configs import LoraSFTConfig
 
 FAST = ["--max-steps", "2", "--batch-size", "2", "--rank", "4", "--learning-rate", "1e-3"]
 
