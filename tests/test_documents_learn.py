@@ -411,3 +411,16 @@ def test_eval_qa(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, tmp_
     assert code == 0 and body["questions"] == 1 and set(body["answers"][0]) >= {"base", "adapter"}
     file.write_text('{"question": "no facts"}\n')
     assert main(["eval", "qa", "--adapter", "x", "--questions", str(file)]) == 2
+
+
+def test_learn_refuses_a_name_that_leaves_its_folder(tmp_path: Path, capsys) -> None:
+    from helixloom.cli import main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text(ARTICLE)
+    assert main(["learn", str(docs), "--name", "../../x", "--base", "default"]) != 0
+    assert "bad name '../../x'" in capsys.readouterr().err
+    assert not (paths.home().parent / "x").exists()
+    with Store(paths.db_path()) as store, pytest.raises(HelixloomError, match="bad dataset name"):
+        learn.train("../x", store)

@@ -38,19 +38,11 @@ def check_preference_rows(rows: Sequence[dict[str, Any]]) -> None:
             )
 
 
-def dpo_rows(rows: Sequence[dict[str, Any]], tokenizer: Any) -> list[dict[str, str]]:
-    """Preference rows as DPO's trainer reads them. TRL tokenizes the prompt without special tokens,
-    so a BOS the model expects (one its tokenizer adds) is put in the text, once."""
-    bos = tokenizer.bos_token
-    adds_bos = bool(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
-    return [
-        {
-            "prompt": (bos if adds_bos and not r["prompt"].startswith(bos) else "") + r["prompt"],
-            "chosen": r["chosen"],
-            "rejected": r["rejected"],
-        }
-        for r in rows
-    ]
+def dpo_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """Preference rows as DPO's trainer reads them: the prompt exactly as it is served. TRL tokenizes
+    it as the SFT trainer does (with the tokenizer's special tokens), so no BOS is added to the text:
+    that gave DPO a doubled BOS that SFT and serving never see."""
+    return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
 
 
 def train_dpo(
@@ -73,7 +65,7 @@ def train_dpo(
         raise HelixloomError("no preference pairs to train on")
     check_preference_rows(rows)
     model, tokenizer, cuda = load_for_training(base_spec, init_adapter)
-    data = Dataset.from_list(dpo_rows(rows, tokenizer))
+    data = Dataset.from_list(dpo_rows(rows))
     checkpoint = prepare_run_dir(run_dir, resume)
     args = trl_args(
         DPOConfig,
