@@ -74,8 +74,10 @@ def main() -> int:
     from helixloom.evals.pairwise import PairwiseJudge
     from helixloom.evals.winrate import win_rate
     from helixloom.paths import ensure_home
+    from helixloom.training.configs import IterateConfig
     from helixloom.training.dpo import LoraDPOConfig
-    from helixloom.training.iterate import IterateConfig, IterativeRun, format_table
+    from helixloom.training.iterate import IterativeRun
+    from helixloom.training.iterate_report import format_table
     from helixloom.training.reward_spec import load_reward
 
     ensure_home()

@@ -104,11 +104,11 @@ def main() -> None:
             target.symlink_to(f)
 
     from helixloom import paths
-    from helixloom.documents import learn
     from helixloom.engine import load_engine, sampling
     from helixloom.evals import keyfacts as qa
     from helixloom.store import Store
-    from helixloom.training.sft import LoraSFTConfig
+    from helixloom.training import learn
+    from helixloom.training.configs import LoraSFTConfig
 
     paths.ensure_home()
     docs = work / "docs"
@@ -144,7 +144,7 @@ def main() -> None:
         t0 = time.perf_counter()
         trained = learn.train("bench-zorblax", store)
         stages["training_seconds"] = time.perf_counter() - t0
-        system = learn.adapter_meta(store, "bench-zorblax").get("system_prompt")
+        system = store.adapter_meta("bench-zorblax").get("system_prompt")
     engine.load_adapter("bench-zorblax", str(trained.adapter_dir))
     t0 = time.perf_counter()
     after = qa.answer(engine, items, params, adapter="bench-zorblax", system=system)

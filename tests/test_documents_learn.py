@@ -12,7 +12,7 @@ import pytest
 from transformers import TrainerCallback
 
 from helixloom import paths
-from helixloom.documents import dataset, learn
+from helixloom.documents import dataset
 from helixloom.documents.ingest import ingest
 from helixloom.documents.questions import Suite, dedupe, generate_pairs
 from helixloom.engine import GenerationRequest
@@ -20,7 +20,9 @@ from helixloom.engine.hf import HFEngine
 from helixloom.errors import HelixloomError
 from helixloom.server import BackgroundServer, ServerConfig, ServerState
 from helixloom.store import Store
-from helixloom.training.sft import LoraSFTConfig, train_lora
+from helixloom.training import learn
+from helixloom.training.configs import LoraSFTConfig
+from helixloom.training.sft import train_lora
 from tests.conftest import TinyModel
 from tests.scripted import ScriptedEngine
 
@@ -409,3 +411,16 @@ def test_eval_qa(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, tmp_
     assert code == 0 and body["questions"] == 1 and set(body["answers"][0]) >= {"base", "adapter"}
     file.write_text('{"question": "no facts"}\n')
     assert main(["eval", "qa", "--adapter", "x", "--questions", str(file)]) == 2
+
+
+def test_learn_refuses_a_name_that_leaves_its_folder(tmp_path: Path, capsys) -> None:
+    from helixloom.cli import main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text(ARTICLE)
+    assert main(["learn", str(docs), "--name", "../../x", "--base", "default"]) != 0
+    assert "bad name '../../x'" in capsys.readouterr().err
+    assert not (paths.home().parent / "x").exists()
+    with Store(paths.db_path()) as store, pytest.raises(HelixloomError, match="bad dataset name"):
+        learn.train("../x", store)

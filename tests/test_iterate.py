@@ -13,8 +13,9 @@ from helixloom.cli import main
 from helixloom.engine import load_engine
 from helixloom.errors import HelixloomError
 from helixloom.rewards import Constitution, ConstitutionReward, FunctionReward, soft_minimum
-from helixloom.training.dpo import LoraDPOConfig
-from helixloom.training.iterate import IterateConfig, IterativeRun, pick_pairs
+from helixloom.training.configs import IterateConfig, LoraDPOConfig
+from helixloom.training.iterate import IterativeRun
+from helixloom.training.pairing import pick_pairs
 from helixloom.training.reward_spec import load_reward
 from tests.scripted import ScriptedEngine
 
@@ -288,7 +289,7 @@ def test_load_reward_specs(tmp_path: Path) -> None:
 
 
 def test_reward_outcome_calls_the_same_answer_a_tie() -> None:
-    from helixloom.training.iterate import reward_outcome
+    from helixloom.training.pairing import reward_outcome
 
     assert reward_outcome("same", 2.5000001, "same", 2.4) == 0.5  # batch noise on identical text
     assert reward_outcome("a", 2.0, "b", 2.0 + 1e-9) == 0.5

@@ -25,12 +25,11 @@ from helixloom.errors import AdapterError, HelixloomError
 from helixloom.store import NewMessage, Store
 from helixloom.training import reward_model
 from helixloom.training.feedback import LabelledExample, labelled_examples, store_examples
+from helixloom.training.preferences import pair_accuracy, preference_pairs
 from helixloom.training.reward_head import RewardHeadConfig, RewardHeadReward, train_reward_head
 from helixloom.training.reward_model import (
     RewardModelConfig,
     encode,
-    pair_accuracy,
-    preference_pairs,
     reward_dir,
     train_reward_model,
 )
@@ -473,7 +472,7 @@ def test_cli_bad_input(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel
     fails([*rm, str(tmp_path / "d.jsonl")], "line 1 is not JSON")
     fails(
         ["train", "reward", "--name", "../up", *base, "--data", str(tmp_path / "c.jsonl")],
-        "invalid reward name",
+        "bad reward name",
     )
 
     head = ["train", "reward-head", "--name", "x", *base, "--data"]

@@ -88,14 +88,16 @@ def test_jobs_api_refuses_abuse(served: tuple[str, ServerState], command: str, f
 
 
 def test_uploaded_files_are_what_jobs_may_use(served: tuple[str, ServerState], helixloom_home: Path) -> None:
-    url, state = served
+    url, _ = served
     r = httpx.put(f"{url}/api/files/prompts.txt", content=b"Say hi.\nSay bye.\n", headers=auth())
     assert r.status_code == 201 and r.json()["path"] == "uploads/prompts.txt"
     assert (helixloom_home / "uploads" / "prompts.txt").read_bytes() == b"Say hi.\nSay bye.\n"
     assert [f["name"] for f in httpx.get(f"{url}/api/files", headers=auth()).json()["data"]] == [
         "prompts.txt"
     ]
-    assert_openai_error(httpx.put(f"{url}/api/files/.hidden", content=b"x", headers=auth()), 400, "bad file name")
+    assert_openai_error(
+        httpx.put(f"{url}/api/files/.hidden", content=b"x", headers=auth()), 400, "bad file name"
+    )
     assert httpx.put(f"{url}/api/files/a%2Fb", content=b"x", headers=auth()).status_code in (400, 404)
     r = httpx.post(
         f"{url}/api/jobs",

@@ -11,9 +11,9 @@ import pytest
 from helixloom.cli import main
 from helixloom.errors import HelixloomError
 from helixloom.store import NewMessage, Store
+from helixloom.training.configs import LoraSFTConfig
 from helixloom.training.data import liked_rows, load_sft_data, mix_general, sft_row
 from helixloom.training.evaluator_tune import Example, evaluator_rows, split, train_evaluator
-from helixloom.training.sft import LoraSFTConfig
 
 FAST = ["--max-steps", "2", "--batch-size", "2", "--rank", "4", "--learning-rate", "1e-3"]
 
@@ -199,3 +199,93 @@ def test_train_evaluator_cli_from_jsonl(tiny_model, tmp_path: Path, capsys) -> N
         main(["train", "evaluator", "--data", str(bad), "--name", "x", "--base", str(tiny_model.path)]) == 2
     )
     assert "not 0 or 1" in capsys.readouterr().err
+
+
+def test_sft_dpo_and_raft_render_a_conversation_to_the_same_tokens(tiny_model, tmp_path: Path) -> None:
+    """One chat-template path: the prompt tokens TRL's SFT and DPO trainers build (SFT rows, `train
+    dpo` rows, and iterate's DPO pairs and RAFT rows) are the tokens the served prompt has."""
+    import random as _random
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    from helixloom.engine import load_engine
+    from helixloom.prompting import render
+    from helixloom.training.chat_template import render_prompt
+    from helixloom.training.dpo import dpo_rows
+    from helixloom.training.iterate_state import Sample
+    from helixloom.training.pairing import training_rows
+    from helixloom.training.sft import to_prompt_completion
+
+    folder = str(tiny_model.path)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    engine = load_engine(folder)
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Where is Paris?"},
+    ]
+    served = engine.tokenize(render(engine, conversation).prompt)
+    sample = Sample(0, "Where is Paris?", ["France.", "Mars."], [1.0, 0.0], [2, 2])
+
+    def iterate_rows(method: str) -> list[dict]:
+        rows, _ = training_rows(
+            [sample],
+            method=method,
+            how="max_min",
+            rng=_random.Random(0),
+            messages=lambda p: [conversation[0], {"role": "user", "content": p}],
+            render=lambda m: render(engine, m).prompt,
+        )
+        return [r.to_json() for r in rows]
+
+    sft_row = {"messages": [*conversation, {"role": "assistant", "content": "France."}]}
+    sft = to_prompt_completion([sft_row, *iterate_rows("raft")], tokenizer, None)
+    dpo_cli = {"prompt": render_prompt(tokenizer, conversation), "chosen": "France.", "rejected": "Mars."}
+    dpo = dpo_rows([dpo_cli, *iterate_rows("dpo")])
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    common = {"output_dir": str(tmp_path), "report_to": [], "use_cpu": True, "max_length": 256}
+    sft_data = SFTTrainer(
+        model=model,
+        args=SFTConfig(**common, completion_only_loss=True),
+        train_dataset=Dataset.from_list(sft),
+        processing_class=tokenizer,
+    ).train_dataset
+    dpo_data = DPOTrainer(
+        model=model,
+        args=DPOConfig(**common),
+        train_dataset=Dataset.from_list(dpo),
+        processing_class=tokenizer,
+    ).train_dataset
+    sft_prompts = [
+        [t for t, label in zip(r["input_ids"], r["labels"], strict=True) if label == -100] for r in sft_data
+    ]
+    dpo_prompts = [list(r["prompt_ids"]) for r in dpo_data]
+    assert len(sft_prompts) == 2 and len(dpo_prompts) == 2  # SFT + RAFT, `train dpo` + iterate's DPO
+    assert served[:1] == [tokenizer.bos_token_id] and served.count(tokenizer.bos_token_id) == 1
+    for ids in sft_prompts + dpo_prompts:
+        assert ids == served
+
+
+def test_resume_passes_over_a_half_written_checkpoint(tmp_path: Path) -> None:
+    from helixloom.training.trainer import last_complete_checkpoint, prepare_run_dir
+
+    def checkpoint(step: int, *, state: str | None, weights: bool) -> Path:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if weights:
+            (folder / "adapter_model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+        return folder
+
+    assert last_complete_checkpoint(tmp_path) is None
+    good = checkpoint(2, state='{"global_step": 2}', weights=True)
+    checkpoint(4, state='{"global_st', weights=True)  # killed while the state was being written
+    checkpoint(6, state=None, weights=True)  # killed before the state
+    checkpoint(8, state='{"global_step": 8}', weights=False)  # weights missing
+    (tmp_path / "checkpoint-10.partial").mkdir()
+    assert prepare_run_dir(tmp_path, resume=True) == str(good)
+    assert prepare_run_dir(tmp_path, resume=False) is None
+    assert not list(tmp_path.glob("checkpoint-*"))

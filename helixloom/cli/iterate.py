@@ -24,8 +24,7 @@ registered as NAME.
 
 def register(sub: argparse._SubParsersAction) -> None:
     from helixloom.cli.common import add_sft_flags
-    from helixloom.training.configs import LoraDPOConfig
-    from helixloom.training.iterate import IterateConfig
+    from helixloom.training.configs import IterateConfig, LoraDPOConfig
 
     it = sub.add_parser(
         "iterate",
@@ -83,8 +82,9 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     from helixloom.engine import load_engine
     from helixloom.errors import HelixloomError
     from helixloom.jsonl import read_prompts
-    from helixloom.training.configs import LoraDPOConfig
-    from helixloom.training.iterate import IterateConfig, IterativeRun, format_table
+    from helixloom.training.configs import IterateConfig, LoraDPOConfig
+    from helixloom.training.iterate import IterativeRun
+    from helixloom.training.iterate_report import format_table
     from helixloom.training.reward_spec import load_reward
 
     store = open_store()

@@ -1,5 +1,5 @@
 """``helixloom learn``: documents become question/answer pairs written by a teacher, then a LoRA that
-cites them (``helixloom.documents.learn``)."""
+cites them (``helixloom.training.learn``)."""
 
 from __future__ import annotations
 
@@ -51,9 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_learn(args: argparse.Namespace) -> int:
     from helixloom import jobs, models
     from helixloom.cli.common import open_store, sft_config_from
-    from helixloom.documents import learn
     from helixloom.documents.questions import Suite
     from helixloom.engine.pool import EnginePool
+    from helixloom.paths import check_name
+    from helixloom.training import learn
+
+    check_name(args.name, "name")  # the dataset, run and adapter folders are named after it
 
     def say(text: str) -> None:
         print(f"helixloom: {text}", file=sys.stderr)

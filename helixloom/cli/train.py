@@ -207,13 +207,10 @@ def _chat_format(base: str) -> Any:
     from transformers import AutoTokenizer
 
     from helixloom import models
+    from helixloom.training.chat_template import chat_format
 
     tokenizer = AutoTokenizer.from_pretrained(str(models.materialize(models.resolve(base))))
-    if not tokenizer.chat_template:
-        return None
-    return lambda msgs: str(
-        tokenizer.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=True)
-    )
+    return chat_format(tokenizer)
 
 
 def cmd_train_evaluator(args: argparse.Namespace) -> int:

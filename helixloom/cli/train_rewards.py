@@ -189,12 +189,8 @@ def _target(name: str, replace: bool, resume: bool = False) -> Path:
 
 def cmd_train_reward(args: argparse.Namespace) -> int:
     from helixloom import models, paths
-    from helixloom.training.reward_model import (
-        RewardModelConfig,
-        preference_pairs,
-        read_pairs,
-        train_reward_model,
-    )
+    from helixloom.training.preferences import preference_pairs, read_pairs
+    from helixloom.training.reward_model import RewardModelConfig, train_reward_model
 
     folder = _target(args.name, args.replace, args.resume)
     run_dir = paths.runs_dir() / f"reward-{args.name}"

@@ -1,7 +1,4 @@
-"""Fine-tuning settings, kept free of torch and transformers so the CLI can build its flags quickly.
-
-``helixloom.training.sft`` and ``helixloom.training.dpo`` re-export them next to the trainers.
-"""
+"""Training settings, kept free of torch and transformers so the CLI can build its flags quickly."""
 
 from __future__ import annotations
 
@@ -115,6 +112,51 @@ class RewardHeadConfig:
             raise HelixloomError("val_split must be in [0, 1)", param="val_split")
         if self.weight_decay < 0:
             raise HelixloomError("weight_decay must not be negative", param="weight_decay")
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: str(f.metadata.get("help", "")) for f in fields(cls)}
+
+
+METHODS = ("dpo", "raft")
+PAIRINGS = ("max_min", "max_random", "max_min+max_random")
+
+
+@dataclass(frozen=True)
+class IterateConfig:
+    """The loop's settings (training settings are a ``LoraDPOConfig``)."""
+
+    iterations: int = field(default=3, metadata={"help": "iterations of sample → score → pair → train"})
+    k: int = field(default=4, metadata={"help": "responses sampled per prompt"})
+    method: str = field(
+        default="dpo", metadata={"help": "dpo (GSHF / iterative DPO) or raft (SFT on best of K)"}
+    )
+    pairs: str = field(
+        default="max_min",
+        metadata={"help": "DPO pairs: max_min (best vs worst), max_random, or max_min+max_random"},
+    )
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the K responses"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus mass of the K responses"})
+    max_tokens: int = field(default=256, metadata={"help": "longest response in tokens"})
+    eval_temperature: float = field(
+        default=0.7, metadata={"help": "temperature of the evaluation answers (0: greedy)"}
+    )
+    gen_batch: int = field(default=16, metadata={"help": "rows per generation batch"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling, pairing and training"})
+    system: str = field(default="", metadata={"help": "system prompt for every prompt"})
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "k", "max_tokens", "gen_batch"):
+            if not getattr(self, name) > 0:
+                raise HelixloomError(f"{name} must be positive", param=name)
+        if self.k < 2:
+            raise HelixloomError("k must be at least 2 to rank responses", param="k")
+        if self.method not in METHODS:
+            raise HelixloomError(f"method must be one of {', '.join(METHODS)}", param="method")
+        if self.pairs not in PAIRINGS:
+            raise HelixloomError(f"pairs must be one of {', '.join(PAIRINGS)}", param="pairs")
+        if self.temperature < 0 or self.eval_temperature < 0:
+            raise HelixloomError("temperatures must be >= 0", param="temperature")
 
     @classmethod
     def help(cls) -> dict[str, str]:

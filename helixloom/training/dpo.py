@@ -17,12 +17,13 @@ from typing import Any
 
 from helixloom.errors import HelixloomError
 from helixloom.training.configs import LoraDPOConfig
-from helixloom.training.sft import (
+from helixloom.training.trainer import (
     TrainResult,
     load_for_training,
     lora_config,
     prepare_run_dir,
     run_trainer,
+    trl_args,
 )
 
 
@@ -35,6 +36,13 @@ def check_preference_rows(rows: Sequence[dict[str, Any]]) -> None:
             raise HelixloomError(
                 f"preference row {i + 1}: chosen and rejected are the same text", param="data"
             )
+
+
+def dpo_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """Preference rows as DPO's trainer reads them: the prompt exactly as it is served. TRL tokenizes
+    it as the SFT trainer does (with the tokenizer's special tokens), so no BOS is added to the text:
+    that gave DPO a doubled BOS that SFT and serving never see."""
+    return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
 
 
 def train_dpo(
@@ -57,42 +65,17 @@ def train_dpo(
         raise HelixloomError("no preference pairs to train on")
     check_preference_rows(rows)
     model, tokenizer, cuda = load_for_training(base_spec, init_adapter)
-    # TRL tokenizes the prompt without special tokens: a BOS the model expects must be in the text.
-    bos = tokenizer.bos_token
-    adds_bos = bool(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
-    data = Dataset.from_list(
-        [
-            {
-                "prompt": (bos if adds_bos and not r["prompt"].startswith(bos) else "") + r["prompt"],
-                "chosen": r["chosen"],
-                "rejected": r["rejected"],
-            }
-            for r in rows
-        ]
-    )
+    data = Dataset.from_list(dpo_rows(rows))
     checkpoint = prepare_run_dir(run_dir, resume)
-    args = DPOConfig(
-        output_dir=str(run_dir),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=0,
+    args = trl_args(
+        DPOConfig,
+        run_dir,
+        config,
+        cuda=cuda,
         max_length=config.max_length,
         beta=config.beta,
         loss_type=[config.loss_type],
         label_smoothing=config.label_smoothing,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        logging_steps=1,
-        report_to=[],
-        seed=config.seed,
-        use_cpu=not cuda,
-        bf16=cuda,
-        gradient_checkpointing=False,
         include_num_input_tokens_seen=True,
         precompute_ref_log_probs=config.precompute_ref,
     )

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from helixloom.errors import HelixloomError
+from helixloom.training.configs import LoraSFTConfig
 from helixloom.training.feedback import LabelledExample as Example
-from helixloom.training.sft import LoraSFTConfig, TrainResult, train_lora
+from helixloom.training.sft import train_lora
+from helixloom.training.trainer import TrainResult
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,12 @@ output head (``other_changed``).
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from helixloom import atomic
 from helixloom.errors import HelixloomError
 
 if TYPE_CHECKING:
@@ -274,17 +271,5 @@ def _write(
             for side, weight in ((module.lora_A["default"], a), (module.lora_B["default"], b)):
                 side.to(written)
                 side.weight.copy_(weight)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic.staged_dir(out) as tmp:  # `out` is never half-written, even when overwritten
         peft_model.save_pretrained(str(tmp))
-        if out.exists():  # overwrite: move the old folder aside first, so `out` is never half-written
-            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -30,11 +29,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from helixloom import atomic
 from helixloom.errors import HelixloomError
 from helixloom.rewards import Reward
+from helixloom.store.records import utc_now
 from helixloom.training.configs import RewardHeadConfig
 from helixloom.training.feedback import LabelledExample
-from helixloom.training.reward_model import META_FILE, now_iso, portable_spec, read_meta, replace_folder
+from helixloom.training.reward_model import META_FILE, portable_spec, read_meta
 
 if TYPE_CHECKING:
     from helixloom.engine import Engine
@@ -162,10 +163,8 @@ def embed_cached(
             bar.close()
         # Saved on an interruption too: training again (--resume) embeds only the rest.
         if cache_file is not None and done:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(cache_file.name + ".partial")
-            save_file({**cache, "__probe__": probe_t}, str(tmp))
-            tmp.replace(cache_file)
+            tensors = {**cache, "__probe__": probe_t}
+            atomic.write_with(cache_file, lambda tmp: save_file(tensors, str(tmp)))
     return torch.stack([cache[k] for k in keys]), reused
 
 
@@ -231,12 +230,8 @@ def train_reward_head(
         base_model = portable_spec(engine.model_name)
     except HelixloomError:
         base_model = engine.model_name
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     tensors = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
     tensors["probe"] = torch.tensor(probe, dtype=torch.float32)
-    save_file(tensors, str(tmp / WEIGHTS_FILE))
     ups = int(y.sum())
     meta = {
         "kind": "reward_head",
@@ -254,10 +249,11 @@ def train_reward_head(
         "val_examples": len(val_idx),
         **stats,
         "config": {f.name: getattr(config, f.name) for f in fields(config)},
-        "created_at": now_iso(),
+        "created_at": utc_now(),
     }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    replace_folder(tmp, out_dir)
+    with atomic.staged_dir(out_dir) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return RewardHeadResult(
         folder=out_dir,
         train_examples=len(train_idx),

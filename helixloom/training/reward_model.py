@@ -14,22 +14,17 @@ reads the text exactly as the model was trained on it.
 from __future__ import annotations
 
 import json
-import os
-import random
-import shutil
-import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from helixloom.errors import HelixloomError
 from helixloom.rewards import Reward
+from helixloom.training.preferences import Render, pair_accuracy, preference_pairs, split_indices
 
 META_FILE = "helixloom_reward.json"
-Render = Literal["text", "chat"]
 
 
 # ---------------------------------------------------------------------------------------------- shared
@@ -44,11 +39,9 @@ def rewards_dir() -> Path:
 
 def reward_dir(name: str) -> Path:
     """The folder of the trained reward ``name`` (checked to be a plain name)."""
-    if not name or name.startswith((".", "_")) or any(c in name for c in "/\\:") or name != name.strip():
-        raise HelixloomError(
-            f"invalid reward name {name!r}", "use letters, digits, '-', '_' or '.' (no slashes)", param="name"
-        )
-    return rewards_dir() / name
+    from helixloom.paths import check_name
+
+    return rewards_dir() / check_name(name, "reward name")
 
 
 def portable_spec(spec: str) -> str:
@@ -79,115 +72,6 @@ def read_meta(folder: Path, kind: str) -> dict[str, Any]:
     return meta
 
 
-def replace_folder(tmp: Path, final: Path) -> None:
-    """Put a fully written ``tmp`` folder at ``final`` (a reader never sees a half-written one)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, held-out) row indices: a seeded shuffle, ``fraction`` held out (at least one if > 0)."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    held = 0 if fraction <= 0 else max(1, round(n * fraction))
-    return sorted(order[held:]), sorted(order[:held])
-
-
-def _text(value: Any) -> bool:
-    return isinstance(value, str)
-
-
-def _messages(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(m, dict) and _text(m.get("role")) and _text(m.get("content")) for m in value)
-    )
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class PreferencePair:
-    """One training pair. Text rows hold strings; chat rows hold message lists (prompt may be empty)."""
-
-    prompt: str | list[dict[str, str]]
-    chosen: str | list[dict[str, str]]
-    rejected: str | list[dict[str, str]]
-
-
-def preference_pairs(rows: Iterable[Any], source: str = "data") -> tuple[list[PreferencePair], Render]:
-    """Check ``{prompt, chosen, rejected}`` rows (prompt optional) and say how they render.
-
-    All rows are text (strings) or all are chat (lists of ``{role, content}`` messages; a string
-    chosen/rejected in a chat row is the assistant's answer). Pairs whose two sides are equal teach
-    nothing and are dropped.
-    """
-    pairs: list[PreferencePair] = []
-    kinds: set[str] = set()
-    dropped = 0
-    for n, row in enumerate(rows, 1):
-        where = f"{source} row {n}"
-        if not isinstance(row, dict):
-            raise HelixloomError(f"{where} is not a JSON object", "each row is {prompt, chosen, rejected}")
-        missing = [k for k in ("chosen", "rejected") if k not in row]
-        if missing:
-            raise HelixloomError(
-                f"{where} has no {' or '.join(repr(k) for k in missing)}",
-                "each row is {prompt, chosen, rejected}",
-            )
-        prompt = row.get("prompt", "")
-        chosen, rejected = row["chosen"], row["rejected"]
-        if all(_text(v) for v in (prompt, chosen, rejected)):
-            kind = "text"
-        elif _messages(prompt) or _messages(chosen) or _messages(rejected):
-            kind = "chat"
-            for key, value in (("chosen", chosen), ("rejected", rejected)):
-                if not (_text(value) or _messages(value)):
-                    raise HelixloomError(f"{where}: {key!r} must be a string or a list of messages")
-            if not (_messages(prompt) or prompt == ""):
-                if not _text(prompt):
-                    raise HelixloomError(f"{where}: 'prompt' must be a string or a list of messages")
-                prompt = [{"role": "user", "content": prompt}]
-        else:
-            raise HelixloomError(
-                f"{where}: prompt, chosen and rejected must be strings (or lists of chat messages)"
-            )
-        kinds.add(kind)
-        if chosen == rejected:
-            dropped += 1
-            continue
-        if kind == "chat":
-            chosen = chosen if _messages(chosen) else [{"role": "assistant", "content": chosen}]
-            rejected = rejected if _messages(rejected) else [{"role": "assistant", "content": rejected}]
-            prompt = prompt or []
-        pairs.append(PreferencePair(prompt, chosen, rejected))
-    if len(kinds) > 1:
-        raise HelixloomError(f"{source} mixes text rows and chat-message rows", "use one form for all rows")
-    if dropped:
-        print(f"helixloom: {dropped} pairs with chosen == rejected dropped", file=sys.stderr)
-    return pairs, ("chat" if kinds == {"chat"} else "text")
-
-
-def read_pairs(path: Path) -> list[dict[str, Any]]:
-    """Preference rows from a JSONL file."""
-    from helixloom import jsonl
-
-    if not path.is_file():
-        raise HelixloomError(f"data file {path} does not exist")
-    return [row for _, row in jsonl.read(path)]
-
-
 # ---------------------------------------------------------------------------------------------- encoding
 
 
@@ -205,13 +89,15 @@ def encode(
     ``max_length`` the first token (BOS) and the end are kept: the score is read at the last token.
     """
     if render == "chat":
+        from helixloom.training.chat_template import apply_chat_template
+
         msgs = (
             list(prompt)
             if isinstance(prompt, list)
             else ([{"role": "user", "content": prompt}] if prompt else [])
         )
         msgs += list(response) if isinstance(response, list) else [{"role": "assistant", "content": response}]
-        text = str(tokenizer.apply_chat_template(msgs, tokenize=False))
+        text = apply_chat_template(tokenizer, msgs, add_generation_prompt=False)
         eos = ""
     else:
         if not isinstance(prompt, str) or not isinstance(response, str):
@@ -247,14 +133,6 @@ def score_ids(model: Any, batch: Sequence[list[int]], pad_id: int, batch_size: i
             for i, value in zip(chunk, logits[:, 0].float().cpu().tolist(), strict=True):
                 out[i] = float(value)
     return out
-
-
-def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
-    """Share of pairs ranked right (a tie counts half)."""
-    if not chosen:
-        return float("nan")
-    right = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True))
-    return right / len(chosen)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -340,15 +218,20 @@ def train_reward_model(
     """
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import RewardConfig, RewardTrainer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    from helixloom import models
-    from helixloom.training.sft import _Progress
+    from helixloom import atomic, models
+    from helixloom.store.records import utc_now
+    from helixloom.training.trainer import (
+        checkpoint_step,
+        final_loss,
+        lora_config,
+        prepare_run_dir,
+        trl_args,
+        use_progress_bar,
+    )
 
     config = config or RewardModelConfig()
     pairs, detected = preference_pairs(rows)
@@ -387,56 +270,26 @@ def train_reward_model(
         ]
 
     train_rows, eval_rows = encoded(train_idx), encoded(eval_idx)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = get_last_checkpoint(str(run_dir)) if resume else None
-    if not resume:
-        for old in run_dir.glob("checkpoint-*"):
-            shutil.rmtree(old)
-    args = RewardConfig(
-        output_dir=str(run_dir),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
+    checkpoint = prepare_run_dir(run_dir, resume)
+    args = trl_args(
+        RewardConfig,
+        run_dir,
+        config,
+        cuda=cuda,
+        scheduler="linear",
         max_length=None,  # encode() already fitted every sequence to config.max_length
         center_rewards_coefficient=config.center_rewards or None,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        logging_steps=1,
-        report_to=[],
-        seed=config.seed,
         data_seed=config.seed,
-        use_cpu=not cuda,
-        bf16=cuda,
-        gradient_checkpointing=False,
         disable_tqdm=True,
-    )
-    lora = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT types it int; floats work
-        lora_dropout=config.dropout,
-        target_modules=config.target_modules[0]
-        if config.target_modules == ("all-linear",)
-        else list(config.target_modules),
-        modules_to_save=["score"],
-        task_type="SEQ_CLS",
     )
     trainer = RewardTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_rows),
         processing_class=tokenizer,
-        peft_config=lora,
+        peft_config=lora_config(config, task_type="SEQ_CLS", modules_to_save=["score"]),
     )
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_Progress())
-    for cb in callbacks:
-        trainer.add_callback(cb)
+    use_progress_bar(trainer, callbacks)
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
@@ -449,12 +302,7 @@ def train_reward_model(
             score_ids(trained, [r["chosen_ids"] for r in eval_rows], pad, config.batch_size),
             score_ids(trained, [r["rejected_ids"] for r in eval_rows], pad, config.batch_size),
         )
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    resumed = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trained.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    loss = final_loss(trainer)
     meta = {
         "kind": "reward_model",
         "format": 1,
@@ -466,17 +314,19 @@ def train_reward_model(
         "eval_pairs": len(eval_rows),
         "eval_accuracy": accuracy,
         "steps": int(output.global_step),
-        "final_loss": float(losses[-1]) if losses else None,
+        "final_loss": loss,
         "config": {f.name: getattr(config, f.name) for f in fields(config)},
-        "created_at": now_iso(),
+        "created_at": utc_now(),
     }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    replace_folder(tmp, out_dir)
+    with atomic.staged_dir(out_dir) as tmp:
+        trained.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return RewardModelResult(
         folder=out_dir,
         steps=int(output.global_step),
-        resumed_from_step=resumed,
-        final_loss=float(losses[-1]) if losses else None,
+        resumed_from_step=checkpoint_step(checkpoint),
+        final_loss=loss,
         train_pairs=len(train_rows),
         eval_pairs=len(eval_rows),
         eval_accuracy=accuracy,

@@ -298,11 +298,6 @@ def read_existing(path: str | Path) -> list[dict[str, Any]]:
 
 def write_prompts(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     """Write rows as JSONL, atomically: a reader sees the old file or the new one, never half of one."""
-    import json
-    import os
+    from helixloom import atomic
 
-    file = Path(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.name + ".partial")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, file)
+    atomic.write_jsonl(Path(path), rows)

@@ -25,7 +25,9 @@ from helixloom.documents.questions import QAReport, Suite, generate_pairs
 from helixloom.engine import Engine
 from helixloom.errors import HelixloomError
 from helixloom.store import Store
-from helixloom.training.sft import LoraSFTConfig, TrainResult, train_lora
+from helixloom.training.configs import LoraSFTConfig
+from helixloom.training.sft import train_lora
+from helixloom.training.trainer import TrainResult
 
 Say = Callable[[str], None]
 
@@ -63,6 +65,7 @@ def prepare(
     plan, for ``resume_generation`` to rebuild the teacher and for the CLI to stop for a review. With
     ``resume`` the units already in the checkpoint are kept; without it a fresh generation starts.
     """
+    paths.check_name(name, "dataset name")
     suite = suite or Suite.load()
     sft = sft or LoraSFTConfig()
     folder = dataset.folder(name)
@@ -171,6 +174,7 @@ def resume_generation(
 
 def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _: None) -> TrainResult:
     """Fine-tune dataset ``name`` (as it is on disk, reviewed or not) and register adapter ``name``."""
+    paths.check_name(name, "dataset name")
     rows, meta = dataset.read(name)
     sft_fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["sft"].items()}
     config = LoraSFTConfig(**sft_fields)

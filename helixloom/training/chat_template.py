@@ -1,0 +1,40 @@
+"""The one way training renders chat messages: the tokenizer's chat template, as the engine serves it.
+
+SFT, DPO, RAFT and the reward model all render through here (and the engine's ``format_chat`` does
+the same call), so a fine-tune sees exactly the text it will be served with. Free of torch and
+transformers: the tokenizer is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from helixloom.prompting import render_with
+
+FormatChat = Callable[[Sequence[Mapping[str, str]]], str]
+
+
+def apply_chat_template(
+    tokenizer: Any, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+) -> str:
+    """``messages`` through ``tokenizer``'s chat template, as text; with ``add_generation_prompt``
+    the assistant's turn is opened, ready to complete."""
+    return str(
+        tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    )
+
+
+def chat_format(tokenizer: Any) -> FormatChat | None:
+    """The tokenizer's chat template as ``helixloom.chat.render_with`` takes it; None when the model
+    has none (then prompts use HelixNet's text format, as at serving time)."""
+    if not tokenizer.chat_template:
+        return None
+    return lambda messages: apply_chat_template(tokenizer, messages)
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
+    """The prompt for the assistant's next message after ``messages``, exactly as it is served."""
+    return render_with(chat_format(tokenizer), messages).prompt

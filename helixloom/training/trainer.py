@@ -1,0 +1,274 @@
+"""The trainer toolkit every recipe shares: loading a base model for training, the LoRA and TRL
+arguments, run folders with resumable checkpoints, our progress bar, and saving the adapter.
+
+The recipes (``sft``, ``dpo``, ``reward_model``) differ only in their data and their TRL trainer;
+everything around ``trainer.train()`` is here, written once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from helixloom import atomic
+from helixloom.errors import HelixloomError
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    resumed_from_step: int  # 0 when training started fresh
+    final_loss: float | None
+    changed_fraction: float  # share of trainable tensors that changed during this run
+    seconds: float
+    tokens: int
+
+
+class Schedule(Protocol):
+    """The settings every TRL run takes from a recipe's config."""
+
+    @property
+    def epochs(self) -> float: ...
+    @property
+    def max_steps(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def grad_accum(self) -> int: ...
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def save_steps(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+
+
+class LoraSettings(Protocol):
+    @property
+    def rank(self) -> int: ...
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def dropout(self) -> float: ...
+    @property
+    def target_modules(self) -> tuple[str, ...]: ...
+
+
+def trl_args(
+    args_class: Callable[..., Any],
+    run_dir: Path,
+    config: Schedule,
+    *,
+    cuda: bool,
+    scheduler: str = "cosine",
+    **recipe: Any,
+) -> Any:
+    """``args_class`` (TRL's ``SFTConfig``, ``DPOConfig`` or ``RewardConfig``) with the settings every
+    recipe shares: checkpoints in ``run_dir`` every ``save_steps`` (the last two kept), a log line
+    per step for our progress bar, no reporting, bf16 on CUDA. ``recipe`` adds the trainer's own."""
+    return args_class(
+        output_dir=str(run_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=scheduler,
+        warmup_steps=0,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        logging_steps=1,
+        report_to=[],
+        seed=config.seed,
+        use_cpu=not cuda,
+        bf16=cuda,
+        gradient_checkpointing=False,
+        **recipe,
+    )
+
+
+def load_for_training(base_spec: str, init_adapter: Path | None = None) -> tuple[Any, Any, bool]:
+    """The base model (fp32 on CPU, bf16 on CUDA) and its tokenizer (pad token set); with
+    ``init_adapter`` the model is a PEFT model whose trainable adapter starts from that one."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helixloom import models
+
+    folder = models.materialize(models.resolve(base_spec))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16 if cuda else torch.float32)
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(init_adapter) / "adapter_config.json").is_file():
+            raise HelixloomError(f"{init_adapter} is not a PEFT adapter folder")
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)  # type: ignore[assignment]
+    return model, tokenizer, cuda
+
+
+def lora_config(
+    config: LoraSettings, *, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None
+) -> Any:
+    """PEFT's ``LoraConfig`` for ``config`` (``all-linear`` passed through as PEFT's shorthand)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT types it int; floats work
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules[0]
+        if config.target_modules == ("all-linear",)
+        else list(config.target_modules),
+        modules_to_save=modules_to_save,
+        task_type=task_type,
+    )
+
+
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """Whether a Trainer checkpoint folder was written to the end: the Trainer writes the weights
+    first and ``trainer_state.json`` last, so a kill in between leaves no (or no readable) state."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any((folder / name).is_file() for name in _WEIGHTS)
+
+
+def last_complete_checkpoint(run_dir: Path) -> str | None:
+    """The newest complete ``checkpoint-N`` in ``run_dir`` (None when there is none); a folder a
+    kill left half-written is passed over, never resumed from."""
+    found = []
+    for folder in run_dir.glob("checkpoint-*"):
+        m = _CHECKPOINT.fullmatch(folder.name)
+        if m and folder.is_dir() and checkpoint_complete(folder):
+            found.append((int(m.group(1)), folder))
+    return str(max(found)[1]) if found else None
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> str | None:
+    """The checkpoint to resume from (None: start fresh, old checkpoints removed)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        return last_complete_checkpoint(run_dir)
+    for old in run_dir.glob("checkpoint-*"):
+        shutil.rmtree(old)
+    return None
+
+
+def save_adapter(model: Any, tokenizer: Any, adapter_dir: Path) -> None:
+    """Write the trained ``default`` adapter atomically (a frozen reference copy is not saved): the
+    old adapter stays in place until the new one is complete."""
+    with atomic.staged_dir(adapter_dir) as tmp:
+        model.save_pretrained(str(tmp), selected_adapters=["default"])
+        tokenizer.save_pretrained(str(tmp))
+
+
+def use_progress_bar(trainer: Any, callbacks: Sequence[Any]) -> None:
+    """Our progress bar instead of the stock log printing, then the caller's ``callbacks``."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(TrainingProgress())
+    for cb in callbacks:
+        trainer.add_callback(cb)
+
+
+def run_trainer(
+    trainer: Any, tokenizer: Any, adapter_dir: Path, checkpoint: str | None, callbacks: Sequence[Any]
+) -> TrainResult:
+    """Train (from ``checkpoint`` when resuming) with our progress bar, save the adapter, report."""
+    use_progress_bar(trainer, callbacks)
+    watch = _ChangeWatch()
+    trainer.add_callback(watch)
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - start
+    trained: Any = trainer.model
+    save_adapter(trained, tokenizer, adapter_dir)
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        steps=int(output.global_step),
+        resumed_from_step=checkpoint_step(checkpoint),
+        final_loss=final_loss(trainer),
+        changed_fraction=watch.changed_fraction(trained),
+        seconds=seconds,
+        tokens=int(trainer.state.num_input_tokens_seen or 0),
+    )
+
+
+def checkpoint_step(checkpoint: str | None) -> int:
+    """The step a run resumed from (0 when it started fresh)."""
+    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0
+
+
+def final_loss(trainer: Any) -> float | None:
+    """The last logged training loss (None when none was logged)."""
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return float(losses[-1]) if losses else None
+
+
+class TrainingProgress(TrainerCallback):
+    """A training progress bar on stderr, with the latest loss."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from helixloom.jobs import progress_bar
+
+        self.bar = progress_bar(state.max_steps, initial=state.global_step, unit="step", desc="fine-tuning")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _ChangeWatch(TrainerCallback):
+    """Remembers the trainable parameters at the start of training, to report how many changed."""
+
+    def __init__(self) -> None:
+        self.start: dict[str, Any] = {}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if model is not None:
+            self.start = {
+                n: p.detach().clone()
+                for n, p in model.named_parameters()
+                if p.requires_grad and ".ref." not in n  # DPO's frozen reference copy
+            }
+
+    def changed_fraction(self, model: Any) -> float:
+        import torch
+
+        now = dict(model.named_parameters())
+        if not self.start:
+            return 0.0
+        watched = [n for n in self.start if n in now]
+        changed = sum(not torch.equal(now[n].detach(), self.start[n]) for n in watched)
+        return changed / len(watched) if watched else 0.0
