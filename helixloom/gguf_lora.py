@@ -10,11 +10,11 @@ model's architecture from the base GGUF file itself.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helixloom import atomic, models
 from helixloom.errors import AdapterError
 
 # Architectures whose converter permutes q/k rows (HF's rotary layout to GGML's); the LoRA's B must
@@ -69,12 +69,7 @@ def export(adapter_dir: Path, base_gguf: Path, out: Path) -> GGUFExport:
     if not pairs:
         raise AdapterError(f"{adapter_dir} holds no LoRA matrices")
 
-    tmp = out.with_name(out.name + ".partial")
-    writer = gguf.GGUFWriter(str(tmp), arch)
-    writer.add_string("general.type", "adapter")
-    writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", alpha)
-    count = 0
+    layers = []
     for module, ab in sorted(pairs.items()):
         if set(ab) != {"lora_A", "lora_B"}:
             raise AdapterError(f"{module} has only one of lora_A / lora_B")
@@ -84,15 +79,23 @@ def export(adapter_dir: Path, base_gguf: Path, out: Path) -> GGUFExport:
         a, b = ab["lora_A"], ab["lora_B"]  # a: [r, in], b: [out, r]
         if arch in _PERMUTED_QK and module.endswith(("q_proj", "k_proj")):
             b = _permute_rows(b, heads, heads if module.endswith("q_proj") else kv_heads)
-        writer.add_tensor(gguf_name + ".lora_a", np.ascontiguousarray(a))
-        writer.add_tensor(gguf_name + ".lora_b", np.ascontiguousarray(b))
-        count += 1
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(tmp, out)
-    return GGUFExport(out, count, arch, alpha, rank)
+        layers.append((gguf_name, a, b))
+
+    def write(tmp: Path) -> None:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        writer.add_string("general.type", "adapter")
+        writer.add_string("adapter.type", "lora")
+        writer.add_float32("adapter.lora.alpha", alpha)
+        for gguf_name, a, b in layers:
+            writer.add_tensor(gguf_name + ".lora_a", np.ascontiguousarray(a))
+            writer.add_tensor(gguf_name + ".lora_b", np.ascontiguousarray(b))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    atomic.write_with(out, write)
+    return GGUFExport(out, len(layers), arch, alpha, rank)
 
 
 def _permute_rows(b: Any, n_head: int, n_head_kv: int) -> Any:
@@ -104,13 +107,9 @@ def _permute_rows(b: Any, n_head: int, n_head_kv: int) -> Any:
 
 def base_gguf_for(spec: str) -> Path:
     """The GGUF file a model spec came from (``default`` or a .gguf spec), for exporting its adapters."""
-    from helixloom import models
-
     source = models.resolve(spec)
-    if source.kind == "gguf":
-        return Path(source.location)
-    if source.kind == "default":
-        return models.default_gguf()
+    if source.kind in ("gguf", "default"):
+        return models.gguf_file(source)
     folder = Path(source.location)
     marker = folder / models.SOURCE_MARKER
     if marker.is_file():

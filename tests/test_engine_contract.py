@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -252,3 +253,93 @@ def test_remote_helixnet_chat_with_served_adapter_names(
     assert [s["adapter"] for s in body["stages"]] == [None, "alpha", "beta"]
     assert main(["chat", "--base", spec, "--critic-adapter", "gamma", "--once", "q"]) == 2
     assert "does not serve an adapter" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- model specs (one parser)
+
+
+def test_every_spec_kind_parses_in_one_place(tmp_path: Path, tiny_model: TinyModel) -> None:
+    from helixloom import models
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert models.resolve("default") == models.ModelSource("default", "default", "default", "gemma-3-270m")
+    assert models.resolve(str(tiny_model.path)).kind == "hf_dir"
+    assert models.resolve(str(gguf)) == models.ModelSource(str(gguf), "gguf", str(gguf.resolve()), "m")
+    assert models.resolve("org/name") == models.ModelSource("org/name", "hub", "org/name", "org/name")
+    assert models.resolve("llamacpp:default").kind == "llamacpp"
+    assert models.resolve(f"llamacpp:{gguf}").location == str(gguf.resolve())
+    assert models.resolve("openai:http://box:8000#m") == models.ModelSource(
+        "openai:http://box:8000#m", "remote", "http://box:8000/v1", "m", "m"
+    )
+    first = models.resolve("openai:https://box/v1/")
+    assert (first.location, first.served_model) == ("https://box/v1", None)
+    assert models.is_remote(" openai:http://box") and not models.is_remote("org/name")
+    with pytest.raises(ModelNotFound, match="needs an http"):
+        models.resolve("openai:box:8000")
+    with pytest.raises(ModelNotFound, match=r"no such \.gguf file"):
+        models.resolve(f"llamacpp:{tmp_path / 'missing.gguf'}")
+    with pytest.raises(ModelNotFound, match="unknown model spec"):
+        models.resolve("not a spec")
+    with pytest.raises(ModelNotFound, match="not a remote spec"):
+        RemoteEngine("default")
+
+
+def test_a_remote_engine_imports_no_torch() -> None:
+    """Parsing a remote spec and importing the remote engine (what the CLI and the server do for
+    ``openai:URL``) loads neither torch, transformers nor trl."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import helixloom.engine, helixloom.engine.remote, helixloom.engine.batching, helixloom.models\n"
+        "helixloom.models.resolve('openai:http://127.0.0.1:9/v1#m')\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------- capabilities
+
+
+def test_batching_engine_forwards_every_capability() -> None:
+    from helixloom.engine.batching import BatchingEngine
+
+    declared = {n for n in vars(Engine) if n.startswith("supports_")} | {
+        n for n in Engine.__annotations__ if n.startswith("supports_")
+    }
+    assert declared == set(Engine.CAPABILITIES)  # a new capability must be listed to be forwarded
+
+    class Everything(Engine):  # every capability on, unlike the base's defaults
+        backend = "everything"
+        model_name = "everything"
+        chat_template = "{{ messages }}"
+        max_model_len = 123
+
+        def stream_batch(self, requests: object, *, abort: object = None) -> Iterator[Any]:
+            raise NotImplementedError
+
+        def next_token_logprobs(self, prompts: object, **kw: object) -> list[Any]:
+            raise NotImplementedError
+
+        def load_adapter(self, name: str, path: str) -> Any:
+            raise NotImplementedError
+
+        def adapters(self) -> list[Any]:
+            return []
+
+        def count_tokens(self, text: str) -> int:
+            return 0
+
+    inner = Everything()
+    for name in Engine.CAPABILITIES:
+        setattr(inner, name, True)
+    wrapped = BatchingEngine(inner)
+    try:
+        for name in (*Engine.CAPABILITIES, *Engine.DESCRIPTION):
+            assert getattr(wrapped, name) == getattr(inner, name), name
+        assert all(getattr(wrapped, name) is True for name in Engine.CAPABILITIES)
+    finally:
+        wrapped.close()

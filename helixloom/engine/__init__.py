@@ -5,6 +5,7 @@ Only this package imports torch, transformers and peft for generation.
 
 from __future__ import annotations
 
+from helixloom import models
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine
 from helixloom.engine.types import (
     AdapterInfo,
@@ -44,17 +45,18 @@ __all__ = [
 
 
 def load_engine(spec: str, *, device: str | None = None) -> Engine:
-    """The engine for a model spec (see ``helixloom.models``): ``openai:URL[#MODEL]`` talks to an
-    OpenAI-compatible server, ``llamacpp:FILE.gguf`` (or ``llamacpp:default``) runs on llama.cpp;
-    every other spec loads on the ``hf`` backend (transformers + PEFT)."""
-    if spec.startswith("openai:"):
+    """The engine for a model spec, by its kind (``helixloom.models.resolve``): ``openai:URL[#MODEL]``
+    talks to an OpenAI-compatible server, ``llamacpp:FILE.gguf`` (or ``llamacpp:default``) runs on
+    llama.cpp; every other kind loads on the ``hf`` backend (transformers + PEFT)."""
+    source = models.resolve(spec)
+    if source.kind == "remote":
         from helixloom.engine.remote import RemoteEngine
 
-        return RemoteEngine(spec)
-    if spec.startswith("llamacpp:"):
+        return RemoteEngine(source)
+    if source.kind == "llamacpp":
         from helixloom.engine.llamacpp import LlamaCppEngine
 
-        return LlamaCppEngine(spec)
+        return LlamaCppEngine(source)
     from helixloom.engine.hf import HFEngine
 
-    return HFEngine.load(spec, device=device)
+    return HFEngine.load(source, device=device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import ClassVar
 
 from helixloom.engine.types import (
     AdapterInfo,
@@ -29,8 +30,23 @@ AbortCheck = Callable[[int], bool]
 class Engine(abc.ABC):
     """Produces tokens for a batch of requests, each with its own prompt, adapter and sampling."""
 
-    # Capabilities, declared by each backend (a wrapper such as the server's scheduler copies its
-    # inner engine's, which is why these are plain attributes rather than ClassVars).
+    #: The capability flags below, by name: the one list a wrapper (``BatchingEngine``) forwards
+    #: from its inner engine, so a capability added here is never silently False there.
+    CAPABILITIES: ClassVar[tuple[str, ...]] = (
+        "supports_adapters",
+        "supports_mixed_adapter_batch",
+        "supports_logprobs",
+        "supports_training",
+        "supports_constraints",
+        "supports_embeddings",
+        "supports_prompt_logprobs",
+        "supports_tokenize",
+    )
+    #: What a wrapper forwards besides the capabilities: the engine's description.
+    DESCRIPTION: ClassVar[tuple[str, ...]] = ("backend", "model_name", "chat_template", "max_model_len")
+
+    # Capabilities, declared by each backend (a wrapper copies its inner engine's, which is why
+    # these are plain attributes rather than ClassVars).
     backend: str
     supports_adapters: bool = False
     supports_mixed_adapter_batch: bool = False

@@ -58,18 +58,8 @@ class BatchingEngine(Engine):
         if max_batch < 1 or max_queue < 1:
             raise HelixloomError("max_batch and max_queue must be at least 1")
         self.inner = inner
-        self.model_name = inner.model_name
-        self.chat_template = inner.chat_template
-        self.backend = inner.backend
-        self.supports_adapters = inner.supports_adapters
-        self.supports_mixed_adapter_batch = inner.supports_mixed_adapter_batch
-        self.supports_logprobs = inner.supports_logprobs
-        self.supports_training = inner.supports_training
-        self.supports_constraints = inner.supports_constraints
-        self.supports_embeddings = inner.supports_embeddings
-        self.supports_prompt_logprobs = inner.supports_prompt_logprobs
-        self.supports_tokenize = inner.supports_tokenize
-        self.max_model_len = inner.max_model_len
+        for name in (*Engine.DESCRIPTION, *Engine.CAPABILITIES):  # the inner engine's, all of them
+            setattr(self, name, getattr(inner, name))
         self.max_batch = max_batch
         # A batch starts once no request has arrived for gather_idle seconds (or gather_max after its
         # first): clients that start together share a batch, a lone request waits only gather_idle.

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from helixloom import models
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
 from helixloom.engine.types import (
@@ -38,23 +39,7 @@ from helixloom.engine.types import (
 )
 from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
 
-PREFIX = "llamacpp:"
 GGUF_ADAPTER_FILE = "adapter_model.gguf"  # where `helixloom adapters export-gguf` writes by default
-
-
-def gguf_path(spec: str) -> Path:
-    """The GGUF file a ``llamacpp:`` spec names."""
-    rest = spec.removeprefix(PREFIX)
-    if rest == "default":
-        from helixloom.models import default_gguf
-
-        return default_gguf()
-    path = Path(rest).expanduser()
-    if path.suffix != ".gguf" or not path.is_file():
-        raise ModelNotFound(
-            f"{spec}: no such .gguf file", "use llamacpp:default or llamacpp:/path/model.gguf"
-        )
-    return path.resolve()
 
 
 class LlamaCppEngine(Engine):
@@ -65,15 +50,23 @@ class LlamaCppEngine(Engine):
     supports_constraints = True
     supports_tokenize = True
 
-    def __init__(self, spec: str, *, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+    def __init__(
+        self, spec: str | models.ModelSource, *, n_ctx: int = 4096, n_threads: int | None = None
+    ) -> None:
+        """``spec``: ``llamacpp:FILE.gguf`` or ``llamacpp:default``, or its parsed ``ModelSource``."""
+        source = models.resolve(spec) if isinstance(spec, str) else spec
+        if source.kind != "llamacpp":
+            raise ModelNotFound(
+                f"{source.spec} is not a llamacpp spec", "use llamacpp:default or llamacpp:/path/model.gguf"
+            )
         try:
             from llama_cpp import Llama
         except ImportError as exc:
             raise HelixloomError(
                 "the llamacpp backend needs llama-cpp-python", "pip install 'helixloom[llamacpp]'"
             ) from exc
-        self.model_name = spec
-        self.path = gguf_path(spec)
+        self.model_name = source.spec
+        self.path = models.gguf_file(source)
         self.llm = Llama(
             model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), verbose=False
         )

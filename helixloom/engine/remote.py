@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from helixloom import models
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine
 from helixloom.engine.detok import StopMatcher
 from helixloom.engine.remote_chat import (
@@ -44,21 +45,6 @@ from helixloom.engine.types import (
 from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
 
 log = logging.getLogger("helixloom.engine.remote")
-PREFIX = "openai:"
-
-
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``openai:URL[#MODEL]`` as (base URL ending in /v1, model or None)."""
-    rest = spec.removeprefix(PREFIX)
-    url, _, model = rest.partition("#")
-    if not url.startswith(("http://", "https://")):
-        raise ModelNotFound(
-            f"remote spec {spec!r} needs an http(s) URL", "e.g. openai:http://127.0.0.1:8000/v1#MODEL"
-        )
-    url = url.rstrip("/")
-    if not url.endswith("/v1"):
-        url += "/v1"
-    return url, model or None
 
 
 class RemoteEngine(Engine):
@@ -72,7 +58,7 @@ class RemoteEngine(Engine):
 
     def __init__(
         self,
-        spec: str,
+        spec: str | models.ModelSource,
         *,
         api_key: str | None = None,
         max_concurrency: int = 8,
@@ -80,13 +66,19 @@ class RemoteEngine(Engine):
         max_retries: int = 3,
         chat_template: str | None = None,
     ) -> None:
-        """``chat_template``: ``auto`` (ask the server), ``none`` (no template: the transcript format
-        for base models), or a Jinja file or Hugging Face model folder; by default
-        ``HELIXLOOM_REMOTE_CHAT_TEMPLATE``, else ``auto``."""
+        """``spec``: ``openai:URL[#MODEL]`` or its parsed ``ModelSource``. ``chat_template``: ``auto``
+        (ask the server), ``none`` (no template: the transcript format for base models), or a Jinja
+        file or Hugging Face model folder; by default ``HELIXLOOM_REMOTE_CHAT_TEMPLATE``, else
+        ``auto``."""
         import openai
 
-        self.base_url, model = parse_spec(spec)
-        self.model_name = spec
+        source = models.resolve(spec) if isinstance(spec, str) else spec
+        if source.kind != "remote":
+            raise ModelNotFound(
+                f"{source.spec} is not a remote spec", "e.g. openai:http://127.0.0.1:8000/v1#MODEL"
+            )
+        self.base_url, model = source.location, source.served_model
+        self.model_name = source.spec
         key = (
             api_key
             or os.environ.get("HELIXLOOM_REMOTE_API_KEY")

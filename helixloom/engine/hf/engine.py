@@ -1,4 +1,4 @@
-"""The ``hf`` backend: transformers + PEFT, CPU or CUDA.
+"""``HFEngine``: a transformers causal LM with LoRA adapters applied per row.
 
 Generation is our own small loop (prefill, then one token per step) rather than ``model.generate``,
 because a batch here mixes what ``generate`` keeps global: each row has its own sampling parameters,
@@ -9,32 +9,28 @@ callers cannot see each other's adapter.
 
 from __future__ import annotations
 
-import math
 import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from helixloom.adapters import describe_base, inspect_adapter
+from helixloom import models
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
-from helixloom.engine.grammar import Grammars, RowMatcher
+from helixloom.engine.grammar import Grammars
+from helixloom.engine.hf import decode
+from helixloom.engine.hf.load import check_adapter_fits, load_pretrained
+from helixloom.engine.hf.vocab import Vocab
+from helixloom.engine.lora_folder import inspect_adapter
 from helixloom.engine.types import (
     AdapterInfo,
-    FinishReason,
-    GeneratedTokenLogprobs,
     GenerationRequest,
-    GenerationResult,
     NextTokenLogprobs,
     PromptLogprobs,
-    SamplingParams,
-    StreamDelta,
-    Timings,
     TokenLogprob,
-    Usage,
 )
 from helixloom.errors import AdapterError, HelixloomError
 
@@ -42,26 +38,6 @@ if TYPE_CHECKING:
     import torch
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-
-
-@dataclass
-class _Row:
-    """Decoding state of one request in the batch."""
-
-    request: GenerationRequest
-    prompt_ids: list[int]
-    generator: torch.Generator
-    decoder: IncrementalDecoder
-    stops: StopMatcher
-    heal: str = ""  # prompt text backed up over; the first token must start with it
-    grammar: RowMatcher | None = None
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[GeneratedTokenLogprobs] = field(default_factory=list)
-    finish: FinishReason | None = None
-
-    @property
-    def params(self) -> SamplingParams:
-        return self.request.sampling
 
 
 class HFEngine(Engine):
@@ -89,12 +65,10 @@ class HFEngine(Engine):
         self.chat_template = getattr(tokenizer, "chat_template", None)
         self.device = next(model.parameters()).device
         self._adapters: dict[str, AdapterInfo] = {}
-        self._texts: list[str] | None = None  # each token's text, for token healing
-        self._heal_masks: dict[str, torch.Tensor] = {}
+        self.vocab = Vocab(tokenizer, int(model.config.vocab_size), self.device)
         self.prefill_tokens = 0  # prompt tokens run through the model (a shared prompt counts once)
         self.decode_tokens = 0  # tokens run through the model one step at a time
         self.share_prefill = True  # rows with one prompt and adapter share a prefill (off: to measure it)
-        self._control_mask: torch.Tensor | None = None
         self._lock = threading.RLock()  # one forward pass at a time; adapters load between batches
         self._torch = torch
         eos = model.generation_config.eos_token_id if model.generation_config else None
@@ -108,24 +82,14 @@ class HFEngine(Engine):
         self._grammars = Grammars(tokenizer, int(model.config.vocab_size), sorted(self.eos_token_ids))
 
     @classmethod
-    def load(cls, spec: str, *, device: str | None = None, dtype: str | None = None) -> HFEngine:
-        """Load a model spec (see ``helixloom.models``) on ``device`` (default: CUDA if present, else CPU)."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        from helixloom import models
-
-        hf_logging.disable_progress_bar()  # loads take seconds; the bar is noise in our output
-
-        folder = models.materialize(models.resolve(spec))
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = (
-            getattr(torch, dtype) if dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
-        )
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype).to(device)  # type: ignore[arg-type]
-        return cls(model, tokenizer, model_name=spec)
+    def load(
+        cls, spec: str | models.ModelSource, *, device: str | None = None, dtype: str | None = None
+    ) -> HFEngine:
+        """Load a model spec (see ``helixloom.models``), or its parsed ``ModelSource``, on ``device``
+        (default: CUDA if present, else CPU)."""
+        source = models.resolve(spec) if isinstance(spec, str) else spec
+        model, tokenizer = load_pretrained(models.materialize(source), device=device, dtype=dtype)
+        return cls(model, tokenizer, model_name=source.spec)
 
     # ------------------------------------------------------------------ tokens
 
@@ -163,9 +127,6 @@ class HFEngine(Engine):
     def _decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
-    def _token_text(self, token_id: int) -> str:
-        return str(self.tokenizer.decode([token_id]))
-
     # ------------------------------------------------------------------ adapters
 
     def load_adapter(self, name: str, path: str) -> AdapterInfo:
@@ -178,7 +139,7 @@ class HFEngine(Engine):
                     return self._adapters[name]
                 raise AdapterError(f"an adapter named {name!r} is already loaded from another folder")
             info = inspect_adapter(folder, name)
-            self._check_fits(folder, name)
+            check_adapter_fits(self.base_model, folder, name, self.model_name)
             from peft import PeftModel
 
             try:
@@ -197,40 +158,6 @@ class HFEngine(Engine):
 
     def adapters(self) -> list[AdapterInfo]:
         return list(self._adapters.values())
-
-    def _check_fits(self, folder: Path, name: str) -> None:
-        """Compare every LoRA matrix with the layer it targets before PEFT touches the model.
-
-        A LoRA made for another base fails here with a clear message, and the loaded model is left
-        exactly as it was (PEFT would inject layers first and fail half-way).
-        """
-        from safetensors import safe_open
-
-        weights = folder / "adapter_model.safetensors"
-        if not weights.is_file():
-            return  # .bin adapters: PEFT's own checks apply
-        modules = dict(self.base_model.named_modules())
-        with safe_open(str(weights), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if ".lora_A." not in key and ".lora_B." not in key:
-                    continue
-                module_path = key.split(".lora_")[0].removeprefix("base_model.model.")
-                layer = modules.get(module_path)
-                shape = tuple(f.get_slice(key).get_shape())
-                in_f, out_f = getattr(layer, "in_features", None), getattr(layer, "out_features", None)
-                if layer is None or in_f is None:
-                    raise AdapterError(
-                        f"adapter {name!r} targets {module_path}, which {self.model_name} does not have",
-                        f"it was made for {describe_base(folder)}; use it with that model",
-                    )
-                expected = shape[1] if ".lora_A." in key else shape[0]
-                actual = in_f if ".lora_A." in key else out_f
-                if expected != actual:
-                    raise AdapterError(
-                        f"adapter {name!r} does not fit {self.model_name}: {module_path} has size {actual}, "
-                        f"the adapter expects {expected}",
-                        f"it was made for {describe_base(folder)}; use it with that model",
-                    )
 
     def _adapter_names(self, adapters: Sequence[str | None]) -> dict[str, Any]:
         unknown = sorted({a for a in adapters if a is not None and a not in self._adapters})
@@ -286,13 +213,13 @@ class HFEngine(Engine):
                         rows[i].finish = "abort"
                         next_tokens.append(self.pad_token_id)
                         continue
-                    token, delta = self._step(rows[i], logits[pos])
+                    token, delta = decode.step(rows[i], logits[pos], self.vocab, self.eos_token_ids)
                     next_tokens.append(token)
                     if delta is not None:
                         yield i, delta
                 for i in live:
                     if rows[i].finish is not None:
-                        yield i, self._result(rows[i], enqueued, started, prefill_done)
+                        yield i, decode.result(rows[i], enqueued, started, prefill_done)
                 keep = [pos for pos, i in enumerate(live) if rows[i].finish is None]
                 if not keep:
                     break
@@ -317,7 +244,7 @@ class HFEngine(Engine):
                 )
                 cache, logits = out.past_key_values, out.logits[:, -1, :].float()
 
-    def _new_row(self, request: GenerationRequest) -> _Row:
+    def _new_row(self, request: GenerationRequest) -> decode.Row:
         ids = self.encode(request.prompt)
         p = request.sampling
         room = self.max_model_len - len(ids)
@@ -331,16 +258,18 @@ class HFEngine(Engine):
                 "shorten the prompt or lower max_tokens",
                 param="max_tokens",
             )
-        generator = torch_generator(self._torch, p.seed if p.seed is not None else secrets.randbits(63))
+        generator = decode.torch_generator(p.seed if p.seed is not None else secrets.randbits(63))
         heal = ""
         if p.token_healing and len(ids) > 1 and ids[-1] not in self.tokenizer.all_special_ids:
-            heal = self._token_texts()[ids[-1]]
+            heal = self.vocab.texts()[ids[-1]]
             ids = ids[:-1]
-        row = _Row(request, ids, generator, IncrementalDecoder(self._decode, ids), StopMatcher(p.stop), heal)
+        row = decode.Row(
+            request, ids, generator, IncrementalDecoder(self._decode, ids), StopMatcher(p.stop), heal
+        )
         if request.constraint is not None:
             # JSON never has a raw control character (compact separators, escapes inside strings),
             # but xgrammar's length-bounded string rule lets them through: forbid them here.
-            forbid = self._control_tokens() if request.constraint.kind == "json_schema" else None
+            forbid = self.vocab.control_tokens() if request.constraint.kind == "json_schema" else None
             row.grammar = self._grammars.matcher(request.constraint, forbid)
         return row
 
@@ -370,98 +299,6 @@ class HFEngine(Engine):
         positions = (attention.cumsum(-1) - 1).clamp(min=0)  # positions: [B, S], 0 at each row's first token
         return input_ids.to(self.device), attention.to(self.device), positions.to(self.device)
 
-    def _step(self, row: _Row, logits: torch.Tensor) -> tuple[int, StreamDelta | None]:
-        """Sample one token for ``row`` from its logits ([V]) and advance its text."""
-        p = row.params
-        if row.heal and not row.token_ids:
-            logits = logits.masked_fill(~self._tokens_starting_with(row.heal), -math.inf)
-        if row.grammar is not None:
-            logits = row.grammar.mask(logits)
-        token = sample(self._torch, logits, p, row.generator)
-        if row.grammar is not None:
-            row.grammar.accept(token)
-        row.token_ids.append(token)
-        step_logprobs: tuple[GeneratedTokenLogprobs, ...] | None = None
-        if p.logprobs is not None:
-            row.logprobs.append(self._token_logprobs(logits, token, p.logprobs))
-            step_logprobs = (row.logprobs[-1],)
-        if token in self.eos_token_ids and not p.ignore_eos:
-            row.finish = "stop"
-            text = row.stops.feed(self._unheal(row, row.decoder.flush())) + row.stops.finish()
-        else:
-            text = row.stops.feed(self._unheal(row, row.decoder.push(token)))
-            if row.stops.stopped:
-                row.finish = "stop"
-            elif len(row.token_ids) >= p.max_tokens:
-                row.finish = "length"
-                text += row.stops.feed(self._unheal(row, row.decoder.flush()))
-                if not row.stops.stopped:
-                    text += row.stops.finish()
-                else:
-                    row.finish = "stop"
-        if text or step_logprobs:
-            return token, StreamDelta(text, step_logprobs)
-        return token, None
-
-    @staticmethod
-    def _unheal(row: _Row, text: str) -> str:
-        """Drop the backed-up prompt text from the start of the completion."""
-        if row.heal and text:
-            cut = min(len(row.heal), len(text))
-            text, row.heal = text[cut:], row.heal[cut:]
-        return text
-
-    def _token_texts(self) -> list[str]:
-        if self._texts is None:
-            vocab = len(self.tokenizer)
-            self._texts = [str(t) for t in self.tokenizer.batch_decode([[i] for i in range(vocab)])]
-        return self._texts
-
-    def _control_tokens(self) -> torch.Tensor:
-        """A mask ([V]) of tokens whose text has a control character (U+0000 to U+001F)."""
-        if self._control_mask is None:
-            texts = self._token_texts()
-            mask = self._torch.zeros(self.model.config.vocab_size, dtype=self._torch.bool)
-            mask[[i for i, t in enumerate(texts) if any(ord(c) < 0x20 for c in t)]] = True
-            self._control_mask = mask.to(self.device)
-        return self._control_mask
-
-    def _tokens_starting_with(self, prefix: str) -> torch.Tensor:
-        """A mask over the model's vocabulary ([V]) of tokens whose text starts with ``prefix``."""
-        if prefix not in self._heal_masks:
-            texts = self._token_texts()
-            mask = self._torch.zeros(self.model.config.vocab_size, dtype=self._torch.bool)
-            mask[[i for i, t in enumerate(texts) if t.startswith(prefix)]] = True
-            self._heal_masks[prefix] = mask.to(self.device)
-        return self._heal_masks[prefix]
-
-    def _token_logprobs(self, logits: torch.Tensor, token: int, n: int) -> GeneratedTokenLogprobs:
-        logprobs = self._torch.log_softmax(logits, dim=-1)
-        chosen = TokenLogprob(token, self._token_text(token), float(logprobs[token]))
-        top: tuple[TokenLogprob, ...] = ()
-        if n > 0:
-            values, ids = logprobs.topk(n)
-            top = tuple(
-                TokenLogprob(int(t), self._token_text(int(t)), float(v))
-                for v, t in zip(values.tolist(), ids.tolist(), strict=True)
-            )
-        return GeneratedTokenLogprobs(chosen, top)
-
-    def _result(self, row: _Row, enqueued: float, started: float, prefill_done: float) -> GenerationResult:
-        assert row.finish is not None
-        return GenerationResult(
-            text=row.stops.text,
-            finish_reason=row.finish,
-            usage=Usage(len(row.prompt_ids), len(row.token_ids)),
-            token_ids=tuple(row.token_ids),
-            timings=Timings(
-                queued=started - enqueued,
-                prefill=prefill_done - started,
-                decode=time.perf_counter() - prefill_done,
-            ),
-            logprobs=tuple(row.logprobs) if row.params.logprobs is not None else None,
-        )
-
     # ------------------------------------------------------------------ scoring
 
     def next_token_logprobs(
@@ -477,7 +314,7 @@ class HFEngine(Engine):
             return []
         if any(not p for p in prompts):
             raise HelixloomError("a prompt to score is empty", param="prompts")
-        candidate_ids = {c: self._single_token(c) for c in candidates}
+        candidate_ids = {c: self.vocab.single_token(c) for c in candidates}
         with self._lock, torch.inference_mode():
             extra = self._adapter_names([adapter] * len(prompts))
             batch = [self.encode(p) for p in prompts]
@@ -488,7 +325,7 @@ class HFEngine(Engine):
             k = min(top_k, logprobs.shape[-1])
             values, tokens = logprobs[r].topk(k) if k > 0 else (logprobs[r][:0], logprobs[r][:0])
             top = tuple(
-                TokenLogprob(int(t), self._token_text(int(t)), float(v))
+                TokenLogprob(int(t), self.vocab.text(int(t)), float(v))
                 for v, t in zip(values.tolist(), tokens.tolist(), strict=True)
             )
             cand = {c: (float(logprobs[r, t]) if t is not None else None) for c, t in candidate_ids.items()}
@@ -520,14 +357,14 @@ class HFEngine(Engine):
                     input_ids=torch.tensor([ids], device=self.device), use_cache=False, **extra
                 )
                 rows = logits.logits[0, :-1].float()  # rows: [S-1, V]; row i predicts ids[i + 1]
-                steps = [self._token_logprobs(rows[i], token, top_k) for i, token in enumerate(ids[1:])]
+                steps = [self.vocab.logprobs(rows[i], token, top_k) for i, token in enumerate(ids[1:])]
                 bos, bos_text = self.tokenizer.bos_token_id, self.tokenizer.bos_token or ""
                 # A BOS that encode() added is not part of the text: leave it out.
                 skip = 1 if bos is not None and ids[0] == bos and not prompt.startswith(bos_text) else 0
                 results.append(
                     PromptLogprobs(
                         token_ids=tuple(ids[skip:]),
-                        tokens=(self._token_text(ids[0]), *(s.chosen.token for s in steps))[skip:],
+                        tokens=(self.vocab.text(ids[0]), *(s.chosen.token for s in steps))[skip:],
                         logprobs=(None, *(s.chosen.logprob for s in steps))[skip:],
                         top=(None, *((s.top if top_k else None) for s in steps))[skip:],
                     )
@@ -576,34 +413,6 @@ class HFEngine(Engine):
         if len(ids) <= self.max_model_len:
             return ids
         return ids[:1] + ids[len(ids) - self.max_model_len + 1 :]
-
-    def _single_token(self, text: str) -> int | None:
-        ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        return int(ids[0]) if len(ids) == 1 else None
-
-
-def sample(torch: Any, logits: torch.Tensor, p: SamplingParams, generator: torch.Generator) -> int:
-    """Pick the next token from one row's logits ([V]) under ``p``: greedy, top-k, top-p, temperature."""
-    if p.greedy:
-        return int(logits.argmax())
-    scores = logits / p.temperature
-    if p.top_k and p.top_k < scores.shape[-1]:
-        kth = scores.topk(p.top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, -math.inf)
-    if p.top_p < 1.0:
-        sorted_scores, order = scores.sort(descending=True)
-        cumulative = sorted_scores.softmax(-1).cumsum(-1)
-        # Drop a token when the mass before it already reaches top_p; the first token always stays.
-        drop = (cumulative - sorted_scores.softmax(-1)) >= p.top_p
-        scores = scores.index_fill(0, order[drop], -math.inf)
-    probs = scores.softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def torch_generator(torch: Any, seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
 
 
 def _first_line(exc: BaseException) -> str:
