@@ -9,6 +9,7 @@ did: a branch the user rated up, led to something rated up, or explored further 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -91,40 +92,94 @@ def tree_json(store: Store, tree_id: str) -> dict[str, Any]:
     return {"format": FORMAT, "tree_id": tree_id, "nodes": out}
 
 
-def import_tree(store: Store, data: dict[str, Any]) -> str:
-    """Store a tree exported by ``tree_json`` as a new tree; returns its id. Ratings come along."""
-    if data.get("format") != FORMAT or not isinstance(data.get("nodes"), list) or not data["nodes"]:
+MAX_IMPORT_NODES = 100_000
+MAX_IMPORT_RATING = 100  # |rating| of one node: each unit is a stored rating row
+
+
+def import_tree(store: Store, data: Any) -> str:
+    """Store a tree exported by ``tree_json`` as a new tree; returns its id. Ratings come along.
+
+    The whole export is checked before anything is written, so a bad file adds nothing."""
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != FORMAT
+        or not isinstance(data.get("nodes"), list)
+        or not data["nodes"]
+    ):
         raise HelixloomError(f"not a helixloom tree export (format {FORMAT!r} with nodes)", param="format")
+    items: list[dict[str, Any]] = data["nodes"]
+    if len(items) > MAX_IMPORT_NODES:
+        raise HelixloomError(f"a tree of more than {MAX_IMPORT_NODES} nodes", param="nodes")
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    key: dict[int, str] = {}  # id(item) -> the node's id in the export
+    ids: set[str] = set()
+    for n, item in enumerate(items):
+        _check_node(n, item)
+        node_id = str(item.get("id", n))
+        if node_id in ids:
+            raise HelixloomError(f"node {n}: id {node_id!r} appears twice", param="nodes")
+        ids.add(node_id)
+        key[id(item)] = node_id
+        parent = item.get("parent_id")
+        children.setdefault(None if parent is None else str(parent), []).append(item)
+    if len(children.get(None, [])) != 1 or set(children) - ids - {None}:
+        raise HelixloomError("the tree's parent links do not lead to one root", param="nodes")
+    order: list[tuple[dict[str, Any], str | None]] = []  # parents before children
+    stack: list[tuple[dict[str, Any], str | None]] = [(children[None][0], None)]
+    while stack:
+        item, parent = stack.pop()
+        order.append((item, parent))
+        node_id = key[id(item)]
+        stack.extend((c, node_id) for c in reversed(children.get(node_id, [])))
+    if len(order) != len(items):
+        raise HelixloomError("the tree's parent links do not lead to one root", param="nodes")
     tree = uuid.uuid4().hex
     new_ids: dict[str, str] = {}
-    pending = list(data["nodes"])
-    while pending:
-        progressed = False
-        for item in list(pending):
-            parent = item.get("parent_id")
-            if parent is not None and parent not in new_ids:
-                continue
-            if not isinstance(item.get("text"), str):
-                raise HelixloomError("every node needs a text", param="nodes")
-            node = store.add_node(
-                tree,
-                new_ids.get(parent) if parent else None,
-                item["text"],
-                author=item.get("author"),
-                model=item.get("model"),
-                adapter=item.get("adapter"),
-                score=item.get("score"),
-                meta=item.get("meta"),
-            )
-            new_ids[str(item.get("id"))] = node.id
-            rating = int(item.get("rating") or 0)
-            for _ in range(abs(rating)):
-                store.add_rating("node", node.id, 1 if rating > 0 else -1, "imported")
-            pending.remove(item)
-            progressed = True
-        if not progressed:
-            raise HelixloomError("the tree's parent links do not lead to one root", param="nodes")
+    for item, parent in order:
+        node = store.add_node(
+            tree,
+            new_ids[parent] if parent is not None else None,
+            item["text"],
+            author=item.get("author"),
+            model=item.get("model"),
+            adapter=item.get("adapter"),
+            score=item.get("score"),
+            meta=item.get("meta"),
+        )
+        new_ids[key[id(item)]] = node.id
+        rating = int(item.get("rating") or 0)
+        for _ in range(abs(rating)):
+            store.add_rating("node", node.id, 1 if rating > 0 else -1, "imported")
     return tree
+
+
+def _check_node(n: int, item: Any) -> None:
+    """One node of an export: the fields a tree needs, each of the right type."""
+    if not isinstance(item, dict):
+        raise HelixloomError(f"node {n} is not an object", param="nodes")
+    if not isinstance(item.get("text"), str):
+        raise HelixloomError(f"node {n}: every node needs a text", param="nodes")
+    for key in ("author", "model", "adapter"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise HelixloomError(f"node {n}: {key} must be a string", param="nodes")
+    for key in ("id", "parent_id"):
+        if item.get(key) is not None and not isinstance(item[key], str | int):
+            raise HelixloomError(f"node {n}: {key} must be a string", param="nodes")
+    score = item.get("score")
+    if score is not None and (
+        not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score)
+    ):
+        raise HelixloomError(f"node {n}: score must be a finite number", param="nodes")
+    if item.get("meta") is not None and not isinstance(item["meta"], dict):
+        raise HelixloomError(f"node {n}: meta must be an object", param="nodes")
+    rating = item.get("rating")
+    if rating is not None and (
+        not isinstance(rating, int) or isinstance(rating, bool) or abs(rating) > MAX_IMPORT_RATING
+    ):
+        raise HelixloomError(
+            f"node {n}: rating must be a whole number from -{MAX_IMPORT_RATING} to {MAX_IMPORT_RATING}",
+            param="nodes",
+        )
 
 
 # ---------------------------------------------------------------------------------------------- exports

@@ -140,3 +140,113 @@ def test_serve_refuses_an_exported_empty_key_variable(
     monkeypatch.setenv("HELIXLOOM_API_KEY", "")
     assert main(["serve"]) == 2
     assert "non-empty" in capsys.readouterr().err
+
+
+def _nested_schema(depth: int) -> dict[str, object]:
+    schema: dict[str, object] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def _schema_format(schema: dict[str, object]) -> dict[str, object]:
+    return {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b'{"model": "M", "prompt": "x", "temperature": NaN}', "temperature"),
+        (b'{"model": "M", "prompt": "x", "temperature": Infinity}', "temperature"),
+        (b'{"model": "M", "prompt": "x", "seed": 100000000000000000000000}', "seed"),
+        (b'{"model": "M", "prompt": "x", "seed": -1}', "seed"),
+        (b'{"model": "M", "prompt": "\\ud800 x"}', "surrogate"),
+        (b'{"model": "M", "prompt": "x", "max_tokens": 1000000000}', "context"),
+        (b'{"model": "M", "prompt": "x", "n": 100000}', "n"),
+        (b'{"model": "M", "prompt": "x", "stop": ["' + b"y" * 5000 + b'"]}', "stop"),
+        (b'{"model": "M", "prompt": "x", "stop": [' + b",".join([b'"s"'] * 100) + b"]}", "stop"),
+    ],
+)
+def test_hostile_completions_are_clean_400s(
+    served: tuple[str, ServerState], body: bytes, fragment: str
+) -> None:
+    url, state = served
+    body = body.replace(b'"M"', f'"{state.base_id}"'.encode())
+    r = httpx.post(
+        f"{url}/v1/completions", content=body, headers={**auth(), "Content-Type": "application/json"}
+    )
+    assert_openai_error(r, 400, fragment)
+
+
+@pytest.mark.parametrize(
+    ("schema", "fragment"),
+    [
+        (_nested_schema(300), "too large"),
+        ({"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(5000)}}, "too large"),
+        ({"type": 7}, "invalid JSON schema"),
+    ],
+)
+def test_hostile_schemas_are_clean_400s(
+    served: tuple[str, ServerState], schema: dict[str, object], fragment: str
+) -> None:
+    url, state = served
+    body = {"model": state.base_id, "prompt": "x", "max_tokens": 4, "response_format": _schema_format(schema)}
+    assert_openai_error(
+        httpx.post(f"{url}/v1/completions", json=body, headers=auth(), timeout=30), 400, fragment
+    )
+
+
+def test_other_routes_refuse_bad_input_cleanly(served: tuple[str, ServerState]) -> None:
+    url, state = served
+    tok = httpx.post(
+        f"{url}/tokenize",
+        content=f'{{"model": "{state.base_id}", "prompt": "\\udfff"}}'.encode(),
+        headers={**auth(), "Content-Type": "application/json"},
+    )
+    assert_openai_error(tok, 400, "surrogate")
+    empty = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "helixnet", "messages": []}, headers=auth()
+    )
+    assert empty.status_code == 400, empty.text
+    many = {"format": "helixloom.tree/1", "nodes": [{"id": "a", "text": "x", "rating": 20000}]}
+    r = httpx.post(f"{url}/api/trees/import", json=many, headers=auth())
+    assert r.status_code == 400 and len(state.store.list_trees()) == 0, r.text
+    bad = {"format": "helixloom.tree/1", "nodes": [{"id": "a", "text": "x"}, 7]}
+    assert httpx.post(f"{url}/api/trees/import", json=bad, headers=auth()).status_code == 400
+
+
+def test_bad_requests_in_a_batch_fail_alone(served: tuple[str, ServerState]) -> None:
+    """Good and bad requests sent together: every good one answered as it is alone, each bad one
+    refused with its own message."""
+    import threading
+
+    url, state = served
+    good = {"model": state.base_id, "max_tokens": 4, "temperature": 0}
+    solo = {
+        p: httpx.post(f"{url}/v1/completions", json={**good, "prompt": p}, headers=auth()).json()["choices"][
+            0
+        ]["text"]
+        for p in ("The sky is", "Water is", "Fire is")
+    }
+    bads = [
+        {**good, "prompt": "x", "max_tokens": 10**9},
+        {**good, "prompt": "x", "response_format": _schema_format({"type": 7})},
+        {**good, "prompt": "x", "seed": 2**70},
+    ]
+    results: dict[str, httpx.Response] = {}
+
+    def send(key: str, body: dict[str, object]) -> None:
+        results[key] = httpx.post(f"{url}/v1/completions", json=body, headers=auth(), timeout=60)
+
+    threads = [threading.Thread(target=send, args=(p, {**good, "prompt": p})) for p in solo]
+    threads += [threading.Thread(target=send, args=(f"bad{i}", b)) for i, b in enumerate(bads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p, text in solo.items():
+        assert results[p].status_code == 200 and results[p].json()["choices"][0]["text"] == text
+    assert [results[f"bad{i}"].status_code for i in range(3)] == [400, 400, 400]
+    assert "context" in results["bad0"].json()["error"]["message"]
+    assert "schema" in results["bad1"].json()["error"]["message"]
+    assert "seed" in results["bad2"].json()["error"]["message"]

@@ -18,6 +18,7 @@ from helixloom.engine.types import (
     NextTokenLogprobs,
     PromptLogprobs,
     StreamDelta,
+    check_text,
 )
 from helixloom.errors import HelixloomError
 
@@ -74,6 +75,13 @@ class Engine(abc.ABC):
         ``abort(row)`` is asked between steps; a row it answers True for ends at once (a client that
         went away frees its place in the batch).
         """
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise ``HelixloomError`` if ``request`` could not run (its prompt and max_tokens do not fit
+        the context, its constraint does not compile, ...). Schedulers call this in the caller's
+        thread before a request joins a batch, so a bad request fails alone. The default checks the
+        prompt's text; a backend checks more where it can do so cheaply."""
+        check_text(request.prompt)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Run the requests as one batch and return one result per request, in order."""

@@ -77,6 +77,15 @@ class BatchingEngine(Engine):
     def stream_batch(
         self, requests: Sequence[GenerationRequest], *, abort: AbortCheck | None = None
     ) -> Iterator[BatchEvent]:
+        for r in requests:  # here, in the caller's thread: a bad request fails alone, before any batch
+            self.inner.validate(r)
+        if len(requests) > self._queue.maxsize:
+            raise HelixloomError(
+                f"{len(requests)} completions in one request, more than this server's queue holds "
+                f"({self._queue.maxsize})",
+                "ask for fewer (n x prompts)",
+                param="n",
+            )
         events: queue.SimpleQueue[tuple[int, object]] = queue.SimpleQueue()
         pendings = [_Pending(r, i, events) for i, r in enumerate(requests)]
         try:
@@ -177,19 +186,30 @@ class BatchingEngine(Engine):
             if live:
                 self._run(live)
 
+    def validate(self, request: GenerationRequest) -> None:
+        self.inner.validate(request)
+
     def _run(self, batch: list[_Pending]) -> None:
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, len(batch))
         finished = [False] * len(batch)
+        started = False
         try:
             for i, event in self.inner.stream_batch(
                 [p.request for p in batch], abort=lambda i: batch[i].aborted.is_set()
             ):
+                started = True
                 if isinstance(event, GenerationResult):
                     finished[i] = True
                     self.aborted_rows += event.finish_reason == "abort"
                 batch[i].events.put((batch[i].row, event))
-        except BaseException as exc:  # handed to every waiting caller, never lost
+        except BaseException as exc:  # handed to the waiting callers, never lost
+            if not started and len(batch) > 1 and isinstance(exc, Exception):
+                # Nothing was produced yet: one row's problem must not fail the others, so each row
+                # runs alone and gets its own result or its own error.
+                for p in batch:
+                    self._run([p])
+                return
             for i, p in enumerate(batch):
                 if not finished[i]:
                     p.events.put((p.row, exc))

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from helixloom.engine.types import Constraint
@@ -23,54 +26,89 @@ if TYPE_CHECKING:
     import torch
 
 
+#: Compiled grammars kept per engine (least recently used dropped first).
+CACHE_SIZE = 64
+#: A compile that takes longer is refused for its request (it still finishes, and is cached, in the
+#: background); schema caps (``Constraint.json_schema``) keep compiles well under it.
+COMPILE_TIMEOUT_S = 10.0
+
+
 class Grammars:
-    """Compiles constraints for one tokenizer, caching compiled grammars by constraint."""
+    """Compiles constraints for one tokenizer, caching compiled grammars by constraint.
+
+    Compiling happens outside the engine's lock and outside any lock shared by other constraints, so
+    a large schema never holds up other requests; the same constraint is compiled once even when
+    several requests ask for it at the same time.
+    """
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> None:
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
         self._stop_ids = stop_token_ids
         self._compiler: Any = None
-        self._compiled: dict[Constraint, Any] = {}
+        self._compiled: OrderedDict[Constraint, Future[Any]] = OrderedDict()
         self._surrogates: SurrogateMasks | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the cache and the compiler's creation only
 
     def _get_compiler(self) -> Any:
         import xgrammar as xgr
 
-        if self._compiler is None:
-            # Building the vocabulary index takes ~1-2 s for a 262k vocabulary; done once per engine.
-            info = xgr.TokenizerInfo.from_huggingface(
-                self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_ids
-            )
-            self._compiler = xgr.GrammarCompiler(info, max_threads=2)
-            self._surrogates = SurrogateMasks.of(info.decoded_vocab, self._vocab_size)
-        return self._compiler
-
-    def compile(self, constraint: Constraint) -> Any:
-        """The compiled grammar; raises ``HelixloomError`` for a constraint xgrammar cannot compile."""
         with self._lock:
-            if constraint in self._compiled:
-                return self._compiled[constraint]
-            compiler = self._get_compiler()
-            try:
-                if constraint.kind == "json_schema":
-                    # Compact separators (", " and ": "): unbounded whitespace lets weak models pad forever.
-                    grammar = compiler.compile_json_schema(constraint.spec, any_whitespace=False)
-                elif constraint.kind == "json_object":
-                    grammar = compiler.compile_builtin_json_grammar()
-                elif constraint.kind == "regex":
-                    grammar = compiler.compile_regex(constraint.spec)
-                else:
-                    options = json.loads(constraint.spec)
-                    grammar = compiler.compile_grammar(
-                        "root ::= " + " | ".join(json.dumps(o, ensure_ascii=False) for o in options)
-                    )
-            except RuntimeError as exc:
-                reason = str(exc).strip().splitlines()[-1][:200]
-                raise HelixloomError(f"cannot compile the {constraint.kind} constraint: {reason}") from exc
-            self._compiled[constraint] = grammar
-            return grammar
+            if self._compiler is None:
+                # Building the vocabulary index takes ~1-2 s for a 262k vocabulary; done once per engine.
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_ids
+                )
+                self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
+                self._surrogates = SurrogateMasks.of(info.decoded_vocab, self._vocab_size)
+            return self._compiler
+
+    def compile(self, constraint: Constraint, timeout: float | None = None) -> Any:
+        """The compiled grammar; raises ``HelixloomError`` for a constraint xgrammar cannot compile,
+        or that takes more than ``timeout`` seconds (None: wait as long as it takes)."""
+        compiler = self._get_compiler()
+        with self._lock:
+            future = self._compiled.get(constraint)
+            mine = future is None
+            if future is None:
+                future = Future()
+                self._compiled[constraint] = future
+                while len(self._compiled) > CACHE_SIZE:
+                    self._compiled.popitem(last=False)
+            self._compiled.move_to_end(constraint)
+        if mine:
+            threading.Thread(target=self._compile, args=(compiler, constraint, future), daemon=True).start()
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            raise HelixloomError(
+                f"the {constraint.kind} constraint took over {timeout:.0f} s to compile",
+                "use a smaller schema",
+                param="response_format",
+            ) from None
+
+    def _compile(self, compiler: Any, constraint: Constraint, future: Future[Any]) -> None:
+        try:
+            if constraint.kind == "json_schema":
+                # Compact separators (", " and ": "): unbounded whitespace lets weak models pad forever.
+                grammar = compiler.compile_json_schema(constraint.spec, any_whitespace=False)
+            elif constraint.kind == "json_object":
+                grammar = compiler.compile_builtin_json_grammar()
+            elif constraint.kind == "regex":
+                grammar = compiler.compile_regex(constraint.spec)
+            else:
+                options = json.loads(constraint.spec)
+                grammar = compiler.compile_grammar(
+                    "root ::= " + " | ".join(json.dumps(o, ensure_ascii=False) for o in options)
+                )
+        except Exception as exc:  # xgrammar raises RuntimeError (and others) for what it cannot compile
+            reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+            with self._lock:  # a failure is not cached: the next request gets its own message
+                if self._compiled.get(constraint) is future:
+                    del self._compiled[constraint]
+            future.set_exception(HelixloomError(f"cannot compile the {constraint.kind} constraint: {reason}"))
+            return
+        future.set_result(grammar)
 
     def matcher(self, constraint: Constraint, forbidden: torch.Tensor | None = None) -> RowMatcher:
         """A fresh grammar state for one row; ``forbidden`` ([V] bool) tokens are never allowed."""

@@ -17,10 +17,19 @@ from helixloom.errors import HelixloomError
 FinishReason = Literal["stop", "length", "abort"]
 
 
+MAX_STOP_SEQUENCES = 32
+MAX_STOP_CHARS = 512
+#: JSON-schema caps: nested objects, and subschemas in all. Compile time grows with the schema
+#: (5,000 properties took xgrammar about two minutes); real schemas stay far below these.
+MAX_SCHEMA_DEPTH = 32
+MAX_SCHEMA_NODES = 1000
+
+
 class SamplingParams(BaseModel):
     """How to sample one completion. Unknown fields are an error, never silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused: NaN passes every "< 0" check and would reach the sampler.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_tokens: int = Field(256, description="Most new tokens to generate.")
     temperature: float = Field(1.0, description="0 means greedy; higher is more random.")
@@ -79,13 +88,26 @@ class SamplingParams(BaseModel):
             raise ValueError("logprobs must be between 0 and 20")
         return v
 
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v < 2**63:
+            raise ValueError("seed must be between 0 and 2^63 - 1")
+        return v
+
     @field_validator("stop", mode="before")
     @classmethod
     def _stop(cls, v: object) -> object:
         if isinstance(v, str):
             v = (v,)
-        if isinstance(v, list | tuple) and any(not isinstance(s, str) or s == "" for s in v):
-            raise ValueError("stop sequences must be non-empty strings")
+        if isinstance(v, list | tuple):
+            if any(not isinstance(s, str) or s == "" for s in v):
+                raise ValueError("stop sequences must be non-empty strings")
+            # Every stop string is matched against every new token's text: keep that cheap.
+            if len(v) > MAX_STOP_SEQUENCES or any(len(s) > MAX_STOP_CHARS for s in v):
+                raise ValueError(
+                    f"at most {MAX_STOP_SEQUENCES} stop sequences of at most {MAX_STOP_CHARS} characters"
+                )
         return tuple(v) if isinstance(v, list) else v
 
     @property
@@ -129,6 +151,7 @@ class Constraint:
                 ) from exc
         if not isinstance(schema, dict):
             raise HelixloomError("a JSON schema must be a JSON object", param="json_schema")
+        _check_schema_size(schema)
         from jsonschema import Draft202012Validator, SchemaError
 
         try:
@@ -162,6 +185,40 @@ class Constraint:
         return json.loads(self.spec) if self.kind == "json_schema" else None
 
 
+def check_text(text: str, param: str = "prompt") -> None:
+    """Refuse text that is not valid Unicode for a tokenizer: a lone UTF-16 surrogate (JSON's
+    "\\ud800") cannot be encoded as UTF-8, and tokenizers fail on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise HelixloomError(
+            f"the {param} holds a lone surrogate character at position {exc.start}", param=param
+        ) from None
+
+
+def _check_schema_size(schema: dict[str, Any]) -> None:
+    """Refuse schemas nested deeper or holding more subschemas than the caps, before anything
+    recursive (the validator, the grammar compiler) walks them."""
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            nodes += 1
+            children = list(value.values())
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_SCHEMA_DEPTH or nodes > MAX_SCHEMA_NODES:
+            raise HelixloomError(
+                f"the JSON schema is too large (at most {MAX_SCHEMA_DEPTH} levels deep and "
+                f"{MAX_SCHEMA_NODES} subschemas)",
+                param="json_schema",
+            )
+        stack.extend((c, depth + 1) for c in children)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One completion to produce: a prompt, the adapter to use (None = base model), sampling, and
@@ -175,6 +232,7 @@ class GenerationRequest:
     def __post_init__(self) -> None:
         if not self.prompt:
             raise HelixloomError("the prompt is empty", "pass some text to complete", param="prompt")
+        check_text(self.prompt)
         if self.constraint is not None and (self.sampling.ignore_eos or self.sampling.token_healing):
             raise HelixloomError(
                 "a constrained request cannot use ignore_eos or token_healing",

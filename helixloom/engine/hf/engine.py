@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from helixloom import models
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
-from helixloom.engine.grammar import Grammars
+from helixloom.engine.grammar import COMPILE_TIMEOUT_S, Grammars
 from helixloom.engine.hf import decode
 from helixloom.engine.hf.load import check_adapter_fits, load_pretrained
 from helixloom.engine.hf.vocab import Vocab
@@ -31,6 +31,7 @@ from helixloom.engine.types import (
     NextTokenLogprobs,
     PromptLogprobs,
     TokenLogprob,
+    check_text,
 )
 from helixloom.errors import AdapterError, HelixloomError
 
@@ -95,6 +96,7 @@ class HFEngine(Engine):
 
     def encode(self, prompt: str) -> list[int]:
         """Prompt token ids; the BOS token is added unless the text (e.g. from a chat template) has it."""
+        check_text(prompt)
         bos = self.tokenizer.bos_token
         add_special = not (bos and prompt.startswith(bos))
         return list(self.tokenizer(prompt, add_special_tokens=add_special).input_ids)
@@ -114,6 +116,7 @@ class HFEngine(Engine):
         return len(self.tokenize(text, add_special_tokens=False))
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        check_text(text, "text")
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
 
     def detokenize(self, ids: Sequence[int]) -> str:
@@ -244,20 +247,32 @@ class HFEngine(Engine):
                 )
                 cache, logits = out.past_key_values, out.logits[:, -1, :].float()
 
-    def _new_row(self, request: GenerationRequest) -> decode.Row:
-        ids = self.encode(request.prompt)
+    def validate(self, request: GenerationRequest) -> None:
+        self._fitted(request, self.encode(request.prompt))
+        self._adapter_names([request.adapter])
+        if request.constraint is not None:
+            self._grammars.compile(request.constraint, timeout=COMPILE_TIMEOUT_S)
+
+    def _fitted(self, request: GenerationRequest, ids: list[int]) -> GenerationRequest:
+        """``request`` with max_tokens lowered to the room left (``fit_context``); raises when the
+        prompt and max_tokens do not fit the context."""
         p = request.sampling
         room = self.max_model_len - len(ids)
         if p.fit_context and 0 < room < p.max_tokens:
-            p = p.model_copy(update={"max_tokens": room})
-            request = replace(request, sampling=p)
-        if len(ids) + p.max_tokens > self.max_model_len:
+            request = replace(request, sampling=p.model_copy(update={"max_tokens": room}))
+        if len(ids) + request.sampling.max_tokens > self.max_model_len:
             raise HelixloomError(
-                f"prompt ({len(ids)} tokens) + max_tokens ({p.max_tokens}) exceeds the model's context "
-                f"of {self.max_model_len} tokens",
+                f"prompt ({len(ids)} tokens) + max_tokens ({request.sampling.max_tokens}) exceeds the "
+                f"model's context of {self.max_model_len} tokens",
                 "shorten the prompt or lower max_tokens",
                 param="max_tokens",
             )
+        return request
+
+    def _new_row(self, request: GenerationRequest) -> decode.Row:
+        ids = self.encode(request.prompt)
+        request = self._fitted(request, ids)
+        p = request.sampling
         generator = decode.torch_generator(p.seed if p.seed is not None else secrets.randbits(63))
         heal = ""
         if p.token_healing and len(ids) > 1 and ids[-1] not in self.tokenizer.all_special_ids:
