@@ -86,5 +86,9 @@ def confined(path: str | Path, root: Path | None = None) -> Path:
     p = Path(path)
     resolved = (p if p.is_absolute() else base / p).resolve()
     if resolved != base and base not in resolved.parents:
-        raise HelixloomError(f"{path} is outside {base}", "only paths under HELIXLOOM_HOME are allowed here")
+        # The message names the path as given, never the home's own location (a server's clients
+        # need not learn it).
+        raise HelixloomError(
+            f"{path} is outside HELIXLOOM_HOME", "only paths under HELIXLOOM_HOME are allowed here"
+        )
     return resolved

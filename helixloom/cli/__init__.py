@@ -20,7 +20,10 @@ from helixloom.errors import HelixloomError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    """Run the CLI; returns the exit code (0 ok, 2 user error, 1 any other failure, 130 interrupted).
+
+    Every failure is one line on stderr; ``HELIXLOOM_DEBUG=1`` shows the traceback of an unexpected
+    one."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
@@ -37,6 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nhelixloom: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # not ours: still one line (the locked database, a full disk, a bug)
+        if os.environ.get("HELIXLOOM_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"helixloom: error: {type(exc).__name__}: {first}".rstrip(": "), file=sys.stderr)
+        print("helixloom: (set HELIXLOOM_DEBUG=1 to see where it happened)", file=sys.stderr)
+        return 1
 
 
 def _run_as_job(args: argparse.Namespace, argv: list[str]) -> int:

@@ -102,7 +102,7 @@ class Grammars:
                     "root ::= " + " | ".join(json.dumps(o, ensure_ascii=False) for o in options)
                 )
         except Exception as exc:  # xgrammar raises RuntimeError (and others) for what it cannot compile
-            reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+            reason = _public_reason(exc)
             with self._lock:  # a failure is not cached: the next request gets its own message
                 if self._compiled.get(constraint) is future:
                     del self._compiled[constraint]
@@ -189,3 +189,13 @@ class RowMatcher:
     @property
     def terminated(self) -> bool:
         return bool(self._matcher.is_terminated())
+
+
+def _public_reason(exc: BaseException) -> str:
+    """The last line of a compiler error, without the source file paths C++ libraries put in it."""
+    import re
+
+    text = str(exc).strip()
+    line = text.splitlines()[-1] if text else type(exc).__name__
+    line = re.sub(r"(?:[A-Za-z]:)?(?:/[^\s:/]+)+/?(?::\d+)*:?\s*", "", line).strip()
+    return line[:200] or type(exc).__name__
