@@ -92,7 +92,9 @@ def test_mixed_batch_rows_equal_solo_runs(engine: HFEngine) -> None:
     assert parses(batch[1].text, PERSON)
     assert batch[2].text in ("yes", "no", "maybe")
     assert re.fullmatch(r"[A-Z]{3}-[0-9]{4}", batch[3].text)
-    assert isinstance(json.loads(batch[4].text), dict | list | str | int | float | bool | None)
+    # json_object is an object (a random tiny model may not close it within max_tokens)
+    assert batch[4].text.startswith("{")
+    assert batch[4].finish_reason == "length" or isinstance(json.loads(batch[4].text), dict)
     assert not parses(batch[0].text, PERSON)
 
 

@@ -93,7 +93,8 @@ class Grammars:
                 # Compact separators (", " and ": "): unbounded whitespace lets weak models pad forever.
                 grammar = compiler.compile_json_schema(constraint.spec, any_whitespace=False)
             elif constraint.kind == "json_object":
-                grammar = compiler.compile_builtin_json_grammar()
+                # OpenAI's json_object is an object; xgrammar's built-in JSON grammar takes any value.
+                grammar = compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
             elif constraint.kind == "regex":
                 grammar = compiler.compile_regex(constraint.spec)
             else:
