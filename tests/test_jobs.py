@@ -19,10 +19,11 @@ import pytest
 
 from helixloom import jobs
 from helixloom.cli import main
+from helixloom.engine.hf import HFEngine
 from helixloom.errors import HelixloomError
 from helixloom.server import BackgroundServer, ServerConfig, ServerState
 from helixloom.store import Store
-from tests.conftest import TinyModel
+from tests.conftest import TinyModel, serving
 
 FAST = ["--max-steps", "2", "--batch-size", "2", "--rank", "4", "--learning-rate", "1e-3"]
 
@@ -143,18 +144,13 @@ def test_check_command_uses_the_cli_parser(tiny_model: TinyModel) -> None:
 
 
 @pytest.fixture
-def server(tiny_model: TinyModel, helixloom_home: Path) -> Iterator[BackgroundServer]:
-    from helixloom.engine.hf import HFEngine
+def server(tiny_model: TinyModel, tiny_engine: HFEngine, helixloom_home: Path) -> Iterator[BackgroundServer]:
     from helixloom.paths import ensure_home
 
     ensure_home()
-    state = ServerState(
-        ServerConfig(model=str(tiny_model.path)), HFEngine.load(str(tiny_model.path)), Store.open_default()
-    )
-    running = BackgroundServer(state)
-    yield running
-    running.stop()
-    state.close()
+    state = ServerState(ServerConfig(model=str(tiny_model.path)), tiny_engine, Store.open_default())
+    with serving(state) as running:
+        yield running
 
 
 def _wait(url: str, job_id: str, until: tuple[str, ...], timeout: float = 240) -> dict:
