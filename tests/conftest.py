@@ -2,12 +2,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests import tiny
+
+if TYPE_CHECKING:
+    from helixloom.engine.hf import HFEngine
+    from helixloom.server import BackgroundServer, ServerState
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,64 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     foreign = root / "foreign"
     tiny.build_adapter(other, foreign, seed=4, targets=("q_proj", "v_proj"))
     return TinyModel(model_dir, adapters, foreign)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model: TinyModel) -> HFEngine:
+    """The tiny model on the hf backend with no adapter loaded, shared by the whole session.
+
+    Shared, so every test leaves it as it found it: it loads no adapter into it and changes no
+    attribute for good (a monkeypatch or a try/finally that puts it back is fine). A test that
+    loads an adapter takes ``tiny_adapted_engine`` or ``fresh_tiny_engine``.
+    """
+    from helixloom.engine.hf import HFEngine
+
+    return HFEngine.load(str(tiny_model.path))
+
+
+@pytest.fixture(scope="session")
+def tiny_adapted_engine(tiny_model: TinyModel) -> HFEngine:
+    """The tiny model with the ``alpha``, ``beta`` and ``gamma`` adapters of ``tiny_model`` loaded,
+    shared by the whole session under the same rules as ``tiny_engine``: no other adapter goes in."""
+    from helixloom.engine.hf import HFEngine
+
+    engine = HFEngine.load(str(tiny_model.path))
+    for name, folder in tiny_model.adapters.items():
+        engine.load_adapter(name, str(folder))
+    return engine
+
+
+@pytest.fixture
+def fresh_tiny_engine(tiny_model: TinyModel) -> HFEngine:
+    """An engine of the test's own, for a test that loads adapters of its own or checks a fresh engine."""
+    from helixloom.engine.hf import HFEngine
+
+    return HFEngine.load(str(tiny_model.path))
+
+
+@contextmanager
+def serving(state: ServerState) -> Iterator[BackgroundServer]:
+    """Serves ``state`` on a loopback port for the ``with`` block; on leaving it, however it is left
+    (a failed assertion included), the server stops and the state closes: its job runner, its
+    batching scheduler and its store.
+
+    Closing the state closes the engine it wraps; an ``HFEngine`` holds nothing a close frees, so a
+    shared engine stays usable afterwards.
+    """
+    from helixloom.server import BackgroundServer
+
+    try:
+        server = BackgroundServer(state)
+    except BaseException:
+        state.close()
+        raise
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            state.close()
 
 
 @pytest.fixture(autouse=True)

@@ -67,25 +67,38 @@ def test_helixnet_once_json_on_default_model(default_model_home: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     body = json.loads(proc.stdout)
     assert body["actor"].strip(), "token healing keeps the actor from answering with an empty line"
-    assert body["critique"] is not None and body["regeneration"] is not None
-    assert body["usage"]["completion_tokens"] > 0
+    # The critique and the regeneration are real generations: text, within the token budget, the
+    # last round's, and what the store recorded for the critic and regenerator stages.
+    for key in ("critique", "regeneration"):
+        assert isinstance(body[key], str) and body[key].strip(), key
+    assert body["rounds"][-1] == {"critique": body["critique"], "regeneration": body["regeneration"]}
+    stages = {s["stage"]: s for s in body["stages"]}
+    assert list(stages) == ["actor", "critic", "regenerator"]
+    for stage in stages.values():
+        assert 0 < stage["usage"]["completion_tokens"] <= 24
+        assert stage["finish_reason"] == "stop" or stage["usage"]["completion_tokens"] == 24
+    assert body["usage"]["completion_tokens"] == sum(s["usage"]["completion_tokens"] for s in stages.values())
     assert set(body["timings"]) == {"actor", "critic", "regenerator"}
     with Store(default_model_home / "helixloom.db") as store:
-        stages = [m.stage for m in store.get_messages(body["session_id"])]
-    assert stages == [None, "actor", "critic", "regenerator"]
+        stored = [(m.stage, m.content) for m in store.get_messages(body["session_id"])]
+    assert stored == [
+        (None, "Why is the sky blue?"),
+        ("actor", body["actor"]),
+        ("critic", body["critique"]),
+        ("regenerator", body["regeneration"]),
+    ]
 
 
 def test_server_on_default_model(default_model_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import openai
 
-    from helixloom.server import BackgroundServer, ServerConfig, open_state
+    from helixloom.server import ServerConfig, open_state
+    from tests.conftest import serving
 
     monkeypatch.setenv("HELIXLOOM_HOME", str(default_model_home))
     state = open_state(ServerConfig(model="default"))
-    server = BackgroundServer(state)
-    url = server.url
-    try:
-        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    with serving(state) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
             model="default",
             messages=[{"role": "user", "content": "What is the capital of France?"}],
@@ -96,9 +109,6 @@ def test_server_on_default_model(default_model_home: Path, monkeypatch: pytest.M
         assert reply.choices[0].message.content and reply.choices[0].message.content.strip()
         session = state.store.get_session(raw.headers["x-helixloom-session"])
         assert session is not None and session.kind == "api"
-    finally:
-        server.stop()
-        state.close()
 
 
 def test_qa_pairs_schema_on_default_model(default_model_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

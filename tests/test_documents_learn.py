@@ -18,12 +18,12 @@ from helixloom.documents.questions import Suite, dedupe, generate_pairs
 from helixloom.engine import GenerationRequest
 from helixloom.engine.hf import HFEngine
 from helixloom.errors import HelixloomError
-from helixloom.server import BackgroundServer, ServerConfig, ServerState
+from helixloom.server import ServerConfig, ServerState
 from helixloom.store import Store
 from helixloom.training import learn
 from helixloom.training.configs import LoraSFTConfig
 from helixloom.training.sft import train_lora
-from tests.conftest import TinyModel
+from tests.conftest import TinyModel, serving
 from tests.scripted import ScriptedEngine
 
 ARTICLE = """# The Zorblax of Quentmoor
@@ -202,7 +202,9 @@ SMALL = LoraSFTConfig(
 )
 
 
-def test_learn_end_to_end(docs: Path, tiny_model: TinyModel, helixloom_home: Path) -> None:
+def test_learn_end_to_end(
+    docs: Path, tiny_model: TinyModel, fresh_tiny_engine: HFEngine, helixloom_home: Path
+) -> None:
     paths.ensure_home()
     with Store(paths.db_path()) as store:
         train_file, report = learn.prepare(
@@ -216,10 +218,9 @@ def test_learn_end_to_end(docs: Path, tiny_model: TinyModel, helixloom_home: Pat
         assert learn.stage("zorblax") == "trained"
         record = store.get_adapter("zorblax")
         assert record is not None and record.meta and record.meta["system_prompt"] == meta["system_prompt"]
-    engine = HFEngine.load(str(tiny_model.path))
-    state = ServerState(ServerConfig(model=str(tiny_model.path)), engine, Store(paths.db_path()))
-    server = BackgroundServer(state)
-    try:
+    # The server loads the trained adapter into its engine on the first request: a fresh engine.
+    state = ServerState(ServerConfig(model=str(tiny_model.path)), fresh_tiny_engine, Store(paths.db_path()))
+    with serving(state) as server:
         reply = httpx.post(
             server.url + "/v1/chat/completions",
             json={
@@ -235,9 +236,6 @@ def test_learn_end_to_end(docs: Path, tiny_model: TinyModel, helixloom_home: Pat
         stored = state.store.get_messages(reply.headers["x-helixloom-session"])
         assert stored[0].role == "system" and stored[0].content == meta["system_prompt"]
         assert stored[-1].adapter == "zorblax"
-    finally:
-        server.stop()
-        state.close()
 
 
 class _Interrupt(TrainerCallback):  # type: ignore[misc]

@@ -22,28 +22,28 @@ from helixloom.engine.remote import RemoteEngine
 from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
 from helixloom.server import BackgroundServer, ServerConfig, ServerState
 from helixloom.store import Store
-from tests.conftest import TinyModel
+from tests.conftest import TinyModel, serving
 
 PROMPTS = ["The quick brown fox", "Paris is the capital of", "def add(a, b):"]
 
 
 @pytest.fixture(scope="module")
-def local(tiny_model: TinyModel) -> HFEngine:
-    engine = HFEngine.load(str(tiny_model.path))
-    for name in ("alpha", "beta"):
-        engine.load_adapter(name, str(tiny_model.adapters[name]))
-    return engine
+def local(tiny_adapted_engine: HFEngine) -> HFEngine:
+    """The in-process engine, with alpha and beta (and gamma) loaded."""
+    return tiny_adapted_engine
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
-    engine = HFEngine.load(str(tiny_model.path))
+def server(
+    tiny_model: TinyModel, local: HFEngine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackgroundServer]:
+    """The server runs the local engine (the weights are the same either way): what the remote engine
+    must reproduce is what crosses the wire."""
     config = ServerConfig(
         model=str(tiny_model.path), adapters={n: str(tiny_model.adapters[n]) for n in ("alpha", "beta")}
     )
-    running = BackgroundServer(ServerState(config, engine, Store(tmp_path_factory.mktemp("srv") / "db")))
-    yield running
-    running.stop()
+    with serving(ServerState(config, local, Store(tmp_path_factory.mktemp("srv") / "db"))) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,11 @@ def test_helixnet_runs_on_the_remote_engine(remote: RemoteEngine, local: HFEngin
 
 
 def test_remote_spec_through_the_cli(
-    capsys: pytest.CaptureFixture[str], server: BackgroundServer, tiny_model: TinyModel, helixloom_home: Path
+    capsys: pytest.CaptureFixture[str],
+    server: BackgroundServer,
+    tiny_engine: HFEngine,
+    tiny_model: TinyModel,
+    helixloom_home: Path,
 ) -> None:
     from helixloom.cli import main
 
@@ -218,11 +222,7 @@ def test_remote_spec_through_the_cli(
         ["generate", "Paris is", "--model", spec, "--temperature", "0", "--max-tokens", "6", "--json"]
     )
     body = json.loads(capsys.readouterr().out)
-    assert (
-        code == 0
-        and body["text"]
-        == HFEngine.load(str(tiny_model.path)).generate([greedy("Paris is", max_tokens=6)])[0].text
-    )
+    assert code == 0 and body["text"] == tiny_engine.generate([greedy("Paris is", max_tokens=6)])[0].text
 
 
 def test_remote_helixnet_chat_with_served_adapter_names(

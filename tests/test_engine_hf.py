@@ -20,17 +20,16 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model: TinyModel) -> HFEngine:
-    eng = HFEngine.load(str(tiny_model.path))
-    for name, path in tiny_model.adapters.items():
-        eng.load_adapter(name, str(path))
-    return eng
+@pytest.fixture
+def engine(tiny_adapted_engine: HFEngine) -> HFEngine:
+    """With alpha, beta and gamma loaded (the session's shared engine)."""
+    return tiny_adapted_engine
 
 
-@pytest.fixture(scope="module")
-def plain_engine(tiny_model: TinyModel) -> HFEngine:
-    return HFEngine.load(str(tiny_model.path))
+@pytest.fixture
+def plain_engine(tiny_engine: HFEngine) -> HFEngine:
+    """No adapter loaded, so ``model`` is the transformers model itself (the session's shared engine)."""
+    return tiny_engine
 
 
 def greedy(prompt: str, *, adapter: str | None = None, **kw: object) -> GenerationRequest:
@@ -198,8 +197,8 @@ def test_generated_logprobs_match_scoring(plain_engine: HFEngine) -> None:
     assert len(res.logprobs[0].top) == 2
 
 
-def test_adapter_errors(tiny_model: TinyModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    eng = HFEngine.load(str(tiny_model.path))
+def test_adapter_errors(tiny_model: TinyModel, fresh_tiny_engine: HFEngine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    eng = fresh_tiny_engine
     with pytest.raises(AdapterError, match="not a PEFT adapter"):
         eng.load_adapter("x", str(tmp_path))
     with pytest.raises(AdapterError, match="does not fit"):

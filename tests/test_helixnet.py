@@ -154,8 +154,8 @@ def test_prompt_format_files(tmp_path: Path) -> None:
         scripted_net(["a"], prompt_format=PromptFormat("x", "s", "{nope}", "r"))[0].answer("q")
 
 
-def test_instruct_format_uses_the_chat_template(tiny_model: TinyModel) -> None:
-    engine = HFEngine.load(str(tiny_model.path))
+def test_instruct_format_uses_the_chat_template(tiny_engine: HFEngine) -> None:
+    engine = tiny_engine
     fmt = PromptFormat.load("instruct")
     prompt = fmt.critic_prompt(engine, "S", "q", "resp")
     assert prompt.startswith("<|system|>\nS</s>\n<|user|>\nHere is a question") and prompt.endswith(

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from helixloom.cli import main
 from helixloom.engine import load_engine
-from helixloom.errors import HelixloomError
-from helixloom.rewards import Constitution, ConstitutionReward, FunctionReward, soft_minimum
+from helixloom.rewards import FunctionReward
 from helixloom.training.configs import IterateConfig, LoraDPOConfig
 from helixloom.training.iterate import IterativeRun
 from helixloom.training.pairing import pick_pairs
-from helixloom.training.reward_spec import load_reward
-from tests.scripted import ScriptedEngine
 
 TIED = "Say something constant"  # the reward gives every response to this prompt the same score
 
@@ -55,7 +52,36 @@ def test_pick_pairs_best_vs_worst_random_and_ties() -> None:
     assert pick_pairs(["same", "x", "same"], [1.0, 0.5, 0.0], "max_min", rng) == ([], False)
 
 
-def test_dpo_iterations_raise_mean_reward_with_best_vs_worst_pairs(tiny_model) -> None:
+def _record_dpo_references(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any] | None]:
+    """Each DPO training's frozen reference, as TRL set it up: the weights of its ``ref`` adapter
+    (keyed as in a saved adapter file), or None where the reference is the base model."""
+    import trl
+
+    references: list[dict[str, Any] | None] = []
+
+    class Recording(trl.DPOTrainer):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            model = self.accelerator.unwrap_model(self.model)
+            if self.ref_model is not None or "ref" not in model.peft_config:
+                references.append(None)
+                return
+            references.append(
+                {
+                    name.replace(".ref.", "."): p.detach().clone()
+                    for name, p in model.named_parameters()
+                    if ".ref." in name
+                }
+            )
+
+    monkeypatch.setattr(trl, "DPOTrainer", Recording)
+    return references
+
+
+def test_dpo_iterations_raise_mean_reward_with_best_vs_worst_pairs(
+    tiny_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    references = _record_dpo_references(monkeypatch)
     run = IterativeRun.create(
         "dpo", PROMPTS, base=str(tiny_model.path), reward="py:vowels", config=FAST, train=TRAIN
     )
@@ -86,8 +112,20 @@ def test_dpo_iterations_raise_mean_reward_with_best_vs_worst_pairs(tiny_model) -
     report = json.loads((run.root / "report.json").read_text())
     assert [r["iteration"] for r in report["rows"]] == [0, 1, 2]
     assert (run.root / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The second iteration continued the first one's adapter: its reference was the first iterate.
-    assert (run.adapter_dir(2) / "adapter_model.safetensors").is_file()
+    # The first iteration's reference was the base model (a fresh LoRA, adapter disabled); the
+    # second's was a frozen copy of the first iterate: exactly the weights iteration 1 saved.
+    import torch
+    from safetensors.torch import load_file
+
+    assert len(references) == 2 and references[0] is None
+    first_iterate = load_file(str(run.adapter_dir(1) / "adapter_model.safetensors"))
+    second = references[1]
+    assert second is not None and set(second) == set(first_iterate)
+    assert all(torch.equal(second[k], first_iterate[k]) for k in first_iterate)
+    # ...and iteration 2 trained away from it.
+    final = load_file(str(run.adapter_dir(2) / "adapter_model.safetensors"))
+    assert set(final) == set(first_iterate)
+    assert not any(torch.equal(final[k], first_iterate[k]) for k in final)
     assert run.final_adapter() == run.adapter_dir(2)
 
 
@@ -193,99 +231,6 @@ def test_iterate_cli_errors(tiny_model, tmp_path: Path, capsys) -> None:
     bad = ["iterate", "--name", "x", "--prompts", str(prompts), "--base", str(tiny_model.path), "--k", "1"]
     assert main(bad) == 2
     assert "k must be at least 2" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------------------- rewards
-
-
-def test_constitution_parses_minihf_format_and_rejects_bad_headers() -> None:
-    text = (
-        "==[PREAMBLE]==\nAnswer yes or no.\n\n"
-        "==[Principle: Kind; Weight: 2.0; Answer: Yes]==\n{preamble} {prompt} {response} Is it kind?\n\n"
-        "==[Principle: Cruel; Weight: 0.5; Answer: No]==\n{preamble} {response} Is it cruel?\n"
-    )
-    c = Constitution.parse(text)
-    assert c.preamble == "Answer yes or no."
-    assert [(p.name, p.weight, p.answer) for p in c.principles] == [
-        ("Kind", 2.0, "yes"),
-        ("Cruel", 0.5, "no"),
-    ]
-    with pytest.raises(HelixloomError, match="Answer must be Yes or No"):
-        Constitution.parse("==[Principle: X; Answer: Maybe]==\n{response}")
-    with pytest.raises(HelixloomError, match="no principles"):
-        Constitution.parse("==[PREAMBLE]==\nonly a preamble")
-    with pytest.raises(HelixloomError, match="has no"):
-        Constitution.parse("==[Principle: X]==\nno response field")
-    assert len(Constitution.default().principles) >= 3
-
-
-def test_soft_minimum_is_dominated_by_the_worst_principle() -> None:
-    assert soft_minimum([3.0], [2.0]) == pytest.approx(3.0)
-    assert soft_minimum([2.0, 2.0], [1.0, 1.0]) == pytest.approx(2.0)
-    # One badly failed principle cannot be bought back by a very good one (a mean would be 3.0).
-    assert soft_minimum([-4.0, 10.0], [1.0, 1.0]) < -3.0
-    assert soft_minimum([0.0, 1.0], [1.0, 3.0]) > soft_minimum([0.0, 1.0], [3.0, 1.0])
-
-
-def test_constitution_reward_signs_principles_by_their_desired_answer() -> None:
-    c = Constitution.parse(
-        "==[Principle: Kind; Weight: 1; Answer: Yes]==\nKIND? {response}\n"
-        "==[Principle: Cruel; Weight: 1; Answer: No]==\nCRUEL? {response}\n"
-    )
-
-    def p_yes(prompt: str) -> float:  # "nice" texts are kind and not cruel; "mean" ones the reverse
-        nice = "nice" in prompt
-        return (0.9 if nice else 0.1) if prompt.startswith("KIND") else (0.1 if nice else 0.9)
-
-    reward = ConstitutionReward(ScriptedEngine("", judge=p_yes), c)
-    nice, mean = reward.score(["q", "q"], ["a nice reply", "a mean reply"])
-    odds = math.log(0.9 / 0.1)
-    assert nice == pytest.approx(odds) and mean == pytest.approx(-odds)
-    assert reward.principle_scores(["q"], ["nice"]) == [[pytest.approx(odds), pytest.approx(odds)]]
-
-
-def test_constitution_principles_are_asked_with_their_own_prompts() -> None:
-    c = Constitution.parse(
-        "==[PREAMBLE]==\nAnswer yes or no.\n"
-        "==[Principle: Kind; Weight: 2; Answer: Yes]==\n{preamble} P={prompt} R={response} Kind?\n"
-        "==[Principle: Cruel; Weight: 1; Answer: No]==\n{response} Cruel? {preamble}\n"
-    )
-    engine = ScriptedEngine("", judge=lambda prompt: 0.7)
-    reward = ConstitutionReward(engine, c, adapter=None)
-    [a, b] = reward.principle_scores(["q1", "q2"], ["r1", "r2"])
-    odds = math.log(0.7 / 0.3)
-    assert a == b == [pytest.approx(odds), pytest.approx(-odds)]
-    assert engine.scored == [
-        "Answer yes or no. P=q1 R=r1 Kind?",
-        "r1 Cruel? Answer yes or no.",
-        "Answer yes or no. P=q2 R=r2 Kind?",
-        "r2 Cruel? Answer yes or no.",
-    ]
-    assert reward.score(["q1"], ["r1"]) == [pytest.approx(soft_minimum([odds, -odds], [2.0, 1.0]))]
-
-
-def test_load_reward_specs(tmp_path: Path) -> None:
-    engine = ScriptedEngine("", judge=lambda p: 0.8)
-    fn = tmp_path / "r.py"
-    fn.write_text("def f(prompts, responses):\n    return [len(r) for r in responses]\n")
-    assert load_reward(f"py:{fn}:f", engine=engine).score(["a", "b"], ["xy", "xyz"]) == [2.0, 3.0]
-    assert load_reward("evaluator", engine=engine).score(["a"], ["b"]) == [pytest.approx(math.log(4))]
-    assert load_reward("evaluator:no:Is it rude?", engine=engine).score(["a"], ["b"]) == [
-        pytest.approx(-math.log(4))
-    ]
-    assert load_reward("constitution", engine=engine).score(["a"], ["b"])[0] != 0
-    for bad, msg in [
-        ("bogus", "unknown reward"),
-        ("py:nomodule_here:f", "cannot import"),
-        (f"py:{fn}:missing", "has no function"),
-        ("constitution:/no/such/file", "does not exist"),
-        ("rm:nothing-by-this-name", "no reward model"),
-    ]:
-        with pytest.raises(HelixloomError, match=msg):
-            load_reward(bad, engine=engine)
-    wrong = FunctionReward(lambda p, r: [1.0])
-    with pytest.raises(HelixloomError, match="returned 1 scores for 2"):
-        wrong.score(["a", "b"], ["c", "d"])
 
 
 def test_reward_outcome_calls_the_same_answer_a_tie() -> None:

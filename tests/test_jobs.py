@@ -18,12 +18,13 @@ import httpx
 import pytest
 
 from helixloom import jobs
-from helixloom.cli import main, parse_args
+from helixloom.cli import build_parser, main
+from helixloom.engine.hf import HFEngine
 from helixloom.errors import HelixloomError
 from helixloom.server import BackgroundServer, ServerConfig, ServerState
 from helixloom.server.job_runner import check_command
 from helixloom.store import Store
-from tests.conftest import TinyModel
+from tests.conftest import TinyModel, serving
 
 FAST = ["--max-steps", "2", "--batch-size", "2", "--rank", "4", "--learning-rate", "1e-3"]
 
@@ -134,31 +135,28 @@ def test_cli_commands_are_jobs(tiny_model: TinyModel, tmp_path: Path, capsys: py
 
 
 def test_check_command_uses_the_cli_parser(tiny_model: TinyModel) -> None:
-    assert check_command(["iterate", "--prompts", "p.jsonl", "--name", "r"], parse_args) == ("iterate", "r")
+    assert check_command(["iterate", "--prompts", "p.jsonl", "--name", "r"], build_parser) == ("iterate", "r")
     with pytest.raises(HelixloomError, match="a job runs one of"):
-        check_command(["serve"], parse_args)
+        check_command(["serve"], build_parser)
     with pytest.raises(HelixloomError, match="--name"):
-        check_command(["iterate", "--prompts", "p.jsonl"], parse_args)
+        check_command(["iterate", "--prompts", "p.jsonl"], build_parser)
     with pytest.raises(HelixloomError, match="not a job command"):
-        check_command(["train"], parse_args)
+        check_command(["train"], build_parser)
 
 
 @pytest.fixture
-def server(tiny_model: TinyModel, helixloom_home: Path) -> Iterator[BackgroundServer]:
-    from helixloom.engine.hf import HFEngine
+def server(tiny_model: TinyModel, tiny_engine: HFEngine, helixloom_home: Path) -> Iterator[BackgroundServer]:
     from helixloom.paths import ensure_home
 
     ensure_home()
     state = ServerState(
         ServerConfig(model=str(tiny_model.path)),
-        HFEngine.load(str(tiny_model.path)),
+        tiny_engine,
         Store.open_default(),
-        parse_command=parse_args,
+        command_parser=build_parser,
     )
-    running = BackgroundServer(state)
-    yield running
-    running.stop()
-    state.close()
+    with serving(state) as running:
+        yield running
 
 
 def _wait(url: str, job_id: str, until: tuple[str, ...], timeout: float = 240) -> dict:

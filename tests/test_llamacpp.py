@@ -199,7 +199,6 @@ def llama_server(home: Path) -> Iterator[str]:
 
 def test_remote_engine_on_llama_cpp_server(llama_server: str, lc: LlamaCppEngine) -> None:
     from helixloom.engine.remote import RemoteEngine
-    from helixloom.errors import HelixloomError
     from helixloom.helixnet import HelixNet, Role
 
     remote = RemoteEngine(f"openai:{llama_server}/v1#gemma")
@@ -208,11 +207,15 @@ def test_remote_engine_on_llama_cpp_server(llama_server: str, lc: LlamaCppEngine
     assert got.usage.completion_tokens == 10 and got.finish_reason == "length"
     events = list(remote.stream(greedy(max_tokens=8)))
     assert "".join(e.text for e in events if isinstance(e, StreamDelta)) == events[-1].text  # type: ignore[union-attr]
-    try:
-        [scored] = remote.next_token_logprobs([PROMPT], top_k=5)
-        assert scored.top and all(t.logprob <= 0 for t in scored.top)
-    except HelixloomError as exc:  # servers without logprobs must say so clearly
-        assert "logprobs" in str(exc)
+    # llama_cpp.server keeps every logit (logits_all defaults to True there), so it scores tokens:
+    # the remote engine's top tokens are the in-process engine's, with their log-probs.
+    [scored] = remote.next_token_logprobs([PROMPT], top_k=5, candidates=[" Paris"])
+    [local] = lc.next_token_logprobs([PROMPT], top_k=5, candidates=[" Paris"])
+    assert len(scored.top) == 5 and scored.top[0].token == local.top[0].token
+    remote_top = {t.token: t.logprob for t in scored.top}
+    for t in local.top[:3]:
+        assert remote_top[t.token] == pytest.approx(t.logprob, abs=1e-3), t.token
+    assert scored.candidates[" Paris"] == pytest.approx(local.candidates[" Paris"], abs=1e-3)
     role = Role(remote, None, sampling(temperature=0, max_tokens=12))
     turn = HelixNet(role, role, role).answer("Why is the sky blue?")
     assert len(turn.stages) == 3 and all(s.model.startswith("openai:") for s in turn.stages)

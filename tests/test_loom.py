@@ -16,7 +16,7 @@ from helixloom.cli import main
 from helixloom.engine.hf import HFEngine
 from helixloom.server import BackgroundServer, ServerConfig, ServerState
 from helixloom.store import Store
-from tests.conftest import TinyModel
+from tests.conftest import TinyModel, serving
 
 
 def small_tree(store: Store) -> dict[str, str]:
@@ -83,15 +83,14 @@ def test_import_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
-    engine = HFEngine.load(str(tiny_model.path))
+def server(
+    tiny_model: TinyModel, tiny_engine: HFEngine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackgroundServer]:
     state = ServerState(
-        ServerConfig(model=str(tiny_model.path)), engine, Store(tmp_path_factory.mktemp("l") / "db")
+        ServerConfig(model=str(tiny_model.path)), tiny_engine, Store(tmp_path_factory.mktemp("l") / "db")
     )
-    running = BackgroundServer(state)
-    yield running
-    running.stop()
-    state.close()
+    with serving(state) as running:
+        yield running
 
 
 def test_loom_api(server: BackgroundServer) -> None:

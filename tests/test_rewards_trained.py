@@ -90,11 +90,10 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model: TinyModel) -> HFEngine:
-    eng = HFEngine.load(str(tiny_model.path))
-    eng.load_adapter("alpha", str(tiny_model.adapters["alpha"]))
-    return eng
+@pytest.fixture
+def engine(tiny_adapted_engine: HFEngine) -> HFEngine:
+    """The session's shared engine, with alpha loaded."""
+    return tiny_adapted_engine
 
 
 # ---------------------------------------------------------------------------------------------- embed

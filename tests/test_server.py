@@ -14,9 +14,9 @@ import pytest
 
 from helixloom.engine import GenerationRequest, sampling
 from helixloom.engine.hf import HFEngine
-from helixloom.server import BackgroundServer, ServerConfig, ServerState
+from helixloom.server import ServerConfig, ServerState
 from helixloom.store import Store
-from tests.conftest import TinyModel
+from tests.conftest import TinyModel, serving
 
 
 @dataclass
@@ -32,19 +32,9 @@ class Running:
         )  # type: ignore[arg-type]
 
 
-def start(state: ServerState) -> tuple[str, BackgroundServer]:
-    server = BackgroundServer(state)
-    return server.url, server
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model: TinyModel) -> HFEngine:
-    return HFEngine.load(str(tiny_model.path))
-
-
 @pytest.fixture(scope="module")
 def served(
-    tiny_model: TinyModel, engine: HFEngine, tmp_path_factory: pytest.TempPathFactory
+    tiny_model: TinyModel, tiny_adapted_engine: HFEngine, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
     db = tmp_path_factory.mktemp("server") / "helixloom.db"
     store = Store(db)
@@ -55,10 +45,9 @@ def served(
         default_max_tokens=16,
         helixnet_adapters={"critic": "alpha"},
     )
-    state = ServerState(config, engine, store)
-    url, server = start(state)
-    yield Running(url, state, engine, db)
-    server.stop()
+    state = ServerState(config, tiny_adapted_engine, store)
+    with serving(state) as server:
+        yield Running(server.url, state, tiny_adapted_engine, db)
 
 
 def greedy_text(engine: HFEngine, prompt: str, adapter: str | None = None, **kw: object) -> str:
@@ -385,18 +374,36 @@ def test_concurrent_requests_batched_and_all_stored(served: Running) -> None:
     with Store(served.db) as store:
         count_before = len(store.list_sessions(limit=10_000))
 
-    def ask(i: int) -> str:
-        model = (base, "alpha", "beta")[i % 3]
-        reply = client.completions.create(model=model, prompt=f"Number {i} is", max_tokens=8, seed=i)
-        return reply.choices[0].text
+    models = [(base, "alpha", "beta")[i % 3] for i in range(16)]
+    adapters = [None if m == base else m for m in models]
+
+    def ask(i: int) -> tuple[str, str]:
+        raw = client.completions.with_raw_response.create(
+            model=models[i], prompt=f"Number {i} is", max_tokens=8, temperature=1.0, seed=i
+        )
+        return raw.parse().choices[0].text, raw.headers["x-helixloom-session"]
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(ask, range(16)))
-    assert len(answers) == 16
     assert served.state.engine.batches_run - before < 16  # requests shared batches
     assert served.state.engine.largest_batch > 1
+    # Each answer is its own request's: its prompt, adapter and seed run alone give the same text
+    # (a row of a batch equals its solo run), and the session stored for it holds that exchange.
+    alone = served.engine.generate(
+        [
+            GenerationRequest(f"Number {i} is", sampling(max_tokens=8, temperature=1.0, seed=i), adapters[i])
+            for i in range(16)
+        ]
+    )
+    assert [text for text, _ in answers] == [r.text for r in alone]
+    assert len({text for text, _ in answers}) > 8  # seeds and adapters tell the answers apart
     with Store(served.db) as store:
         assert len(store.list_sessions(limit=10_000)) == count_before + 16
+        for i, (text, session_id) in enumerate(answers):
+            session = store.get_session(session_id)
+            assert session is not None and session.meta and session.meta["model"] == models[i]
+            stored = [(m.role, m.content, m.adapter) for m in store.get_messages(session_id)]
+            assert stored == [("user", f"Number {i} is", None), ("assistant", text, adapters[i])]
 
 
 def test_feedback_round_trip(served: Running) -> None:
@@ -439,13 +446,13 @@ def test_disconnecting_client_frees_its_slot(served: Running) -> None:
         time.sleep(0.05)
 
 
-def test_api_key_enforced_everywhere(tiny_model: TinyModel, engine: HFEngine, tmp_path: Path) -> None:
+def test_api_key_enforced_everywhere(tiny_model: TinyModel, tiny_engine: HFEngine, tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     state = ServerState(
-        ServerConfig(model=str(tiny_model.path), api_keys={"s3cret-key": "alice"}), engine, store
+        ServerConfig(model=str(tiny_model.path), api_keys={"s3cret-key": "alice"}), tiny_engine, store
     )
-    url, server = start(state)
-    try:
+    with serving(state) as server:
+        url = server.url
         for method, path in [
             ("GET", "/v1/models"),
             ("POST", "/v1/chat/completions"),
@@ -469,34 +476,28 @@ def test_api_key_enforced_everywhere(tiny_model: TinyModel, engine: HFEngine, tm
         text = httpx.post(url + "/detokenize", json={"tokens": tokens.json()["tokens"]}, headers=key)
         assert text.status_code == 200 and text.json()["prompt"].endswith("hi")
         assert httpx.get(url + "/health").status_code == 200
-    finally:
-        server.stop()
-        store.close()
     assert b"s3cret-key" not in (tmp_path / "db.sqlite").read_bytes()
 
 
-def test_full_queue_is_503(tiny_model: TinyModel, engine: HFEngine, tmp_path: Path) -> None:
+def test_full_queue_is_503(tiny_model: TinyModel, tiny_engine: HFEngine, tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
-    state = ServerState(ServerConfig(model=str(tiny_model.path), max_batch=1, max_queue=1), engine, store)
-    url, server = start(state)
-    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    config = ServerConfig(model=str(tiny_model.path), max_batch=1, max_queue=1)
+    state = ServerState(config, tiny_engine, store)
+    with serving(state) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
 
-    def ask(_: int) -> int:
-        try:
-            client.completions.create(
-                model=state.base_id, prompt="Once", max_tokens=60, extra_body={"ignore_eos": True}
-            )
-            return 200
-        except openai.InternalServerError as exc:
-            assert exc.status_code == 503 and exc.code == "server_overloaded"
-            return 503
+        def ask(_: int) -> int:
+            try:
+                client.completions.create(
+                    model=state.base_id, prompt="Once", max_tokens=60, extra_body={"ignore_eos": True}
+                )
+                return 200
+            except openai.InternalServerError as exc:
+                assert exc.status_code == 503 and exc.code == "server_overloaded"
+                return 503
 
-    try:
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(ask, range(8)))
-    finally:
-        server.stop()
-        store.close()
     assert 503 in codes and 200 in codes
 
 
@@ -522,10 +523,17 @@ def test_response_format(served: Running) -> None:
         model=base,
         messages=[{"role": "user", "content": "x"}],
         max_tokens=60,
+        n=8,
         seed=2,  # type: ignore[list-item]
         response_format={"type": "json_object"},
     )
-    assert (obj.choices[0].message.content or "")[:1] in ("{", "[")  # JSON mode starts an object or array
+    # JSON mode promises a JSON object (OpenAI's words), never a top-level array or scalar: every
+    # sample opens an object, and each one that finished parses to a dict.
+    for choice in obj.choices:
+        content = choice.message.content or ""
+        assert content.startswith("{"), content
+        if choice.finish_reason == "stop":
+            assert isinstance(json.loads(content), dict), content
     for bad in (
         {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
         {"type": "json_schema"},

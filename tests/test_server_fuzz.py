@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from helixloom.cli import build_parser
 from helixloom.engine.hf import HFEngine
-from helixloom.server import BackgroundServer, ServerConfig, ServerState
+from helixloom.server import ServerConfig, ServerState
 from helixloom.store import Store
-from tests.conftest import TinyModel
+from tests.conftest import TinyModel, serving
 
 KEY = "fuzz-key"
 
@@ -102,19 +102,17 @@ ROUTES = [
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def server(
+    tiny_model: TinyModel, tiny_engine: HFEngine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
     home = tmp_path_factory.mktemp("fuzz-home")
-    engine = HFEngine.load(str(tiny_model.path))
     config = ServerConfig(
         model=str(tiny_model.path), api_keys={KEY: "fuzz"}, default_max_tokens=4, max_queue=16
     )
-    state = ServerState(config, engine, Store(Path(home) / "helixloom.db"), command_parser=build_parser)
+    state = ServerState(config, tiny_engine, Store(Path(home) / "helixloom.db"), command_parser=build_parser)
     state.jobs.stop()  # jobs may be queued by the fuzzer, never run
-    background = BackgroundServer(state)
-    try:
+    with serving(state) as background:
         yield background.url, state.base_id
-    finally:
-        background.stop()
 
 
 @st.composite

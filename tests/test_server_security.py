@@ -12,25 +12,25 @@ import pytest
 
 from helixloom.cli import build_parser, main
 from helixloom.engine.hf import HFEngine
-from helixloom.server import BackgroundServer, ServerConfig, ServerState
+from helixloom.server import ServerConfig, ServerState
 from helixloom.server.job_runner import job_env
 from helixloom.store import Store
-from tests.conftest import TinyModel
+from tests.conftest import TinyModel, serving
 
 KEY = "team:s3cret"  # a key with a colon is one key
 
 
 @pytest.fixture
-def served(tiny_model: TinyModel, helixloom_home: Path) -> Iterator[tuple[str, ServerState]]:
-    engine = HFEngine.load(str(tiny_model.path))
+def served(
+    tiny_model: TinyModel, tiny_engine: HFEngine, helixloom_home: Path
+) -> Iterator[tuple[str, ServerState]]:
     config = ServerConfig(model=str(tiny_model.path), api_keys={KEY: "team"}, default_max_tokens=4)
-    state = ServerState(config, engine, Store(helixloom_home / "helixloom.db"), command_parser=build_parser)
+    state = ServerState(
+        config, tiny_engine, Store(helixloom_home / "helixloom.db"), command_parser=build_parser
+    )
     state.jobs.stop()  # jobs are accepted and queued, never run: these tests are about what gets in
-    server = BackgroundServer(state)
-    try:
+    with serving(state) as server:
         yield server.url, state
-    finally:
-        server.stop()
 
 
 def auth(key: str = KEY, scheme: str = "Bearer") -> dict[str, str]:

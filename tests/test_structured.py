@@ -33,11 +33,10 @@ PERSON = {
 }
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model: TinyModel) -> HFEngine:
-    eng = HFEngine.load(str(tiny_model.path))
-    eng.load_adapter("alpha", str(tiny_model.adapters["alpha"]))
-    return eng
+@pytest.fixture
+def engine(tiny_adapted_engine: HFEngine) -> HFEngine:
+    """The session's shared engine, with alpha loaded."""
+    return tiny_adapted_engine
 
 
 def parses(text: str, schema: dict[str, object]) -> bool:

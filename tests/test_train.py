@@ -176,9 +176,15 @@ def test_tuned_evaluator_learns_the_ratings(tiny_model, tmp_path: Path) -> None:
         )
 
 
-def test_train_evaluator_cli_from_jsonl(tiny_model, tmp_path: Path, capsys) -> None:
-    rows = [{"prompt": e.prompt, "response": e.response, "label": e.label} for e in _examples(10, 2)]
+def test_train_evaluator_cli_from_jsonl(tiny_model, fresh_tiny_engine, tmp_path: Path, capsys) -> None:
+    from helixloom.weave.evaluator import Evaluator, Question
+
+    # 7 thumbs up and 3 down, half held out (4 up, 2 down): a constant verdict scores 1/3 or 2/3.
+    pool = _examples(14, 2)
+    examples = [e for e in pool if e.label][:7] + [e for e in pool if not e.label][:3]
+    rows = [{"prompt": e.prompt, "response": e.response, "label": e.label} for e in examples]
     data = _write_jsonl(tmp_path / "labels.jsonl", rows)
+    question = "Is the answer right?"
     args = [
         "train",
         "evaluator",
@@ -190,10 +196,23 @@ def test_train_evaluator_cli_from_jsonl(tiny_model, tmp_path: Path, capsys) -> N
         str(tiny_model.path),
         "--json",
     ]
-    assert main([*args, *FAST]) == 0
+    assert main([*args, "--question", question, "--held-out", "0.5", *FAST]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["examples"] == 10 and out["held_out"] == 2 and out["steps"] == 2
-    assert 0 <= out["accuracy_before"] <= 1 and 0 <= out["accuracy_after"] <= 1
+    assert out["examples"] == 10 and out["held_out"] == 6 and out["steps"] == 2
+    # The accuracies printed are the held-out share the base model and the saved adapter get right,
+    # measured again here from the evaluator's yes/no log-odds.
+    _, held_out = split(examples, 0.5, seed=0)
+    assert sorted(e.label for e in held_out) == [0, 0, 1, 1, 1, 1]
+    fresh_tiny_engine.load_adapter("ev", out["adapter"])
+
+    def right(adapter: str | None) -> float:
+        scores = Evaluator(fresh_tiny_engine, [Question(question)], adapter=adapter).score(
+            [(e.prompt, e.response) for e in held_out]
+        )
+        return sum((s > 0) == bool(e.label) for s, e in zip(scores, held_out, strict=True)) / len(held_out)
+
+    assert out["accuracy_before"] == right(None)
+    assert out["accuracy_after"] == right("ev")
     bad = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "response": "r", "label": 3}])
     assert (
         main(["train", "evaluator", "--data", str(bad), "--name", "x", "--base", str(tiny_model.path)]) == 2

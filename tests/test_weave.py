@@ -18,7 +18,7 @@ from helixloom.errors import HelixloomError
 from helixloom.store import Store
 from helixloom.weave import Evaluator, Question, WeaveConfig, run, weave
 from helixloom.weave.search import WeaveNode
-from tests.conftest import TinyModel
+from tests.conftest import TinyModel, serving
 from tests.scripted import ScriptedEngine
 
 WORDS = ["cat", "dog", "sun", "car", "tree"]  # "cat" is drawn one time in five
@@ -76,9 +76,8 @@ def test_a_question_may_carry_its_own_prompt() -> None:
         Question("Own", template="  ")
 
 
-def test_evaluator_on_the_tiny_model(tiny_model: TinyModel) -> None:
-    engine = HFEngine.load(str(tiny_model.path))
-    engine.load_adapter("alpha", str(tiny_model.adapters["alpha"]))
+def test_evaluator_on_the_tiny_model(tiny_adapted_engine: HFEngine) -> None:
+    engine = tiny_adapted_engine
     ev = Evaluator(engine, [Question("Is this good?"), Question("Is it long?", answer="no")])
     scores = ev.score([("Once", " upon a time"), ("Paris is", " the capital"), ("x", "")])
     assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
@@ -170,8 +169,8 @@ def test_run_stores_the_tree(tmp_path: Path) -> None:
         assert sum(1 for n in stored if n.meta and n.meta.get("committed")) >= 2
 
 
-def test_weave_on_the_tiny_model(tiny_model: TinyModel) -> None:
-    engine = HFEngine.load(str(tiny_model.path))
+def test_weave_on_the_tiny_model(tiny_engine: HFEngine) -> None:
+    engine = tiny_engine
     ev = Evaluator(engine, [Question("Is this a good story?")])
     before = engine.prefill_tokens
     config = WeaveConfig(budget=8, round_budget=4, n_expand=4, tokens_per_node=4, seed=3)
@@ -244,16 +243,14 @@ def test_cli_weave(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, he
     assert "--question" in capsys.readouterr().err
 
 
-def test_weave_on_the_server(tiny_model: TinyModel, tmp_path: Path) -> None:
+def test_weave_on_the_server(tiny_model: TinyModel, tiny_engine: HFEngine, tmp_path: Path) -> None:
     import httpx
     import openai
 
-    from helixloom.server import BackgroundServer, ServerConfig, ServerState
+    from helixloom.server import ServerConfig, ServerState
 
-    engine = HFEngine.load(str(tiny_model.path))
-    state = ServerState(ServerConfig(model=str(tiny_model.path)), engine, Store(tmp_path / "db"))
-    server = BackgroundServer(state)
-    try:
+    state = ServerState(ServerConfig(model=str(tiny_model.path)), tiny_engine, Store(tmp_path / "db"))
+    with serving(state) as server:
         r = httpx.post(
             server.url + "/api/weave",
             json={
@@ -286,6 +283,3 @@ def test_weave_on_the_server(tiny_model: TinyModel, tmp_path: Path) -> None:
             and session.meta
             and session.meta["tree_id"] == reply.model_extra["weave"]["tree_id"]
         )
-    finally:
-        server.stop()
-        state.close()
