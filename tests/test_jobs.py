@@ -30,6 +30,7 @@ FAST = ["--max-steps", "2", "--batch-size", "2", "--rank", "4", "--learning-rate
 
 
 def _data(tmp_path: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"prompt": "Say hi", "completion": " hi"}) + "\n" for _ in range(4)))
     return path
@@ -173,7 +174,10 @@ def test_server_runs_queues_and_cancels_jobs(
     server: BackgroundServer, tiny_model: TinyModel, tmp_path: Path
 ) -> None:
     url = server.url
-    data = _data(tmp_path)
+    from helixloom.paths import home
+
+    _data(home() / "uploads")  # a job started over HTTP reads only under HELIXLOOM_HOME
+    data = "uploads/d.jsonl"  # (relative paths are the home's)
     base = ["train", "sft", "--data", str(data), "--base", str(tiny_model.path), "--rank", "4"]
     # Bad command lines are refused with the CLI's own words, before anything runs.
     for body, words in [
@@ -237,7 +241,10 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 def test_jobs_page_in_chromium(server: BackgroundServer, tiny_model: TinyModel, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    data = _data(tmp_path)
+    from helixloom.paths import home
+
+    _data(home() / "uploads")
+    data = "uploads/d.jsonl"
     command = shlex.join(
         ["train", "sft", "--data", str(data), "--base", str(tiny_model.path), "--name", "ui", *FAST]
     )

@@ -104,7 +104,7 @@ spec = f"openai:http://127.0.0.1:{remote.server_address[1]}/v1#x"
 
 import uvicorn
 
-from helixloom.cli import build_parser, parse_args
+from helixloom.cli import build_parser
 
 seen = {}
 
@@ -112,14 +112,14 @@ seen = {}
 def run_instead(app, **options):  # uvicorn.run would serve forever; ask the app what it serves
     from starlette.testclient import TestClient
 
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         seen["health"] = client.get("/health").json()["status"]
         seen["models"] = [m["id"] for m in client.get("/v1/models").json()["data"]]
 
 
 uvicorn.run = run_instead
 args = build_parser().parse_args(["serve", "--model", spec])
-assert args.parse_command is parse_args  # the server checks job command lines with the CLI's parser
+assert args.command_parser is build_parser  # the server checks job command lines with the CLI's parser
 code = args.run(args)
 heavy = sorted(m for m in HEAVY if m in sys.modules)
 print(json.dumps({"code": code, "seen": seen, "spec": spec, "heavy": heavy}))

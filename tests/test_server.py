@@ -560,9 +560,13 @@ def test_helixloom_serve_command(tiny_model: TinyModel, tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "HELIXLOOM_HOME": str(tmp_path / "home")}
+    env.pop("HELIXLOOM_API_KEY", None)
+    keys = tmp_path / "keys.txt"
+    keys.write_text("ops k3y\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "helixloom.cli", "serve", "--model", str(tiny_model.path), "--port", str(port),
-         "--adapter", f"alpha={tiny_model.adapters['alpha']}", "--api-key", "ops:k3y", "--max-tokens", "4"],
+         "--adapter", f"alpha={tiny_model.adapters['alpha']}", "--api-key-file", str(keys),
+         "--max-tokens", "4"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
