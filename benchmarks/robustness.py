@@ -218,29 +218,28 @@ def main() -> None:
     lock = threading.Lock()
 
     def worker(i: int) -> None:
+        headers = {"Authorization": f"Bearer {KEY}"}
         with httpx.Client() as c:
             for r in range(args.rounds):
                 body = {**good, "prompt": f"Client {i} round {r}: the sky is", "seed": i * 100 + r}
-                g = c.post(
-                    url + "/v1/completions",
-                    json=body,
-                    headers={"Authorization": f"Bearer {KEY}"},
-                    timeout=args.timeout,
-                )
-                b = c.post(
-                    url + "/v1/completions",
-                    json=bad_bodies[(i + r) % len(bad_bodies)],
-                    headers={"Authorization": f"Bearer {KEY}"},
-                    timeout=args.timeout,
-                )
+                bad = bad_bodies[(i + r) % len(bad_bodies)]
+                try:
+                    g = c.post(url + "/v1/completions", json=body, headers=headers, timeout=args.timeout)
+                    ok = g.status_code == 200 and isinstance(g.json()["choices"][0]["text"], str)
+                except (httpx.HTTPError, ValueError, KeyError):
+                    ok = False
+                try:
+                    refused = (
+                        400 <= c.post(url + "/v1/completions", json=bad, headers=headers).status_code < 500
+                    )
+                except httpx.HTTPError:
+                    refused = False
                 with lock:
                     tally["good_sent"] += 1
                     tally["bad_sent"] += 1
-                    tally["good_ok"] += g.status_code == 200 and bool(
-                        g.json()["choices"][0]["text"] is not None
-                    )
-                    tally["bad_4xx"] += 400 <= b.status_code < 500
-                    tally["other"] += (g.status_code != 200) + (not 400 <= b.status_code < 500)
+                    tally["good_ok"] += ok
+                    tally["bad_4xx"] += refused
+                    tally["other"] += (not ok) + (not refused)
 
     sessions_before = len(state.store.list_sessions(limit=100_000))
     t0 = time.perf_counter()

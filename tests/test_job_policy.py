@@ -1,6 +1,6 @@
 """What a remote client may run as a job (helixloom.server.job_policy), checked against the CLI's own
 parser: each abuse found in the security review is refused, and ordinary jobs pass with their paths
-made absolute under HELIXLOOM_HOME."""
+resolved under uploads/ and outputs/ of HELIXLOOM_HOME (relative to it, where the job runs)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,16 @@ def home(tmp_path: Path) -> Path:
     (tmp_path / "uploads" / "prompts.txt").write_text("Say hi.\n")
     (tmp_path / "uploads" / "docs").mkdir()
     (tmp_path / "uploads" / "docs" / "a.md").write_text("# A\ntext\n")
+    (tmp_path / "rewards" / "rm1").mkdir(parents=True)
+    (tmp_path / "adapters" / "mine").mkdir(parents=True)
     return tmp_path
 
 
 @pytest.fixture
 def policy(home: Path) -> JobPolicy:
-    return JobPolicy(home=home, models=frozenset({"default"}), adapters=frozenset({"mine"}))
+    return JobPolicy(
+        home=home, models=frozenset({"default"}), adapters=frozenset({"mine"}), rewards=frozenset({"rm1"})
+    )
 
 
 def check(policy: JobPolicy, line: str) -> list[str]:
@@ -42,21 +46,23 @@ def test_every_allowed_command_exists_in_the_cli_with_those_flags() -> None:
         assert sub.get_default("job"), words  # only job commands
 
 
-def test_ordinary_jobs_pass_with_absolute_paths(policy: JobPolicy, home: Path) -> None:
-    assert check(policy, "learn uploads/docs --name mydocs --epochs 2") == [
+def test_ordinary_jobs_pass_with_paths_resolved_in_the_home(policy: JobPolicy, home: Path) -> None:
+    assert check(policy, "learn uploads/./docs --name mydocs --epochs 2") == [
         "learn",
-        str(home / "uploads" / "docs"),
+        "uploads/docs",
         "--name",
         "mydocs",
         "--epochs",
         "2",
     ]
+    argv = check(policy, "iterate --name better --prompts uploads/prompts.txt --reward rm:rm1 --adapter mine")
+    assert argv[argv.index("--prompts") + 1] == "uploads/prompts.txt"
+    assert argv[argv.index("--reward") + 1] == "rm:rewards/rm1"
     argv = check(
-        policy, "iterate --name better --prompts uploads/prompts.txt --reward evaluator --adapter mine"
+        policy, f"eval winrate --model default --prompts {home}/uploads/prompts.txt --out outputs/w.json"
     )
-    assert argv[argv.index("--prompts") + 1] == str(home / "uploads" / "prompts.txt")
-    argv = check(policy, "eval winrate --model default --prompts uploads/prompts.txt --out reports/w.json")
-    assert argv[-1] == str(home / "reports" / "w.json")
+    assert argv[argv.index("--prompts") + 1] == "uploads/prompts.txt"  # the home's location is not echoed
+    assert argv[-1] == "outputs/w.json"
 
 
 @pytest.mark.parametrize(
@@ -67,6 +73,15 @@ def test_ordinary_jobs_pass_with_absolute_paths(policy: JobPolicy, home: Path) -
         ("eval winrate --prompts uploads/prompts.txt --out /tmp/x", "outside"),
         ("eval winrate --prompts uploads/prompts.txt --out=/tmp/x", "outside"),
         ("eval winrate --prompts uploads/prompts.txt --ou /tmp/x", "outside"),  # an abbreviation
+        ("eval winrate --prompts uploads/prompts.txt --out helixloom.db", "outside outputs/"),
+        ("eval winrate --prompts uploads/prompts.txt --out uploads/prompts.txt", "outside outputs/"),
+        ("prompts generate --seed uploads/prompts.txt --out adapters/mine/x", "outside outputs/"),
+        ("learn . --name everything", "outside uploads/"),
+        ("eval winrate --prompts helixloom.db", "outside uploads/"),
+        ("iterate --name r --prompts uploads/prompts.txt --reward rm:uploads", "no trained reward"),
+        ("iterate --name r --prompts uploads/prompts.txt --reward head:../x", "bad reward name"),
+        ("train sft --data uploads/prompts.txt --name a --adapter uploads/docs", "not registered"),
+        ("eval winrate --prompts uploads/prompts.txt --judge-template uploads/prompts", ".yaml"),
         ("learn uploads/docs --name d --teacher-url http://evil/v1", "cannot be used"),
         ("learn uploads/docs --name d --teacher openai:http://evil/v1#m", "not allowed"),
         ("eval winrate --prompts uploads/prompts.txt --judge openai:http://evil/v1", "not allowed"),
@@ -75,7 +90,7 @@ def test_ordinary_jobs_pass_with_absolute_paths(policy: JobPolicy, home: Path) -
         ("iterate --name r --prompts uploads/prompts.txt --reward rubric:/etc/passwd", "outside"),
         ("learn uploads/docs --name ../../x", "bad name name"),
         ("learn /etc --name x", "outside"),
-        ("train sft --data uploads/prompts.txt --name a --adapter /etc", "outside"),
+        ("train sft --data uploads/prompts.txt --name a --adapter /etc", "not registered"),
         ("eval winrate --prompts uploads/missing.txt", "does not exist"),
         ("serve --host 0.0.0.0", "cannot be run from the API"),
         ("adapters add x /etc", "cannot be run from the API"),

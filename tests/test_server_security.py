@@ -101,13 +101,15 @@ def test_uploaded_files_are_what_jobs_may_use(served: tuple[str, ServerState], h
     assert httpx.put(f"{url}/api/files/a%2Fb", content=b"x", headers=auth()).status_code in (400, 404)
     r = httpx.post(
         f"{url}/api/jobs",
-        json={"command": "eval grade --model default --prompts uploads/prompts.txt --out reports/g.json"},
+        json={"command": "eval grade --model default --prompts uploads/prompts.txt --out outputs/g.json"},
         headers=auth(),
     )
     assert r.status_code == 201, r.text
     argv = r.json()["params"]["argv"]
-    assert argv[argv.index("--prompts") + 1] == str(helixloom_home.resolve() / "uploads" / "prompts.txt")
-    assert argv[argv.index("--out") + 1] == str(helixloom_home.resolve() / "reports" / "g.json")
+    # Resolved, relative to the home the job runs in: a client never learns where the home is.
+    assert argv[argv.index("--prompts") + 1] == "uploads/prompts.txt"
+    assert argv[argv.index("--out") + 1] == "outputs/g.json"
+    assert str(helixloom_home.resolve()) not in r.text
 
 
 def test_a_job_does_not_inherit_the_servers_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,14 +1,17 @@
 """What an HTTP client may run as a job: an explicit list of commands and of flags, each flag with the
-kind of value it takes, every path confined to ``HELIXLOOM_HOME``.
+kind of value it takes, every path confined to the clients' part of ``HELIXLOOM_HOME``.
 
 The CLI acts for the local user and may touch anything they name; the server acts for remote clients
 and may not. So a command line that arrives over HTTP is parsed by the CLI's own parser (its errors
 are argparse's), then every flag it sets is looked up here: a flag that is not listed is refused, as
-is a value of the wrong kind: a path outside the home, a model spec the operator did not allow (remote
-URLs among them), a Python reward, a name that is not a plain folder name. Paths are rewritten
-absolute, so the job reads and writes exactly what was checked (it runs with the home as its working
-folder too). Listing is deliberate: a flag added to the CLI later stays out of the API until someone
-decides what kind of value it takes.
+is a value of the wrong kind: a path outside the clients' folders, a model spec the operator did not
+allow (remote URLs among them), a Python reward, a name that is not a plain folder name. A job reads
+from ``uploads/`` (what clients uploaded) and ``outputs/`` (what jobs wrote), and writes only under
+``outputs/``: never the store, the adapters or another run's files, which the CLI's own commands
+manage. Paths are rewritten resolved but relative to the home, where the job runs, so it reads and
+writes exactly what was checked and the home's location never goes back to a client. Listing is
+deliberate: a flag added to the CLI later stays out of the API until someone decides what kind of
+value it takes.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from helixloom.paths import check_name, confined
 # Kinds of flag values.
 VALUE = "value"  # a number, a choice, a flag or free text: argparse checks it, nothing names a resource
 NAME = "name"  # a name that becomes a folder (check_name)
-IN = "in"  # a file or folder the job reads: exists, under the home
-OUT = "out"  # a file the job writes: under the home
+IN = "in"  # a file or folder the job reads: exists, under uploads/ or outputs/
+OUT = "out"  # a file the job writes: under outputs/
 MODEL = "model"  # a model spec: one the operator allowed
-ADAPTER = "adapter"  # a registered adapter name, or a PEFT folder under the home
+ADAPTER = "adapter"  # a registered adapter name
 REWARD = "reward"  # a reward spec without Python files or remote models
 TEMPLATE = "template"  # a built-in template name, or a file under the home
 
@@ -216,6 +219,9 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
 }
 
 _BUILTIN_TEMPLATES = ("pair-v2", "single-v1")
+#: The folders of the home a job submitted over HTTP may read, and the one it may write.
+READABLE = ("uploads", "outputs")
+WRITABLE = "outputs"
 # Reward kinds that name neither code nor a remote model (a judge is checked as a model spec).
 _SAFE_REWARDS = ("evaluator", "rubric", "constitution", "rm", "head", "judge")
 
@@ -226,12 +232,14 @@ class JobPolicy:
 
     ``models`` are the model specs a job may name (the operator's: the served model, ``default`` and
     whatever ``serve --allow-job-model`` added, remote ones included); ``adapters`` the registered
-    adapter names. Everything a job reads or writes lies under ``home``.
+    adapter names; ``rewards`` the trained rewards (``HELIXLOOM_HOME/rewards/NAME``). What a job reads
+    lies under ``home/uploads`` or ``home/outputs``, what it writes under ``home/outputs``.
     """
 
     home: Path
     models: frozenset[str]
     adapters: frozenset[str] = frozenset()
+    rewards: frozenset[str] = frozenset()
 
     def check(self, parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
         """``argv`` (a command line without the program name) if a remote client may run it, with its
@@ -334,17 +342,15 @@ class JobPolicy:
         if kind == NAME:
             return check_name(value, f"{option.lstrip('-')} name")
         if kind == IN:
-            path = confined(value, self.home)
+            path = self._inside(value, READABLE)
             if not path.exists():
-                raise HelixloomError(
-                    f"{value} does not exist under HELIXLOOM_HOME", "upload it first (PUT /api/files/NAME)"
-                )
-            return str(path)
+                raise HelixloomError(f"{value} does not exist", "upload it first (PUT /api/files/NAME)")
+            return self._relative(path)
         if kind == OUT:
-            path = confined(value, self.home)
+            path = self._inside(value, (WRITABLE,))
             if path.is_dir():
                 raise HelixloomError(f"{value} is a folder", param=option)
-            return str(path)
+            return self._relative(path)
         if kind == MODEL:
             if value not in self.models:
                 raise HelixloomError(
@@ -353,19 +359,34 @@ class JobPolicy:
                 )
             return value
         if kind == ADAPTER:
-            if value in self.adapters:
-                return value
-            path = confined(value, self.home)
-            if not path.is_dir():
-                raise HelixloomError(
-                    f"adapter {value!r} is neither registered nor a folder under HELIXLOOM_HOME"
-                )
-            return str(path)
+            if value not in self.adapters:
+                raise HelixloomError(f"adapter {value!r} is not registered", "jobs name registered adapters")
+            return value
         if kind == TEMPLATE:
-            return value if value in _BUILTIN_TEMPLATES else self._value(IN, option, value)
+            if value in _BUILTIN_TEMPLATES:
+                return value
+            if not value.endswith((".yaml", ".yml")):  # a bare name is read as NAME.yaml: name the file
+                raise HelixloomError(f"a judge template is {' or '.join(_BUILTIN_TEMPLATES)} or a .yaml file")
+            return self._value(IN, option, value)
         if kind == REWARD:
             return self._reward(value)
         raise AssertionError(kind)
+
+    def _inside(self, value: str, roots: tuple[str, ...]) -> Path:
+        """``value`` resolved under one of the home's ``roots``; relative paths are the home's."""
+        home = self.home.resolve()
+        path = confined(value, home)
+        if not any(path == home / r or (home / r) in path.parents for r in roots):
+            raise HelixloomError(
+                f"{value} is outside {' and '.join(r + '/' for r in roots)} of HELIXLOOM_HOME",
+                "jobs started over HTTP read uploads/ (PUT /api/files/NAME) and outputs/, and write outputs/",
+            )
+        return path
+
+    def _relative(self, path: Path) -> str:
+        # The job runs in the home: a relative path names the same file and keeps the home's
+        # location out of what a client sees (the job's argv is part of GET /api/jobs).
+        return str(path.relative_to(self.home.resolve()))
 
     def _reward(self, spec: str) -> str:
         kind, _, arg = spec.partition(":")
@@ -374,9 +395,14 @@ class JobPolicy:
                 f"reward {spec!r} cannot be used from the API",
                 f"jobs may use {', '.join(_SAFE_REWARDS)} rewards; Python rewards only from the CLI",
             )
-        if kind in ("rm", "head") and arg:
+        if kind in ("rm", "head"):
+            # A trained reward by name only: its folder's settings (base model, adapter path) are
+            # trusted, so it must be one the CLI trained under rewards/, never a folder a client wrote.
             check_name(arg, "reward name")
-        elif kind == "judge" and arg:
+            if arg not in self.rewards:
+                raise HelixloomError(f"no trained reward {arg!r}", "train it first (train reward NAME)")
+            return f"{kind}:{self._relative(self.home.resolve() / 'rewards' / arg)}"
+        if kind == "judge" and arg:
             self._value(MODEL, "--reward", arg)
         elif kind in ("rubric", "constitution") and arg:
             return f"{kind}:{self._value(IN, '--reward', arg)}"

@@ -12,8 +12,6 @@ other secrets of the server's go along.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import shlex
 import socket
@@ -22,11 +20,12 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from helixloom.errors import HelixloomError
 from helixloom.jobs import reap
 from helixloom.paths import home, runs_dir
-from helixloom.server.job_policy import JobPolicy
+from helixloom.server.job_policy import ALLOWED, JobPolicy
 from helixloom.store import Store
 from helixloom.store.records import Job
 
@@ -74,8 +73,8 @@ def job_env(db: Path) -> dict[str, str]:
     return env
 
 
-#: Commands the server may start as jobs (the first word of the command line).
-LAUNCHABLE = ("learn", "iterate", "train", "prompts", "eval")
+#: Commands the server may start as jobs (the first word of the command line), as the policy lists them.
+LAUNCHABLE = tuple(dict.fromkeys(words[0] for words in ALLOWED))
 
 
 def job_log_path(job_id: str) -> Path:
@@ -91,17 +90,31 @@ def check_command(argv: Sequence[str], make_parser: CommandParser) -> tuple[str,
         raise HelixloomError(
             f"a job runs one of: {', '.join(LAUNCHABLE)}", f"got {shlex.join(argv) if argv else 'nothing'}"
         )
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            args = make_parser().parse_args(argv)
-    except SystemExit as exc:
-        lines = [line for line in err.getvalue().strip().splitlines() if line.strip()]
-        raise HelixloomError(lines[-1] if lines else f"bad command line (exit {exc.code})") from None
+    args = parse_quietly(make_parser(), argv)
     kind = getattr(args, "job", None)
-    if not isinstance(args, argparse.Namespace) or not kind:
+    if not kind:
         raise HelixloomError(f"`helixloom {shlex.join(argv)}` is not a job command")
     return str(kind), getattr(args, "name", None)
+
+
+def parse_quietly(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, its complaint raised as a ``HelixloomError`` instead of printed and
+    exited on: a server parses from many threads at once, where swapping ``sys.stderr`` is not safe."""
+
+    def refuse(message: str) -> NoReturn:
+        raise HelixloomError(message)
+
+    stack = [parser]
+    while stack:  # every subcommand's parser reports its own errors
+        p = stack.pop()
+        p.error = refuse  # type: ignore[method-assign]
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:  # --help and the like
+        raise HelixloomError(f"bad command line (exit {exc.code})") from None
 
 
 class JobRunner:
@@ -152,9 +165,9 @@ class JobRunner:
         paths rewritten absolute); raises ``HelixloomError`` for a bad or refused command line."""
         if self.make_parser is None:
             raise HelixloomError("this server was given no command parser, so it cannot check job commands")
-        check_command(argv, self.make_parser)
+        check_command(argv, self.make_parser)  # the CLI's own words for a line that does not parse
         argv = policy.check(self.make_parser(), list(argv))
-        kind, name = check_command(argv, self.make_parser)
+        kind, name = check_command(argv, self.make_parser)  # and the line as it will run
         if not isinstance(self.store.path, Path):
             raise HelixloomError("jobs need a store on disk; this server's store is in memory")
         job = self.store.create_job(kind, name=name, params={"argv": list(argv), "launcher": "server"})

@@ -144,10 +144,17 @@ class ServerState:
         return self.keys.label(authorization)
 
     def job_policy(self) -> JobPolicy:
-        """What a remote client may run as a job now (the registered adapters change over time)."""
-        models = {"default", "llamacpp:default", self.config.model, *self.config.job_models}
+        """What a remote client may run as a job now (registered adapters and trained rewards change
+        over time). Adapters given to ``serve --adapter`` are this server's, not the registry's: a job,
+        a process of its own, could not find them by name."""
+        home = paths.home()
+        rewards = home / "rewards"
+        trained = [p.name for p in rewards.iterdir() if p.is_dir()] if rewards.is_dir() else []
         return JobPolicy(
-            home=paths.home(), models=frozenset(models), adapters=frozenset(self.served_adapters())
+            home=home,
+            models=frozenset({"default", "llamacpp:default", self.config.model, *self.config.job_models}),
+            adapters=frozenset(r.name for r in self.store.list_adapters()),
+            rewards=frozenset(trained),
         )
 
     def close(self) -> None:
