@@ -34,19 +34,8 @@ def _sibling(path: Path, tag: str) -> Path:
 
 def write_bytes(path: Path, data: bytes) -> None:
     """``data`` at ``path``, atomically (parent folders are created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(path, "partial")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with staged_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -67,11 +56,20 @@ def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
 def write_with(path: Path, write: Callable[[Path], None]) -> None:
     """Let ``write(tmp)`` produce a file (e.g. a plot or a GGUF writer that wants a path), then put it
     at ``path`` atomically. ``tmp`` keeps ``path``'s suffix, for writers that pick a format by it."""
+    with staged_file(path) as tmp:
+        write(tmp)
+
+
+@contextlib.contextmanager
+def staged_file(path: Path) -> Iterator[Path]:
+    """A path beside ``path`` to write the new version to; when the block ends without an error it is
+    fsynced and renamed onto ``path``, on an error it is removed and ``path`` is untouched. It keeps
+    ``path``'s suffix, for writers that pick a format by it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(path, "partial" + path.suffix)
     try:
-        write(tmp)
+        yield tmp
         with tmp.open("rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -92,8 +92,9 @@ def tree_json(store: Store, tree_id: str) -> dict[str, Any]:
     return {"format": FORMAT, "tree_id": tree_id, "nodes": out}
 
 
-MAX_IMPORT_NODES = 100_000
+MAX_IMPORT_NODES = 20_000
 MAX_IMPORT_RATING = 100  # |rating| of one node: each unit is a stored rating row
+MAX_IMPORT_RATINGS = 20_000  # rating rows of a whole import
 
 
 def import_tree(store: Store, data: Any) -> str:
@@ -122,6 +123,8 @@ def import_tree(store: Store, data: Any) -> str:
         key[id(item)] = node_id
         parent = item.get("parent_id")
         children.setdefault(None if parent is None else str(parent), []).append(item)
+    if sum(abs(int(item.get("rating") or 0)) for item in items) > MAX_IMPORT_RATINGS:
+        raise HelixloomError(f"a tree with more than {MAX_IMPORT_RATINGS} ratings in all", param="nodes")
     if len(children.get(None, [])) != 1 or set(children) - ids - {None}:
         raise HelixloomError("the tree's parent links do not lead to one root", param="nodes")
     order: list[tuple[dict[str, Any], str | None]] = []  # parents before children

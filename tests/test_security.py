@@ -22,7 +22,7 @@ def test_keys_may_hold_colons_and_bearer_is_case_insensitive() -> None:
 
 def test_no_keys_means_no_auth_but_an_empty_key_is_an_error() -> None:
     assert KeyRing.of([]).label(None) is None
-    for empty in ("", "  ", " padded "):
+    for empty in ("", "  ", " padded ", "schlüssel", "two words"):
         with pytest.raises(HelixloomError, match="non-empty"):
             KeyRing.of([empty])
 

@@ -252,3 +252,27 @@ def test_bad_requests_in_a_batch_fail_alone(served: tuple[str, ServerState]) -> 
     assert "context" in results["bad0"].json()["error"]["message"]
     assert "schema" in results["bad1"].json()["error"]["message"]
     assert "seed" in results["bad2"].json()["error"]["message"]
+
+
+def test_a_streamed_request_that_cannot_run_is_a_400_before_any_chunk(
+    served: tuple[str, ServerState],
+) -> None:
+    url, state = served
+    before = len(state.store.list_sessions())
+    body = {"model": state.base_id, "prompt": "x", "max_tokens": 10**9, "stream": True}
+    r = httpx.post(f"{url}/v1/completions", json=body, headers=auth())
+    assert_openai_error(r, 400, "context")
+    assert len(state.store.list_sessions()) == before  # no session of empty answers
+
+
+def test_uploads_stay_within_the_quota(served: tuple[str, ServerState]) -> None:
+    import dataclasses
+
+    url, state = served
+    state.config = dataclasses.replace(state.config, max_uploads_total_bytes=10)
+    assert httpx.put(f"{url}/api/files/a.txt", content=b"12345678", headers=auth()).status_code == 201
+    over = httpx.put(f"{url}/api/files/b.txt", content=b"12345", headers=auth())
+    assert_openai_error(over, 400, "more than")
+    assert httpx.put(f"{url}/api/files/a.txt", content=b"1234567890", headers=auth()).status_code == 201
+    names = [f["name"] for f in httpx.get(f"{url}/api/files", headers=auth()).json()["data"]]
+    assert names == ["a.txt"]  # the refused upload left nothing behind

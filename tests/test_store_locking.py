@@ -69,3 +69,22 @@ def test_a_lock_held_too_long_is_one_clear_error(tmp_path: Path, monkeypatch: py
             s.record_session("completion", [NewMessage("user", "x")])
     finally:
         holder.join()
+
+
+def test_a_waiting_write_does_not_hold_up_reads_of_the_same_store(tmp_path: Path) -> None:
+    path = tmp_path / "helixloom.db"
+    locked = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 2.0, locked))
+    with Store(path) as s:
+        s.record_session("completion", [NewMessage("user", "before")])
+        holder.start()
+        assert locked.wait(5)
+        writer = threading.Thread(target=s.record_session, args=("completion", [NewMessage("user", "after")]))
+        writer.start()  # waits for the other process's lock
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert len(s.list_sessions()) == 1
+        assert time.monotonic() - t0 < 0.5  # not behind the waiting write
+        holder.join()
+        writer.join()
+        assert len(s.list_sessions()) == 2

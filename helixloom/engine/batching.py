@@ -77,15 +77,7 @@ class BatchingEngine(Engine):
     def stream_batch(
         self, requests: Sequence[GenerationRequest], *, abort: AbortCheck | None = None
     ) -> Iterator[BatchEvent]:
-        for r in requests:  # here, in the caller's thread: a bad request fails alone, before any batch
-            self.inner.validate(r)
-        if len(requests) > self._queue.maxsize:
-            raise HelixloomError(
-                f"{len(requests)} completions in one request, more than this server's queue holds "
-                f"({self._queue.maxsize})",
-                "ask for fewer (n x prompts)",
-                param="n",
-            )
+        self.check(requests)  # here, in the caller's thread: a bad request fails alone, before any batch
         events: queue.SimpleQueue[tuple[int, object]] = queue.SimpleQueue()
         pendings = [_Pending(r, i, events) for i, r in enumerate(requests)]
         try:
@@ -112,6 +104,23 @@ class BatchingEngine(Engine):
         finally:
             for p in pendings:  # a caller that stops reading frees its rows
                 p.aborted.set()
+
+    def check(self, requests: Sequence[GenerationRequest]) -> None:
+        """Raise ``HelixloomError`` unless every request could run: no more of them than the queue
+        holds (they could never all be waiting), each valid for the engine (``Engine.validate``).
+        ``stream_batch`` checks, and a server checks before it starts a streamed answer."""
+        if len(requests) > self._queue.maxsize:
+            raise HelixloomError(
+                f"{len(requests)} completions in one request, more than this server's queue holds "
+                f"({self._queue.maxsize})",
+                "ask for fewer (n x prompts)",
+                param="n",
+            )
+        for r in requests:
+            self.inner.validate(r)
+
+    def validate(self, request: GenerationRequest) -> None:
+        self.inner.validate(request)
 
     def next_token_logprobs(
         self,
@@ -185,9 +194,6 @@ class BatchingEngine(Engine):
                     p.events.put((p.row, _aborted_result()))
             if live:
                 self._run(live)
-
-    def validate(self, request: GenerationRequest) -> None:
-        self.inner.validate(request)
 
     def _run(self, batch: list[_Pending]) -> None:
         self.batches_run += 1

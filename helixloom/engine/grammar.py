@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,11 @@ CACHE_SIZE = 64
 #: A compile that takes longer is refused for its request (it still finishes, and is cached, in the
 #: background); schema caps (``Constraint.json_schema``) keep compiles well under it.
 COMPILE_TIMEOUT_S = 10.0
+
+
+# Compiles run on a small shared pool: a flood of distinct schemas queues instead of starting a
+# thread each (a compile that timed out for its request keeps its worker until it finishes).
+_COMPILERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")
 
 
 class Grammars:
@@ -77,7 +82,7 @@ class Grammars:
                     self._compiled.popitem(last=False)
             self._compiled.move_to_end(constraint)
         if mine:
-            threading.Thread(target=self._compile, args=(compiler, constraint, future), daemon=True).start()
+            _COMPILERS.submit(self._compile, compiler, constraint, future)
         try:
             return future.result(timeout)
         except FutureTimeout:
@@ -115,7 +120,8 @@ class Grammars:
         """A fresh grammar state for one row; ``forbidden`` ([V] bool) tokens are never allowed."""
         import xgrammar as xgr
 
-        grammar = self.compile(constraint)
+        # Normally cached by the request's validation; a timeout here fails its row, not the engine.
+        grammar = self.compile(constraint, timeout=COMPILE_TIMEOUT_S)
         assert self._surrogates is not None  # built with the compiler
         return RowMatcher(xgr.GrammarMatcher(grammar), self._vocab_size, self._surrogates, forbidden)
 

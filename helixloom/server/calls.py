@@ -96,6 +96,9 @@ class Call:
             for prompt in self.prompts
             for j in range(self.n)
         ]
+        # Checked before any answer starts: a streamed request that could not run gets its 400,
+        # not a 200 followed by an error event (and no session of empty answers is recorded).
+        self.state.engine.check(self.requests)
 
     @property
     def chat(self) -> bool:

@@ -4,7 +4,7 @@ Jobs submitted over HTTP may only read and write under ``HELIXLOOM_HOME`` (see `
 client uploads what it needs first: ``PUT /api/files/NAME`` with the bytes as the body stores it at
 ``HELIXLOOM_HOME/uploads/NAME``, and a job names it as ``uploads/NAME`` (a ``.zip`` of documents works
 for ``learn``). Names are single plain folder names; the write is atomic; the size is capped by the
-server's ``max_upload_bytes``.
+server's ``max_upload_bytes`` per file and ``max_uploads_total_bytes`` in all.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from helixloom import atomic, paths
+from helixloom.errors import HelixloomError
 from helixloom.server.protocol import not_found
+from helixloom.server.state import state_of
 
 router = APIRouter(prefix="/api/files")
 
@@ -52,12 +55,34 @@ def list_files() -> dict[str, Any]:
 
 @router.put("/{name}", status_code=201)
 async def upload(name: str, request: Request) -> dict[str, Any]:
-    """Store the request body as ``uploads/NAME`` (replacing a file of that name)."""
+    """Store the request body as ``uploads/NAME`` (replacing a file of that name), within the
+    server's quota for all uploads together."""
     paths.check_name(name, "file name")
-    data = await request.body()
+    quota = state_of(request).config.max_uploads_total_bytes
     target = uploads_dir() / name
-    atomic.write_bytes(target, data)
+    # Streamed to a staged file beside the target, written off the event loop: other clients'
+    # streams keep flowing, and no upload is held in memory whole.
+    with atomic.staged_file(target) as staged:
+        used = await run_in_threadpool(_used_bytes, target)
+        written = 0
+        with staged.open("wb") as out:
+            async for chunk in request.stream():
+                written += len(chunk)
+                if used + written > quota:
+                    raise HelixloomError(
+                        f"uploads would take more than the server's {quota} bytes",
+                        "delete some (DELETE /api/files/NAME)",
+                    )
+                await run_in_threadpool(out.write, chunk)
     return _describe(target)
+
+
+def _used_bytes(replacing: Path) -> int:
+    """What the uploads take now, not counting the file about to be replaced."""
+    folder = uploads_dir()
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p != replacing)
 
 
 @router.delete("/{name}", response_model=None)

@@ -50,10 +50,11 @@ def read_key_file(path: str | Path) -> dict[str, str]:
 
 
 def check_key(key: str) -> str:
-    """``key`` if it can serve as an API key; an empty or blank key is an error, not "no auth"."""
-    if not key or not key.strip() or key != key.strip():
+    """``key`` if it can serve as an API key: non-empty printable ASCII without spaces (an empty key is
+    an error, not "no auth"; HTTP headers carry Latin-1, so other characters could never match)."""
+    if not key or not all("!" <= c <= "~" for c in key):
         raise HelixloomError(
-            "an API key must be non-empty and have no surrounding spaces",
+            "an API key must be non-empty printable ASCII without spaces",
             "an unset variable gives an empty --api-key; check $HELIXLOOM_API_KEY",
             param="api_key",
         )
@@ -80,10 +81,11 @@ class KeyRing:
         scheme, _, token = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer":
             raise PermissionError("missing or wrong API key")
-        given = token.strip().encode()
+        # Digests of equal length: the comparison reveals neither the key nor its length.
+        given = hashlib.sha256(token.strip().encode("latin-1", "replace")).digest()
         found = None
         for key, label in self.keys.items():  # every key compared, in constant time
-            if hmac.compare_digest(key.encode(), given):
+            if hmac.compare_digest(hashlib.sha256(key.encode()).digest(), given):
                 found = label
         if found is None:
             raise PermissionError("missing or wrong API key")

@@ -41,7 +41,8 @@ class ServerConfig:
     job_models: tuple[str, ...] = ()  # model specs jobs may name besides the served one and the default
     host: str = "127.0.0.1"  # the address bound: the Host header may name it
     allowed_hosts: tuple[str, ...] = ()  # more names the Host header may carry ("*": any)
-    max_upload_bytes: int = 256 * 1024 * 1024  # PUT /api/files
+    max_upload_bytes: int = 256 * 1024 * 1024  # one PUT /api/files
+    max_uploads_total_bytes: int = 2 * 1024 * 1024 * 1024  # all uploads together
 
 
 def state_of(request: Request) -> ServerState:

@@ -26,6 +26,7 @@ from helixloom.store.migrations import migrate
 
 BUSY_TIMEOUT_MS = 5000
 WRITE_WAIT_S = 120.0  # how long a write waits in all for another process's write lock
+WRITE_TRY_MS = 250  # one try at it, holding this process's lock
 
 
 def _is_locked(exc: sqlite3.OperationalError) -> bool:
@@ -113,9 +114,9 @@ class StoreBase:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: everything inside commits together or not at all."""
-        with self._lock:
+        self._acquire_write()
+        try:
             conn = self._connection()
-            self._begin_immediate(conn)
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -124,23 +125,38 @@ class StoreBase:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+        finally:
+            self._lock.release()
 
-    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
-        """Take the write lock, waiting (beyond one busy timeout) while another process holds it."""
+    def _acquire_write(self) -> None:
+        """Take this process's lock and SQLite's write lock (``BEGIN IMMEDIATE``). While another
+        process holds the write lock, keep trying, up to ``WRITE_WAIT_S`` in all, but let go of this
+        process's lock between tries, so its other threads' reads are not held up meanwhile."""
         deadline = time.monotonic() + WRITE_WAIT_S
         while True:
+            self._lock.acquire()
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
+                conn = self._connection()
+                # A short wait per try (not the connection's 5 s) while holding this process's lock.
+                conn.execute(f"PRAGMA busy_timeout = {min(WRITE_TRY_MS, BUSY_TIMEOUT_MS)}")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                return  # the caller releases the lock
             except sqlite3.OperationalError as exc:
+                self._lock.release()
                 if not _is_locked(exc):
                     raise
                 if time.monotonic() >= deadline:
                     raise HelixloomError(
-                        f"the database {self.path} stayed locked by another process for {WRITE_WAIT_S:.0f} s",
+                        f"the database stayed locked by another process for {WRITE_WAIT_S:.0f} s",
                         "wait for the other helixloom command or job to finish, then try again",
                     ) from exc
                 time.sleep(0.05)
+            except BaseException:
+                self._lock.release()
+                raise
 
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
