@@ -74,6 +74,7 @@ class _Sampling(OpenAIModel):
     # Not OpenAI's, but common (vLLM, llama.cpp): accepted as extensions.
     top_k: int | None = None
     ignore_eos: bool = False
+    skip_special_tokens: bool = True
 
     @property
     def include_usage(self) -> bool:
@@ -103,6 +104,7 @@ class _Sampling(OpenAIModel):
             stop=tuple(stops),
             logprobs=logprobs,
             ignore_eos=self.ignore_eos,
+            skip_special_tokens=self.skip_special_tokens,
         )
 
 
