@@ -139,6 +139,15 @@ class ChatCompletionRequest(_Sampling):
     def plain_messages(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
+    def helixnet_gate(self, default: bool) -> bool:
+        """``model: "helixnet"``'s extra ``gate`` field (a bool), else the server's ``default``."""
+        gate = (self.model_extra or {}).get("gate")
+        if gate is None:
+            return default
+        if not isinstance(gate, bool):
+            raise HelixloomError("gate must be true or false", param="gate")
+        return gate
+
     def weave_options(self) -> WeaveOptions:
         """``model: "weave"``'s settings, from the extra ``weave`` field; its seed defaults to the
         request's."""
