@@ -16,7 +16,13 @@ from helixloom.engine import (
     Usage,
 )
 from helixloom.errors import HelixloomError
-from helixloom.helixnet.stages import RESAMPLES, PrefixHold, is_degenerate, retry_sampling
+from helixloom.helixnet.stages import (
+    RESAMPLES,
+    PrefixHold,
+    is_degenerate,
+    may_be_degenerate,
+    retry_sampling,
+)
 from helixloom.prompting import Exchange, PromptFormat, Stage
 
 # The seed's sampling: temperature 0.75, top_p 1.0, top_k 50, up to 1024 new tokens. Token healing is
@@ -267,12 +273,13 @@ class HelixNet:
             params = params.model_copy(update={"stop": (*params.stop, *extra_stops)})
         pending, released = "", False
 
-        def show(text: str) -> None:
+        def show(text: str, *, final: bool = False) -> None:
             # Text is released only once the stage has said more than a label, so a try that is
             # thrown away has shown nothing.
             nonlocal pending, released
             pending += text
-            if emit is not None and pending and (released or not is_degenerate(pending)):
+            unsure = is_degenerate(pending) if final else may_be_degenerate(pending)
+            if emit is not None and pending and (released or not unsure):
                 released = True
                 emit(StageEvent("delta", stage, round_, pending))
                 pending = ""
@@ -282,7 +289,7 @@ class HelixNet:
                 show(strip.feed(event.text))
             else:
                 result = event
-        show(strip.finish())
+        show(strip.finish(), final=True)
         assert result is not None
         return StageOutput(
             stage=stage,

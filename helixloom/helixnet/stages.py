@@ -15,12 +15,20 @@ RETRY_TEMPERATURE = 0.75  # the seed's; a greedy stage retried greedily would re
 
 # A transcript label a base model writes instead of an answer: "CRITIQUE:", "REGENERATED ANSWER:".
 _LABEL = re.compile(r"\b[A-Z][A-Z ]*[A-Z]:")
+_UNFINISHED_LABEL = re.compile(r"[A-Z][A-Z ]*")
 _FILLER = string.whitespace + string.punctuation
 
 
 def is_degenerate(text: str) -> bool:
     """True when ``text`` has nothing but labels, whitespace and punctuation."""
     return not _LABEL.sub("", text).strip(_FILLER)
+
+
+def may_be_degenerate(text: str) -> bool:
+    """True while streamed ``text`` may still turn out degenerate: it is, or it ends in what may be
+    the start of a label ("REGENERATED" before " ANSWER:" arrives)."""
+    rest = _LABEL.sub("", text).strip(_FILLER)
+    return not rest or bool(_UNFINISHED_LABEL.fullmatch(rest))
 
 
 def retry_sampling(params: SamplingParams, attempt: int) -> SamplingParams:
