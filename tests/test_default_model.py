@@ -71,11 +71,12 @@ def test_helixnet_once_json_on_default_model(default_model_home: Path) -> None:
     # last round's, and what the store recorded for the critic and regenerator stages.
     for key in ("critique", "regeneration"):
         assert isinstance(body[key], str) and body[key].strip(), key
-    assert body["rounds"][-1] == {"critique": body["critique"], "regeneration": body["regeneration"]}
+    last = {"critique": body["critique"], "regeneration": body["regeneration"], "gate": None}
+    assert body["rounds"][-1] == last
     stages = {s["stage"]: s for s in body["stages"]}
     assert list(stages) == ["actor", "critic", "regenerator"]
     for stage in stages.values():
-        assert 0 < stage["usage"]["completion_tokens"] <= 24
+        assert 0 < stage["usage"]["completion_tokens"] <= 24 * stage["attempts"]  # retries count too
         assert stage["finish_reason"] == "stop" or stage["usage"]["completion_tokens"] == 24
     assert body["usage"]["completion_tokens"] == sum(s["usage"]["completion_tokens"] for s in stages.values())
     assert set(body["timings"]) == {"actor", "critic", "regenerator"}
@@ -87,6 +88,38 @@ def test_helixnet_once_json_on_default_model(default_model_home: Path) -> None:
         ("critic", body["critique"]),
         ("regenerator", body["regeneration"]),
     ]
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_new_users_first_helixnet_question(default_model_home: Path, gate: bool) -> None:
+    """As the issue's new user tried it (no seed): every stage has text, none carries a special
+    token, and what was retried, fell back or was gated is said."""
+    args = [
+        "chat",
+        "--once",
+        "Why do cats purr?",
+        "--json",
+        "--max-tokens",
+        "24",
+        *(["--gate"] if gate else []),
+    ]
+    proc = helixloom(default_model_home, *args)
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(proc.stdout)
+    for key in ("actor", "critique", "regeneration"):
+        assert body[key].strip(), key
+        assert "<start_of" not in body[key] and "<end_of" not in body[key] and "<unused" not in body[key]
+    assert [r["stage"] for r in body["repairs"]] == [
+        s["stage"] for s in body["stages"] if s["attempts"] != 1 or s["fallback"]
+    ]
+    if gate:
+        decision = body["gate"]
+        assert decision["kept"] in ("previous", "regeneration")
+        kept = body["actor"] if decision["kept"] == "previous" else decision["regeneration"]
+        assert body["regeneration"] == kept
+    else:
+        assert body["gate"] is None
+    print(json.dumps(body, indent=1))
 
 
 def test_server_on_default_model(default_model_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,6 +80,26 @@ def test_sampling_seed_stop_stream(lc: LlamaCppEngine) -> None:
     assert "".join(e.text for e in events if isinstance(e, StreamDelta)) == events[-1].text
 
 
+def test_gemma_markers_never_reach_text(
+    lc: LlamaCppEngine, hf: HFEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gemma 3 leaves <start_of_image> unmarked (a user-defined token, like its HTML tags): both
+    backends still keep it, and every control token, out of text; the HTML tag stays text."""
+    marker, table, turn = 255999, 168, 106  # <start_of_image>, <table>, <end_of_turn>
+    for engine in (lc, hf):
+        assert {marker, 256000, 5, turn} <= engine.special_ids and table not in engine.special_ids
+    words = lc.tokenize(" cats purr", add_special_tokens=False)
+    script = [marker, words[0], turn, table, *words[1:]]
+    monkeypatch.setattr(lc.llm, "generate", lambda *_a, **_k: iter(script))
+    events = list(lc.stream(greedy(max_tokens=len(script))))
+    result = events[-1]
+    assert isinstance(result, GenerationResult) and result.token_ids == tuple(script)
+    assert result.text == " cats<table> purr"
+    assert "".join(e.text for e in events if isinstance(e, StreamDelta)) == result.text
+    shown = lc.generate([greedy(max_tokens=len(script), skip_special_tokens=False)])[0]
+    assert shown.text == "<start_of_image> cats<end_of_turn><table> purr"
+
+
 def test_logprobs_agree_with_hf(lc: LlamaCppEngine, hf: HFEngine) -> None:
     [a] = lc.next_token_logprobs([PROMPT], top_k=5, candidates=[" Paris"])
     [b] = hf.next_token_logprobs([PROMPT], top_k=5, candidates=[" Paris"])

@@ -335,6 +335,29 @@ def test_helixnet_model(served: Running) -> None:
     assert stages == {"actor", "critic", "regenerator"}
 
 
+def test_helixnet_gate_request_field(served: Running) -> None:
+    """``gate: true`` in the body: the answer is whichever the evaluator scored higher, and the
+    ``helixnet`` field says which and why; a gate that is not a bool is the request's error."""
+    client = served.client()
+    msgs = [{"role": "user", "content": "Paris is"}]
+    reply = client.chat.completions.create(
+        model="helixnet", messages=msgs, temperature=0, max_tokens=6, extra_body={"gate": True}
+    )  # type: ignore[arg-type]
+    info = reply.model_extra["helixnet"]  # type: ignore[index]
+    gate = info["gate"]
+    assert gate == info["rounds"][-1]["gate"] and isinstance(info["repairs"], list)
+    kept = gate["regeneration"] if gate["regeneration_score"] > gate["previous_score"] else info["actor"]
+    assert gate["kept"] == ("regeneration" if kept == gate["regeneration"] else "previous")
+    assert reply.choices[0].message.content == kept
+    plain = client.chat.completions.create(model="helixnet", messages=msgs, temperature=0, max_tokens=6)  # type: ignore[arg-type]
+    assert plain.model_extra["helixnet"]["gate"] is None  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model="helixnet", messages=msgs, max_tokens=6, extra_body={"gate": "yes"}
+        )  # type: ignore[arg-type]
+    assert bad.value.body["param"] == "gate"  # type: ignore[index]
+
+
 def test_errors_have_openai_shape(served: Running) -> None:
     client = served.client()
     base = served.state.base_id

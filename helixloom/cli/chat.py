@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     chat.add_argument(
         "--rounds", type=int, default=1, help="critique/regenerate rounds per question (default 1)"
     )
+    chat.add_argument(
+        "--gate",
+        action="store_true",
+        help="keep a regeneration only when the yes/no evaluator (on the actor's model) scores it above "
+        "the answer it rewrote; the result says which was kept, with both scores",
+    )
     chat.add_argument("--system", help="system text (default: the format's, HelixNet's for helixnet)")
     chat.add_argument(
         "--format",
@@ -77,6 +83,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         role_flags = [
             f"--{r}-{k}" for r in helixnet.STAGES for k in ("model", "adapter") if getattr(args, f"{r}_{k}")
         ]
+        if args.gate:
+            role_flags.append("--gate")
         if role_flags or args.rounds != 1:
             raise HelixloomError(
                 f"--adapter is plain chat; it does not mix with {', '.join(role_flags) or '--rounds'}"
@@ -94,6 +102,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     with open_store() as store:
         assert isinstance(store, Store)
         net = helixnet.build(specs, store=store, prompt_format=fmt, system=args.system, rounds=args.rounds)
+        if args.gate:
+            from helixloom.helixnet_gate import evaluator_gate
+
+            net.gate = evaluator_gate(net.roles["actor"].engine)
         chat = helixnet.HelixChat(net, store)
         if args.once is not None:
             turn = chat.ask(args.once, on_event=None if args.json else _print_stage)
@@ -228,8 +240,13 @@ def _turn_json(turn: Any) -> dict[str, Any]:
         "regeneration": turn.regeneration,
         "session_id": turn.session_id,
         "rounds": [
-            {"critique": c.text, "regeneration": r.text}
+            {"critique": c.text, "regeneration": r.text, "gate": _gate_json(r.gate)}
             for c, r in zip(turn.critiques, turn.regenerations, strict=True)
+        ],
+        "gate": _gate_json(turn.regenerations[-1].gate),
+        "repairs": [
+            {"stage": s.stage, "round": s.round, "attempts": s.attempts, "fallback": s.fallback}
+            for s in turn.repairs
         ],
         "usage": usage(turn.usage),
         "stages": [
@@ -239,6 +256,8 @@ def _turn_json(turn: Any) -> dict[str, Any]:
                 "model": s.model,
                 "adapter": s.adapter,
                 "finish_reason": s.finish_reason,
+                "attempts": s.attempts,
+                "fallback": s.fallback,
                 "usage": usage(s.usage),
             }
             for s in turn.stages
@@ -246,4 +265,15 @@ def _turn_json(turn: Any) -> dict[str, Any]:
         "timings": {
             f"{s.stage}" + (f"_{s.round}" if s.round > 1 else ""): s.timings["total"] for s in turn.stages
         },
+    }
+
+
+def _gate_json(decision: Any) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    return {
+        "kept": decision.kept,
+        "previous_score": decision.previous_score,
+        "regeneration_score": decision.regeneration_score,
+        "regeneration": decision.regeneration,
     }

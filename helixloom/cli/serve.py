@@ -77,6 +77,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rounds", type=int, default=1, help="helixnet critique/regenerate rounds (default 1)"
     )
     serve.add_argument(
+        "--gate",
+        action="store_true",
+        help="helixnet: keep a regeneration only when the yes/no evaluator (on the served model) scores it "
+        "above the answer it rewrote; the result says which was kept, with both scores (a request's "
+        "extra body field gate: true/false overrides it)",
+    )
+    serve.add_argument(
         "--no-jobs",
         dest="run_jobs",
         action="store_false",
@@ -122,6 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         },
         helixnet_format=args.format,
         helixnet_rounds=args.rounds,
+        helixnet_gate=args.gate,
         run_jobs=args.run_jobs,
     )
     if args.rounds < 1 or args.max_batch < 1 or args.max_queue < 1 or args.max_tokens < 1:

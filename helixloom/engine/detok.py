@@ -6,27 +6,53 @@ handling and token accounting are the same everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Collection, Sequence
 
 # How many prompt tokens to decode together with the first generated ones: tokenizers that mark word
 # starts (SentencePiece's "▁") drop the leading space of a piece decoded alone.
 _CONTEXT_TOKENS = 6
 
 
+# A bracketed name the tokenizer added as one token: `<start_of_image>`, `[multimodal]`, `<|image|>`.
+_MARKER = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")
+# ...unless it is an HTML tag, which tokenizers (Gemma's) add as ordinary text: `<table>`, `</td>`.
+_HTML_TAG = re.compile(r"</?[a-z][a-z0-9]*>")
+
+
+def is_control_marker(text: str) -> bool:
+    """Whether an added token that the tokenizer does not mark special is still a marker, never text.
+
+    Gemma 3's tokenizer (and the GGUF it ships in) leaves `<start_of_image>`, `<end_of_image>` and
+    `[multimodal]` unmarked beside its whitespace runs and HTML tags, so a decoder that skips only
+    special tokens lets them into text. A whole-token bracketed name that is not an HTML tag is a marker.
+    """
+    return bool(_MARKER.fullmatch(text)) and not _HTML_TAG.fullmatch(text)
+
+
 class IncrementalDecoder:
     """Decodes token ids one at a time into text deltas (the prefix/read-offset scheme of TGI and vLLM).
 
     A delta is released only once it no longer ends in a partial UTF-8 character; ``flush`` releases
-    whatever is left at the end.
+    whatever is left at the end. Ids in ``skip`` (the backend's special tokens, unless a request asks
+    to see them) never reach ``decode``, so no delta and no final text ever carries them.
     """
 
-    def __init__(self, decode: Callable[[Sequence[int]], str], context_ids: Sequence[int]) -> None:
+    def __init__(
+        self,
+        decode: Callable[[Sequence[int]], str],
+        context_ids: Sequence[int],
+        skip: Collection[int] = frozenset(),
+    ) -> None:
         self._decode = decode
-        self._ids: list[int] = list(context_ids[-_CONTEXT_TOKENS:])
+        self._skip = skip
+        self._ids: list[int] = [t for t in context_ids if t not in skip][-_CONTEXT_TOKENS:]
         self._prefix = 0
         self._read = len(self._ids)
 
     def push(self, token_id: int) -> str:
+        if token_id in self._skip:
+            return ""
         self._ids.append(token_id)
         prefix_text = self._decode(self._ids[self._prefix : self._read])
         new_text = self._decode(self._ids[self._prefix :])

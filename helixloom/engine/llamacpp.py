@@ -23,7 +23,7 @@ from typing import Any
 
 from helixloom import models
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine
-from helixloom.engine.detok import IncrementalDecoder, StopMatcher
+from helixloom.engine.detok import IncrementalDecoder, StopMatcher, is_control_marker
 from helixloom.engine.types import (
     AdapterInfo,
     Constraint,
@@ -78,6 +78,7 @@ class LlamaCppEngine(Engine):
         self._texts: list[str] | None = None
         self.eos_token_ids = frozenset({self.llm.token_eos()})
         self.max_model_len = self.llm.n_ctx()
+        self.special_ids = self._special_ids()
 
     # ------------------------------------------------------------------ tokens
 
@@ -96,10 +97,28 @@ class LlamaCppEngine(Engine):
             raise HelixloomError(
                 f"token id {bad[0]} is outside the vocabulary (0 to {vocab - 1})", param="tokens"
             )
+        return self._decode_all(ids)
+
+    def _decode_all(self, ids: Sequence[int]) -> str:
         return self.llm.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+
+    def _special_ids(self) -> frozenset[int]:
+        """Ids that decoding leaves out of text: control tokens, and user-defined tokens that are
+        markers (the GGUF of Gemma 3 marks ``<start_of_image>`` user-defined, like its HTML tags)."""
+        import llama_cpp
+
+        model = self.llm._model
+        ids: set[int] = set()
+        for i in range(self.llm.n_vocab()):
+            attr = model.token_get_attr(i)
+            if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL or (
+                attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and is_control_marker(model.token_get_text(i))
+            ):
+                ids.add(i)
+        return frozenset(ids)
 
     def _token_text(self, token_id: int) -> str:
         return self._decode([token_id])
@@ -211,7 +230,11 @@ class LlamaCppEngine(Engine):
 
             processors.append(heal_first)
         grammar = _grammar(request.constraint) if request.constraint is not None else None
-        decoder = IncrementalDecoder(self._decode, tokens)
+        decoder = (
+            IncrementalDecoder(self._decode, tokens, self.special_ids)
+            if p.skip_special_tokens
+            else IncrementalDecoder(self._decode_all, tokens)
+        )
         stops = StopMatcher(p.stop)
         generated: list[int] = []
         logprobs: list[GeneratedTokenLogprobs] = []

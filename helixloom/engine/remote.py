@@ -191,6 +191,8 @@ class RemoteEngine(Engine):
             extra["top_k"] = p.top_k
         if p.ignore_eos:
             extra["ignore_eos"] = True
+        if not p.skip_special_tokens:
+            extra["skip_special_tokens"] = False  # vLLM's name; its default, like ours, skips them
         if request.constraint is not None:
             extra["response_format"] = _response_format(request.constraint)
         started = time.perf_counter()

@@ -52,6 +52,11 @@ class SamplingParams(BaseModel):
         "text, so a prompt ending mid-token (e.g. in a space) does not push the model off its usual "
         "tokenization. The completion text never repeats the prompt.",
     )
+    skip_special_tokens: bool = Field(
+        True,
+        description="Leave special and control tokens (and markers such as <start_of_image>) out of "
+        "the text, as vLLM does by default; False shows them.",
+    )
 
     @field_validator("max_tokens")
     @classmethod

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from helixloom import completion, prompting, weave
 from helixloom.engine import GenerationResult, SamplingParams, Timings, Usage
 from helixloom.errors import HelixloomError
-from helixloom.helixnet import HelixChat, HelixTurn, LMoE, Stage
+from helixloom.helixnet import GateDecision, HelixChat, HelixTurn, LMoE, Stage
+from helixloom.helixnet_gate import evaluator_gate
 from helixloom.server.calls import Origin
 from helixloom.server.protocol import ChatCompletionRequest, WeaveOptions
 from helixloom.server.responses import (
@@ -21,7 +22,9 @@ from helixloom.server.responses import (
     ChatCompletionStreamChoice,
     ChatMessageOut,
     DeltaMessage,
+    HelixNetGate,
     HelixNetInfo,
+    HelixNetRepair,
     HelixNetRound,
     UsageInfo,
     WeaveInfo,
@@ -41,6 +44,7 @@ def helixnet(
     if body.n != 1:
         raise HelixloomError("helixnet answers with one choice; use n=1", param="n")
     lmoe = LMoE(state.engine, state.helixnet_roles, state.helixnet_format, state.config.helixnet_rounds)
+    gate = evaluator_gate(state.engine) if body.helixnet_gate(state.config.helixnet_gate) else None
     session, question = lmoe.resume(
         body.plain_messages(),
         params,
@@ -48,6 +52,7 @@ def helixnet(
         session_id=origin.session_id,
         api_key_label=origin.key_label,
         meta={"endpoint": origin.endpoint, "model": "helixnet"},
+        gate=gate,
     )
     if body.stream:
         return origin.stream(_helixnet_chunks(session, question, origin, body.include_usage))
@@ -120,10 +125,26 @@ def _helixnet_info(turn: HelixTurn) -> HelixNetInfo:
         actor=turn.actor.text,
         critique=turn.critique,
         rounds=[
-            HelixNetRound(critique=c.text, regeneration=r.text)
+            HelixNetRound(critique=c.text, regeneration=r.text, gate=_gate_info(r.gate))
             for c, r in zip(turn.critiques, turn.regenerations, strict=True)
         ],
+        gate=_gate_info(turn.regenerations[-1].gate),
+        repairs=[
+            HelixNetRepair(stage=s.stage, round=s.round, attempts=s.attempts, fallback=s.fallback)
+            for s in turn.repairs
+        ],
         session_id=turn.session_id,
+    )
+
+
+def _gate_info(decision: GateDecision | None) -> HelixNetGate | None:
+    if decision is None:
+        return None
+    return HelixNetGate(
+        kept=decision.kept,
+        previous_score=decision.previous_score,
+        regeneration_score=decision.regeneration_score,
+        regeneration=decision.regeneration,
     )
 
 

@@ -74,6 +74,7 @@ class _Sampling(OpenAIModel):
     # Not OpenAI's, but common (vLLM, llama.cpp): accepted as extensions.
     top_k: int | None = None
     ignore_eos: bool = False
+    skip_special_tokens: bool = True
 
     @property
     def include_usage(self) -> bool:
@@ -103,6 +104,7 @@ class _Sampling(OpenAIModel):
             stop=tuple(stops),
             logprobs=logprobs,
             ignore_eos=self.ignore_eos,
+            skip_special_tokens=self.skip_special_tokens,
         )
 
 
@@ -136,6 +138,15 @@ class ChatCompletionRequest(_Sampling):
 
     def plain_messages(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+    def helixnet_gate(self, default: bool) -> bool:
+        """``model: "helixnet"``'s extra ``gate`` field (a bool), else the server's ``default``."""
+        gate = (self.model_extra or {}).get("gate")
+        if gate is None:
+            return default
+        if not isinstance(gate, bool):
+            raise HelixloomError("gate must be true or false", param="gate")
+        return gate
 
     def weave_options(self) -> WeaveOptions:
         """``model: "weave"``'s settings, from the extra ``weave`` field; its seed defaults to the

@@ -187,17 +187,39 @@ class ChatCompletionChoice(OpenAIResponse):
     citations: list[Citation] | None = None  # an answer from a learned adapter: the documents it cites
 
 
+class HelixNetGate(OpenAIResponse):
+    """Which answer the gate kept ("previous": the one the round rewrote) and the scores that decided."""
+
+    kept: str
+    previous_score: float
+    regeneration_score: float
+    regeneration: str  # the regenerated text the gate judged, kept or not
+
+
+class HelixNetRepair(OpenAIResponse):
+    """A stage that was retried because it came back empty, fell back, or was skipped."""
+
+    stage: str
+    round: int
+    attempts: int
+    fallback: str | None
+
+
 class HelixNetRound(OpenAIResponse):
     critique: str
     regeneration: str
+    gate: HelixNetGate | None = None  # only with the gate on
 
 
 class HelixNetInfo(OpenAIResponse):
-    """What HelixNet did before its answer: the actor's answer, the last critique, every round."""
+    """What HelixNet did before its answer: the actor's answer, the last critique, every round, the
+    last round's gate decision (with the gate on) and the stages that were repaired."""
 
     actor: str
     critique: str
     rounds: list[HelixNetRound]
+    gate: HelixNetGate | None = None
+    repairs: list[HelixNetRepair] = []
     session_id: str | None
 
 

@@ -37,6 +37,7 @@ class ServerConfig:
     helixnet_adapters: dict[Stage, str] = field(default_factory=dict)  # role -> adapter name or folder
     helixnet_format: str = "helixnet"
     helixnet_rounds: int = 1
+    helixnet_gate: bool = False  # a request's `gate` field overrides it
     run_jobs: bool = True  # run jobs submitted to POST /api/jobs (one at a time, as subprocesses)
     job_models: tuple[str, ...] = ()  # model specs jobs may name besides the served one and the default
     host: str = "127.0.0.1"  # the address bound: the Host header may name it

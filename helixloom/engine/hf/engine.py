@@ -81,6 +81,7 @@ class HFEngine(Engine):
         self.pad_token_id = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 20)
         self._grammars = Grammars(tokenizer, int(model.config.vocab_size), sorted(self.eos_token_ids))
+        self.special_ids = self.vocab.special_ids()
 
     @classmethod
     def load(
@@ -125,10 +126,13 @@ class HFEngine(Engine):
             raise HelixloomError(
                 f"token id {bad[0]} is outside the vocabulary (0 to {vocab - 1})", param="tokens"
             )
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+        return self._decode_all(ids)
 
     def _decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def _decode_all(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
     # ------------------------------------------------------------------ adapters
 
@@ -278,9 +282,12 @@ class HFEngine(Engine):
         if p.token_healing and len(ids) > 1 and ids[-1] not in self.tokenizer.all_special_ids:
             heal = self.vocab.texts()[ids[-1]]
             ids = ids[:-1]
-        row = decode.Row(
-            request, ids, generator, IncrementalDecoder(self._decode, ids), StopMatcher(p.stop), heal
+        decoder = (
+            IncrementalDecoder(self._decode, ids, self.special_ids)
+            if p.skip_special_tokens
+            else IncrementalDecoder(self._decode_all, ids)
         )
+        row = decode.Row(request, ids, generator, decoder, StopMatcher(p.stop), heal)
         if request.constraint is not None:
             # JSON never has a raw control character (compact separators, escapes inside strings),
             # but xgrammar's length-bounded string rule lets them through: forbid them here.

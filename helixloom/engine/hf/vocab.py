@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from helixloom.engine.detok import is_control_marker
 from helixloom.engine.types import GeneratedTokenLogprobs, TokenLogprob
 
 if TYPE_CHECKING:
@@ -36,6 +37,15 @@ class Vocab:
             vocab = len(self.tokenizer)
             self._texts = [str(t) for t in self.tokenizer.batch_decode([[i] for i in range(vocab)])]
         return self._texts
+
+    def special_ids(self) -> frozenset[int]:
+        """Ids that decoding leaves out of text: the tokenizer's special tokens, its added tokens marked
+        special, and added tokens that are markers although unmarked (Gemma 3's ``<start_of_image>``)."""
+        ids = set(self.tokenizer.all_special_ids)
+        for token_id, token in self.tokenizer.added_tokens_decoder.items():
+            if token.special or is_control_marker(token.content):
+                ids.add(int(token_id))
+        return frozenset(ids)
 
     def single_token(self, text: str) -> int | None:
         """The id of ``text`` when it is exactly one token, else None."""
