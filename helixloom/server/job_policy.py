@@ -31,6 +31,7 @@ MODEL = "model"  # a model spec: one the operator allowed
 ADAPTER = "adapter"  # a registered adapter name, or a PEFT folder under the home
 REWARD = "reward"  # a reward spec without Python files or remote models
 TEMPLATE = "template"  # a built-in template name, or a file under the home
+TEACHER = "teacher"  # "verifier" (checks in code, no model), or a model spec the operator allowed
 
 _COMMON = {
     "name": NAME,
@@ -183,6 +184,24 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
         "name",
         "base",
         "adapter",
+    ),
+    ("train", "helixnet"): _flags(
+        [
+            "json",
+            "samples",
+            "temperature",
+            "max_tokens",
+            "teacher_max_tokens",
+            "gen_batch",
+            "limit",
+            "sample_seed",
+            *_TRAINING,
+        ],
+        "prompts",
+        "name",
+        "base",
+        teacher=TEACHER,
+        actor_adapter=ADAPTER,
     ),
     ("iterate",): _flags(
         [
@@ -361,6 +380,8 @@ class JobPolicy:
                     f"adapter {value!r} is neither registered nor a folder under HELIXLOOM_HOME"
                 )
             return str(path)
+        if kind == TEACHER:
+            return value if value == "verifier" else self._value(MODEL, option, value)
         if kind == TEMPLATE:
             return value if value in _BUILTIN_TEMPLATES else self._value(IN, option, value)
         if kind == REWARD:
