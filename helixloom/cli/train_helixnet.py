@@ -1,7 +1,8 @@
 """``helixloom train helixnet``: train HelixNet's critic and regenerator roles.
 
-Thin: the recipe is ``helixloom.training.helixnet_train``; the teachers are in
-``helixloom.training.helixnet_teachers``; the built-in instruction prompts in ``helixloom.evals.instructions``.
+Thin: the recipe is ``helixloom.training.helixnet_train``, the teachers are in
+``helixloom.training.helixnet_teachers``, the built-in instruction prompts in
+``helixloom.evals.instructions``.
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from helixloom.errors import HelixloomError
+
+if TYPE_CHECKING:
+    from helixloom.evals.instructions import InstructionPrompt
 
 
 def register(tsub: argparse._SubParsersAction) -> None:
@@ -49,7 +54,7 @@ def register(tsub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_train_helixnet, job="train")
 
 
-def load_prompts(path: str | None) -> list:  # type: ignore[type-arg]
+def load_prompts(path: str | None) -> list[InstructionPrompt]:
     """Instruction prompts from ``path`` (built-in train split when None): rows with checks become
     checked prompts; plain prompts (text lines, JSONL ``prompt``) get no checks (LLM teachers only)."""
     from pathlib import Path
