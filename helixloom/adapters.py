@@ -58,11 +58,11 @@ def register(
 def helixnet_set(store: Store, name: str) -> dict[str, str]:
     """The HelixNet role adapters registered as set ``name`` (by ``helixloom train helixnet``): role ->
     adapter name, for the roles the set trained (the others run on the base model)."""
-    roles = {
-        str(r.meta["role"]): r.name
-        for r in store.list_adapters()
-        if (r.meta or {}).get("helixnet") == name and (r.meta or {}).get("role")
-    }
+    roles = {}
+    for record in store.list_adapters():
+        meta = record.meta or {}
+        if meta.get("helixnet") == name and meta.get("role"):
+            roles[str(meta["role"])] = record.name
     if not roles:
         raise AdapterError(
             f"no HelixNet set named {name!r}",

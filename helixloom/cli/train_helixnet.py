@@ -80,7 +80,7 @@ def cmd_train_helixnet(args: argparse.Namespace) -> int:
     from helixloom.cli.common import given_config, open_store, sft_config_from
     from helixloom.engine import load_engine
     from helixloom.training.configs import HelixTrainConfig
-    from helixloom.training.helixnet_teachers import VERIFIER, EngineTeacher, VerifierTeacher
+    from helixloom.training.helixnet_teachers import VERIFIER, EngineTeacher, Teacher, VerifierTeacher
     from helixloom.training.helixnet_train import Actor, train_helixnet
 
     store = open_store()
@@ -97,6 +97,7 @@ def cmd_train_helixnet(args: argparse.Namespace) -> int:
     if args.actor_adapter:
         actor_adapter, folder = adapters.resolve(store, args.actor_adapter, model=args.base)
         engine.load_adapter(actor_adapter, str(folder))
+    teacher: Teacher
     if args.teacher == VERIFIER:
         teacher = VerifierTeacher()
     else:

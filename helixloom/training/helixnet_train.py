@@ -213,7 +213,7 @@ def train_helixnet(
         seconds["teach"] = time.perf_counter() - t0
         state = _mark(folder, state, "teach", seconds)
     lessons = [row for _, row in jsonl.read(folder / "lessons.jsonl")]
-    examples = {role: sum(1 for _ in jsonl.read(folder / f"{role}.jsonl")) for role in ROLES}
+    examples: dict[str, int] = {role: sum(1 for _ in jsonl.read(folder / f"{role}.jsonl")) for role in ROLES}
     say(f"role data: {examples['critic']} critic and {examples['regenerator']} regenerator examples")
 
     trained: dict[str, TrainResult] = {}
@@ -239,7 +239,7 @@ def train_helixnet(
         seconds[f"train_{role}"] = time.perf_counter() - t0
         state = _mark(folder, state, role, seconds)
 
-    registered = {}
+    registered: dict[str, str] = {}
     for role in ROLES:
         adapter_name = f"{name}-{role}"
         meta = {"helixnet": name, "role": role, "teacher": teacher.name, "examples": examples[role]}
@@ -249,7 +249,9 @@ def train_helixnet(
         registered[role] = adapter_name
     _mark(folder, state, "register", seconds)
     skipped = sum(1 for row in lessons if row["critique"] and not row["regeneration"])
-    return HelixTrainResult(name, len(prompts), examples, skipped, registered, trained, seconds)
+    return HelixTrainResult(
+        name, len(prompts), dict(examples), skipped, dict(registered), dict(trained), seconds
+    )
 
 
 def _seed(seed: int, prompt_id: str, sample: int) -> int:
