@@ -7,6 +7,7 @@ keeps name -> folder, the base model they were made for and metadata such as a s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from helixloom import models
 from helixloom.engine.lora_folder import describe_base, inspect_adapter
@@ -37,8 +38,10 @@ def resolve(store: Store | None, name_or_path: str, *, model: str | None = None)
     )
 
 
-def register(store: Store, name: str, path: str | Path, *, replace: bool = False) -> AdapterRecord:
-    """Validate a PEFT LoRA folder and register it under ``name``."""
+def register(
+    store: Store, name: str, path: str | Path, *, replace: bool = False, meta: dict[str, Any] | None = None
+) -> AdapterRecord:
+    """Validate a PEFT LoRA folder and register it under ``name`` (``meta`` is kept with it)."""
     if not name or name.startswith("__") or "/" in name:
         raise AdapterError(f"invalid adapter name {name!r}", "use letters, digits, '-', '_' or '.'")
     folder = Path(path).expanduser().resolve()
@@ -47,6 +50,22 @@ def register(store: Store, name: str, path: str | Path, *, replace: bool = False
         name,
         str(folder),
         base_model=describe_base(folder),
-        meta={"rank": info.rank, "target_modules": list(info.target_modules)},
+        meta={"rank": info.rank, "target_modules": list(info.target_modules), **(meta or {})},
         replace=replace,
     )
+
+
+def helixnet_set(store: Store, name: str) -> dict[str, str]:
+    """The HelixNet role adapters registered as set ``name`` (by ``helixloom train helixnet``): role ->
+    adapter name, for the roles the set trained (the others run on the base model)."""
+    roles = {}
+    for record in store.list_adapters():
+        meta = record.meta or {}
+        if meta.get("helixnet") == name and meta.get("role"):
+            roles[str(meta["role"])] = record.name
+    if not roles:
+        raise AdapterError(
+            f"no HelixNet set named {name!r}",
+            "make one with `helixloom train helixnet --name NAME`; see `helixloom adapters list`",
+        )
+    return roles

@@ -111,3 +111,16 @@ def test_operator_allowed_models_pass(home: Path) -> None:
     policy = JobPolicy(home=home, models=frozenset({"default", "openai:http://gpu:8000/v1#big"}))
     argv = check(policy, "learn uploads/docs --name d --teacher openai:http://gpu:8000/v1#big")
     assert "openai:http://gpu:8000/v1#big" in argv
+
+
+def test_train_helixnet_takes_the_verifier_or_an_allowed_teacher(policy: JobPolicy, home: Path) -> None:
+    argv = check(
+        policy, "train helixnet --name hx --teacher verifier --prompts uploads/prompts.txt --limit 4"
+    )
+    assert argv[argv.index("--teacher") + 1] == "verifier"
+    assert argv[argv.index("--prompts") + 1] == "uploads/prompts.txt"
+    assert "default" in check(policy, "train helixnet --name hx --teacher default --actor-adapter mine")
+    with pytest.raises(HelixloomError, match="not allowed"):
+        check(policy, "train helixnet --name hx --teacher openai:http://evil/v1#m")
+    with pytest.raises(HelixloomError, match="not registered"):
+        check(policy, "train helixnet --name hx --actor-adapter /etc")

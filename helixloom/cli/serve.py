@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from helixloom.errors import HelixloomError
 
@@ -72,6 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     for role in ("actor", "critic", "regenerator"):
         serve.add_argument(f"--{role}-adapter", metavar="NAME_OR_PATH", help=f"adapter for helixnet's {role}")
+    serve.add_argument(
+        "--helixnet",
+        metavar="NAME",
+        help="use the HelixNet set NAME (made by `helixloom train helixnet`) for helixnet's roles",
+    )
     serve.add_argument("--format", default="helixnet", metavar="NAME_OR_FILE", help="helixnet prompt format")
     serve.add_argument(
         "--rounds", type=int, default=1, help="helixnet critique/regenerate rounds (default 1)"
@@ -122,11 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         default_max_tokens=args.max_tokens,
-        helixnet_adapters={
-            role: getattr(args, f"{role}_adapter")
-            for role in ("actor", "critic", "regenerator")
-            if getattr(args, f"{role}_adapter")
-        },
+        helixnet_adapters=_helixnet_roles(args),
         helixnet_format=args.format,
         helixnet_rounds=args.rounds,
         helixnet_gate=args.gate,
@@ -142,3 +144,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         state.close()
     return 0
+
+
+def _helixnet_roles(args: argparse.Namespace) -> dict[Any, str]:
+    """Role -> adapter: the --ROLE-adapter flags, or the set --helixnet names (not both)."""
+    given = {
+        role: getattr(args, f"{role}_adapter")
+        for role in ("actor", "critic", "regenerator")
+        if getattr(args, f"{role}_adapter")
+    }
+    if args.helixnet is None:
+        return given
+    if given:
+        flags = ", ".join(f"--{role}-adapter" for role in given)
+        raise HelixloomError(f"--helixnet does not mix with {flags}", "give the set or the adapters")
+    from helixloom import adapters
+    from helixloom.cli.common import open_store
+
+    with open_store() as store:
+        return dict(adapters.helixnet_set(store, args.helixnet))

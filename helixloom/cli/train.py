@@ -1,4 +1,4 @@
-"""``helixloom train sft|dpo|evaluator|reward|reward-head``: fine-tuning recipes."""
+"""``helixloom train sft|dpo|evaluator|reward|reward-head|helixnet``: fine-tuning recipes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from helixloom.errors import HelixloomError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from helixloom.cli import train_rewards
+    from helixloom.cli import train_helixnet, train_rewards
     from helixloom.cli.common import add_sft_flags, usage
     from helixloom.training.configs import LoraDPOConfig
 
@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fine-tune generators, evaluators and reward models",
         description="Training recipes: sft (a generator LoRA on your data), dpo (a LoRA from preference "
         "pairs), evaluator (a yes/no evaluator LoRA from ratings), reward (a reward model from preference "
-        "pairs), reward-head (a small head on the base model's hidden states from thumbs up/down).",
+        "pairs), reward-head (a small head on the base model's hidden states from thumbs up/down), helixnet "
+        "(HelixNet's critic and regenerator roles from a teacher or a verifier).",
     )
     tsub = train.add_subparsers(title="recipes", metavar="RECIPE")
 
@@ -94,6 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(run=cmd_train_evaluator, job="train")
 
     train_rewards.register(tsub)
+    train_helixnet.register(tsub)
     train.set_defaults(run=lambda _: usage(train))
 
 

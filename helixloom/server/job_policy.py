@@ -34,6 +34,7 @@ MODEL = "model"  # a model spec: one the operator allowed
 ADAPTER = "adapter"  # a registered adapter name
 REWARD = "reward"  # a reward spec without Python files or remote models
 TEMPLATE = "template"  # a built-in template name, or a file under the home
+TEACHER = "teacher"  # "verifier" (checks in code, no model), or a model spec the operator allowed
 
 _COMMON = {
     "name": NAME,
@@ -186,6 +187,24 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
         "name",
         "base",
         "adapter",
+    ),
+    ("train", "helixnet"): _flags(
+        [
+            "json",
+            "samples",
+            "temperature",
+            "max_tokens",
+            "teacher_max_tokens",
+            "gen_batch",
+            "limit",
+            "sample_seed",
+            *_TRAINING,
+        ],
+        "prompts",
+        "name",
+        "base",
+        teacher=TEACHER,
+        actor_adapter=ADAPTER,
     ),
     ("iterate",): _flags(
         [
@@ -362,6 +381,8 @@ class JobPolicy:
             if value not in self.adapters:
                 raise HelixloomError(f"adapter {value!r} is not registered", "jobs name registered adapters")
             return value
+        if kind == TEACHER:
+            return value if value == "verifier" else self._value(MODEL, option, value)
         if kind == TEMPLATE:
             if value in _BUILTIN_TEMPLATES:
                 return value

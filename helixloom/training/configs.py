@@ -161,3 +161,32 @@ class IterateConfig:
     @classmethod
     def help(cls) -> dict[str, str]:
         return {f.name: str(f.metadata.get("help", "")) for f in fields(cls)}
+
+
+@dataclass(frozen=True)
+class HelixTrainConfig:
+    """How ``helixloom train helixnet`` makes role data (training settings are a ``LoraSFTConfig``)."""
+
+    samples: int = field(
+        default=4,
+        metadata={"help": "actor answers per prompt; the verifier picks a passing one as the target"},
+    )
+    temperature: float = field(default=0.9, metadata={"help": "sampling temperature of the actor's answers"})
+    max_tokens: int = field(default=96, metadata={"help": "longest actor answer in tokens"})
+    teacher_max_tokens: int = field(
+        default=256, metadata={"help": "longest critique or regeneration an LLM teacher writes"}
+    )
+    gen_batch: int = field(default=8, metadata={"help": "prompts per generation batch"})
+    limit: int = field(default=0, metadata={"help": "use only the first N prompts (0: all)"})
+    sample_seed: int = field(default=0, metadata={"help": "seed of the actor's sampling"})
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "max_tokens", "teacher_max_tokens", "gen_batch"):
+            if not getattr(self, name) > 0:
+                raise HelixloomError(f"{name} must be positive", param=name)
+        if self.temperature < 0 or self.limit < 0:
+            raise HelixloomError("temperature and limit must be >= 0", param="temperature")
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: str(f.metadata.get("help", "")) for f in fields(cls)}

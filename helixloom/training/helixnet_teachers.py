@@ -1,0 +1,118 @@
+"""Who teaches HelixNet's critic and regenerator: an LLM (the seed used GPT-4), or a verifier.
+
+A teacher sees each prompt with the actor's answers to it (the first is *the* response, the rest are
+more samples) and returns a ``Lesson``: the critique of the response and the regenerated answer
+(None when it has none, and the prompt then gives the regenerator no example).
+
+- ``EngineTeacher``: any engine writes the critique and then the regeneration from it, prompted as
+  the ``instruct`` format prompts untrained chat models (``data/helixnet/instruct.yaml``).
+- ``VerifierTeacher``: for prompts whose answers code can check (``evals.instructions``). The
+  critique names the failed checks (or says the response meets them all); the regeneration is the
+  first of the actor's samples that passes every check: the response itself when it passes,
+  otherwise rejection sampling. No sample passes: no regeneration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from helixloom.engine import Engine, GenerationRequest, SamplingParams
+from helixloom.errors import HelixloomError
+from helixloom.evals.instructions import InstructionPrompt, critique
+from helixloom.prompting import PromptFormat, render
+
+VERIFIER = "verifier"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A prompt and the actor's answers: ``samples[0]`` is the response the critic sees."""
+
+    prompt: InstructionPrompt
+    system: str
+    samples: tuple[str, ...]
+
+    @property
+    def response(self) -> str:
+        return self.samples[0]
+
+
+@dataclass(frozen=True)
+class Lesson:
+    critique: str
+    regeneration: str | None  # None: no regenerator example for this prompt
+
+
+class Teacher(Protocol):
+    name: str
+    #: how many actor samples per prompt the teacher wants (the verifier samples to find a pass)
+    wants_samples: bool
+
+    def teach(self, attempts: Sequence[Attempt]) -> list[Lesson]:
+        """One lesson per attempt, in order."""
+        ...
+
+
+class VerifierTeacher:
+    """Critiques from failed checks, regenerations by rejection sampling over the actor's samples."""
+
+    name = VERIFIER
+    wants_samples = True
+
+    def teach(self, attempts: Sequence[Attempt]) -> list[Lesson]:
+        lessons = []
+        for a in attempts:
+            if not a.prompt.checks:
+                raise HelixloomError(
+                    f"prompt {a.prompt.id} has no checks for the verifier",
+                    "give instruction prompts with checks, or an LLM --teacher",
+                )
+            passing = [s for s in a.samples if s.strip() and a.prompt.passes(s)]
+            lessons.append(Lesson(critique(a.prompt, a.response), passing[0] if passing else None))
+        return lessons
+
+
+class EngineTeacher:
+    """An LLM teacher: critique, then a regeneration that follows it, each one request per prompt."""
+
+    wants_samples = False
+
+    def __init__(
+        self, engine: Engine, *, name: str | None = None, adapter: str | None = None, max_tokens: int = 256
+    ) -> None:
+        self.engine = engine
+        self.name = name or engine.model_name
+        self.adapter = adapter
+        self.max_tokens = max_tokens
+        self.format = PromptFormat.load("instruct")
+
+    def teach(self, attempts: Sequence[Attempt]) -> list[Lesson]:
+        critiques = self._ask(
+            [self.format.critic.format(system=a.system, question=a.prompt.prompt, response=a.response)
+             for a in attempts]
+        )  # fmt: skip
+        regens = self._ask(
+            [
+                self.format.regenerator.format(
+                    system=a.system, question=a.prompt.prompt, response=a.response, critique=c
+                )
+                for a, c in zip(attempts, critiques, strict=True)
+            ]
+        )
+        # An empty critique teaches the critic nothing useful; an empty regeneration would teach the
+        # regenerator to say nothing (the empty-answer failure HelixNet must not learn).
+        return [
+            Lesson(c, r or None) if c else Lesson("", None) for c, r in zip(critiques, regens, strict=True)
+        ]
+
+    def _ask(self, texts: Sequence[str]) -> list[str]:
+        requests = []
+        for text in texts:
+            chat = render(self.engine, [{"role": "user", "content": text}])
+            params = SamplingParams(
+                temperature=0.0, max_tokens=self.max_tokens, stop=chat.stop, token_healing=chat.token_healing
+            )
+            requests.append(GenerationRequest(chat.prompt, params, self.adapter))
+        return [r.text.strip() for r in self.engine.generate(requests)]

@@ -1,0 +1,288 @@
+"""``helixloom train helixnet``: make HelixNet's critic and regenerator (the seed's phases 2 and 3).
+
+A linear recipe in four phases, each leaving files under ``HELIXLOOM_HOME/runs/helixnet/NAME/``:
+
+1. **teach**: the actor (base model + optional actor adapter) answers every prompt (``samples`` per
+   prompt, a distinct seed each), and the teacher writes a critique of the first answer and a
+   regeneration (``helixnet_teachers``). Each finished batch is appended to ``lessons.partial.jsonl``;
+2. **rows**: the lessons become training rows in the seed's exact formats: the critic's prompt ends
+   ``CRITIQUE:`` and its completion is the critique; the regenerator's ends ``REGENERATOR: REGENERATED
+   ANSWER:`` and its completion is the regeneration (``critic.jsonl``, ``regenerator.jsonl``);
+3. **train**: one LoRA per role (``adapters/NAME-critic``, ``adapters/NAME-regenerator``);
+4. **register** both adapters, each with ``{"helixnet": NAME, "role": ...}`` in its metadata: that
+   is the set ``--helixnet NAME`` resolves (``adapters.helixnet_set``).
+
+A killed run resumes where it stopped: the lessons already written are kept, a trained role is not
+trained again, and a role's training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from helixloom import adapters, atomic, jobs, jsonl, paths
+from helixloom.engine import Engine, GenerationRequest, SamplingParams
+from helixloom.errors import HelixloomError
+from helixloom.evals.instructions import InstructionPrompt
+from helixloom.prompting import PromptFormat, Stage
+from helixloom.store import Store
+from helixloom.training.configs import HelixTrainConfig, LoraSFTConfig
+from helixloom.training.helixnet_teachers import Attempt, Teacher
+from helixloom.training.sft import train_lora
+from helixloom.training.trainer import TrainResult
+
+Say = Callable[[str], None]
+ROLES: tuple[Stage, ...] = ("critic", "regenerator")
+PARTIAL = "lessons.partial.jsonl"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The actor that answers the prompts: an engine and its adapter (None: the base model)."""
+
+    engine: Engine
+    adapter: str | None = None
+
+
+@dataclass
+class HelixTrainResult:
+    """What a run made: examples per role, the adapters, and seconds per phase."""
+
+    name: str
+    prompts: int
+    examples: dict[str, int]  # role -> training rows
+    skipped_regenerations: int  # prompts where the teacher gave no regeneration (no sample passed)
+    adapters: dict[str, str]  # role -> registered adapter name
+    train: dict[str, TrainResult] = field(default_factory=dict)  # roles trained in this run
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["train"] = {
+            role: {"steps": r.steps, "final_loss": r.final_loss, "changed_fraction": r.changed_fraction}
+            for role, r in self.train.items()
+        }
+        return out
+
+
+def run_dir(name: str) -> Path:
+    return paths.runs_dir() / "helixnet" / name
+
+
+def role_rows(
+    fmt: PromptFormat, engine: Engine, system: str, question: str, response: str, critique: str,
+    regeneration: str | None,
+) -> dict[str, dict[str, str]]:  # fmt: skip
+    """The training rows one lesson gives, role -> raw ``prompt``/``completion``, in the format's exact
+    prompts (the seed's for ``helixnet``). The completion starts with the space the seed's prompts
+    leave out after ``CRITIQUE:`` and ``REGENERATED ANSWER:``."""
+    rows: dict[str, dict[str, str]] = {}
+    if critique.strip():
+        prompt = fmt.critic_prompt(engine, system, question, response)
+        rows["critic"] = {"prompt": prompt, "completion": " " + critique.strip()}
+        if regeneration is not None and regeneration.strip():
+            prompt = fmt.regenerator_prompt(engine, system, question, response, critique.strip())
+            rows["regenerator"] = {"prompt": prompt, "completion": " " + regeneration.strip()}
+    return rows
+
+
+def teach(
+    prompts: Sequence[InstructionPrompt],
+    actor: Actor,
+    teacher: Teacher,
+    checkpoint: Path,
+    *,
+    fmt: PromptFormat,
+    system: str,
+    config: HelixTrainConfig,
+) -> list[dict[str, Any]]:
+    """Phase 1: the actor's answers and the teacher's lessons, one row per prompt, appended to
+    ``checkpoint`` batch by batch; prompts already in it are not asked again."""
+    done = {row["id"]: row for _, row in jsonl.read(checkpoint)} if checkpoint.is_file() else {}
+    todo = [p for p in prompts if p.id not in done]
+    n = config.samples if teacher.wants_samples else 1
+    stop = tuple(fmt.stop)
+    with jobs.progress_bar(len(prompts), desc="teach", unit="prompt", initial=len(done)) as bar:
+        for start in range(0, len(todo), config.gen_batch):
+            batch = todo[start : start + config.gen_batch]
+            requests = [
+                GenerationRequest(
+                    fmt.actor_prompt(actor.engine, system, p.prompt, ()),
+                    SamplingParams(
+                        temperature=config.temperature,
+                        max_tokens=config.max_tokens,
+                        stop=stop,
+                        token_healing=True,
+                        seed=_seed(config.sample_seed, p.id, j),
+                    ),
+                    actor.adapter,
+                )
+                for p in batch
+                for j in range(n)
+            ]
+            texts = [fmt.clean("actor", r.text) for r in actor.engine.generate(requests)]
+            attempts = [Attempt(p, system, tuple(texts[i * n : (i + 1) * n])) for i, p in enumerate(batch)]
+            lessons = teacher.teach(attempts)
+            rows = [
+                {
+                    "id": a.prompt.id,
+                    "question": a.prompt.prompt,
+                    "response": a.response,
+                    "samples_passing": sum(a.prompt.passes(s) for s in a.samples)
+                    if a.prompt.checks
+                    else None,
+                    "critique": lesson.critique,
+                    "regeneration": lesson.regeneration,
+                }
+                for a, lesson in zip(attempts, lessons, strict=True)
+            ]
+            with checkpoint.open("a") as f:
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
+                    done[row["id"]] = row
+            bar.update(len(batch))
+    return [done[p.id] for p in prompts]
+
+
+def train_helixnet(
+    name: str,
+    prompts: Sequence[InstructionPrompt],
+    actor: Actor,
+    teacher: Teacher,
+    store: Store,
+    *,
+    base: str,
+    config: HelixTrainConfig | None = None,
+    sft: LoraSFTConfig | None = None,
+    prompt_format: PromptFormat | None = None,
+    system: str | None = None,
+    resume: bool = False,
+    say: Say = lambda _: None,
+) -> HelixTrainResult:
+    """Teach, build role rows, train the critic and the regenerator LoRAs on ``base`` and register
+    them as the HelixNet set ``name`` (adapters ``NAME-critic`` and ``NAME-regenerator``).
+
+    With ``resume`` an interrupted run of ``name`` continues (its plan must match this one's teacher
+    and base); without it an existing run of ``name`` is an error, so nothing is overwritten by
+    accident."""
+    paths.check_name(name, "helixnet set name")
+    config = config or HelixTrainConfig()
+    sft = sft or LoraSFTConfig()
+    fmt = prompt_format or PromptFormat.load("helixnet")
+    system = fmt.system if system is None else system
+    if config.limit:
+        prompts = prompts[: config.limit]
+    if not prompts:
+        raise HelixloomError("no prompts to train HelixNet on", param="prompts")
+    folder = run_dir(name)
+    plan = {
+        "base": base,
+        "actor_adapter": actor.adapter,
+        "teacher": teacher.name,
+        "format": fmt.name,
+        "prompts": len(prompts),
+        "config": asdict(config),
+    }
+    state = _start(folder, plan, resume)
+    seconds: dict[str, float] = dict(state.get("seconds", {}))
+
+    t0 = time.perf_counter()
+    if "teach" not in state["done"]:
+        say(f"teaching: {len(prompts)} prompts, teacher {teacher.name}")
+        lessons = teach(
+            prompts, actor, teacher, folder / PARTIAL, fmt=fmt, system=system, config=config
+        )  # fmt: skip
+        rows: dict[str, list[dict[str, str]]] = {r: [] for r in ROLES}
+        for lesson in lessons:
+            made = role_rows(
+                fmt, actor.engine, system, lesson["question"], lesson["response"],
+                lesson["critique"], lesson["regeneration"],
+            )  # fmt: skip
+            for role, row in made.items():
+                rows[role].append(row)
+        for role in ROLES:
+            atomic.write_jsonl(folder / f"{role}.jsonl", rows[role])
+        atomic.write_jsonl(folder / "lessons.jsonl", lessons)
+        (folder / PARTIAL).unlink(missing_ok=True)
+        seconds["teach"] = time.perf_counter() - t0
+        state = _mark(folder, state, "teach", seconds)
+    lessons = [row for _, row in jsonl.read(folder / "lessons.jsonl")]
+    examples: dict[str, int] = {role: sum(1 for _ in jsonl.read(folder / f"{role}.jsonl")) for role in ROLES}
+    say(f"role data: {examples['critic']} critic and {examples['regenerator']} regenerator examples")
+
+    trained: dict[str, TrainResult] = {}
+    for role in ROLES:
+        if role in state["done"]:
+            continue
+        rows_of_role = [row for _, row in jsonl.read(folder / f"{role}.jsonl")]
+        if not rows_of_role:
+            raise HelixloomError(
+                f"the teacher gave no {role} examples",
+                "use more prompts, more --samples, or a stronger --teacher",
+            )
+        t0 = time.perf_counter()
+        say(f"training the {role} on {len(rows_of_role)} examples")
+        trained[role] = train_lora(
+            base,
+            rows_of_role,
+            paths.adapters_dir() / f"{name}-{role}",
+            folder / f"train-{role}",
+            sft,
+            resume=resume and (folder / f"train-{role}").is_dir(),
+        )
+        seconds[f"train_{role}"] = time.perf_counter() - t0
+        state = _mark(folder, state, role, seconds)
+
+    registered: dict[str, str] = {}
+    for role in ROLES:
+        adapter_name = f"{name}-{role}"
+        meta = {"helixnet": name, "role": role, "teacher": teacher.name, "examples": examples[role]}
+        if actor.adapter:
+            meta["actor_adapter"] = actor.adapter
+        adapters.register(store, adapter_name, paths.adapters_dir() / adapter_name, replace=True, meta=meta)
+        registered[role] = adapter_name
+    _mark(folder, state, "register", seconds)
+    skipped = sum(1 for row in lessons if row["critique"] and not row["regeneration"])
+    return HelixTrainResult(
+        name, len(prompts), dict(examples), skipped, dict(registered), dict(trained), seconds
+    )
+
+
+def _seed(seed: int, prompt_id: str, sample: int) -> int:
+    """A sample's seed from the prompt and sample only, so batching and resuming repeat the same text."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}:{sample}".encode()).hexdigest()
+    return int(digest[:12], 16)
+
+
+def _start(folder: Path, plan: dict[str, Any], resume: bool) -> dict[str, Any]:
+    state_file = folder / "state.json"
+    if state_file.is_file():
+        if not resume:
+            raise HelixloomError(
+                f"a HelixNet training run named {folder.name} exists",
+                "continue it with --resume, or pick another --name",
+            )
+        state: dict[str, Any] = json.loads(state_file.read_text())
+        old = state["plan"]
+        for key in ("base", "actor_adapter", "teacher", "format"):
+            if old.get(key) != plan.get(key):
+                raise HelixloomError(
+                    f"--resume with another {key}: the run used {old.get(key)!r}, not {plan.get(key)!r}"
+                )
+        return state
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"plan": plan, "done": [], "seconds": {}}
+    atomic.write_json(state_file, state)
+    return state
+
+
+def _mark(folder: Path, state: dict[str, Any], phase: str, seconds: dict[str, float]) -> dict[str, Any]:
+    state = {**state, "done": [*state["done"], phase], "seconds": seconds}
+    atomic.write_json(folder / "state.json", state)
+    return state
