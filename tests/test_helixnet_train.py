@@ -236,9 +236,12 @@ def test_interrupted_teaching_resumes_without_asking_again(
     assert result.examples["critic"] == 4
 
 
-def test_train_helixnet_command_and_serve_flag(tiny_model: TinyModel, tmp_path: Path, capsys) -> None:
+def test_train_helixnet_command_then_chat_and_serve_use_the_set(
+    tiny_model: TinyModel, tmp_path: Path, capsys
+) -> None:
     from helixloom.cli import build_parser, main
-    from helixloom.cli.serve import _helixnet_roles
+    from helixloom.cli.common import helixnet_roles
+    from helixloom.store import Store
 
     prompts = tmp_path / "p.jsonl"
     rows = [p.as_dict() for p in _prompts(4)]
@@ -251,8 +254,15 @@ def test_train_helixnet_command_and_serve_flag(tiny_model: TinyModel, tmp_path: 
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["adapters"] == {"critic": "cli-critic", "regenerator": "cli-regenerator"}
     parsed = build_parser().parse_args(["serve", "--helixnet", "cli"])
-    assert _helixnet_roles(parsed) == {"critic": "cli-critic", "regenerator": "cli-regenerator"}
+    assert helixnet_roles(parsed) == {"critic": "cli-critic", "regenerator": "cli-regenerator"}
     with pytest.raises(HelixloomError, match="does not mix"):
-        _helixnet_roles(build_parser().parse_args(["serve", "--helixnet", "cli", "--critic-adapter", "x"]))
+        helixnet_roles(build_parser().parse_args(["serve", "--helixnet", "cli", "--critic-adapter", "x"]))
     with pytest.raises(HelixloomError, match="no HelixNet set"):
-        _helixnet_roles(build_parser().parse_args(["serve", "--helixnet", "nope"]))
+        helixnet_roles(build_parser().parse_args(["serve", "--helixnet", "nope"]))
+    # chat runs the set: the critic and regenerator stages are answered by the set's adapters.
+    chat = ["chat", "--base", str(tiny_model.path), "--helixnet", "cli", "--once", "Say hi", "--json"]
+    assert main([*chat, "--max-tokens", "3", "--seed", "0"]) == 0
+    session = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["session_id"]
+    with Store.open_default() as store:
+        used = {m.stage: m.adapter for m in store.get_messages(session) if m.role == "assistant"}
+    assert used == {"actor": None, "critic": "cli-critic", "regenerator": "cli-regenerator"}

@@ -31,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         chat.add_argument(f"--{role}-model", metavar="SPEC", help=f"the {role}'s own model (default: --base)")
         chat.add_argument(f"--{role}-adapter", metavar="NAME_OR_PATH", help=f"LoRA adapter for the {role}")
     chat.add_argument(
+        "--helixnet",
+        metavar="NAME",
+        help="use the HelixNet set NAME (made by `helixloom train helixnet`) for the roles' adapters on "
+        "--base",
+    )
+    chat.add_argument(
         "--adapter",
         metavar="NAME_OR_PATH",
         help="plain chat (no HelixNet) with this adapter on --base; an adapter made by `helixloom learn` "
@@ -71,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from helixloom import helixnet
-    from helixloom.cli.common import open_store, sampling_from
+    from helixloom.cli.common import helixnet_roles, open_store, sampling_from
     from helixloom.store import Store
 
     if args.json and args.once is None:
@@ -85,16 +91,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
         ]
         if args.gate:
             role_flags.append("--gate")
+        if args.helixnet:
+            role_flags.append("--helixnet")
         if role_flags or args.rounds != 1:
             raise HelixloomError(
                 f"--adapter is plain chat; it does not mix with {', '.join(role_flags) or '--rounds'}"
             )
         return _plain_chat(args, params)
     fmt = helixnet.PromptFormat.load(args.format)
+    role_adapters = helixnet_roles(args)
     specs = {
         role: helixnet.RoleSpec(
             model=getattr(args, f"{role}_model") or args.base,
-            adapter=getattr(args, f"{role}_adapter"),
+            adapter=role_adapters.get(role),
             sampling=params,
         )
         for role in helixnet.STAGES

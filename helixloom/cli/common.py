@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from helixloom.errors import HelixloomError
+
 if TYPE_CHECKING:
     from helixloom.engine import SamplingParams
     from helixloom.store import Store
@@ -139,3 +141,21 @@ def open_store() -> Store:
 
     ensure_home()
     return Store.open_default()
+
+
+def helixnet_roles(args: argparse.Namespace) -> dict[Any, str]:
+    """Role -> adapter: the --ROLE-adapter flags, or the set --helixnet names (not both)."""
+    given = {
+        role: getattr(args, f"{role}_adapter")
+        for role in ("actor", "critic", "regenerator")
+        if getattr(args, f"{role}_adapter")
+    }
+    if args.helixnet is None:
+        return given
+    if given:
+        flags = ", ".join(f"--{role}-adapter" for role in given)
+        raise HelixloomError(f"--helixnet does not mix with {flags}", "give the set or the adapters")
+    from helixloom import adapters
+
+    with open_store() as store:
+        return dict(adapters.helixnet_set(store, args.helixnet))

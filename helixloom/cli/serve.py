@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 
 from helixloom.errors import HelixloomError
 
@@ -104,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from helixloom.cli.common import helixnet_roles
     from helixloom.server import ServerConfig, create_app, open_state
     from helixloom.server.security import KeyRing, check_bind, read_key_file
 
@@ -128,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         default_max_tokens=args.max_tokens,
-        helixnet_adapters=_helixnet_roles(args),
+        helixnet_adapters=helixnet_roles(args),
         helixnet_format=args.format,
         helixnet_rounds=args.rounds,
         helixnet_gate=args.gate,
@@ -144,22 +144,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         state.close()
     return 0
-
-
-def _helixnet_roles(args: argparse.Namespace) -> dict[Any, str]:
-    """Role -> adapter: the --ROLE-adapter flags, or the set --helixnet names (not both)."""
-    given = {
-        role: getattr(args, f"{role}_adapter")
-        for role in ("actor", "critic", "regenerator")
-        if getattr(args, f"{role}_adapter")
-    }
-    if args.helixnet is None:
-        return given
-    if given:
-        flags = ", ".join(f"--{role}-adapter" for role in given)
-        raise HelixloomError(f"--helixnet does not mix with {flags}", "give the set or the adapters")
-    from helixloom import adapters
-    from helixloom.cli.common import open_store
-
-    with open_store() as store:
-        return dict(adapters.helixnet_set(store, args.helixnet))
