@@ -3,8 +3,8 @@
 Trains a critic and a regenerator with the verifier teacher (``helixloom train helixnet``'s recipe) on
 the built-in verifiable instructions' train split, then answers held-out prompts (never trained on)
 three ways, in the same run: the actor alone, HelixNet with untrained roles (the base model in every
-role), HelixNet with the trained roles; and the gate when HelixNet has one. Prints one JSON object:
-strict accuracy of each (share of answers passing every check, with its standard error), mean answer
+role), HelixNet with the trained roles, and the trained roles behind the evaluator gate. Prints one
+JSON object: strict accuracy of each (share of answers passing every check, with its standard error), mean answer
 length in words, examples per role used for training, and wall time per phase.
 
     python benchmarks/helixnet_train.py [--train 64] [--heldout 40] [--samples 4] [--max-tokens 48]
@@ -17,7 +17,6 @@ runs through ``HelixNet.answer`` with concurrent questions batched by ``Batching
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import statistics
@@ -91,7 +90,6 @@ def main() -> None:
 
     batching = BatchingEngine(engine, max_batch=8)
     greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, token_healing=True)
-    gate_available = "gate" in inspect.signature(HelixNet).parameters
 
     def run(critic: str | None, regenerator: str | None, **extra: Any) -> list[Any]:
         net = HelixNet(
@@ -113,13 +111,18 @@ def main() -> None:
     trained = run(result.adapters["critic"], result.adapters["regenerator"])
     seconds["eval_trained"] = time.perf_counter() - t0
     arms["helixnet_trained"] = [t.regeneration for t in trained]
-    gate: Any = "not available (HelixNet has no gate on this branch)"
-    if gate_available:
-        t0 = time.perf_counter()
-        gated = run(result.adapters["critic"], result.adapters["regenerator"], gate=True)
-        seconds["eval_gate"] = time.perf_counter() - t0
-        arms["helixnet_trained_gate"] = [t.regeneration for t in gated]
-        gate = None
+    from helixloom.helixnet_gate import evaluator_gate
+
+    t0 = time.perf_counter()
+    # The gate asks the base model's zero-shot evaluator which of the two answers is better.
+    gated = run(result.adapters["critic"], result.adapters["regenerator"], gate=evaluator_gate(batching))
+    seconds["eval_gate"] = time.perf_counter() - t0
+    arms["helixnet_trained_gate"] = [t.regeneration for t in gated]
+    decisions = [r.gate for t in gated for r in t.regenerations if r.gate is not None]
+    gate_counts = {
+        "kept_regeneration": sum(d.kept == "regeneration" for d in decisions),
+        "kept_actor": sum(d.kept == "previous" for d in decisions),
+    }
     batching.close()
 
     report: dict[str, Any] = {"heldout_prompts": len(heldout), "train_prompts": len(train)}
@@ -132,8 +135,11 @@ def main() -> None:
             "mean_words": round(statistics.mean(len(instructions.words(a)) for a in answers), 1),
             "empty": sum(1 for a in answers if not a.strip()),
         }
-    if gate is not None:
-        report["helixnet_trained_gate"] = gate
+    report["gate"] = gate_counts
+    report["gate_minus_actor_points"] = round(
+        100 * (report["helixnet_trained_gate"]["strict_accuracy"] - report["actor_alone"]["strict_accuracy"]),
+        1,
+    )
     report["trained_minus_actor_points"] = round(
         100 * (report["helixnet_trained"]["strict_accuracy"] - report["actor_alone"]["strict_accuracy"]), 1
     )
