@@ -4,8 +4,9 @@ Trains a critic and a regenerator with the verifier teacher (``helixloom train h
 the built-in verifiable instructions' train split, then answers held-out prompts (never trained on)
 three ways, in the same run: the actor alone, HelixNet with untrained roles (the base model in every
 role), HelixNet with the trained roles, and the trained roles behind the evaluator gate. Prints one
-JSON object: strict accuracy of each (share of answers passing every check, with its standard error), mean answer
-length in words, examples per role used for training, and wall time per phase.
+JSON object: strict accuracy of each (share of answers passing every check, with its standard
+error), mean answer length in words, the gate's keep/replace counts, examples per role used for
+training, and wall time per phase.
 
     python benchmarks/helixnet_train.py [--train 64] [--heldout 40] [--samples 4] [--max-tokens 48]
                                         [--epochs 1] [--work DIR [--resume]]
