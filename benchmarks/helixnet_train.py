@@ -22,11 +22,12 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from _home import bench_home
 
 
 def main() -> None:
@@ -43,13 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    work = args.work or Path(tempfile.mkdtemp(prefix="helixloom-bench-helixnet-"))
-    os.environ["HELIXLOOM_HOME"] = str(work)
-    cached = Path(os.environ.get("HELIXLOOM_BENCH_MODELS", str(Path.home() / ".helixloom" / "models")))
-    (work / "models").mkdir(parents=True, exist_ok=True)
-    for f in cached.glob("*") if cached.is_dir() else []:
-        if not (work / "models" / f.name).exists():
-            (work / "models" / f.name).symlink_to(f)
+    work = bench_home(args.work, "helixloom-bench-helixnet-")
 
     from helixloom.engine import SamplingParams, load_engine
     from helixloom.engine.batching import BatchingEngine

@@ -20,10 +20,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _home import bench_home
 
 ARTICLE = """# Quentmoor Council approves the Zorblax marsh reserve
 
@@ -93,15 +94,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    work = args.work or Path(tempfile.mkdtemp(prefix="helixloom-bench-learn-"))
-    os.environ["HELIXLOOM_HOME"] = str(work)
-    # Reuse the converted default model from the user's home when there is one.
-    cached = Path(os.environ.get("HELIXLOOM_BENCH_MODELS", str(Path.home() / ".helixloom" / "models")))
-    (work / "models").mkdir(parents=True, exist_ok=True)
-    for f in cached.glob("*") if cached.is_dir() else []:
-        target = work / "models" / f.name
-        if not target.exists():
-            target.symlink_to(f)
+    work = bench_home(args.work, "helixloom-bench-learn-")
 
     from helixloom import paths
     from helixloom.engine import load_engine, sampling

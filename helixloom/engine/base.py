@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from helixloom.engine.types import (
     AdapterInfo,
@@ -163,3 +163,16 @@ class Engine(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
         """Free what the engine holds."""
+
+
+def apply_chat_template(
+    tokenizer: Any, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+) -> str:
+    """``messages`` through a Hugging Face ``tokenizer``'s chat template, as text; with
+    ``add_generation_prompt`` the assistant's turn is opened, ready to complete. The one rendering
+    that serving (``HFEngine.format_chat``) and training (``training.chat_template``) share."""
+    return str(
+        tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    )

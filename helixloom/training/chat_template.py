@@ -10,21 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from helixloom.engine.base import apply_chat_template as apply_chat_template
 from helixloom.prompting import render_with
 
 FormatChat = Callable[[Sequence[Mapping[str, str]]], str]
-
-
-def apply_chat_template(
-    tokenizer: Any, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
-) -> str:
-    """``messages`` through ``tokenizer``'s chat template, as text; with ``add_generation_prompt``
-    the assistant's turn is opened, ready to complete."""
-    return str(
-        tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-    )
 
 
 def chat_format(tokenizer: Any) -> FormatChat | None:

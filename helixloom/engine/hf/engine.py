@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helixloom import models
-from helixloom.engine.base import AbortCheck, BatchEvent, Engine
+from helixloom.engine.base import AbortCheck, BatchEvent, Engine, apply_chat_template
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
 from helixloom.engine.grammar import COMPILE_TIMEOUT_S, Grammars
 from helixloom.engine.hf import decode
@@ -107,11 +107,7 @@ class HFEngine(Engine):
     ) -> str:
         if not self.chat_template:
             return super().format_chat(messages)
-        return str(
-            self.tokenizer.apply_chat_template(
-                [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-        )
+        return apply_chat_template(self.tokenizer, messages, add_generation_prompt=add_generation_prompt)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text, add_special_tokens=False))
