@@ -5,6 +5,7 @@ Adapters are standard PEFT folders (servable by vLLM's ``--lora-modules`` as the
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -36,7 +37,28 @@ def inspect_adapter(folder: Path, name: str) -> AdapterInfo:
         path=str(folder.resolve()),
         rank=config.get("r"),
         target_modules=tuple([targets] if isinstance(targets, str) else sorted(targets)),
+        version=adapter_version(folder),
     )
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_version(folder: Path) -> str:
+    """The content hash of a PEFT adapter folder: sha256 over its config and weight files (16 hex).
+
+    Same bytes, same version wherever the folder lives; a retrained adapter under the same name
+    gets a new one. This is what prefix caches and the server's adapter registry key by."""
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        file = folder / name
+        if not file.is_file():
+            continue
+        digest.update(name.encode() + b"\0")
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def describe_base(folder: Path) -> str:

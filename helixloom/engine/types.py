@@ -338,7 +338,12 @@ class NextTokenLogprobs:
 
 @dataclass(frozen=True)
 class AdapterInfo:
+    """A loaded adapter. ``version`` is its content hash (config + weights, see ``adapter_version``):
+    two loads of the same bytes share it, a retrained adapter under the same name does not. Caches
+    that hold state computed under an adapter key it by ``version``, never by ``name``."""
+
     name: str
     path: str
     rank: int | None
     target_modules: tuple[str, ...]
+    version: str = ""
