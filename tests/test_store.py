@@ -66,7 +66,7 @@ FULL = NewMessage(
 def test_open_creates_database_with_pragmas_and_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "folder" / "h.db"
     with Store(path) as s:
-        assert s.schema_version == latest_version() == 4
+        assert s.schema_version == latest_version() == 5
         conn = s._connection()
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -82,7 +82,7 @@ def test_open_default_uses_helixloom_home(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HELIXLOOM_HOME", str(home))
     with Store.open_default() as s:
         assert s.path == home / "helixloom.db"
-        assert s.schema_version == 4
+        assert s.schema_version == latest_version()
     assert (home / "helixloom.db").is_file()
     assert (home / "adapters").is_dir()
 
@@ -94,6 +94,7 @@ def test_migrations_are_numbered_in_order() -> None:
         (2, "trees_ratings"),
         (3, "datasets_jobs"),
         (4, "jobs_process"),
+        (5, "preferences"),
     ]
     with pytest.raises(ValueError, match="in order"):
         migrations_module.check_order([MIGRATIONS[0], MIGRATIONS[2]])
@@ -108,6 +109,7 @@ def test_migrations_recorded_and_not_reapplied(tmp_path: Path) -> None:
         (2, "trees_ratings"),
         (3, "datasets_jobs"),
         (4, "jobs_process"),
+        (5, "preferences"),
     ]
     assert all(at.endswith("+00:00") for _, _, at in first)
     with Store(path) as s:
@@ -147,8 +149,8 @@ def test_upgrade_from_1_keeps_rows_and_adds_tables_and_column(tmp_path: Path) ->
         )
 
     with Store(path) as s:
-        assert s.schema_version == 4
-        assert [n for n, _, _ in s.applied_migrations()] == [1, 2, 3, 4]
+        assert s.schema_version == latest_version()
+        assert [n for n, _, _ in s.applied_migrations()] == list(range(1, latest_version() + 1))
         session = s.get_session("s1")
         assert session is not None
         assert (session.kind, session.title, session.meta, session.api_key_label) == (
@@ -185,7 +187,7 @@ def test_upgrade_from_2_keeps_nodes_and_ratings(tmp_path: Path) -> None:
         old.add_rating("session", "s1", 1)
 
     with Store(path) as s:
-        assert s.schema_version == 4
+        assert s.schema_version == latest_version()
         assert s.get_node(kid.id) == kid
         assert [n.id for n in s.tree_nodes("t")] == [root.id, kid.id]
         assert [(r.score, r.reason) for r in s.ratings_for("node", kid.id)] == [(-1, "dull")]
@@ -654,5 +656,35 @@ def test_concurrent_stores_on_one_fresh_file(tmp_path: Path) -> None:
 
     _run_threads(work, 8)
     with Store(path) as s:
-        assert [n for n, _, _ in s.applied_migrations()] == [1, 2, 3, 4]
+        assert [n for n, _, _ in s.applied_migrations()] == list(range(1, latest_version() + 1))
         assert len(s.list_sessions(limit=1000)) == 160
+
+
+def test_preferences_round_trip_and_refusals(store: Store) -> None:
+    root = store.add_node("t1", None, "Once upon a time")
+    a = store.add_node("t1", root.id, " there was a cat.")
+    b = store.add_node("t1", root.id, " there was a dog.")
+    pref = store.add_preference(
+        "Once upon a time",
+        a.text,
+        b.text,
+        source="loom-ab",
+        chosen_node_id=a.id,
+        rejected_node_id=b.id,
+        meta={"models": ["alpha", "beta"]},
+    )
+    store.add_preference("q", "short", "long answer", source="simulated")
+    assert pref.chosen == " there was a cat." and pref.rejected_node_id == b.id
+    assert pref.meta == {"models": ["alpha", "beta"]}
+    assert [p.id for p in store.list_preferences()] == [pref.id, pref.id + 1]
+    assert [p.source for p in store.list_preferences("simulated")] == ["simulated"]
+    for kwargs in (
+        {"chosen": "same", "rejected": "same"},
+        {"chosen": " ", "rejected": "x"},
+        {"chosen": "x", "rejected": "y", "source": ""},
+        {"chosen": "x", "rejected": "y", "chosen_node_id": "nope"},
+    ):
+        args = {"source": "loom-ab", **kwargs}
+        with pytest.raises(HelixloomError):
+            store.add_preference("p", **args)  # type: ignore[arg-type]
+    assert len(store.list_preferences()) == 2

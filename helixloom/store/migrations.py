@@ -142,6 +142,26 @@ MIGRATIONS: list[Migration] = [
         ALTER TABLE jobs ADD COLUMN host TEXT;
         """,
     ),
+    Migration(
+        5,
+        "preferences",
+        # Pairwise choices (blind A/B in the loom, the rating page, a simulated user): the prompt,
+        # the chosen and the rejected text, where each came from (node ids, model/adapter version).
+        """
+        CREATE TABLE preferences (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            prompt TEXT NOT NULL,
+            chosen TEXT NOT NULL,
+            rejected TEXT NOT NULL,
+            source TEXT NOT NULL,  -- who chose: 'loom-ab', 'rating-page', 'simulated', ...
+            chosen_node_id TEXT,
+            rejected_node_id TEXT,
+            meta TEXT,  -- JSON: models, adapter versions, samplers, reason
+            created_at TEXT
+        );
+        CREATE INDEX preferences_source ON preferences(source);
+        """,
+    ),
 ]
 
 

@@ -1,10 +1,11 @@
-"""Thumbs up and down on sessions, messages and tree nodes: the raw material of preference data."""
+"""Thumbs up and down on sessions, messages and tree nodes, and pairwise preferences: the raw
+material of preference data."""
 
 from __future__ import annotations
 
 from helixloom.errors import HelixloomError
 from helixloom.store.base import StoreBase
-from helixloom.store.records import TARGET_TYPES, Rating, TargetType, utc_now
+from helixloom.store.records import JSON, TARGET_TYPES, Preference, Rating, TargetType, dumps, utc_now
 
 # Fixed strings, never user input, so they may be formatted into SQL.
 _TARGET_TABLES: dict[str, str] = {"session": "sessions", "message": "messages", "node": "nodes"}
@@ -55,6 +56,60 @@ class RatingsMixin(StoreBase):
                 "SELECT * FROM ratings WHERE target_type = ? ORDER BY id DESC", (target_type,)
             )
         return [Rating.from_row(r) for r in rows]
+
+    def add_preference(
+        self,
+        prompt: str,
+        chosen: str,
+        rejected: str,
+        *,
+        source: str,
+        chosen_node_id: str | None = None,
+        rejected_node_id: str | None = None,
+        meta: JSON | None = None,
+    ) -> Preference:
+        """Record that ``chosen`` was preferred to ``rejected`` for ``prompt``.
+
+        Node ids, when given, must name existing tree nodes. Raises ``HelixloomError`` for an
+        empty answer, identical answers, an empty source or an unknown node.
+        """
+        if not chosen.strip() or not rejected.strip():
+            raise HelixloomError("a preference needs two non-empty answers", param="chosen")
+        if chosen == rejected:
+            raise HelixloomError("a preference needs two different answers", param="rejected")
+        if not source.strip():
+            raise HelixloomError("a preference needs a source", param="source")
+        with self._write() as conn:
+            for param, nid in (("chosen_node_id", chosen_node_id), ("rejected_node_id", rejected_node_id)):
+                if (
+                    nid is not None
+                    and not conn.execute("SELECT 1 FROM nodes WHERE id = ?", (nid,)).fetchone()
+                ):
+                    raise HelixloomError(f"node {nid} does not exist", param=param)
+            cur = conn.execute(
+                "INSERT INTO preferences (prompt, chosen, rejected, source, chosen_node_id,"
+                " rejected_node_id, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    prompt,
+                    chosen,
+                    rejected,
+                    source,
+                    chosen_node_id,
+                    rejected_node_id,
+                    dumps(meta, "meta"),
+                    utc_now(),
+                ),
+            )
+            row = conn.execute("SELECT * FROM preferences WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return Preference.from_row(row)
+
+    def list_preferences(self, source: str | None = None) -> list[Preference]:
+        """Every pairwise preference, or those from one source, oldest first."""
+        if source is None:
+            rows = self._fetchall("SELECT * FROM preferences ORDER BY id")
+        else:
+            rows = self._fetchall("SELECT * FROM preferences WHERE source = ? ORDER BY id", (source,))
+        return [Preference.from_row(r) for r in rows]
 
 
 def _check_target_type(target_type: str) -> None:

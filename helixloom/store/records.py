@@ -222,6 +222,35 @@ class Rating:
 
 
 @dataclass(frozen=True)
+class Preference:
+    """One pairwise choice: ``chosen`` was preferred to ``rejected`` as an answer to ``prompt``."""
+
+    id: int
+    prompt: str
+    chosen: str
+    rejected: str
+    source: str
+    chosen_node_id: str | None
+    rejected_node_id: str | None
+    meta: JSON | None
+    created_at: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Preference:
+        return cls(
+            id=row["id"],
+            prompt=row["prompt"],
+            chosen=row["chosen"],
+            rejected=row["rejected"],
+            source=row["source"],
+            chosen_node_id=row["chosen_node_id"],
+            rejected_node_id=row["rejected_node_id"],
+            meta=loads(row["meta"]),
+            created_at=row["created_at"],
+        )
+
+
+@dataclass(frozen=True)
 class Dataset:
     name: str
     path: Path
