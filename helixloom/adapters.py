@@ -1,4 +1,5 @@
-"""LoRA adapters known by name: resolving a name or folder, and registering one in the store.
+"""LoRA adapters known by name: resolving a name or folder, registering one in the store, and
+serving them live (``LiveAdapters``: each name at its newest content, versions pinned per request).
 
 Adapters are standard PEFT folders (servable by vLLM's ``--lora-modules`` as they are); the store
 keeps name -> folder, the base model they were made for and metadata such as a system prompt.
@@ -6,13 +7,21 @@ keeps name -> folder, the base model they were made for and metadata such as a s
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from helixloom import models
-from helixloom.engine.lora_folder import describe_base, inspect_adapter
+from helixloom.engine import Engine
+from helixloom.engine.lora_folder import ADAPTER_FILES, adapter_version, describe_base, inspect_adapter
 from helixloom.errors import AdapterError
 from helixloom.store import AdapterRecord, Store
+
+log = logging.getLogger("helixloom.adapters")
 
 
 def resolve(store: Store | None, name_or_path: str, *, model: str | None = None) -> tuple[str, Path]:
@@ -69,3 +78,231 @@ def helixnet_set(store: Store, name: str) -> dict[str, str]:
             "make one with `helixloom train helixnet --name NAME`; see `helixloom adapters list`",
         )
     return roles
+
+
+# ------------------------------------------------------------------------------ served live
+
+# What a retrain rewrites: a change to any of these (size, mtime, inode) makes the folder's content
+# hash be computed again. Hashing every request would read every weight; a stat is cheap.
+_WATCHED = (*ADAPTER_FILES, "adapter_model.gguf")
+Source = Literal["registry", "serve", "runtime"]
+
+
+@dataclass
+class _Loaded:
+    """One version of an adapter in the engine: the name the engine knows it by, the requests that
+    hold it, and the public names it is the current version of."""
+
+    engine_name: str
+    version: str
+    owned: bool  # loaded here, so unloaded here; False for one the engine held already
+    leases: int = 0
+    current_for: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class ServedAdapter:
+    """An adapter a server serves: its public name, folder, content version and where it came from
+    (the store's registry, ``serve --adapter``, or a runtime load)."""
+
+    name: str
+    folder: Path
+    version: str
+    source: Source
+
+
+class Pin:
+    """A version of an adapter held for one request: the engine keeps it loaded until every pin on it
+    is released, however many newer versions have been loaded meanwhile."""
+
+    def __init__(self, owner: LiveAdapters, loaded: _Loaded, name: str) -> None:
+        self.engine_name = loaded.engine_name
+        self.version = loaded.version
+        self.name = name
+        self._owner = owner
+        self._loaded: _Loaded | None = loaded
+
+    def release(self) -> None:
+        """Let the version go (a second call does nothing)."""
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None:
+            self._owner._release(loaded)
+
+
+class LiveAdapters:
+    """Adapters served by name on one engine, always at their newest content.
+
+    A name maps to a folder (the store's registry, or one given to ``add``). ``pin(name)`` hashes the
+    folder again when its files changed on disk and, when the content is new, loads that version into
+    the engine under a name of its own (``NAME@VERSION-N``) beside the old one; requests that pinned the
+    old version finish on it, and it is unloaded once the last of them lets go. So a retrained adapter
+    is never served stale and never swapped under a running request. Two names with the same content
+    share one loaded copy, and a version the engine already held (loaded by whoever built it) is used
+    as it is.
+    """
+
+    def __init__(self, engine: Engine, store: Store | None = None) -> None:
+        self.engine = engine
+        self.store = store
+        self._lock = threading.RLock()
+        self._folders: dict[str, tuple[Path, Source]] = {}  # serve --adapter and runtime loads
+        self._withdrawn: set[str] = set()  # registered names unloaded at runtime
+        self._hashes: dict[Path, tuple[tuple[Any, ...], str]] = {}  # folder -> (stat signature, version)
+        self._current: dict[str, _Loaded] = {}  # public name -> its newest loaded version
+        self._loaded: dict[str, _Loaded] = {}  # engine name -> version
+        self._loads = 0
+        # Unloading waits for the engine's running batch: it never runs on the thread that let go
+        # (an event loop may be the one dropping the last pin).
+        self._unloader = ThreadPoolExecutor(1, thread_name_prefix="helixloom-unload")
+
+    # ------------------------------------------------------------------ names
+
+    def add(self, name: str, folder: Path, source: Source = "runtime", *, load: bool = True) -> ServedAdapter:
+        """Serve ``folder`` as ``name`` (replacing what the name served); with ``load`` its current
+        version is loaded now, so a folder the engine cannot use fails here, not on first use."""
+        folder = folder.resolve()
+        inspect_adapter(folder, name)
+        with self._lock:
+            previous = self._folders.get(name)
+            self._folders[name] = (folder, source)
+            self._withdrawn.discard(name)
+            if load:
+                try:
+                    self.pin(name).release()
+                except BaseException:
+                    if previous is None:
+                        del self._folders[name]
+                    else:
+                        self._folders[name] = previous
+                    raise
+            return ServedAdapter(name, folder, self.version_of(folder), source)
+
+    def remove(self, name: str) -> None:
+        """Stop serving ``name`` (a registered one stays in the store, unserved until added again);
+        requests holding it finish first. ``KeyError`` when it is not served."""
+        with self._lock:
+            if name in self._folders:
+                del self._folders[name]
+            elif self._registered(name) is not None:
+                self._withdrawn.add(name)
+            else:
+                raise KeyError(name)
+            loaded = self._current.pop(name, None)
+            if loaded is not None:
+                loaded.current_for.discard(name)
+                self._maybe_unload(loaded)
+
+    def served(self) -> list[ServedAdapter]:
+        """Every adapter served now, by name, with its content version."""
+        with self._lock:
+            found: dict[str, tuple[Path, Source]] = {}
+            if self.store is not None:
+                for record in self.store.list_adapters():
+                    if record.name not in self._withdrawn:
+                        found[record.name] = (Path(record.path), "registry")
+            found.update(self._folders)
+            return [
+                ServedAdapter(name, folder, self.version_of(folder), source)
+                for name, (folder, source) in sorted(found.items())
+            ]
+
+    def folder_of(self, name: str) -> Path | None:
+        """The folder ``name`` serves, or None when it serves nothing."""
+        with self._lock:
+            if name in self._folders:
+                return self._folders[name][0]
+            return self._registered(name)
+
+    def version_of(self, folder: Path) -> str:
+        """The folder's content hash (``adapter_version``), hashed again only when its files changed."""
+        signature = _signature(folder)
+        with self._lock:
+            known = self._hashes.get(folder)
+            if known is not None and known[0] == signature:
+                return known[1]
+        version = adapter_version(folder)
+        with self._lock:
+            self._hashes[folder] = (signature, version)
+        return version
+
+    # ------------------------------------------------------------------ versions
+
+    def pin(self, name: str) -> Pin:
+        """The newest version of ``name``, loaded if it is not, held until the pin is released.
+        ``KeyError`` when the name serves nothing; ``AdapterError`` when its folder cannot be loaded."""
+        with self._lock:
+            folder = self.folder_of(name)
+            if folder is None:
+                raise KeyError(name)
+            version = self.version_of(folder)
+            loaded = self._current.get(name)
+            if loaded is None or loaded.version != version:
+                fresh = self._load(name, folder, version)
+                fresh.current_for.add(name)
+                self._current[name] = fresh
+                if loaded is not None:
+                    loaded.current_for.discard(name)
+                    self._maybe_unload(loaded)
+                loaded = fresh
+            loaded.leases += 1
+            return Pin(self, loaded, name)
+
+    def loaded_versions(self) -> dict[str, str]:
+        """Engine name -> version of every version loaded now (the old ones still held included)."""
+        with self._lock:
+            return {n: v.version for n, v in self._loaded.items()}
+
+    def close(self) -> None:
+        self._unloader.shutdown(wait=True)
+
+    def _load(self, name: str, folder: Path, version: str) -> _Loaded:
+        for loaded in self._loaded.values():
+            if loaded.version == version:
+                return loaded
+        held = next((a for a in self.engine.adapters() if a.version == version), None)
+        if held is not None:
+            loaded = _Loaded(held.name, version, owned=False)
+        else:
+            self._loads += 1
+            # PEFT keeps adapters in module dicts, whose keys may not hold '.'.
+            engine_name = f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)}@{version}-{self._loads}"
+            info = self.engine.load_adapter(engine_name, str(folder))
+            # The engine hashed what it read: if the files changed since, its version is the truth.
+            loaded = _Loaded(engine_name, info.version or version, owned=True)
+        self._loaded[loaded.engine_name] = loaded
+        return loaded
+
+    def _release(self, loaded: _Loaded) -> None:
+        with self._lock:
+            loaded.leases -= 1
+            self._maybe_unload(loaded)
+
+    def _maybe_unload(self, loaded: _Loaded) -> None:
+        if loaded.leases or loaded.current_for:
+            return
+        self._loaded.pop(loaded.engine_name, None)
+        if loaded.owned:
+            self._unloader.submit(self._unload, loaded.engine_name)
+
+    def _unload(self, engine_name: str) -> None:
+        try:
+            self.engine.unload_adapter(engine_name)
+        except Exception:  # an engine that cannot unload keeps it; nothing is served wrong
+            log.warning("could not unload adapter %s", engine_name, exc_info=True)
+
+    def _registered(self, name: str) -> Path | None:
+        if self.store is None or name in self._withdrawn:
+            return None
+        record = self.store.get_adapter(name)
+        return None if record is None else Path(record.path)
+
+
+def _signature(folder: Path) -> tuple[Any, ...]:
+    found = []
+    for file in _WATCHED:
+        try:
+            st = (folder / file).stat()
+        except OSError:
+            continue
+        found.append((file, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(found)

@@ -28,6 +28,23 @@ BatchEvent = tuple[int, StreamDelta | GenerationResult]
 AbortCheck = Callable[[int], bool]
 
 
+class TokenPrompt(str):
+    """A prompt given as token ids (what evaluation harnesses send when they hold the tokenizer).
+
+    It is a ``str`` (the ids detokenized, special tokens written out) so that everything that reads
+    prompts as text (records, echo, stop sequences, schedulers) keeps working; an engine that
+    ``supports_token_prompts`` reads ``ids`` instead, exactly: no BOS added or removed, nothing
+    re-tokenized, so log-probabilities line up with the ids the client counted.
+    """
+
+    ids: tuple[int, ...]
+
+    def __new__(cls, text: str, ids: Sequence[int]) -> TokenPrompt:
+        prompt = super().__new__(cls, text)
+        prompt.ids = tuple(int(i) for i in ids)
+        return prompt
+
+
 class Engine(abc.ABC):
     """Produces tokens for a batch of requests, each with its own prompt, adapter and sampling."""
 
@@ -42,9 +59,16 @@ class Engine(abc.ABC):
         "supports_embeddings",
         "supports_prompt_logprobs",
         "supports_tokenize",
+        "supports_token_prompts",
     )
     #: What a wrapper forwards besides the capabilities: the engine's description.
-    DESCRIPTION: ClassVar[tuple[str, ...]] = ("backend", "model_name", "chat_template", "max_model_len")
+    DESCRIPTION: ClassVar[tuple[str, ...]] = (
+        "backend",
+        "model_name",
+        "chat_template",
+        "max_model_len",
+        "eos_token_ids",
+    )
 
     # Capabilities, declared by each backend (a wrapper copies its inner engine's, which is why
     # these are plain attributes rather than ClassVars).
@@ -57,6 +81,7 @@ class Engine(abc.ABC):
     supports_embeddings: bool = False  # embed() gives pooled hidden states
     supports_prompt_logprobs: bool = False  # prompt_logprobs() scores the prompt's own tokens
     supports_tokenize: bool = False  # tokenize() and detokenize() give the model's own token ids
+    supports_token_prompts: bool = False  # a TokenPrompt is read as its ids, exactly
 
     #: The model spec this engine was made from, as the user gave it.
     model_name: str
@@ -64,6 +89,8 @@ class Engine(abc.ABC):
     chat_template: str | None = None
     #: The most tokens (prompt and completion together) one request may have; None when unknown.
     max_model_len: int | None = None
+    #: The token ids that end generation (the tokenizer's EOS first among them by id); empty if unknown.
+    eos_token_ids: frozenset[int] = frozenset()
 
     @abc.abstractmethod
     def stream_batch(
@@ -115,6 +142,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def adapters(self) -> list[AdapterInfo]:
         """The adapters loaded so far."""
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget a loaded adapter and free what it holds; later requests naming it fail. A name that
+        is not loaded raises ``AdapterError``. Reloading new weights is ``unload_adapter`` then
+        ``load_adapter`` (or loading the new version under a name of its own first, as the server
+        does, so requests in flight finish on the old one). Backends that cannot raise."""
+        raise HelixloomError(f"the {self.backend} engine for {self.model_name} cannot unload adapters")
 
     def prompt_logprobs(
         self, prompts: Sequence[str], *, adapter: str | None = None, top_k: int = 0

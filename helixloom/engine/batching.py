@@ -146,6 +146,11 @@ class BatchingEngine(Engine):
     def adapters(self) -> list[AdapterInfo]:
         return self.inner.adapters()
 
+    def unload_adapter(self, name: str) -> None:
+        """The inner engine's; it waits for the running batch (the inner engine's lock), so a caller
+        that must not wait (an event loop) calls it from a thread of its own."""
+        self.inner.unload_adapter(name)
+
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 

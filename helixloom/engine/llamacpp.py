@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from helixloom import models
-from helixloom.engine.base import AbortCheck, BatchEvent, Engine
+from helixloom.engine.base import AbortCheck, BatchEvent, Engine, TokenPrompt
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher, is_control_marker
+from helixloom.engine.lora_folder import adapter_version
 from helixloom.engine.types import (
     AdapterInfo,
     Constraint,
@@ -49,6 +50,7 @@ class LlamaCppEngine(Engine):
     supports_logprobs = True
     supports_constraints = True
     supports_tokenize = True
+    supports_token_prompts = True
 
     def __init__(
         self, spec: str | models.ModelSource, *, n_ctx: int = 4096, n_threads: int | None = None
@@ -83,6 +85,8 @@ class LlamaCppEngine(Engine):
     # ------------------------------------------------------------------ tokens
 
     def encode(self, prompt: str) -> list[int]:
+        if isinstance(prompt, TokenPrompt):
+            return list(prompt.ids)  # what the client counted, exactly
         return list(self.llm.tokenize(prompt.encode(), add_bos=True, special=True))
 
     def count_tokens(self, text: str) -> int:
@@ -151,12 +155,33 @@ class LlamaCppEngine(Engine):
             handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(file).encode())
             if not handle:
                 raise AdapterError(f"llama.cpp could not load {file} as a LoRA for {self.path.name}")
-            info = AdapterInfo(name, str(file.resolve()), None, ())
+            folder = Path(path)
+            # A PEFT folder's version is its content hash, as on every backend (the GGUF beside it is
+            # exported from those weights); a bare GGUF file's is the hash of that file.
+            peft_folder = (folder / "adapter_config.json").is_file()
+            version = adapter_version(folder) if peft_folder else _file_hash(file)
+            info = AdapterInfo(name, str(file.resolve()), None, (), version)
             self._adapters[name] = (info, handle)
             return info
 
     def adapters(self) -> list[AdapterInfo]:
         return [info for info, _ in self._adapters.values()]
+
+    def unload_adapter(self, name: str) -> None:
+        """Take the adapter off the context and free it. The cached KV is dropped if it was computed
+        under it, so a later adapter loaded under the same name never reuses it."""
+        import llama_cpp
+
+        with self._lock:
+            if name not in self._adapters:
+                raise AdapterError(f"adapter {name!r} is not loaded")
+            if self._applied == name:
+                self._use_adapter(None)
+            if self._kv_adapter == name:
+                self.llm.reset()
+                self._kv_adapter = None
+            _, handle = self._adapters.pop(name)
+            llama_cpp.llama_adapter_lora_free(handle)
 
     def _use_adapter(self, name: str | None) -> None:
         import llama_cpp
@@ -352,6 +377,17 @@ class LlamaCppEngine(Engine):
                 llama_cpp.llama_adapter_lora_free(handle)
             self._adapters.clear()
             self.llm.close()
+
+
+def _file_hash(file: Path) -> str:
+    """sha256 of a file, 16 hex (a GGUF adapter's version)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with file.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _log_softmax(logits: Any) -> Any:

@@ -305,15 +305,31 @@ class RemoteEngine(Engine):
     # ------------------------------------------------------------------ adapters and tokens
 
     def load_adapter(self, name: str, path: str) -> AdapterInfo:
-        """An adapter must already be served under ``name`` (e.g. vLLM ``--lora-modules name=path``)."""
+        """An adapter served under ``name`` (vLLM ``--lora-modules name=path``), or else loaded there
+        now through vLLM's ``POST /v1/load_lora_adapter`` (``path`` is a path on the server's
+        machine; vLLM needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, helixloom serves it as is)."""
         if name not in self._adapters:
             if name not in self._served_models():
-                raise AdapterError(
-                    f"{self.base_url} does not serve an adapter named {name!r}",
-                    f"serve it there, e.g. vllm serve ... --enable-lora --lora-modules {name}={path}",
-                )
-            self._adapters[name] = AdapterInfo(name, path, None, ())
+                self._adapter_call("load_lora_adapter", {"lora_name": name, "lora_path": path})
+            self._adapters[name] = AdapterInfo(name, path, None, (), _local_version(path))
         return self._adapters[name]
+
+    def unload_adapter(self, name: str) -> None:
+        """``POST /v1/unload_lora_adapter`` on the server (vLLM's); ``name`` is no longer served."""
+        if name not in self._adapters:
+            raise AdapterError(f"adapter {name!r} is not loaded")
+        self._adapter_call("unload_lora_adapter", {"lora_name": name})
+        del self._adapters[name]
+
+    def _adapter_call(self, route: str, body: dict[str, Any]) -> None:
+        """One of vLLM's adapter routes; its refusal as an ``AdapterError`` with the server's words."""
+        try:
+            self._call(lambda: self._client.post(route, body=body, cast_to=str))
+        except HelixloomError as exc:
+            raise AdapterError(
+                f"{route} of {body['lora_name']!r}: {exc.message}",
+                "a vLLM server loads adapters at runtime with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True",
+            ) from exc
 
     def adapters(self) -> list[AdapterInfo]:
         return list(self._adapters.values())
@@ -374,6 +390,20 @@ def _chunk_logprobs(lp: Any) -> list[GeneratedTokenLogprobs]:
             )
         )
     return out
+
+
+def _local_version(path: str) -> str:
+    """The content hash of an adapter folder when this machine can read it (the usual case of a
+    server on the same filesystem); empty when the path is only the server's."""
+    from pathlib import Path
+
+    from helixloom.engine.lora_folder import adapter_version
+
+    try:
+        folder = Path(path)
+        return adapter_version(folder) if (folder / "adapter_config.json").is_file() else ""
+    except OSError:
+        return ""
 
 
 def _message(exc: Any) -> str:

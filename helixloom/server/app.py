@@ -26,7 +26,7 @@ from helixloom.server.state import ServerState
 
 log = logging.getLogger("helixloom.server")
 #: Routes beside /v1 and /api that need the API key too (vLLM's, where vLLM serves them).
-KEYED_ROUTES = ("/tokenize", "/detokenize")
+KEYED_ROUTES = ("/tokenize", "/detokenize", "/tokenizer_info")
 
 
 def create_app(state: ServerState) -> FastAPI:

@@ -125,9 +125,15 @@ class Call:
             self.inputs,
             self.params,
             results,
-            adapter=self.target.adapter,
+            # The adapter by its public name, and which version of it answered.
+            adapter=self.target.name if self.target.kind == "adapter" else None,
             kind="api",
-            meta={"endpoint": self.origin.endpoint, "model": self.target.name, "n": self.n},
+            meta={
+                "endpoint": self.origin.endpoint,
+                "model": self.target.name,
+                "n": self.n,
+                **({"adapter_version": self.target.version} if self.target.version else {}),
+            },
             api_key_label=self.origin.key_label,
             session_id=self.origin.session_id,
         )

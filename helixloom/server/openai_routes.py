@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from helixloom import prompting
 from helixloom.documents import dataset
+from helixloom.engine.base import TokenPrompt
 from helixloom.errors import HelixloomError
 from helixloom.helixnet import SEED_SAMPLING
-from helixloom.server import pipelines
+from helixloom.server import adapter_routes, pipelines
 from helixloom.server.calls import Call, Origin
 from helixloom.server.protocol import ChatCompletionRequest, CompletionRequest, constraint_from
 from helixloom.server.responses import (
@@ -35,18 +36,36 @@ from helixloom.server.responses import (
 from helixloom.server.state import PIPELINES, state_of
 
 router = APIRouter(prefix="/v1")
+router.include_router(adapter_routes.router)
 
 
 @router.get("/models")
 def list_models(request: Request) -> dict[str, Any]:
     state = state_of(request)
     created, base = int(time.time()), state.base_id
-    cards = [ModelCard(id=base, created=created, root=base)]
+    cards = [ModelCard(id=base, created=created, root=base, max_model_len=state.engine.max_model_len)]
     cards += [
-        ModelCard(id=n, created=created, root=base, parent=base) for n in sorted(state.served_adapters())
+        ModelCard(
+            id=a.name,
+            created=created,
+            root=base,
+            parent=base,
+            version=a.version,
+            metadata=shown_meta(state.store.adapter_meta(a.name)) or None,
+        )
+        for a in state.served_adapters()
     ]
     cards += [ModelCard(id=n, created=created, parent=base) for n in PIPELINES]
     return ModelList(data=cards).model_dump()
+
+
+#: What /v1/models shows of an adapter's stored metadata: what it is and how well it did, never where
+#: its files or documents live (a learned adapter keeps its sources' paths).
+SHOWN_META = ("report", "rank", "target_modules", "role", "helixnet")
+
+
+def shown_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta[k] for k in SHOWN_META if k in meta}
 
 
 @router.post("/chat/completions", response_model=None)
@@ -65,7 +84,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
     if target.kind == "weave":
         return pipelines.weave_chat(state, body, params, origin)
     # An adapter made by `helixloom learn` brings its system prompt and its documents' sources.
-    learned = state.store.adapter_meta(target.adapter)
+    learned = state.store.adapter_meta(target.name if target.kind == "adapter" else None)
     messages = body.plain_messages()
     if learned.get("system_prompt") and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": learned["system_prompt"]}, *messages]
@@ -103,7 +122,7 @@ def completions(body: CompletionRequest, request: Request) -> JSONResponse | Str
     if target.is_pipeline:
         raise HelixloomError(f"{body.model} is a chat pipeline", "use /v1/chat/completions", param="model")
     origin = Origin.of(request, "completions")
-    prompts = body.prompts()
+    prompts = body.prompts(state.engine)
     params = body.to_sampling(state.config.default_max_tokens)
     inputs = [("user", p) for p in prompts]
     call = Call(state, target, prompts, params, body.n, inputs, origin, constraint_from(body.response_format))
@@ -120,7 +139,9 @@ def completions(body: CompletionRequest, request: Request) -> JSONResponse | Str
         if scored is not None:  # already tokenized for scoring (the tokens of the text, as count_tokens)
             prompt_tokens = sum(len(s.token_ids) for s in scored)
         else:
-            prompt_tokens = sum(state.engine.count_tokens(p) for p in prompts)
+            prompt_tokens = sum(
+                len(p.ids) if isinstance(p, TokenPrompt) else state.engine.count_tokens(p) for p in prompts
+            )
         choices = [
             CompletionChoice(
                 index=i,

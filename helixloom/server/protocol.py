@@ -14,7 +14,8 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from helixloom.engine import Constraint, SamplingParams, sampling
+from helixloom.engine import Constraint, Engine, SamplingParams, sampling
+from helixloom.engine.base import TokenPrompt
 from helixloom.errors import HelixloomError
 from helixloom.server.responses import ErrorInfo, ErrorResponse
 from helixloom.weave.evaluator import Question
@@ -186,7 +187,9 @@ def constraint_from(response_format: dict[str, Any] | None) -> Constraint | None
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    # Text, texts, token ids or lists of them: OpenAI's four forms (an evaluation harness that holds
+    # the tokenizer sends ids).
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = None
     suffix: str | None = None
@@ -222,10 +225,31 @@ class CompletionRequest(_Sampling):
         """False for ``max_tokens: 0`` with ``echo``: the answer is the prompt alone."""
         return self.max_tokens != 0
 
-    def prompts(self) -> list[str]:
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        if not prompts or any(not isinstance(p, str) or not p for p in prompts):
-            raise HelixloomError("prompt must be a non-empty string or a list of them", param="prompt")
+    def prompts(self, engine: Engine) -> list[str]:
+        """The prompts as the engine takes them; token ids become ``TokenPrompt``s, which the engine
+        reads as those ids exactly (a 400 where the engine cannot, or an id is out of its vocabulary)."""
+        raw = self.prompt
+        if isinstance(raw, str) or (raw and all(isinstance(p, str) for p in raw)):
+            texts = [raw] if isinstance(raw, str) else [p for p in raw if isinstance(p, str)]
+            if not texts or any(not p for p in texts):
+                raise HelixloomError("prompt must be a non-empty string or a list of them", param="prompt")
+            return texts
+        lists: list[list[int]] = []
+        for item in [raw] if raw and all(isinstance(t, int) for t in raw) else raw:
+            if not isinstance(item, list) or not item or not all(isinstance(t, int) for t in item):
+                raise HelixloomError("prompt must be text or token ids, never empty", param="prompt")
+            lists.append([t for t in item if isinstance(t, int)])
+        if not lists:
+            raise HelixloomError("prompt must be text or token ids, never empty", param="prompt")
+        if not engine.supports_token_prompts:
+            raise HelixloomError(f"the {engine.backend} engine takes prompts as text only", param="prompt")
+        prompts: list[str] = []
+        for ids in lists:
+            try:
+                text = engine.detokenize(ids)
+            except HelixloomError as exc:
+                raise HelixloomError(exc.message, param="prompt") from None
+            prompts.append(TokenPrompt(text, ids))
         return prompts
 
 
@@ -269,6 +293,21 @@ class DetokenizeRequest(OpenAIModel):
 
     model: str | None = None  # default: the base model
     tokens: list[int]
+
+
+class LoadLoRAAdapterRequest(OpenAIModel):
+    """vLLM's ``POST /v1/load_lora_adapter``; ``load_inplace`` replaces what a served name holds."""
+
+    lora_name: str
+    lora_path: str
+    load_inplace: bool = False
+
+
+class UnloadLoRAAdapterRequest(OpenAIModel):
+    """vLLM's ``POST /v1/unload_lora_adapter`` (its ``lora_int_id`` is accepted and not needed)."""
+
+    lora_name: str
+    lora_int_id: int | None = None
 
 
 class WeaveQuestion(BaseModel):

@@ -46,7 +46,7 @@ class ErrorResponse(OpenAIResponse):
 
 
 class ModelCard(OpenAIResponse):
-    absent_when_none = frozenset({"root", "parent"})
+    absent_when_none = frozenset({"root", "parent", "max_model_len", "version", "metadata"})
 
     id: str
     object: Literal["model"] = "model"
@@ -54,6 +54,9 @@ class ModelCard(OpenAIResponse):
     owned_by: str = FINGERPRINT
     root: str | None = None
     parent: str | None = None
+    max_model_len: int | None = None  # vLLM's
+    version: str | None = None  # an adapter's content hash: it changes when the adapter is retrained
+    metadata: dict[str, Any] | None = None  # what the store keeps with an adapter (its report, rank...)
 
 
 class ModelList(OpenAIResponse):

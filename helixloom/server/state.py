@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -10,14 +12,17 @@ from typing import Literal
 from starlette.requests import Request
 
 from helixloom import paths
+from helixloom.adapters import LiveAdapters, ServedAdapter
 from helixloom.engine import Engine
 from helixloom.engine.batching import BatchingEngine
-from helixloom.errors import HelixloomError, ModelNotFound
+from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
 from helixloom.helixnet import STAGES, PromptFormat, Stage
 from helixloom.server.job_policy import JobPolicy
 from helixloom.server.job_runner import CommandParser, JobRunner
 from helixloom.server.security import HostCheck, KeyRing
 from helixloom.store import Store
+
+log = logging.getLogger("helixloom.server")
 
 Pipeline = Literal["helixnet", "weave"]
 PIPELINES: tuple[Pipeline, ...] = ("helixnet", "weave")
@@ -39,6 +44,7 @@ class ServerConfig:
     helixnet_rounds: int = 1
     helixnet_gate: bool = False  # a request's `gate` field overrides it
     run_jobs: bool = True  # run jobs submitted to POST /api/jobs (one at a time, as subprocesses)
+    load_adapters: bool = True  # POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's)
     job_models: tuple[str, ...] = ()  # model specs jobs may name besides the served one and the default
     host: str = "127.0.0.1"  # the address bound: the Host header may name it
     allowed_hosts: tuple[str, ...] = ()  # more names the Host header may carry ("*": any)
@@ -54,15 +60,29 @@ def state_of(request: Request) -> ServerState:
 
 @dataclass(frozen=True)
 class Target:
-    """What a request's ``model`` names: the base model, one of its adapters, or a pipeline."""
+    """What a request's ``model`` names: the base model, one of its adapters, or a pipeline.
+
+    For an adapter, ``adapter`` is the name the engine knows its current version by and ``version``
+    that version's content hash; the version stays loaded as long as this Target lives (a request
+    holds its Target until its answer is done, a streamed one through its ``Call``), so a reload
+    never changes the weights under a running request."""
 
     kind: Literal["base", "adapter"] | Pipeline
     name: str
     adapter: str | None = None
+    version: str | None = None
 
     @property
     def is_pipeline(self) -> bool:
         return self.kind in PIPELINES
+
+
+class AdapterNotFound(HelixloomError):
+    """A load or unload that names no adapter (vLLM answers these with 404)."""
+
+
+#: Where an adapter loaded over HTTP may live: the CLI's adapters and what jobs wrote.
+LOADABLE = ("adapters", "outputs")
 
 
 class ServerState:
@@ -91,15 +111,16 @@ class ServerState:
         self.store = store
         self.helixnet_format = PromptFormat.load(config.helixnet_format)
         self._lock = threading.Lock()
-        self._extra_adapters = {
-            name: str(Path(p).expanduser().resolve()) for name, p in config.adapters.items()
-        }
-        for name, path in self._extra_adapters.items():
-            self.engine.load_adapter(name, path)  # fail at start-up, not on the first request
+        self.adapters = LiveAdapters(self.engine, store)
+        for name, path in config.adapters.items():
+            self.adapters.add(name, Path(path).expanduser(), "serve")  # fail at start-up, not on use
+        # HelixNet's roles are loaded once, at start-up, and held for the server's life (a pipeline
+        # runs several stages and holds no Target across them).
+        self._role_targets: list[Target] = []
         self.helixnet_roles: dict[Stage, str | None] = {}
         for stage in STAGES:
             spec = config.helixnet_adapters.get(stage)
-            self.helixnet_roles[stage] = self.ensure_adapter(spec) if spec else None
+            self.helixnet_roles[stage] = self._role_adapter(spec) if spec else None
         self.jobs = JobRunner(store, command_parser)
         if config.run_jobs:
             self.jobs.start()
@@ -108,31 +129,109 @@ class ServerState:
     def base_id(self) -> str:
         return self.config.model
 
-    def served_adapters(self) -> dict[str, str]:
-        """Adapter name -> folder: the registry's and those given to ``serve``."""
-        served = {r.name: str(r.path) for r in self.store.list_adapters()}
-        served.update(self._extra_adapters)
-        return served
+    def served_adapters(self) -> list[ServedAdapter]:
+        """The adapters served now: the registry's, those given to ``serve`` and those loaded at
+        runtime, each with its content version."""
+        return self.adapters.served()
 
     def resolve(self, model: str) -> Target:
-        """The target a request's ``model`` names; ``ModelNotFound`` (404) when it names nothing."""
+        """The target a request's ``model`` names; ``ModelNotFound`` (404) when it names nothing. An
+        adapter whose files changed since it was loaded is loaded again (its new version) here."""
         if model == self.base_id:
             return Target("base", model)
         for pipeline in PIPELINES:
             if model == pipeline:
                 return Target(pipeline, model)
-        if model in self.served_adapters():
-            return Target("adapter", model, self.ensure_adapter(model))
-        raise ModelNotFound(f"The model `{model}` does not exist", "see GET /v1/models")
+        try:
+            pin = self.adapters.pin(model)
+        except KeyError:
+            raise ModelNotFound(f"The model `{model}` does not exist", "see GET /v1/models") from None
+        except AdapterError as exc:
+            # The engine's message names folders on this machine; the client gets what it can act on.
+            log.warning("adapter %s cannot be loaded: %s", model, exc)
+            raise HelixloomError(
+                f"adapter {model!r} cannot be loaded now (its folder changed and is not a LoRA "
+                "this model can use, or is still being written)",
+                "retry once it is written; the server's log has the details",
+                param="model",
+            ) from None
+        target = Target("adapter", model, pin.engine_name, pin.version)
+        weakref.finalize(target, pin.release)
+        return target
 
-    def ensure_adapter(self, name_or_path: str) -> str:
-        """Load an adapter into the engine on first use; returns the name requests use."""
+    def load_adapter(self, name: str, lora_path: str, *, inplace: bool = False) -> ServedAdapter:
+        """vLLM's ``POST /v1/load_lora_adapter``: serve ``lora_path`` as ``name`` from now on.
+
+        ``lora_path`` comes from a client: it is a registered adapter's name, or a folder under
+        ``adapters/`` or ``outputs/`` of HELIXLOOM_HOME (relative paths are the home's). A name already
+        served is refused unless ``inplace`` (vLLM's ``load_inplace``): then its new content is loaded
+        beside the old, which requests in flight keep until they finish."""
+        if not self.config.load_adapters:
+            raise HelixloomError("this server does not load adapters at runtime", param="lora_name")
+        if not name or not lora_path:
+            raise HelixloomError("Both 'lora_name' and 'lora_path' must be provided.", param="lora_name")
+        paths.check_name(name, "adapter name", param="lora_name")
+        if name == self.base_id or name in PIPELINES:
+            raise HelixloomError(
+                f"{name!r} is a model of this server, not an adapter name", param="lora_name"
+            )
+        if self.adapters.folder_of(name) is not None and not inplace:
+            raise HelixloomError(f"The lora adapter '{name}' has already been loaded.", param="lora_name")
+        folder = self._loadable_folder(lora_path)
+        try:
+            return self.adapters.add(name, folder, "runtime")
+        except AdapterError as exc:
+            log.warning("adapter %s from %s cannot be loaded: %s", name, lora_path, exc)
+            raise HelixloomError(
+                f"{lora_path} is not a LoRA adapter this model can use",
+                "give a PEFT LoRA folder made for the served model",
+                param="lora_path",
+            ) from None
+
+    def unload_adapter(self, name: str) -> None:
+        """vLLM's ``POST /v1/unload_lora_adapter``: stop serving ``name`` (requests holding it finish
+        first; a registered adapter stays in the store)."""
+        if not self.config.load_adapters:
+            raise HelixloomError("this server does not unload adapters at runtime", param="lora_name")
+        try:
+            self.adapters.remove(name)
+        except KeyError:
+            raise AdapterNotFound(f"The lora adapter '{name}' cannot be found.", param="lora_name") from None
+
+    def _loadable_folder(self, lora_path: str) -> Path:
+        registered = self.store.get_adapter(lora_path)
+        if registered is not None:
+            return Path(registered.path)
+        home = paths.home().resolve()
+        try:
+            folder = paths.confined(lora_path, home)
+        except (HelixloomError, OSError, ValueError):
+            raise HelixloomError(
+                f"{lora_path} is outside HELIXLOOM_HOME",
+                f"load a registered adapter by name, or a folder under {' or '.join(LOADABLE)}/",
+                param="lora_path",
+            ) from None
+        if not any(folder == home / r or (home / r) in folder.parents for r in LOADABLE):
+            raise HelixloomError(
+                f"{lora_path} is outside {' and '.join(r + '/' for r in LOADABLE)} of HELIXLOOM_HOME",
+                "load a registered adapter by name, or a folder a job wrote under outputs/",
+                param="lora_path",
+            )
+        if not folder.is_dir():
+            raise AdapterNotFound(f"No adapter found at {lora_path}", param="lora_path")
+        return folder
+
+    def _role_adapter(self, spec: str) -> str:
+        """A HelixNet role's adapter (a served name, or a folder) loaded and held; the engine's name."""
         from helixloom import adapters
 
+        if self.adapters.folder_of(spec) is not None:
+            target = self.resolve(spec)
+            self._role_targets.append(target)
+            assert target.adapter is not None
+            return target.adapter
         with self._lock:
-            if name_or_path in self._extra_adapters:
-                return name_or_path
-            name, folder = adapters.resolve(self.store, name_or_path)
+            name, folder = adapters.resolve(self.store, spec)
             loaded = {a.name: a.path for a in self.engine.adapters()}
             if name not in loaded:
                 self.engine.load_adapter(name, str(folder))
@@ -161,5 +260,6 @@ class ServerState:
 
     def close(self) -> None:
         self.jobs.stop()
+        self.adapters.close()
         self.engine.close()
         self.store.close()

@@ -1,4 +1,6 @@
-"""vLLM's ``POST /tokenize`` and ``POST /detokenize``, at the server root where vLLM serves them.
+"""vLLM's ``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info`` and ``GET /version``, at
+the server root where vLLM serves them (evaluation harnesses tokenize through them: lm-evaluation-
+harness's ``tokenizer_backend=remote``).
 
 A remote engine pointed at this server finds the served model's chat template through them (chat
 messages are rendered here) and counts tokens with the served tokenizer. Adapters share the base
@@ -11,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from helixloom import __version__
 from helixloom.engine import Engine
 from helixloom.errors import HelixloomError
 from helixloom.server.protocol import DetokenizeRequest, TokenizeRequest
@@ -40,6 +43,34 @@ def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
 def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
     engine = _tokenizer(state_of(request), body.model)
     return {"prompt": engine.detokenize(body.tokens)}
+
+
+@router.get("/tokenizer_info")
+def tokenizer_info(request: Request) -> dict[str, Any]:
+    """The served tokenizer's special tokens and chat template, as vLLM's ``/tokenizer_info`` gives
+    them (what a client that tokenizes remotely needs: BOS to prefix, EOS to stop at)."""
+    state = state_of(request)
+    engine = _tokenizer(state, None)
+    added = engine.tokenize("", add_special_tokens=True)  # what the tokenizer puts before every text
+    bos_id = added[0] if added else None
+    eos_id = min(engine.eos_token_ids) if engine.eos_token_ids else None
+    return {
+        "tokenizer_class": f"{engine.backend}:{state.base_id}",
+        "bos_token": engine.detokenize([bos_id]) if bos_id is not None else None,
+        "bos_token_id": bos_id,
+        "eos_token": engine.detokenize([eos_id]) if eos_id is not None else None,
+        "eos_token_id": eos_id,
+        "pad_token": None,
+        "add_bos_token": bos_id is not None,
+        "chat_template": engine.chat_template,
+        "model_max_length": engine.max_model_len,
+    }
+
+
+@router.get("/version")
+def version() -> dict[str, str]:
+    """vLLM's ``/version``: this server's version."""
+    return {"version": __version__}
 
 
 def _tokenizer(state: ServerState, model: str | None) -> Engine:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helixloom import models
-from helixloom.engine.base import AbortCheck, BatchEvent, Engine, apply_chat_template
+from helixloom.engine.base import AbortCheck, BatchEvent, Engine, TokenPrompt, apply_chat_template
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
 from helixloom.engine.grammar import COMPILE_TIMEOUT_S, Grammars
 from helixloom.engine.hf import decode
@@ -53,6 +53,7 @@ class HFEngine(Engine):
     supports_embeddings = True
     supports_prompt_logprobs = True
     supports_tokenize = True
+    supports_token_prompts = True
     embed_batch_size = 16  # texts per forward pass in embed()
     max_model_len: int  # the model's max_position_embeddings (2**20 when it names none)
 
@@ -96,7 +97,10 @@ class HFEngine(Engine):
     # ------------------------------------------------------------------ tokens
 
     def encode(self, prompt: str) -> list[int]:
-        """Prompt token ids; the BOS token is added unless the text (e.g. from a chat template) has it."""
+        """Prompt token ids; the BOS token is added unless the text (e.g. from a chat template) has it.
+        A ``TokenPrompt`` is its own ids."""
+        if isinstance(prompt, TokenPrompt):
+            return list(prompt.ids)  # what the client counted, exactly
         check_text(prompt)
         bos = self.tokenizer.bos_token
         add_special = not (bos and prompt.startswith(bos))
@@ -161,6 +165,19 @@ class HFEngine(Engine):
 
     def adapters(self) -> list[AdapterInfo]:
         return list(self._adapters.values())
+
+    def unload_adapter(self, name: str) -> None:
+        """Delete the adapter's LoRA weights from the model, between batches (the engine's lock).
+        With the last adapter gone the model is the plain base model again: PEFT cannot run with
+        no adapter at all (its active adapter would name a deleted one)."""
+        with self._lock:
+            if name not in self._adapters:
+                raise AdapterError(f"adapter {name!r} is not loaded")
+            if len(self._adapters) == 1:
+                self.model = self.model.unload().eval()  # the LoRA layers taken out, nothing merged
+            else:
+                self.model.delete_adapter(name)
+            del self._adapters[name]
 
     def _adapter_names(self, adapters: Sequence[str | None]) -> dict[str, Any]:
         unknown = sorted({a for a in adapters if a is not None and a not in self._adapters})
