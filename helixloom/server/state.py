@@ -170,11 +170,9 @@ class ServerState:
             raise HelixloomError("this server does not load adapters at runtime", param="lora_name")
         if not name or not lora_path:
             raise HelixloomError("Both 'lora_name' and 'lora_path' must be provided.", param="lora_name")
-        paths.check_name(name, "adapter name", param="lora_name")
         if name == self.base_id or name in PIPELINES:
-            raise HelixloomError(
-                f"{name!r} is a model of this server, not an adapter name", param="lora_name"
-            )
+            raise HelixloomError(f"{name!r} is a model of this server, not an adapter", param="lora_name")
+        paths.check_name(name, "adapter name", param="lora_name")
         if self.adapters.folder_of(name) is not None and not inplace:
             raise HelixloomError(f"The lora adapter '{name}' has already been loaded.", param="lora_name")
         folder = self._loadable_folder(lora_path)

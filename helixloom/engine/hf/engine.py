@@ -177,6 +177,10 @@ class HFEngine(Engine):
                 self.model = self.model.unload().eval()  # the LoRA layers taken out, nothing merged
             else:
                 self.model.delete_adapter(name)
+                # PEFT may leave the deleted adapter active (when the others target other layers);
+                # requests pass adapter_names per row, so which one is "active" matters only to PEFT.
+                rest = next(n for n in self._adapters if n != name)
+                self.model.set_adapter(rest, inference_mode=True)
             del self._adapters[name]
 
     def _adapter_names(self, adapters: Sequence[str | None]) -> dict[str, Any]:
