@@ -7,6 +7,7 @@ keeps name -> folder, the base model they were made for and metadata such as a s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -123,10 +124,12 @@ class Pin:
         self._loaded: _Loaded | None = loaded
 
     def release(self) -> None:
-        """Let the version go (a second call does nothing)."""
+        """Let the version go (a second call does nothing). Safe from any thread and from a garbage
+        collector's finalizer: the bookkeeping runs on the owner's own thread, never inside a caller
+        that may hold the owner's lock."""
         loaded, self._loaded = self._loaded, None
         if loaded is not None:
-            self._owner._release(loaded)
+            self._owner._release_soon(loaded)
 
 
 class LiveAdapters:
@@ -151,9 +154,9 @@ class LiveAdapters:
         self._current: dict[str, _Loaded] = {}  # public name -> its newest loaded version
         self._loaded: dict[str, _Loaded] = {}  # engine name -> version
         self._loads = 0
-        # Unloading waits for the engine's running batch: it never runs on the thread that let go
-        # (an event loop may be the one dropping the last pin).
-        self._unloader = ThreadPoolExecutor(1, thread_name_prefix="helixloom-unload")
+        # Releases and unloads run here, in order: unloading waits for the engine's running batch, and
+        # the thread that lets a pin go may be an event loop, or a garbage collector inside ``pin``.
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="helixloom-adapters")
 
     # ------------------------------------------------------------------ names
 
@@ -253,7 +256,7 @@ class LiveAdapters:
             return {n: v.version for n, v in self._loaded.items()}
 
     def close(self) -> None:
-        self._unloader.shutdown(wait=True)
+        self._worker.shutdown(wait=True)
 
     def _load(self, name: str, folder: Path, version: str) -> _Loaded:
         for loaded in self._loaded.values():
@@ -272,6 +275,10 @@ class LiveAdapters:
         self._loaded[loaded.engine_name] = loaded
         return loaded
 
+    def _release_soon(self, loaded: _Loaded) -> None:
+        with contextlib.suppress(RuntimeError):  # closed: the engine goes with the server
+            self._worker.submit(self._release, loaded)
+
     def _release(self, loaded: _Loaded) -> None:
         with self._lock:
             loaded.leases -= 1
@@ -282,7 +289,7 @@ class LiveAdapters:
             return
         self._loaded.pop(loaded.engine_name, None)
         if loaded.owned:
-            self._unloader.submit(self._unload, loaded.engine_name)
+            self._worker.submit(self._unload, loaded.engine_name)
 
     def _unload(self, engine_name: str) -> None:
         try:

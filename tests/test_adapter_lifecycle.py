@@ -307,7 +307,50 @@ def test_a_remote_engine_loads_and_unloads_on_the_server(
         assert out == greedy(reference, home_adapter)
         remote.unload_adapter("mine")
         assert "mine" not in models(url) and remote.adapters() == []
-        with pytest.raises(Exception, match=r"outside HELIXLOOM_HOME"):
+        with pytest.raises(
+            Exception,
+            match=r"does not serve an adapter named .other., and would not load it.*outside HELIXLOOM_HOME",
+        ):
             remote.load_adapter("other", "/definitely/not/here")
     finally:
         remote.close()
+
+
+@pytest.mark.default_model
+def test_llamacpp_unloads_and_reuses_a_name_without_stale_kv(
+    default_model_home: Path, gemma_loras: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On llama.cpp: unload frees the adapter; a name loaded again with other weights is served with
+    them (the KV computed under the old weights is not reused); token prompts read their ids."""
+    pytest.importorskip("llama_cpp")
+    from helixloom.engine.base import TokenPrompt
+    from helixloom.engine.llamacpp import LlamaCppEngine
+
+    monkeypatch.setenv("HELIXLOOM_HOME", str(default_model_home))
+    params = sampling(temperature=0, max_tokens=8, ignore_eos=True)
+    prompt = "The capital of France is"
+    lc, ref = LlamaCppEngine("llamacpp:default"), LlamaCppEngine("llamacpp:default")
+    try:
+        ref.load_adapter("one", str(gemma_loras["rand"]))
+        ref.load_adapter("two", str(gemma_loras["rand2"]))
+        expect = {n: ref.generate([GenerationRequest(prompt, params, n)])[0].text for n in ("one", "two")}
+        base = ref.generate([GenerationRequest(prompt, params)])[0].text
+        assert len({*expect.values(), base}) == 3
+
+        info = lc.load_adapter("x", str(gemma_loras["rand"]))
+        assert info.version == adapter_version(gemma_loras["rand"])
+        assert lc.generate([GenerationRequest(prompt, params, "x")])[0].text == expect["one"]
+        lc.unload_adapter("x")
+        assert lc.adapters() == []
+        with pytest.raises(Exception, match="not loaded"):
+            lc.generate([GenerationRequest(prompt, params, "x")])
+        lc.load_adapter("x", str(gemma_loras["rand2"]))  # the same name, other weights
+        assert lc.generate([GenerationRequest(prompt, params, "x")])[0].text == expect["two"]
+        assert lc.generate([GenerationRequest(prompt, params)])[0].text == base
+
+        ids = lc.tokenize(prompt)
+        token_prompt = TokenPrompt(lc.detokenize(ids), ids)
+        assert lc.generate([GenerationRequest(token_prompt, params)])[0].text == base
+    finally:
+        lc.close()
+        ref.close()

@@ -310,7 +310,15 @@ class RemoteEngine(Engine):
         machine; vLLM needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, helixloom serves it as is)."""
         if name not in self._adapters:
             if name not in self._served_models():
-                self._adapter_call("load_lora_adapter", {"lora_name": name, "lora_path": path})
+                try:
+                    self._adapter_call("load_lora_adapter", {"lora_name": name, "lora_path": path})
+                except HelixloomError as exc:
+                    raise AdapterError(
+                        f"{self.base_url} does not serve an adapter named {name!r}, and would not load "
+                        f"it from {path}: {exc.message}",
+                        f"serve it there (vllm serve ... --enable-lora --lora-modules {name}={path}), or "
+                        "let vLLM load adapters at runtime (VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)",
+                    ) from exc
             self._adapters[name] = AdapterInfo(name, path, None, (), _local_version(path))
         return self._adapters[name]
 
@@ -318,18 +326,15 @@ class RemoteEngine(Engine):
         """``POST /v1/unload_lora_adapter`` on the server (vLLM's); ``name`` is no longer served."""
         if name not in self._adapters:
             raise AdapterError(f"adapter {name!r} is not loaded")
-        self._adapter_call("unload_lora_adapter", {"lora_name": name})
+        try:
+            self._adapter_call("unload_lora_adapter", {"lora_name": name})
+        except HelixloomError as exc:
+            raise AdapterError(f"{self.base_url} would not unload {name!r}: {exc.message}") from exc
         del self._adapters[name]
 
     def _adapter_call(self, route: str, body: dict[str, Any]) -> None:
-        """One of vLLM's adapter routes; its refusal as an ``AdapterError`` with the server's words."""
-        try:
-            self._call(lambda: self._client.post(route, body=body, cast_to=str))
-        except HelixloomError as exc:
-            raise AdapterError(
-                f"{route} of {body['lora_name']!r}: {exc.message}",
-                "a vLLM server loads adapters at runtime with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True",
-            ) from exc
+        """One of vLLM's adapter routes (they answer 200 with a line of text)."""
+        self._call(lambda: self._client.post(route, body=body, cast_to=str))
 
     def adapters(self) -> list[AdapterInfo]:
         return list(self._adapters.values())
