@@ -160,36 +160,36 @@ class LiveAdapters:
 
     # ------------------------------------------------------------------ names
 
-    def add(self, name: str, folder: Path, source: Source = "runtime", *, load: bool = True) -> ServedAdapter:
-        """Serve ``folder`` as ``name`` (replacing what the name served); with ``load`` its current
-        version is loaded now, so a folder the engine cannot use fails here, not on first use."""
+    def add(self, name: str, folder: Path, source: Source = "runtime") -> ServedAdapter:
+        """Serve ``folder`` as ``name`` (replacing what the name served). Its current version is
+        loaded now, so a folder the engine cannot use fails here, and the name is left as it was."""
         folder = folder.resolve()
         inspect_adapter(folder, name)
         with self._lock:
-            previous = self._folders.get(name)
+            previous, withdrawn = self._folders.get(name), name in self._withdrawn
             self._folders[name] = (folder, source)
             self._withdrawn.discard(name)
-            if load:
-                try:
-                    self.pin(name).release()
-                except BaseException:
-                    if previous is None:
-                        del self._folders[name]
-                    else:
-                        self._folders[name] = previous
-                    raise
+            try:
+                self.pin(name).release()
+            except BaseException:
+                if previous is None:
+                    del self._folders[name]
+                else:
+                    self._folders[name] = previous
+                if withdrawn:
+                    self._withdrawn.add(name)
+                raise
             return ServedAdapter(name, folder, self.version_of(folder), source)
 
     def remove(self, name: str) -> None:
         """Stop serving ``name`` (a registered one stays in the store, unserved until added again);
         requests holding it finish first. ``KeyError`` when it is not served."""
         with self._lock:
-            if name in self._folders:
-                del self._folders[name]
-            elif self._registered(name) is not None:
-                self._withdrawn.add(name)
-            else:
+            if self.folder_of(name) is None:
                 raise KeyError(name)
+            self._folders.pop(name, None)
+            if self.store is not None and self.store.get_adapter(name) is not None:
+                self._withdrawn.add(name)
             loaded = self._current.pop(name, None)
             if loaded is not None:
                 loaded.current_for.discard(name)

@@ -185,6 +185,8 @@ def test_load_and_unload_in_vllms_shapes(
     assert "reg" not in models(url) and state.store.get_adapter("reg") is not None
     oa.post("load_lora_adapter", body={"lora_name": "reg", "lora_path": "reg"}, cast_to=str)
     assert complete(url, "reg") == greedy(reference, tiny_model.adapters["beta"])
+    oa.post("unload_lora_adapter", body={"lora_name": "reg"}, cast_to=str)  # loaded, and registered
+    assert "reg" not in models(url)
 
 
 def test_models_show_each_adapters_version_and_report(

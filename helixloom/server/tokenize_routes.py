@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 
 from helixloom import __version__
 from helixloom.engine import Engine
+from helixloom.engine.remote_chat import SERVER_TEMPLATE
 from helixloom.errors import HelixloomError
 from helixloom.server.protocol import DetokenizeRequest, TokenizeRequest
 from helixloom.server.state import ServerState, state_of
@@ -55,14 +56,15 @@ def tokenizer_info(request: Request) -> dict[str, Any]:
     bos_id = added[0] if added else None
     eos_id = min(engine.eos_token_ids) if engine.eos_token_ids else None
     return {
-        "tokenizer_class": f"{engine.backend}:{state.base_id}",
+        "tokenizer_class": engine.backend,
         "bos_token": engine.detokenize([bos_id]) if bos_id is not None else None,
         "bos_token_id": bos_id,
         "eos_token": engine.detokenize([eos_id]) if eos_id is not None else None,
         "eos_token_id": eos_id,
         "pad_token": None,
         "add_bos_token": bos_id is not None,
-        "chat_template": engine.chat_template,
+        # A remote engine renders chat on its server: it has no template text to hand on.
+        "chat_template": None if engine.chat_template == SERVER_TEMPLATE else engine.chat_template,
         "model_max_length": engine.max_model_len,
     }
 
