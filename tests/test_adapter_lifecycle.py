@@ -215,6 +215,7 @@ def test_models_show_each_adapters_version_and_report(
         ("adapters/notlora", 400, "not a LoRA adapter"),
         ("adapters/foreign", 400, "not a LoRA adapter"),  # made for a model of another width
         ("adapters/bad\x00name", 400, ""),
+        ("adapters/" + "a" * 5000, 404, "No adapter found"),
     ],
 )
 def test_a_lora_path_from_a_client_stays_in_the_home(

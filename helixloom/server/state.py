@@ -215,7 +215,11 @@ class ServerState:
                 "load a registered adapter by name, or a folder a job wrote under outputs/",
                 param="lora_path",
             )
-        if not folder.is_dir():
+        try:
+            found = folder.is_dir()
+        except OSError:  # a name too long for the filesystem, ...
+            found = False
+        if not found:
             raise AdapterNotFound(f"No adapter found at {lora_path}", param="lora_path")
         return folder
 
