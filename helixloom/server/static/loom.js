@@ -9,6 +9,7 @@ let byId = new Map(), kidsOf = new Map();
 let models = [], presets = {};
 const tokenCache = new Map(); // node id -> tokens ([text, logprob, [[alt, logprob], ...]]) or null
 const undoStack = [];         // {label, run: async () => void}
+let pinned = false;           // the token popup stays while the pointer travels to it
 let abPending = null;         // {pair: [id, id] in shown order}
 const timings = (window.loomTimings = { open_ms: null, render_ms: null });
 const graph = new TreeGraph($("graph"), (id) => go(id));
@@ -81,7 +82,7 @@ function setTree(data, nodeId) {
 
 function useTree(data, nodeId) { setTree(data, nodeId); loadTrees(tree.tree_id); }
 
-function go(id) { if (byId.has(id)) { current = id; $("tokpop").hidden = true; render(); } }
+function go(id) { if (byId.has(id)) { current = id; pinned = false; $("tokpop").hidden = true; render(); } }
 
 // ----------------------------------------------------------------------------------------- rendering
 
@@ -214,7 +215,7 @@ function showTokenPopup(el) {
 async function branchFromToken(index, token) {
   const before = current;
   const data = await api("POST", `/api/nodes/${current}/counterfactual`, { index, token, roll: rollBody() });
-  $("tokpop").hidden = true;
+  pinned = false; $("tokpop").hidden = true;
   const target = data.new[0] || data.node_id;
   pushUndo("token branch", [data.node_id, ...data.new], before);
   useTree(data, target);
@@ -336,7 +337,7 @@ function move(step) {
     if (i >= 0 && i < sibs.length) current = sibs[i].id;
   }
   if (step === "new") { const n = tree.nodes.find((x) => isNew(x) && !hidden(x)); if (n) current = n.id; }
-  $("tokpop").hidden = true;
+  pinned = false; $("tokpop").hidden = true;
   render();
 }
 
@@ -394,8 +395,13 @@ $("search").addEventListener("keydown", (e) => { if (e.key === "Enter") search()
 $("zoomin").onclick = () => graph.zoomAt(1.4, $("graph").clientWidth / 2, $("graph").clientHeight / 2);
 $("zoomout").onclick = () => graph.zoomAt(1 / 1.4, $("graph").clientWidth / 2, $("graph").clientHeight / 2);
 $("fit").onclick = () => graph.fit();
-$("text").addEventListener("mouseover", (e) => { if (e.target.classList.contains("tok")) showTokenPopup(e.target); });
-$("tokpop").addEventListener("mouseleave", () => { $("tokpop").hidden = true; });
+// Hovering a token shows its alternatives; clicking it pins them (so the pointer can travel to them
+// across other tokens); Escape or a click elsewhere lets go.
+$("text").addEventListener("mouseover", (e) => { if (!pinned && e.target.classList.contains("tok")) showTokenPopup(e.target); });
+$("text").addEventListener("click", (e) => {
+  if (e.target.classList.contains("tok")) { showTokenPopup(e.target); pinned = true; e.stopPropagation(); }
+});
+document.addEventListener("click", (e) => { if (pinned && !$("tokpop").contains(e.target)) { pinned = false; $("tokpop").hidden = true; } });
 bindApiKey(() => { loadTrees(); loadModels(); });
 
 document.addEventListener("keydown", (e) => {
@@ -407,7 +413,7 @@ document.addEventListener("keydown", (e) => {
     "-": () => rate("down"), e: startEdit, b: toggleBookmark, u: undo, n: () => move("new"), f: () => graph.fit(),
     "/": () => $("search").focus(), "1": () => abPick(0), "2": () => abPick(1),
     c: () => { const s = $("colour"); s.selectedIndex = (s.selectedIndex + 1) % s.options.length; render(); },
-    Escape: () => { $("tokpop").hidden = true; } };
+    Escape: () => { pinned = false; $("tokpop").hidden = true; } };
   if (keys[e.key]) { e.preventDefault(); keys[e.key](); }
 });
 
