@@ -13,11 +13,12 @@ up, led to something rated up, or explored further beats its siblings.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from helixloom.engine import Engine, GenerationRequest, GenerationResult, sampling
@@ -86,14 +87,34 @@ def _adapter_version(engine: Engine, adapter: str | None) -> str | None:
 
 
 def _tokens(result: GenerationResult) -> list[Any] | None:
-    """Per-token ``[text, logprob, [[alternative, logprob], ...]]``, kept only when the tokens'
-    texts join into the result's text (the token view splits the node's text by them)."""
-    if not result.logprobs or "".join(t.chosen.token for t in result.logprobs) != result.text:
+    """Per-token ``[text, logprob, [[alternative, logprob], ...]]`` whose texts join into the
+    result's text (the token view splits the node's text by them), or None when they cannot."""
+    if not result.logprobs:
+        return None
+    pieces = _align(result.text, [t.chosen.token for t in result.logprobs])
+    if pieces is None:
         return None
     return [
-        [t.chosen.token, round(t.chosen.logprob, 4), [[a.token, round(a.logprob, 4)] for a in t.top]]
-        for t in result.logprobs
+        [piece, round(t.chosen.logprob, 4), [[a.token, round(a.logprob, 4)] for a in t.top]]
+        for piece, t in zip(pieces, result.logprobs, strict=True)
     ]
+
+
+def _align(text: str, tokens: list[str]) -> list[str] | None:
+    """Each token's share of ``text``. A special token the text leaves out (``<pad>``, an end of
+    sequence) gets ""; byte-level tokens that each hold part of one character (alone they read
+    U+FFFD) give the character to the first of them. None when the tokens do not spell the text."""
+    pieces, pos, partial = [], 0, False
+    for tok in tokens:
+        if tok and text.startswith(tok, pos):
+            piece, partial = tok, False
+        elif "\ufffd" in tok and not partial and pos < len(text) and ord(text[pos]) > 127:
+            piece, partial = text[pos], True
+        else:
+            piece = ""
+        pieces.append(piece)
+        pos += len(piece)
+    return pieces if pos == len(text) else None
 
 
 def roll(
@@ -298,18 +319,33 @@ def tree_json(store: Store, tree_id: str, *, full: bool = False) -> dict[str, An
     return data
 
 
+def tree_text(store: Store, tree_id: str, **extra: Any) -> str:
+    """``tree_json`` (not ``full``) as JSON text, with ``extra`` top-level keys: what the server
+    sends after every change. SQLite writes the nodes' JSON, a 10,000-node tree in a quarter second."""
+    items = store.tree_nodes_json(tree_id)
+    if not items:
+        raise HelixloomError(f"no tree {tree_id}")
+    head = json.dumps({"format": FORMAT, "tree_id": tree_id, **extra}, ensure_ascii=False)
+    return head[:-1] + ', "nodes": [' + ",".join(items) + "]}"
+
+
 def node_json(store: Store, node_id: str) -> dict[str, Any]:
     """One node with everything it carries, its tokens' log-probabilities included."""
     node = _node(store, node_id)
     return _node_json(node, sum(r.score for r in store.ratings_for("node", node_id)), True)
 
 
+_NODE_FIELDS = tuple(f.name for f in fields(Node))
+
+
 def _node_json(n: Node, rating: int, full: bool) -> dict[str, Any]:
-    item = {**asdict(n), "rating": rating}
+    # Not asdict: it deep-copies every meta, two thirds of the time a 10,000-node tree takes.
+    item = {name: getattr(n, name) for name in _NODE_FIELDS}
+    item["rating"] = rating
     meta = n.meta or {}
+    item["has_tokens"] = "tokens" in meta
     if not full and "tokens" in meta:
         item["meta"] = {k: v for k, v in meta.items() if k != "tokens"}
-        item["has_tokens"] = True
     return item
 
 

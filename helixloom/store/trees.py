@@ -149,6 +149,33 @@ class TreesMixin(StoreBase):
         )
         return [Node.from_row(r) for r in rows]
 
+    def tree_nodes_json(self, tree_id: str) -> list[str]:
+        """Every node of the tree as a JSON object (``Node``'s fields, ``rating`` = summed ratings,
+        ``has_tokens``; meta without its ``tokens``), in ``tree_nodes`` order.
+
+        SQLite writes the JSON itself: decoding every node's meta in Python and encoding it again
+        took most of the second a 10,000-node tree needed; this takes a tenth of that."""
+        rows = self._fetchall(
+            """
+            SELECT json_object(
+                'id', n.id, 'tree_id', n.tree_id, 'parent_id', n.parent_id, 'text', n.text,
+                'depth', n.depth, 'author', n.author, 'model', n.model, 'adapter', n.adapter,
+                'score', n.score, 'meta', json(json_remove(n.meta, '$.tokens')),
+                'created_at', n.created_at, 'rating', COALESCE(r.total, 0),
+                'has_tokens',
+                json(CASE WHEN json_type(n.meta, '$.tokens') IS NULL THEN 'false' ELSE 'true' END)
+            ) AS item
+            FROM nodes n LEFT JOIN (
+                SELECT target_id, SUM(score) AS total FROM ratings
+                WHERE target_type = 'node' AND target_id IN (SELECT id FROM nodes WHERE tree_id = ?)
+                GROUP BY target_id
+            ) r ON r.target_id = n.id
+            WHERE n.tree_id = ? ORDER BY n.depth, n.created_at, n.rowid
+            """,
+            (tree_id, tree_id),
+        )
+        return [r["item"] for r in rows]
+
     def tree_ratings(self, tree_id: str) -> dict[str, int]:
         """The summed rating of every rated node of the tree, in one query (not one per node)."""
         rows = self._fetchall(

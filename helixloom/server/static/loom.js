@@ -11,7 +11,7 @@ const tokenCache = new Map(); // node id -> tokens ([text, logprob, [[alt, logpr
 const undoStack = [];         // {label, run: async () => void}
 let pinned = false;           // the token popup stays while the pointer travels to it
 let abPending = null;         // {pair: [id, id] in shown order}
-const timings = (window.loomTimings = { open_ms: null, render_ms: null });
+const timings = (window.loomTimings = { open_ms: null, fetch_ms: null, render_ms: null });
 const graph = new TreeGraph($("graph"), (id) => go(id));
 
 // ------------------------------------------------------------------------------------------- the tree
@@ -64,8 +64,9 @@ async function loadModels() {
 
 async function openTree(treeId, nodeId) {
   const t0 = performance.now();
-  setTree(await api("GET", "/api/trees/" + treeId), nodeId);
-  graph.fit();
+  const data = await api("GET", "/api/trees/" + treeId);
+  timings.fetch_ms = performance.now() - t0; // the server's answer, transfer and JSON parsing
+  setTree(data, nodeId);
   $("trees").value = treeId;
   timings.open_ms = performance.now() - t0;
 }
@@ -76,7 +77,7 @@ function setTree(data, nodeId) {
   tree = data; reindex();
   current = nodeId && byId.has(nodeId) ? nodeId : current && byId.has(current) ? current : rootOf().id;
   graph.layout(rootOf().id, children);
-  if (!sameTree) graph.fit();
+  if (!sameTree) graph.fit(false); // render() draws, with this tree's look
   render();
 }
 
@@ -98,8 +99,6 @@ function render() {
     const body = i === nodes.length - 1 ? currentText(n) : escapeHtml(n.text);
     return `${fork}<span class="${i === nodes.length - 1 ? "current" : "past"}" data-id="${n.id}">${body}</span>`;
   }).join("");
-  $("text").querySelectorAll(".past").forEach((el) => el.addEventListener("click", () => go(el.dataset.id)));
-  $("text").querySelectorAll("sup.fork").forEach((el) => el.addEventListener("click", () => cycleSibling(el.dataset.id)));
   renderInfo(node);
   renderOutline(nodes);
   renderBookmarks();
@@ -165,6 +164,9 @@ function legend() {
 
 // The outline shows the open branch: every node on it with its siblings, and the current node's
 // children; other subtrees stay folded (with their sizes), so a 10,000-node tree is a few dozen rows.
+// Only the last OUTLINE_LEVELS levels of a deep branch nest (a thousand nested lists take the
+// browser seconds to lay out); the levels above fold into one row.
+const OUTLINE_LEVELS = 12;
 function renderOutline(nodes) {
   const onPath = new Set(nodes.map((n) => n.id));
   const item = (n) => {
@@ -178,8 +180,10 @@ function renderOutline(nodes) {
     const badge = `<i class="dot" style="background:${colourOf(n)}"></i>${m.bookmark ? "★" : ""}`;
     return `<li><span data-id="${n.id}" class="${cls}">${badge}${mark}${escapeHtml(label || "(empty)")}${fold}</span>${open ? "<ul>" + kids.map(item).join("") + "</ul>" : ""}</li>`;
   };
-  $("outline").innerHTML = "<ul>" + item(rootOf()) + "</ul>";
-  $("outline").querySelectorAll("span[data-id]").forEach((el) => el.addEventListener("click", () => go(el.dataset.id)));
+  const top = Math.max(0, nodes.length - 1 - OUTLINE_LEVELS), start = nodes[top];
+  const above = top > 0 ? `<li><span data-id="${nodes[top - 1].id}" class="above">⋯ ${top} levels above</span></li>` : "";
+  const first = start.parent_id && top > 0 ? children(start.parent_id).map(item).join("") : item(start);
+  $("outline").innerHTML = "<ul>" + above + first + "</ul>";
 }
 
 function renderBookmarks() {
@@ -286,12 +290,18 @@ async function setMarks(id, marks) {
 async function toggleBookmark() {
   const id = current, on = !meta(byId.get(id)).bookmark;
   await setMarks(id, { bookmark: on });
-  undoStack.push({ label: "bookmark", run: async () => { await setMarks(id, { bookmark: !on }); render(); } });
-  render();
+  undoStack.push({ label: "bookmark", run: async () => { await setMarks(id, { bookmark: !on }); graph.invalidate(); render(); } });
+  graph.invalidate(); render();
 }
+
+// The tree view repaints a node's visited look a moment later (a full repaint costs tens of ms on a
+// 10,000-node tree; while the user is moving, the path overlay already shows it).
+let repaint = null;
+function repaintSoon() { clearTimeout(repaint); repaint = setTimeout(() => { graph.invalidate(); graph.draw(); }, 400); }
 
 function markVisited(node) {
   node.meta = { ...meta(node), visited: true };
+  repaintSoon();
   api("POST", `/api/nodes/${node.id}/marks`, { visited: true }, { quiet: true }).catch(() => {});
 }
 
@@ -387,7 +397,7 @@ $("up").onclick = () => rate("up"); $("down").onclick = () => rate("down");
 $("edit").onclick = startEdit; $("save").onclick = saveEdit; $("cancel").onclick = () => { $("editor").hidden = true; };
 $("bookmark").onclick = toggleBookmark; $("undo").onclick = undo;
 $("showhidden").onchange = () => tree && setTree(tree);
-$("blind").onchange = render; $("colour").onchange = render;
+$("blind").onchange = () => { graph.invalidate(); render(); }; $("colour").onchange = render;
 $("export").onclick = exportTree;
 $("import").onchange = (e) => e.target.files[0] && importTree(e.target.files[0]);
 $("trees").onchange = (e) => e.target.value && openTree(e.target.value);
@@ -399,8 +409,12 @@ $("fit").onclick = () => graph.fit();
 // across other tokens); Escape or a click elsewhere lets go.
 $("text").addEventListener("mouseover", (e) => { if (!pinned && e.target.classList.contains("tok")) showTokenPopup(e.target); });
 $("text").addEventListener("click", (e) => {
-  if (e.target.classList.contains("tok")) { showTokenPopup(e.target); pinned = true; e.stopPropagation(); }
+  const cls = e.target.classList;
+  if (cls.contains("tok")) { showTokenPopup(e.target); pinned = true; e.stopPropagation(); }
+  else if (cls.contains("fork")) cycleSibling(e.target.dataset.id);
+  else if (cls.contains("past")) go(e.target.dataset.id);
 });
+$("outline").addEventListener("click", (e) => { const el = e.target.closest("span[data-id]"); if (el) go(el.dataset.id); });
 document.addEventListener("click", (e) => { if (pinned && !$("tokpop").contains(e.target)) { pinned = false; $("tokpop").hidden = true; } });
 bindApiKey(() => { loadTrees(); loadModels(); });
 
@@ -415,6 +429,13 @@ document.addEventListener("keydown", (e) => {
     c: () => { const s = $("colour"); s.selectedIndex = (s.selectedIndex + 1) % s.options.length; render(); },
     Escape: () => { pinned = false; $("tokpop").hidden = true; } };
   if (keys[e.key]) { e.preventDefault(); keys[e.key](); }
+});
+
+// A link to #tree=…&node=… (pasted, or back/forward) opens that node.
+window.addEventListener("hashchange", () => {
+  const params = new URLSearchParams(location.hash.slice(1)), t = params.get("tree");
+  if (t && (!tree || tree.tree_id !== t)) openTree(t, params.get("node")).catch(() => {});
+  else if (params.get("node")) go(params.get("node"));
 });
 
 (async () => {
