@@ -87,7 +87,7 @@ def _node(
         meta["loom_id"] = str(item["id"])
     if "visited" in item:
         meta["visited"] = bool(item["visited"])
-    tags = [str(t) for t in item.get("tags") or [] if isinstance(t, str)]
+    tags = [t for t in item["tags"] if isinstance(t, str)] if isinstance(item.get("tags"), list) else []
     if "bookmark" in tags or item.get("bookmark") is True:
         meta["bookmark"] = True
     if [t for t in tags if t != "bookmark"]:
