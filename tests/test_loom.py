@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helixloom import loom, loom_formats
 from helixloom.cli import main
@@ -408,3 +410,64 @@ def test_bulk_add_nodes_is_one_transaction(tmp_path: Path) -> None:
         store.add_rating("node", ids[3], 1)
         store.add_rating("node", ids[3], 1)
         assert store.tree_ratings("big") == {ids[3]: 2}
+
+
+def test_loom_api_new_routes(server: BackgroundServer) -> None:
+    url = server.url + "/api"
+    tree = httpx.post(url + "/trees", json={"prompt": "Numbers: 0 1 2"}).json()
+    root = tree["nodes"][0]["id"]
+    rolled = httpx.post(
+        f"{url}/nodes/{root}/children", json={"n": 2, "max_tokens": 4, "preset": "greedy"}, timeout=60
+    ).json()
+    assert rolled["new"] and all(
+        n["meta"]["sampler"]["preset"] == "greedy" for n in rolled["nodes"] if n["id"] in rolled["new"]
+    )
+    kid = rolled["new"][0]
+    full = httpx.get(f"{url}/nodes/{kid}").json()
+    assert "".join(t[0] for t in full["meta"].get("tokens", [])) in ("", full["text"])
+    marked = httpx.post(f"{url}/nodes/{kid}/marks", json={"bookmark": True, "visited": True}).json()
+    assert marked["meta"]["bookmark"] is True and "tokens" not in marked["meta"]
+    found = httpx.get(f"{url}/trees/{tree['tree_id']}/search", params={"q": "numbers"}).json()["data"]
+    assert [n["id"] for n in found] == [root]
+    exported = httpx.get(f"{url}/trees/{tree['tree_id']}/export").json()
+    assert exported["preferences"] == [] and len(exported["nodes"]) == len(rolled["nodes"])
+    models = httpx.get(url + "/loom/models").json()
+    assert models["models"][0]["kind"] == "base" and "greedy" in models["presets"]
+    # Errors are OpenAI-shaped and name no internal path.
+    bad = [
+        httpx.post(f"{url}/nodes/{root}/counterfactual", json={"index": 0, "token": "x"}),
+        httpx.post(f"{url}/nodes/{root}/children", json={"preset": "spicy"}),
+        httpx.post(f"{url}/nodes/{kid}/marks", json={"deleted": True}),
+        httpx.post(f"{url}/ab/choice", json={"chosen": kid, "rejected": root}),
+        httpx.post(f"{url}/trees/import", json={"root": {"text": 5, "children": []}}),
+    ]
+    assert [r.status_code for r in bad] == [400] * 5
+    assert all("error" in r.json() and "/tmp" not in r.text for r in bad)
+    for path in ("/nodes/nope", "/trees/nope/export"):
+        assert httpx.get(url + path).status_code == 404
+    assert httpx.post(f"{url}/nodes/nope/ab", json={}).status_code == 404
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(
+                    ["text", "children", "tags", "meta", "id", "visited", "memories", "chapter_id"]
+                ),
+                inner,
+                max_size=5,
+            )
+        ),
+        max_leaves=20,
+    )
+)
+def test_any_socketteer_shaped_file_reads_or_is_refused(root: object) -> None:
+    try:
+        data = loom_formats.to_helixloom({"root": root, "chapters": {"c": root}})
+    except HelixloomError:
+        return
+    assert data["format"] == loom.FORMAT and all(isinstance(n["text"], str) for n in data["nodes"])

@@ -95,7 +95,7 @@ function render() {
   if (!meta(node).visited) markVisited(node);
   $("text").innerHTML = nodes.map((n, i) => {
     const sibs = n.parent_id ? children(n.parent_id) : [];
-    const fork = sibs.length > 1 ? `<sup class="fork" data-id="${n.id}" title="branch point: ${sibs.length} alternatives here (click for the next)">⑂${sibs.indexOf(n) + 1}/${sibs.length}</sup>` : "";
+    const fork = sibs.length > 1 ? `<sup class="fork" data-id="${n.id}" title="branch point: ${sibs.length} alternatives here (click for the next)">‹${sibs.indexOf(n) + 1}/${sibs.length}›</sup>` : "";
     const body = i === nodes.length - 1 ? currentText(n) : escapeHtml(n.text);
     return `${fork}<span class="${i === nodes.length - 1 ? "current" : "past"}" data-id="${n.id}">${body}</span>`;
   }).join("");
