@@ -131,6 +131,15 @@ class TreeGraph {
     }
   }
 
+  // One node's look changed (read now): paint it over the off-screen copy instead of redrawing all.
+  patch(id) {
+    const p = this.pos.get(id), L = this.look;
+    if (!p || !L || !this.base || !this.baseKey) return;
+    const b = this.base.getContext("2d"), r = this.radius();
+    const x = this.ox + p.x * this.DX * this.scale, y = this.oy + p.y * this.DY * this.scale;
+    b.beginPath(); b.arc(x, y, r + 1, 0, 2 * Math.PI); b.fillStyle = L.colour(id); b.fill();
+  }
+
   radius() { return Math.max(1.5, Math.min(6, 4 * this.scale)); }
 
   drawTree(ctx, L, w, h) {
