@@ -114,16 +114,17 @@ def loom_models(request: Request) -> dict[str, Any]:
 @router.get("/trees/{tree_id}", response_model=None)
 def get_tree(tree_id: str, request: Request) -> Any:
     store = state_of(request).store
-    if not store.tree_nodes(tree_id):
+    try:
+        return _json(loom.tree_text(store, tree_id))
+    except HelixloomError:  # the only one tree_text raises: no such tree
         return not_found(f"no tree {tree_id}", "tree_id")
-    return _json(loom.tree_text(store, tree_id))
 
 
 @router.get("/trees/{tree_id}/export", response_model=None)
 def export_tree(tree_id: str, request: Request) -> Any:
     """Everything the tree holds, tokens' log-probabilities and blind A/B choices included."""
     store = state_of(request).store
-    if not store.tree_nodes(tree_id):
+    if store.get_tree_root(tree_id) is None:
         return not_found(f"no tree {tree_id}", "tree_id")
     return _json(loom.tree_json(store, tree_id, full=True))
 

@@ -149,6 +149,14 @@ class TreesMixin(StoreBase):
         )
         return [Node.from_row(r) for r in rows]
 
+    def get_tree_root(self, tree_id: str) -> Node | None:
+        """The tree's oldest root node, or ``None`` when there is no such tree."""
+        row = self._fetchone(
+            "SELECT * FROM nodes WHERE tree_id = ? AND parent_id IS NULL ORDER BY created_at, rowid LIMIT 1",
+            (tree_id,),
+        )
+        return None if row is None else Node.from_row(row)
+
     def tree_nodes_json(self, tree_id: str) -> list[str]:
         """Every node of the tree as a JSON object (``Node``'s fields, ``rating`` = summed ratings,
         ``has_tokens``; meta without its ``tokens``), in ``tree_nodes`` order.
