@@ -50,13 +50,6 @@ PRESETS: dict[str, Sampler] = {
 }
 
 
-def preset(name: str) -> Sampler:
-    """The named sampler preset; ``HelixloomError`` for an unknown name."""
-    if name not in PRESETS:
-        raise HelixloomError(f"no sampler preset {name!r}; known: {', '.join(PRESETS)}", param="preset")
-    return PRESETS[name]
-
-
 def branch(store: Store, node_id: str) -> list[Node]:
     """The nodes from the root to ``node_id``."""
     path = []
@@ -138,9 +131,9 @@ def roll(
     its model, adapter and adapter version, sampler, generation time and, where the engine gives
     them, each token's log-probability with ``logprobs`` alternatives (the token view's data)."""
     node = _node(store, node_id)
-    sampler = PRESETS[preset] if preset in PRESETS else Sampler(temperature, top_p, top_k)
     if preset is not None and preset not in PRESETS:
         raise HelixloomError(f"no sampler preset {preset!r}; known: {', '.join(PRESETS)}", param="preset")
+    sampler = PRESETS[preset] if preset is not None else Sampler(temperature, top_p, top_k)
     if not engine.supports_logprobs:
         logprobs = None
     params = sampling(

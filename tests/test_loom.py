@@ -437,11 +437,12 @@ def test_loom_api_new_routes(server: BackgroundServer) -> None:
     bad = [
         httpx.post(f"{url}/nodes/{root}/counterfactual", json={"index": 0, "token": "x"}),
         httpx.post(f"{url}/nodes/{root}/children", json={"preset": "spicy"}),
+        httpx.post(f"{url}/nodes/{root}/children", json={"preset": "greedy", "temperature": 1.0}),
         httpx.post(f"{url}/nodes/{kid}/marks", json={"deleted": True}),
         httpx.post(f"{url}/ab/choice", json={"chosen": kid, "rejected": root}),
         httpx.post(f"{url}/trees/import", json={"root": {"text": 5, "children": []}}),
     ]
-    assert [r.status_code for r in bad] == [400] * 5
+    assert [r.status_code for r in bad] == [400] * 6
     assert all("error" in r.json() and "/tmp" not in r.text for r in bad)
     for path in ("/nodes/nope", "/trees/nope/export"):
         assert httpx.get(url + path).status_code == 404

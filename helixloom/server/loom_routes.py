@@ -165,6 +165,11 @@ def roll(node_id: str, body: Roll, request: Request) -> Any:
 
 
 def _roll(state: ServerState, node_id: str, body: Roll) -> list[Any]:
+    clash = body.model_fields_set & {"temperature", "top_p", "top_k"}
+    if body.preset is not None and clash:
+        raise HelixloomError(
+            f"a sampler preset sets {sorted(clash)[0]} itself; send one or the other", param="preset"
+        )
     return loom.roll(
         state.store,
         state.engine,
