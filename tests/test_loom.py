@@ -10,12 +10,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from helixloom import loom
+from helixloom import loom, loom_formats
 from helixloom.cli import main
 from helixloom.engine.hf import HFEngine
+from helixloom.errors import HelixloomError
 from helixloom.server import BackgroundServer, ServerConfig, ServerState
 from helixloom.store import Store
+from helixloom.store.trees import NewNode
+from helixloom.store.trees import node_id as content_id
 from tests.conftest import TinyModel, serving
 
 
@@ -228,3 +233,242 @@ def test_chat_page_streams_answers_and_takes_feedback(
         page.wait_for_selector(".turn.assistant .rated.bad")
         page.screenshot(path=str(artifacts / "chat.png"), full_page=True)
         browser.close()
+
+
+# ------------------------------------------------------------------ the loom's newer parts, as Python APIs
+
+
+def test_roll_records_adapter_version_sampler_and_tokens(
+    tiny_adapted_engine: HFEngine, tmp_path: Path
+) -> None:
+    with Store(tmp_path / "db") as store:
+        root = store.add_node("t", None, "Once upon a time")
+        kids = loom.roll(
+            store,
+            tiny_adapted_engine,
+            root.id,
+            n=2,
+            max_tokens=5,
+            preset="focused",
+            adapter="alpha",
+            logprobs=3,
+        )
+        assert kids
+        version = next(a.version for a in tiny_adapted_engine.adapters() if a.name == "alpha")
+        for kid in kids:
+            meta = kid.meta or {}
+            assert kid.adapter == "alpha" and kid.model == tiny_adapted_engine.model_name
+            assert meta["adapter_version"] == version and len(version) >= 12
+            assert meta["sampler"] == {"temperature": 0.5, "top_p": 0.9, "top_k": 40, "preset": "focused"}
+            assert meta["seconds"] >= 0
+            tokens = meta["tokens"]
+            assert "".join(t[0] for t in tokens) == kid.text
+            assert all(t[1] <= 0 and 1 <= len(t[2]) <= 3 for t in tokens)
+        listed = loom.tree_json(store, "t")["nodes"]
+        assert all("tokens" not in (n["meta"] or {}) for n in listed)  # the tree stays small
+        assert [n["has_tokens"] for n in listed] == [False] + [True] * len(kids)
+        assert loom.node_json(store, kids[0].id)["meta"]["tokens"] == (kids[0].meta or {})["tokens"]
+        with pytest.raises(HelixloomError, match="no sampler preset"):
+            loom.roll(store, tiny_adapted_engine, root.id, preset="spicy")
+
+
+def test_counterfactual_takes_another_token_and_keeps_the_original(
+    tiny_engine: HFEngine, tmp_path: Path
+) -> None:
+    with Store(tmp_path / "db") as store:
+        root = store.add_node("t", None, "The quick brown")
+        # A token view needs tokens that spell the text; a random model's odd bytes sometimes don't.
+        node = next(
+            n for n in loom.roll(store, tiny_engine, root.id, n=4, max_tokens=6) if "tokens" in (n.meta or {})
+        )
+        tokens = (node.meta or {})["tokens"]
+        index = min(2, len(tokens) - 1)
+        alt = next(a for a, _ in tokens[index][2] if a != tokens[index][0])
+        cf = loom.counterfactual(store, node.id, index, alt)
+        assert cf.parent_id == root.id and cf.id != node.id
+        assert cf.text == "".join(t[0] for t in tokens[:index]) + alt
+        assert (cf.meta or {})["counterfactual_of"] == node.id and (cf.meta or {})["replaced"] == tokens[
+            index
+        ][0]
+        assert store.get_node(node.id) == node  # nothing lost
+        more = loom.roll(store, tiny_engine, cf.id, n=1, max_tokens=3)
+        assert all(m.parent_id == cf.id for m in more)
+        with pytest.raises(HelixloomError, match="outside"):
+            loom.counterfactual(store, node.id, len(tokens), alt)
+        with pytest.raises(HelixloomError, match="another"):
+            loom.counterfactual(store, node.id, index, tokens[index][0])
+        with pytest.raises(HelixloomError, match="no token"):
+            loom.counterfactual(store, root.id, 0, "x")
+
+
+def test_blind_ab_choice_is_a_preference_pair(tiny_adapted_engine: HFEngine, tmp_path: Path) -> None:
+    with Store(tmp_path / "db") as store:
+        root = store.add_node("t", None, "Paris is the capital of")
+        a, b = loom.ab_roll(store, tiny_adapted_engine, root.id, None, "beta", max_tokens=6)
+        assert (a.adapter, b.adapter) == (None, "beta")
+        assert (a.meta or {})["ab"]["pair"] == (b.meta or {})["ab"]["pair"]
+        pref_id = loom.ab_choose(store, b.id, a.id)
+        [pref] = store.list_preferences(source="loom-ab")
+        assert pref.id == pref_id and (pref.chosen_node_id, pref.rejected_node_id) == (b.id, a.id)
+        assert (pref.prompt, pref.chosen, pref.rejected) == ("Paris is the capital of", b.text, a.text)
+        assert pref.meta is not None and pref.meta["chosen"]["adapter"] == "beta"
+        assert pref.meta["rejected"]["adapter"] is None and pref.meta["blind"] is True
+        assert pref.meta["chosen"]["adapter_version"]
+        assert ((store.get_node(b.id) or b).meta or {})["ab_result"] == "chosen"
+        rows = [p for p in loom.export_preferences(store) if p["source"] == "loom-ab"]
+        assert rows == [
+            {
+                "prompt": pref.prompt,
+                "chosen": b.text,
+                "rejected": a.text,
+                "source": "loom-ab",
+                "tree_id": "t",
+                "chosen_id": b.id,
+                "rejected_id": a.id,
+            }
+        ]
+        with pytest.raises(HelixloomError, match="siblings"):
+            loom.ab_choose(store, b.id, root.id)
+
+
+def test_marks_search_and_undone_nodes(tmp_path: Path) -> None:
+    with Store(tmp_path / "db") as store:
+        ids = small_tree(store)
+        store.add_node("t1", ids["d"], " 100% _sure_")
+        loom.mark(store, ids["c1"], bookmark=True, visited=True)
+        marked = store.get_node(ids["c1"])
+        assert marked is not None and marked.meta == {"bookmark": True, "visited": True}
+        assert [n.text for n in loom.search(store, "t1", "C1")] == [" c1"]
+        assert [n.text for n in loom.search(store, "t1", "0%")] == [" 100% _sure_"]
+        assert loom.search(store, "t1", "_s") and not loom.search(store, "t1", "x_s")
+        assert loom.search(store, "t1", "  ") == []
+        # Undo hides a node: it stays in the store but is nobody's choice in the exports.
+        loom.mark(store, ids["a"], hidden=True)
+        assert store.get_node(ids["a"]) is not None
+        assert list(loom.export_sft(store)) == []
+        assert not any(p["chosen"] == " a" for p in loom.export_preferences(store))
+        with pytest.raises(HelixloomError, match="unknown mark"):
+            loom.mark(store, ids["a"], deleted=True)
+
+
+def test_export_import_keeps_everything(tiny_adapted_engine: HFEngine, tmp_path: Path) -> None:
+    with Store(tmp_path / "db") as store:
+        root = store.add_node("t", None, "Berlin is")
+        a, b = loom.ab_roll(store, tiny_adapted_engine, root.id, "alpha", "gamma", max_tokens=4)
+        loom.ab_choose(store, a.id, b.id)
+        loom.mark(store, b.id, bookmark=True)
+        store.add_rating("node", a.id, 1)
+        store.set_node_score(b.id, 0.25)
+        exported = json.loads(json.dumps(loom.tree_json(store, "t", full=True)))
+        new_tree = loom.import_tree(store, exported)
+        again = loom.tree_json(store, new_tree, full=True)
+
+    def strip(n: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in n.items() if k not in ("id", "tree_id", "parent_id")}
+
+    assert [strip(n) for n in again["nodes"]] == [strip(n) for n in exported["nodes"]]
+    assert any("tokens" in (n["meta"] or {}) for n in again["nodes"])
+    [pref] = again["preferences"]
+    assert (pref["chosen"], pref["rejected"]) == (a.text, b.text)
+    assert pref["chosen_node_id"] in {n["id"] for n in again["nodes"]} - {n["id"] for n in exported["nodes"]}
+
+
+def test_import_reads_socketteer_loom_tree_files(tmp_path: Path) -> None:
+    data = json.loads((Path(__file__).parent / "data" / "socketteer_loom_tree.json").read_text())
+    assert loom_formats.detect(data) == "socketteer/loom"
+    with Store(tmp_path / "db") as store:
+        tree = loom.import_tree(store, data)
+        nodes = {n["text"].strip()[:12]: n for n in loom.tree_json(store, tree)["nodes"]}
+    # The empty immutable wrapper root is folded away: the first text is the prompt.
+    root = nodes["The archivis"]
+    assert root["parent_id"] is None and root["author"] == "human"
+    assert root["meta"]["chapter"] == "The drawer" and root["created_at"].startswith("2023-07-14T09:30:00")
+    map_, dust, streets = nodes["and found a "], nodes["and found no"], nodes["Its streets "]
+    assert map_["parent_id"] == root["id"] == dust["parent_id"] and streets["parent_id"] == map_["id"]
+    assert map_["author"] == "ai" and map_["meta"]["bookmark"] is True and map_["meta"]["visited"] is True
+    assert map_["meta"]["generation"] == {"id": "cmpl-7abc", "index": 0}
+    assert map_["meta"]["loom_id"] == "0f3c1a2e-1f00-11ee-8000-000000000003"
+    assert dust["author"] == "mixed" and dust["meta"]["edited"] is True and dust["meta"]["tags"] == ["pinned"]
+    assert streets["meta"]["visited"] is False and streets["depth"] == 2
+    with Store(tmp_path / "db") as store, pytest.raises(HelixloomError, match="socketteer"):
+        loom.import_tree(store, {"root": "not a node", "children": []})
+
+
+def test_bulk_add_nodes_is_one_transaction(tmp_path: Path) -> None:
+    with Store(tmp_path / "db") as store:
+        root = store.add_node("big", None, "root")
+        specs, parent = [], root.id
+        for i in range(500):
+            specs.append(NewNode(parent, f" n{i}"))
+            parent = content_id(parent, f" n{i}", "big") if i % 50 else root.id
+        ids = store.add_nodes("big", specs)
+        assert len(set(ids)) == 500 and len(store.tree_nodes("big")) == 501
+        assert max(n.depth for n in store.tree_nodes("big")) == 50
+        with pytest.raises(HelixloomError, match="no parent"):
+            store.add_nodes("big", [NewNode(root.id, " fine"), NewNode("missing", " bad")])
+        assert len(store.tree_nodes("big")) == 501  # all or nothing
+        store.add_rating("node", ids[3], 1)
+        store.add_rating("node", ids[3], 1)
+        assert store.tree_ratings("big") == {ids[3]: 2}
+
+
+def test_loom_api_new_routes(server: BackgroundServer) -> None:
+    url = server.url + "/api"
+    tree = httpx.post(url + "/trees", json={"prompt": "Numbers: 0 1 2"}).json()
+    root = tree["nodes"][0]["id"]
+    rolled = httpx.post(
+        f"{url}/nodes/{root}/children", json={"n": 2, "max_tokens": 4, "preset": "greedy"}, timeout=60
+    ).json()
+    assert rolled["new"] and all(
+        n["meta"]["sampler"]["preset"] == "greedy" for n in rolled["nodes"] if n["id"] in rolled["new"]
+    )
+    kid = rolled["new"][0]
+    full = httpx.get(f"{url}/nodes/{kid}").json()
+    assert "".join(t[0] for t in full["meta"].get("tokens", [])) in ("", full["text"])
+    marked = httpx.post(f"{url}/nodes/{kid}/marks", json={"bookmark": True, "visited": True}).json()
+    assert marked["meta"]["bookmark"] is True and "tokens" not in marked["meta"]
+    found = httpx.get(f"{url}/trees/{tree['tree_id']}/search", params={"q": "numbers"}).json()["data"]
+    assert [n["id"] for n in found] == [root]
+    exported = httpx.get(f"{url}/trees/{tree['tree_id']}/export").json()
+    assert exported["preferences"] == [] and len(exported["nodes"]) == len(rolled["nodes"])
+    models = httpx.get(url + "/loom/models").json()
+    assert models["models"][0]["kind"] == "base" and "greedy" in models["presets"]
+    # Errors are OpenAI-shaped and name no internal path.
+    bad = [
+        httpx.post(f"{url}/nodes/{root}/counterfactual", json={"index": 0, "token": "x"}),
+        httpx.post(f"{url}/nodes/{root}/children", json={"preset": "spicy"}),
+        httpx.post(f"{url}/nodes/{root}/children", json={"preset": "greedy", "temperature": 1.0}),
+        httpx.post(f"{url}/nodes/{kid}/marks", json={"deleted": True}),
+        httpx.post(f"{url}/ab/choice", json={"chosen": kid, "rejected": root}),
+        httpx.post(f"{url}/trees/import", json={"root": {"text": 5, "children": []}}),
+    ]
+    assert [r.status_code for r in bad] == [400] * 6
+    assert all("error" in r.json() and "/tmp" not in r.text for r in bad)
+    for path in ("/nodes/nope", "/trees/nope/export"):
+        assert httpx.get(url + path).status_code == 404
+    assert httpx.post(f"{url}/nodes/nope/ab", json={}).status_code == 404
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(
+                    ["text", "children", "tags", "meta", "id", "visited", "memories", "chapter_id"]
+                ),
+                inner,
+                max_size=5,
+            )
+        ),
+        max_leaves=20,
+    )
+)
+def test_any_socketteer_shaped_file_reads_or_is_refused(root: object) -> None:
+    try:
+        data = loom_formats.to_helixloom({"root": root, "chapters": {"c": root}})
+    except HelixloomError:
+        return
+    assert data["format"] == loom.FORMAT and all(isinstance(n["text"], str) for n in data["nodes"])

@@ -6,11 +6,12 @@ same tree. The web UI at ``/`` is a plain client of these routes.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import asdict
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from helixloom import loom
@@ -20,6 +21,13 @@ from helixloom.server.protocol import WeaveOptions, not_found
 from helixloom.server.state import ServerState, state_of
 
 router = APIRouter(prefix="/api")
+
+
+def _json(data: dict[str, Any] | str) -> Response:
+    """A tree as a JSON response, encoded once by ``json`` or already JSON text (FastAPI's encoder
+    walks every value of every node first: 0.7 s of a 10,000-node tree's 1 s)."""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return Response(text, media_type="application/json")
 
 
 class NewTree(BaseModel):
@@ -33,7 +41,38 @@ class Roll(BaseModel):
     max_tokens: int = Field(48, ge=1, le=2048)
     temperature: float = Field(0.9, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, le=1000)
+    preset: str | None = None  # a name in loom.PRESETS; overrides temperature, top_p and top_k
+    logprobs: int | None = Field(5, ge=0, le=20)  # alternatives kept per token for the token view
     model: str | None = None  # an adapter to roll with
+
+
+class Counterfactual(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index: int = Field(ge=0)
+    token: str = Field(min_length=1, max_length=256)
+    roll: Roll | None = None  # continue from the new branch right away
+
+
+class AbRoll(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    a: str | None = None  # base model or adapter names; None is the base model
+    b: str | None = None
+    max_tokens: int = Field(48, ge=1, le=2048)
+    preset: str | None = None
+
+
+class AbChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    chosen: str
+    rejected: str
+
+
+class Marks(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bookmark: bool | None = None
+    visited: bool | None = None
+    hidden: bool | None = None
 
 
 class Edit(BaseModel):
@@ -53,34 +92,85 @@ def list_trees(request: Request) -> dict[str, Any]:
 
 
 @router.post("/trees")
-def new_tree(body: NewTree, request: Request) -> dict[str, Any]:
+def new_tree(body: NewTree, request: Request) -> Response:
     store = state_of(request).store
     root = store.add_node(uuid.uuid4().hex, None, body.prompt, author="human")
-    return loom.tree_json(store, root.tree_id)
+    return _json(loom.tree_text(store, root.tree_id))
+
+
+@router.get("/loom/models")
+def loom_models(request: Request) -> dict[str, Any]:
+    """What a roll can use: the base model and the served adapters (with the loaded ones'
+    versions), and the sampler presets."""
+    state = state_of(request)
+    loaded = {a.name: a.version for a in state.engine.adapters()}
+    models: list[dict[str, Any]] = [{"id": state.base_id, "kind": "base", "version": None}]
+    for name in sorted(state.served_adapters()):
+        models.append({"id": name, "kind": "adapter", "version": loaded.get(name)})
+    presets = {name: asdict(p) for name, p in loom.PRESETS.items()}
+    return {"models": models, "presets": presets, "logprobs": state.engine.supports_logprobs}
 
 
 @router.get("/trees/{tree_id}", response_model=None)
 def get_tree(tree_id: str, request: Request) -> Any:
     store = state_of(request).store
-    if not store.tree_nodes(tree_id):
+    try:
+        return _json(loom.tree_text(store, tree_id))
+    except HelixloomError:  # the only one tree_text raises: no such tree
         return not_found(f"no tree {tree_id}", "tree_id")
-    return loom.tree_json(store, tree_id)
+
+
+@router.get("/trees/{tree_id}/export", response_model=None)
+def export_tree(tree_id: str, request: Request) -> Any:
+    """Everything the tree holds, tokens' log-probabilities and blind A/B choices included."""
+    store = state_of(request).store
+    if store.get_tree_root(tree_id) is None:
+        return not_found(f"no tree {tree_id}", "tree_id")
+    return _json(loom.tree_json(store, tree_id, full=True))
+
+
+@router.get("/trees/{tree_id}/search", response_model=None)
+def search_tree(tree_id: str, request: Request, q: str = Query("", max_length=1000)) -> Any:
+    """Nodes of the tree whose text holds ``q``."""
+    store = state_of(request).store
+    found = loom.search(store, tree_id, q)
+    return {"object": "list", "data": [{"id": n.id, "text": n.text, "depth": n.depth} for n in found]}
 
 
 @router.post("/trees/import")
-def import_tree(body: dict[str, Any], request: Request) -> dict[str, Any]:
+def import_tree(body: dict[str, Any], request: Request) -> Response:
+    """A tree file: helixloom's export, or socketteer/loom's JSON."""
     store = state_of(request).store
-    return loom.tree_json(store, loom.import_tree(store, body))
+    return _json(loom.tree_text(store, loom.import_tree(store, body)))
+
+
+@router.get("/nodes/{node_id}", response_model=None)
+def get_node(node_id: str, request: Request) -> Any:
+    """One node with everything it carries (its tokens' log-probabilities too)."""
+    store = state_of(request).store
+    if store.get_node(node_id) is None:
+        return not_found(f"no node {node_id}", "node_id")
+    return loom.node_json(store, node_id)
 
 
 @router.post("/nodes/{node_id}/children", response_model=None)
 def roll(node_id: str, body: Roll, request: Request) -> Any:
     """Quick roll: ``n`` continuations of the branch ending at this node, in one batch."""
     state = state_of(request)
-    if state.store.get_node(node_id) is None:
+    node = state.store.get_node(node_id)
+    if node is None:
         return not_found(f"no node {node_id}", "node_id")
-    adapter = _adapter(state, body.model)
-    loom.roll(
+    made = _roll(state, node_id, body)
+    return _json(loom.tree_text(state.store, node.tree_id, new=[n.id for n in made]))
+
+
+def _roll(state: ServerState, node_id: str, body: Roll) -> list[Any]:
+    clash = body.model_fields_set & {"temperature", "top_p", "top_k"}
+    if body.preset is not None and clash:
+        raise HelixloomError(
+            f"a sampler preset sets {sorted(clash)[0]} itself; send one or the other", param="preset"
+        )
+    return loom.roll(
         state.store,
         state.engine,
         node_id,
@@ -88,11 +178,67 @@ def roll(node_id: str, body: Roll, request: Request) -> Any:
         max_tokens=body.max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
-        adapter=adapter,
+        top_k=body.top_k,
+        preset=body.preset,
+        logprobs=body.logprobs,
+        adapter=_adapter(state, body.model),
     )
+
+
+@router.post("/nodes/{node_id}/counterfactual", response_model=None)
+def counterfactual(node_id: str, body: Counterfactual, request: Request) -> Any:
+    """A sibling that takes another token at ``index``; with ``roll``, continued from there."""
+    state = state_of(request)
+    if state.store.get_node(node_id) is None:
+        return not_found(f"no node {node_id}", "node_id")
+    new = loom.counterfactual(state.store, node_id, body.index, body.token)
+    made = _roll(state, new.id, body.roll) if body.roll is not None else []
+    return _json(loom.tree_text(state.store, new.tree_id, node_id=new.id, new=[n.id for n in made]))
+
+
+@router.post("/nodes/{node_id}/ab", response_model=None)
+def ab_roll(node_id: str, body: AbRoll, request: Request) -> Any:
+    """One continuation from each of two models, for a blind choice. The page shows them in a
+    random order without their models until the choice is made."""
+    state = state_of(request)
     node = state.store.get_node(node_id)
+    if node is None:
+        return not_found(f"no node {node_id}", "node_id")
+    a, b = loom.ab_roll(
+        state.store,
+        state.engine,
+        node_id,
+        _adapter(state, body.a),
+        _adapter(state, body.b),
+        max_tokens=body.max_tokens,
+        preset=body.preset,
+    )
+    return _json(loom.tree_text(state.store, node.tree_id, pair=[a.id, b.id]))
+
+
+@router.post("/ab/choice", response_model=None)
+def ab_choice(body: AbChoice, request: Request) -> Any:
+    """Record a blind choice between two siblings as a preference pair (source ``loom-ab``)."""
+    store = state_of(request).store
+    for nid in (body.chosen, body.rejected):
+        if store.get_node(nid) is None:
+            return not_found(f"no node {nid}", "node_id")
+    pref = loom.ab_choose(store, body.chosen, body.rejected)
+    node = store.get_node(body.chosen)
     assert node is not None
-    return loom.tree_json(state.store, node.tree_id)
+    return _json(loom.tree_text(store, node.tree_id, preference_id=pref))
+
+
+@router.post("/nodes/{node_id}/marks", response_model=None)
+def set_marks(node_id: str, body: Marks, request: Request) -> Any:
+    """Bookmark, visited and hidden flags; saved at once. Returns the node (not the whole tree:
+    the page marks every node it visits)."""
+    store = state_of(request).store
+    if store.get_node(node_id) is None:
+        return not_found(f"no node {node_id}", "node_id")
+    marks = {k: v for k, v in body.model_dump().items() if v is not None}
+    node = loom.mark(store, node_id, **marks)
+    return {"id": node.id, "meta": {k: v for k, v in (node.meta or {}).items() if k != "tokens"}}
 
 
 @router.post("/nodes/{node_id}/weave", response_model=None)
@@ -103,7 +249,7 @@ def weave_from(node_id: str, body: WeaveOptions, request: Request) -> Any:
     if node is None:
         return not_found(f"no node {node_id}", "node_id")
     weave_search(state, loom.branch_text(state.store, node_id), body, None, parent=node)
-    return loom.tree_json(state.store, node.tree_id)
+    return _json(loom.tree_text(state.store, node.tree_id))
 
 
 @router.post("/nodes/{node_id}/edit", response_model=None)
@@ -113,7 +259,7 @@ def edit(node_id: str, body: Edit, request: Request) -> Any:
     if store.get_node(node_id) is None:
         return not_found(f"no node {node_id}", "node_id")
     new = loom.edit(store, node_id, body.text)
-    return {**loom.tree_json(store, new.tree_id), "node_id": new.id}
+    return _json(loom.tree_text(store, new.tree_id, node_id=new.id))
 
 
 @router.post("/nodes/{node_id}/rate", response_model=None)
@@ -123,7 +269,7 @@ def rate(node_id: str, body: Rate, request: Request) -> Any:
     if node is None:
         return not_found(f"no node {node_id}", "node_id")
     store.add_rating("node", node_id, 1 if body.score == "up" else -1, body.reason)
-    return loom.tree_json(store, node.tree_id)
+    return _json(loom.tree_text(store, node.tree_id))
 
 
 def _adapter(state: ServerState, model: str | None) -> str | None:
