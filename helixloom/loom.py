@@ -124,12 +124,16 @@ def roll(
     adapter: str | None = None,
     logprobs: int | None = 5,
     meta: dict[str, Any] | None = None,
+    adapter_name: str | None = None,
 ) -> list[Node]:
     """``n`` sampled continuations of the branch ending at ``node_id``, stored as its children.
 
     ``preset`` (a name in ``PRESETS``) overrides temperature, top_p and top_k. Each child records
     its model, adapter and adapter version, sampler, generation time and, where the engine gives
-    them, each token's log-probability with ``logprobs`` alternatives (the token view's data)."""
+    them, each token's log-probability with ``logprobs`` alternatives (the token view's data).
+    ``adapter`` is the name the engine knows the adapter by; ``adapter_name`` the name recorded on
+    the nodes when that differs (a server that loads each version of an adapter under its own
+    engine name records the public one)."""
     node = _node(store, node_id)
     if preset is not None and preset not in PRESETS:
         raise HelixloomError(f"no sampler preset {preset!r}; known: {', '.join(PRESETS)}", param="preset")
@@ -170,7 +174,7 @@ def roll(
                 r.text,
                 author=engine.model_name,
                 model=engine.model_name,
-                adapter=adapter,
+                adapter=adapter_name or adapter,
                 meta=info,
             )
         )
@@ -213,12 +217,14 @@ def ab_roll(
     *,
     max_tokens: int = 48,
     preset: str | None = None,
+    names: tuple[str | None, str | None] = (None, None),
 ) -> tuple[Node, Node]:
     """One continuation from each of two adapters (``None`` is the base model) for a blind
-    comparison; both children carry the pair's id under ``meta["ab"]``."""
+    comparison; both children carry the pair's id under ``meta["ab"]``. ``names`` are the names
+    to record when the engine knows the adapters by others (see ``roll``)."""
     pair = uuid.uuid4().hex
     made: list[Node] = []
-    for side, adapter in (("a", a), ("b", b)):
+    for side, adapter, name in (("a", a, names[0]), ("b", b, names[1])):
         kids = roll(
             store,
             engine,
@@ -227,10 +233,13 @@ def ab_roll(
             max_tokens=max_tokens,
             preset=preset,
             adapter=adapter,
+            adapter_name=name,
             meta={"ab": {"pair": pair, "side": side}},
         )
         if not kids:
-            raise HelixloomError(f"model {adapter or 'base'} wrote nothing; roll again", param="model")
+            raise HelixloomError(
+                f"model {name or adapter or 'base'} wrote nothing; roll again", param="model"
+            )
         made.append(kids[0])
     if made[0].id == made[1].id:
         raise HelixloomError("both models wrote the same text; roll again")

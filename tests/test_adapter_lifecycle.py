@@ -357,3 +357,30 @@ def test_llamacpp_unloads_and_reuses_a_name_without_stale_kv(
     finally:
         lc.close()
         ref.close()
+
+
+def test_loom_rolls_record_the_public_name_and_the_version_served(
+    served: tuple[str, ServerState, HFEngine], home_adapter: Path, tiny_model: TinyModel
+) -> None:
+    """The engine knows each version by a name of its own; a loom node records the adapter's public
+    name and the version that wrote it, before and after a retrain in place."""
+    url, state, _ = served
+    state.store.add_adapter("mine", str(home_adapter))
+    tree = httpx.post(url + "/api/trees", json={"prompt": PROMPT}).json()
+    root = tree["nodes"][0]["id"] if "nodes" in tree else tree["root_id"]
+    versions = []
+    for seed in (None, 11):
+        if seed is not None:
+            retrain(tiny_model.path, home_adapter, seed=seed)
+        reply = httpx.post(
+            url + f"/api/nodes/{root}/children",
+            json={"model": "mine", "n": 1, "max_tokens": 6, "temperature": 0, "logprobs": 0},
+        )
+        assert reply.status_code == 200, reply.text
+        versions.append(adapter_version(home_adapter))
+    kids = [n for n in state.store.tree_nodes(state.store.get_node(root).tree_id) if n.parent_id == root]  # type: ignore[union-attr]
+    assert {n.adapter for n in kids} == {"mine"}
+    assert sorted((n.meta or {})["adapter_version"] for n in kids) == sorted(versions)
+    assert versions[0] != versions[1]
+    models = httpx.get(url + "/api/loom/models").json()["models"]
+    assert {m["id"]: m["version"] for m in models if m["kind"] == "adapter"} == {"mine": versions[1]}

@@ -18,7 +18,7 @@ from helixloom import loom
 from helixloom.errors import HelixloomError
 from helixloom.server.pipelines import weave_search
 from helixloom.server.protocol import WeaveOptions, not_found
-from helixloom.server.state import ServerState, state_of
+from helixloom.server.state import ServerState, Target, state_of
 
 router = APIRouter(prefix="/api")
 
@@ -103,10 +103,9 @@ def loom_models(request: Request) -> dict[str, Any]:
     """What a roll can use: the base model and the served adapters (with the loaded ones'
     versions), and the sampler presets."""
     state = state_of(request)
-    loaded = {a.name: a.version for a in state.engine.adapters()}
     models: list[dict[str, Any]] = [{"id": state.base_id, "kind": "base", "version": None}]
-    for name in sorted(state.served_adapters()):
-        models.append({"id": name, "kind": "adapter", "version": loaded.get(name)})
+    for served in sorted(state.served_adapters(), key=lambda a: a.name):
+        models.append({"id": served.name, "kind": "adapter", "version": served.version})
     presets = {name: asdict(p) for name, p in loom.PRESETS.items()}
     return {"models": models, "presets": presets, "logprobs": state.engine.supports_logprobs}
 
@@ -170,6 +169,7 @@ def _roll(state: ServerState, node_id: str, body: Roll) -> list[Any]:
         raise HelixloomError(
             f"a sampler preset sets {sorted(clash)[0]} itself; send one or the other", param="preset"
         )
+    target = _target(state, body.model)  # held until the roll is done: it pins the adapter's version
     return loom.roll(
         state.store,
         state.engine,
@@ -181,7 +181,8 @@ def _roll(state: ServerState, node_id: str, body: Roll) -> list[Any]:
         top_k=body.top_k,
         preset=body.preset,
         logprobs=body.logprobs,
-        adapter=_adapter(state, body.model),
+        adapter=target.adapter if target else None,
+        adapter_name=target.name if target else None,
     )
 
 
@@ -204,14 +205,17 @@ def ab_roll(node_id: str, body: AbRoll, request: Request) -> Any:
     node = state.store.get_node(node_id)
     if node is None:
         return not_found(f"no node {node_id}", "node_id")
+    # The targets stay referenced until both rolls are done: each holds its adapter version.
+    ta, tb = _target(state, body.a), _target(state, body.b)
     a, b = loom.ab_roll(
         state.store,
         state.engine,
         node_id,
-        _adapter(state, body.a),
-        _adapter(state, body.b),
+        ta.adapter if ta else None,
+        tb.adapter if tb else None,
         max_tokens=body.max_tokens,
         preset=body.preset,
+        names=(ta.name if ta else None, tb.name if tb else None),
     )
     return _json(loom.tree_text(state.store, node.tree_id, pair=[a.id, b.id]))
 
@@ -272,10 +276,12 @@ def rate(node_id: str, body: Rate, request: Request) -> Any:
     return _json(loom.tree_text(store, node.tree_id))
 
 
-def _adapter(state: ServerState, model: str | None) -> str | None:
+def _target(state: ServerState, model: str | None) -> Target | None:
+    """The adapter a roll names (``None`` for the base model). The caller keeps the ``Target`` until
+    its roll is done: it holds the adapter's version loaded (see ``ServerState.resolve``)."""
     if model is None or model == state.base_id:
         return None
     target = state.resolve(model)
     if target.kind != "adapter":
         raise HelixloomError(f"the loom rolls with the base model or an adapter, not {model}", param="model")
-    return target.adapter
+    return target
