@@ -159,9 +159,8 @@ class ImproveRun:
         self.name: str = meta["name"]
         self.config = ImproveConfig(**meta["config"])
         # JSON has no tuples; the config's tuple fields (target_modules) must come back as tuples.
-        self.train_config = LoraDPOConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["train"].items()}
-        )
+        train: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["train"].items()}
+        self.train_config = LoraDPOConfig(**train)
         self.prompts: list[str] = meta["prompts"]
         self.eval_prompts: list[str] = meta["eval_prompts"]
 
