@@ -24,6 +24,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -114,6 +115,22 @@ class PreferenceEnsemble:
             idx = torch.arange(n) if m == 0 else torch.randint(0, n, (n,), generator=rng)
             out.append(_fit_bt(diff[idx], l2))
         return cls(torch.stack(out), mean, std)
+
+    def save(self, path: Path) -> None:
+        """The members' weights and the standardisation, as safetensors."""
+        from safetensors.torch import save_file
+
+        from helixloom import atomic
+
+        tensors = {"weights": self.weights.contiguous(), "mean": self.mean, "std": self.std}
+        atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp)))
+
+    @classmethod
+    def load(cls, path: Path) -> PreferenceEnsemble:
+        from safetensors.torch import load_file
+
+        t = load_file(str(path))
+        return cls(t["weights"], t["mean"], t["std"])
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Per member, the reward of each embedding: [M, N]."""

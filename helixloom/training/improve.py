@@ -39,7 +39,14 @@ from helixloom.errors import HelixloomError
 from helixloom.prompting import render
 from helixloom.rewards import Reward
 from helixloom.training import rating_queue
-from helixloom.training.active import CandidatePair, Embedder, RatedPair, fit_reward, select
+from helixloom.training.active import (
+    CandidatePair,
+    Embedder,
+    LearnedReward,
+    RatedPair,
+    fit_reward,
+    select,
+)
 from helixloom.training.configs import LoraDPOConfig
 from helixloom.training.pairing import mean, pick_pairs, reward_outcome
 
@@ -294,6 +301,8 @@ class ImproveRun:
                     seed=self.config.seed + r,
                     reference=[(c["prompt"], a) for c in candidates for a in c["answers"]],
                 )
+                assert isinstance(learned, LearnedReward)
+                learned.ensemble.save(folder / "reward.safetensors")  # for reports and for weave
                 seconds["reward"] = time.perf_counter() - t
             assert learned is not None
             t = time.perf_counter()
