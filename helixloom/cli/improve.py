@@ -60,7 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     for f in fields(ImproveConfig):
         if f.name == "seed":
             continue  # one --seed (the training group's) seeds sampling, selection and training
-        kwargs: dict[str, Any] = {"default": None, "help": f"{helps[f.name]} (default {f.default!r})"}
+        kwargs: dict[str, Any] = {
+            "default": None,
+            "help": f"{helps[f.name].replace('%', '%%')} (default {f.default!r})",
+        }
         if f.name == "selection":
             kwargs["choices"] = ["active", "random"]
         else:
