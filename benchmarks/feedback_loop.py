@@ -205,7 +205,7 @@ def run_arm(
             served = f"{adapter_name}-r{len(served_checks) + 1}"
             registry.register(store, served, folder, replace=True)
             out = {"how": "registered", "served_as": served, "hot_load_error": str(exc)[:200]}
-        served_checks.append(check_served(engine, run, url, served, folder, held[:3]))
+        served_checks.append(check_served(engine, run, url, served, folder, held[:1]))
         return out
 
     rows = run.execute(engine, store, rater=lambda items: user.rate(len(items)), deploy=deploy)
@@ -271,10 +271,10 @@ def check_served(
     try:
         for p in prompts:
             r = client.chat.completions.create(
-                model=served, messages=[{"role": "user", "content": p}], max_tokens=24, temperature=0
+                model=served, messages=[{"role": "user", "content": p}], max_tokens=12, temperature=0
             )
             chat = render(engine, run._messages(p))
-            params = sampling(max_tokens=24, temperature=0, stop=chat.stop, token_healing=chat.token_healing)
+            params = sampling(max_tokens=12, temperature=0, stop=chat.stop, token_healing=chat.token_healing)
             mine = engine.generate(
                 [GenerationRequest(prompt=chat.prompt, sampling=params, adapter=local_name)]
             )
@@ -361,6 +361,7 @@ def main() -> int:
     )
     parser.add_argument("--tastes", default="short_question,bullets")
     parser.add_argument("--arms", default="active,random")
+    parser.add_argument("--loops", help="tastes that get full improve loops (default: every --tastes)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ratings", type=int, default=50, help="ratings per round")
     parser.add_argument("--batch", type=int, default=10, help="ratings asked at a time")
@@ -433,7 +434,8 @@ def main() -> int:
                 pairs = held_out_pairs(taste, base_eval)
                 entry["learning_curve"] = learning_curve(args, engine, taste, pool, pairs)
                 entry["learning_curve"]["seconds"] = round(time.perf_counter() - t, 1)
-                if not args.skip_loops:
+                looped = (args.loops or args.tastes).split(",")
+                if not args.skip_loops and taste_name in looped:
                     for arm in arms:
                         t = time.perf_counter()
                         entry[arm] = run_arm(args, engine, store, url, taste, arm, pairs)

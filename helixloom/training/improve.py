@@ -8,7 +8,7 @@ One run (``HELIXLOOM_HOME/runs/improve/NAME/``) goes through rounds. Each round:
    ensemble, ``training.active``) or at random; a ``rater`` answers them (a person on ``/rate``, a
    simulated user, or nobody: then the store's answers so far are used);
 3. **reward**: the ensemble is refit on every preference of this run in the store;
-4. **train**: DPO on best-vs-worst by the reward for every prompt plus the pairs the user rated,
+4. **train**: DPO on best-vs-worst by the reward for every prompt plus the pairs rated this round,
    continuing the current adapter with it as the frozen reference (the previous iterate, as GSHF);
 5. **evaluate** on held-out prompts (fixed seeds): the candidate against the current policy, by the
    reward just learned (the loop never sees what the user really wants, only their ratings);
@@ -306,7 +306,10 @@ class ImproveRun:
                 seconds["reward"] = time.perf_counter() - t
             assert learned is not None
             t = time.perf_counter()
-            rows = self._training_rows(r, engine, candidates, learned, fitted_on)
+            # The policy trains on this round's own pairs (on-policy, as GSHF's fresh data per iteration);
+            # the reward keeps learning from every round's.
+            this_round = self.rated_pairs(store, round_=r) if reward is None else []
+            rows = self._training_rows(r, engine, candidates, learned, this_round)
             trained = self._train(r, rows, current, say)
             seconds["train"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -365,12 +368,15 @@ class ImproveRun:
             say(f"  round {r}: {'promoted' if promoted else 'rolled back'}: {reason}")
         return self.rows()
 
-    def rated_pairs(self, store: Store) -> list[RatedPair]:
-        """Every preference of this run in the store (from the rating page or a simulated user)."""
+    def rated_pairs(self, store: Store, round_: int | None = None) -> list[RatedPair]:
+        """Every preference of this run in the store (from the rating page or a simulated user), or
+        those asked in one round."""
         return [
             RatedPair(p.prompt, p.chosen, p.rejected)
             for p in store.list_preferences()
-            if isinstance(p.meta, dict) and p.meta.get("run") == self.name
+            if isinstance(p.meta, dict)
+            and p.meta.get("run") == self.name
+            and (round_ is None or p.meta.get("round") == round_)
         ]
 
     # ------------------------------------------------------------------ phases
