@@ -608,3 +608,21 @@ def test_cli_sessions_and_grade(
     assert all(1 <= r["rating"] <= 10 for r in valid) and all(
         r["text"].startswith("Rating: [[") for r in body["rows"]
     )
+
+
+def test_liked_helixnet_sessions_become_rows_that_match_inference(tmp_path: Path) -> None:
+    from helixloom.training.data import liked_rows
+
+    store, _ = rated_store(tmp_path / "db.sqlite")
+    with store:
+        rows = [r["messages"] for r in liked_rows(store) if "messages" in r]
+    helix = next(r for r in rows if r[0]["content"] == "turn one")
+    # The conversation the model is served: no actor draft or critique as an earlier assistant turn.
+    assert helix == [
+        {"role": "user", "content": "turn one"},
+        {"role": "assistant", "content": "final one"},
+        {"role": "user", "content": "turn two"},
+        {"role": "assistant", "content": "final two"},
+    ]
+    fox = next(r for r in rows if r[0]["role"] == "system")
+    assert [m["content"] for m in fox][-1] == "The quick brown fox that jumps over the lazy dog, of course."

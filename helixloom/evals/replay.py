@@ -74,6 +74,19 @@ def _context(messages: Sequence[Message], upto: int) -> list[dict[str, str]]:
     return out
 
 
+def served_conversation(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """A stored session as the model is served it on the next turn: system and user messages, and for
+    every turn only its final answer (HelixNet's regeneration; a completion's first choice). Actor
+    drafts and critiques are the pipeline's inner workings, never earlier assistant turns: a training
+    row built from them would teach a conversation that inference never shows."""
+    out = _context(messages, len(messages))
+    last = max((i for i, m in enumerate(messages) if m.role != "assistant"), default=-1)
+    final = _final_answer([m for m in messages[last + 1 :] if m.role == "assistant"])
+    if final is not None:
+        out.append({"role": "assistant", "content": final.content})
+    return [m for m in out if m["content"]]
+
+
 def rated_answers(
     store: Store, *, rating: Literal["up", "down"] | None = None, limit: int | None = None
 ) -> list[RatedAnswer]:
