@@ -52,8 +52,10 @@ def _final_answer(run: Sequence[Message]) -> Message | None:
         if regenerated:
             return regenerated[-1]
         drafts = [m for m in staged if m.stage != "critic"]
-        return drafts[-1] if drafts else None
-    return run[0]
+        if drafts:
+            return drafts[-1]
+    plain = [m for m in run if not m.stage]
+    return plain[0] if plain else None
 
 
 def _context(messages: Sequence[Message], upto: int) -> list[dict[str, str]]:
