@@ -208,7 +208,13 @@ def run_arm(
         served_checks.append(check_served(engine, run, url, served, folder, held[:1]))
         return out
 
-    rows = run.execute(engine, store, rater=lambda items: user.rate(len(items)), deploy=deploy)
+    rows = run.execute(
+        engine,
+        store,
+        rater=lambda items: user.rate(len(items)),
+        deploy=deploy,
+        say=lambda line: print(f"[{name}] {line}", file=sys.stderr, flush=True),
+    )
     user.close()
     embed = Embedder(engine)
     table = []
@@ -434,6 +440,11 @@ def main() -> int:
                 pairs = held_out_pairs(taste, base_eval)
                 entry["learning_curve"] = learning_curve(args, engine, taste, pool, pairs)
                 entry["learning_curve"]["seconds"] = round(time.perf_counter() - t, 1)
+                print(
+                    json.dumps({taste_name: {"learning_curve": entry["learning_curve"]}}),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 looped = (args.loops or args.tastes).split(",")
                 if not args.skip_loops and taste_name in looped:
                     for arm in arms:
