@@ -101,7 +101,12 @@ def test_position_biased_judge_gives_only_ties() -> None:
     assert verdicts[0].forward is not None and verdicts[0].forward.choice == "A"
     assert verdicts[0].backward is not None and verdicts[0].backward.choice == "A"
     report = win_rate(verdicts, [5, 20, 1], [10, 1, 2])
-    assert (report.wins, report.losses, report.ties, report.win_rate) == (0, 0, 3, 50.0)
+    assert (report.wins, report.losses, report.ties, report.raw_win_rate) == (0, 0, 3, 50.0)
+    # A judge that follows positions is noise: it says so, and its 50% is not reported as a result.
+    assert verdicts[0].consistent is False and report.consistency == 0.0 and report.consistency_n == 3
+    assert report.reliable is False and report.win_rate is None and report.lc_win_rate is None
+    assert report.unreliable_reason and "unreliable" in report.unreliable_reason
+    assert report.to_dict()["reliable"] is False
 
 
 def test_consistent_judge_wins_in_either_position() -> None:
@@ -119,6 +124,7 @@ def test_consistent_judge_wins_in_either_position() -> None:
     report = win_rate(verdicts, [17, 2, 4], [5, 15, 4])
     assert (report.n, report.wins, report.losses, report.ties) == (3, 1, 1, 1)
     assert report.win_rate == pytest.approx(50.0)
+    assert report.consistency == 100.0 and report.reliable and report.unreliable_reason is None
     assert report.standard_error == pytest.approx(np.std([1, 0, 0.5], ddof=1) / math.sqrt(3) * 100)
 
 
@@ -185,6 +191,8 @@ def test_text_mode_parses_verdicts_and_counts_malformed() -> None:
     assert (report.n, report.wins, report.losses, report.ties) == (3, 1, 1, 1)
     assert (report.malformed, report.malformed_verdicts) == (1, 2)
     assert report.win_rate == pytest.approx(50.0)
+    # The unreadable pair is not counted; the tie was C in both orders (consistent).
+    assert report.consistency_n == 3 and report.consistency == 100.0 and report.reliable
     # Judged greedily, one batch per order.
     assert len(engine.requests) == 8 and all(r.sampling.temperature == 0 for r in engine.requests)
 
@@ -530,7 +538,10 @@ def test_cli_winrate_end_to_end(
         winners.count("B"),
         winners.count("tie"),
     )
-    assert report["win_rate"] == pytest.approx((report["wins"] + report["ties"] / 2) / 3 * 100)
+    assert report["raw_win_rate"] == pytest.approx((report["wins"] + report["ties"] / 2) / 3 * 100)
+    # The random tiny judge states how consistent it was, and withholds its win rate when it is noise.
+    assert report["consistency_n"] >= 1 and report["reliable"] == (report["consistency"] >= 50)
+    assert report["win_rate"] == (report["raw_win_rate"] if report["reliable"] else None)
     assert all(0 <= r["preference"] <= 1 for r in rows)
     assert body["config"]["judge_mode"] == "logprobs" and body["config"]["adapter"] == "alpha"
     judged = [r for r in rows if r["answer_a"] != r["answer_b"]]
@@ -540,7 +551,8 @@ def test_cli_winrate_end_to_end(
         capsys, "eval", "winrate", "--model", model, "--adapter", str(tiny_model.adapters["alpha"]),
         "--prompts", str(prompts), "--max-tokens", "6",
     )  # fmt: skip
-    assert code == 0 and "win rate over B" in out and "length-controlled" in out
+    assert code == 0 and "win rate over B" in out and "judge consistency" in out
+    assert ("withheld: the judge is unreliable" in out) != ("length-controlled" in out)
 
 
 def test_cli_eval_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -596,3 +608,21 @@ def test_cli_sessions_and_grade(
     assert all(1 <= r["rating"] <= 10 for r in valid) and all(
         r["text"].startswith("Rating: [[") for r in body["rows"]
     )
+
+
+def test_liked_helixnet_sessions_become_rows_that_match_inference(tmp_path: Path) -> None:
+    from helixloom.training.data import liked_rows
+
+    store, _ = rated_store(tmp_path / "db.sqlite")
+    with store:
+        rows = [r["messages"] for r in liked_rows(store) if "messages" in r]
+    helix = next(r for r in rows if r[0]["content"] == "turn one")
+    # The conversation the model is served: no actor draft or critique as an earlier assistant turn.
+    assert helix == [
+        {"role": "user", "content": "turn one"},
+        {"role": "assistant", "content": "final one"},
+        {"role": "user", "content": "turn two"},
+        {"role": "assistant", "content": "final two"},
+    ]
+    fox = next(r for r in rows if r[0]["role"] == "system")
+    assert [m["content"] for m in fox][-1] == "The quick brown fox that jumps over the lazy dog, of course."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 import re
@@ -283,3 +284,87 @@ def test_weave_on_the_server(tiny_model: TinyModel, tiny_engine: HFEngine, tmp_p
             and session.meta
             and session.meta["tree_id"] == reply.model_extra["weave"]["tree_id"]
         )
+
+
+def _vowel_head(engine: HFEngine) -> Path:
+    """A reward head trained on the tiny model: thumbs up for vowel-heavy answers, down for consonants."""
+    from helixloom import paths
+    from helixloom.training.configs import RewardHeadConfig
+    from helixloom.training.feedback import LabelledExample
+    from helixloom.training.reward_head import train_reward_head
+
+    rng = random.Random(0)
+    examples = []
+    for i in range(12):
+        examples.append(
+            LabelledExample(f"Story {i}:", " " + "".join(rng.choice("aeiou ") for _ in range(20)), 1)
+        )
+        examples.append(
+            LabelledExample(f"Story {i}:", " " + "".join(rng.choice("bcdfgk ") for _ in range(20)), 0)
+        )
+    folder = paths.home() / "rewards" / "vowels"
+    train_reward_head(engine, examples, folder, RewardHeadConfig(seed=0, val_split=0.0, max_epochs=60))
+    return folder
+
+
+def test_weave_is_steered_by_a_trained_reward_head(
+    tiny_model: TinyModel, tiny_engine: HFEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import httpx
+
+    from helixloom import weave as weave_pkg
+    from helixloom.cli import main
+    from helixloom.server import ServerConfig, ServerState
+    from helixloom.training.reward_spec import load_reward
+
+    _vowel_head(tiny_engine)
+    reward = load_reward("head:vowels", engine=tiny_engine)
+    config = WeaveConfig(budget=6, round_budget=3, n_expand=3, tokens_per_node=3, seed=1)
+    result = weave("Once upon a time", tiny_engine, weave_pkg.RewardScorer(reward), config)
+    # Every node's score is the head's score of its branch: the search is steered by what users taught.
+    for node in result.root.nodes():
+        if node.parent is not None and node.score is not None:
+            assert node.score == pytest.approx(
+                reward.score(["Once upon a time"], [node.branch_text(include_root=False)])[0], abs=1e-4
+            )
+    scored = [n.score for n in result.root.nodes() if n.parent is not None and n.score is not None]
+    assert result.best[0].score == max(scored)
+
+    # The CLI: --reward instead of --question (not both).
+    assert main(["weave", "Once upon a time", "--model", str(tiny_model.path), "--reward", "head:vowels",
+                 "--budget", "4", "--round-budget", "2", "--n-expand", "2", "--tokens-per-node", "3",
+                 "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["best"]
+    assert (
+        main(["weave", "x", "--model", str(tiny_model.path), "--reward", "head:vowels", "--question", "q"])
+        == 2
+    )
+
+    # The API: head:NAME by name only; Python, files and models are refused.
+    state = ServerState(ServerConfig(model=str(tiny_model.path)), tiny_engine, Store(tmp_path / "db"))
+    with serving(state) as server:
+        body = {
+            "prompt": "Once upon a time",
+            "budget": 4,
+            "round_budget": 2,
+            "n_expand": 2,
+            "tokens_per_node": 3,
+        }
+        r = httpx.post(server.url + "/api/weave", json={**body, "reward": "head:vowels"}, timeout=120)
+        assert r.status_code == 200, r.text
+        nodes = state.store.tree_nodes(r.json()["tree_id"])
+        top = r.json()["best"][0]
+        assert top["score"] == pytest.approx(reward.score(["Once upon a time"], [top["text"]])[0], abs=1e-3)
+        assert len(nodes) >= 5
+        for bad in (
+            "py:os:getcwd",
+            "head:../vowels",
+            "constitution:/etc/passwd",
+            "judge:http://x",
+            "rubric:f",
+        ):
+            refused = httpx.post(server.url + "/api/weave", json={**body, "reward": bad}, timeout=60)
+            assert refused.status_code == 400, bad
+            assert "/etc" not in refused.text and str(tmp_path) not in refused.text
+        missing = httpx.post(server.url + "/api/weave", json={**body, "reward": "rm:nothing"}, timeout=60)
+        assert missing.status_code == 400 and "no trained reward" in missing.json()["error"]["message"]

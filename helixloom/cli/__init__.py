@@ -56,7 +56,9 @@ def _run_as_job(args: argparse.Namespace, argv: list[str]) -> int:
 
     ensure_home()
     if args.run_job_id and not getattr(args, "job", None):
-        raise HelixloomError("--job-id is only for job commands (learn, iterate, train, prompts, eval)")
+        raise HelixloomError(
+            "--job-id is only for job commands (learn, iterate, improve, train, prompts, eval)"
+        )
     words = [a for a in argv if a != "--job-id" and a != args.run_job_id]
     params = {"argv": words, "launcher": "cli"}
     try:
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     from helixloom.cli import chat as cli_chat
     from helixloom.cli import evals as cli_evals
     from helixloom.cli import generate as cli_generate
+    from helixloom.cli import improve as cli_improve
     from helixloom.cli import iterate as cli_iterate
     from helixloom.cli import jobs as cli_jobs
     from helixloom.cli import learn as cli_learn
@@ -111,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         cli_prompts,
         cli_train,
         cli_iterate,
+        cli_improve,
         cli_jobs,
     ):
         command.register(sub)

@@ -154,6 +154,13 @@ def _preference(p: float | None) -> str:
 
 
 def _print_winrate(report: WinRateReport, label: str = "win rate") -> None:
+    consistency = "-" if report.consistency is None else f"{report.consistency:.0f}%"
+    print(f"{'judge consistency':<24}{consistency} (same winner in both orders; n={report.consistency_n})")
+    if report.unreliable_reason:
+        # Noise is not a result: no win rate is printed as if it meant something.
+        print(f"{label:<24}withheld: {report.unreliable_reason}")
+        print(f"{'':<24}(wins {report.wins}, losses {report.losses}, ties {report.ties}; n={report.n})")
+        return
     se = "" if report.standard_error is None else f" ± {report.standard_error:.1f}"
     print(
         f"{label:<24}{_pct(report.win_rate)}{se}  "

@@ -1,4 +1,4 @@
-"""``helixloom weave``: Weave tree search, continuations steered by a yes/no evaluator (MiniHF)."""
+"""``helixloom weave``: Weave tree search, continuations steered by a yes/no evaluator or any reward."""
 
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="TEXT",
         help="a yes/no question about the continuation (repeatable; answer yes is good). "
         "Prefix with 'no:' when no is the good answer, and 'W*' for a weight, e.g. '2*Is it sad?'",
+    )
+    wv.add_argument(
+        "--reward",
+        metavar="SPEC",
+        help="steer by a reward instead of --question: head:NAME or rm:NAME (trained on your ratings), "
+        "constitution[:FILE], evaluator[:QUESTION], rubric:FILE, judge[:SPEC], py:MODULE:FUNCTION",
     )
     add_model_flags(wv)
     wv.add_argument("--evaluator-model", metavar="SPEC", help="evaluator model (default: --model)")
@@ -101,9 +107,12 @@ def cmd_weave(args: argparse.Namespace) -> int:
     prompt = (sys.stdin.read() if args.prompt == "-" else args.prompt) if args.prompt is not None else ""
     if args.prompt is not None and not prompt.strip():
         raise HelixloomError("the prompt is empty", param="prompt")
-    if not args.question:
+    if args.reward and args.question:
+        raise HelixloomError("give --question or --reward, not both")
+    if not args.question and not args.reward:
         raise HelixloomError(
-            "Weave needs at least one --question for the evaluator", "e.g. --question 'Is it sad?'"
+            "Weave needs at least one --question for the evaluator, or a --reward",
+            "e.g. --question 'Is it sad?' or --reward head:mine",
         )
     questions = [parse_question(q) for q in args.question]
     config = weave.WeaveConfig(
@@ -149,9 +158,22 @@ def cmd_weave(args: argparse.Namespace) -> int:
         ev_engine = pool.get(evaluator_spec)
         if ev_adapter:
             ev_engine.load_adapter(ev_adapter[0], str(ev_adapter[1]))
-        evaluator = weave.Evaluator(
-            ev_engine, questions, template=template, adapter=ev_adapter[0] if ev_adapter else None
-        )
+        scorer: weave.Scorer
+        if args.reward:
+            from helixloom.training.reward_spec import load_reward
+
+            reward = load_reward(
+                args.reward,
+                engine=ev_engine,
+                store=store,
+                evaluator_adapter=ev_adapter[0] if ev_adapter else None,
+                evaluator_template=template,
+            )
+            scorer = weave.RewardScorer(reward)
+        else:
+            scorer = weave.Evaluator(
+                ev_engine, questions, template=template, adapter=ev_adapter[0] if ev_adapter else None
+            )
         done = [0]
 
         def progress(node: Any) -> None:
@@ -162,7 +184,7 @@ def cmd_weave(args: argparse.Namespace) -> int:
         result, tree_id = weave.run(
             prompt,
             engine,
-            evaluator,
+            scorer,
             config,
             adapter=adapter[0] if adapter else None,
             store=store,

@@ -88,6 +88,16 @@ class PairVerdict:
         return {"A": 1.0, "B": 0.0, "tie": 0.5}.get(self.winner)
 
     @property
+    def consistent(self) -> bool | None:
+        """Whether both orders named the same winner (or both a tie): the judge looked at the answers,
+        not at their positions. None when the pair was not asked in both orders or a verdict was
+        unreadable."""
+        f, b = self.forward, self.backward
+        if f is None or b is None or f.choice is None or b.choice is None:
+            return None
+        return SHOWN_FIRST[f.choice] == SHOWN_SECOND[b.choice]
+
+    @property
     def malformed(self) -> int:
         """How many of the two order verdicts could not be read."""
         return sum(1 for v in (self.forward, self.backward) if v is not None and v.malformed)

@@ -52,8 +52,10 @@ def _final_answer(run: Sequence[Message]) -> Message | None:
         if regenerated:
             return regenerated[-1]
         drafts = [m for m in staged if m.stage != "critic"]
-        return drafts[-1] if drafts else None
-    return run[0]
+        if drafts:
+            return drafts[-1]
+    plain = [m for m in run if not m.stage]
+    return plain[0] if plain else None
 
 
 def _context(messages: Sequence[Message], upto: int) -> list[dict[str, str]]:
@@ -72,6 +74,19 @@ def _context(messages: Sequence[Message], upto: int) -> list[dict[str, str]]:
             run = []
         out.append({"role": m.role, "content": m.content})
     return out
+
+
+def served_conversation(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """A stored session as the model is served it on the next turn: system and user messages, and for
+    every turn only its final answer (HelixNet's regeneration; a completion's first choice). Actor
+    drafts and critiques are the pipeline's inner workings, never earlier assistant turns: a training
+    row built from them would teach a conversation that inference never shows."""
+    out = _context(messages, len(messages))
+    last = max((i for i, m in enumerate(messages) if m.role != "assistant"), default=-1)
+    final = _final_answer([m for m in messages[last + 1 :] if m.role == "assistant"])
+    if final is not None:
+        out.append({"role": "assistant", "content": final.content})
+    return [m for m in out if m["content"]]
 
 
 def rated_answers(

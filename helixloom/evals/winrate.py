@@ -7,6 +7,12 @@ with a tiny L2), reported as sigmoid(b0) × 100, i.e. the predicted preference h
 the same length (lengths in characters). ``evaluate_winrate`` answers prompts with a model and a
 baseline and reports the model's win rate under a pairwise judge.
 
+Every report states the judge's **position consistency**: the share of pairs, asked in both orders,
+on which the two verdicts name the same winner. A judge that follows positions instead of answers
+(the 270M default flips its verdict when the order is swapped) turns every pair into a tie and makes
+any win rate 50%; below ``min_consistency`` the report withholds the rates (None) and says why, so
+noise is never printed as a result. The raw win rate is kept as ``raw_win_rate``.
+
 Numbers from a small local judge are for comparing your own models with each other; they are not
 comparable with published AlpacaEval or MT-bench scores (other judge, baseline and questions).
 """
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from helixloom.engine import Engine, SamplingParams
@@ -100,16 +106,41 @@ class WinRateReport:
     lc_length_coef: float | None
     mean_length_a: float | None
     mean_length_b: float | None
+    consistency: float | None = None  # % of pairs asked in both orders whose two verdicts agree
+    consistency_n: int = 0  # pairs asked in both orders with two readable verdicts
+    min_consistency: float = 50.0
+    raw_win_rate: float | None = None  # the win rate even when withheld
+
+    @property
+    def reliable(self) -> bool | None:
+        """Whether the judge's verdicts depend on the answers more than on their order (None: unknown,
+        no pair was asked in both orders)."""
+        return None if self.consistency is None else self.consistency >= self.min_consistency
+
+    @property
+    def unreliable_reason(self) -> str | None:
+        if self.reliable is not False:
+            return None
+        return (
+            f"the judge is unreliable: it named the same winner in both orders for only "
+            f"{self.consistency:.0f}% of {self.consistency_n} pairs (needs {self.min_consistency:g}%); "
+            "its win rate is withheld"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "reliable": self.reliable, "unreliable_reason": self.unreliable_reason}
 
 
 def win_rate(
-    verdicts: Sequence[PairVerdict], lengths_a: Sequence[int | float], lengths_b: Sequence[int | float]
+    verdicts: Sequence[PairVerdict],
+    lengths_a: Sequence[int | float],
+    lengths_b: Sequence[int | float],
+    *,
+    min_consistency: float = 50.0,
 ) -> WinRateReport:
     """The win rate of A (hard verdicts, ties half), its standard error, the soft win rate and the
-    length-controlled win rate (see ``length_controlled``), all × 100. Lengths are in characters."""
+    length-controlled win rate (see ``length_controlled``), all × 100. Lengths are in characters.
+    With the judge's position consistency below ``min_consistency`` % the rates are None (withheld)."""
     import numpy as np
 
     if not len(verdicts) == len(lengths_a) == len(lengths_b):
@@ -121,7 +152,11 @@ def win_rate(
     lb = [lengths_b[i] for i in keep]
     n = len(keep)
     lc = length_controlled(prefs, la, lb) if n else None
-    return WinRateReport(
+    checked = [v.consistent for v in verdicts if v.consistent is not None]
+    consistency = 100.0 * sum(checked) / len(checked) if checked else None
+    withhold = consistency is not None and consistency < min_consistency
+    raw = float(scores.mean()) * 100 if n else None
+    report = WinRateReport(
         n=n,
         wins=sum(1 for i in keep if verdicts[i].winner == "A"),
         losses=sum(1 for i in keep if verdicts[i].winner == "B"),
@@ -136,7 +171,14 @@ def win_rate(
         lc_length_coef=lc.length_coef if lc else None,
         mean_length_a=float(np.mean(la)) if n else None,
         mean_length_b=float(np.mean(lb)) if n else None,
+        consistency=consistency,
+        consistency_n=len(checked),
+        min_consistency=min_consistency,
+        raw_win_rate=raw,
     )
+    if withhold:
+        report = replace(report, win_rate=None, standard_error=None, soft_win_rate=None, lc_win_rate=None)
+    return report
 
 
 # ---------------------------------------------------------------------------- evaluation

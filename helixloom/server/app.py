@@ -37,6 +37,7 @@ def create_app(state: ServerState) -> FastAPI:
         job_routes,
         loom_routes,
         openai_routes,
+        rating_routes,
         tokenize_routes,
     )
 
@@ -48,6 +49,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(job_routes.router)
     app.include_router(file_routes.router)
     app.include_router(tokenize_routes.router)
+    app.include_router(rating_routes.router)
     static = resources.files("helixloom") / "server" / "static"
 
     @app.get("/", include_in_schema=False)

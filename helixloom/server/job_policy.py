@@ -235,6 +235,40 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
         "evaluator_adapter",
         "judge",
     ),
+    # The improve loop: ratings come from this server's /rate page; no --server (a URL) over HTTP: the
+    # promoted adapter is registered, and this server serves registered adapters by name.
+    ("improve",): _flags(
+        [
+            "rounds",
+            "ratings",
+            "batch",
+            "selection",
+            "k",
+            "temperature",
+            "max_tokens",
+            "eval_samples",
+            "eval_temperature",
+            "gen_batch",
+            "members",
+            "l2",
+            "min_win_rate",
+            "wait",
+            "system",
+            "beta",
+            "loss_type",
+            "label_smoothing",
+            "precompute_ref",
+            "overwrite",
+            "json",
+            *_TRAINING,
+        ],
+        "name",
+        "prompts",
+        "eval_prompts",
+        "base",
+        "adapter",
+        "reward",
+    ),
 }
 
 _BUILTIN_TEMPLATES = ("pair-v2", "single-v1")

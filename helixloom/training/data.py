@@ -114,6 +114,7 @@ def load_sft_data(
 def liked_rows(store: Store) -> list[dict[str, Any]]:
     """Thumbs-up loom branches (as prompt/completion) and thumbs-up chat answers (as messages)."""
     from helixloom import loom
+    from helixloom.evals.replay import served_conversation
 
     rows: list[dict[str, Any]] = [
         {"prompt": r["prompt"], "completion": r["completion"]} for r in loom.export_sft(store)
@@ -125,10 +126,11 @@ def liked_rows(store: Store) -> list[dict[str, Any]]:
             break
         offset += len(sessions)
         for s in sessions:
+            # HelixNet's drafts and critiques are not turns of the conversation the model is served.
             messages = [
-                {"role": m.role, "content": m.content}
-                for m in store.get_messages(s.id)
-                if m.role in ("system", "user", "assistant") and m.stage != "critic" and m.content
+                m
+                for m in served_conversation(store.get_messages(s.id))
+                if m["role"] in ("system", "user", "assistant")
             ]
             while messages and messages[-1]["role"] != "assistant":
                 messages.pop()

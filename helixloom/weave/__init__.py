@@ -1,19 +1,25 @@
-"""MiniHF's Weave: tree search over continuations, steered by a zero-shot yes/no evaluator."""
+"""MiniHF's Weave: tree search over continuations, steered by a zero-shot yes/no evaluator or by any
+reward (a reward head or model trained on users' ratings, a constitution, a judge): AutoLoom, seed
+004's "tree search in inference using the same reward model that ranks the data during finetuning".
+"""
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from helixloom.engine import Engine
 from helixloom.store import Node, Store
 from helixloom.weave.evaluator import Evaluator, Question, default_template
-from helixloom.weave.search import WeaveConfig, WeaveNode, WeaveResult, weave
+from helixloom.weave.search import Scorer, WeaveConfig, WeaveNode, WeaveResult, weave
 
 __all__ = [
     "Evaluator",
     "Question",
+    "RewardScorer",
+    "Scorer",
     "WeaveConfig",
     "WeaveNode",
     "WeaveResult",
@@ -23,10 +29,31 @@ __all__ = [
 ]
 
 
+class _Reward(Protocol):  # helixloom.rewards.Reward, which lives above this package
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]: ...
+
+    def score_group(self, prompt: str, responses: Sequence[str]) -> list[float]: ...
+
+
+class RewardScorer:
+    """A reward as Weave's scorer. The search scores siblings together, all continuations of one
+    prompt: they go to ``score_group`` (where a pairwise judge compares them with each other)."""
+
+    def __init__(self, reward: _Reward) -> None:
+        self.reward = reward
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        prompts = [p for p, _ in pairs]
+        responses = [r for _, r in pairs]
+        if len(set(prompts)) == 1 and len(pairs) > 1:
+            return [float(x) for x in self.reward.score_group(prompts[0], responses)]
+        return [float(x) for x in self.reward.score(prompts, responses)]
+
+
 def run(
     prompt: str,
     engine: Engine,
-    evaluator: Evaluator,
+    evaluator: Scorer,
     config: WeaveConfig | None = None,
     *,
     adapter: str | None = None,

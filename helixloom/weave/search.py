@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from helixloom.engine import Engine, GenerationRequest, SamplingParams
 from helixloom.errors import HelixloomError
-from helixloom.weave.evaluator import Evaluator
+
+
+class Scorer(Protocol):
+    """What steers the search: a score per (prompt, continuation), higher is better. The yes/no
+    ``Evaluator`` is one; any reward is another (``helixloom.weave.RewardScorer``)."""
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]: ...
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ OnNode = Callable[[WeaveNode], None]
 def weave(
     prompt: str,
     engine: Engine,
-    evaluator: Evaluator,
+    evaluator: Scorer,
     config: WeaveConfig | None = None,
     *,
     adapter: str | None = None,

@@ -1,0 +1,137 @@
+"""Simulated users: hidden tastes that rate answers through the server's rating API, as a person would.
+
+A taste is a Python function of (prompt, answer) the learning loop never sees. ``likes`` is the
+yes/no the benchmark counts (approval); ``score`` is a graded version the user consults to choose
+between two answers, so a pair both liked (or both disliked) still gets a considered choice, and
+only exact ties are skipped. The user reads the rating queue with ``GET /api/rate/{run}/queue`` and
+answers with ``POST /api/rate/{run}/answer``, the same calls the rating page makes.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_WORD = re.compile(r"[A-Za-z0-9']+")
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
+
+
+def words(text: str) -> int:
+    return len(_WORD.findall(text))
+
+
+@dataclass(frozen=True)
+class Taste:
+    """A hidden preference: ``likes`` decides approval, ``score`` ranks two answers (higher preferred)."""
+
+    name: str
+    description: str
+    likes: Callable[[str, str], bool]
+    score: Callable[[str, str], float]
+
+
+def _short_question_score(prompt: str, answer: str) -> float:
+    text = answer.strip()
+    return 2.0 * text.endswith("?") + 1.0 * (0 < words(text) <= 60) - words(text) / 200
+
+
+def _bullets_score(prompt: str, answer: str) -> float:
+    return min(len(_BULLET.findall(answer)), 5) - words(answer) / 400
+
+
+def _no_delve_score(prompt: str, answer: str) -> float:
+    lowered = answer.lower()
+    return -3.0 * ("delve" in lowered) - lowered.count("!") * 0.5 + min(words(answer), 80) / 80
+
+
+def _plain_score(prompt: str, answer: str) -> float:
+    first_person = len(re.findall(r"\b(?:I|I'm|I've|me|my)\b", answer))
+    return -float(first_person) - 0.5 * answer.count("\n\n") + (words(answer) >= 10)
+
+
+TASTES: dict[str, Taste] = {
+    t.name: t
+    for t in (
+        Taste(
+            "short_question",
+            "prefers answers under 60 words that end with a question",
+            lambda p, a: 0 < words(a) <= 60 and a.strip().endswith("?"),
+            _short_question_score,
+        ),
+        Taste(
+            "bullets",
+            "likes answers laid out as a bulleted or numbered list (two items or more)",
+            lambda p, a: len(_BULLET.findall(a)) >= 2,
+            _bullets_score,
+        ),
+        Taste(
+            "no_delve",
+            "dislikes the word 'delve' and exclamation marks; likes substance (10 words or more)",
+            lambda p, a: "delve" not in a.lower() and "!" not in a and words(a) >= 10,
+            _no_delve_score,
+        ),
+        Taste(
+            "plain",
+            "dislikes answers that talk about themselves (I, me, my); likes 10 words or more",
+            lambda p, a: _plain_score(p, a) >= 1.0,
+            _plain_score,
+        ),
+    )
+}
+
+
+def choose(taste: Taste, prompt: str, a: str, b: str) -> str:
+    """ "a", "b" or "skip" (the taste cannot tell them apart)."""
+    sa, sb = taste.score(prompt, a), taste.score(prompt, b)
+    if sa == sb:
+        return "skip"
+    return "a" if sa > sb else "b"
+
+
+class SimulatedUser:
+    """Rates the queue of run ``run`` on a helixloom server by ``taste``, through its HTTP API.
+
+    ``noise`` is the chance of a flipped choice (people are not consistent either).
+    """
+
+    def __init__(
+        self,
+        taste: Taste,
+        base_url: str,
+        run: str,
+        *,
+        api_key: str | None = None,
+        noise: float = 0.0,
+        seed: int = 0,
+        client: Any = None,
+    ) -> None:
+        import httpx
+
+        self.taste = taste
+        self.run = run
+        self.noise = noise
+        self.rng = random.Random(seed)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = client or httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=60)
+        self.answered = 0
+
+    def rate(self, limit: int) -> int:
+        """Answer up to ``limit`` items of the queue; returns how many were answered."""
+        r = self.http.get(f"/api/rate/{self.run}/queue", params={"limit": limit})
+        r.raise_for_status()
+        done = 0
+        for item in r.json()["data"]:
+            choice = choose(self.taste, item["prompt"], item["a"], item["b"])
+            if choice != "skip" and self.rng.random() < self.noise:
+                choice = "b" if choice == "a" else "a"
+            body = {"item": item["id"], "choice": choice, "source": "simulated"}
+            self.http.post(f"/api/rate/{self.run}/answer", json=body).raise_for_status()
+            done += 1
+        self.answered += done
+        return done
+
+    def close(self) -> None:
+        self.http.close()

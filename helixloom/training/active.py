@@ -1,0 +1,252 @@
+"""A reward learned from pairwise ratings, that knows how unsure it is, and asks for what teaches it most.
+
+The reward is an ensemble of Bradley–Terry models on the base model's pooled hidden states (the same
+``Engine.embed`` features as the reward head): member ``m`` scores a (prompt, response) as
+``w_m · z`` where ``z`` is the standardised embedding of ``prompt + response``, and predicts
+``P(a beats b) = sigmoid(w_m · (z_a - z_b))``. Each member is fit (L2-regularised logistic
+regression, L-BFGS) on a bootstrap resample of the ratings, so members agree where the ratings
+pin the answer down and disagree where they do not.
+
+Active learning (MiniHF's planned "Bayesian active learning", which it never built): among the
+candidate pairs not yet rated, ask about those with the highest BALD score, the mutual information
+between the user's choice and the reward's weights, estimated from the members:
+``H(mean_m p_m) - mean_m H(p_m)``. A pair every member finds a coin toss (both answers alike) scores
+low; a pair the members confidently disagree on scores high. The bootstrap ensemble stands in for
+the posterior (Lakshminarayanan et al., 2017); it is cheap because the embeddings are computed once.
+
+Written by hand because nothing in our stack offers it: TRL's reward trainer fits one model on
+text, not an ensemble on cached features, and has no acquisition function.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from helixloom.errors import HelixloomError
+from helixloom.rewards import Reward
+
+if TYPE_CHECKING:
+    from helixloom.engine import Engine
+
+
+@dataclass(frozen=True)
+class RatedPair:
+    """The user preferred ``chosen`` to ``rejected`` as an answer to ``prompt``."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class CandidatePair:
+    """Two answers to one prompt that could be shown for rating; ``key`` identifies it in a queue."""
+
+    key: str
+    prompt: str
+    a: str
+    b: str
+
+
+class Embedder:
+    """``Engine.embed`` of ``prompt + response`` texts (base model, no adapter), memoised per text."""
+
+    def __init__(self, engine: Engine, batch: int = 16) -> None:
+        if not engine.supports_embeddings:
+            raise HelixloomError(
+                f"the {engine.backend} engine gives no hidden states; a learned reward needs the hf backend"
+            )
+        self.engine = engine
+        self.batch = batch
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        texts = [p + r for p, r in zip(prompts, responses, strict=True)]
+        missing = sorted({t for t in texts if t not in self.cache})
+        for start in range(0, len(missing), self.batch):
+            chunk = missing[start : start + self.batch]
+            for t, v in zip(chunk, self.engine.embed(chunk), strict=True):
+                self.cache[t] = torch.tensor(v, dtype=torch.float32)
+        if not texts:
+            return torch.zeros(0, 0)
+        return torch.stack([self.cache[t] for t in texts])  # [N, d]
+
+
+class PreferenceEnsemble:
+    """Bootstrap ensemble of linear Bradley–Terry rewards on embeddings (see the module docstring)."""
+
+    def __init__(self, weights: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.weights = weights  # [M, d]
+        self.mean = mean  # [d]
+        self.std = std  # [d]
+
+    @classmethod
+    def fit(
+        cls,
+        chosen: torch.Tensor,
+        rejected: torch.Tensor,
+        *,
+        members: int = 8,
+        l2: float = 1.0,
+        seed: int = 0,
+        reference: torch.Tensor | None = None,
+    ) -> PreferenceEnsemble:
+        """Fit on embeddings of chosen and rejected answers ([N, d] each). ``reference`` ([R, d],
+        e.g. every candidate answer) sets the standardisation; default: the rated answers."""
+        if chosen.shape != rejected.shape or chosen.ndim != 2 or not len(chosen):
+            raise HelixloomError("a preference ensemble needs at least one rated pair")
+        ref = reference if reference is not None else torch.cat([chosen, rejected])
+        mean = ref.mean(dim=0)
+        std = ref.std(dim=0, unbiased=False)
+        std = std.clamp(min=max(0.1 * float(std.mean()), 1e-6))
+        diff = (chosen - rejected) / std  # [N, d]; the mean cancels in a difference
+        rng = torch.Generator().manual_seed(seed)
+        out = []
+        n = len(diff)
+        for m in range(members):
+            # Member 0 sees every rating; the others a bootstrap resample.
+            idx = torch.arange(n) if m == 0 else torch.randint(0, n, (n,), generator=rng)
+            out.append(_fit_bt(diff[idx], l2))
+        return cls(torch.stack(out), mean, std)
+
+    def save(self, path: Path) -> None:
+        """The members' weights and the standardisation, as safetensors."""
+        from safetensors.torch import save_file
+
+        from helixloom import atomic
+
+        tensors = {"weights": self.weights.contiguous(), "mean": self.mean, "std": self.std}
+        atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp)))
+
+    @classmethod
+    def load(cls, path: Path) -> PreferenceEnsemble:
+        from safetensors.torch import load_file
+
+        t = load_file(str(path))
+        return cls(t["weights"], t["mean"], t["std"])
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Per member, the reward of each embedding: [M, N]."""
+        return self.weights @ ((x - self.mean) / self.std).T
+
+    def pair_probs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per member, P(a beats b) for each row: [M, N]."""
+        return torch.sigmoid(self.weights @ ((a - b) / self.std).T)
+
+
+def _fit_bt(diff: torch.Tensor, l2: float) -> torch.Tensor:
+    """argmin_w mean(log(1 + exp(-w·diff))) + l2/2 |w|^2 / N, by L-BFGS (convex: a unique answer)."""
+    w = torch.zeros(diff.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+    n = len(diff)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.softplus(-(diff @ w)).mean() + 0.5 * l2 * (w @ w) / n
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
+
+
+def bald(probs: torch.Tensor) -> torch.Tensor:
+    """BALD per column of member probabilities [M, N]: H(mean p) - mean H(p), in nats (>= 0)."""
+
+    def entropy(p: torch.Tensor) -> torch.Tensor:
+        p = p.clamp(1e-7, 1 - 1e-7)
+        return -(p * p.log() + (1 - p) * (1 - p).log())
+
+    return entropy(probs.mean(dim=0)) - entropy(probs).mean(dim=0)
+
+
+def select(
+    candidates: Sequence[CandidatePair],
+    n: int,
+    *,
+    strategy: str,
+    rng: random.Random,
+    ensemble: PreferenceEnsemble | None = None,
+    embed: Embedder | None = None,
+) -> list[CandidatePair]:
+    """The ``n`` candidates to ask about next: ``random``, or ``active`` (highest BALD first, at most
+    one pair per prompt while other prompts remain). Without an ensemble yet, active is random."""
+    if strategy not in ("active", "random"):
+        raise HelixloomError(f"unknown selection strategy {strategy!r}: active or random")
+    pool = list(candidates)
+    if strategy == "random" or ensemble is None or embed is None or not pool:
+        rng.shuffle(pool)
+        return pool[:n]
+    a = embed([c.prompt for c in pool], [c.a for c in pool])
+    b = embed([c.prompt for c in pool], [c.b for c in pool])
+    gain = bald(ensemble.pair_probs(a, b)).tolist()
+    order = sorted(range(len(pool)), key=lambda i: (-gain[i], rng.random()))
+    picked: list[CandidatePair] = []
+    seen: set[str] = set()
+    for i in order:  # first pass: one per prompt
+        if len(picked) < n and pool[i].prompt not in seen:
+            picked.append(pool[i])
+            seen.add(pool[i].prompt)
+    for i in order:
+        if len(picked) < n and pool[i] not in picked:
+            picked.append(pool[i])
+    return picked
+
+
+class LearnedReward(Reward):
+    """A ``PreferenceEnsemble`` as a ``Reward``: the members' mean score."""
+
+    name = "learned"
+
+    def __init__(self, ensemble: PreferenceEnsemble, embed: Embedder) -> None:
+        self.ensemble = ensemble
+        self.embed = embed
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        if not prompts:
+            return []
+        return [float(v) for v in self.ensemble.scores(self.embed(prompts, responses)).mean(dim=0)]
+
+    def uncertainty(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """The members' standard deviation per answer (how much the ratings leave open)."""
+        if not prompts:
+            return []
+        return [float(v) for v in self.ensemble.scores(self.embed(prompts, responses)).std(dim=0)]
+
+
+def fit_reward(
+    pairs: Sequence[RatedPair],
+    embed: Embedder,
+    *,
+    members: int = 8,
+    l2: float = 1.0,
+    seed: int = 0,
+    reference: Sequence[tuple[str, str]] = (),
+) -> LearnedReward:
+    """Fit the ensemble on rated pairs; ``reference`` (prompt, answer) pairs set the standardisation."""
+    if not pairs:
+        raise HelixloomError("no ratings to learn a reward from", "rate some answers first (/rate)")
+    chosen = embed([p.prompt for p in pairs], [p.chosen for p in pairs])
+    rejected = embed([p.prompt for p in pairs], [p.rejected for p in pairs])
+    ref = embed([p for p, _ in reference], [r for _, r in reference]) if reference else None
+    ensemble = PreferenceEnsemble.fit(chosen, rejected, members=members, l2=l2, seed=seed, reference=ref)
+    return LearnedReward(ensemble, embed)
+
+
+def agreement(reward: Reward, pairs: Sequence[RatedPair]) -> float | None:
+    """Share of ``pairs`` the reward ranks as the rater did (ties count half); None without pairs."""
+    if not pairs:
+        return None
+    chosen = reward.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+    rejected = reward.score([p.prompt for p in pairs], [p.rejected for p in pairs])
+    hits = [
+        1.0 if c > r else 0.5 if math.isclose(c, r) else 0.0 for c, r in zip(chosen, rejected, strict=True)
+    ]
+    return sum(hits) / len(hits)

@@ -1,0 +1,597 @@
+"""Learning from users, closed: ratings → reward → DPO → a better adapter, promoted only if it is better.
+
+One run (``HELIXLOOM_HOME/runs/improve/NAME/``) goes through rounds. Each round:
+
+1. **sample** ``k`` answers per training prompt from the current policy (base + the promoted adapter);
+2. **collect** ratings: pairs of those answers go into the run's rating queue (``rating_queue``), a
+   batch at a time, chosen by the reward's uncertainty (``selection="active"``, BALD over a bootstrap
+   ensemble, ``training.active``) or at random; a ``rater`` answers them (a person on ``/rate``, a
+   simulated user, or nobody: then the store's answers so far are used);
+3. **reward**: the ensemble is refit on every preference of this run in the store;
+4. **train**: DPO on best-vs-worst by the reward for every prompt plus the pairs rated this round,
+   continuing the current adapter with it as the frozen reference (the previous iterate, as GSHF);
+5. **evaluate** on held-out prompts (fixed seeds): the candidate against the current policy, by the
+   reward just learned (the loop never sees what the user really wants, only their ratings);
+6. **promote** the candidate if it wins at least ``min_win_rate`` % of the held-out comparisons (a
+   win rate, not the mean reward, decides: one outlier answer moves a mean), and hot-load it
+   (``deploy``); else keep the current one and say why.
+
+Every phase writes its file before the next starts, so a killed run resumes where it stopped.
+``state.json`` names the current adapter; ``rounds.json`` is the per-round table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from helixloom import atomic
+from helixloom.engine import Engine, GenerationRequest, sampling
+from helixloom.errors import HelixloomError
+from helixloom.prompting import render
+from helixloom.rewards import Reward
+from helixloom.training import rating_queue
+from helixloom.training.active import (
+    CandidatePair,
+    Embedder,
+    LearnedReward,
+    RatedPair,
+    fit_reward,
+    select,
+)
+from helixloom.training.configs import LoraDPOConfig
+from helixloom.training.pairing import mean, pick_pairs, reward_outcome
+
+if TYPE_CHECKING:
+    from helixloom.store import Store
+
+#: Answers the queued items of a round; returns how many it answered (0: no more will come now).
+Rater = Callable[[list[rating_queue.QueueItem]], int]
+#: Makes the promoted adapter live (name, folder) -> what was done, for the report.
+Deploy = Callable[[str, Path], dict[str, Any]]
+Event = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ImproveConfig:
+    """The loop's settings (DPO's are a ``LoraDPOConfig``)."""
+
+    rounds: int = field(default=3, metadata={"help": "rounds of collect → reward → DPO → evaluate → promote"})
+    ratings: int = field(default=50, metadata={"help": "ratings asked per round"})
+    batch: int = field(default=10, metadata={"help": "ratings asked at a time (the reward is refit between)"})
+    selection: str = field(
+        default="active", metadata={"help": "active (BALD on the reward ensemble) or random"}
+    )
+    k: int = field(default=4, metadata={"help": "answers sampled per training prompt"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the k answers"})
+    max_tokens: int = field(default=64, metadata={"help": "longest answer in tokens"})
+    eval_samples: int = field(default=2, metadata={"help": "answers per held-out prompt when evaluating"})
+    eval_temperature: float = field(default=0.7, metadata={"help": "temperature of the evaluation answers"})
+    gen_batch: int = field(default=16, metadata={"help": "rows per generation batch"})
+    members: int = field(default=8, metadata={"help": "members of the reward ensemble"})
+    l2: float = field(default=1.0, metadata={"help": "L2 penalty of each ensemble member"})
+    min_win_rate: float = field(
+        default=55.0, metadata={"help": "% of held-out comparisons the candidate must win to be promoted"}
+    )
+    wait: float = field(
+        default=0.0, metadata={"help": "seconds to wait for ratings on the rating page each round (0: none)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of sampling, selection and training"})
+    system: str = field(default="", metadata={"help": "system prompt for every prompt"})
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "batch", "max_tokens", "eval_samples", "gen_batch", "members"):
+            if not getattr(self, name) > 0:
+                raise HelixloomError(f"{name} must be positive", param=name)
+        if self.ratings < 0 or self.wait < 0:
+            raise HelixloomError("ratings and wait must be >= 0", param="ratings")
+        if self.k < 2:
+            raise HelixloomError("k must be at least 2 to make pairs", param="k")
+        if self.selection not in ("active", "random"):
+            raise HelixloomError("selection must be active or random", param="selection")
+        if not 0 <= self.min_win_rate <= 100:
+            raise HelixloomError("min_win_rate is a percentage", param="min_win_rate")
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: str(f.metadata.get("help", "")) for f in fields(cls)}
+
+
+@dataclass
+class RoundResult:
+    """One round of the table (``rounds.json``)."""
+
+    round: int
+    ratings: int  # answered this round (skips included)
+    preferences: int  # preferences the reward was fit on (all rounds so far)
+    train_agreement: float | None  # the reward's agreement with the ratings it was fit on
+    pairs: int
+    train_loss: float | None
+    candidate_reward: float
+    current_reward: float
+    win_rate: float  # % of held-out comparisons the candidate won against the current policy
+    promoted: bool
+    reason: str
+    adapter: str | None  # the current adapter after this round (None: the base model)
+    deployed: dict[str, Any] | None
+    seconds: dict[str, float]
+
+
+def deploy_http(base_url: str, api_key: str | None = None) -> Deploy:
+    """Hot-load by ``POST {base_url}/v1/load_lora_adapter {"lora_name", "lora_path"}``: vLLM's shape,
+    so the same loop keeps a remote vLLM server current. The path must be readable where the server runs."""
+
+    def deploy(name: str, folder: Path) -> dict[str, Any]:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        url = base_url.rstrip("/") + "/v1/load_lora_adapter"
+        body = {"lora_name": name, "lora_path": str(folder)}
+        r = httpx.post(url, json=body, headers=headers, timeout=300)
+        if r.status_code >= 400:
+            raise HelixloomError(f"the server refused to load {name}: HTTP {r.status_code} {r.text[:200]}")
+        return {"how": "http", "url": url, "status": r.status_code}
+
+    return deploy
+
+
+def deploy_engine(engine: Engine) -> Deploy:
+    """Hot-load into an engine in this process (each version under its own name: an engine never
+    swaps the weights of a name requests may be using)."""
+
+    def deploy(name: str, folder: Path) -> dict[str, Any]:
+        from helixloom.engine.lora_folder import adapter_version
+
+        served = f"{name}@{adapter_version(folder)[:12]}"
+        engine.load_adapter(served, str(folder))
+        return {"how": "engine", "name": served}
+
+    return deploy
+
+
+class ImproveRun:
+    """A named run under ``HELIXLOOM_HOME/runs/improve/NAME``; create it once, execute (or resume) it."""
+
+    def __init__(self, root: Path, meta: dict[str, Any]) -> None:
+        self.root = root
+        self.meta = meta
+        self.name: str = meta["name"]
+        self.config = ImproveConfig(**meta["config"])
+        # JSON has no tuples; the config's tuple fields (target_modules) must come back as tuples.
+        train: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["train"].items()}
+        self.train_config = LoraDPOConfig(**train)
+        self.prompts: list[str] = meta["prompts"]
+        self.eval_prompts: list[str] = meta["eval_prompts"]
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        prompts: Sequence[str],
+        eval_prompts: Sequence[str],
+        *,
+        base: str,
+        start_adapter: str | None = None,
+        config: ImproveConfig | None = None,
+        train: LoraDPOConfig | None = None,
+        overwrite: bool = False,
+    ) -> ImproveRun:
+        """Start a run; its settings and prompts are written once, so ``open`` can resume it."""
+        prompts = [p.strip() for p in prompts if p.strip()]
+        eval_prompts = [p.strip() for p in eval_prompts if p.strip()]
+        if not prompts or not eval_prompts:
+            raise HelixloomError(
+                "an improve run needs training prompts and held-out prompts", param="prompts"
+            )
+        if set(prompts) & set(eval_prompts):
+            raise HelixloomError("held-out prompts must not be training prompts", param="eval_prompts")
+        root = rating_queue.run_folder(name)
+        if root.exists():
+            if not overwrite:
+                raise HelixloomError(
+                    f"run {name} already exists", "continue it with --resume, or --overwrite"
+                )
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        meta = {
+            "name": name,
+            "base": base,
+            "start_adapter": start_adapter,
+            "config": asdict(config or ImproveConfig()),
+            "train": asdict(train or LoraDPOConfig()),
+            "prompts": prompts,
+            "eval_prompts": eval_prompts,
+        }
+        atomic.write_json(root / "run.json", meta)
+        return cls(root, meta)
+
+    @classmethod
+    def open(cls, name: str) -> ImproveRun:
+        root = rating_queue.run_folder(name)
+        if not (root / "run.json").is_file():
+            raise HelixloomError(
+                f"no improve run named {name}", f"start it: helixloom improve --name {name} ..."
+            )
+        return cls(root, json.loads((root / "run.json").read_text()))
+
+    # ------------------------------------------------------------------ state
+
+    def current(self) -> Path | None:
+        """The promoted adapter (None: the base model, or the start adapter if one was given)."""
+        state = self.root / "state.json"
+        if state.is_file():
+            p = json.loads(state.read_text())["current"]
+            return Path(p) if p else None
+        return Path(self.meta["start_adapter"]) if self.meta.get("start_adapter") else None
+
+    def rows(self) -> list[RoundResult]:
+        out = []
+        for r in range(1, self.config.rounds + 1):
+            p = self.root / f"round-{r}" / "result.json"
+            if p.is_file():
+                out.append(RoundResult(**json.loads(p.read_text())))
+        return out
+
+    def eval_answers(self, adapter: Path | None) -> list[dict[str, Any]]:
+        """The held-out answers of a policy (computed by ``execute``): prompt, answer, tokens."""
+        p = self.root / "eval" / f"{_policy_key(adapter)}.jsonl"
+        return [json.loads(x) for x in p.read_text().splitlines()] if p.is_file() else []
+
+    # ------------------------------------------------------------------ the loop
+
+    def execute(
+        self,
+        engine: Engine,
+        store: Store,
+        *,
+        rater: Rater | None = None,
+        deploy: Deploy | None = None,
+        reward: Reward | None = None,
+        gate: Reward | None = None,
+        say: Event = lambda _: None,
+        progress: Callable[[str, int], Any] | None = None,
+    ) -> list[RoundResult]:
+        """Run (or resume) every round; returns the table. ``reward`` replaces the learned one (scripted
+        rewards for tests and for operators who already have one): then no ratings are collected.
+        ``gate`` decides promotions instead of the training reward (an independent reward is harder
+        for the policy to game)."""
+        if not engine.supports_adapters:
+            raise HelixloomError(f"the {engine.backend} engine cannot load adapters; improve needs hf")
+        embed = Embedder(engine) if reward is None else None
+        self._eval_policy(engine, self.current(), progress)  # the start, for the first comparison
+        for r in range(1, self.config.rounds + 1):
+            folder = self.root / f"round-{r}"
+            if (folder / "result.json").is_file():
+                continue
+            folder.mkdir(exist_ok=True)
+            say(f"round {r}/{self.config.rounds}")
+            seconds: dict[str, float] = {}
+            current = self.current()
+            t = time.perf_counter()
+            candidates = self._sample(r, engine, current, progress)
+            seconds["sample"] = time.perf_counter() - t
+            t = time.perf_counter()
+            answered = 0
+            learned = reward
+            fitted_on: list[RatedPair] = []
+            if reward is None:
+                assert embed is not None
+                answered = self._collect(r, candidates, embed, store, rater, say)
+                seconds["collect"] = time.perf_counter() - t
+                t = time.perf_counter()
+                fitted_on = self.rated_pairs(store)
+                if not fitted_on:
+                    raise HelixloomError(
+                        f"no ratings for run {self.name} yet",
+                        f"rate pairs on the server's /rate?run={self.name} page, then --resume",
+                    )
+                learned = fit_reward(
+                    fitted_on,
+                    embed,
+                    members=self.config.members,
+                    l2=self.config.l2,
+                    seed=self.config.seed + r,
+                    reference=[(c["prompt"], a) for c in candidates for a in c["answers"]],
+                )
+                assert isinstance(learned, LearnedReward)
+                learned.ensemble.save(folder / "reward.safetensors")  # for reports and for weave
+                seconds["reward"] = time.perf_counter() - t
+            assert learned is not None
+            t = time.perf_counter()
+            # The policy trains on this round's own pairs (on-policy, as GSHF's fresh data per iteration);
+            # the reward keeps learning from every round's.
+            this_round = self.rated_pairs(store, round_=r) if reward is None else []
+            rows = self._training_rows(r, engine, candidates, learned, this_round)
+            trained = self._train(r, rows, current, say)
+            seconds["train"] = time.perf_counter() - t
+            t = time.perf_counter()
+            cand_dir = folder / "adapter"
+            cand = self._eval_policy(engine, cand_dir, progress)
+            base = self.eval_answers(current)
+            prompts = [a["prompt"] for a in cand]
+            judge = gate or learned
+            cand_scores = judge.score(prompts, [a["answer"] for a in cand])
+            cur_scores = judge.score(prompts, [a["answer"] for a in base])
+            outcomes = [
+                reward_outcome(a["answer"], s, b["answer"], bs)
+                for a, s, b, bs in zip(cand, cand_scores, base, cur_scores, strict=True)
+            ]
+            win = 100.0 * mean(outcomes)
+            seconds["evaluate"] = time.perf_counter() - t
+            gain = mean(cand_scores) - mean(cur_scores)
+            promoted = win >= self.config.min_win_rate and bool(rows)
+            if promoted:
+                reason = f"won {win:.1f}% of held-out comparisons, mean reward {gain:+.3f}"
+            elif not rows:
+                reason = "no training pairs this round (every prompt tied)"
+            else:
+                reason = (
+                    f"kept the current adapter: the candidate won {win:.1f}% "
+                    f"(needs {self.config.min_win_rate:g}%); mean reward {gain:+.3f}"
+                )
+            deployed = None
+            if promoted:
+                atomic.write_json(self.root / "state.json", {"current": str(cand_dir), "round": r})
+                if deploy is not None:
+                    t = time.perf_counter()
+                    try:
+                        deployed = deploy(self.name, cand_dir)
+                    except HelixloomError as exc:  # promotion stands; the report says the server missed it
+                        deployed = {"error": str(exc)}
+                    seconds["deploy"] = time.perf_counter() - t
+            result = RoundResult(
+                round=r,
+                ratings=answered,
+                preferences=len(fitted_on),
+                train_agreement=_agreement(learned, fitted_on) if fitted_on else None,
+                pairs=len(rows),
+                train_loss=trained.get("final_loss"),
+                candidate_reward=mean(cand_scores),
+                current_reward=mean(cur_scores),
+                win_rate=win,
+                promoted=promoted,
+                reason=reason,
+                adapter=str(self.current()) if self.current() else None,
+                deployed=deployed,
+                seconds={k: round(v, 2) for k, v in seconds.items()},
+            )
+            atomic.write_json(folder / "result.json", asdict(result))
+            atomic.write_json(self.root / "rounds.json", [asdict(x) for x in self.rows()])
+            say(f"  round {r}: {'promoted' if promoted else 'rolled back'}: {reason}")
+        return self.rows()
+
+    def rated_pairs(self, store: Store, round_: int | None = None) -> list[RatedPair]:
+        """Every preference of this run in the store (from the rating page or a simulated user), or
+        those asked in one round."""
+        return [
+            RatedPair(p.prompt, p.chosen, p.rejected)
+            for p in store.list_preferences()
+            if isinstance(p.meta, dict)
+            and p.meta.get("run") == self.name
+            and (round_ is None or p.meta.get("round") == round_)
+        ]
+
+    # ------------------------------------------------------------------ phases
+
+    def _messages(self, prompt: str) -> list[dict[str, str]]:
+        msgs = [{"role": "system", "content": self.config.system}] if self.config.system else []
+        return [*msgs, {"role": "user", "content": prompt}]
+
+    def _generate(
+        self,
+        engine: Engine,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        adapter: str | None,
+        temperature: float,
+    ) -> list[Any]:
+        out: list[Any] = []
+        for start in range(0, len(prompts), self.config.gen_batch):
+            reqs = []
+            part = slice(start, start + self.config.gen_batch)
+            for prompt, seed in zip(prompts[part], seeds[part], strict=True):
+                chat = render(engine, self._messages(prompt))
+                params = sampling(
+                    max_tokens=self.config.max_tokens,
+                    temperature=temperature,
+                    top_p=1.0,
+                    top_k=0,
+                    seed=seed,
+                    stop=chat.stop,
+                    token_healing=chat.token_healing,
+                )
+                reqs.append(GenerationRequest(prompt=chat.prompt, sampling=params, adapter=adapter))
+            out.extend(engine.generate(reqs))
+        return out
+
+    def _adapter_name(self, engine: Engine, folder: Path | None) -> str | None:
+        if folder is None:
+            return None
+        name = f"improve-{self.name}-{_policy_key(folder)}"
+        if name not in {a.name for a in engine.adapters()}:
+            engine.load_adapter(name, str(folder))
+        return name
+
+    def _sample(
+        self, r: int, engine: Engine, current: Path | None, progress: Callable[[str, int], Any] | None
+    ) -> list[dict[str, Any]]:
+        path = self.root / f"round-{r}" / "candidates.json"
+        if path.is_file():
+            return list(json.loads(path.read_text()))
+        k = self.config.k
+        prompts = [p for p in self.prompts for _ in range(k)]
+        seeds = [_seed(self.config.seed, r, j, s) for j in range(len(self.prompts)) for s in range(k)]
+        bar = progress(f"round {r}: sample {k} answers", len(prompts)) if progress else None
+        results = self._generate(
+            engine, prompts, seeds, self._adapter_name(engine, current), self.config.temperature
+        )
+        if bar is not None:
+            bar.update(len(prompts))
+            bar.close()
+        out = [
+            {"prompt": p, "answers": [x.text for x in results[j * k : (j + 1) * k]]}
+            for j, p in enumerate(self.prompts)
+        ]
+        atomic.write_json(path, out)
+        return out
+
+    def _collect(
+        self,
+        r: int,
+        candidates: list[dict[str, Any]],
+        embed: Embedder,
+        store: Store,
+        rater: Rater | None,
+        say: Event,
+    ) -> int:
+        """Ask for ratings until this round's budget is answered, the rater stops, or the wait ends."""
+        pool = [
+            CandidatePair(f"r{r}-p{j}-{x}-{y}", c["prompt"], c["answers"][x], c["answers"][y])
+            for j, c in enumerate(candidates)
+            for x, y in itertools.combinations(range(len(c["answers"])), 2)
+            if c["answers"][x].strip() and c["answers"][y].strip() and c["answers"][x] != c["answers"][y]
+        ]
+        rng = random.Random(_seed(self.config.seed, r, -2, -2))
+        asked = {i.id for i in rating_queue.items(self.name)}
+        round_ids = {i.id for i in rating_queue.items(self.name) if i.round == r}
+
+        def answered() -> int:
+            done = rating_queue.answers(self.name)
+            return sum(i in done for i in round_ids)
+
+        deadline = time.monotonic() + self.config.wait
+        while answered() < self.config.ratings:
+            open_items = [i for i in rating_queue.pending(self.name, 10_000) if i.round == r]
+            if not open_items:
+                left = [c for c in pool if c.key not in asked]
+                if not left:
+                    break
+                # The reward so far decides what to ask next (none yet: the first batch is random).
+                prefs = self.rated_pairs(store)
+                ensemble = None
+                if prefs and self.config.selection == "active":
+                    ensemble = fit_reward(
+                        prefs, embed, members=self.config.members, l2=self.config.l2, seed=len(prefs)
+                    ).ensemble
+                n = min(self.config.batch, self.config.ratings - answered())
+                chosen = select(
+                    left, n, strategy=self.config.selection, rng=rng, ensemble=ensemble, embed=embed
+                )
+                open_items = [rating_queue.QueueItem(c.key, r, c.prompt, c.a, c.b) for c in chosen]
+                rating_queue.enqueue(self.name, open_items)
+                asked.update(i.id for i in open_items)
+                round_ids.update(i.id for i in open_items)
+            if rater is not None:
+                if rater(open_items) == 0:
+                    break
+            elif time.monotonic() < deadline:
+                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            else:
+                break
+        got = answered()
+        say(f"  {got} ratings this round ({self.config.selection} selection)")
+        return got
+
+    def _training_rows(
+        self, r: int, engine: Engine, candidates: list[dict[str, Any]], reward: Reward, rated: list[RatedPair]
+    ) -> list[dict[str, str]]:
+        path = self.root / f"round-{r}" / "train_rows.json"
+        if path.is_file():
+            return list(json.loads(path.read_text()))
+        rng = random.Random(_seed(self.config.seed, r, -1, -1))
+        rows: list[dict[str, str]] = []
+        for c in candidates:
+            scores = reward.score_group(c["prompt"], c["answers"])
+            picked, _ = pick_pairs(c["answers"], scores, "max_min", rng)
+            prompt = render(engine, self._messages(c["prompt"])).prompt
+            rows += [
+                {"prompt": prompt, "chosen": c["answers"][a], "rejected": c["answers"][b]} for a, b in picked
+            ]
+        # The user's own choices are the truest pairs there are; they train the policy too.
+        rows += [
+            {
+                "prompt": render(engine, self._messages(p.prompt)).prompt,
+                "chosen": p.chosen,
+                "rejected": p.rejected,
+            }
+            for p in rated
+        ]
+        atomic.write_json(path, rows)
+        return rows
+
+    def _train(self, r: int, rows: list[dict[str, str]], current: Path | None, say: Event) -> dict[str, Any]:
+        out = self.root / f"round-{r}" / "adapter"
+        result = self.root / f"round-{r}" / "train.json"
+        if (out / "adapter_config.json").is_file() and result.is_file():
+            return dict(json.loads(result.read_text()))
+        if not rows:
+            if current is None:
+                raise HelixloomError("no training pairs: the reward scored every answer the same")
+            atomic.copy_dir(current, out)
+            summary: dict[str, Any] = {"steps": 0, "final_loss": None}
+        else:
+            from helixloom.training.dpo import train_dpo  # lazy: torch and TRL only when training
+
+            run_dir = self.root / f"round-{r}" / "checkpoints"
+            resume = any(run_dir.glob("checkpoint-*"))
+            if resume:
+                say("  resuming training from its last checkpoint")
+            cfg = LoraDPOConfig(**{**asdict(self.train_config), "seed": self.train_config.seed + r})
+            trained = train_dpo(
+                self.meta["base"], rows, out, run_dir, cfg, init_adapter=current, resume=resume
+            )
+            summary = {"steps": trained.steps, "final_loss": trained.final_loss, "seconds": trained.seconds}
+            shutil.rmtree(run_dir, ignore_errors=True)
+        atomic.write_json(result, summary)
+        return summary
+
+    def _eval_policy(
+        self, engine: Engine, adapter: Path | None, progress: Callable[[str, int], Any] | None
+    ) -> list[dict[str, Any]]:
+        """Held-out answers of a policy (the same seeds for every policy), computed once per adapter."""
+        have = self.eval_answers(adapter)
+        if have:
+            return have
+        n = self.config.eval_samples
+        prompts = [p for p in self.eval_prompts for _ in range(n)]
+        seeds = [
+            _seed(self.config.seed, 10_000, j, s) for j in range(len(self.eval_prompts)) for s in range(n)
+        ]
+        bar = progress("evaluate on held-out prompts", len(prompts)) if progress else None
+        results = self._generate(
+            engine, prompts, seeds, self._adapter_name(engine, adapter), self.config.eval_temperature
+        )
+        if bar is not None:
+            bar.update(len(prompts))
+            bar.close()
+        rows = [
+            {"prompt": p, "answer": x.text, "tokens": x.usage.completion_tokens}
+            for p, x in zip(prompts, results, strict=True)
+        ]
+        atomic.write_jsonl(self.root / "eval" / f"{_policy_key(adapter)}.jsonl", rows)
+        return rows
+
+
+def _agreement(reward: Reward, pairs: list[RatedPair]) -> float | None:
+    from helixloom.training.active import agreement
+
+    return agreement(reward, pairs)
+
+
+def _policy_key(adapter: Path | None) -> str:
+    if adapter is None:
+        return "base"
+    return hashlib.sha256(str(Path(adapter).resolve()).encode()).hexdigest()[:12]
+
+
+def _seed(base: int, round_: int, prompt: int, sample: int) -> int:
+    digest = hashlib.sha256(f"improve:{base}:{round_}:{prompt}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF

@@ -1,0 +1,242 @@
+"""The improve loop on the tiny model: active selection, the rating API, promotion and rollback."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from helixloom.cli import main
+from helixloom.engine import load_engine
+from helixloom.evals.simulated_users import TASTES, SimulatedUser, Taste, choose
+from helixloom.rewards import FunctionReward
+from helixloom.server import ServerConfig, ServerState
+from helixloom.store import Store
+from helixloom.training import rating_queue
+from helixloom.training.active import (
+    CandidatePair,
+    PreferenceEnsemble,
+    RatedPair,
+    agreement,
+    bald,
+    fit_reward,
+    select,
+)
+from helixloom.training.configs import LoraDPOConfig
+from helixloom.training.improve import ImproveConfig, ImproveRun, deploy_engine
+from tests.conftest import TinyModel, serving
+
+PROMPTS = [f"Tell me about topic {i}" for i in range(6)]
+HELD_OUT = [f"Say something on theme {i}" for i in range(4)]
+TRAIN = LoraDPOConfig(learning_rate=5e-3, epochs=4, batch_size=8, rank=8, alpha=16, save_steps=1000)
+FAST = ImproveConfig(rounds=1, ratings=8, batch=4, k=4, max_tokens=8, eval_samples=2, gen_batch=40)
+
+
+def vowel_share(prompts: list[str], responses: list[str]) -> list[float]:
+    """A scripted reward the tiny model can learn (iterate's tests show DPO raises it)."""
+    return [sum(c in "aeiou" for c in r) / max(1, len(r)) for r in responses]
+
+
+def fewer_vowels(prompts: list[str], responses: list[str]) -> list[float]:
+    return [-s for s in vowel_share(prompts, responses)]
+
+
+VOWELS = Taste(
+    "vowels",
+    "likes answers with many vowels",
+    lambda p, a: vowel_share([p], [a])[0] > 0.3,
+    lambda p, a: vowel_share([p], [a])[0],
+)
+
+
+# ---------------------------------------------------------------------------------------- active
+
+
+class Table:
+    """Embeddings by answer text, for an ensemble built by hand."""
+
+    def __init__(self, vectors: dict[str, list[float]]) -> None:
+        self.vectors = vectors
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.tensor([self.vectors[r] for r in responses])
+
+
+def test_bald_is_high_where_confident_members_disagree_and_zero_where_all_agree() -> None:
+    agree = torch.tensor([[0.9, 0.5], [0.9, 0.5]])  # both members sure (col 0) / both unsure (col 1)
+    disagree = torch.tensor([[0.95], [0.05]])
+    assert bald(agree).tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert float(bald(disagree)[0]) > 0.4
+
+
+def test_active_selection_picks_the_pair_the_ensemble_is_least_sure_about() -> None:
+    # Two members: one rewards dimension 0, the other punishes it; both ignore dimension 1.
+    ensemble = PreferenceEnsemble(torch.tensor([[3.0, 0.0], [-3.0, 0.0]]), torch.zeros(2), torch.ones(2))
+    table = Table({"x0": [1, 0], "x1": [-1, 0], "y0": [0, 1], "y1": [0, -1], "z0": [0.1, 0], "z1": [0, 0]})
+    pairs = [
+        CandidatePair("y", "p1", "y0", "y1"),  # members agree it is a coin toss: nothing to learn
+        CandidatePair("z", "p2", "z0", "z1"),  # they disagree, a little
+        CandidatePair("x", "p3", "x0", "x1"),  # they disagree completely
+    ]
+    picked = select(pairs, 2, strategy="active", rng=random.Random(0), ensemble=ensemble, embed=table)  # type: ignore[arg-type]
+    assert [p.key for p in picked] == ["x", "z"]
+    # Random selection ignores the ensemble; without one, active falls back to it.
+    assert len(select(pairs, 2, strategy="random", rng=random.Random(0))) == 2
+    assert {p.key for p in select(pairs, 3, strategy="active", rng=random.Random(0))} == {"x", "y", "z"}
+
+
+def test_reward_ensemble_learns_ratings_on_real_embeddings(tiny_engine) -> None:
+    from helixloom.training.active import Embedder
+
+    embed = Embedder(tiny_engine)
+    rng = random.Random(0)
+    words = ["apple", "orange", "idea", "stone", "brick", "crypt", "audio", "eerie", "rhythm", "tryst"]
+
+    def text() -> str:
+        return " ".join(rng.choice(words) for _ in range(4))
+
+    pairs = []
+    while len(pairs) < 24:
+        a, b = text(), text()
+        if vowel_share([""], [a]) != vowel_share([""], [b]):
+            good, bad = (a, b) if vowel_share([""], [a]) > vowel_share([""], [b]) else (b, a)
+            pairs.append(RatedPair("Q:", good, bad))
+    reward = fit_reward(pairs[:16], embed, members=4, l2=0.1)
+    assert agreement(reward, pairs[:16]) == 1.0  # it fits what it was told
+    spread = reward.uncertainty(["Q:"] * 4, [p.chosen for p in pairs[16:20]])
+    assert all(s > 0 for s in spread)  # bootstrap members differ
+
+
+# ---------------------------------------------------------------------------------------- the loop
+
+
+def test_loop_promotes_a_better_adapter_and_rolls_back_a_worse_one(
+    tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    engine = load_engine(str(tiny_model.path))
+    config = ImproveConfig(**{**FAST.__dict__, "rounds": 2})
+    with Store(tmp_path / "db") as store:
+        good = ImproveRun.create(
+            "good", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config, train=TRAIN
+        )
+        deployed: list[str] = []
+        deploy = deploy_engine(engine)
+        rows = good.execute(
+            engine,
+            store,
+            reward=FunctionReward(vowel_share),
+            deploy=lambda n, f: (deployed.append(str(f)), deploy(n, f))[1],
+        )
+        assert [r.promoted for r in rows] == [True, True], [r.reason for r in rows]
+        assert rows[1].adapter == str(good.root / "round-2" / "adapter") == str(good.current())
+        assert deployed == [str(good.root / f"round-{i}" / "adapter") for i in (1, 2)]
+        assert rows[0].win_rate >= 55 and rows[1].win_rate >= 55
+        served = {a.name for a in engine.adapters() if a.name.startswith("good@")}
+        assert len(served) == 2  # each version under its own name: none served stale
+        # Round 2 continued the promoted adapter: its reference (the previous iterate) is round 1's.
+        assert (good.root / "round-2" / "train.json").is_file()
+
+        # Trained on the same reward, gated by its opposite: the candidate is worse, so it is kept out.
+        bad = ImproveRun.create(
+            "bad", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config, train=TRAIN
+        )
+        rows = bad.execute(
+            engine, store, reward=FunctionReward(vowel_share), gate=FunctionReward(fewer_vowels)
+        )
+        assert [r.promoted for r in rows] == [False, False]
+        assert all("kept the current adapter" in r.reason for r in rows)
+        assert bad.current() is None and rows[-1].adapter is None
+        assert not (bad.root / "state.json").exists()
+
+
+def test_loop_learns_from_a_simulated_user_through_the_rating_api(
+    tiny_model: TinyModel, tiny_engine, tmp_path: Path
+) -> None:
+    state = ServerState(ServerConfig(model=str(tiny_model.path)), tiny_engine, Store(tmp_path / "db"))
+    engine = load_engine(str(tiny_model.path))
+    with serving(state) as server:
+        run = ImproveRun.create(
+            "rated", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=FAST, train=TRAIN
+        )
+        user = SimulatedUser(VOWELS, server.url, "rated")
+        calls: list[int] = []
+
+        def rater(items: list[rating_queue.QueueItem]) -> int:
+            calls.append(len(items))
+            return user.rate(len(items))
+
+        rows = run.execute(engine, state.store, rater=rater)
+        user.close()
+        assert calls == [4, 4]  # two batches of 4; the reward was refit between them
+        prefs = state.store.list_preferences(source="simulated")
+        skipped = sum(a["choice"] == "skip" for a in rating_queue.answers("rated").values())
+        assert len(prefs) + skipped == 8 == rows[0].ratings
+        for p in prefs:  # every stored choice is the taste's
+            assert VOWELS.score(p.prompt, p.chosen) > VOWELS.score(p.prompt, p.rejected)
+            assert p.meta and p.meta["run"] == "rated"
+        assert rows[0].preferences == len(prefs) and rows[0].train_agreement is not None
+        assert rows[0].pairs >= len(prefs)  # reward-ranked pairs plus the user's own
+        # Nothing left to rate; an answered item cannot be answered again; a bad run name is refused.
+        with httpx.Client(base_url=server.url) as http:
+            assert http.get("/api/rate/rated/queue").json()["data"] == []
+            first = next(iter(rating_queue.answers("rated")))
+            again = http.post("/api/rate/rated/answer", json={"item": first, "choice": "a"})
+            assert again.status_code == 400 and "already answered" in again.json()["error"]["message"]
+            assert http.get("/api/rate/nope/queue").status_code == 404
+            assert http.get("/api/rate/..%2Fx/queue").status_code in (400, 404)
+            assert http.get("/api/rate/.hidden/queue").status_code == 400
+            odd = http.post("/api/rate/rated/answer", json={"item": first, "choice": "a", "source": "me"})
+            assert odd.status_code == 400
+
+
+def test_simulated_tastes_choose_by_their_hidden_score() -> None:
+    short = TASTES["short_question"]
+    assert short.likes("q", "Is it blue?") and not short.likes("q", "It is blue.")
+    assert choose(short, "q", "It is blue.", "Is it blue?") == "b"
+    bullets = TASTES["bullets"]
+    assert bullets.likes("q", "- one\n- two") and not bullets.likes("q", "one, two")
+    assert (
+        choose(TASTES["no_delve"], "q", "Let us delve into it now please", "Here is a plain answer for you")
+        == "b"
+    )
+    assert choose(short, "q", "same", "same") == "skip"
+
+
+def test_improve_cli_resumes_and_the_job_policy_keeps_urls_out(
+    tiny_model: TinyModel, tmp_path: Path, capsys
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS))
+    held = tmp_path / "h.txt"
+    held.write_text("\n".join(HELD_OUT))
+    args = ["improve", "--name", "cli", "--prompts", str(prompts), "--eval-prompts", str(held)]
+    args += ["--base", str(tiny_model.path), "--rounds", "1", "--ratings", "4", "--batch", "4", "--k", "2"]
+    args += ["--max-tokens", "6", "--eval-samples", "1"]
+    # Nobody has rated yet: the first batch waits in the queue and the command says where to rate it.
+    assert main(args) == 2
+    assert "/rate?run=cli" in capsys.readouterr().err
+    queued = rating_queue.pending("cli")
+    assert len(queued) == 4
+    with Store.open_default() as store:
+        for item in queued:
+            rating_queue.answer(
+                store, "cli", item.id, "a" if len(item.a) >= len(item.b) else "b", "rating-page"
+            )
+    assert main(["improve", "--name", "cli", "--resume", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rounds"][0]["ratings"] == 4 and out["rounds"][0]["preferences"] >= 1
+
+    from helixloom.cli import build_parser
+    from helixloom.errors import HelixloomError
+    from helixloom.server.job_policy import JobPolicy
+
+    policy = JobPolicy(home=tmp_path, models=frozenset({"default"}))
+    ok = policy.check(build_parser(), ["improve", "--name", "x", "--rounds", "2", "--selection", "random"])
+    assert ok[:3] == ["improve", "--name", "x"]
+    for bad in (["--server", "http://elsewhere"], ["--reward", "py:os:getcwd"], ["--base", "/etc"]):
+        with pytest.raises(HelixloomError):
+            policy.check(build_parser(), ["improve", "--name", "x", *bad])
