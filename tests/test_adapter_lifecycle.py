@@ -210,7 +210,7 @@ def test_models_show_each_adapters_version_and_report(
         ("../elsewhere", 400, "outside HELIXLOOM_HOME"),
         ("adapters/../../elsewhere", 400, "outside HELIXLOOM_HOME"),
         ("adapters/linked", 400, "outside HELIXLOOM_HOME"),  # a link out of the home
-        ("uploads/up", 400, "outside adapters/ and outputs/"),
+        ("uploads/up", 400, "outside adapters/ and outputs/ and runs/"),
         ("adapters/none", 404, "No adapter found"),
         ("adapters/notlora", 400, "not a LoRA adapter"),
         ("adapters/foreign", 400, "not a LoRA adapter"),  # made for a model of another width

@@ -240,3 +240,41 @@ def test_improve_cli_resumes_and_the_job_policy_keeps_urls_out(
     for bad in (["--server", "http://elsewhere"], ["--reward", "py:os:getcwd"], ["--base", "/etc"]):
         with pytest.raises(HelixloomError):
             policy.check(build_parser(), ["improve", "--name", "x", *bad])
+
+
+def test_deploy_http_hot_loads_each_promotion_into_a_running_server(
+    tiny_model: TinyModel, helixloom_home: Path, fresh_tiny_engine
+) -> None:
+    """Promotions reach a running helixloom server through vLLM's load endpoint: the first loads the
+    name, the next replaces it in place, and the name answers with the promoted weights each time."""
+    import shutil
+
+    from helixloom.engine import GenerationRequest, sampling
+    from helixloom.training.improve import deploy_http
+
+    helixloom_home.mkdir(parents=True, exist_ok=True)
+    params = sampling(temperature=0, max_tokens=6, ignore_eos=True)
+    state = ServerState(
+        ServerConfig(model=str(tiny_model.path), run_jobs=False), fresh_tiny_engine, Store.open_default()
+    )
+    reference = load_engine(str(tiny_model.path))
+    with serving(state) as server:
+        deploy = deploy_http(server.url)
+        for i, source in enumerate(("alpha", "beta"), start=1):
+            folder = helixloom_home / "runs" / "improve" / "x" / f"round-{i}" / "adapter"
+            shutil.copytree(tiny_model.adapters[source], folder)
+            assert deploy("x", folder)["status"] == 200
+            reference.load_adapter(source, str(folder))
+            expect = reference.generate([GenerationRequest("Tell me", params, source)])[0].text
+            reply = httpx.post(
+                server.url + "/v1/completions",
+                json={
+                    "model": "x",
+                    "prompt": "Tell me",
+                    "max_tokens": 6,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                },
+            )
+            assert reply.json()["choices"][0]["text"] == expect
+    reference.close()

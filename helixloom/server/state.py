@@ -81,8 +81,9 @@ class AdapterNotFound(HelixloomError):
     """A load or unload that names no adapter (vLLM answers these with 404)."""
 
 
-#: Where an adapter loaded over HTTP may live: the CLI's adapters and what jobs wrote.
-LOADABLE = ("adapters", "outputs")
+#: Where an adapter loaded over HTTP may live: the CLI's adapters, what jobs wrote, and training runs
+#: (the improve loop hot-loads each promoted round's adapter from its run folder).
+LOADABLE = ("adapters", "outputs", "runs")
 
 
 class ServerState:
@@ -163,9 +164,9 @@ class ServerState:
         """vLLM's ``POST /v1/load_lora_adapter``: serve ``lora_path`` as ``name`` from now on.
 
         ``lora_path`` comes from a client: it is a registered adapter's name, or a folder under
-        ``adapters/`` or ``outputs/`` of HELIXLOOM_HOME (relative paths are the home's). A name already
-        served is refused unless ``inplace`` (vLLM's ``load_inplace``): then its new content is loaded
-        beside the old, which requests in flight keep until they finish."""
+        ``adapters/``, ``outputs/`` or ``runs/`` of HELIXLOOM_HOME (relative paths are the home's). A
+        name already served is refused unless ``inplace`` (vLLM's ``load_inplace``): then its new
+        content is loaded beside the old, which requests in flight keep until they finish."""
         if not self.config.load_adapters:
             raise HelixloomError("this server does not load adapters at runtime", param="lora_name")
         if not name or not lora_path:
@@ -212,7 +213,7 @@ class ServerState:
         if not any(folder == home / r or (home / r) in folder.parents for r in LOADABLE):
             raise HelixloomError(
                 f"{lora_path} is outside {' and '.join(r + '/' for r in LOADABLE)} of HELIXLOOM_HOME",
-                "load a registered adapter by name, or a folder a job wrote under outputs/",
+                f"load a registered adapter by name, or a folder under {' or '.join(LOADABLE)}/",
                 param="lora_path",
             )
         try:

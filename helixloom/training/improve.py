@@ -134,7 +134,9 @@ def deploy_http(base_url: str, api_key: str | None = None) -> Deploy:
 
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         url = base_url.rstrip("/") + "/v1/load_lora_adapter"
-        body = {"lora_name": name, "lora_path": str(folder)}
+        # load_inplace: NAME is served already from the second promotion on; vLLM (and helixloom)
+        # refuse a second load of a served name without it.
+        body = {"lora_name": name, "lora_path": str(folder), "load_inplace": True}
         r = httpx.post(url, json=body, headers=headers, timeout=300)
         if r.status_code >= 400:
             raise HelixloomError(f"the server refused to load {name}: HTTP {r.status_code} {r.text[:200]}")
