@@ -211,7 +211,7 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
         name, folder = adapter_registry.resolve(store, args.adapter, model=args.base)
         meta = store.adapter_meta(name)
     system = meta.get("system_prompt")
-    index = _learned_index(meta) if args.retrieve else None
+    index = learned_index(meta) if args.retrieve else None
     engine = load_engine(args.base)
     engine.load_adapter(name, str(folder))
     arms = {}
@@ -239,7 +239,7 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
     return 0
 
 
-def _learned_index(meta: dict[str, Any]) -> Any:
+def learned_index(meta: dict[str, Any]) -> Any:
     """The BM25 index over the documents an adapter learned (saved with its dataset)."""
     from helixloom.documents import dataset, retrieval
     from helixloom.errors import HelixloomError

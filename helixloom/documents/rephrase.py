@@ -3,8 +3,9 @@
 A small model writes poor questions from scratch but rewrites a given one well when shown a few
 examples (``data/documents/rephrase.yaml``, a plain completion prompt, so it works on base models and
 any engine). Each rephrased question is checked by code before it is kept: it must be one short
-question, keep a content word of its sentence (``off_document`` otherwise), not give its answer away
-(``leaks_answer``), and not copy an example (``copies_example``). The answer stays the sentence of the
+question (``not_a_question``), differ from the rough one (``unchanged``), keep a content word of its
+sentence (``off_document`` otherwise), not give its answer away (``leaks_answer``), and not copy an
+example (``copies_example``). The answer stays the sentence of the
 document the rough question came from.
 """
 
@@ -21,7 +22,7 @@ from helixloom.documents.grounded import Pair
 from helixloom.documents.grounding import stems
 from helixloom.engine import Engine, GenerationRequest, sampling
 
-REASONS = ("not_a_question", "off_document", "leaks_answer", "copies_example")
+REASONS = ("not_a_question", "unchanged", "off_document", "leaks_answer", "copies_example")
 
 
 @dataclass
@@ -40,8 +41,10 @@ def check(question: str, pair: Pair, examples: str) -> str | None:
     """Why a rephrased ``question`` of ``pair`` is not kept (one of ``REASONS``), or None."""
     q = question.strip()
     words = textsim.words(q)
-    if not q.endswith("?") or not 3 <= len(words) <= 24 or q.count("?") > 1:
-        return "not_a_question"
+    if not q.endswith("?") or not 3 <= len(words) <= 24 or q.count("?") > 1 or ":" in q:
+        return "not_a_question"  # a label copied ("Rough: ...") or not one short question
+    if words == textsim.words(pair.question):
+        return "unchanged"
     if textsim.words(pair.key) and " ".join(textsim.words(pair.key)) in " ".join(words):
         return "leaks_answer"
     if not stems(q) & stems(pair.answer):

@@ -120,9 +120,8 @@ def prepare(
     start = time.perf_counter()
     rephrased = rephrasing.rephrase(teacher, built) if rephrase else rephrasing.RephraseReport([])
     if rephrase:
-        say(
-            f"teacher rephrased {len(rephrased.pairs)} of {rephrased.calls} rough questions (dropped: {rephrased.dropped})"
-        )
+        n, asked = len(rephrased.pairs), rephrased.calls
+        say(f"teacher rephrased {n} of {asked} rough questions (dropped: {rephrased.dropped})")
     built.extend(rephrased.pairs)
     seconds["teacher_rephrase"] = time.perf_counter() - start
     start = time.perf_counter()
