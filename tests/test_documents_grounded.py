@@ -67,16 +67,18 @@ def test_grounding_keeps_a_supported_pair_and_drops_the_others() -> None:
     chunk = "The Zorblax is a teal, six-legged reptile. It eats glowing moss."
     assert grounding.check("What colour is the Zorblax?", "The Zorblax is teal.", chunk) is None
     assert grounding.check("What does the Zorblax eat?", "It eats moss, glowing moss.", chunk) is None
-    assert grounding.check("What colour is the Zorblax?", "The Zorblax is bright purple with wings.", chunk) == (
-        "unsupported"
+    assert grounding.check(
+        "What colour is the Zorblax?", "The Zorblax is bright purple with wings.", chunk
+    ) == ("unsupported")
+    assert (
+        grounding.check("How many legs has the Zorblax?", "The Zorblax has 8 legs.", chunk) == "unsupported"
     )
-    assert grounding.check("How many legs has the Zorblax?", "The Zorblax has 8 legs.", chunk) == "unsupported"
     assert grounding.check("Who won the 1998 football world cup?", "France won it.", chunk) == "off_document"
     assert grounding.check("What is the title of the document?", "The Zorblax.", chunk) == "instruction_echo"
     prompt = "You are an intelligent professor writing quiz questions for students"
-    assert grounding.check("Zorblax professor?", "An intelligent professor writing quiz", chunk, [prompt]) == (
-        "instruction_echo"
-    )
+    assert grounding.check(
+        "Zorblax professor?", "An intelligent professor writing quiz", chunk, [prompt]
+    ) == ("instruction_echo")
 
 
 def test_the_teachers_pairs_are_grounded_and_the_dropped_counted_per_prompt(documents: list) -> None:
@@ -141,8 +143,10 @@ def test_the_mix_holds_out_questions_tags_documents_and_replays_general_text(doc
     replay = mix.replay_rows(words, 0.1)
     replay_words = sum(mix.row_words(r) for r in replay)
     assert 0.08 <= replay_words / (words + replay_words) <= 0.3
-    trained, held_out = mix.replay_split()
-    assert held_out and not set(held_out) & {r["text"] for r in replay}  # forgetting is measured on unseen text
+    _, held_out = mix.replay_split()
+    assert held_out and not set(held_out) & {
+        r["text"] for r in replay
+    }  # forgetting is measured on unseen text
 
 
 def test_bm25_finds_the_passage_that_answers(documents: list) -> None:

@@ -182,7 +182,7 @@ def _plain_chat(args: argparse.Namespace, params: Any) -> int:
                 [result],
                 adapter=name,
                 kind="chat",
-                meta={"citations": cited},
+                meta={"citations": cited, "retrieved": [p.doc_id for p in found]},
             )
             if show:
                 print()

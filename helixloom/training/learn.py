@@ -47,6 +47,7 @@ from helixloom.training.learn_report import format_report
 from helixloom.training.trainer import TrainResult
 
 REPORT = "learn_report.json"  # beside the adapter
+SUITE_MAX_TOKENS = 160  # per pair the teacher writes
 HELDOUT = "heldout.jsonl"  # in the dataset folder: the generated questions kept out of training
 
 Say = Callable[[str], None]
@@ -134,6 +135,9 @@ def prepare(
             chunk_tokens=chunk_tokens,
             overlap_tokens=min(128, chunk_tokens // 8),  # 128 at the default 1024; small chunks stay valid
             one_at_a_time=one_at_a_time,
+            # a grounded pair is short; a weak teacher rambles to the limit, and a batch lasts as long
+            # as its longest reply (a reply cut off is invalid JSON, counted as failed)
+            max_tokens=SUITE_MAX_TOKENS if one_at_a_time else SUITE_MAX_TOKENS * num_questions,
             checkpoint=checkpoint,
             on_progress=on_progress,
         )
