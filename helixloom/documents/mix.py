@@ -66,7 +66,8 @@ def pair_rows(pairs: Sequence[Pair], tag_share: float = 0.25) -> list[dict[str, 
 def document_rows(doc: Document, max_words: int = 120) -> list[dict[str, Any]]:
     """The document's text as language-modelling rows of about ``max_words`` words, each tagged with
     the document's id and title (sections are kept whole where they fit)."""
-    rows, piece = [], ""
+    rows: list[str] = []
+    piece = ""
     for block in re.split(r"\n\s*\n", doc.text.strip()):
         block = block.strip()
         if piece and len((piece + " " + block).split()) > max_words:
@@ -100,7 +101,8 @@ def replay_rows(words_in_mix: int, share: float) -> list[dict[str, Any]]:
         return []
     train, _ = replay_split()
     want = share / (1 - share) * words_in_mix
-    rows, words = [], 0
+    rows: list[dict[str, Any]] = []
+    words = 0
     while words < want:
         p = train[len(rows) % len(train)]
         rows.append({"text": p, "meta": {"prompt": "replay"}})
@@ -123,7 +125,8 @@ def split_heldout(pairs: Sequence[Pair], share: float = 0.15) -> tuple[list[Pair
     per_fact: dict[tuple[str, int], int] = {}
     for p in pairs:
         per_fact[(p.doc_id, p.fact)] = per_fact.get((p.doc_id, p.fact), 0) + 1
-    train, held = [], []
+    train: list[Pair] = []
+    held: list[Pair] = []
     for p in sorted(pairs, key=lambda p: _hash("heldout", p.question, p.doc_id)):
         key = (p.doc_id, p.fact)
         if (p.perspective in ("span", "entity", "rephrase") and per_fact[key] > 2
