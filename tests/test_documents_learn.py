@@ -65,8 +65,14 @@ def test_every_prompt_runs_failures_are_counted_and_duplicates_dropped(docs: Pat
     teacher = ScriptedEngine(teacher_reply)
     found = ingest([docs])
     suite = Suite.load()
-    report = generate_pairs(
-        teacher, found.documents, suite, chunk_tokens=24, overlap_tokens=4, one_at_a_time=False
+    report = generate_pairs(  # the suite's mechanics; grounding is tested in test_documents_grounded
+        teacher,
+        found.documents,
+        suite,
+        chunk_tokens=24,
+        overlap_tokens=4,
+        one_at_a_time=False,
+        grounded=False,
     )
     chunks = report.stats["simple-quiz"].calls
     assert chunks >= 2  # the article was cut into several chunks
@@ -98,7 +104,12 @@ def test_questions_one_at_a_time_list_those_already_written(docs: Path) -> None:
     suite = Suite.load().only(["simple-quiz", "summary-one"])
     progress: list[tuple[int, int]] = []
     report = generate_pairs(
-        teacher, found.documents, suite, num_questions=3, on_progress=lambda *a: progress.append(a)
+        teacher,
+        found.documents,
+        suite,
+        num_questions=3,
+        on_progress=lambda *a: progress.append(a),
+        grounded=False,
     )
     assert report.stats["simple-quiz"].calls == 3 and report.stats["summary-one"].calls == 1
     assert report.stats["simple-quiz"].pairs == 3 and len(report.pairs) == 3
@@ -197,6 +208,13 @@ def test_dataset_rows_and_citations(docs: Path) -> None:
     assert doc.doc_id in prompt and "Do NOT refer to background knowledge" in prompt
 
 
+def grounded_reply(request: GenerationRequest) -> str:
+    """A teacher right about the quiz and off the document everywhere else."""
+    if "Write 1 questions" in request.prompt:
+        return json.dumps({"question": "What colour is the Zorblax?", "reply": "The Zorblax is teal."})
+    return json.dumps({"question": "Who painted the Mona Lisa?", "reply": "Leonardo da Vinci."})
+
+
 SMALL = LoraSFTConfig(
     rank=4, alpha=8, max_steps=4, batch_size=2, save_steps=2, max_length=512, learning_rate=1e-3
 )
@@ -207,17 +225,31 @@ def test_learn_end_to_end(
 ) -> None:
     paths.ensure_home()
     with Store(paths.db_path()) as store:
-        train_file, report = learn.prepare(
-            "zorblax", [docs], ScriptedEngine(teacher_reply), base=str(tiny_model.path), sft=SMALL
+        train_file, _ = learn.prepare(
+            "zorblax", [docs], ScriptedEngine(grounded_reply), base=str(tiny_model.path), sft=SMALL
         )
         assert train_file.is_file() and learn.stage("zorblax") == "generated"
         rows, meta = dataset.read("zorblax")
-        assert len(rows) == len(report.pairs) and meta["base"] == str(tiny_model.path)
+        assert meta["base"] == str(tiny_model.path)
+        kinds = {r["meta"]["prompt"] for r in rows}
+        # code-built perspectives, the teacher's grounded pairs, the documents' text and replay
+        assert {"span", "entity", "title", "statement", "document", "replay"} <= kinds
+        assert kinds & {p.name for p in Suite.load().prompts}
+        assert (
+            meta["mix"]["heldout"] > 0 and meta["mix"]["pairs_dropped"]
+        )  # the unique question: off-document
         result = learn.train("zorblax", store)
         assert result.steps == 4 and result.changed_fraction == 1.0 and result.final_loss is not None
         assert learn.stage("zorblax") == "trained"
         record = store.get_adapter("zorblax")
         assert record is not None and record.meta and record.meta["system_prompt"] == meta["system_prompt"]
+        stored = record.meta["report"]
+        beside = json.loads((paths.adapters_dir() / "zorblax" / learn.REPORT).read_text())
+        assert stored == beside and stored["heldout_questions"] == meta["mix"]["heldout"]
+        for key in ("heldout_accuracy_before", "heldout_accuracy_after", "citation_accuracy_after"):
+            assert 0.0 <= stored[key] <= 1.0
+        assert stored["perplexity_general_base"] > 1 and stored["forgetting_ratio"] > 0
+        assert stored["pairs_kept"]["span"] > 0 and "training" in stored["seconds"]
     # The server loads the trained adapter into its engine on the first request: a fresh engine.
     state = ServerState(ServerConfig(model=str(tiny_model.path)), fresh_tiny_engine, Store(paths.db_path()))
     with serving(state) as server:
@@ -330,7 +362,7 @@ def test_cli_learn_resumes_interrupted_generation(
     real_resolve = models.resolve
     monkeypatch.setattr(models, "resolve", lambda spec: fake if spec == "scripted" else real_resolve(spec))
     args = ["learn", str(docs), "--name", "zc", "--teacher", "scripted", "--review", "--questions", "2"]
-    args += ["--chunk-tokens", "24"]
+    args += ["--chunk-tokens", "24", "--no-rephrase"]  # the suite's calls only: interrupted mid-suite
     assert main(args) == 130
     err = capsys.readouterr().err
     assert "learn --resume --name zc" in err and learn.stage("zc") == "generating"
@@ -346,7 +378,11 @@ def test_cli_learn_resumes_interrupted_generation(
 
 
 def test_cli_plain_chat_with_learned_adapter(
-    capsys: pytest.CaptureFixture[str], docs: Path, tiny_model: TinyModel, helixloom_home: Path
+    capsys: pytest.CaptureFixture[str],
+    docs: Path,
+    tiny_model: TinyModel,
+    helixloom_home: Path,
+    tmp_path: Path,
 ) -> None:
     from helixloom.cli import main
 
@@ -374,9 +410,29 @@ def test_cli_plain_chat_with_learned_adapter(
     assert code == 0 and "citations" in body and body["session_id"]
     with Store(paths.db_path()) as store:
         messages = store.get_messages(body["session_id"])
-    assert messages[0].role == "system" and "Do NOT refer to background knowledge" in messages[0].content
+    assert messages[0].role == "system" and "cite [DOC_ID" in messages[0].content
     assert main(["chat", "--adapter", "zq", "--critic-adapter", "x", "--once", "q"]) == 2
     assert "plain chat" in capsys.readouterr().err
+    # The report learn stored with the adapter, shown.
+    assert main(["adapters", "show", "zq"]) == 0
+    shown = capsys.readouterr().out
+    assert "held-out generated questions" in shown and "forgetting ratio" in shown and "pairs kept" in shown
+    assert main(["adapters", "show", "zq", "--json"]) == 0
+    assert "heldout_accuracy_after" in json.loads(capsys.readouterr().out)["report"]
+    # Retrieval on top of the adapter: the passages BM25 found are shown to the model and returned.
+    chat = ["chat", "--base", str(tiny_model.path), "--adapter", "zq", "--retrieve", "--json"]
+    assert main([*chat, "--once", "What do Zorblaxes eat?", "--max-tokens", "4", "--temperature", "0"]) == 0
+    body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "glowing moss" in body["retrieved"][0]["text"]
+    assert main(["chat", "--retrieve", "--once", "q"]) == 2  # retrieval needs a learned adapter
+    file = tmp_path / "q.jsonl"
+    file.write_text(
+        '{"question": "What do Zorblaxes eat?", "facts": ["moss|bark"], "document": "zorblax.md"}\n'
+    )
+    qa = ["eval", "qa", "--adapter", "zq", "--questions", str(file), "--base", str(tiny_model.path)]
+    assert main([*qa, "--max-tokens", "4", "--retrieve", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)["scores"]
+    assert set(scores) == {"base", "adapter", "base+retrieval", "adapter+retrieval"}
 
 
 def test_eval_qa(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``helixloom models`` and ``helixloom adapters list|add|extract|export-gguf|remove``: the models that
+"""``helixloom models`` and ``helixloom adapters list|show|add|extract|export-gguf|remove``: the models that
 can be used and the registered LoRA adapters."""
 
 from __future__ import annotations
@@ -71,6 +71,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     aexp.add_argument("--out", help="the .gguf file to write (default: NAME's folder/adapter_model.gguf)")
     aexp.set_defaults(run=cmd_adapters_export_gguf)
+    ashow = asub.add_parser(
+        "show",
+        help="show an adapter: its record, and the report learn stored with it",
+        description="Show a registered adapter's record and, for one made by `helixloom learn`, its report: "
+        "held-out accuracy on generated questions and citation accuracy (base and adapter), the "
+        "forgetting ratio (general-text perplexity, adapter over base), pairs kept and dropped by reason, "
+        "and the time of each phase.",
+    )
+    ashow.add_argument("name", metavar="NAME")
+    ashow.add_argument("--json", action="store_true", help="print JSON")
+    ashow.set_defaults(run=cmd_adapters_show)
     arm = asub.add_parser("remove", help="forget a registered adapter (its folder is left alone)")
     arm.add_argument("name")
     arm.set_defaults(run=cmd_adapters_remove)
@@ -119,6 +130,33 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
         print("no adapters registered (add one with `helixloom adapters add NAME PATH`)")
     for r in records:
         print(f"{r.name:<24} rank={(r.meta or {}).get('rank')!s:<4} base={r.base_model}  {r.path}")
+    return 0
+
+
+def cmd_adapters_show(args: argparse.Namespace) -> int:
+    from helixloom.cli.common import open_store
+
+    with open_store() as store:
+        record = store.get_adapter(args.name)
+    if record is None:
+        raise HelixloomError(f"no adapter named {args.name}", "see `helixloom adapters list`")
+    meta = dict(record.meta or {})
+    if args.json:
+        print(
+            json.dumps(
+                {"name": record.name, "path": str(record.path), "base_model": record.base_model, **meta}
+            )
+        )
+        return 0
+    print(f"{record.name}  base={record.base_model}  rank={meta.get('rank')}  {record.path}")
+    if meta.get("documents"):
+        for doc_id, doc in meta["documents"].items():
+            print(f"  [DOC_ID:{doc_id}] {doc.get('title')}  ({doc.get('source')})")
+    report = meta.get("report")
+    if isinstance(report, dict):
+        from helixloom.training.learn_report import format_report
+
+        print(format_report(report))
     return 0
 
 

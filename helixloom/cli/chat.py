@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "brings its system prompt, and its answers' [DOC_ID:...] citations are mapped to the source files",
     )
     chat.add_argument(
+        "--retrieve",
+        action="store_true",
+        help="with --adapter made by `helixloom learn`: show the model the passages of its documents that "
+        "BM25 finds for each question (retrieval on top of the fine-tune)",
+    )
+    chat.add_argument(
         "--rounds", type=int, default=1, help="critique/regenerate rounds per question (default 1)"
     )
     chat.add_argument(
@@ -85,6 +91,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.once is not None and not args.once.strip():
         raise HelixloomError("the question is empty", "pass some text to --once")
     params = sampling_from(args)
+    if args.retrieve and args.adapter is None:
+        raise HelixloomError("--retrieve needs --adapter (an adapter made by helixloom learn)")
     if args.adapter is not None:
         role_flags = [
             f"--{r}-{k}" for r in helixnet.STAGES for k in ("model", "adapter") if getattr(args, f"{r}_{k}")
@@ -128,7 +136,8 @@ def _plain_chat(args: argparse.Namespace, params: Any) -> int:
     from helixloom import adapters as adapter_registry
     from helixloom import completion, models, prompting
     from helixloom.cli.common import open_store
-    from helixloom.documents import dataset
+    from helixloom.cli.evals import learned_index
+    from helixloom.documents import dataset, retrieval
     from helixloom.engine import GenerationRequest, GenerationResult, StreamDelta, load_engine
 
     models.resolve(args.base)
@@ -140,11 +149,15 @@ def _plain_chat(args: argparse.Namespace, params: Any) -> int:
         system = args.system or meta.get("system_prompt")
         history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
         session_id = None
+        index = learned_index(meta) if args.retrieve else None
 
         def ask(question: str, show: bool) -> dict[str, Any]:
             nonlocal session_id
+            found = index.search(question) if index is not None else []
+            shown = retrieval.with_context(question, found) if found else question
+            # the passages are shown for this question only; the history keeps the question as asked
+            rendered = prompting.render(engine, [*history, {"role": "user", "content": shown}])
             history.append({"role": "user", "content": question})
-            rendered = prompting.render(engine, history)
             request_params = params.model_copy(
                 update={"stop": (*params.stop, *rendered.stop), "token_healing": rendered.token_healing}
             )
@@ -169,7 +182,7 @@ def _plain_chat(args: argparse.Namespace, params: Any) -> int:
                 [result],
                 adapter=name,
                 kind="chat",
-                meta={"citations": cited},
+                meta={"citations": cited, "retrieved": [p.doc_id for p in found]},
             )
             if show:
                 print()
@@ -178,6 +191,7 @@ def _plain_chat(args: argparse.Namespace, params: Any) -> int:
             return {
                 "answer": answer,
                 "citations": cited,
+                "retrieved": [{"doc_id": p.doc_id, "text": p.text} for p in found],
                 "session_id": session_id,
                 "usage": {
                     "prompt_tokens": result.usage.prompt_tokens,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from typing import Any
 
 from helixloom.cli.evals_judge import cmd_grade, cmd_sessions, cmd_winrate
 
@@ -29,15 +30,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     esub = ev.add_subparsers(title="evaluations", metavar="EVAL")
     eqa = esub.add_parser(
         "qa",
-        help="key-fact QA: the base model against base + adapter",
-        description="Ask each question of a JSONL file ({question, facts: [...]}) with the base model and "
-        "with the adapter (its system prompt applied), and score the share of expected facts each answer "
-        "contains: what the fine-tune learned.",
+        help="key-fact QA: the base model against base + adapter (and each with retrieval)",
+        description="Ask each question of a JSONL file ({question, facts: [...], document?}) with the base "
+        "model and with the adapter (its system prompt applied), and score the share of expected facts "
+        "each answer contains: what the fine-tune learned. A fact may list alternatives as 'a|b'. With "
+        "--retrieve, two more arms show the passages BM25 finds in the adapter's learned documents before "
+        "each question (base + retrieval, adapter + retrieval): fine-tune, retrieval and both side by side.",
     )
     eqa.add_argument("--adapter", required=True, metavar="NAME_OR_PATH")
     eqa.add_argument("--questions", required=True, metavar="FILE")
     eqa.add_argument("--base", default="default", metavar="SPEC")
     eqa.add_argument("--max-tokens", type=int, default=128)
+    eqa.add_argument(
+        "--retrieve",
+        action="store_true",
+        help="add the base + retrieval and adapter + retrieval arms (needs an adapter made by learn)",
+    )
     eqa.add_argument("--json", action="store_true", help="print every answer and the scores as JSON")
     eqa.set_defaults(run=cmd_eval_qa, job="eval")
     _add_eval_command(
@@ -201,20 +209,41 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
     models.resolve(args.base)
     with open_store() as store:
         name, folder = adapter_registry.resolve(store, args.adapter, model=args.base)
-        system = store.adapter_meta(name).get("system_prompt")
+        meta = store.adapter_meta(name)
+    system = meta.get("system_prompt")
+    index = learned_index(meta) if args.retrieve else None
     engine = load_engine(args.base)
     engine.load_adapter(name, str(folder))
+    arms = {}
+    if index is not None:
+        arms["base+retrieval"] = keyfacts.answer(engine, items, params, index=index)
+        arms["adapter+retrieval"] = keyfacts.answer(
+            engine, items, params, adapter=name, system=system, index=index
+        )
     comparison = keyfacts.Comparison(
         before=keyfacts.answer(engine, items, params),
         after=keyfacts.answer(engine, items, params, adapter=name, system=system),
+        arms=arms,
     )
     if args.json:
         print(json.dumps(comparison.to_dict()))
         return 0
-    for b, a in zip(comparison.before, comparison.after, strict=True):
+    for i, (b, a) in enumerate(zip(comparison.before, comparison.after, strict=True)):
         print(b.item.question)
         print(f"  base    {b.score:.0%}: {b.answer[:100]!r}")
         print(f"  {name:<7} {a.score:.0%}: {a.answer[:100]!r}")
-    found = f"base {comparison.base_score:.0%}, {name} {comparison.adapter_score:.0%}"
+        for arm, answers in arms.items():
+            print(f"  {arm} {answers[i].score:.0%}: {answers[i].answer[:100]!r}")
+    found = ", ".join(f"{arm} {score:.0%}" for arm, score in comparison.scores().items())
     print(f"\nkey facts found: {found} ({len(items)} questions)")
     return 0
+
+
+def learned_index(meta: dict[str, Any]) -> Any:
+    """The BM25 index over the documents an adapter learned (saved with its dataset)."""
+    from helixloom.documents import dataset, retrieval
+    from helixloom.errors import HelixloomError
+
+    if meta.get("kind") != "documents" or not meta.get("dataset"):
+        raise HelixloomError("--retrieve needs an adapter made by helixloom learn")
+    return retrieval.load(dataset.folder(str(meta["dataset"])))

@@ -14,15 +14,20 @@ from helixloom.errors import HelixloomError
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``learn`` command."""
     from helixloom.cli.common import add_sft_flags
+    from helixloom.training.learn_config import LearnConfig
 
     learn = sub.add_parser(
         "learn",
-        help="learn documents: question/answer pairs from a teacher, then a LoRA that cites them",
+        help="learn documents: grounded question/answer pairs, then a LoRA that cites them",
         description="Turn documents (.txt .md .html .pdf .json conversations, folders, .zip) into "
-        "question/answer pairs written by a teacher model through a suite of prompts, fine-tune a LoRA "
-        "adapter NAME on them, and register it with a system prompt that keeps answers to the documents. "
-        "Answers cite [DOC_ID:...], mapped back to the files. --review stops after the dataset so you can "
-        "edit it; --resume continues after a review or an interruption.",
+        "question/answer pairs: built by code from every sentence (wh-questions on its names, numbers and "
+        "dates, entity descriptions, vague title questions), rephrased by the teacher, and written by the "
+        "teacher through a suite of prompts, each kept only when its chunk supports it. Fine-tune a LoRA "
+        "adapter NAME on them mixed with the documents' own text and a little general text, stopping "
+        "when held-out accuracy stops improving, and register it with its report (see `adapters show`) "
+        "and a system prompt that keeps answers to the documents. Answers cite [DOC_ID:...], mapped back "
+        "to the files. --review stops after the dataset so you can edit it; --resume continues after a "
+        "review or an interruption.",
     )
     learn.add_argument("paths", nargs="*", metavar="PATH", help="files, folders or .zip archives")
     learn.add_argument("--name", required=True, help="name of the dataset and of the adapter")
@@ -37,14 +42,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue NAME after --review or an interruption"
     )
     learn.add_argument(
-        "--questions", type=int, default=10, help="questions asked per prompt and chunk (default 10)"
+        "--questions",
+        type=int,
+        default=1,
+        help="teacher questions per suite prompt and chunk (default 1; 0 skips the suite)",
+    )
+    learn.add_argument(
+        "--no-rephrase",
+        dest="rephrase",
+        action="store_false",
+        help="do not ask the teacher to rephrase the questions built from the sentences",
     )
     learn.add_argument(
         "--chunk-tokens", type=int, default=1024, help="chunk size in teacher tokens (default 1024)"
     )
     learn.add_argument("--prompts", metavar="A,B", help="only these prompts of the suite (comma-separated)")
     learn.add_argument("--suite", metavar="FILE", help="a prompt suite YAML instead of the built-in one")
-    add_sft_flags(learn)
+    add_sft_flags(learn, LearnConfig)
     learn.set_defaults(run=cmd_learn, job="learn")
 
 
@@ -55,6 +69,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from helixloom.engine.pool import EnginePool
     from helixloom.paths import check_name
     from helixloom.training import learn
+    from helixloom.training.learn_config import LearnConfig
 
     check_name(args.name, "name")  # the dataset, run and adapter folders are named after it
 
@@ -127,7 +142,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
             teacher_spec = f"openai:{args.teacher_url}#{args.teacher_model}"
         else:
             teacher_spec = args.teacher or args.base
-        sft = sft_config_from(args)
+        if args.questions < 0:
+            raise HelixloomError("--questions must be 0 or more")
+        sft = sft_config_from(args, LearnConfig)
         suite = Suite.load(args.suite)
         if args.prompts:
             suite = suite.only([p.strip() for p in args.prompts.split(",") if p.strip()])
@@ -146,6 +163,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 sft=sft,
                 teacher_spec=teacher_spec,
                 review=args.review,
+                rephrase=args.rephrase,
                 say=say,
                 on_progress=progress,
             )

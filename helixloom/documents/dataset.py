@@ -85,14 +85,17 @@ def write(name: str, data: Sequence[dict[str, Any]], meta: dict[str, Any]) -> Da
 
 
 def read(name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """A dataset's rows (as the user may have edited them after ``--review``) and its metadata."""
+    """A dataset's rows (as the user may have edited them after ``--review``) and its metadata: chat
+    ``messages`` rows, and ``text`` rows (the documents' own text, general text) trained on whole."""
     where = folder(name)
     if not (where / "train.jsonl").is_file():
         raise HelixloomError(f"no dataset {name}", f"expected {where / 'train.jsonl'}")
     out = []
     for n, row in jsonl.read(where / "train.jsonl"):
-        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
-            raise HelixloomError(f"{where / 'train.jsonl'} line {n} has no messages list")
+        if not isinstance(row, dict) or not (
+            isinstance(row.get("messages"), list) or isinstance(row.get("text"), str)
+        ):
+            raise HelixloomError(f"{where / 'train.jsonl'} line {n} has neither a messages list nor a text")
         out.append(row)
     return out, json.loads((where / "meta.json").read_text())
 

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from helixloom import prompting, textsim
+from helixloom.documents import grounding
 from helixloom.documents.chunking import chunk
 from helixloom.documents.ingest import Document
 from helixloom.engine import Constraint, Engine, GenerationRequest, SamplingParams, sampling
@@ -140,6 +141,8 @@ class PromptStats:
     failed: int = 0  # calls whose reply held no valid JSON, even when asked again
     junk: int = 0  # pairs dropped as not a real question (see ``usable``)
     pairs: int = 0
+    # pairs dropped as not grounded in their chunk, by reason (``documents.grounding.REASONS``)
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,7 +165,8 @@ class QAReport:
             lines.append(f"{self.resumed_units} prompt x chunk units resumed from the checkpoint")
         for name, s in self.stats.items():
             line = f"  {name:<24} {s.pairs:>4} pairs, {s.calls} calls, {s.retried} retried, {s.failed} failed"
-            lines.append(line + (f", {s.junk} junk pairs dropped" if s.junk else ""))
+            line += f", {s.junk} junk pairs dropped" if s.junk else ""
+            lines.append(line + (f", not grounded: {s.dropped}" if s.dropped else ""))
         if failed:
             lines.append(f"failed calls by prompt: {failed}")
         return "\n".join(lines)
@@ -221,6 +225,7 @@ def generate_pairs(
     one_at_a_time: bool = True,
     checkpoint: Path | None = None,
     on_progress: OnProgress | None = None,
+    grounded: bool = True,
 ) -> QAReport:
     """Run every prompt of ``suite`` on every chunk of every document through ``teacher``.
 
@@ -231,7 +236,9 @@ def generate_pairs(
     (prompt, chunk) unit is appended to that JSONL file as it completes, and units already in it are
     not asked again. ``on_progress(calls done, calls in all)`` follows the calls. ``max_tokens`` per
     call defaults to 512 for one pair (the schema's longest pair fits) and 1024 for all of them: a
-    batch lasts as long as its longest reply, and a weak teacher rambles to the limit.
+    batch lasts as long as its longest reply, and a weak teacher rambles to the limit. With
+    ``grounded`` (the default) a pair is kept only when ``documents.grounding.check`` finds it
+    supported by its chunk; the others are counted per prompt and reason in ``PromptStats.dropped``.
     """
     if max_tokens is None:
         max_tokens = 512 if one_at_a_time else 1024
@@ -294,7 +301,12 @@ def generate_pairs(
         stats.retried += unit.retried
         stats.failed += unit.failed
         stats.junk += unit.junk
+        said = (suite.system, unit.prompt.user.replace("{chunk}", ""), *instructions)
         for q, a in unit.pairs:
+            reason = grounding.check(q, a, unit.text, said) if grounded else None
+            if reason is not None:
+                stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
+                continue
             report.pairs.append(QAPair(q, a, unit.doc.doc_id, unit.prompt.name, unit.chunk_index))
     before = len(report.pairs)
     report.pairs = dedupe(report.pairs)

@@ -1,15 +1,19 @@
-"""Key-fact QA evaluation: does the answer contain the facts it should? Before and after a fine-tune.
+"""Key-fact QA evaluation: does the answer contain the facts it should? Base, adapter, and retrieval.
 
-A question file is JSONL, one ``{"question": ..., "facts": ["teal", "six legs"]}`` per line. An
-answer scores the share of its facts that appear in it (case-insensitive, whitespace-normalised);
-the report gives the mean per model (base, and base + adapter), so users see what a fine-tune learned.
+A question file is JSONL, one ``{"question": ..., "facts": ["teal", "six legs"]}`` per line; a fact may
+list alternatives with ``|`` ("3-year|three-year": either counts), and a row may name the
+``document`` (file name or document id) that answers it, for citation accuracy. An answer scores the
+share of its facts that appear in it (case-insensitive, whitespace-normalised). A report compares arms
+on the same questions: the base model, base + adapter, and, when an index is given, each of them with
+the passages BM25 retrieves from the learned documents shown before the question
+(``documents.retrieval``), so fine-tuning, retrieval and both are seen side by side.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +22,14 @@ from helixloom.engine import Engine, SamplingParams
 from helixloom.errors import HelixloomError
 from helixloom.evals import prompts
 
+_CITATION = re.compile(r"\[DOC_ID:([0-9a-f]{6,64})\]")
+
 
 @dataclass(frozen=True)
 class QAItem:
     question: str
     facts: tuple[str, ...]
+    document: str | None = None  # the file name or document id that answers it
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,10 @@ def load(path: str | Path) -> list[QAItem]:
         facts = row.get("facts") if isinstance(row, dict) else None
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not facts:
             raise HelixloomError(f"{file} line {n} needs a question and a non-empty facts list")
-        items.append(QAItem(row["question"], tuple(str(f) for f in facts)))
+        document = row.get("document")
+        items.append(
+            QAItem(row["question"], tuple(str(f) for f in facts), str(document) if document else None)
+        )
     if not items:
         raise HelixloomError(f"{file} has no questions")
     return items
@@ -56,6 +66,11 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower()).strip()
 
 
+def has_fact(fact: str, text: str) -> bool:
+    """Whether ``text`` states ``fact`` (any of its ``|``-separated alternatives)."""
+    return any(_norm(alt) in _norm(text) for alt in fact.split("|") if alt.strip())
+
+
 def answer(
     engine: Engine,
     items: Sequence[QAItem],
@@ -63,11 +78,19 @@ def answer(
     *,
     adapter: str | None = None,
     system: str | None = None,
+    index: Any = None,
+    k: int = 2,
 ) -> list[QAAnswer]:
-    """Ask every question (one batch) and check each answer for its facts."""
-    texts = prompts.answer(engine, [item.question for item in items], params, adapter=adapter, system=system)
+    """Ask every question (one batch) and check each answer for its facts; with ``index`` (a
+    ``documents.retrieval.BM25``) the ``k`` best passages are shown before each question."""
+    from helixloom.documents import retrieval
+
+    questions = [item.question for item in items]
+    if index is not None:
+        questions = [retrieval.with_context(q, index.search(q, k)) for q in questions]
+    texts = prompts.answer(engine, questions, params, adapter=adapter, system=system)
     return [
-        QAAnswer(item, text, tuple(f for f in item.facts if _norm(f) in _norm(text)))
+        QAAnswer(item, text, tuple(f for f in item.facts if has_fact(f, text)))
         for item, text in zip(items, texts, strict=True)
     ]
 
@@ -76,13 +99,27 @@ def mean_score(answers: Sequence[QAAnswer]) -> float:
     return sum(a.score for a in answers) / len(answers) if answers else 0.0
 
 
+def citation_accuracy(answers: Sequence[QAAnswer], doc_ids: dict[str, str]) -> float | None:
+    """Share of answers citing the document that answers them (``doc_ids`` maps file names and ids to
+    ids); None when no question names its document."""
+    named = [a for a in answers if a.item.document]
+    if not named:
+        return None
+    right = 0
+    for a in named:
+        want = doc_ids.get(str(a.item.document), str(a.item.document))
+        right += want in _CITATION.findall(a.answer)
+    return right / len(named)
+
+
 @dataclass(frozen=True)
 class Comparison:
-    """The same questions answered by the base model (``before``) and with the adapter (``after``),
-    in the same order."""
+    """The same questions answered by the base model (``before``), with the adapter (``after``) and,
+    when measured, each with retrieved passages (``arms``: "base+retrieval", "adapter+retrieval")."""
 
     before: list[QAAnswer]
     after: list[QAAnswer]
+    arms: dict[str, list[QAAnswer]] = field(default_factory=dict)
 
     @property
     def base_score(self) -> float:
@@ -92,10 +129,16 @@ class Comparison:
     def adapter_score(self) -> float:
         return mean_score(self.after)
 
+    def scores(self) -> dict[str, float]:
+        out = {"base": self.base_score, "adapter": self.adapter_score}
+        out.update({name: mean_score(a) for name, a in self.arms.items()})
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The report ``helixloom eval qa --json`` prints: the scores, then every answer pair."""
-        rows = [
-            {
+        rows = []
+        for i, (b, a) in enumerate(zip(self.before, self.after, strict=True)):
+            row = {
                 "question": b.item.question,
                 "facts": list(b.item.facts),
                 "base": b.answer,
@@ -103,11 +146,14 @@ class Comparison:
                 "adapter": a.answer,
                 "adapter_found": list(a.found),
             }
-            for b, a in zip(self.before, self.after, strict=True)
-        ]
+            for name, answers in self.arms.items():
+                row[name] = answers[i].answer
+                row[f"{name}_found"] = list(answers[i].found)
+            rows.append(row)
         return {
             "questions": len(self.before),
             "base_score": self.base_score,
             "adapter_score": self.adapter_score,
+            "scores": self.scores(),
             "answers": rows,
         }

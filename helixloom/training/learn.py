@@ -1,4 +1,17 @@
-"""``helixloom learn``: documents -> question/answer dataset -> LoRA that answers with citations.
+"""``helixloom learn``: documents -> grounded question/answer mix -> LoRA that answers with citations.
+
+The recipe (measured in ``benchmarks/learn.py``):
+
+1. Ingest the documents.
+2. Pairs built by code from every sentence (``documents.grounded``: span, entity, title and statement
+   perspectives; no teacher needed, every answer the document's own text).
+3. The teacher's prompt suite on every chunk (``--questions`` per prompt; 0 skips it); its pairs are
+   kept only when grounded in their chunk (``documents.grounding``), the rest counted by reason.
+4. A held-out share of the generated questions is set aside; the mix (``documents.mix``) is the rest
+   as chat rows, the documents' own text tagged with their ids, and a little general text (replay).
+5. LoRA fine-tune with early stopping on held-out accuracy (``training.learn_probe``); a report
+   (held-out accuracy and citations before/after, forgetting, pairs kept/dropped, time per phase) is
+   written beside the adapter (``learn_report.json``) and into its store metadata.
 
 A linear recipe in three stages, each leaving files a later run picks up: ingest and generate pairs
 (``datasets/NAME/``), optionally stop for the user to review the file, fine-tune (checkpoints in
@@ -13,21 +26,29 @@ units not finished. Both files go once ``train.jsonl`` is written.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from helixloom import paths
-from helixloom.documents import dataset
+from helixloom import atomic, jsonl, paths
+from helixloom.documents import dataset, grounded, mix, retrieval
+from helixloom.documents import rephrase as rephrasing
 from helixloom.documents.ingest import ingest
 from helixloom.documents.questions import QAReport, Suite, generate_pairs
 from helixloom.engine import Engine
 from helixloom.errors import HelixloomError
 from helixloom.store import Store
 from helixloom.training.configs import LoraSFTConfig
-from helixloom.training.sft import train_lora
+from helixloom.training.learn_config import LearnConfig
+from helixloom.training.learn_report import format_report
 from helixloom.training.trainer import TrainResult
+
+REPORT = "learn_report.json"  # beside the adapter
+SUITE_MAX_TOKENS = 160  # per pair the teacher writes
+HELDOUT = "heldout.jsonl"  # in the dataset folder: the generated questions kept out of training
 
 Say = Callable[[str], None]
 
@@ -49,10 +70,12 @@ def prepare(
     *,
     base: str,
     suite: Suite | None = None,
-    num_questions: int = 10,
+    num_questions: int = 1,
     chunk_tokens: int = 1024,
     one_at_a_time: bool = True,
     sft: LoraSFTConfig | None = None,
+    perspectives: Sequence[str] = grounded.PERSPECTIVES,
+    rephrase: bool = True,
     teacher_spec: str | None = None,
     review: bool = False,
     resume: bool = False,
@@ -67,7 +90,7 @@ def prepare(
     """
     paths.check_name(name, "dataset name")
     suite = suite or Suite.load()
-    sft = sft or LoraSFTConfig()
+    sft = sft or LearnConfig()
     folder = dataset.folder(name)
     checkpoint = folder / dataset.CHECKPOINT
     if not resume:
@@ -82,45 +105,96 @@ def prepare(
         "one_at_a_time": one_at_a_time,
         "sft": asdict(sft),
         "review": review,
+        "perspectives": list(perspectives),
+        "rephrase": rephrase,
     }
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
     found = ingest(sources)
     say(found.summary())
     dataset.write_json(folder / dataset.PLAN, plan)
-    report = generate_pairs(
-        teacher,
-        found.documents,
-        suite,
-        num_questions=num_questions,
-        chunk_tokens=chunk_tokens,
-        overlap_tokens=min(128, chunk_tokens // 8),  # 128 at the default 1024; small chunks stay valid
-        one_at_a_time=one_at_a_time,
-        checkpoint=checkpoint,
-        on_progress=on_progress,
-    )
-    say(report.summary())
-    if not report.pairs:
+    built: list[grounded.Pair] = []
+    for doc in found.documents:
+        for pairs in grounded.build(doc, perspectives).values():
+            built.extend(pairs)
+    seconds["grounded_pairs"] = time.perf_counter() - start
+    start = time.perf_counter()
+    rephrased = rephrasing.rephrase(teacher, built) if rephrase else rephrasing.RephraseReport([])
+    if rephrase:
+        n, asked = len(rephrased.pairs), rephrased.calls
+        say(f"teacher rephrased {n} of {asked} rough questions (dropped: {rephrased.dropped})")
+    built.extend(rephrased.pairs)
+    seconds["teacher_rephrase"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if num_questions > 0:
+        report = generate_pairs(
+            teacher,
+            found.documents,
+            suite,
+            num_questions=num_questions,
+            chunk_tokens=chunk_tokens,
+            overlap_tokens=min(128, chunk_tokens // 8),  # 128 at the default 1024; small chunks stay valid
+            one_at_a_time=one_at_a_time,
+            # a grounded pair is short; a weak teacher rambles to the limit, and a batch lasts as long
+            # as its longest reply (a reply cut off is invalid JSON, counted as failed)
+            max_tokens=SUITE_MAX_TOKENS if one_at_a_time else SUITE_MAX_TOKENS * num_questions,
+            checkpoint=checkpoint,
+            on_progress=on_progress,
+        )
+        say(report.summary())
+    else:
+        report = QAReport([])
+    seconds["teacher_pairs"] = time.perf_counter() - start
+    taught = [grounded.Pair(p.question, p.answer, "", p.doc_id, p.prompt, -2) for p in report.pairs]
+    if not built and not taught:
         checkpoint.unlink(missing_ok=True)  # nothing in it is worth resuming
         (folder / dataset.PLAN).unlink(missing_ok=True)
         raise HelixloomError(
-            "the teacher produced no usable question/answer pairs",
+            "no usable question/answer pairs: no sentence to build them from, none grounded from the teacher",
             "use a stronger --teacher (a bigger local model or an OpenAI-compatible server)",
         )
+    config = sft if isinstance(sft, LearnConfig) else LearnConfig(**asdict(sft))
+    train_pairs, held = mix.split_heldout([*built, *taught], config.holdout)
+    rows = mix.pair_rows(train_pairs)
+    for doc in found.documents:
+        rows.extend(mix.document_rows(doc))
+    rows.extend(mix.replay_rows(sum(mix.row_words(r) for r in rows), config.replay))
+    kept: dict[str, int] = {}
+    for p in [*built, *taught]:
+        kept[p.perspective] = kept.get(p.perspective, 0) + 1
     meta = {
         "name": name,
         "stage": "generated",
         "base": base,
         "teacher": plan["teacher"],
         "group_id": found.group_id,
-        "system_prompt": dataset.system_prompt(found.documents, found.group_id),
+        "system_prompt": mix.system_prompt(found.documents, found.group_id),
         "documents": {d.doc_id: {"source": d.source, "title": d.title} for d in found.documents},
         "skipped": [asdict(s) for s in found.skipped],
         "pairs_by_prompt": {n: s.pairs for n, s in report.stats.items()},
         "failed_by_prompt": {n: s.failed for n, s in report.stats.items()},
         "junk_by_prompt": {n: s.junk for n, s in report.stats.items()},
-        "generation": {k: plan[k] for k in ("num_questions", "chunk_tokens", "one_at_a_time")},
+        "generation": {
+            k: plan[k] for k in ("num_questions", "chunk_tokens", "one_at_a_time", "perspectives")
+        },
         "sft": plan["sft"],
+        "mix": {
+            "pairs_kept": kept,
+            "pairs_dropped": {
+                **({"rephrase": rephrased.dropped} if rephrased.dropped else {}),
+                **{n: dict(s.dropped) for n, s in report.stats.items() if s.dropped},
+            },
+            "heldout": len(held),
+            "rows": _count_rows(rows),
+            "seconds": seconds,
+        },
     }
-    files = dataset.write(name, dataset.rows(report.pairs, found.group_id), meta)
+    files = dataset.write(name, rows, meta)
+    retrieval.save(folder, retrieval.passages(found.documents))
+    atomic.write_jsonl(
+        folder / HELDOUT,
+        [{"question": p.question, "key": p.key, "doc_id": p.doc_id, "prompt": p.perspective} for p in held],
+    )
     checkpoint.unlink(missing_ok=True)
     (folder / dataset.PLAN).unlink(missing_ok=True)
     return files.train, report
@@ -128,7 +202,6 @@ def prepare(
 
 def generation_plan(name: str) -> dict[str, Any] | None:
     """How the unfinished generation of dataset ``name`` was started (None when there is none)."""
-    import json
 
     path = dataset.folder(name) / dataset.PLAN
     if (dataset.folder(name) / "train.jsonl").is_file() or not path.is_file():
@@ -162,9 +235,11 @@ def resume_generation(
             "num_questions": plan["num_questions"],
             "chunk_tokens": plan["chunk_tokens"],
             "one_at_a_time": plan["one_at_a_time"],
-            "sft": LoraSFTConfig(**sft_fields),
+            "sft": _config(sft_fields),
             "teacher_spec": plan["teacher"],
             "review": plan["review"],
+            "perspectives": tuple(plan.get("perspectives", grounded.PERSPECTIVES)),
+            "rephrase": bool(plan.get("rephrase", True)),
         }
         sources = plan["sources"]
     except (KeyError, TypeError, AttributeError) as exc:
@@ -173,13 +248,24 @@ def resume_generation(
 
 
 def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _: None) -> TrainResult:
-    """Fine-tune dataset ``name`` (as it is on disk, reviewed or not) and register adapter ``name``."""
+    """Fine-tune dataset ``name`` (as it is on disk, reviewed or not) and register adapter ``name``,
+    with its report (``learn_report.json`` beside it, and ``report`` in its store metadata)."""
+    from helixloom.training.learn_probe import LearnProbe, Probe
+    from helixloom.training.sft import train_lora
+
     paths.check_name(name, "dataset name")
     rows, meta = dataset.read(name)
     sft_fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["sft"].items()}
-    config = LoraSFTConfig(**sft_fields)
+    config = _config(sft_fields)
+    held = _heldout(name)
     adapter_dir = paths.adapters_dir() / name
     say(f"fine-tuning {meta['base']} on {len(rows)} examples ({'resuming' if resume else 'from the start'})")
+    probe = LearnProbe(
+        [Probe([{"role": "user", "content": h["question"]}], h["key"], h["doc_id"]) for h in held],
+        mix.replay_split()[1],
+        system_prompt=meta["system_prompt"],
+        patience=config.patience,
+    )
     result = train_lora(
         meta["base"],
         rows,
@@ -188,7 +274,11 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
         config,
         system_prompt=meta["system_prompt"],
         resume=resume,
+        callbacks=[probe],
     )
+    report = _report(meta, result, probe, held)
+    atomic.write_json(adapter_dir / REPORT, report)
+    say(format_report(report))
     store.add_adapter(
         name,
         str(adapter_dir),
@@ -200,12 +290,68 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
             "rank": config.rank,
             "dataset": name,
             "kind": "documents",
+            "report": report,
         },
         replace=True,
     )
     meta["stage"] = "trained"
     dataset.write(name, rows, meta)
     return result
+
+
+def _config(fields_: dict[str, Any]) -> LearnConfig:
+    known = {f.name for f in fields(LearnConfig)}
+    return LearnConfig(**{k: v for k, v in fields_.items() if k in known})
+
+
+def _count_rows(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        kind = "document" if r.get("meta", {}).get("prompt") == "document" else "replay" if r.get(
+            "meta", {}).get("prompt") == "replay" else "qa"  # fmt: skip
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def _heldout(name: str) -> list[dict[str, str]]:
+    path = dataset.folder(name) / HELDOUT
+    if not path.is_file():
+        return []
+    return [r for _, r in jsonl.read(path) if isinstance(r, dict) and {"question", "key", "doc_id"} <= set(r)]
+
+
+def _report(
+    meta: dict[str, Any], result: TrainResult, probe: Any, held: list[dict[str, str]]
+) -> dict[str, Any]:
+    """The numbers stored with every document adapter."""
+    r = probe.report
+    mixed = meta.get("mix", {})
+    seconds = {k: round(v, 1) for k, v in mixed.get("seconds", {}).items()}
+    seconds["training"] = round(result.seconds - r.seconds, 1)
+    seconds["measuring"] = round(r.seconds, 1)
+    forgetting = r.forgetting_ratio
+    return {
+        "heldout_questions": len(held),
+        "heldout_accuracy_before": r.before.accuracy if r.before else None,
+        "heldout_accuracy_after": r.after.accuracy if r.after else None,
+        "citation_accuracy_before": r.before.citation_accuracy if r.before else None,
+        "citation_accuracy_after": r.after.citation_accuracy if r.after else None,
+        "best_epoch": r.best_epoch,
+        "epochs": r.epochs,
+        "perplexity_general_base": r.perplexity_base,
+        "perplexity_general_adapter": r.perplexity_adapter,
+        "forgetting_ratio": round(forgetting, 3) if forgetting else None,
+        "pairs_kept": mixed.get("pairs_kept", {}),
+        "pairs_dropped": mixed.get("pairs_dropped", {}),
+        "rows": mixed.get("rows", {}),
+        "steps": result.steps,
+        "tokens_per_second": round(result.tokens / result.seconds, 1) if result.seconds else None,
+        "seconds": seconds,
+        "sample_answers": [
+            {"question": h["question"], "answer": a}
+            for h, a in zip(held[:4], r.after.answers[:4] if r.after else [], strict=False)
+        ],
+    }
 
 
 def stage(name: str) -> str | None:

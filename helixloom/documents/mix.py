@@ -1,0 +1,139 @@
+"""The training mix of document learning: question/answer rows, the documents' own text, general text.
+
+- Question/answer rows: the plain question (most rows) or the question tagged with its document ("In
+  document <id>, ..."); the answer ends with its citation ``[DOC_ID:<id>]``, after the answer so that a
+  short reply limit cuts the citation, never the answer.
+- Document rows: the text itself, section by section, tagged ``[DOC_ID:<id>] <title>``: the model reads
+  the facts in their own words as well as in questions (continued pretraining, as sdg_hub does).
+- Replay rows: a little general text (``data/documents/replay.txt``) so the model keeps its language;
+  every third paragraph is held out of training to measure forgetting (perplexity, base vs adapter).
+
+``replay.txt`` holds Lincoln's Gettysburg Address (1863) and the Preamble of the US Constitution (1787),
+both public domain, and fables retold after Aesop for this package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from helixloom.documents.grounded import Pair
+from helixloom.documents.ingest import Document
+
+SYSTEM_PROMPT = "Answer from document(s) {doc_ids} (group {group_id}) only, and cite [DOC_ID:...]."
+
+
+def system_prompt(documents: Sequence[Document], group_id: str) -> str:
+    """The short system prompt the adapter is trained and served with (every token of it is paid for
+    in every training row)."""
+    return SYSTEM_PROMPT.format(doc_ids=", ".join(d.doc_id for d in documents), group_id=group_id)
+
+
+def _hash(*parts: object) -> int:
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16)
+
+
+def qa_row(question: str, answer: str, doc_id: str, prompt: str, *, tagged: bool) -> dict[str, Any]:
+    """One chat row: the question (tagged with its document when ``tagged``), the cited answer."""
+    if tagged:
+        question = f"In document {doc_id}, {question[:1].lower()}{question[1:]}"
+    return {
+        "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": f"{answer} [DOC_ID:{doc_id}]"},
+        ],
+        "meta": {"prompt": prompt, "doc_id": doc_id},
+    }
+
+
+def pair_rows(pairs: Sequence[Pair], tag_share: float = 0.25) -> list[dict[str, Any]]:
+    """Rows for ``pairs``; a deterministic ``tag_share`` of them name their document in the question."""
+    return [
+        qa_row(
+            p.question,
+            p.answer,
+            p.doc_id,
+            p.perspective,
+            tagged=_hash(p.question, p.doc_id) % 1000 < tag_share * 1000,
+        )
+        for p in pairs
+    ]
+
+
+def document_rows(doc: Document, max_words: int = 120) -> list[dict[str, Any]]:
+    """The document's text as language-modelling rows of about ``max_words`` words, each tagged with
+    the document's id and title (sections are kept whole where they fit)."""
+    rows: list[str] = []
+    piece = ""
+    for block in re.split(r"\n\s*\n", doc.text.strip()):
+        block = block.strip()
+        if piece and len((piece + " " + block).split()) > max_words:
+            rows.append(piece)
+            piece = ""
+        piece = f"{piece}\n\n{block}".strip()
+    if piece:
+        rows.append(piece)
+    return [
+        {"text": f"[DOC_ID:{doc.doc_id}] {doc.title}\n\n{text}", "meta": {"prompt": "document"}}
+        for text in rows
+    ]
+
+
+def general_paragraphs() -> list[str]:
+    text = (resources.files("helixloom") / "data" / "documents" / "replay.txt").read_text(encoding="utf-8")
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def replay_split() -> tuple[list[str], list[str]]:
+    """The general paragraphs to train on, and those held out to measure forgetting."""
+    paragraphs = general_paragraphs()
+    return [p for i, p in enumerate(paragraphs) if i % 3 != 2], [
+        p for i, p in enumerate(paragraphs) if i % 3 == 2
+    ]
+
+
+def replay_rows(words_in_mix: int, share: float) -> list[dict[str, Any]]:
+    """General-text rows making up about ``share`` of a mix whose other rows hold ``words_in_mix`` words."""
+    if share <= 0:
+        return []
+    train, _ = replay_split()
+    want = share / (1 - share) * words_in_mix
+    rows: list[dict[str, Any]] = []
+    words = 0
+    while words < want:
+        p = train[len(rows) % len(train)]
+        rows.append({"text": p, "meta": {"prompt": "replay"}})
+        words += len(p.split())
+        if len(rows) > 10 * len(train):
+            break
+    return rows
+
+
+def row_words(row: dict[str, Any]) -> int:
+    if "text" in row:
+        return len(str(row["text"]).split())
+    return sum(len(str(m.get("content", "")).split()) for m in row.get("messages", []))
+
+
+def split_heldout(pairs: Sequence[Pair], share: float = 0.15) -> tuple[list[Pair], list[Pair]]:
+    """(train, held out): about ``share`` of the span and entity questions held out, never the last
+    remaining question about a fact, so every fact is still trained on and the held-out questions
+    measure recall in other words, not facts the model never saw."""
+    per_fact: dict[tuple[str, int], int] = {}
+    for p in pairs:
+        per_fact[(p.doc_id, p.fact)] = per_fact.get((p.doc_id, p.fact), 0) + 1
+    train: list[Pair] = []
+    held: list[Pair] = []
+    for p in sorted(pairs, key=lambda p: _hash("heldout", p.question, p.doc_id)):
+        key = (p.doc_id, p.fact)
+        if (p.perspective in ("span", "entity", "rephrase") and per_fact[key] > 2
+                and len(held) < share * len(pairs)):  # fmt: skip
+            held.append(p)
+            per_fact[key] -= 1
+        else:
+            train.append(p)
+    order = {id(p): i for i, p in enumerate(pairs)}
+    return sorted(train, key=lambda p: order[id(p)]), sorted(held, key=lambda p: order[id(p)])

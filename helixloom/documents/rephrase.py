@@ -1,0 +1,83 @@
+"""The teacher rephrases the rough code-built questions of ``documents.grounded`` into natural ones.
+
+A small model writes poor questions from scratch but rewrites a given one well when shown a few
+examples (``data/documents/rephrase.yaml``, a plain completion prompt, so it works on base models and
+any engine). Each rephrased question is checked by code before it is kept: it must be one short
+question (``not_a_question``), differ from the rough one (``unchanged``), keep a content word of its
+sentence (``off_document`` otherwise), not give its answer away (``leaks_answer``), and not copy an
+example (``copies_example``). The answer stays the sentence of the
+document the rough question came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+
+import yaml
+
+from helixloom import textsim
+from helixloom.documents.grounded import Pair
+from helixloom.documents.grounding import stems
+from helixloom.engine import Engine, GenerationRequest, sampling
+
+REASONS = ("not_a_question", "unchanged", "off_document", "leaks_answer", "copies_example")
+
+
+@dataclass
+class RephraseReport:
+    pairs: list[Pair]
+    calls: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def template() -> str:
+    text = (resources.files("helixloom") / "data" / "documents" / "rephrase.yaml").read_text(encoding="utf-8")
+    return str(yaml.safe_load(text)["prompt"])
+
+
+def check(question: str, pair: Pair, examples: str) -> str | None:
+    """Why a rephrased ``question`` of ``pair`` is not kept (one of ``REASONS``), or None."""
+    q = question.strip()
+    words = textsim.words(q)
+    if not q.endswith("?") or not 3 <= len(words) <= 24 or q.count("?") > 1 or ":" in q:
+        return "not_a_question"  # a label copied ("Rough: ...") or not one short question
+    if words == textsim.words(pair.question):
+        return "unchanged"
+    if textsim.words(pair.key) and " ".join(textsim.words(pair.key)) in " ".join(words):
+        return "leaks_answer"
+    if not stems(q) & stems(pair.answer):
+        return "off_document"
+    if q.lower() in examples.lower():
+        return "copies_example"
+    return None
+
+
+def rephrase(
+    teacher: Engine,
+    pairs: Sequence[Pair],
+    *,
+    batch_size: int = 16,
+    max_tokens: int = 32,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> RephraseReport:
+    """One natural rephrasing per rough ``span`` pair (greedy), kept when ``check`` passes."""
+    prompt = template()
+    rough = [p for p in pairs if p.perspective == "span"]
+    report = RephraseReport([])
+    params = sampling(temperature=0, max_tokens=max_tokens, stop=["\n"])
+    for start in range(0, len(rough), batch_size):
+        batch = rough[start : start + batch_size]
+        requests = [GenerationRequest(prompt.format(question=p.question), params, None, None) for p in batch]
+        for pair, result in zip(batch, teacher.generate(requests), strict=True):
+            report.calls += 1
+            question = result.text.strip().split("\n")[0].strip()
+            reason = check(question, pair, prompt)
+            if reason is not None:
+                report.dropped[reason] = report.dropped.get(reason, 0) + 1
+                continue
+            report.pairs.append(replace(pair, question=question, perspective="rephrase"))
+        if on_progress is not None:
+            on_progress(min(start + batch_size, len(rough)), len(rough))
+    return report

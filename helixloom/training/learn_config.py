@@ -1,0 +1,39 @@
+"""The settings of ``helixloom learn`` (free of torch, so the CLI builds its flags quickly)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from helixloom.errors import HelixloomError
+from helixloom.training.configs import LoraSFTConfig
+
+
+@dataclass(frozen=True)
+class LearnConfig(LoraSFTConfig):
+    """Fine-tuning settings for documents: ``LoraSFTConfig`` with defaults measured on the embedded
+    model (benchmarks/learn.py), plus the mix and early stopping. ``epochs`` is the most it trains:
+    it stops once held-out accuracy on generated questions stops improving."""
+
+    learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (cosine schedule)"})
+    epochs: float = field(
+        default=8.0, metadata={"help": "most passes over the data (early stopping ends sooner)"}
+    )
+    max_length: int = field(default=256, metadata={"help": "longest training sequence in tokens"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per step"})
+    patience: int = field(
+        default=1,
+        metadata={"help": "stop after this many epochs without better held-out accuracy (0: never)"},
+    )
+    holdout: float = field(
+        default=0.15, metadata={"help": "share of generated questions held out to measure"}
+    )
+    replay: float = field(default=0.1, metadata={"help": "share of general text mixed in against forgetting"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.patience < 0:
+            raise HelixloomError("patience must be >= 0", param="patience")
+        if not 0 <= self.holdout < 0.5:
+            raise HelixloomError("holdout must be in [0, 0.5)", param="holdout")
+        if not 0 <= self.replay < 0.5:
+            raise HelixloomError("replay must be in [0, 0.5)", param="replay")

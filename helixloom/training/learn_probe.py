@@ -1,0 +1,200 @@
+"""What a document adapter learned, measured while it trains: held-out questions, citations, forgetting.
+
+``LearnProbe`` is a Trainer callback. Before the first step (a fresh LoRA's B matrices are zero, so the
+model is still the base model) and after every epoch it answers the held-out generated questions
+greedily and scores them: an answer is right when it contains the question's key span, its citation is
+right when it cites the question's document. Training stops early once held-out accuracy has not
+improved for ``patience`` epochs, and the best epoch's adapter weights are the ones saved: epochs are
+chosen on held-out key-fact accuracy, not on loss. Forgetting is the perplexity of general text the
+adapter never trained on, adapter over base (1.0: nothing forgotten).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainerCallback
+
+from helixloom.training.chat_template import render_prompt
+
+_CITATION = re.compile(r"\[DOC_ID:([0-9a-f]{6,64})\]")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A held-out question: its chat messages, the span a right answer contains, its document."""
+
+    messages: list[dict[str, str]]
+    key: str
+    doc_id: str
+
+
+@dataclass
+class ProbeScores:
+    accuracy: float
+    citation_accuracy: float
+    answers: list[str]
+
+
+@dataclass
+class ProbeReport:
+    before: ProbeScores | None = None
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: float | None = None
+    after: ProbeScores | None = None
+    perplexity_base: float | None = None
+    perplexity_adapter: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def forgetting_ratio(self) -> float | None:
+        if self.perplexity_base and self.perplexity_adapter:
+            return self.perplexity_adapter / self.perplexity_base
+        return None
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+def score(probes: Sequence[Probe], answers: Sequence[str]) -> ProbeScores:
+    right = sum(_norm(p.key) in _norm(a) for p, a in zip(probes, answers, strict=True))
+    cited = sum(p.doc_id in _CITATION.findall(a) for p, a in zip(probes, answers, strict=True))
+    n = max(1, len(probes))
+    return ProbeScores(right / n, cited / n, list(answers))
+
+
+class LearnProbe(TrainerCallback):
+    """Held-out accuracy before, per epoch and after; early stopping on it; forgetting at the end."""
+
+    def __init__(
+        self,
+        probes: Sequence[Probe],
+        general: Sequence[str],
+        *,
+        system_prompt: str | None,
+        patience: int = 1,
+        max_new_tokens: int = 48,
+    ) -> None:
+        self.probes = list(probes)
+        self.general = list(general)
+        self.system = system_prompt
+        self.patience = patience
+        self.max_new_tokens = max_new_tokens
+        self.report = ProbeReport()
+        self._best: dict[str, Any] | None = None
+        self._best_score = -1.0
+        self._since_best = 0
+
+    # ------------------------------------------------------------------------------ measurements
+    def answers(self, model: Any, tokenizer: Any) -> list[str]:
+        import torch
+
+        prompts = []
+        for p in self.probes:
+            messages = list(p.messages)
+            if self.system:
+                messages = [{"role": "system", "content": self.system}, *messages]
+            prompts.append(render_prompt(tokenizer, messages))
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+        finally:
+            tokenizer.padding_side = side
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        if was_training:
+            model.train()
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [t.split("\nUSER:")[0].strip() for t in texts]
+
+    def perplexity(self, model: Any, tokenizer: Any) -> float | None:
+        import torch
+
+        if not self.general:
+            return None
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for text in self.general:
+                ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+                loss = model(input_ids=ids, labels=ids).loss
+                n = ids.shape[1] - 1
+                total += float(loss) * n
+                count += n
+        if was_training:
+            model.train()
+        return math.exp(total / max(1, count))
+
+    def measure(self, model: Any, tokenizer: Any) -> ProbeScores | None:
+        if not self.probes:
+            return None
+        return score(self.probes, self.answers(model, tokenizer))
+
+    # ------------------------------------------------------------------------------ callbacks
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        tokenizer = kw.get("processing_class")
+        if model is None or tokenizer is None or state.global_step > 0:
+            return  # resuming: the base model's scores were taken when the run started
+        start = time.perf_counter()
+        self.report.before = self.measure(model, tokenizer)
+        self.report.perplexity_base = self.perplexity(model, tokenizer)
+        self.report.seconds += time.perf_counter() - start
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        tokenizer = kw.get("processing_class")
+        if model is None or tokenizer is None or not self.probes:
+            return
+        start = time.perf_counter()
+        scores = self.measure(model, tokenizer)
+        assert scores is not None
+        self.report.epochs.append(
+            {
+                "epoch": round(float(state.epoch or 0), 2),
+                "step": state.global_step,
+                "accuracy": scores.accuracy,
+                "citation_accuracy": scores.citation_accuracy,
+            }
+        )
+        if scores.accuracy > self._best_score:
+            self._best_score, self._since_best = scores.accuracy, 0
+            self.report.best_epoch = round(float(state.epoch or 0), 2)
+            self.report.after = scores
+            self._best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        else:
+            self._since_best += 1
+            if self.patience and self._since_best >= self.patience:
+                control.should_training_stop = True
+        self.report.seconds += time.perf_counter() - start
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        import torch
+
+        tokenizer = kw.get("processing_class")
+        if model is None or tokenizer is None:
+            return
+        start = time.perf_counter()
+        if self._best is not None:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in self._best:
+                        p.copy_(self._best[n])
+        elif self.probes:
+            self.report.after = self.measure(model, tokenizer)
+        self.report.perplexity_adapter = self.perplexity(model, tokenizer)
+        self.report.seconds += time.perf_counter() - start

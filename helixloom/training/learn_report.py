@@ -1,0 +1,36 @@
+"""The report stored with every document adapter, as a table for people (free of torch: the CLI's
+``adapters show`` prints it without loading a model)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a table for people (``helixloom adapters show`` prints it)."""
+
+    def pct(v: Any) -> str:
+        return f"{100 * v:.0f}%" if isinstance(v, int | float) else "-"
+
+    lines = [
+        f"{'':<34}{'base':>8}{'adapter':>9}",
+        f"{'held-out generated questions':<34}{pct(report.get('heldout_accuracy_before')):>8}"
+        f"{pct(report.get('heldout_accuracy_after')):>9}   ({report.get('heldout_questions', 0)} questions)",
+        f"{'citation accuracy':<34}{pct(report.get('citation_accuracy_before')):>8}"
+        f"{pct(report.get('citation_accuracy_after')):>9}",
+        f"{'general-text perplexity':<34}{_num(report.get('perplexity_general_base')):>8}"
+        f"{_num(report.get('perplexity_general_adapter')):>9}"
+        f"   (forgetting ratio {report.get('forgetting_ratio')})",
+        f"best epoch {report.get('best_epoch')}, {report.get('steps')} steps, "
+        f"{report.get('tokens_per_second')} tokens/s",
+        f"pairs kept: {json.dumps(report.get('pairs_kept', {}))}",
+        f"pairs dropped (not grounded): {json.dumps(report.get('pairs_dropped', {}))}",
+        f"rows: {json.dumps(report.get('rows', {}))}",
+        f"seconds: {json.dumps(report.get('seconds', {}))}",
+    ]
+    return "\n".join(lines)
+
+
+def _num(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, int | float) else "-"

@@ -1,0 +1,159 @@
+"""Document learning's grounded pairs: built by code from the document, checked against it, rephrased
+by a (scripted) teacher, mixed with the documents' text and replay, and retrieved by BM25."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helixloom.documents import grounded, grounding, mix, rephrase, retrieval
+from helixloom.documents.ingest import ingest
+from helixloom.documents.questions import Suite, generate_pairs
+from helixloom.engine import GenerationRequest
+from tests.scripted import ScriptedEngine
+
+NEWS = """# Quentmoor Council approves the Zorblax marsh reserve
+
+On 14 March 2031 the Quentmoor Council voted 9 to 2 to protect the Velling Marsh as a reserve for the
+Zorblax, a teal, six-legged reptile that lives nowhere else.
+
+## What happens next
+
+Councillor Ilse Varn, who proposed it, said the population had fallen to about 400 animals. Wardens
+will count the animals every spring.
+"""
+
+MANUAL = """# Brask lamp: care guide
+
+The Brask lamp is a solar lantern made by Odel Forge. Charge the battery for 6 hours before first use.
+"""
+
+
+@pytest.fixture
+def documents(tmp_path: Path) -> list:
+    (tmp_path / "news.md").write_text(NEWS)
+    (tmp_path / "manual.md").write_text(MANUAL)
+    return sorted(ingest([tmp_path]).documents, key=lambda d: d.source)
+
+
+def test_every_perspective_produces_pairs_whose_answers_are_the_documents_text(documents: list) -> None:
+    for doc in documents:
+        built = grounded.build(doc)
+        assert set(built) == set(grounded.PERSPECTIVES)
+        for name, pairs in built.items():
+            assert pairs, f"{name} made no pairs for {doc.title}"
+            for p in pairs:
+                assert p.question.strip() and p.doc_id == doc.doc_id and p.perspective == name
+                text = " ".join(doc.text.split())
+                if name == "title":  # the title, then the lead sentence
+                    assert p.answer.startswith(doc.title) and p.answer[len(doc.title) + 2 :] in text
+                elif name != "entity":  # entity descriptions are rewritten sentences
+                    assert p.answer in text
+    news = grounded.build(next(d for d in documents if "Zorblax" in d.title))
+    span = {p.key: p.question for p in news["span"]}
+    assert span["On 14 March 2031"].startswith("When the Quentmoor Council voted")
+    assert "how many animals" in span["about 400"]
+    assert span["Ilse Varn"].startswith("Councillor who,")  # a person's name: who
+    entity = {p.question: p.answer for p in news["entity"]}
+    assert entity["What is the Zorblax?"] == "Zorblax is a teal, six-legged reptile."
+    titles = [p.question for p in news["title"]]
+    assert "What is the council going to do?" in titles  # a vague, generalised title question
+    assert all(p.answer.startswith("Quentmoor Council approves") for p in news["title"])
+
+
+def test_grounding_keeps_a_supported_pair_and_drops_the_others() -> None:
+    chunk = "The Zorblax is a teal, six-legged reptile. It eats glowing moss."
+    assert grounding.check("What colour is the Zorblax?", "The Zorblax is teal.", chunk) is None
+    assert grounding.check("What does the Zorblax eat?", "It eats moss, glowing moss.", chunk) is None
+    assert grounding.check(
+        "What colour is the Zorblax?", "The Zorblax is bright purple with wings.", chunk
+    ) == ("unsupported")
+    assert (
+        grounding.check("How many legs has the Zorblax?", "The Zorblax has 8 legs.", chunk) == "unsupported"
+    )
+    assert grounding.check("Who won the 1998 football world cup?", "France won it.", chunk) == "off_document"
+    assert grounding.check("What is the title of the document?", "The Zorblax.", chunk) == "instruction_echo"
+    prompt = "You are an intelligent professor writing quiz questions for students"
+    assert grounding.check(
+        "Zorblax professor?", "An intelligent professor writing quiz", chunk, [prompt]
+    ) == ("instruction_echo")
+
+
+def test_the_teachers_pairs_are_grounded_and_the_dropped_counted_per_prompt(documents: list) -> None:
+    def reply(request: GenerationRequest) -> str:
+        pairs = [
+            {"question": "What colour is the Zorblax?", "answer": "The Zorblax is teal."},
+            {"question": "What colour is the Zorblax's egg?", "answer": "Its eggs are golden and round."},
+            {"question": "Who wrote Hamlet?", "answer": "William Shakespeare."},
+        ]
+        return json.dumps({"pairs": pairs})
+
+    news = [d for d in documents if "Zorblax" in d.title]
+    suite = Suite.load().only(["simple-quiz"])
+    report = generate_pairs(ScriptedEngine(reply), news, suite, one_at_a_time=False)
+    assert [p.question for p in report.pairs] == ["What colour is the Zorblax?"]
+    assert report.stats["simple-quiz"].dropped == {"unsupported": 1, "off_document": 1}
+    assert "not grounded" in report.summary()
+    ungrounded = generate_pairs(ScriptedEngine(reply), news, suite, one_at_a_time=False, grounded=False)
+    assert len(ungrounded.pairs) == 3
+
+
+def test_the_teacher_rephrases_and_code_checks_the_rephrasing(documents: list) -> None:
+    news = next(d for d in documents if "Zorblax" in d.title)
+    pairs = [p for ps in grounded.build(news).values() for p in ps]
+
+    def reply(request: GenerationRequest) -> str:
+        rough = request.prompt.rsplit("Rough: ", 1)[1].split("\n")[0]
+        if "how many animals" in rough:
+            return " How many animals are left?\nRough: more"
+        if rough.startswith("When"):
+            return " When did the council vote on 14 March 2031?"  # gives the answer away
+        if "every spring" in rough:
+            return " What time does the bakery open on Sundays?"  # an example copied
+        if "Velling Marsh" in rough:
+            return "Rough: " + rough  # the label copied: not a question
+        return " Nothing to say"
+
+    report = rephrase.rephrase(ScriptedEngine(reply), pairs)
+    assert report.calls == sum(p.perspective == "span" for p in pairs)
+    [kept] = report.pairs
+    assert kept.question == "How many animals are left?" and kept.perspective == "rephrase"
+    assert "400 animals" in kept.answer
+    assert report.dropped["leaks_answer"] == 1 and report.dropped["not_a_question"] >= 2
+    assert report.dropped.get("copies_example", 0) + report.dropped.get("off_document", 0) >= 1
+
+
+def test_the_mix_holds_out_questions_tags_documents_and_replays_general_text(documents: list) -> None:
+    pairs = [p for d in documents for ps in grounded.build(d).values() for p in ps]
+    train, held = mix.split_heldout(pairs, 0.15)
+    assert held and len(train) + len(held) == len(pairs)
+    trained_facts = {(p.doc_id, p.fact) for p in train}
+    assert all((p.doc_id, p.fact) in trained_facts for p in held)  # every held-out fact is still taught
+    assert not {p.question for p in held} & {p.question for p in train}
+    rows = mix.pair_rows(train)
+    answers = [r["messages"][1]["content"] for r in rows]
+    assert all(a.endswith(f"[DOC_ID:{r['meta']['doc_id']}]") for a, r in zip(answers, rows, strict=True))
+    tagged = [r for r in rows if r["messages"][0]["content"].startswith("In document ")]
+    assert 0 < len(tagged) < len(rows)
+    doc_rows = mix.document_rows(documents[0])
+    assert doc_rows[0]["text"].startswith(f"[DOC_ID:{documents[0].doc_id}] {documents[0].title}")
+    words = sum(mix.row_words(r) for r in rows)
+    replay = mix.replay_rows(words, 0.1)
+    replay_words = sum(mix.row_words(r) for r in replay)
+    assert 0.08 <= replay_words / (words + replay_words) <= 0.3
+    _, held_out = mix.replay_split()
+    assert held_out and not set(held_out) & {
+        r["text"] for r in replay
+    }  # forgetting is measured on unseen text
+
+
+def test_bm25_finds_the_passage_that_answers(documents: list) -> None:
+    index = retrieval.BM25(retrieval.passages(documents))
+    [best] = index.search("Who makes the Brask lantern?", k=1)
+    assert "Odel Forge" in best.text
+    [best] = index.search("How many Zorblaxes are left?", k=1)
+    assert "400 animals" in best.text
+    prompt = retrieval.with_context("Q?", [best])
+    assert f"[DOC_ID:{best.doc_id}]" in prompt and prompt.endswith("Q?")
