@@ -27,8 +27,6 @@ from helixloom.engine.types import GenerationRequest
 if TYPE_CHECKING:
     import torch
 
-    from helixloom.engine.hf.engine import HFEngine
-
 
 @dataclass
 class _Live:
@@ -57,7 +55,9 @@ _ids = itertools.count()
 class RunningBatch(DecodeBatch):
     """Rows of one ``HFEngine`` decoding together. Not thread-safe: one scheduler drives it."""
 
-    def __init__(self, engine: HFEngine) -> None:
+    def __init__(self, engine: Any) -> None:
+        """``engine``: the ``HFEngine`` whose model, lock and caches it uses (not imported here:
+        the engine imports this module)."""
         self.engine = engine
         self.live: list[_Live] = []
         self._state: _Part | None = None
