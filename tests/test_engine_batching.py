@@ -99,7 +99,7 @@ def test_a_finished_row_leaves_at_once(tiny_engine: HFEngine) -> None:
 
 def test_an_aborted_row_frees_its_place_immediately(tiny_engine: HFEngine) -> None:
     batch = tiny_engine.open_batch()
-    gone, stays = batch.join([greedy(PROMPTS[0], ignore_eos=True, max_tokens=50), greedy(PROMPTS[2])])
+    gone, _ = batch.join([greedy(PROMPTS[0], ignore_eos=True, max_tokens=50), greedy(PROMPTS[2])])
     batch.step()
     events = batch.step(lambda row_id: row_id == gone)
     ended = [e for i, e in events if i == gone and isinstance(e, GenerationResult)]
