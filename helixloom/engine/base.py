@@ -85,7 +85,7 @@ class Engine(abc.ABC):
 
     #: ``open_batch`` gives a ``DecodeBatch`` that requests join while it runs. Not a capability a
     #: wrapper forwards (a scheduler over such an engine does not open batches itself).
-    supports_continuous_batching: bool = False
+    continuous_batching: bool = False
 
     #: The model spec this engine was made from, as the user gave it.
     model_name: str
@@ -106,7 +106,7 @@ class Engine(abc.ABC):
         """
 
     def open_batch(self) -> DecodeBatch:
-        """A new, empty continuous batch (``supports_continuous_batching``)."""
+        """A new, empty continuous batch (``continuous_batching``)."""
         raise HelixloomError(f"the {self.backend} engine cannot run a continuous batch")
 
     def validate(self, request: GenerationRequest) -> None:

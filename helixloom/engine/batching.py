@@ -6,7 +6,7 @@ thread owns the inner engine; callers queue requests and read their events from 
 Requests for different adapters of one base share a batch (the inner engine applies adapters per
 row).
 
-Over an engine that runs a continuous batch (``supports_continuous_batching``: the hf engine) a
+Over an engine that runs a continuous batch (``continuous_batching``: the hf engine) a
 request that arrives while others decode joins them at the next step, and a row that finishes, or
 whose caller went away, leaves at once. Over other engines a batch runs to completion and requests
 that arrive meanwhile form the next one.
@@ -177,7 +177,7 @@ class BatchingEngine(Engine):
     # ------------------------------------------------------------------ worker
 
     def _loop(self) -> None:
-        if self.inner.supports_continuous_batching:
+        if self.inner.continuous_batching:
             self._loop_continuous()
             return
         while True:

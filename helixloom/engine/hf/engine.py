@@ -60,7 +60,7 @@ class HFEngine(Engine):
     supports_embeddings = True
     supports_prompt_logprobs = True
     supports_tokenize = True
-    supports_continuous_batching = True
+    continuous_batching = True
     embed_batch_size = 16  # texts per forward pass in embed()
     max_model_len: int  # the model's max_position_embeddings (2**20 when it names none)
 
