@@ -84,6 +84,7 @@ def main() -> None:
         report[f"helixnet_{label}_seconds"] = round(chat_s, 2)
         report[f"weave_{label}_prefill_tokens_per_node"] = round(per_node, 1)
         report[f"weave_{label}_seconds"] = round(time.perf_counter() - start, 2)
+        print(json.dumps({k: v for k, v in report.items() if label in k}), file=sys.stderr, flush=True)
     report["ratio_helixnet_prefill_cached_over_uncached"] = round(sum(runs[True][0]) / sum(runs[False][0]), 3)
     # The first turn has nothing to reuse yet; the turns after it are where a chat spends its prefill.
     report["ratio_helixnet_turns_2_on"] = round(sum(runs[True][0][1:]) / max(1, sum(runs[False][0][1:])), 3)
