@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--adapter-only", action="store_true", help="only the adapter vs base forward")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -73,6 +74,18 @@ def main() -> None:
 
         return run
 
+    if args.adapter_only:
+        json.dump(
+            {
+                "benchmark": "generate",
+                "model": args.model,
+                **adapter_cost(engine, args.rank, args.repeats + 2),
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+        return
     ours(1)()  # warm-up: first calls allocate
     plain(1)()
     # The engine's greedy text must be plain generate's, or the speed comparison means nothing.
