@@ -31,11 +31,15 @@ class Merger:
         self.merges = 0
 
     def mergeable(self, name: str) -> bool:
-        """Plain LoRA on linear layers only: DoRA, LoRA biases and other variants run per row."""
+        """Plain LoRA on linear layers only: DoRA, LoRA biases, saved whole modules and other
+        variants run per row."""
         from peft.tuners.lora import Linear, LoraLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
 
         found = False
         for module in self.model.modules():
+            if isinstance(module, AuxiliaryTrainingWrapper):
+                return False  # modules_to_save / trainable tokens: only PEFT's forward selects them
             if not isinstance(module, LoraLayer) or (
                 name not in module.lora_A and name not in module.lora_embedding_A
             ):
