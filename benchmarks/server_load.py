@@ -1,12 +1,21 @@
-"""Server throughput under concurrent streaming clients, against the engine's own batched generation.
+"""Server throughput and latency under load, against the engine's own offline batch, in one run.
 
-Starts helixloom's server on a free loopback port (in this process), sends N concurrent streaming
-completion requests (``ignore_eos``, so every request makes exactly --tokens tokens) with the
-official ``openai`` client, and reports aggregate tokens/s against the
-same N requests run straight through the engine as one batch (ratio; target >= 0.85), p50/p95
-time to first token and latency, and that every request was stored as a session.
+Starts helixloom's server on a free loopback port (in this process) and drives it with the official
+``openai`` client (streaming completions). Two workloads:
 
-    python benchmarks/server_load.py [--model default] [--clients 8] [--tokens 48] [--rounds 2]
+- ``uniform``: --clients clients start together, every answer exactly --tokens long (``ignore_eos``),
+  for --rounds waves; baseline: the same requests as one batch straight through the engine.
+- ``realistic``: --requests requests arriving as a Poisson process (--rate per second), prompts of
+  mixed lengths, answers that stop at different lengths (varied max_tokens, stop sequences and EOS),
+  a third on each of two LoRA adapters (random, rank 16) and a third on the base; baseline: the
+  same requests through the engine's continuous batch offline (all known up front, the same
+  --clients rows at most). Also run with every request on one adapter (mixed / same ratio,
+  target >= 0.8), and closed-loop at 1 and at 8 concurrent clients for p50/p95 time to first token
+  and inter-token latency.
+
+Targets: server / engine >= 0.9 on both workloads; requests sent == sessions stored.
+
+    python benchmarks/server_load.py [--model default] [--clients 8] [--requests 24] [--rate 4]
 
 Loopback only; the number of requests and their length are bounded by the flags.
 """
@@ -16,110 +25,282 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import random
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+SENTENCE = "The harbour town kept its old lighthouse, and every evening the keeper climbed the stairs. "
+
+
+@dataclass(frozen=True)
+class Job:
+    prompt: str
+    model: str  # the server's model name (base or adapter)
+    adapter: str | None
+    max_tokens: int
+    stop: tuple[str, ...]
+    ignore_eos: bool = False
+
+
+@dataclass
+class Timing:
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)  # seconds between streamed chunks
+    tokens: int = 0
+    sent: int = 0
+    first_send: float = float("inf")
+    last_done: float = 0.0
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / max(1e-9, self.last_done - self.first_send)
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    return {"p50": round(percentile(values, 0.5), 4), "p95": round(percentile(values, 0.95), 4)}
+
+
+def realistic_jobs(
+    n: int, base: str, adapters: list[str], rng: random.Random, *, one: str | None
+) -> list[Job]:
+    """Mixed prompt lengths (1 to 12 sentences), answers stopping at different lengths; a third of
+    the requests on each adapter and a third on the base, or all on ``one``."""
+    jobs = []
+    for i in range(n):
+        prompt = f"Note {i}. " + SENTENCE * rng.randint(1, 12) + "The keeper wrote:"
+        model = one or [base, *adapters][i % (len(adapters) + 1)]
+        jobs.append(
+            Job(
+                prompt,
+                model,
+                None if model == base else model,
+                rng.choice([16, 24, 32, 48, 64]),
+                rng.choice([(), (), ("\n\n",), (".",)]),
+            )
+        )
+    return jobs
+
+
+def send(client: Any, job: Job, timing: Timing, lock: threading.Lock) -> None:
+    t0 = time.perf_counter()
+    stream = client.completions.create(
+        model=job.model,
+        prompt=job.prompt,
+        temperature=0,
+        max_tokens=job.max_tokens,
+        stop=list(job.stop) or None,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": job.ignore_eos},
+    )
+    first, last, gaps, used = None, None, [], 0
+    for chunk in stream:
+        now = time.perf_counter()
+        if chunk.choices and chunk.choices[0].text:
+            if first is None:
+                first = now - t0
+            elif last is not None:
+                gaps.append(now - last)
+            last = now
+        if chunk.usage:
+            used = chunk.usage.completion_tokens
+    done = time.perf_counter()
+    with lock:
+        timing.sent += 1
+        timing.first_send = min(timing.first_send, t0)
+        timing.last_done = max(timing.last_done, done)
+        timing.tokens += used
+        if first is not None:
+            timing.ttft.append(first)
+        timing.itl += gaps
+
+
+def poisson(client: Any, jobs: list[Job], rate: float, rng: random.Random) -> Timing:
+    """Each job sent at its arrival time (exponential gaps at ``rate`` per second), all in flight
+    together as they come."""
+    timing, lock = Timing(), threading.Lock()
+    threads = []
+    start = time.perf_counter()
+    at = 0.0
+    for job in jobs:
+        at += rng.expovariate(rate)
+        time.sleep(max(0.0, start + at - time.perf_counter()))
+        thread = threading.Thread(target=send, args=(client, job, timing, lock))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    return timing
+
+
+def closed_loop(client: Any, jobs: list[Job], clients: int) -> Timing:
+    """``clients`` clients, each sending its share of ``jobs`` one after the other."""
+    timing, lock = Timing(), threading.Lock()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda job: send(client, job, timing, lock), jobs))
+    return timing
+
+
+def offline(engine: Any, jobs: list[Job], rows: int) -> float:
+    """Tokens/s of the same requests through the engine's continuous batch, all known up front,
+    at most ``rows`` decoding together (the server's max_batch): the server's ceiling."""
+    from helixloom.engine import GenerationRequest, GenerationResult, sampling
+
+    requests = [
+        GenerationRequest(
+            j.prompt,
+            sampling(temperature=0, max_tokens=j.max_tokens, stop=j.stop, ignore_eos=j.ignore_eos),
+            j.adapter,
+        )
+        for j in jobs
+    ]
+    batch = engine.open_batch()
+    waiting, tokens = list(requests), 0
+    start = time.perf_counter()
+    while waiting or len(batch):
+        if waiting and len(batch) < rows:
+            take = rows - len(batch)
+            batch.join(waiting[:take])
+            waiting = waiting[take:]
+        for _, event in batch.step():
+            if isinstance(event, GenerationResult):
+                tokens += event.usage.completion_tokens
+    return tokens / (time.perf_counter() - start)
+
+
+def make_adapter(engine: Any, folder: Path, seed: int) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_config(engine.model_config)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    peft_model = get_peft_model(
+        base, LoraConfig(r=16, lora_alpha=16, target_modules=targets, init_lora_weights=False)
+    )
+    with torch.no_grad():  # small deltas: the model stays fluent, its text changes
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.05)
+    peft_model.save_pretrained(folder)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent streaming clients (max 64)")
-    parser.add_argument("--tokens", type=int, default=48, help="new tokens per request")
-    parser.add_argument("--rounds", type=int, default=2, help="waves of --clients requests")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients and max batch (max 64)")
+    parser.add_argument("--tokens", type=int, default=48, help="uniform: new tokens per request")
+    parser.add_argument("--rounds", type=int, default=2, help="uniform: waves of --clients requests")
+    parser.add_argument("--requests", type=int, default=24, help="realistic: requests per run (max 200)")
+    parser.add_argument("--rate", type=float, default=4.0, help="realistic: mean arrivals per second")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if not 1 <= args.clients <= 64 or not 1 <= args.rounds <= 10:
-        sys.exit("--clients must be 1..64 and --rounds 1..10")
+    if not 1 <= args.clients <= 64 or not 1 <= args.rounds <= 10 or not 1 <= args.requests <= 200:
+        sys.exit("--clients must be 1..64, --rounds 1..10 and --requests 1..200")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
     import openai
 
-    from helixloom.engine import GenerationRequest, sampling
     from helixloom.engine.hf import HFEngine
     from helixloom.server import BackgroundServer, ServerConfig, ServerState
     from helixloom.store import Store
 
     engine = HFEngine.load(args.model)
-    db = Path(tempfile.mkdtemp()) / "bench.db"
-    state = ServerState(ServerConfig(model=args.model, max_batch=args.clients), engine, Store(db))
+    work = Path(tempfile.mkdtemp(prefix="server-load-"))
+    adapters = {"tide": work / "tide", "lamp": work / "lamp"}
+    for seed, folder in enumerate(adapters.values()):
+        make_adapter(engine, folder, seed)
+    state = ServerState(
+        ServerConfig(
+            model=args.model, max_batch=args.clients, adapters={k: str(v) for k, v in adapters.items()}
+        ),
+        engine,
+        Store(work / "bench.db"),
+    )
     server = BackgroundServer(state)
-    url = server.url
-    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-    questions = [f"Here is a short note about topic number {i}:" for i in range(args.clients)]
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=600)
+    base = state.base_id
+    for name, folder in adapters.items():
+        engine.load_adapter(name, str(folder))
+    report: dict[str, Any] = {"benchmark": "server_load", "model": args.model, **vars(args)}
 
-    # Baseline: the same requests as one batch straight through the engine.
-    params = sampling(temperature=0, max_tokens=args.tokens, ignore_eos=True)
-    requests = [GenerationRequest(q, params) for q in questions]
-    engine.generate(requests[:1])  # warm-up
-    start_t = time.perf_counter()
-    direct = engine.generate(requests)
-    direct_s = time.perf_counter() - start_t
-    direct_tok_s = sum(r.usage.completion_tokens for r in direct) / direct_s
+    # Uniform: everyone starts together, every answer the same length.
+    uniform = [
+        Job(f"Here is a short note about topic number {i}:", base, None, args.tokens, (), ignore_eos=True)
+        for i in range(args.clients)
+    ]
+    offline(engine, uniform[:1], 1)  # warm-up
+    engine_uniform = offline(engine, uniform, args.clients)
+    served_uniform = closed_loop(client, uniform * args.rounds, args.clients)
+    report["uniform"] = {
+        "engine_tok_s": round(engine_uniform, 2),
+        "server_tok_s": round(served_uniform.tok_s, 2),
+        "ratio_server_over_engine": round(served_uniform.tok_s / engine_uniform, 3),
+        "ttft_s": quantiles(served_uniform.ttft),
+    }
 
-    ttft: list[float] = []
-    latency: list[float] = []
-    tokens = 0
-    lock = threading.Lock()
-
-    def one(question: str) -> None:
-        nonlocal tokens
-        t0 = time.perf_counter()
-        first = None
-        stream = client.completions.create(
-            model=args.model,
-            prompt=question,
-            temperature=0,
-            max_tokens=args.tokens,
-            stream=True,
-            stream_options={"include_usage": True},
-            extra_body={"ignore_eos": True},
-        )
-        used = 0
-        for chunk in stream:
-            if first is None and chunk.choices and chunk.choices[0].text:
-                first = time.perf_counter() - t0
-            if chunk.usage:
-                used = chunk.usage.completion_tokens
-        with lock:
-            ttft.append(first if first is not None else float("nan"))
-            latency.append(time.perf_counter() - t0)
-            tokens += used
-
-    sent = args.clients * args.rounds
-    start_t = time.perf_counter()
-    with ThreadPoolExecutor(args.clients) as pool:
-        list(pool.map(one, questions * args.rounds))
-    served_s = time.perf_counter() - start_t
-    served_tok_s = tokens / served_s
+    # Realistic: Poisson arrivals, mixed lengths and stops, two adapters and the base.
+    rng = random.Random(args.seed)
+    mixed = realistic_jobs(args.requests, base, list(adapters), rng, one=None)
+    same = [Job(j.prompt, "tide", "tide", j.max_tokens, j.stop) for j in mixed]
+    engine.prefix_cache.clear()
+    engine_mixed = offline(engine, mixed, args.clients)
+    engine.prefix_cache.clear()
+    served_mixed = poisson(client, mixed, args.rate, random.Random(args.seed + 1))
+    engine.prefix_cache.clear()
+    served_same = poisson(client, same, args.rate, random.Random(args.seed + 1))
+    engine.prefix_cache.clear()
+    one_client = closed_loop(client, mixed[: max(4, args.requests // 4)], 1)
+    engine.prefix_cache.clear()
+    eight = closed_loop(client, mixed, 8)
+    report["realistic"] = {
+        "engine_offline_tok_s": round(engine_mixed, 2),
+        "server_poisson_tok_s": round(served_mixed.tok_s, 2),
+        "ratio_server_over_engine": round(served_mixed.tok_s / engine_mixed, 3),
+        "server_same_adapter_tok_s": round(served_same.tok_s, 2),
+        "ratio_mixed_over_same_adapter": round(served_mixed.tok_s / served_same.tok_s, 3),
+        "poisson_ttft_s": quantiles(served_mixed.ttft),
+        "poisson_itl_s": quantiles(served_mixed.itl),
+        "clients_1": {
+            "tok_s": round(one_client.tok_s, 2),
+            "ttft_s": quantiles(one_client.ttft),
+            "itl_s": quantiles(one_client.itl),
+        },
+        "clients_8": {
+            "tok_s": round(eight.tok_s, 2),
+            "ttft_s": quantiles(eight.ttft),
+            "itl_s": quantiles(eight.itl),
+        },
+    }
+    sent = sum(t.sent for t in (served_uniform, served_mixed, served_same, one_client, eight))
+    scheduler = state.engine
     server.stop()
     time.sleep(0.5)  # the last sessions are written as their streams close
     stored = len(state.store.list_sessions(limit=100_000))
-    report = {
-        "benchmark": "server_load",
-        "model": args.model,
-        "clients": args.clients,
-        "requests_sent": sent,
-        "new_tokens_per_request": args.tokens,
-        "engine_batch_tok_s": round(direct_tok_s, 2),
-        "server_aggregate_tok_s": round(served_tok_s, 2),
-        "ratio_server_over_engine": round(served_tok_s / direct_tok_s, 3),
-        "ttft_s": {"p50": round(percentile(ttft, 0.5), 3), "p95": round(percentile(ttft, 0.95), 3)},
-        "latency_s": {"p50": round(percentile(latency, 0.5), 3), "p95": round(percentile(latency, 0.95), 3)},
-        "mean_latency_s": round(statistics.mean(latency), 3),
-        "batches_run": state.engine.batches_run,
-        "largest_batch": state.engine.largest_batch,
-        "sessions_stored": stored,
-        "all_stored": stored == sent,
-    }
+    report["requests_sent"] = sent
+    report["sessions_stored"] = stored
+    report["all_stored"] = stored == sent
+    report["batches_run"] = scheduler.batches_run
+    report["largest_batch"] = scheduler.largest_batch
+    report["prefix_cache_reused_tokens"] = engine.reused_tokens
+    report["adapter_merges"] = engine._merger.merges
+    report["llama_cpp_server"] = (
+        "not run here: see the report (the llamacpp engineer's parallel engine is not on this branch)"
+    )
     state.close()
     json.dump(report, sys.stdout, indent=2)
     print()

@@ -273,9 +273,10 @@ def test_token_healing_backs_up_over_a_trailing_space(plain_engine: HFEngine) ->
     assert healed.token_ids[0] == best.token_id
 
 
-def test_shared_prompt_is_prefilled_once(engine: HFEngine) -> None:
+def test_shared_prompt_is_prefilled_once(engine: HFEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """n samples of one prompt (or a search node's children) share one prefill, and each row still
     equals its solo run; other adapters on the same prompt get their own prefill."""
+    monkeypatch.setattr(engine, "prefix_caching", False)  # counted here: the prefill a batch shares
     prompt = PROMPTS[2]
     rows = [GenerationRequest(prompt, sampling(temperature=1.0, max_tokens=8, seed=s)) for s in range(4)]
     rows.append(GenerationRequest(prompt, sampling(temperature=1.0, max_tokens=8, seed=0), "alpha"))

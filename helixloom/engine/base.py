@@ -45,6 +45,31 @@ class TokenPrompt(str):
         return prompt
 
 
+class DecodeBatch(abc.ABC):
+    """A batch decoding one token per step, which rows join between steps and leave as soon as
+    they finish (continuous batching). Rows are named by the ids ``join`` returns."""
+
+    @abc.abstractmethod
+    def join(self, requests: Sequence[GenerationRequest]) -> list[int]:
+        """Admit the requests (their prompts run now); their first tokens come at the next ``step``.
+        Raises ``HelixloomError`` (nothing joined) when one of them cannot run."""
+
+    @abc.abstractmethod
+    def step(self, abort: AbortCheck | None = None) -> list[BatchEvent]:
+        """One token for every row: the (row id, event) pairs it produced, a row's last event being
+        its ``GenerationResult``. ``abort(row id)`` True ends that row now, with finish_reason "abort"."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Rows still decoding."""
+
+    @property
+    def can_join(self) -> bool:
+        """Whether requests may join now; a backend whose state cannot take rows mid-way (some
+        cache layouts) says False until the batch is empty."""
+        return True
+
+
 class Engine(abc.ABC):
     """Produces tokens for a batch of requests, each with its own prompt, adapter and sampling."""
 
@@ -83,6 +108,10 @@ class Engine(abc.ABC):
     supports_tokenize: bool = False  # tokenize() and detokenize() give the model's own token ids
     supports_token_prompts: bool = False  # a TokenPrompt is read as its ids, exactly
 
+    #: ``open_batch`` gives a ``DecodeBatch`` that requests join while it runs. Not a capability a
+    #: wrapper forwards (a scheduler over such an engine does not open batches itself).
+    continuous_batching: bool = False
+
     #: The model spec this engine was made from, as the user gave it.
     model_name: str
     #: The tokenizer's chat template, or None for a plain completion model.
@@ -102,6 +131,10 @@ class Engine(abc.ABC):
         ``abort(row)`` is asked between steps; a row it answers True for ends at once (a client that
         went away frees its place in the batch).
         """
+
+    def open_batch(self) -> DecodeBatch:
+        """A new, empty continuous batch (``continuous_batching``)."""
+        raise HelixloomError(f"the {self.backend} engine cannot run a continuous batch")
 
     def validate(self, request: GenerationRequest) -> None:
         """Raise ``HelixloomError`` if ``request`` could not run (its prompt and max_tokens do not fit

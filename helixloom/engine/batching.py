@@ -4,7 +4,12 @@
 clients at once batch with each other and with plain completions without knowing it. One worker
 thread owns the inner engine; callers queue requests and read their events from their own queue.
 Requests for different adapters of one base share a batch (the inner engine applies adapters per
-row). A batch runs to completion; requests that arrive meanwhile form the next one.
+row).
+
+Over an engine that runs a continuous batch (``continuous_batching``: the hf engine) a
+request that arrives while others decode joins them at the next step, and a row that finishes, or
+whose caller went away, leaves at once. Over other engines a batch runs to completion and requests
+that arrive meanwhile form the next one.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from helixloom.engine.base import AbortCheck, BatchEvent, Engine
+from helixloom.engine.base import AbortCheck, BatchEvent, DecodeBatch, Engine
 from helixloom.engine.types import (
     AdapterInfo,
     GenerationRequest,
@@ -66,8 +71,8 @@ class BatchingEngine(Engine):
         self.gather_idle = gather_idle
         self.gather_max = gather_max
         self._queue: queue.Queue[_Pending | object] = queue.Queue(maxsize=max_queue)
-        self.batches_run = 0
-        self.largest_batch = 0
+        self.batches_run = 0  # batches started (a continuous batch: each time it starts from empty)
+        self.largest_batch = 0  # most rows decoding together
         self.aborted_rows = 0  # rows ended early because their caller went away
         self._worker = threading.Thread(target=self._loop, name=f"batching-{inner.model_name}", daemon=True)
         self._worker.start()
@@ -177,28 +182,107 @@ class BatchingEngine(Engine):
     # ------------------------------------------------------------------ worker
 
     def _loop(self) -> None:
+        if self.inner.continuous_batching:
+            self._loop_continuous()
+            return
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            deadline = time.perf_counter() + self.gather_max
-            while len(batch) < self.max_batch:
-                wait = min(self.gather_idle, deadline - time.perf_counter())
-                try:
-                    item = self._queue.get(timeout=max(0.0, wait))
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    self._queue.put(_STOP)
-                    break
-                batch.append(item)
-            live = [p for p in batch if isinstance(p, _Pending) and not p.aborted.is_set()]
-            for p in batch:
-                if isinstance(p, _Pending) and p.aborted.is_set():
-                    p.events.put((p.row, _aborted_result()))
+            batch, stop = self._gather(self.max_batch)
+            live = self._live(batch)
             if live:
                 self._run(live)
+            if stop:
+                return
+
+    def _gather(self, room: int) -> tuple[list[_Pending], bool]:
+        """Wait for a first request, then take the ones arriving within the gather window (up to
+        ``room``): clients that start together share a prefill. Also says whether to stop."""
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        deadline = time.perf_counter() + self.gather_max
+        while len(batch) < room:
+            wait = min(self.gather_idle, deadline - time.perf_counter())
+            try:
+                item = self._queue.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                break
+            if item is _STOP:
+                self._queue.put(_STOP)
+                break
+            batch.append(item)
+        return [p for p in batch if isinstance(p, _Pending)], False
+
+    def _take(self, room: int) -> tuple[list[_Pending], bool]:
+        """The requests waiting now (up to ``room``), without waiting; also says whether to stop."""
+        taken: list[_Pending] = []
+        while len(taken) < room:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return taken, True
+            assert isinstance(item, _Pending)
+            taken.append(item)
+        return taken, False
+
+    @staticmethod
+    def _live(batch: list[_Pending]) -> list[_Pending]:
+        """The requests whose callers still wait; the others get their (empty) aborted result."""
+        for p in batch:
+            if p.aborted.is_set():
+                p.events.put((p.row, _aborted_result()))
+        return [p for p in batch if not p.aborted.is_set()]
+
+    def _loop_continuous(self) -> None:
+        batch = self.inner.open_batch()
+        members: dict[int, _Pending] = {}  # row id in the batch -> its request
+        stopping = False
+        while members or not stopping:
+            room = self.max_batch - len(members) if batch.can_join else 0
+            if not members:
+                arrived, stopping = self._gather(room)
+            elif room > 0 and not stopping:
+                arrived, stopping = self._take(room)
+            else:
+                arrived = []
+            arrived = self._live(arrived)
+            if arrived:
+                if not members:
+                    self.batches_run += 1
+                members.update(self._join(batch, arrived))
+                self.largest_batch = max(self.largest_batch, len(members))
+            if not members:
+                continue
+            try:
+                events = batch.step(lambda row_id: members[row_id].aborted.is_set())
+            except Exception as exc:  # handed to every caller in the batch, never lost
+                for p in members.values():
+                    p.events.put((p.row, exc))
+                members.clear()
+                batch = self.inner.open_batch()
+                continue
+            for row_id, event in events:
+                p = members[row_id]
+                if isinstance(event, GenerationResult):
+                    del members[row_id]
+                    self.aborted_rows += event.finish_reason == "abort"
+                p.events.put((p.row, event))
+
+    def _join(self, batch: DecodeBatch, arrived: list[_Pending]) -> dict[int, _Pending]:
+        """Join the requests to the running batch; one that cannot run fails alone."""
+        try:
+            ids = batch.join([p.request for p in arrived])
+        except Exception as exc:
+            if len(arrived) == 1:
+                arrived[0].events.put((arrived[0].row, exc))
+                return {}
+            joined: dict[int, _Pending] = {}
+            for p in arrived:  # which one? each joins alone, and gets its own error
+                joined.update(self._join(batch, [p]))
+            return joined
+        return dict(zip(ids, arrived, strict=True))
 
     def _run(self, batch: list[_Pending]) -> None:
         self.batches_run += 1

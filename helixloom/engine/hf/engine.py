@@ -4,14 +4,16 @@ Generation is our own small loop (prefill, then one token per step) rather than 
 because a batch here mixes what ``generate`` keeps global: each row has its own sampling parameters,
 seed, stop sequences and LoRA adapter. Adapters are applied per row through PEFT's mixed-batch
 forward (``adapter_names=[...]``), so the loaded model is never switched globally and concurrent
-callers cannot see each other's adapter.
+callers cannot see each other's adapter; a batch whose rows all use one adapter runs it merged
+(``merge``). The loop itself is ``running.RunningBatch``: rows join it between steps (continuous
+batching, driven by ``BatchingEngine``) and start from the prefix cache where their prompt's start
+was computed before under the same adapter content (``helixloom.engine.prefix_cache``).
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,9 +24,13 @@ from helixloom.engine.base import AbortCheck, BatchEvent, Engine, TokenPrompt, a
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
 from helixloom.engine.grammar import COMPILE_TIMEOUT_S, Grammars
 from helixloom.engine.hf import decode
+from helixloom.engine.hf.kv import RowKV
 from helixloom.engine.hf.load import check_adapter_fits, load_pretrained
+from helixloom.engine.hf.merge import Merger
+from helixloom.engine.hf.running import RunningBatch
 from helixloom.engine.hf.vocab import Vocab
 from helixloom.engine.lora_folder import inspect_adapter
+from helixloom.engine.prefix_cache import PrefixCache
 from helixloom.engine.types import (
     AdapterInfo,
     GenerationRequest,
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
     import torch
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+BASE_VERSION = "base"  # the prefix cache's key for KV computed by the base model alone
 
 
 class HFEngine(Engine):
@@ -54,10 +61,14 @@ class HFEngine(Engine):
     supports_prompt_logprobs = True
     supports_tokenize = True
     supports_token_prompts = True
+    continuous_batching = True
     embed_batch_size = 16  # texts per forward pass in embed()
     max_model_len: int  # the model's max_position_embeddings (2**20 when it names none)
 
-    def __init__(self, model: Any, tokenizer: Any, *, model_name: str) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, model_name: str, prefix_cache_bytes: int = 512 << 20
+    ) -> None:
+        """``prefix_cache_bytes``: the most memory KV kept across requests takes (0: none)."""
         import torch
 
         self.model = model.eval()
@@ -70,7 +81,14 @@ class HFEngine(Engine):
         self.vocab = Vocab(tokenizer, int(model.config.vocab_size), self.device)
         self.prefill_tokens = 0  # prompt tokens run through the model (a shared prompt counts once)
         self.decode_tokens = 0  # tokens run through the model one step at a time
+        self.reused_tokens = 0  # prompt tokens whose KV came from the prefix cache instead
         self.share_prefill = True  # rows with one prompt and adapter share a prefill (off: to measure it)
+        self.prefix_caching = True  # off: every prompt runs in full (to measure it)
+        self.prefix_cache: PrefixCache[RowKV] = PrefixCache(prefix_cache_bytes)
+        self.merge_uniform_adapters = True  # off: PEFT's per-row path always (to measure it)
+        self._merger = Merger(model)
+        self._mergeable: dict[str, bool] = {}  # adapter version -> plain LoRA that can be merged
+        self.model_config = model.config
         self._lock = threading.RLock()  # one forward pass at a time; adapters load between batches
         self._torch = torch
         eos = model.generation_config.eos_token_id if model.generation_config else None
@@ -198,75 +216,53 @@ class HFEngine(Engine):
     ) -> Iterator[BatchEvent]:
         if not requests:
             return
-        enqueued = time.perf_counter()
-        with self._lock:
-            yield from self._run(list(requests), enqueued, abort)
+        # A batch of its own, run to its end: the same loop a scheduler drives (``open_batch``).
+        batch = self.open_batch()
+        index = {row_id: i for i, row_id in enumerate(batch.join(list(requests)))}
+        check = None if abort is None else (lambda row_id: abort(index[row_id]))
+        while len(batch):
+            for row_id, event in batch.step(check):
+                yield index[row_id], event
 
-    def _run(
-        self, requests: list[GenerationRequest], enqueued: float, abort: AbortCheck | None
-    ) -> Iterator[BatchEvent]:
-        torch = self._torch
-        started = time.perf_counter()
-        rows = [self._new_row(r) for r in requests]
-        extra = self._adapter_names([r.adapter for r in requests])
+    def open_batch(self) -> RunningBatch:
+        return RunningBatch(self)
 
-        with torch.inference_mode():
-            # Rows with the same prompt and adapter (n samples, a search node's children) share one
-            # prefill; the cache and logits are then copied out to every row.
-            keys = [
-                (tuple(row.prompt_ids), row.request.adapter, i * (not self.share_prefill))
-                for i, row in enumerate(rows)
-            ]
-            unique = list(dict.fromkeys(keys))
-            expand = torch.tensor([unique.index(k) for k in keys], device=self.device)
-            firsts = [keys.index(k) for k in unique]
-            prefill_extra = {"adapter_names": [extra["adapter_names"][i] for i in firsts]} if extra else {}
-            prompts = [rows[i].prompt_ids for i in firsts]
-            out, attention, positions = self._prefill(prompts, prefill_extra, use_cache=True)
-            self.prefill_tokens += int(attention.sum())
-            cache, logits = out.past_key_values, out.logits[:, -1, :].float()  # logits: [U, V]
-            if len(unique) < len(rows):
-                cache.batch_select_indices(expand)
-                logits, attention, positions = logits[expand], attention[expand], positions[expand]
-            prefill_done = time.perf_counter()
-            live = list(range(len(rows)))  # batch position -> row index
-            while True:
-                next_tokens: list[int] = []
-                for pos, i in enumerate(live):
-                    if abort is not None and abort(i):
-                        rows[i].finish = "abort"
-                        next_tokens.append(self.pad_token_id)
-                        continue
-                    token, delta = decode.step(rows[i], logits[pos], self.vocab, self.eos_token_ids)
-                    next_tokens.append(token)
-                    if delta is not None:
-                        yield i, delta
-                for i in live:
-                    if rows[i].finish is not None:
-                        yield i, decode.result(rows[i], enqueued, started, prefill_done)
-                keep = [pos for pos, i in enumerate(live) if rows[i].finish is None]
-                if not keep:
-                    break
-                if len(keep) < len(live):
-                    index = torch.tensor(keep, device=self.device)
-                    cache.batch_select_indices(index)
-                    attention, positions = attention[index], positions[index]
-                    next_tokens = [next_tokens[p] for p in keep]
-                    live = [live[p] for p in keep]
-                    if extra:
-                        extra = {"adapter_names": [extra["adapter_names"][p] for p in keep]}
-                self.decode_tokens += len(live)
-                attention = torch.cat([attention, attention.new_ones((len(live), 1))], dim=1)
-                positions = positions[:, -1:] + 1  # positions: [B, 1]
-                out = self.model(
-                    input_ids=torch.tensor(next_tokens, device=self.device)[:, None],
-                    attention_mask=attention,
-                    position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                    **extra,
-                )
-                cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+    def _forward(self, adapters: Sequence[str | None], **inputs: Any) -> Any:
+        """One forward pass of ``self.model``, row r under adapter ``adapters[r]`` (None: the base).
+
+        When every row uses one adapter that can be merged, it runs merged into the base weights
+        (``merge.Merger``: the base model's speed); otherwise PEFT applies each row's adapter.
+        Callers hold ``self._lock``.
+        """
+        extra = self._adapter_names(adapters)
+        want: tuple[str, str] | None = None
+        if extra and self.merge_uniform_adapters and len(names := set(adapters)) == 1:
+            name = next(iter(names))
+            if name is not None and self._can_merge(name):
+                want = (name, self._version(name))
+        if self._merger.model is not self.model:
+            self._merger.forget(self.model)  # the first adapter wrapped the model in PEFT
+        self._merger.ensure(want)
+        if want is not None:
+            extra = {"adapter_names": [BASE] * len(adapters)}  # the merged weights are the adapter
+        return self.model(**inputs, **extra)
+
+    def _can_merge(self, name: str) -> bool:
+        version = self._version(name)
+        if version not in self._mergeable:
+            self._mergeable[version] = self._merger.mergeable(name)
+        return self._mergeable[version]
+
+    def _version(self, adapter: str | None) -> str:
+        """What KV computed under ``adapter`` is keyed by: its content hash ("" when it has none or
+        is not loaded, which no cache entry is ever stored under)."""
+        if adapter is None:
+            return BASE_VERSION
+        info = self._adapters.get(adapter)
+        return info.version if info is not None else ""
+
+    def _live_versions(self) -> set[str]:
+        return {BASE_VERSION, *(info.version for info in self._adapters.values())}
 
     def validate(self, request: GenerationRequest) -> None:
         self._fitted(request, self.encode(request.prompt))
@@ -312,21 +308,6 @@ class HFEngine(Engine):
             row.grammar = self._grammars.matcher(request.constraint, forbid)
         return row
 
-    def _prefill(
-        self, batch: list[list[int]], extra: dict[str, Any], *, use_cache: bool
-    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """Run left-padded prompts through the model, keeping only the last position's logits."""
-        input_ids, attention, positions = self._left_pad(batch)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            use_cache=use_cache,
-            logits_to_keep=1,
-            **extra,
-        )
-        return out, attention, positions
-
     def _left_pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         torch = self._torch
         width = max(len(ids) for ids in batch)
@@ -355,9 +336,16 @@ class HFEngine(Engine):
             raise HelixloomError("a prompt to score is empty", param="prompts")
         candidate_ids = {c: self.vocab.single_token(c) for c in candidates}
         with self._lock, torch.inference_mode():
-            extra = self._adapter_names([adapter] * len(prompts))
             batch = [self.encode(p) for p in prompts]
-            out, _, _ = self._prefill(batch, extra, use_cache=False)
+            input_ids, attention, positions = self._left_pad(batch)
+            out = self._forward(
+                [adapter] * len(prompts),
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=False,
+                logits_to_keep=1,
+            )
             logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # logprobs: [B, V]
         results = []
         for r, ids in enumerate(batch):
@@ -391,9 +379,8 @@ class HFEngine(Engine):
                         f"the prompt has {len(ids)} tokens; the model reads at most {self.max_model_len}",
                         param="prompt",
                     )
-                extra = self._adapter_names([adapter])
-                logits = self.model(
-                    input_ids=torch.tensor([ids], device=self.device), use_cache=False, **extra
+                logits = self._forward(
+                    [adapter], input_ids=torch.tensor([ids], device=self.device), use_cache=False
                 )
                 rows = logits.logits[0, :-1].float()  # rows: [S-1, V]; row i predicts ids[i + 1]
                 steps = [self.vocab.logprobs(rows[i], token, top_k) for i, token in enumerate(ids[1:])]
@@ -428,16 +415,15 @@ class HFEngine(Engine):
         with self._lock, torch.inference_mode():
             for start in range(0, len(order), self.embed_batch_size):
                 chunk = order[start : start + self.embed_batch_size]
-                extra = self._adapter_names([adapter] * len(chunk))
                 input_ids, attention, positions = self._left_pad([encoded[i] for i in chunk])
-                result = self.model(
+                result = self._forward(
+                    [adapter] * len(chunk),
                     input_ids=input_ids,
                     attention_mask=attention,
                     position_ids=positions,
                     use_cache=False,
                     output_hidden_states=True,
                     logits_to_keep=1,
-                    **extra,
                 )
                 hidden = result.hidden_states[-1].float()  # hidden: [B, S, H]
                 keep = attention.bool()[:, :, None]
