@@ -118,13 +118,10 @@ def poison(engine: HFEngine, version: str) -> int:
 
 
 def reload_in_place(engine: HFEngine, name: str, folder: Path) -> None:
-    """What reloading an adapter under its name does: the old weights go, the folder's new ones
-    come in under the same name, with their own content hash."""
-    from helixloom.engine.lora_folder import inspect_adapter
-
-    engine.model.delete_adapter(name)
-    engine.model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
-    engine._adapters[name] = inspect_adapter(folder, name)
+    """Reloading an adapter under its name, through the engine's API: the old weights go, the
+    folder's new ones come in under the same name, with their own content hash."""
+    engine.unload_adapter(name)
+    engine.load_adapter(name, str(folder))
 
 
 def test_kv_of_one_adapter_content_is_never_used_for_another(
