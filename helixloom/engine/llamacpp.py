@@ -96,11 +96,13 @@ class LlamaCppEngine(Engine):
         with _plain_weights():
             self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, verbose=False)
         # llama-cpp-python's Llama makes a one-sequence context; ours has one KV stream per
-        # sequence (kv_unified off: a sequence's cells sit where they would alone, so attention
-        # sums in the same order), with flash attention off (Llama's default).
+        # sequence (kv_unified off: other sequences' cells never sit between a sequence's own), and
+        # flash attention, which skips masked cells and visits a sequence's cells in position order,
+        # so the holes a trimmed prefix leaves do not change the sums either.
         params = self.llm.context_params
         params.n_seq_max = n_parallel
         params.kv_unified = False
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.n_ctx = n_ctx * n_parallel
         self.llm._ctx.close()
         self.llm._ctx = self.llm._stack.enter_context(
