@@ -2,11 +2,9 @@
 
 Prints one JSON object: single-stream and batch tokens/s for the ``hf`` and ``llamacpp`` backends
 (greedy, --tokens new tokens each), our llamacpp engine against plain llama-cpp-python on the same
-GGUF (ratio; target >= 0.95), llama.cpp with parallel sequences against the same requests one at a
-time (aggregate tok/s at 4 and 8 distinct prompts; target >= 2x at 4), and one HelixNet turn's wall
-time per backend.
+GGUF (ratio; target >= 0.95), and one HelixNet turn's wall time per backend.
 
-    python benchmarks/engines.py [--tokens 64] [--batch 4] [--repeats 3] [--only-parallel]
+    python benchmarks/engines.py [--tokens 64] [--batch 4] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -34,9 +32,6 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--only-parallel", action="store_true", help="only the parallel-vs-one-at-a-time llama.cpp part"
-    )
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -51,11 +46,6 @@ def main() -> None:
     params = sampling(temperature=0, max_tokens=args.tokens, ignore_eos=True)
     report: dict[str, object] = {"benchmark": "engines", "new_tokens": args.tokens, "threads": os.cpu_count()}
 
-    if args.only_parallel:
-        report.update(parallel_llamacpp(args.tokens, args.repeats))
-        json.dump(report, sys.stdout, indent=2)
-        print()
-        return
     engines = {"hf": HFEngine.load("default"), "llamacpp": LlamaCppEngine("llamacpp:default")}
     for name, engine in engines.items():
 
@@ -83,7 +73,8 @@ def main() -> None:
         return made
 
     def run_ours() -> int:
-        ours.clear_cache()  # no prefix reuse: measure the same work as plain
+        ours.llm.reset()
+        ours._kv_adapter = "__fresh__"  # no prefix reuse: measure the same work as plain
         return ours.generate([GenerationRequest(prompt, params)])[0].usage.completion_tokens
 
     run_plain()
@@ -106,66 +97,8 @@ def main() -> None:
         float(report["helixnet_turn_seconds_hf"]) / float(report["helixnet_turn_seconds_llamacpp"]),
         2,  # type: ignore[arg-type]
     )
-    report.update(parallel_llamacpp(args.tokens, args.repeats))
     json.dump(report, sys.stdout, indent=2)
     print()
-
-
-PARALLEL_PROMPTS = [
-    "The history of the printing press begins",
-    "Once upon a time",
-    "def fibonacci(n):",
-    "The capital of France is",
-    "In 1492, Columbus",
-    "My favourite recipe for bread",
-    "The quick brown fox",
-    "Quantum mechanics says that",
-]
-
-
-def parallel_llamacpp(tokens: int, repeats: int) -> dict[str, object]:
-    """Aggregate tok/s of 4 and 8 distinct greedy requests decoded together vs one at a time, on
-    one engine (8 sequences), the prefix cache cleared before every run; the texts must agree."""
-    from helixloom.engine import GenerationRequest, sampling
-    from helixloom.engine.llamacpp import LlamaCppEngine
-
-    engine = LlamaCppEngine("llamacpp:default", n_parallel=8)
-    params = sampling(temperature=0, max_tokens=tokens, ignore_eos=True)
-    out: dict[str, object] = {}
-    for n in (4, 8):
-        requests = [GenerationRequest(p, params) for p in PARALLEL_PROMPTS[:n]]
-        texts: dict[str, list[str]] = {}
-
-        def together(
-            requests: list[GenerationRequest] = requests, texts: dict[str, list[str]] = texts
-        ) -> int:
-            engine.clear_cache()
-            results = engine.generate(requests)
-            texts["together"] = [r.text for r in results]
-            return sum(r.usage.completion_tokens for r in results)
-
-        def one_at_a_time(
-            requests: list[GenerationRequest] = requests, texts: dict[str, list[str]] = texts
-        ) -> int:
-            engine.clear_cache()
-            results = [engine.generate([r])[0] for r in requests]
-            texts["alone"] = [r.text for r in results]
-            return sum(r.usage.completion_tokens for r in results)
-
-        # Alternate the two so load from other processes falls on both alike; best of each.
-        rates: dict[str, list[float]] = {"together": [], "alone": []}
-        for _ in range(repeats):
-            for name, run in (("alone", one_at_a_time), ("together", together)):
-                t0 = time.perf_counter()
-                made = run()
-                rates[name].append(made / (time.perf_counter() - t0))
-        out[f"llamacpp_one_at_a_time_{n}_tok_s"] = round(max(rates["alone"]), 2)
-        out[f"llamacpp_parallel_{n}_tok_s"] = round(max(rates["together"]), 2)
-        out[f"ratio_parallel_{n}_over_one_at_a_time"] = round(max(rates["together"]) / max(rates["alone"]), 2)
-        out[f"parallel_{n}_texts_equal_one_at_a_time"] = texts["together"] == texts["alone"]
-    out["parallel_target_met_at_4"] = float(out["ratio_parallel_4_over_one_at_a_time"]) >= 2.0  # type: ignore[arg-type]
-    engine.close()
-    return out
 
 
 if __name__ == "__main__":

@@ -90,14 +90,12 @@ def test_gemma_markers_never_reach_text(
         assert {marker, 256000, 5, turn} <= engine.special_ids and table not in engine.special_ids
     words = lc.tokenize(" cats purr", add_special_tokens=False)
     script = [marker, words[0], turn, table, *words[1:]]
-    scripted = iter(script)
-    monkeypatch.setattr(lc, "_sample", lambda _row: next(scripted))
+    monkeypatch.setattr(lc.llm, "generate", lambda *_a, **_k: iter(script))
     events = list(lc.stream(greedy(max_tokens=len(script))))
     result = events[-1]
     assert isinstance(result, GenerationResult) and result.token_ids == tuple(script)
     assert result.text == " cats<table> purr"
     assert "".join(e.text for e in events if isinstance(e, StreamDelta)) == result.text
-    scripted = iter(script)
     shown = lc.generate([greedy(max_tokens=len(script), skip_special_tokens=False)])[0]
     assert shown.text == "<start_of_image> cats<end_of_turn><table> purr"
 
@@ -151,89 +149,6 @@ def test_prefix_cache_is_keyed_by_adapter(lc: LlamaCppEngine, lora: Path) -> Non
     lc.generate([greedy()])
     assert lc.prefix_hits > hits  # same adapter, same prompt: the prefix is reused
     fresh.close()
-
-
-PARALLEL_PROMPTS = [
-    "The history of the printing press begins",
-    "Once upon a time",
-    "def fibonacci(n):",
-    "The capital of France is",
-    "In 1492, Columbus",
-    "My favourite recipe",
-]
-
-
-def test_parallel_equals_sequential_under_greedy(home: Path, lora: Path) -> None:
-    """Seven rows (more than the four sequences, so freed sequences take waiting rows mid-batch),
-    different lengths, a stop sequence: each row's greedy text and tokens equal the same request
-    run alone on a one-sequence engine."""
-    par = LlamaCppEngine("llamacpp:default", n_parallel=4)
-    alone = LlamaCppEngine("llamacpp:default", n_parallel=1)
-    try:
-        for engine in (par, alone):
-            engine.load_adapter("rand", str(lora))
-        requests = [
-            # Base-model rows only: with a LoRA, llama.cpp's f32 adapter matmuls are not batch-invariant
-            # and a random adapter's near-ties flipped one row after 8 tokens (see the report).
-            greedy(p, max_tokens=6 + 4 * i, ignore_eos=True)
-            for i, p in enumerate(PARALLEL_PROMPTS)
-        ]
-        requests.append(greedy(PARALLEL_PROMPTS[0], max_tokens=30, stop=[" press in"]))
-        batch = par.generate(requests)
-        for request, got in zip(requests, batch, strict=True):
-            alone.clear_cache()
-            want = alone.generate([request])[0]
-            assert (got.text, got.token_ids) == (want.text, want.token_ids)
-            assert got.finish_reason == want.finish_reason
-        assert batch[-1].finish_reason == "stop" and len({r.text for r in batch[:-1]}) == len(batch) - 1
-        # Streams of parallel rows join to their texts.
-        texts = [""] * 3
-        for row, event in par.stream_batch(requests[:3]):
-            if isinstance(event, StreamDelta):
-                texts[row] += event.text
-        assert texts == [r.text for r in batch[:3]]
-    finally:
-        par.close()
-        alone.close()
-
-
-def test_prefix_cache_never_crosses_adapter_content(
-    home: Path, gemma_loras: dict[str, Path], tmp_path: Path
-) -> None:
-    """KV computed under one adapter, or under an older file of the same adapter name, is never
-    reused; the same bytes under another name are (the key is the GGUF's content hash)."""
-    import shutil
-
-    rand, rand2 = (gemma_loras[n] / "adapter_model.gguf" for n in ("rand", "rand2"))
-    fresh = LlamaCppEngine("llamacpp:default", n_parallel=1)
-    engine = LlamaCppEngine("llamacpp:default", n_parallel=1)  # one sequence: one cached prefix
-    try:
-        for name, file in (("rand", rand), ("rand2", rand2)):
-            fresh.load_adapter(name, str(file))
-        want = {a: fresh.generate([greedy(adapter=a)])[0].text for a in (None, "rand", "rand2")}
-        assert len(set(want.values())) == 3
-        path = tmp_path / "a.gguf"
-        shutil.copy(rand, path)
-        first = engine.load_adapter("a", str(path))
-        engine.load_adapter("same-bytes", str(rand))
-        assert engine.generate([greedy(adapter="a")])[0].text == want["rand"]
-        hits = engine.prefix_hits
-        assert engine.generate([greedy(adapter="same-bytes")])[0].text == want["rand"]
-        assert engine.prefix_hits > hits  # same content under another name: reused
-        # A reload in place: other weights at the same path under the same name (what an
-        # unload + load does; the registry entry is dropped by hand here).
-        shutil.copy(rand2, path)
-        del engine._adapters["a"]
-        second = engine.load_adapter("a", str(path))
-        assert second.version != first.version and second.path == first.path
-        hits = engine.prefix_hits
-        assert engine.generate([greedy(adapter="a")])[0].text == want["rand2"]
-        assert engine.prefix_hits == hits  # the old file's KV was not used
-        assert engine.generate([greedy()])[0].text == want[None]
-        assert engine.prefix_hits == hits
-    finally:
-        fresh.close()
-        engine.close()
 
 
 def test_constraints_on_llamacpp(lc: LlamaCppEngine) -> None:

@@ -1,27 +1,16 @@
 """The ``llamacpp`` backend: GGUF models on llama.cpp (llama-cpp-python), fast on CPU.
 
 Spec: ``llamacpp:FILE.gguf`` or ``llamacpp:default`` (the embedded model's GGUF, no conversion).
-
-Requests on the same adapter decode together: one llama.cpp context holds ``n_parallel``
-sequences (one sequence id per request, llama.cpp's batch API); each step decodes one token of
-every running row in one batch, and a finished row's sequence takes the next waiting request at
-once. A prompt is computed alone in its own batches, and the weights are loaded without llama.cpp's
-repacked layouts, so a row's logits are the same whatever else runs beside it: parallel greedy
-text equals sequential greedy text.
-
-A finished sequence keeps its KV cache; a later prompt takes the sequence holding its longest
-prefix, but only one computed under the same adapter content (``AdapterInfo.version``, a hash
-of the GGUF file): LoRA changes K and V, so a prefix computed under another adapter, or under an
-older file of the same name, is recomputed (the bug llama.cpp's server shipped, its issue 26207).
-Adapters are GGUF LoRA files (see ``helixloom adapters export-gguf``), switched per group of
-requests on the context without reloading.
+Requests run one after another on one context (llama-cpp-python has no batched decoding); each
+reuses the KV cache of the previous prompt's common prefix, but only when both ran under the same
+adapter: LoRA changes K and V, so a prefix computed under another adapter is recomputed (the bug
+llama.cpp's server shipped, its issue 26207). Adapters are GGUF LoRA files (see
+``helixloom adapters export-gguf``), switched per request on the context without reloading.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import hashlib
 import json
 import math
 import os
@@ -29,7 +18,6 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +33,6 @@ from helixloom.engine.types import (
     GenerationRequest,
     GenerationResult,
     NextTokenLogprobs,
-    SamplingParams,
     StreamDelta,
     Timings,
     TokenLogprob,
@@ -66,64 +53,33 @@ class LlamaCppEngine(Engine):
     supports_token_prompts = True
 
     def __init__(
-        self,
-        spec: str | models.ModelSource,
-        *,
-        n_ctx: int = 4096,
-        n_threads: int | None = None,
-        n_parallel: int = 4,
+        self, spec: str | models.ModelSource, *, n_ctx: int = 4096, n_threads: int | None = None
     ) -> None:
-        """``spec``: ``llamacpp:FILE.gguf`` or ``llamacpp:default``, or its parsed ``ModelSource``.
-        ``n_ctx``: the most tokens one request may have; ``n_parallel``: sequences decoded together
-        (each holds its own ``n_ctx`` of KV cache)."""
+        """``spec``: ``llamacpp:FILE.gguf`` or ``llamacpp:default``, or its parsed ``ModelSource``."""
         source = models.resolve(spec) if isinstance(spec, str) else spec
         if source.kind != "llamacpp":
             raise ModelNotFound(
                 f"{source.spec} is not a llamacpp spec", "use llamacpp:default or llamacpp:/path/model.gguf"
             )
         try:
-            import llama_cpp
             from llama_cpp import Llama
-            from llama_cpp._internals import LlamaBatch, LlamaContext
         except ImportError as exc:
             raise HelixloomError(
                 "the llamacpp backend needs llama-cpp-python", "pip install 'helixloom[llamacpp]'"
             ) from exc
-        if n_parallel < 1:
-            raise HelixloomError("n_parallel must be at least 1")
         self.model_name = source.spec
         self.path = models.gguf_file(source)
-        self.n_parallel = n_parallel
-        threads = n_threads or os.cpu_count()
-        with _plain_weights():
-            self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, verbose=False)
-        # llama-cpp-python's Llama makes a one-sequence context; ours has one KV stream per
-        # sequence (kv_unified off: other sequences' cells never sit between a sequence's own), and
-        # flash attention, which skips masked cells and visits a sequence's cells in position order,
-        # so the holes a trimmed prefix leaves do not change the sums either.
-        params = self.llm.context_params
-        params.n_seq_max = n_parallel
-        params.kv_unified = False
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        params.n_ctx = n_ctx * n_parallel
-        self.llm._ctx.close()
-        self.llm._ctx = self.llm._stack.enter_context(
-            contextlib.closing(LlamaContext(model=self.llm._model, params=params, verbose=False))
+        self.llm = Llama(
+            model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), verbose=False
         )
-        self._memory = llama_cpp.llama_get_memory(self.llm.ctx)
-        self._batch_size = max(self.llm.n_batch, n_parallel)
-        self._batch = self.llm._stack.enter_context(
-            contextlib.closing(LlamaBatch(n_tokens=self._batch_size, embd=0, n_seq_max=1, verbose=False))
-        )
-        self._seqs = [_Seq(i) for i in range(n_parallel)]
         self._lock = threading.RLock()
         self._adapters: dict[str, tuple[AdapterInfo, Any]] = {}
         self._applied: str | None = None  # the adapter set on the context now
+        self._kv_adapter: str | None = None  # the adapter the cached KV was computed under
         self.prefix_hits = 0  # prompt tokens reused from the KV cache (for benchmarks)
         self._texts: list[str] | None = None
         self.eos_token_ids = frozenset({self.llm.token_eos()})
-        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(self.llm.ctx))  # per sequence
-        self.max_model_len = self.n_ctx
+        self.max_model_len = self.llm.n_ctx()
         self.special_ids = self._special_ids()
 
     # ------------------------------------------------------------------ tokens
@@ -203,7 +159,7 @@ class LlamaCppEngine(Engine):
             # A PEFT folder's version is its content hash, as on every backend (the GGUF beside it is
             # exported from those weights); a bare GGUF file's is the hash of that file.
             peft_folder = (folder / "adapter_config.json").is_file()
-            version = adapter_version(folder) if peft_folder else _file_version(file)
+            version = adapter_version(folder) if peft_folder else _file_hash(file)
             info = AdapterInfo(name, str(file.resolve()), None, (), version)
             self._adapters[name] = (info, handle)
             return info
@@ -221,10 +177,9 @@ class LlamaCppEngine(Engine):
                 raise AdapterError(f"adapter {name!r} is not loaded")
             if self._applied == name:
                 self._use_adapter(None)
-            key = self._cache_key(name)
-            for seq in self._seqs:  # prefixes computed under it go (they could never hit again anyway)
-                if seq.key == key:
-                    self._drop(seq, 0)
+            if self._kv_adapter == name:
+                self.llm.reset()
+                self._kv_adapter = None
             _, handle = self._adapters.pop(name)
             llama_cpp.llama_adapter_lora_free(handle)
 
@@ -243,270 +198,126 @@ class LlamaCppEngine(Engine):
             llama_cpp.llama_set_adapters_lora(self.llm.ctx, handles, 1, scales)
         self._applied = name
 
-    def _cache_key(self, adapter: str | None) -> str:
-        """What KV computed under ``adapter`` is keyed by: the adapter's content hash, never its name
-        (a retrained adapter reloaded under the same name gets a new hash, so its old KV is dropped)."""
-        if adapter is None:
-            return ""
-        info = self._adapters[adapter][0]
-        return info.version or f"file:{info.path}"
-
-    def clear_cache(self) -> None:
-        """Forget every cached prefix (benchmarks use it to measure uncached work)."""
-        with self._lock:
-            for seq in self._seqs:
-                self._drop(seq, 0)
-
-    # ------------------------------------------------------------------ sequences
-
-    def _drop(self, seq: _Seq, keep: int) -> None:
-        """Keep only the first ``keep`` positions of ``seq``'s KV."""
-        import llama_cpp
-
-        llama_cpp.llama_memory_seq_rm(self._memory, seq.id, keep, -1)
-        del seq.tokens[keep:]
-
-    def _claim(self, tokens: list[int], key: str, busy: set[int]) -> tuple[_Seq, int]:
-        """An idle sequence for a prompt, and how many of its first tokens it already holds.
-
-        The idle sequence holding the longest prefix of ``tokens`` computed under ``key`` is taken;
-        without one, the least recently used. At least the last prompt token is always recomputed
-        (its logits are what the first new token is sampled from)."""
-        idle = [s for s in self._seqs if s.id not in busy]
-        matches = [(_common(s.tokens, tokens) if s.key == key else 0, -s.used, s) for s in idle]
-        reuse, _, seq = max(matches, key=lambda m: (m[0], m[1]))
-        if reuse == 0:
-            seq = min(idle, key=lambda s: s.used)
-        reuse = min(reuse, len(tokens) - 1)
-        self._drop(seq, reuse)
-        seq.key = key
-        seq.used = time.perf_counter()
-        self.prefix_hits += reuse
-        return seq, reuse
-
-    def _prefill(self, seq: _Seq, tokens: list[int]) -> int:
-        """Decode ``tokens`` after what ``seq`` holds, alone in its batches (see the module docstring:
-        a prompt computed alone gives the same numbers however many others are decoding); returns
-        the batch index of the last token's logits."""
-        n_batch = self._batch_size
-        last = 0
-        for at in range(0, len(tokens), n_batch):
-            chunk = tokens[at : at + n_batch]
-            self._fill([(seq.id, len(seq.tokens) + i, t, i == len(chunk) - 1) for i, t in enumerate(chunk)])
-            self._run_batch()
-            seq.tokens.extend(chunk)
-            last = len(chunk) - 1
-        return last
-
-    def _fill(self, entries: list[tuple[int, int, int, bool]]) -> None:
-        """Put (sequence, position, token, wants logits) entries into the batch."""
-        b = self._batch.batch
-        for j, (seq_id, pos, token, logits) in enumerate(entries):
-            b.token[j] = token
-            b.pos[j] = pos
-            b.n_seq_id[j] = 1
-            b.seq_id[j][0] = seq_id
-            b.logits[j] = logits
-        b.n_tokens = len(entries)
-
-    def _run_batch(self) -> None:
-        import llama_cpp
-
-        rc = llama_cpp.llama_decode(self.llm.ctx, self._batch.batch)
-        if rc != 0:
-            raise HelixloomError(f"llama.cpp could not decode the batch (llama_decode returned {rc})")
+    def _prepare(self, adapter: str | None, tokens: list[int]) -> None:
+        """Set the adapter; keep the cached prefix only if it was computed under the same adapter."""
+        self._use_adapter(adapter)
+        if adapter != self._kv_adapter:
+            self.llm.reset()
+            self._kv_adapter = adapter
+        else:
+            self.prefix_hits += self.llm.longest_token_prefix(self.llm._input_ids.tolist(), tokens)
 
     # ------------------------------------------------------------------ generation
-
-    def validate(self, request: GenerationRequest) -> None:
-        super().validate(request)
-        with self._lock:
-            self._fit(request, self.encode(request.prompt))
-
-    def _fit(self, request: GenerationRequest, tokens: list[int]) -> SamplingParams:
-        """The request's sampling with max_tokens fitted to the context, or an error if it cannot fit."""
-        p = request.sampling
-        limit = self.n_ctx
-        room = limit - len(tokens)
-        if p.fit_context and 0 < room < p.max_tokens:
-            p = p.model_copy(update={"max_tokens": room})
-        if len(tokens) + p.max_tokens > limit:
-            raise HelixloomError(
-                f"prompt ({len(tokens)} tokens) + max_tokens ({p.max_tokens}) exceeds the context of "
-                f"{limit} tokens",
-                param="max_tokens",
-            )
-        return p
 
     def stream_batch(
         self, requests: Sequence[GenerationRequest], *, abort: AbortCheck | None = None
     ) -> Iterator[BatchEvent]:
-        """Rows on the same adapter decode together, up to ``n_parallel`` at a time, one sequence
-        each; a row that finishes frees its sequence for the next waiting row at once. Groups on
-        different adapters run one after another (llama.cpp applies adapters per context)."""
-        enqueued = time.perf_counter()
-        with self._lock:
-            prompts = [self.encode(r.prompt) for r in requests]
-            params = [self._fit(r, t) for r, t in zip(requests, prompts, strict=True)]
-            groups: dict[str | None, list[int]] = {}
-            for row, request in enumerate(requests):
-                groups.setdefault(request.adapter, []).append(row)
-            for adapter, rows in groups.items():
-                self._use_adapter(adapter)
-                key = self._cache_key(adapter)
-                waiting = list(rows)
-                active: list[_Row] = []
-                while waiting or active:
-                    while waiting and len(active) < self.n_parallel:
-                        row = waiting.pop(0)
-                        state = self._start(row, requests[row], prompts[row], params[row], key, active)
-                        state.started, state.queued = time.perf_counter(), enqueued
-                        state.index = self._prefill(state.seq, state.feed)
-                        state.feed = []
-                        active.append(state)
-                        yield from self._advance(state, abort)  # its first token, from its prefill
-                        if state.done:
-                            active.remove(state)
-                    live = [s for s in active if not s.done]
-                    if live:
-                        self._fill([(s.seq.id, len(s.seq.tokens), s.next, True) for s in live])
-                        self._run_batch()
-                        for i, s in enumerate(live):
-                            s.seq.tokens.append(s.next)
-                            s.index = i
-                            yield from self._advance(s, abort)
-                    active = [s for s in active if not s.done]
+        for row, request in enumerate(requests):
+            enqueued = time.perf_counter()
+            with self._lock:
+                for event in self._one(
+                    request, enqueued, None if abort is None else (lambda r=row: abort(r))
+                ):
+                    yield row, event
 
-    def _start(
-        self,
-        row: int,
-        request: GenerationRequest,
-        tokens: list[int],
-        p: SamplingParams,
-        key: str,
-        active: list[_Row],
-    ) -> _Row:
+    def _one(self, request: GenerationRequest, enqueued: float, aborted: Any) -> Iterator[Any]:
+        import numpy as np
+        from llama_cpp import LogitsProcessorList
+
+        p = request.sampling
+        started = time.perf_counter()
+        tokens = self.encode(request.prompt)
+        room = self.llm.n_ctx() - len(tokens)
+        if p.fit_context and 0 < room < p.max_tokens:
+            p = p.model_copy(update={"max_tokens": room})
+        if len(tokens) + p.max_tokens > self.llm.n_ctx():
+            raise HelixloomError(
+                f"prompt ({len(tokens)} tokens) + max_tokens ({p.max_tokens}) exceeds the context of "
+                f"{self.llm.n_ctx()} tokens",
+                param="max_tokens",
+            )
         heal = ""
         if p.token_healing and len(tokens) > 1:
             heal = self._token_text(tokens[-1])
             tokens = tokens[:-1]
-        seq, reuse = self._claim(tokens, key, {s.seq.id for s in active})
+        self._prepare(request.adapter, tokens)
+        self.llm.set_seed(p.seed if p.seed is not None else secrets.randbits(31))
+        processors = []
+        if heal:
+            allowed = np.array([t.startswith(heal) for t in self._token_texts()])
+            first = [True]
+
+            def heal_first(_: Any, scores: Any) -> Any:
+                if first[0]:
+                    first[0] = False
+                    scores = np.where(allowed[: scores.shape[0]], scores, -np.inf)
+                return scores
+
+            processors.append(heal_first)
+        grammar = _grammar(request.constraint) if request.constraint is not None else None
         decoder = (
             IncrementalDecoder(self._decode, tokens, self.special_ids)
             if p.skip_special_tokens
             else IncrementalDecoder(self._decode_all, tokens)
         )
-        return _Row(
-            row=row,
-            params=p,
-            prompt_tokens=len(tokens),
-            seq=seq,
-            feed=tokens[reuse:],
-            sampler=self._sampler(p, heal, request.constraint),
-            decoder=decoder,
-            stops=StopMatcher(p.stop),
-            heal=heal,
-        )
-
-    def _sampler(self, p: SamplingParams, heal: str, constraint: Constraint | None) -> Any:
-        """The row's own llama.cpp sampler chain (each row samples with its own settings and seed)."""
-        import numpy as np
-        from llama_cpp import llama_cpp as lc
-        from llama_cpp._internals import LlamaSampler
-
-        chain = LlamaSampler()
-        if heal:
-            allowed = np.array([t.startswith(heal) for t in self._token_texts()])
-            first = [True]
-            dtype = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
-
-            def heal_first(cur: Any) -> None:
-                # The first new token must start with the text of the prompt token backed over.
-                if first[0]:
-                    first[0] = False
-                    size = cur.contents.size
-                    data = (lc.llama_token_data * size).from_address(
-                        ctypes.addressof(cur.contents.data.contents)
-                    )
-                    view = np.frombuffer(data, dtype=dtype)
-                    view["logit"][~allowed[view["id"]]] = -np.inf
-
-            chain.add_custom(heal_first)
-        if constraint is not None:
-            chain.add_grammar(self.llm._model, _grammar(constraint))
-        if p.temperature == 0:
-            chain.add_greedy()
-        else:
-            if p.top_k:
-                chain.add_top_k(p.top_k)
-            chain.add_top_p(p.top_p, 1)
-            chain.add_temp(p.temperature)
-            chain.add_dist((p.seed if p.seed is not None else secrets.randbits(31)) & 0xFFFFFFFF)
-        return chain
-
-    def _sample(self, state: _Row) -> int:
-        """The row's next token, from the logits at its batch index (a seam the tests script)."""
-        return int(state.sampler.sample(self.llm._ctx, state.index))
-
-    def _advance(self, s: _Row, abort: AbortCheck | None) -> Iterator[BatchEvent]:
-        """Sample the row's next token from the last decode and yield what it adds."""
-        p = s.params
-        token = self._sample(s)
-        s.first_at = s.first_at or time.perf_counter()
-        if abort is not None and abort(s.row):
-            s.finish = "abort"
-            yield from self._end(s)
-            return
-        s.generated.append(token)
-        step = None
-        if p.logprobs is not None:
-            s.logprobs.append(self._step_logprobs(token, p.logprobs, s.index))
-            step = (s.logprobs[-1],)
-        if token in self.eos_token_ids and not p.ignore_eos:
-            s.finish = "stop"
-            text = s.stops.feed(_unheal(s.decoder.flush(), s.heal))
-            if step or text:
-                yield s.row, StreamDelta(text, step)
-            yield from self._end(s)
-            return
-        text = s.stops.feed(_unheal_stream(s.decoder.push(token), s.heal, s.generated))
-        if s.stops.stopped:
-            s.finish = "stop"
-            if text:
-                yield s.row, StreamDelta(text, step)
-            yield from self._end(s)
-            return
-        if text or step:
-            yield s.row, StreamDelta(text, step)
-        if len(s.generated) >= p.max_tokens:
-            yield from self._end(s)
-            return
-        s.next = token
-
-    def _end(self, s: _Row) -> Iterator[BatchEvent]:
-        s.done = True
-        s.seq.used = time.perf_counter()
-        s.sampler.close()
-        if s.finish != "stop" and (rest := s.stops.feed(s.decoder.flush()) + s.stops.finish()):
-            yield s.row, StreamDelta(rest)
+        stops = StopMatcher(p.stop)
+        generated: list[int] = []
+        logprobs: list[GeneratedTokenLogprobs] = []
+        finish: FinishReason = "length"
+        first_token_at = None
+        greedy = p.temperature == 0
+        for token in self.llm.generate(
+            tokens,
+            top_k=1 if greedy else (p.top_k or 0),
+            top_p=1.0 if greedy else p.top_p,
+            min_p=0.0,
+            temp=0.0 if greedy else p.temperature,
+            repeat_penalty=1.0,
+            logits_processor=LogitsProcessorList(processors) if processors else None,
+            grammar=grammar,
+        ):
+            first_token_at = first_token_at or time.perf_counter()
+            if aborted is not None and aborted():
+                finish = "abort"
+                break
+            generated.append(token)
+            step = None
+            if p.logprobs is not None:
+                logprobs.append(self._step_logprobs(token, p.logprobs))
+                step = (logprobs[-1],)
+            if token in self.eos_token_ids and not p.ignore_eos:
+                finish = "stop"
+                text = stops.feed(_unheal(decoder.flush(), heal))
+                if step or text:
+                    yield StreamDelta(text, step)
+                break
+            text = stops.feed(_unheal_stream(decoder.push(token), heal, generated))
+            if stops.stopped:
+                finish = "stop"
+                if text:
+                    yield StreamDelta(text, step)
+                break
+            if text or step:
+                yield StreamDelta(text, step)
+            if len(generated) >= p.max_tokens:
+                break
+        if finish != "stop" and (rest := stops.feed(decoder.flush()) + stops.finish()):
+            yield StreamDelta(rest)
         done = time.perf_counter()
-        first_at = s.first_at or done
-        yield (
-            s.row,
-            GenerationResult(
-                text=s.stops.text,
-                finish_reason="stop" if s.stops.stopped else s.finish,
-                usage=Usage(s.prompt_tokens, len(s.generated)),
-                token_ids=tuple(s.generated),
-                timings=Timings(
-                    queued=s.started - s.queued, prefill=first_at - s.started, decode=done - first_at
-                ),
-                logprobs=tuple(s.logprobs) if s.params.logprobs is not None else None,
+        first_token_at = first_token_at or done
+        yield GenerationResult(
+            text=stops.text,
+            finish_reason="stop" if stops.stopped else finish,
+            usage=Usage(len(tokens), len(generated)),
+            token_ids=tuple(generated),
+            timings=Timings(
+                queued=started - enqueued, prefill=first_token_at - started, decode=done - first_token_at
             ),
+            logprobs=tuple(logprobs) if p.logprobs is not None else None,
         )
 
-    def _step_logprobs(self, token: int, n: int, index: int) -> GeneratedTokenLogprobs:
-        logprobs = _log_softmax(self._logits(index))  # what produced ``token``
+    def _step_logprobs(self, token: int, n: int) -> GeneratedTokenLogprobs:
+        logprobs = _log_softmax(self._last_logits())  # what produced ``token``
         top: tuple[TokenLogprob, ...] = ()
         if n > 0:
             ids = logprobs.argsort()[::-1][:n]
@@ -515,11 +326,15 @@ class LlamaCppEngine(Engine):
             TokenLogprob(token, self._token_text(token), float(logprobs[token])), top
         )
 
-    def _logits(self, index: int) -> Any:
-        """The logits the last decode wrote for batch entry ``index`` ([V])."""
+    def _last_logits(self) -> Any:
+        """The logits of the last position the context evaluated ([V]).
+
+        Read from the context itself: without logits_all, llama-cpp-python does not copy them into
+        ``scores`` (and logits_all would make every prefill write logits for every prompt token).
+        """
         import numpy as np
 
-        return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(index), shape=(self.llm.n_vocab(),)).copy()
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(self.llm.n_vocab(),)).copy()
 
     # ------------------------------------------------------------------ scoring
 
@@ -537,17 +352,16 @@ class LlamaCppEngine(Engine):
             for c in candidates:
                 ids = self.llm.tokenize(c.encode(), add_bos=False, special=False)
                 candidate_ids[c] = ids[0] if len(ids) == 1 else None
-            self._use_adapter(adapter)
-            key = self._cache_key(adapter)
             for prompt in prompts:
                 tokens = self.encode(prompt)
-                if len(tokens) > self.n_ctx:
-                    raise HelixloomError(
-                        f"prompt ({len(tokens)} tokens) exceeds the context of {self.n_ctx} tokens",
-                        param="prompt",
-                    )
-                seq, reuse = self._claim(tokens, key, set())
-                logprobs = _log_softmax(self._logits(self._prefill(seq, tokens[reuse:])))
+                self._prepare(adapter, tokens)
+                # eval() itself skips the prefix it already holds.
+                prefix = self.llm.longest_token_prefix(self.llm._input_ids.tolist(), tokens)
+                if prefix == len(tokens):  # the whole prompt is cached: re-run its last token for logits
+                    prefix -= 1
+                self.llm.n_tokens = prefix
+                self.llm.eval(tokens[prefix:])
+                logprobs = _log_softmax(self._last_logits())
                 ids = logprobs.argsort()[::-1][: max(0, top_k)]
                 top = tuple(TokenLogprob(int(i), self._token_text(int(i)), float(logprobs[i])) for i in ids)
                 cand = {c: (float(logprobs[t]) if t is not None else None) for c, t in candidate_ids.items()}
@@ -563,6 +377,17 @@ class LlamaCppEngine(Engine):
                 llama_cpp.llama_adapter_lora_free(handle)
             self._adapters.clear()
             self.llm.close()
+
+
+def _file_hash(file: Path) -> str:
+    """sha256 of a file, 16 hex (a GGUF adapter's version)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with file.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _log_softmax(logits: Any) -> Any:
@@ -598,86 +423,3 @@ def _grammar(constraint: Constraint) -> Any:
     raise HelixloomError(
         "the llamacpp backend takes JSON schema, JSON object and choice constraints, not regex"
     )
-
-
-@dataclass
-class _Seq:
-    """One sequence of the context and what its KV cache holds: ``tokens`` at positions 0..n-1,
-    computed under the adapter whose content hash is ``key`` ("" for the base model)."""
-
-    id: int
-    tokens: list[int] = field(default_factory=list)
-    key: str | None = None
-    used: float = 0.0
-
-
-@dataclass
-class _Row:
-    """A request being generated: its sequence, sampler, text state and what it has made."""
-
-    row: int
-    params: SamplingParams
-    prompt_tokens: int
-    seq: _Seq
-    feed: list[int]  # prompt tokens still to compute
-    sampler: Any
-    decoder: IncrementalDecoder
-    stops: StopMatcher
-    heal: str
-    index: int = 0  # where its logits sit in the last batch
-    next: int = 0  # the token to feed at the next decode step
-    generated: list[int] = field(default_factory=list)
-    logprobs: list[GeneratedTokenLogprobs] = field(default_factory=list)
-    finish: FinishReason = "length"
-    done: bool = False
-    queued: float = 0.0
-    started: float = 0.0
-    first_at: float | None = None
-
-
-def _file_version(file: Path) -> str:
-    """The content hash of a GGUF LoRA file (16 hex), as ``adapter_version`` is for PEFT folders."""
-    digest = hashlib.sha256()
-    with file.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    """The length of the common prefix of two token lists."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-@contextlib.contextmanager
-def _plain_weights() -> Iterator[None]:
-    """Load models without llama.cpp's repacked CPU weight layouts.
-
-    The repacked kernels sum a one-token batch (gemv) in another order than a many-token one (gemm),
-    so the same sequence gives other logits, and other greedy text, depending on how many others
-    decode beside it; the plain kernels compute each row alike whatever the batch. Llama() has no
-    flag for it, so its model parameters are patched while it loads (the lock keeps two loads
-    from interleaving)."""
-    import llama_cpp.llama as llama_module
-
-    with _LOAD_LOCK:
-        defaults = llama_module.llama_cpp.llama_model_default_params
-
-        def plain() -> Any:
-            params = defaults()
-            params.use_extra_bufts = False
-            return params
-
-        llama_module.llama_cpp.llama_model_default_params = plain
-        try:
-            yield
-        finally:
-            llama_module.llama_cpp.llama_model_default_params = defaults
-
-
-_LOAD_LOCK = threading.Lock()
