@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from helixloom.errors import HelixloomError
 from helixloom.rewards import Reward
 
 if TYPE_CHECKING:
+    import torch
+
     from helixloom.engine import Engine
 
 
@@ -59,6 +59,7 @@ class Embedder:
     """``Engine.embed`` of ``prompt + response`` texts (base model, no adapter), memoised per text."""
 
     def __init__(self, engine: Engine, batch: int = 16) -> None:
+
         if not engine.supports_embeddings:
             raise HelixloomError(
                 f"the {engine.backend} engine gives no hidden states; a learned reward needs the hf backend"
@@ -68,6 +69,8 @@ class Embedder:
         self.cache: dict[str, torch.Tensor] = {}
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        import torch
+
         texts = [p + r for p, r in zip(prompts, responses, strict=True)]
         missing = sorted({t for t in texts if t not in self.cache})
         for start in range(0, len(missing), self.batch):
@@ -100,6 +103,8 @@ class PreferenceEnsemble:
     ) -> PreferenceEnsemble:
         """Fit on embeddings of chosen and rejected answers ([N, d] each). ``reference`` ([R, d],
         e.g. every candidate answer) sets the standardisation; default: the rated answers."""
+        import torch
+
         if chosen.shape != rejected.shape or chosen.ndim != 2 or not len(chosen):
             raise HelixloomError("a preference ensemble needs at least one rated pair")
         ref = reference if reference is not None else torch.cat([chosen, rejected])
@@ -138,16 +143,22 @@ class PreferenceEnsemble:
 
     def pair_probs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per member, P(a beats b) for each row: [M, N]."""
+        import torch
+
         return torch.sigmoid(self.weights @ ((a - b) / self.std).T)
 
 
 def _fit_bt(diff: torch.Tensor, l2: float) -> torch.Tensor:
     """argmin_w mean(log(1 + exp(-w·diff))) + l2/2 |w|^2 / N, by L-BFGS (convex: a unique answer)."""
+    import torch
+
     w = torch.zeros(diff.shape[1], requires_grad=True)
     opt = torch.optim.LBFGS([w], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
     n = len(diff)
 
     def closure() -> torch.Tensor:
+        import torch
+
         opt.zero_grad()
         loss = torch.nn.functional.softplus(-(diff @ w)).mean() + 0.5 * l2 * (w @ w) / n
         loss.backward()
