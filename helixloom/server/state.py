@@ -117,7 +117,6 @@ class ServerState:
             self.adapters.add(name, Path(path).expanduser(), "serve")  # fail at start-up, not on use
         # HelixNet's roles are loaded once, at start-up, and held for the server's life (a pipeline
         # runs several stages and holds no Target across them).
-        self._role_targets: list[Target] = []
         self.helixnet_roles: dict[Stage, str | None] = {}
         for stage in STAGES:
             spec = config.helixnet_adapters.get(stage)
@@ -228,13 +227,12 @@ class ServerState:
         """A HelixNet role's adapter (a served name, or a folder) loaded and held; the engine's name."""
         from helixloom import adapters
 
-        if self.adapters.folder_of(spec) is not None:
-            target = self.resolve(spec)
-            self._role_targets.append(target)
-            assert target.adapter is not None
-            return target.adapter
         with self._lock:
-            name, folder = adapters.resolve(self.store, spec)
+            # A served name (registry or ``serve --adapter``) is loaded under that same name, so the
+            # sessions HelixNet records name the role's adapter as the user knows it (not the
+            # per-version name requests get); roles are held for the server's life.
+            served = self.adapters.folder_of(spec)
+            name, folder = (spec, served) if served is not None else adapters.resolve(self.store, spec)
             loaded = {a.name: a.path for a in self.engine.adapters()}
             if name not in loaded:
                 self.engine.load_adapter(name, str(folder))
