@@ -5,6 +5,11 @@ The layout follows llama.cpp's ``convert_lora_to_gguf.py``: ``general.type = ada
 ``<gguf name>.weight.lora_a`` (A, [r, in]) and ``...lora_b`` (B, [out, r]) in float32. Layer names
 map from Hugging Face to GGUF with the ``gguf`` package's tensor-name tables, read for the base
 model's architecture from the base GGUF file itself.
+
+``for_llamacpp`` is the export on first use: the llamacpp engine asks it for the GGUF of a PEFT
+folder, and gets a file stamped with the folder's content version (``helixloom.adapter_version``),
+written beside the adapter once and again whenever the adapter is retrained, never a stale one.
+This module sits below the engine in the layers (it only reads and writes files).
 """
 
 from __future__ import annotations
@@ -14,8 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helixloom import atomic, models
+from helixloom import atomic, models, paths
 from helixloom.errors import AdapterError
+
+#: The GGUF key holding the content version (``engine.lora_folder.adapter_version``) of the PEFT
+#: folder a file was exported from; a file without it, or with another version, is never served.
+VERSION_KEY = "helixloom.adapter_version"
+#: Where ``helixloom adapters export-gguf`` writes by default, inside the adapter folder.
+GGUF_ADAPTER_FILE = "adapter_model.gguf"
 
 # Architectures whose converter permutes q/k rows (HF's rotary layout to GGML's); the LoRA's B must
 # be permuted the same way. Gemma and Qwen keep HF's layout.
@@ -31,8 +42,9 @@ class GGUFExport:
     rank: int
 
 
-def export(adapter_dir: Path, base_gguf: Path, out: Path) -> GGUFExport:
-    """Write ``adapter_dir`` (a PEFT LoRA) as a GGUF LoRA for the model in ``base_gguf``."""
+def export(adapter_dir: Path, base_gguf: Path, out: Path, *, version: str | None = None) -> GGUFExport:
+    """Write ``adapter_dir`` (a PEFT LoRA) as a GGUF LoRA for the model in ``base_gguf``; ``version``
+    (the folder's content version) is stamped into the file for ``for_llamacpp`` to check."""
     import gguf
     import numpy as np
     from safetensors.numpy import load_file
@@ -86,6 +98,8 @@ def export(adapter_dir: Path, base_gguf: Path, out: Path) -> GGUFExport:
         writer.add_string("general.type", "adapter")
         writer.add_string("adapter.type", "lora")
         writer.add_float32("adapter.lora.alpha", alpha)
+        if version is not None:
+            writer.add_string(VERSION_KEY, version)
         for gguf_name, a, b in layers:
             writer.add_tensor(gguf_name + ".lora_a", np.ascontiguousarray(a))
             writer.add_tensor(gguf_name + ".lora_b", np.ascontiguousarray(b))
@@ -118,3 +132,46 @@ def base_gguf_for(spec: str) -> Path:
         f"{spec} did not come from a GGUF file",
         "pass the base as the .gguf file llama.cpp will load (--base model.gguf)",
     )
+
+
+def stamped_version(file: Path) -> str | None:
+    """The adapter version stamped into a GGUF LoRA by ``export``; None when it has none."""
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(str(file)).fields.get(VERSION_KEY)
+    except (OSError, ValueError):
+        return None
+    return None if field is None else str(field.contents())
+
+
+def for_llamacpp(adapter_dir: Path, base_gguf: Path, version: str) -> Path:
+    """The GGUF LoRA of the PEFT folder ``adapter_dir`` at content ``version``, exported on first use.
+
+    Taken in order: ``adapter_model.gguf`` in the folder if it is stamped with ``version`` (what
+    ``adapters export-gguf`` writes); the cached ``adapter_model.<version>.gguf`` beside it; else a new
+    export to that name (older versions' caches are removed), or under ``HELIXLOOM_HOME/cache`` when the
+    folder cannot be written. A file stamped with another version, or none, is never used: the
+    adapter was retrained since (or exported by another tool), so serving it would be stale.
+    """
+    named = adapter_dir / GGUF_ADAPTER_FILE
+    if named.is_file() and stamped_version(named) == version:
+        return named
+    candidates = [adapter_dir / f"adapter_model.{version}.gguf", _home_cache(version)]
+    for cached in candidates:
+        if cached.is_file() and stamped_version(cached) == version:
+            return cached
+    for cached in candidates:
+        try:
+            export(adapter_dir, base_gguf, cached, version=version)
+        except OSError:
+            continue  # a read-only adapter folder: cache under the home instead
+        for old in adapter_dir.glob("adapter_model.*.gguf"):
+            if old != cached and old != named:
+                old.unlink(missing_ok=True)
+        return cached
+    raise AdapterError(f"cannot write the GGUF export of {adapter_dir.name} beside it nor under the home")
+
+
+def _home_cache(version: str) -> Path:
+    return paths.home() / "cache" / "gguf-lora" / f"{version}.gguf"

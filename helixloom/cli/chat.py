@@ -13,7 +13,7 @@ from helixloom.errors import HelixloomError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``chat`` command."""
-    from helixloom.cli.common import add_sampling_flags
+    from helixloom.cli.common import add_engine_flag, add_sampling_flags
 
     chat = sub.add_parser(
         "chat",
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     chat.add_argument(
         "--base", default="default", metavar="SPEC", help="model for roles without --ROLE-model"
     )
+    add_engine_flag(chat)
     for role in ("actor", "critic", "regenerator"):
         chat.add_argument(f"--{role}-model", metavar="SPEC", help=f"the {role}'s own model (default: --base)")
         chat.add_argument(f"--{role}-adapter", metavar="NAME_OR_PATH", help=f"LoRA adapter for the {role}")
@@ -84,6 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_chat(args: argparse.Namespace) -> int:
     from helixloom import helixnet
     from helixloom.cli.common import helixnet_roles, open_store, sampling_from
+    from helixloom.engine.pool import EnginePool
+    from helixloom.engine.select import load_for_inference
     from helixloom.store import Store
 
     if args.json and args.once is None:
@@ -118,7 +121,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     }
     with open_store() as store:
         assert isinstance(store, Store)
-        net = helixnet.build(specs, store=store, prompt_format=fmt, system=args.system, rounds=args.rounds)
+        pool = EnginePool(lambda spec: load_for_inference(spec, args.engine))
+        net = helixnet.build(
+            specs, pool=pool, store=store, prompt_format=fmt, system=args.system, rounds=args.rounds
+        )
         if args.gate:
             from helixloom.helixnet_gate import evaluator_gate
 
@@ -138,13 +144,14 @@ def _plain_chat(args: argparse.Namespace, params: Any) -> int:
     from helixloom.cli.common import open_store
     from helixloom.cli.evals import learned_index
     from helixloom.documents import dataset, retrieval
-    from helixloom.engine import GenerationRequest, GenerationResult, StreamDelta, load_engine
+    from helixloom.engine import GenerationRequest, GenerationResult, StreamDelta
+    from helixloom.engine.select import load_for_inference
 
     models.resolve(args.base)
     with open_store() as store:
         name, folder = adapter_registry.resolve(store, args.adapter, model=args.base)
         meta = store.adapter_meta(name)
-        engine = load_engine(args.base)
+        engine = load_for_inference(args.base, args.engine)
         engine.load_adapter(name, str(folder))
         system = args.system or meta.get("system_prompt")
         history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []

@@ -96,6 +96,19 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         help="'default' (embedded Gemma 3 270M), a local Hugging Face folder, a .gguf file, or org/name",
     )
     p.add_argument("--adapter", metavar="NAME_OR_PATH", help="a registered adapter name or a PEFT folder")
+    add_engine_flag(p)
+
+
+def add_engine_flag(p: argparse.ArgumentParser) -> None:
+    """``--engine auto|hf|llamacpp``: which backend runs a GGUF model (see ``engine.select``)."""
+    p.add_argument(
+        "--engine",
+        choices=("auto", "hf", "llamacpp"),
+        default="auto",
+        help="backend for a GGUF model (default and .gguf files): auto runs it on llama.cpp when "
+        "llama-cpp-python is installed (fastest on CPU) unless the command needs what only "
+        "transformers gives, hf always on transformers (default: auto)",
+    )
 
 
 def add_sampling_flags(

@@ -74,7 +74,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from helixloom import models
     from helixloom.cli.common import sampling_from
     from helixloom.completion import complete
-    from helixloom.engine import load_engine
+    from helixloom.engine.select import load_for_inference
     from helixloom.paths import ensure_home
     from helixloom.store import Store
 
@@ -89,7 +89,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ensure_home()
     with Store.open_default() as store:
         adapter = adapter_registry.resolve(store, args.adapter, model=args.model) if args.adapter else None
-        engine = load_engine(args.model)
+        engine = load_for_inference(args.model, args.engine)
         if adapter is not None:
             engine.load_adapter(adapter[0], str(adapter[1]))
         streaming = not args.json and args.n == 1

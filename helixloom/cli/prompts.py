@@ -82,7 +82,7 @@ def cmd_prompts_generate(args: argparse.Namespace) -> int:
     from helixloom import adapters as adapter_registry
     from helixloom import models
     from helixloom.cli.common import open_store
-    from helixloom.engine import load_engine
+    from helixloom.engine.select import load_for_inference
     from helixloom.training import selfinstruct
 
     if args.n < 1:
@@ -97,7 +97,7 @@ def cmd_prompts_generate(args: argparse.Namespace) -> int:
     models.resolve(args.model)  # a bad spec fails before anything is loaded
     with open_store() as store:
         adapter = adapter_registry.resolve(store, args.adapter, model=args.model) if args.adapter else None
-    engine = load_engine(args.model)
+    engine = load_for_inference(args.model, args.engine)
     if adapter is not None:
         engine.load_adapter(adapter[0], str(adapter[1]))
     new: list[str] = []

@@ -11,6 +11,8 @@ from helixloom.errors import HelixloomError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``serve`` command."""
+    from helixloom.cli.common import add_engine_flag
+
     serve = sub.add_parser(
         "serve",
         help="serve models, adapters and HelixNet over an OpenAI-compatible API",
@@ -22,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--model", default="default", metavar="SPEC", help="the base model (default: default)")
+    add_engine_flag(serve)
     serve.add_argument(
         "--adapter",
         action="append",
@@ -120,6 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_bind(args.host, ring, args.allow_unauthenticated_network)
     config = ServerConfig(
         model=args.model,
+        engine=args.engine,
         adapters=adapters,
         api_keys=dict(ring.keys),
         host=args.host,

@@ -101,6 +101,7 @@ def cmd_weave(args: argparse.Namespace) -> int:
     from helixloom import models, weave
     from helixloom.cli.common import open_store
     from helixloom.engine.pool import EnginePool
+    from helixloom.engine.select import load_for_inference
 
     if (args.prompt is None) == (args.from_node is None):
         raise HelixloomError("give either PROMPT or --from-node NODE_ID", "see helixloom weave --help")
@@ -151,7 +152,9 @@ def cmd_weave(args: argparse.Namespace) -> int:
             if args.evaluator_adapter
             else None
         )
-        pool = EnginePool()
+        # A reward head reads hidden states, which only transformers gives.
+        needs = ("supports_embeddings",) if (args.reward or "").startswith("head:") else ()
+        pool = EnginePool(lambda spec: load_for_inference(spec, args.engine, needs=needs))
         engine = pool.get(args.model)
         if adapter:
             engine.load_adapter(adapter[0], str(adapter[1]))

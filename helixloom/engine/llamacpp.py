@@ -4,14 +4,14 @@ Spec: ``llamacpp:FILE.gguf`` or ``llamacpp:default`` (the embedded model's GGUF,
 Requests run one after another on one context (llama-cpp-python has no batched decoding); each
 reuses the KV cache of the previous prompt's common prefix, but only when both ran under the same
 adapter: LoRA changes K and V, so a prefix computed under another adapter is recomputed (the bug
-llama.cpp's server shipped, its issue 26207). Adapters are GGUF LoRA files (see
-``helixloom adapters export-gguf``), switched per request on the context without reloading.
+llama.cpp's server shipped, its issue 26207). Adapters are GGUF LoRA files, switched per request on
+the context without reloading; a PEFT folder is exported to one on first use and cached beside it,
+keyed by its content version (``gguf_lora.for_llamacpp``), so a retrained adapter is re-exported.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import os
 import secrets
@@ -21,18 +21,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from helixloom import models
+from helixloom import gguf_lora, models
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine, TokenPrompt
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher, is_control_marker
+from helixloom.engine.llamacpp_grammar import llama_grammar
 from helixloom.engine.lora_folder import adapter_version
 from helixloom.engine.types import (
     AdapterInfo,
-    Constraint,
     FinishReason,
     GeneratedTokenLogprobs,
     GenerationRequest,
     GenerationResult,
     NextTokenLogprobs,
+    PromptLogprobs,
     StreamDelta,
     Timings,
     TokenLogprob,
@@ -40,7 +41,8 @@ from helixloom.engine.types import (
 )
 from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
 
-GGUF_ADAPTER_FILE = "adapter_model.gguf"  # where `helixloom adapters export-gguf` writes by default
+GGUF_ADAPTER_FILE = gguf_lora.GGUF_ADAPTER_FILE  # where `helixloom adapters export-gguf` writes by default
+SCORE_CHUNK = 64  # prompt tokens scored per decode: each row's logits are [V] floats (262k for Gemma)
 
 
 class LlamaCppEngine(Engine):
@@ -49,6 +51,7 @@ class LlamaCppEngine(Engine):
     supports_mixed_adapter_batch = False  # rows run one after another; each with its own adapter
     supports_logprobs = True
     supports_constraints = True
+    supports_prompt_logprobs = True
     supports_tokenize = True
     supports_token_prompts = True
 
@@ -135,32 +138,33 @@ class LlamaCppEngine(Engine):
     # ------------------------------------------------------------------ adapters
 
     def load_adapter(self, name: str, path: str) -> AdapterInfo:
+        """``path``: a GGUF LoRA file, or a PEFT LoRA folder (exported to GGUF on first use, see
+        ``gguf_lora.for_llamacpp``; its version is its content hash, as on every backend)."""
         import llama_cpp
 
         with self._lock:
-            file = Path(path)
-            if file.is_dir() and (file / GGUF_ADAPTER_FILE).is_file():
-                file = file / GGUF_ADAPTER_FILE  # a PEFT folder with its exported GGUF beside it
+            given = Path(path)
+            version = None
+            if given.is_dir():
+                if not (given / "adapter_config.json").is_file():
+                    raise AdapterError(f"adapter {name!r}: {given} is neither a PEFT folder nor a GGUF LoRA")
+                version = adapter_version(given)
+                file = gguf_lora.for_llamacpp(given, self.path, version)
+                if adapter_version(given) != version:
+                    raise AdapterError(f"adapter {name!r} changed while it was exported", "load it again")
+            else:
+                file = given
             if name in self._adapters:
-                if self._adapters[name][0].path == str(file.resolve()):
-                    return self._adapters[name][0]
+                info = self._adapters[name][0]
+                if info.path == str(file.resolve()) and version in (None, info.version):
+                    return info
                 raise AdapterError(f"an adapter named {name!r} is already loaded from another file")
-            if file.is_dir():
-                raise AdapterError(
-                    f"adapter {name!r}: {file} is a PEFT folder; llama.cpp needs a GGUF LoRA",
-                    f"convert it: helixloom adapters export-gguf {name}",
-                )
             if not file.is_file():
                 raise AdapterError(f"adapter {name!r}: {file} does not exist")
             handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(file).encode())
             if not handle:
                 raise AdapterError(f"llama.cpp could not load {file} as a LoRA for {self.path.name}")
-            folder = Path(path)
-            # A PEFT folder's version is its content hash, as on every backend (the GGUF beside it is
-            # exported from those weights); a bare GGUF file's is the hash of that file.
-            peft_folder = (folder / "adapter_config.json").is_file()
-            version = adapter_version(folder) if peft_folder else _file_hash(file)
-            info = AdapterInfo(name, str(file.resolve()), None, (), version)
+            info = AdapterInfo(name, str(file.resolve()), None, (), version or _file_hash(file))
             self._adapters[name] = (info, handle)
             return info
 
@@ -254,7 +258,11 @@ class LlamaCppEngine(Engine):
                 return scores
 
             processors.append(heal_first)
-        grammar = _grammar(request.constraint) if request.constraint is not None else None
+        grammar = (
+            llama_grammar(request.constraint, self.llm._model.vocab)
+            if request.constraint is not None
+            else None
+        )
         decoder = (
             IncrementalDecoder(self._decode, tokens, self.special_ids)
             if p.skip_special_tokens
@@ -317,7 +325,11 @@ class LlamaCppEngine(Engine):
         )
 
     def _step_logprobs(self, token: int, n: int) -> GeneratedTokenLogprobs:
-        logprobs = _log_softmax(self._last_logits())  # what produced ``token``
+        return self._logprobs_of(self._last_logits(), token, n)  # the logits that produced ``token``
+
+    def _logprobs_of(self, logits: Any, token: int, n: int) -> GeneratedTokenLogprobs:
+        """``token``'s log-probability under ``logits`` ([V]) and the ``n`` most likely tokens'."""
+        logprobs = _log_softmax(logits)
         top: tuple[TokenLogprob, ...] = ()
         if n > 0:
             ids = logprobs.argsort()[::-1][:n]
@@ -368,6 +380,55 @@ class LlamaCppEngine(Engine):
                 results.append(NextTokenLogprobs(top, cand, len(tokens)))
         return results
 
+    def prompt_logprobs(
+        self, prompts: Sequence[str], *, adapter: str | None = None, top_k: int = 0
+    ) -> list[PromptLogprobs]:
+        """Each prompt evaluated from its start with logits kept for every position, a few dozen
+        positions per decode (each row of logits is [V] floats)."""
+        import numpy as np
+
+        if any(not p for p in prompts):
+            raise HelixloomError("a prompt to score is empty", param="prompt")
+        if not 0 <= top_k <= 20:
+            raise HelixloomError("top_k must be between 0 and 20", param="logprobs")
+        results = []
+        with self._lock:
+            for prompt in prompts:
+                ids = self.encode(prompt)
+                if len(ids) > self.llm.n_ctx():
+                    raise HelixloomError(
+                        f"the prompt has {len(ids)} tokens; the model reads at most {self.llm.n_ctx()}",
+                        param="prompt",
+                    )
+                self._prepare(adapter, ids)
+                steps: list[GeneratedTokenLogprobs] = []
+                self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+                self.llm.n_tokens = 0
+                for start in range(0, len(ids), SCORE_CHUNK):
+                    chunk = ids[start : start + SCORE_CHUNK]
+                    self.llm._batch.set_batch(batch=chunk, n_past=start, logits_all=True)
+                    self.llm._ctx.decode(self.llm._batch)
+                    self.llm.input_ids[start : start + len(chunk)] = chunk
+                    self.llm.n_tokens = start + len(chunk)
+                    rows = np.ctypeslib.as_array(
+                        self.llm._ctx.get_logits(), shape=(len(chunk), self.llm.n_vocab())
+                    )  # rows: [chunk, V]; row j predicts ids[start + j + 1]
+                    for j in range(len(chunk)):
+                        if start + j + 1 < len(ids):
+                            steps.append(self._logprobs_of(rows[j], ids[start + j + 1], top_k))
+                bos = self.llm.token_bos()
+                # A BOS that encode() added is not part of the text: leave it out.
+                skip = 1 if ids[0] == bos and not prompt.startswith(self._decode_all([bos])) else 0
+                results.append(
+                    PromptLogprobs(
+                        token_ids=tuple(ids[skip:]),
+                        tokens=tuple(self._decode_all([t]) for t in ids)[skip:],
+                        logprobs=(None, *(s.chosen.logprob for s in steps))[skip:],
+                        top=(None, *((s.top if top_k else None) for s in steps))[skip:],
+                    )
+                )
+        return results
+
     def close(self) -> None:
         import llama_cpp
 
@@ -405,21 +466,3 @@ def _unheal(text: str, heal: str) -> str:
 def _unheal_stream(text: str, heal: str, generated: list[int]) -> str:
     # Only the first delta carries the backed-up prompt text.
     return _unheal(text, heal) if len(generated) == 1 else text
-
-
-def _grammar(constraint: Constraint) -> Any:
-    from llama_cpp import LlamaGrammar
-    from llama_cpp.llama_grammar import JSON_GBNF
-
-    if constraint.kind == "json_schema":
-        return LlamaGrammar.from_json_schema(constraint.spec, verbose=False)
-    if constraint.kind == "json_object":
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    if constraint.kind == "choice":
-        options = json.loads(constraint.spec)
-        return LlamaGrammar.from_string(
-            "root ::= " + " | ".join(json.dumps(o) for o in options), verbose=False
-        )
-    raise HelixloomError(
-        "the llamacpp backend takes JSON schema, JSON object and choice constraints, not regex"
-    )

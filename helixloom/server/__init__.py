@@ -10,12 +10,13 @@ __all__ = ["BackgroundServer", "ServerConfig", "ServerState", "create_app", "ope
 
 
 def open_state(config: ServerConfig, *, command_parser: CommandParser | None = None) -> ServerState:
-    """Load the model, open the store and load the served adapters (fails before the port opens).
+    """Load the model (on the backend ``config.engine`` picks, see ``engine.select``), open the store
+    and load the served adapters (fails before the port opens).
 
     ``command_parser`` builds the CLI's parser, for checking command lines submitted as jobs.
     """
     from helixloom import models
-    from helixloom.engine import load_engine
+    from helixloom.engine.select import load_for_inference
     from helixloom.paths import ensure_home
     from helixloom.store import Store
 
@@ -23,7 +24,8 @@ def open_state(config: ServerConfig, *, command_parser: CommandParser | None = N
     ensure_home()
     store = Store.open_default()
     try:
-        return ServerState(config, load_engine(config.model), store, command_parser=command_parser)
+        engine = load_for_inference(config.model, config.engine)
+        return ServerState(config, engine, store, command_parser=command_parser)
     except BaseException:
         store.close()
         raise

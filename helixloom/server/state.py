@@ -15,6 +15,7 @@ from helixloom import paths
 from helixloom.adapters import LiveAdapters, ServedAdapter
 from helixloom.engine import Engine
 from helixloom.engine.batching import BatchingEngine
+from helixloom.engine.select import EngineChoice
 from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
 from helixloom.helixnet import STAGES, PromptFormat, Stage
 from helixloom.server.job_policy import JobPolicy
@@ -33,6 +34,7 @@ class ServerConfig:
     """Everything ``helixloom serve`` can be told; the CLI flags map onto these fields."""
 
     model: str = "default"
+    engine: EngineChoice = "auto"  # which backend runs a GGUF model (``engine.select``)
     adapters: dict[str, str] = field(default_factory=dict)  # NAME -> PEFT folder, served besides the registry
     api_keys: dict[str, str] = field(default_factory=dict)  # key -> label (the label is what gets stored)
     max_batch: int = 8
