@@ -13,9 +13,19 @@ Starts helixloom's server on a free loopback port (in this process) and drives i
   target >= 0.8), and closed-loop at 1 and at 8 concurrent clients for p50/p95 time to first token
   and inter-token latency.
 
-Targets: server / engine >= 0.9 on both workloads; requests sent == sessions stored.
+Then the realistic workload against llama-cpp-python's own OpenAI server (``python -m
+llama_cpp.server``, in a subprocess on loopback) on the same GGUF, base model only (that server takes
+one LoRA per loaded model and reloads the model to switch), and against helixloom's server on the
+backend ``helixloom serve`` picks by default (``engine.select``: llama.cpp where it is installed),
+with the same thread count: helixloom's aggregate tok/s over that server's (target >= 1.0), for
+the llama.cpp backend and for the hf backend's batched server above. helixloom on llama.cpp also runs
+the mixed-adapter workload (its adapters exported to GGUF on first use), which that server cannot.
+
+Targets: server / engine >= 0.9 on both workloads; requests sent == sessions stored; helixloom /
+llama_cpp.server >= 1.0.
 
     python benchmarks/server_load.py [--model default] [--clients 8] [--requests 24] [--rate 4]
+        [--threads N] [--no-llama-server]
 
 Loopback only; the number of requests and their length are bounded by the flags.
 """
@@ -23,13 +33,17 @@ Loopback only; the number of requests and their length are bounded by the flags.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,12 +118,13 @@ def send(client: Any, job: Job, timing: Timing, lock: threading.Lock) -> None:
         stop=list(job.stop) or None,
         stream=True,
         stream_options={"include_usage": True},
-        extra_body={"ignore_eos": job.ignore_eos},
+        extra_body={"ignore_eos": True} if job.ignore_eos else None,
     )
-    first, last, gaps, used = None, None, [], 0
+    first, last, gaps, used, pieces = None, None, [], 0, 0
     for chunk in stream:
         now = time.perf_counter()
         if chunk.choices and chunk.choices[0].text:
+            pieces += 1
             if first is None:
                 first = now - t0
             elif last is not None:
@@ -118,6 +133,8 @@ def send(client: Any, job: Job, timing: Timing, lock: threading.Lock) -> None:
         if chunk.usage:
             used = chunk.usage.completion_tokens
     done = time.perf_counter()
+    # llama_cpp.server sends no usage when streaming; it streams one token per chunk.
+    used = used or pieces
     with lock:
         timing.sent += 1
         timing.first_send = min(timing.first_send, t0)
@@ -199,6 +216,97 @@ def make_adapter(engine: Any, folder: Path, seed: int) -> None:
     peft_model.save_pretrained(folder)
 
 
+@contextlib.contextmanager
+def llama_cpp_server(gguf: Path, alias: str, threads: int, n_ctx: int) -> Iterator[str]:
+    """llama-cpp-python's own OpenAI-compatible server on a free loopback port; yields its base URL.
+    ``interrupt_requests`` is off: on, a new request cuts the one streaming (fewer tokens, not speed)."""
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias,
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
+        "--n_threads_batch", str(threads), "--interrupt_requests", "False",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("llama_cpp.server did not start") from None
+                time.sleep(0.5)
+        yield url + "/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def against_llama_cpp_server(
+    args: argparse.Namespace, adapters: dict[str, Path], mixed: list[Job], hf_base_tok_s: float, work: Path
+) -> dict[str, Any]:
+    """The realistic workload on the same GGUF: llama_cpp.server vs helixloom's server on the backend
+    ``serve`` picks by default, same threads; base-model requests for the comparison."""
+    import openai
+
+    from helixloom import models
+    from helixloom.engine.llamacpp import LlamaCppEngine
+    from helixloom.engine.select import choose_engine
+    from helixloom.server import BackgroundServer, ServerConfig, ServerState
+    from helixloom.store import Store
+
+    chosen = choose_engine(args.model)
+    if chosen.backend != "llamacpp":
+        return {"skipped": f"helixloom serve runs {args.model} on {chosen.backend}: {chosen.reason}"}
+    base = [Job(j.prompt, "default", None, j.max_tokens, j.stop) for j in mixed]
+    gguf = models.gguf_file(models.resolve(chosen.spec))
+    with llama_cpp_server(gguf, "default", args.threads, 4096) as url:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
+        send(client, base[0], Timing(), threading.Lock())  # warm-up
+        theirs = poisson(client, base, args.rate, random.Random(args.seed + 1))
+    engine = LlamaCppEngine(chosen.spec, n_threads=args.threads)
+    state = ServerState(
+        ServerConfig(
+            model="default", max_batch=args.clients, adapters={k: str(v) for k, v in adapters.items()}
+        ),
+        engine,
+        Store(work / "llamacpp.db"),
+    )
+    server = BackgroundServer(state)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=600)
+        send(client, base[0], Timing(), threading.Lock())  # warm-up
+        ours = poisson(client, base, args.rate, random.Random(args.seed + 1))
+        adapted = [
+            Job(j.prompt, "default" if j.adapter is None else j.model, j.adapter, j.max_tokens, j.stop)
+            for j in mixed
+        ]
+        ours_mixed = poisson(client, adapted, args.rate, random.Random(args.seed + 1))
+    finally:
+        server.stop()
+        state.close()
+    return {
+        "workload": "realistic, base model only (llama_cpp.server switches LoRAs only by reloading)",
+        "threads": args.threads,
+        "llama_cpp_server_tok_s": round(theirs.tok_s, 2),
+        "llama_cpp_server_ttft_s": quantiles(theirs.ttft),
+        "helixloom_llamacpp_tok_s": round(ours.tok_s, 2),
+        "helixloom_llamacpp_ttft_s": quantiles(ours.ttft),
+        "ratio_helixloom_llamacpp_over_llama_cpp_server": round(ours.tok_s / theirs.tok_s, 3),
+        "helixloom_hf_tok_s": round(hf_base_tok_s, 2),
+        "ratio_helixloom_hf_over_llama_cpp_server": round(hf_base_tok_s / theirs.tok_s, 3),
+        "helixloom_llamacpp_mixed_adapters_tok_s": round(ours_mixed.tok_s, 2),
+        "tokens": {"llama_cpp_server": theirs.tokens, "helixloom_llamacpp": ours.tokens},
+        "token_count": "usage where the server sends it (helixloom), else streamed chunks (one token each)",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
@@ -208,6 +316,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24, help="realistic: requests per run (max 200)")
     parser.add_argument("--rate", type=float, default=4.0, help="realistic: mean arrivals per second")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads, both servers"
+    )
+    parser.add_argument("--no-llama-server", action="store_true", help="skip the llama_cpp.server comparison")
     args = parser.parse_args()
     if not 1 <= args.clients <= 64 or not 1 <= args.rounds <= 10 or not 1 <= args.requests <= 200:
         sys.exit("--clients must be 1..64, --rounds 1..10 and --requests 1..200")
@@ -286,7 +398,12 @@ def main() -> None:
             "itl_s": quantiles(eight.itl),
         },
     }
-    sent = sum(t.sent for t in (served_uniform, served_mixed, served_same, one_client, eight))
+    engine.prefix_cache.clear()
+    base_only = [Job(j.prompt, base, None, j.max_tokens, j.stop) for j in mixed]
+    served_base = poisson(client, base_only, args.rate, random.Random(args.seed + 1))
+    report["realistic"]["server_base_only_tok_s"] = round(served_base.tok_s, 2)
+    timings = (served_uniform, served_mixed, served_same, one_client, eight, served_base)
+    sent = sum(t.sent for t in timings)
     scheduler = state.engine
     server.stop()
     time.sleep(0.5)  # the last sessions are written as their streams close
@@ -298,10 +415,9 @@ def main() -> None:
     report["largest_batch"] = scheduler.largest_batch
     report["prefix_cache_reused_tokens"] = engine.reused_tokens
     report["adapter_merges"] = engine._merger.merges
-    report["llama_cpp_server"] = (
-        "not run here: see the report (the llamacpp engineer's parallel engine is not on this branch)"
-    )
     state.close()
+    if not args.no_llama_server:
+        report["llama_cpp_server"] = against_llama_cpp_server(args, adapters, mixed, served_base.tok_s, work)
     json.dump(report, sys.stdout, indent=2)
     print()
 

@@ -72,8 +72,9 @@ class LlamaCppEngine(Engine):
             ) from exc
         self.model_name = source.spec
         self.path = models.gguf_file(source)
+        threads = n_threads or os.cpu_count()
         self.llm = Llama(
-            model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), verbose=False
+            model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
         )
         self._lock = threading.RLock()
         self._adapters: dict[str, tuple[AdapterInfo, Any]] = {}
