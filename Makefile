@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# The llamacpp backend and llama-cpp-python's own server, for the tests (the demo does not need them).
+# The llamacpp backend and llama-cpp-python's own server (the tests and the demo's fast path).
 install-llamacpp: $(VENV)/.installed-llamacpp
 
 $(VENV)/.installed-llamacpp: $(VENV)/.installed
@@ -27,7 +27,10 @@ $(VENV)/.installed-llamacpp: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test,llamacpp,llamacpp-server]'
 	touch $@
 
+# The demo runs on llama.cpp (the fast path: built once, about 5 minutes); if it cannot be built
+# here, the same demo runs on transformers.
 demo: install
+	$(MAKE) install-llamacpp || echo "helixloom: llama.cpp did not build; the demo runs on transformers"
 	$(VENV)/bin/helixloom chat --once "Why do leaves change color in autumn?" --max-tokens 64 --seed 3
 
 # The loom UI is tested in headless Chromium from Debian (root installs it; elsewhere the test skips).

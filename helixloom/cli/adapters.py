@@ -60,7 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="convert a PEFT LoRA to a GGUF LoRA for llama.cpp",
         description="Write a registered adapter (or a PEFT folder) as a GGUF LoRA that llama.cpp (the "
         "llamacpp backend, llama-server --lora) applies to the base model's GGUF file. By default the file "
-        "is written into the adapter folder as adapter_model.gguf, where the llamacpp backend finds it.",
+        "is written into the adapter folder as adapter_model.gguf, stamped with the adapter's content "
+        "version: the llamacpp backend uses it until the adapter changes (without it, the backend "
+        "exports one itself on first use).",
     )
     aexp.add_argument("name", metavar="NAME_OR_PATH", help="registered adapter name or PEFT folder")
     aexp.add_argument(
@@ -227,7 +229,10 @@ def cmd_adapters_export_gguf(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else folder / GGUF_ADAPTER_FILE
     if out.suffix != ".gguf":
         raise HelixloomError(f"--out {out} must end in .gguf")
-    done = gguf_lora.export(folder, base, out)
+    from helixloom.engine.lora_folder import adapter_version
+
+    # Stamped with the folder's content version: the llamacpp backend uses it until a retrain.
+    done = gguf_lora.export(folder, base, out, version=adapter_version(folder))
     print(
         f"wrote {done.out}: {done.tensors} LoRA layers, rank {done.rank}, alpha {done.alpha:g} ({done.arch})"
     )
