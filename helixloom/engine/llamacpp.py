@@ -12,12 +12,11 @@ keyed by its content version (``gguf_lora.for_llamacpp``), so a retrained adapte
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +24,25 @@ from helixloom import gguf_lora, models
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine, TokenPrompt
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher, is_control_marker
 from helixloom.engine.llamacpp_grammar import llama_grammar
+from helixloom.engine.llamacpp_scoring import LlamaCppScoring
 from helixloom.engine.lora_folder import adapter_version
+from helixloom.engine.remote_chat import LocalTemplate
 from helixloom.engine.types import (
     AdapterInfo,
     FinishReason,
     GeneratedTokenLogprobs,
     GenerationRequest,
     GenerationResult,
-    NextTokenLogprobs,
-    PromptLogprobs,
     StreamDelta,
     Timings,
-    TokenLogprob,
     Usage,
 )
 from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
 
 GGUF_ADAPTER_FILE = gguf_lora.GGUF_ADAPTER_FILE  # where `helixloom adapters export-gguf` writes by default
-SCORE_CHUNK = 64  # prompt tokens scored per decode: each row's logits are [V] floats (262k for Gemma)
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(LlamaCppScoring, Engine):
     backend = "llamacpp"
     supports_adapters = True
     supports_mixed_adapter_batch = False  # rows run one after another; each with its own adapter
@@ -83,15 +80,38 @@ class LlamaCppEngine(Engine):
         self.prefix_hits = 0  # prompt tokens reused from the KV cache (for benchmarks)
         self._texts: list[str] | None = None
         self.eos_token_ids = frozenset({self.llm.token_eos()})
+        self._bos_text = self._decode_all([self.llm.token_bos()])
+        # The same chat template the hf backend reads from this GGUF, so chat renders alike on both.
+        self.chat_template = self.llm.metadata.get("tokenizer.chat_template") or None
+        self._template = (
+            None
+            if self.chat_template is None
+            else LocalTemplate(
+                self.chat_template,
+                {"bos_token": self._bos_text, "eos_token": self._decode_all([self.llm.token_eos()])},
+                "",
+            )
+        )
         self.max_model_len = self.llm.n_ctx()
         self.special_ids = self._special_ids()
 
     # ------------------------------------------------------------------ tokens
 
     def encode(self, prompt: str) -> list[int]:
+        """Prompt token ids; the BOS token is added unless the text (e.g. from a chat template) has
+        it, as on the hf backend. A ``TokenPrompt`` is its own ids."""
         if isinstance(prompt, TokenPrompt):
             return list(prompt.ids)  # what the client counted, exactly
-        return list(self.llm.tokenize(prompt.encode(), add_bos=True, special=True))
+        add_bos = not prompt.startswith(self._bos_text)
+        return list(self.llm.tokenize(prompt.encode(), add_bos=add_bos, special=True))
+
+    def format_chat(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
+        """The GGUF's own chat template (``tokenizer.chat_template``), rendered as transformers does."""
+        if self._template is None:
+            return super().format_chat(messages)
+        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode(), add_bos=False, special=False))
@@ -328,108 +348,6 @@ class LlamaCppEngine(Engine):
     def _step_logprobs(self, token: int, n: int) -> GeneratedTokenLogprobs:
         return self._logprobs_of(self._last_logits(), token, n)  # the logits that produced ``token``
 
-    def _logprobs_of(self, logits: Any, token: int, n: int) -> GeneratedTokenLogprobs:
-        """``token``'s log-probability under ``logits`` ([V]) and the ``n`` most likely tokens'."""
-        logprobs = _log_softmax(logits)
-        top: tuple[TokenLogprob, ...] = ()
-        if n > 0:
-            ids = logprobs.argsort()[::-1][:n]
-            top = tuple(TokenLogprob(int(i), self._token_text(int(i)), float(logprobs[i])) for i in ids)
-        return GeneratedTokenLogprobs(
-            TokenLogprob(token, self._token_text(token), float(logprobs[token])), top
-        )
-
-    def _last_logits(self) -> Any:
-        """The logits of the last position the context evaluated ([V]).
-
-        Read from the context itself: without logits_all, llama-cpp-python does not copy them into
-        ``scores`` (and logits_all would make every prefill write logits for every prompt token).
-        """
-        import numpy as np
-
-        return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(self.llm.n_vocab(),)).copy()
-
-    # ------------------------------------------------------------------ scoring
-
-    def next_token_logprobs(
-        self,
-        prompts: Sequence[str],
-        *,
-        adapter: str | None = None,
-        top_k: int = 5,
-        candidates: Sequence[str] = (),
-    ) -> list[NextTokenLogprobs]:
-        results = []
-        with self._lock:
-            candidate_ids = {}
-            for c in candidates:
-                ids = self.llm.tokenize(c.encode(), add_bos=False, special=False)
-                candidate_ids[c] = ids[0] if len(ids) == 1 else None
-            for prompt in prompts:
-                tokens = self.encode(prompt)
-                self._prepare(adapter, tokens)
-                # eval() itself skips the prefix it already holds.
-                prefix = self.llm.longest_token_prefix(self.llm._input_ids.tolist(), tokens)
-                if prefix == len(tokens):  # the whole prompt is cached: re-run its last token for logits
-                    prefix -= 1
-                self.llm.n_tokens = prefix
-                self.llm.eval(tokens[prefix:])
-                logprobs = _log_softmax(self._last_logits())
-                ids = logprobs.argsort()[::-1][: max(0, top_k)]
-                top = tuple(TokenLogprob(int(i), self._token_text(int(i)), float(logprobs[i])) for i in ids)
-                cand = {c: (float(logprobs[t]) if t is not None else None) for c, t in candidate_ids.items()}
-                results.append(NextTokenLogprobs(top, cand, len(tokens)))
-        return results
-
-    def prompt_logprobs(
-        self, prompts: Sequence[str], *, adapter: str | None = None, top_k: int = 0
-    ) -> list[PromptLogprobs]:
-        """Each prompt evaluated from its start with logits kept for every position, a few dozen
-        positions per decode (each row of logits is [V] floats)."""
-        import numpy as np
-
-        if any(not p for p in prompts):
-            raise HelixloomError("a prompt to score is empty", param="prompt")
-        if not 0 <= top_k <= 20:
-            raise HelixloomError("top_k must be between 0 and 20", param="logprobs")
-        results = []
-        with self._lock:
-            for prompt in prompts:
-                ids = self.encode(prompt)
-                if len(ids) > self.llm.n_ctx():
-                    raise HelixloomError(
-                        f"the prompt has {len(ids)} tokens; the model reads at most {self.llm.n_ctx()}",
-                        param="prompt",
-                    )
-                self._prepare(adapter, ids)
-                steps: list[GeneratedTokenLogprobs] = []
-                self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-                self.llm.n_tokens = 0
-                for start in range(0, len(ids), SCORE_CHUNK):
-                    chunk = ids[start : start + SCORE_CHUNK]
-                    self.llm._batch.set_batch(batch=chunk, n_past=start, logits_all=True)
-                    self.llm._ctx.decode(self.llm._batch)
-                    self.llm.input_ids[start : start + len(chunk)] = chunk
-                    self.llm.n_tokens = start + len(chunk)
-                    rows = np.ctypeslib.as_array(
-                        self.llm._ctx.get_logits(), shape=(len(chunk), self.llm.n_vocab())
-                    )  # rows: [chunk, V]; row j predicts ids[start + j + 1]
-                    for j in range(len(chunk)):
-                        if start + j + 1 < len(ids):
-                            steps.append(self._logprobs_of(rows[j], ids[start + j + 1], top_k))
-                bos = self.llm.token_bos()
-                # A BOS that encode() added is not part of the text: leave it out.
-                skip = 1 if ids[0] == bos and not prompt.startswith(self._decode_all([bos])) else 0
-                results.append(
-                    PromptLogprobs(
-                        token_ids=tuple(ids[skip:]),
-                        tokens=tuple(self._decode_all([t]) for t in ids)[skip:],
-                        logprobs=(None, *(s.chosen.logprob for s in steps))[skip:],
-                        top=(None, *((s.top if top_k else None) for s in steps))[skip:],
-                    )
-                )
-        return results
-
     def close(self) -> None:
         import llama_cpp
 
@@ -450,14 +368,6 @@ def _file_hash(file: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
-
-
-def _log_softmax(logits: Any) -> Any:
-    import numpy as np
-
-    x = np.asarray(logits, dtype=np.float64)
-    m = x.max()
-    return x - (m + math.log(np.exp(x - m).sum()))
 
 
 def _unheal(text: str, heal: str) -> str:

@@ -71,7 +71,7 @@ class ChatTemplate:
         self.model = model
         self.timeout = timeout
         self.source: str | None = None
-        self._template: _LocalTemplate | None = None
+        self._template: LocalTemplate | None = None
         self._server_bos: int | None = None  # for SERVER_TEMPLATE: the BOS id /v1/completions adds
         self._server_render = functools.lru_cache(maxsize=4096)(self._render_on_server)
         self._find(choice)
@@ -98,15 +98,13 @@ class ChatTemplate:
             return
         if choice != "auto":
             source, tokens = _template_from_path(choice)
-            self._use_template(
-                _LocalTemplate(source, tokens, self._bos_text(tokens, deadline)), explicit=True
-            )
+            self._use_template(LocalTemplate(source, tokens, self._bos_text(tokens, deadline)), explicit=True)
             return
         props = self.routes.probe("/props", None, deadline)
         served = props.get("chat_template") if isinstance(props, dict) else None
         if isinstance(served, str) and served and not self._is_fallback_chatml(served, deadline):
             tokens = {k: v for k in ("bos_token", "eos_token") if isinstance(v := props.get(k), str)}
-            if self._use_template(_LocalTemplate(served, tokens, self._bos_text(tokens, deadline))):
+            if self._use_template(LocalTemplate(served, tokens, self._bos_text(tokens, deadline))):
                 return
         # vLLM renders chat messages with the model's template on /tokenize (a 400 when it has none).
         body = {"model": self.model, "messages": list(_PROBE), "add_generation_prompt": True}
@@ -120,7 +118,7 @@ class ChatTemplate:
                 return
         log.debug("%s gave no chat template; chat messages get the transcript format", self.routes.root)
 
-    def _use_template(self, template: _LocalTemplate, *, explicit: bool = False) -> bool:
+    def _use_template(self, template: LocalTemplate, *, explicit: bool = False) -> bool:
         """Takes a template that renders a first message; one that fails is an error only when the
         user named it."""
         try:
@@ -177,7 +175,7 @@ class ChatTemplate:
 
 
 @dataclass(frozen=True)
-class _LocalTemplate:
+class LocalTemplate:
     """A Jinja chat template rendered here, the way transformers' ``apply_chat_template`` renders it."""
 
     source: str
