@@ -2,9 +2,11 @@
 
 Prints one JSON object: single-stream and batch tokens/s for the ``hf`` and ``llamacpp`` backends
 (greedy, --tokens new tokens each), our llamacpp engine against plain llama-cpp-python on the same
-GGUF (ratio; target >= 0.95), and one HelixNet turn's wall time per backend.
+GGUF (ratio; target >= 0.95), one HelixNet turn's wall time per backend, and the engine ``serve``
+and ``chat`` load for the default model (``engine.select``, loaded as they load it) against the
+fastest backend measured (single stream and batch; target >= 0.95).
 
-    python benchmarks/engines.py [--tokens 64] [--batch 4] [--repeats 3]
+    python benchmarks/engines.py [--tokens 64] [--batch 4] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -40,14 +43,24 @@ def main() -> None:
     from helixloom.engine import GenerationRequest, sampling
     from helixloom.engine.hf import HFEngine
     from helixloom.engine.llamacpp import LlamaCppEngine
+    from helixloom.engine.select import choose_engine, load_for_inference
     from helixloom.helixnet import HelixNet, Role
 
     prompt = "The history of the printing press begins"
     params = sampling(temperature=0, max_tokens=args.tokens, ignore_eos=True)
-    report: dict[str, object] = {"benchmark": "engines", "new_tokens": args.tokens, "threads": os.cpu_count()}
+    report: dict[str, object] = {"benchmark": "engines", "new_tokens": args.tokens, "threads": args.threads}
 
-    engines = {"hf": HFEngine.load("default"), "llamacpp": LlamaCppEngine("llamacpp:default")}
-    for name, engine in engines.items():
+    engines = {
+        "hf": HFEngine.load("default"),
+        "llamacpp": LlamaCppEngine("llamacpp:default", n_threads=args.threads),
+    }
+    chosen = choose_engine("default")
+    report["default_engine"] = {"backend": chosen.backend, "reason": chosen.reason}
+    default = load_for_inference("default", announce=False)  # what serve and chat load
+    if isinstance(default, LlamaCppEngine):
+        default.close()  # the same, at the benchmark's thread count
+        default = LlamaCppEngine(chosen.spec, n_threads=args.threads)
+    for name, engine in {**engines, "default": default}.items():
 
         def run(batch: int, engine: object = engine) -> int:
             results = engine.generate([GenerationRequest(prompt, params)] * batch)  # type: ignore[attr-defined]
@@ -60,7 +73,13 @@ def main() -> None:
     # Plain llama-cpp-python on the same file, same greedy settings, a fresh context per run as ours.
     ours = engines["llamacpp"]
     assert isinstance(ours, LlamaCppEngine)
-    plain = Llama(model_path=str(ours.path), n_ctx=4096, n_threads=os.cpu_count(), verbose=False)
+    plain = Llama(
+        model_path=str(ours.path),
+        n_ctx=4096,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        verbose=False,
+    )
     tokens = plain.tokenize(prompt.encode(), add_bos=True, special=True)
 
     def run_plain() -> int:
@@ -84,6 +103,13 @@ def main() -> None:
     report["llamacpp_engine_tok_s"] = round(ours_rate, 2)
     report["ratio_llamacpp_over_plain"] = round(ours_rate / plain_rate, 3)
     plain.close()
+
+    for shape in ("single", f"batch{args.batch}"):
+        fastest = max(float(report[f"{n}_{shape}_tok_s"]) for n in engines)  # type: ignore[arg-type]
+        report[f"ratio_default_over_fastest_{shape}"] = round(
+            float(report[f"default_{shape}_tok_s"]) / fastest,  # type: ignore[arg-type]
+            3,
+        )
 
     helix = sampling(temperature=0, max_tokens=48, token_healing=True)
     for name, engine in engines.items():

@@ -143,7 +143,7 @@ def test_default_model_loads_on_llamacpp_under_its_own_name(lc: object) -> None:
 @pytest.mark.default_model
 @needs_llamacpp
 def test_peft_adapter_is_exported_on_first_use_and_again_when_retrained(
-    lc: object, gemma_loras: dict[str, Path], tmp_path: Path
+    lc: object, gemma_loras: dict[str, Path], tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from helixloom.engine.llamacpp import LlamaCppEngine
     from helixloom.engine.lora_folder import adapter_version
@@ -176,7 +176,14 @@ def test_peft_adapter_is_exported_on_first_use_and_again_when_retrained(
     mtime = Path(info2.path).stat().st_mtime_ns
     lc.load_adapter("mine-3", str(folder))
     assert Path(info2.path).stat().st_mtime_ns == mtime
-    for name in ("mine-1", "mine-2", "mine-3", "other"):
+    # `adapters export-gguf` stamps what it writes, so the backend takes it as it is.
+    from helixloom.cli import main
+
+    monkeypatch.setenv("HELIXLOOM_HOME", str(home))
+    assert main(["adapters", "export-gguf", str(folder), "--base", "default"]) == 0
+    info4 = lc.load_adapter("mine-4", str(folder))
+    assert Path(info4.path) == folder / gguf_lora.GGUF_ADAPTER_FILE and info4.version == info2.version
+    for name in ("mine-1", "mine-2", "mine-3", "mine-4", "other"):
         lc.unload_adapter(name)
 
 
