@@ -416,6 +416,7 @@ def main() -> None:
     report["prefix_cache_reused_tokens"] = engine.reused_tokens
     report["adapter_merges"] = engine._merger.merges
     state.close()
+    print(json.dumps(report), file=sys.stderr, flush=True)  # kept should the comparison below fail
     if not args.no_llama_server:
         report["llama_cpp_server"] = against_llama_cpp_server(args, adapters, mixed, served_base.tok_s, work)
     json.dump(report, sys.stdout, indent=2)
