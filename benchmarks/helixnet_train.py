@@ -97,38 +97,52 @@ def main() -> None:
     batching = BatchingEngine(engine, max_batch=8)
     greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, token_healing=True)
 
-    def run(critic: str | None, regenerator: str | None, **extra: Any) -> list[Any]:
+    def run(arm: str, critic: str | None, regenerator: str | None) -> list[dict[str, Any]]:
+        """The arm's turns as plain texts, kept in --work so a resumed run does not answer again."""
+        cached = work / f"arm-{arm}.json"
+        if args.resume and cached.is_file():
+            turns: list[dict[str, Any]] = json.loads(cached.read_text())
+            if len(turns) == len(heldout):
+                return turns
+        t0 = time.perf_counter()
         net = HelixNet(
-            Role(batching, None, greedy),
-            Role(batching, critic, greedy),
-            Role(batching, regenerator, greedy),
-            **extra,
+            Role(batching, None, greedy), Role(batching, critic, greedy), Role(batching, regenerator, greedy)
         )
         with ThreadPoolExecutor(8) as pool:
-            return list(pool.map(lambda p: net.answer(p.prompt), heldout))
+            answered = list(pool.map(lambda p: net.answer(p.prompt), heldout))
+        turns = [
+            {
+                "question": t.question,
+                "actor": t.actor.text,
+                "critique": t.critique,
+                "regeneration": t.regeneration,
+                "fallback": t.regenerations[0].fallback,
+            }
+            for t in answered
+        ]
+        seconds[f"eval_{arm}"] = time.perf_counter() - t0
+        cached.write_text(json.dumps(turns))
+        return turns
 
     arms: dict[str, list[str]] = {}
-    t0 = time.perf_counter()
-    untrained = run(None, None)
-    seconds["eval_untrained"] = time.perf_counter() - t0
-    arms["actor_alone"] = [t.actor.text for t in untrained]
-    arms["helixnet_untrained"] = [t.regeneration for t in untrained]
-    t0 = time.perf_counter()
-    trained = run(result.adapters["critic"], result.adapters["regenerator"])
-    seconds["eval_trained"] = time.perf_counter() - t0
-    arms["helixnet_trained"] = [t.regeneration for t in trained]
+    untrained = run("untrained", None, None)
+    arms["actor_alone"] = [t["actor"] for t in untrained]
+    arms["helixnet_untrained"] = [t["regeneration"] for t in untrained]
+    trained = run("trained", result.adapters["critic"], result.adapters["regenerator"])
+    arms["helixnet_trained"] = [t["regeneration"] for t in trained]
     from helixloom.helixnet_gate import evaluator_gate
 
     t0 = time.perf_counter()
     # The gate asks the base model's zero-shot evaluator which of the two answers is better.
     gate = evaluator_gate(batching)
 
-    def gated(t: Any) -> tuple[str, str | None]:
-        regen = t.regenerations[0]
-        if regen.fallback is not None:  # nothing regenerated: the pipeline asks no gate either
-            return regen.text, None
-        previous_score, regen_score = gate(t.question, t.actor.text, regen.text)
-        return (regen.text, "regeneration") if regen_score > previous_score else (t.actor.text, "previous")
+    def gated(t: dict[str, Any]) -> tuple[str, str | None]:
+        if t["fallback"] is not None:  # nothing regenerated: the pipeline asks no gate either
+            return t["regeneration"], None
+        previous_score, regen_score = gate(t["question"], t["actor"], t["regeneration"])
+        if regen_score > previous_score:
+            return t["regeneration"], "regeneration"
+        return t["actor"], "previous"
 
     with ThreadPoolExecutor(8) as pool:
         decided = list(pool.map(gated, trained))
@@ -186,8 +200,8 @@ def main() -> None:
     report["example"] = {
         "prompt": heldout[0].prompt,
         "actor": arms["actor_alone"][0],
-        "critique_trained": trained[0].critique,
-        "regeneration_trained": trained[0].regeneration,
+        "critique_trained": trained[0]["critique"],
+        "regeneration_trained": trained[0]["regeneration"],
     }
     print(json.dumps(report, indent=2, default=str))
 
