@@ -129,7 +129,8 @@ def _lengthen(text: str, n: int, material: Sequence[str]) -> str:
             if len(words(out)) >= n:
                 return out
             if sentence.lower() not in have:
-                out, _ = out + " " + sentence, have.add(sentence.lower())
+                out += " " + sentence
+                have.add(sentence.lower())
     return out
 
 
