@@ -6,13 +6,21 @@ three ways, in the same run: the actor alone, HelixNet with untrained roles (the
 role), HelixNet with the trained roles, and the trained roles behind the evaluator gate. Prints one
 JSON object: strict accuracy of each (share of answers passing every check, with its standard
 error), mean answer length in words, the gate's keep/replace counts, examples per role used for
-training, and wall time per phase.
+training, where the regenerator's targets came from (a passing sample, the repaired response, none)
+and its fix/keep mix, and wall time per phase.
 
-    python benchmarks/helixnet_train.py [--train 64] [--heldout 40] [--samples 4] [--max-tokens 48]
-                                        [--epochs 1] [--work DIR [--resume]]
+    python benchmarks/helixnet_train.py [--train 128] [--heldout 98] [--samples 4] [--max-tokens 48]
+                                        [--epochs 2] [--rank 16] [--work DIR [--resume]]
 
 Answers are greedy (temperature 0) so the actor's answer is the same in every arm; the pipeline
 runs through ``HelixNet.answer`` with concurrent questions batched by ``BatchingEngine``.
+
+The gated arm is the trained arm's turns put through the gate: the pipeline makes exactly this call
+(``gate(question, actor answer, regeneration)`` after a non-empty regeneration) and, being greedy,
+would regenerate the same texts, so running the pipeline a third time would only cost CPU. The
+headline gate is the zero-shot evaluator (it does not see the checks). ``verifier_gate`` is reported
+apart: it keeps the regeneration when it passes more checks than the actor's answer, so it uses the
+checks at inference and is only for users whose tasks are checkable.
 """
 
 from __future__ import annotations
@@ -32,12 +40,12 @@ from _home import bench_home
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=64, help="training prompts (default 64)")
-    parser.add_argument("--heldout", type=int, default=40, help="held-out prompts (default 40)")
+    parser.add_argument("--train", type=int, default=128, help="training prompts (default 128)")
+    parser.add_argument("--heldout", type=int, default=98, help="held-out prompts (default 98: all)")
     parser.add_argument("--samples", type=int, default=4, help="actor samples per training prompt")
     parser.add_argument("--max-tokens", type=int, default=48, help="longest answer of every stage")
-    # One epoch: a step of 8 rows takes about 70 s on 2 cores (Gemma's 262k-token output layer).
-    parser.add_argument("--epochs", type=float, default=1.0, help="training epochs per role (default 1)")
+    parser.add_argument("--epochs", type=float, default=2.0, help="training epochs per role (default 2)")
+    parser.add_argument("--keep-share", type=float, default=0.25, help="most regenerator rows kept as is")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --work")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank")
     parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
@@ -71,7 +79,9 @@ def main() -> None:
             VerifierTeacher(),
             store,
             base="default",
-            config=HelixTrainConfig(samples=args.samples, max_tokens=args.max_tokens, gen_batch=8),
+            config=HelixTrainConfig(
+                samples=args.samples, max_tokens=args.max_tokens, gen_batch=8, keep_share=args.keep_share
+            ),
             sft=LoraSFTConfig(
                 rank=args.rank, alpha=2.0 * args.rank, epochs=args.epochs, batch_size=8, max_length=512
             ),
@@ -87,38 +97,67 @@ def main() -> None:
     batching = BatchingEngine(engine, max_batch=8)
     greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, token_healing=True)
 
-    def run(critic: str | None, regenerator: str | None, **extra: Any) -> list[Any]:
+    def run(arm: str, critic: str | None, regenerator: str | None) -> list[dict[str, Any]]:
+        """The arm's turns as plain texts, kept in --work so a resumed run does not answer again."""
+        cached = work / f"arm-{arm}.json"
+        if args.resume and cached.is_file():
+            turns: list[dict[str, Any]] = json.loads(cached.read_text())
+            if len(turns) == len(heldout):
+                return turns
+        t0 = time.perf_counter()
         net = HelixNet(
-            Role(batching, None, greedy),
-            Role(batching, critic, greedy),
-            Role(batching, regenerator, greedy),
-            **extra,
+            Role(batching, None, greedy), Role(batching, critic, greedy), Role(batching, regenerator, greedy)
         )
         with ThreadPoolExecutor(8) as pool:
-            return list(pool.map(lambda p: net.answer(p.prompt), heldout))
+            answered = list(pool.map(lambda p: net.answer(p.prompt), heldout))
+        turns = [
+            {
+                "question": t.question,
+                "actor": t.actor.text,
+                "critique": t.critique,
+                "regeneration": t.regeneration,
+                "fallback": t.regenerations[0].fallback,
+            }
+            for t in answered
+        ]
+        seconds[f"eval_{arm}"] = time.perf_counter() - t0
+        cached.write_text(json.dumps(turns))
+        return turns
 
     arms: dict[str, list[str]] = {}
-    t0 = time.perf_counter()
-    untrained = run(None, None)
-    seconds["eval_untrained"] = time.perf_counter() - t0
-    arms["actor_alone"] = [t.actor.text for t in untrained]
-    arms["helixnet_untrained"] = [t.regeneration for t in untrained]
-    t0 = time.perf_counter()
-    trained = run(result.adapters["critic"], result.adapters["regenerator"])
-    seconds["eval_trained"] = time.perf_counter() - t0
-    arms["helixnet_trained"] = [t.regeneration for t in trained]
+    untrained = run("untrained", None, None)
+    arms["actor_alone"] = [t["actor"] for t in untrained]
+    arms["helixnet_untrained"] = [t["regeneration"] for t in untrained]
+    trained = run("trained", result.adapters["critic"], result.adapters["regenerator"])
+    arms["helixnet_trained"] = [t["regeneration"] for t in trained]
     from helixloom.helixnet_gate import evaluator_gate
 
     t0 = time.perf_counter()
     # The gate asks the base model's zero-shot evaluator which of the two answers is better.
-    gated = run(result.adapters["critic"], result.adapters["regenerator"], gate=evaluator_gate(batching))
+    gate = evaluator_gate(batching)
+
+    def gated(t: dict[str, Any]) -> tuple[str, str | None]:
+        if t["fallback"] is not None:  # nothing regenerated: the pipeline asks no gate either
+            return t["regeneration"], None
+        previous_score, regen_score = gate(t["question"], t["actor"], t["regeneration"])
+        if regen_score > previous_score:
+            return t["regeneration"], "regeneration"
+        return t["actor"], "previous"
+
+    with ThreadPoolExecutor(8) as pool:
+        decided = list(pool.map(gated, trained))
     seconds["eval_gate"] = time.perf_counter() - t0
-    arms["helixnet_trained_gate"] = [t.regeneration for t in gated]
-    decisions = [r.gate for t in gated for r in t.regenerations if r.gate is not None]
+    arms["helixnet_trained_gate"] = [text for text, _ in decided]
     gate_counts = {
-        "kept_regeneration": sum(d.kept == "regeneration" for d in decisions),
-        "kept_actor": sum(d.kept == "previous" for d in decisions),
+        "kept_regeneration": sum(k == "regeneration" for _, k in decided),
+        "kept_actor": sum(k == "previous" for _, k in decided),
+        "no_regeneration": sum(k is None for _, k in decided),
     }
+    # Uses the checks at inference: not the headline, only for tasks a user can check by code.
+    verifier_kept = [
+        r if len(p.failures(r)) < len(p.failures(a)) else a
+        for p, a, r in zip(heldout, arms["actor_alone"], arms["helixnet_trained"], strict=True)
+    ]
     batching.close()
 
     report: dict[str, Any] = {"heldout_prompts": len(heldout), "train_prompts": len(train)}
@@ -139,7 +178,21 @@ def main() -> None:
     report["trained_minus_actor_points"] = round(
         100 * (report["helixnet_trained"]["strict_accuracy"] - report["actor_alone"]["strict_accuracy"]), 1
     )
+    pairs = list(zip(heldout, arms["actor_alone"], arms["helixnet_trained"], strict=True))
+    report["trained_vs_actor"] = {  # answers the trained roles fixed and broke
+        "fixed": sum(not p.passes(a) and p.passes(r) for p, a, r in pairs),
+        "broken": sum(p.passes(a) and not p.passes(r) for p, a, r in pairs),
+    }
+    verifier_acc = instructions.strict_accuracy(heldout, verifier_kept)
+    report["verifier_gate_uses_checks_at_inference"] = {
+        "strict_accuracy": round(verifier_acc.value, 4),
+        "stderr": round(verifier_acc.stderr, 4),
+        "passed": verifier_acc.passed,
+        "minus_actor_points": round(100 * (verifier_acc.value - report["actor_alone"]["strict_accuracy"]), 1),
+    }
     report["examples_per_role"] = result.examples
+    report["regeneration_targets"] = result.targets
+    report["regenerator_mix"] = result.regenerator_mix
     report["skipped_regenerations"] = result.skipped_regenerations
     report["train"] = result.as_dict()["train"]
     report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
@@ -147,8 +200,8 @@ def main() -> None:
     report["example"] = {
         "prompt": heldout[0].prompt,
         "actor": arms["actor_alone"][0],
-        "critique_trained": trained[0].critique,
-        "regeneration_trained": trained[0].regeneration,
+        "critique_trained": trained[0]["critique"],
+        "regeneration_trained": trained[0]["regeneration"],
     }
     print(json.dumps(report, indent=2, default=str))
 

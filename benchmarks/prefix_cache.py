@@ -44,20 +44,25 @@ def main() -> None:
     from helixloom.weave import Evaluator, Question, WeaveConfig, weave
 
     engine = HFEngine.load("default")
-    params = sampling(temperature=0, max_tokens=args.stage_tokens)
+    # Greedy, and seeded: a stage that comes out empty is retried by *sampling* (HelixNet's repair,
+    # ``helixnet.stages.retry_sampling``), with a seed derived from the request's. Without a seed the
+    # retries are random, and the two runs could not be compared (an earlier version of this
+    # benchmark reported "not identical" for exactly that reason).
+    params = sampling(temperature=0, max_tokens=args.stage_tokens, seed=0)
     role = Role(engine, None, params)
 
-    def chat() -> tuple[list[int], list[str]]:
+    def chat() -> tuple[list[int], list[str], int]:
         net = HelixNet(role, role, role)
         history: list[Exchange] = []
-        per_turn, texts = [], []
+        per_turn, texts, retries = [], [], 0
         for question in QUESTIONS[: args.turns]:
             before = engine.prefill_tokens
             turn = net.answer(question, history)
             per_turn.append(engine.prefill_tokens - before)
             texts += [s.text for s in turn.stages]
+            retries += sum(max(0, s.attempts - 1) for s in turn.stages)
             history.append(Exchange(question, turn.regeneration))
-        return per_turn, texts
+        return per_turn, texts, retries
 
     def tree() -> tuple[float, str]:
         evaluator = Evaluator(engine, [Question("Is this the beginning of a sad story?")])
@@ -74,7 +79,7 @@ def main() -> None:
         engine.prefix_caching = cached
         engine.prefix_cache.clear()
         start = time.perf_counter()
-        per_turn, chat_texts = chat()
+        per_turn, chat_texts, retries = chat()
         chat_s = time.perf_counter() - start
         start = time.perf_counter()
         per_node, tree_text = tree()
@@ -82,6 +87,7 @@ def main() -> None:
         label = "cached" if cached else "uncached"
         report[f"helixnet_{label}_prefill_tokens_per_turn"] = per_turn
         report[f"helixnet_{label}_seconds"] = round(chat_s, 2)
+        report[f"helixnet_{label}_stage_retries"] = retries  # empty stages resampled (seeded)
         report[f"weave_{label}_prefill_tokens_per_node"] = round(per_node, 1)
         report[f"weave_{label}_seconds"] = round(time.perf_counter() - start, 2)
         print(json.dumps({k: v for k, v in report.items() if label in k}), file=sys.stderr, flush=True)

@@ -384,3 +384,56 @@ def test_loom_rolls_record_the_public_name_and_the_version_served(
     assert versions[0] != versions[1]
     models = httpx.get(url + "/api/loom/models").json()["models"]
     assert {m["id"]: m["version"] for m in models if m["kind"] == "adapter"} == {"mine": versions[1]}
+
+
+def test_a_retrained_helixnet_role_is_used_from_the_next_request(
+    tiny_model: TinyModel, helixloom_home: Path, home_adapter: Path, reference: HFEngine
+) -> None:
+    """HelixNet's role adapters are pinned per request like any other: a critic retrained in place is
+    used from the next request on (before, roles were loaded once and served stale until a restart),
+    and sessions still record the role under the name the user gave it."""
+    from helixloom.helixnet import LMoE
+
+    helixloom_home.mkdir(parents=True, exist_ok=True)
+    Store.open_default().add_adapter("mine", str(home_adapter))
+    state, _ = open_server(tiny_model, helixnet_adapters={"critic": "mine"})
+    question = [{"role": "user", "content": "Why do cats purr?"}]
+    params = sampling(temperature=0, max_tokens=6, seed=0)
+
+    sessions: list[str] = []
+
+    def served_critique(url: str) -> str:
+        reply = client(url).chat.completions.create(
+            model="helixnet",
+            messages=question,
+            temperature=0,
+            max_tokens=6,
+            seed=0,  # type: ignore[arg-type]
+        )
+        info = reply.model_extra["helixnet"]  # type: ignore[index]
+        sessions.append(info["session_id"])
+        return info["critique"]
+
+    def expected_critique() -> str:
+        """The critique the adapter's weights now on disk write, on a reference engine."""
+        name = f"ref-{adapter_version(home_adapter)}"
+        reference.load_adapter(name, str(home_adapter))
+        try:
+            lmoe = LMoE(reference, {"critic": name}, state.helixnet_format)
+            session, asked = lmoe.resume(question, params, Store.open_default())
+            return session.ask(asked).critique
+        finally:
+            reference.unload_adapter(name)
+
+    with serving(state) as server:
+        old = expected_critique()
+        assert served_critique(server.url) == old
+        retrain(tiny_model.path, home_adapter, seed=21)
+        new = expected_critique()
+        assert new != old, "the retrained critic must write differently for this test to mean anything"
+        assert served_critique(server.url) == new
+        for session_id in sessions:  # recorded under the role's name, not the per-version one
+            stored = state.store.get_session(session_id)
+            assert stored is not None and stored.meta["roles"]["critic"]["adapter"] == "mine"
+            critic = [m for m in state.store.get_messages(session_id) if m.stage == "critic"]
+            assert critic and all(m.adapter == "mine" for m in critic)

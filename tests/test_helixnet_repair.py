@@ -6,7 +6,7 @@ from __future__ import annotations
 from helixloom.engine import sampling
 from helixloom.helixnet import NO_CRITIQUE, HelixNet, Role, StageEvent
 from helixloom.helixnet.stages import is_degenerate, may_be_degenerate, retry_sampling
-from helixloom.helixnet_gate import GATE_QUESTION, evaluator_gate
+from helixloom.helixnet_gate import evaluator_gate, gate_question
 from tests.scripted import ScriptedEngine
 
 SEEDED = sampling(temperature=0.75, max_tokens=64, seed=7)
@@ -115,5 +115,5 @@ def test_the_gate_keeps_the_better_answer_both_ways() -> None:
             else (decision.previous_score, decision.regeneration_score)
         )
         assert winner > loser
-        assert all(GATE_QUESTION in p for p in judge.scored)
+        assert all(gate_question() in p for p in judge.scored)
         assert streamed(events, "regenerator") == better  # held back, then the kept answer

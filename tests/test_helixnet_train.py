@@ -102,8 +102,10 @@ def test_verifier_critique_names_the_failed_checks_and_regenerates_by_rejection(
     assert lesson.regeneration == "The sea is blue."  # the first sample that passes every check
     kept = VerifierTeacher().teach([Attempt(PROMPT, SYSTEM, ("Blue sea.", "The sea is blue."))])[0]
     assert "follows every instruction" in kept.critique and kept.regeneration == "Blue sea."
-    none = VerifierTeacher().teach([Attempt(PROMPT, SYSTEM, (bad, bad))])[0]
-    assert none.regeneration is None  # no sample passes: no regenerator example
+    none = VerifierTeacher(repair=False).teach([Attempt(PROMPT, SYSTEM, (bad, bad))])[0]
+    assert none.regeneration is None  # no sample passes and no repair: no regenerator example
+    repaired = VerifierTeacher().teach([Attempt(PROMPT, SYSTEM, (bad, bad))])[0]
+    assert repaired.outcome == "repaired" and PROMPT.passes(repaired.regeneration or "")
 
 
 def test_llm_teacher_critiques_then_regenerates_from_its_critique() -> None:
@@ -163,6 +165,10 @@ def test_train_helixnet_trains_both_roles_registers_the_set_and_resumes(
         sft=FAST,
     )
     assert result.examples["critic"] == 6 and 0 < result.examples["regenerator"] <= 6
+    assert sum(result.targets.values()) == 6 and set(result.targets) <= {"kept", "sample", "repaired"}
+    mix = result.regenerator_mix
+    made = mix["keep"] + mix.get("fix_sample", 0) + mix.get("fix_repaired", 0)
+    assert made == result.examples["regenerator"]
     for role in ("critic", "regenerator"):
         assert result.train[role].changed_fraction == 1.0  # every trainable parameter of both adapters moved
     assert adapters.helixnet_set(store, "hx") == {"critic": "hx-critic", "regenerator": "hx-regenerator"}

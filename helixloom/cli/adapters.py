@@ -1,5 +1,5 @@
-"""``helixloom models`` and ``helixloom adapters list|show|add|extract|export-gguf|remove``: the models that
-can be used and the registered LoRA adapters."""
+"""``helixloom models`` and ``helixloom adapters list|show|add|extract|export-gguf|export-helixnet|
+remove``: the models that can be used and the registered LoRA adapters."""
 
 from __future__ import annotations
 
@@ -73,6 +73,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     aexp.add_argument("--out", help="the .gguf file to write (default: NAME's folder/adapter_model.gguf)")
     aexp.set_defaults(run=cmd_adapters_export_gguf)
+    ahx = asub.add_parser(
+        "export-helixnet",
+        help="export a HelixNet-LMoE set (its role LoRAs) for vLLM and/or llama.cpp",
+        description="Write the HelixNet set NAME (made by `helixloom train helixnet`) into --out as other "
+        "servers use it: for vLLM, each role's PEFT adapter with the `vllm serve ... --lora-modules "
+        "name=path` line and an example request per role; for llama.cpp, each role's GGUF LoRA with the "
+        "`llama-server --lora ...` line and an example request per role (its per-request `lora` field). "
+        "helixnet.json lists it all.",
+    )
+    ahx.add_argument("name", metavar="NAME", help="the HelixNet set's name")
+    ahx.add_argument("--out", required=True, metavar="DIR", help="the folder to write (empty or absent)")
+    ahx.add_argument(
+        "--format", choices=("vllm", "gguf", "both"), default="both", help="what to write (default both)"
+    )
+    ahx.add_argument(
+        "--base",
+        metavar="SPEC",
+        help="the base model as vLLM names it (default: the adapters' base_model_name_or_path)",
+    )
+    ahx.add_argument(
+        "--base-gguf",
+        metavar="FILE",
+        help="the base model's .gguf file llama.cpp loads (default: the GGUF the set's base came from)",
+    )
+    ahx.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    ahx.add_argument("--json", action="store_true", help="print what was written as JSON")
+    ahx.set_defaults(run=cmd_adapters_export_helixnet)
     ashow = asub.add_parser(
         "show",
         help="show an adapter: its record, and the report learn stored with it",
@@ -246,4 +273,30 @@ def cmd_adapters_remove(args: argparse.Namespace) -> int:
         if not store.remove_adapter(args.name):
             raise HelixloomError(f"no adapter named {args.name!r}", "see `helixloom adapters list`")
     print(f"removed adapter {args.name}")
+    return 0
+
+
+def cmd_adapters_export_helixnet(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from helixloom.cli.common import open_store
+    from helixloom.helixnet.export import FORMATS, export_helixnet
+
+    formats = FORMATS if args.format == "both" else (args.format,)
+    with open_store() as store:
+        done = export_helixnet(
+            store,
+            args.name,
+            Path(args.out),
+            formats=formats,
+            base=args.base,
+            base_gguf=Path(args.base_gguf) if args.base_gguf else None,
+            overwrite=args.overwrite,
+        )
+    if args.json:
+        print(json.dumps(done.as_dict()))
+        return 0
+    print(f"wrote HelixNet set {done.name} to {done.out} (manifest: helixnet.json)")
+    for fmt, line in done.commands.items():
+        print(f"{fmt}: {line}")
     return 0

@@ -30,9 +30,11 @@ def register(tsub: argparse._SubParsersAction) -> None:
         "the teacher critiques the answer and regenerates it, and a critic LoRA and a regenerator LoRA are "
         "fine-tuned on those, in HelixNet's exact prompt formats. --teacher is a model spec (a bigger local "
         "model, openai:URL#MODEL) or 'verifier': for instruction prompts whose answers code can check, the "
-        "critique lists the failed checks and the regeneration is the first of --samples actor answers "
-        "that passes them (prompts with none give the regenerator no example). The adapters are registered "
-        "as NAME-critic and NAME-regenerator, the set as NAME: `helixloom serve --helixnet NAME`, or "
+        "critique lists the failed checks and the regeneration of a failed answer is the passing one of "
+        "--samples actor answers nearest it, else the answer repaired in code (--no-repair: none). The "
+        "regenerator learns mostly from failed answers, with at most --keep-share kept as they are. The "
+        "adapters are registered as NAME-critic and NAME-regenerator, the set as NAME: `helixloom serve "
+        "--helixnet NAME`, or "
         "`helixloom chat --critic-adapter NAME-critic --regenerator-adapter NAME-regenerator`.",
     )
     p.add_argument(
@@ -99,7 +101,7 @@ def cmd_train_helixnet(args: argparse.Namespace) -> int:
         engine.load_adapter(actor_adapter, str(folder))
     teacher: Teacher
     if args.teacher == VERIFIER:
-        teacher = VerifierTeacher()
+        teacher = VerifierTeacher(repair=config.repair)
     else:
         teacher_engine = engine if args.teacher == args.base else load_engine(args.teacher)
         teacher = EngineTeacher(teacher_engine, name=args.teacher, max_tokens=config.teacher_max_tokens)

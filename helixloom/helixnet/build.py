@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +92,13 @@ def build(
 @dataclass(frozen=True)
 class LMoE:
     """HelixNet-LMoE on one loaded engine, as the server runs it: each role is an adapter on that
-    engine (None: the base model)."""
+    engine (None: the base model), under ``labels``' names in the records where given."""
 
     engine: Engine
     adapters: Mapping[Stage, str | None]
     prompt_format: PromptFormat
     rounds: int = 1
+    labels: Mapping[Stage, str | None] = field(default_factory=dict)
 
     def resume(
         self,
@@ -119,7 +120,10 @@ class LMoE:
             raise HelixloomError("the last message must be the user's question", param="messages")
         talk = conversation(messages)
         params = sampling.model_copy(update={"token_healing": True})
-        roles = {stage: Role(self.engine, self.adapters.get(stage), params) for stage in STAGES}
+        roles = {
+            stage: Role(self.engine, self.adapters.get(stage), params, label=self.labels.get(stage))
+            for stage in STAGES
+        }
         net = HelixNet(
             roles["actor"],
             roles["critic"],

@@ -36,11 +36,20 @@ SEED_SAMPLING = SamplingParams(temperature=0.75, top_p=1.0, top_k=50, max_tokens
 
 @dataclass(frozen=True)
 class Role:
-    """Who plays a stage: an engine, the adapter to use on it (None = base) and sampling."""
+    """Who plays a stage: an engine, the adapter to use on it (None = base) and sampling.
+
+    ``label`` is the adapter's name as the user knows it, recorded in sessions, when the engine
+    serves it under another (the server pins a version per request: ``NAME@VERSION-N``)."""
 
     engine: Engine
     adapter: str | None = None
     sampling: SamplingParams = SEED_SAMPLING
+    label: str | None = None
+
+    @property
+    def adapter_name(self) -> str | None:
+        """The adapter as records name it."""
+        return self.label or self.adapter
 
 
 # Scores (previous answer, regeneration) for a question; the regeneration is kept only when it scores
@@ -231,7 +240,7 @@ class HelixNet:
             raw_text="",
             prompt="",
             model=role.engine.model_name,
-            adapter=role.adapter,
+            adapter=role.adapter_name,
             sampling=role.sampling,
             finish_reason=finish_reason,
             usage=Usage(0, 0),
@@ -298,7 +307,7 @@ class HelixNet:
             raw_text=result.text,
             prompt=prompt,
             model=role.engine.model_name,
-            adapter=role.adapter,
+            adapter=role.adapter_name,
             sampling=retry_sampling(role.sampling, attempt),
             finish_reason=result.finish_reason,
             usage=result.usage,

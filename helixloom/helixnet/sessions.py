@@ -70,7 +70,7 @@ class HelixChat:
             )
         if not self._recorded:
             roles = {
-                stage: {"model": role.engine.model_name, "adapter": role.adapter}
+                stage: {"model": role.engine.model_name, "adapter": role.adapter_name}
                 for stage, role in self.net.roles.items()
             }
             session = self.store.record_session(

@@ -4,6 +4,7 @@ engine's adapters) and ``weave`` (a tree search, answered with its best branch).
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import AsyncIterator
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -43,17 +44,31 @@ def helixnet(
     in the ``helixnet`` field (streamed first as ``reasoning_content``)."""
     if body.n != 1:
         raise HelixloomError("helixnet answers with one choice; use n=1", param="n")
-    lmoe = LMoE(state.engine, state.helixnet_roles, state.helixnet_format, state.config.helixnet_rounds)
-    gate = evaluator_gate(state.engine) if body.helixnet_gate(state.config.helixnet_gate) else None
-    session, question = lmoe.resume(
-        body.plain_messages(),
-        params,
-        state.store,
-        session_id=origin.session_id,
-        api_key_label=origin.key_label,
-        meta={"endpoint": origin.endpoint, "model": "helixnet"},
-        gate=gate,
+    engine_names, pins = state.pin_helixnet()
+    lmoe = LMoE(
+        state.engine,
+        engine_names,
+        state.helixnet_format,
+        state.config.helixnet_rounds,
+        labels=state.helixnet_roles,
     )
+    gate = evaluator_gate(state.engine) if body.helixnet_gate(state.config.helixnet_gate) else None
+    try:
+        session, question = lmoe.resume(
+            body.plain_messages(),
+            params,
+            state.store,
+            session_id=origin.session_id,
+            api_key_label=origin.key_label,
+            meta={"endpoint": origin.endpoint, "model": "helixnet"},
+            gate=gate,
+        )
+    except BaseException:
+        for pin in pins:
+            pin.release()
+        raise
+    for pin in pins:  # the role versions are held while the session (and its stream) lives
+        weakref.finalize(session, pin.release)
     if body.stream:
         return origin.stream(_helixnet_chunks(session, question, origin, body.include_usage))
     turn = session.ask(question)

@@ -12,7 +12,7 @@ from typing import Literal
 from starlette.requests import Request
 
 from helixloom import paths
-from helixloom.adapters import LiveAdapters, ServedAdapter
+from helixloom.adapters import LiveAdapters, Pin, ServedAdapter
 from helixloom.engine import Engine
 from helixloom.engine.batching import BatchingEngine
 from helixloom.engine.select import EngineChoice
@@ -117,8 +117,9 @@ class ServerState:
         self.adapters = LiveAdapters(self.engine, store)
         for name, path in config.adapters.items():
             self.adapters.add(name, Path(path).expanduser(), "serve")  # fail at start-up, not on use
-        # HelixNet's roles are loaded once, at start-up, and held for the server's life (a pipeline
-        # runs several stages and holds no Target across them).
+        # HelixNet's roles are served adapters like any other: each request pins the newest version of
+        # every role for all its stages (``pin_helixnet``), so a retrained critic is used from the next
+        # request on, never stale; sessions record each role under the name the user gave it.
         self.helixnet_roles: dict[Stage, str | None] = {}
         for stage in STAGES:
             spec = config.helixnet_adapters.get(stage)
@@ -226,21 +227,59 @@ class ServerState:
         return folder
 
     def _role_adapter(self, spec: str) -> str:
-        """A HelixNet role's adapter (a served name, or a folder) loaded and held; the engine's name."""
+        """A HelixNet role's adapter (a served name, or a registered name or folder, served from now
+        on under its name), checked by loading it now; the name it is served under."""
         from helixloom import adapters
 
         with self._lock:
-            # A served name (registry or ``serve --adapter``) is loaded under that same name, so the
-            # sessions HelixNet records name the role's adapter as the user knows it (not the
-            # per-version name requests get); roles are held for the server's life.
-            served = self.adapters.folder_of(spec)
-            name, folder = (spec, served) if served is not None else adapters.resolve(self.store, spec)
-            loaded = {a.name: a.path for a in self.engine.adapters()}
-            if name not in loaded:
-                self.engine.load_adapter(name, str(folder))
-            elif Path(loaded[name]) != folder.resolve():
-                raise HelixloomError(f"adapter {name!r} is loaded from another folder", "restart the server")
+            if self.adapters.folder_of(spec) is not None:
+                name = spec
+            else:
+                name, folder = adapters.resolve(self.store, spec)
+                served = self.adapters.folder_of(name)
+                if served is None:
+                    self.adapters.add(name, folder, "serve")
+                elif served != folder.resolve():
+                    raise HelixloomError(
+                        f"HelixNet role adapter {spec!r}: the name {name!r} already serves another folder",
+                        "register the role's adapter under a name of its own",
+                    )
+            self.adapters.pin(name).release()  # a folder the engine cannot use fails at start-up
             return name
+
+    def pin_helixnet(self) -> tuple[dict[Stage, str | None], list[Pin]]:
+        """The engine names of HelixNet's role adapters at their newest versions, held until the
+        pins are released (when the request's stages are done)."""
+        engine_names: dict[Stage, str | None] = {}
+        pins: list[Pin] = []
+        try:
+            for stage, name in self.helixnet_roles.items():
+                if name is None:
+                    engine_names[stage] = None
+                    continue
+                try:
+                    pin = self.adapters.pin(name)
+                except KeyError:
+                    raise HelixloomError(
+                        f"HelixNet's {stage} adapter {name!r} is no longer served (it was unloaded)",
+                        "load it again with POST /v1/load_lora_adapter",
+                        param="model",
+                    ) from None
+                except AdapterError as exc:
+                    log.warning("HelixNet's %s adapter %s cannot be loaded: %s", stage, name, exc)
+                    raise HelixloomError(
+                        f"HelixNet's {stage} adapter {name!r} cannot be loaded now (its folder changed "
+                        "and is not a LoRA this model can use, or is still being written)",
+                        "retry once it is written; the server's log has the details",
+                        param="model",
+                    ) from None
+                pins.append(pin)
+                engine_names[stage] = pin.engine_name
+        except BaseException:
+            for pin in pins:
+                pin.release()
+            raise
+        return engine_names, pins
 
     def check_key(self, authorization: str | None) -> str | None:
         """The label of the request's API key; ``PermissionError`` when keys are required and this one

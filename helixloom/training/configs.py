@@ -179,6 +179,17 @@ class HelixTrainConfig:
     gen_batch: int = field(default=8, metadata={"help": "prompts per generation batch"})
     limit: int = field(default=0, metadata={"help": "use only the first N prompts (0: all)"})
     sample_seed: int = field(default=0, metadata={"help": "seed of the actor's sampling"})
+    keep_share: float = field(
+        default=0.25,
+        metadata={
+            "help": "largest share of the regenerator's examples whose response already passed and is kept "
+            "as it is (the rest teach it to fix a failed response)"
+        },
+    )
+    repair: bool = field(
+        default=True,
+        metadata={"help": "the verifier repairs a failed response in code when no actor sample passes"},
+    )
 
     def __post_init__(self) -> None:
         for name in ("samples", "max_tokens", "teacher_max_tokens", "gen_batch"):
@@ -186,6 +197,8 @@ class HelixTrainConfig:
                 raise HelixloomError(f"{name} must be positive", param=name)
         if self.temperature < 0 or self.limit < 0:
             raise HelixloomError("temperature and limit must be >= 0", param="temperature")
+        if not 0 <= self.keep_share < 1:
+            raise HelixloomError("keep_share must be in [0, 1)", param="keep_share")
 
     @classmethod
     def help(cls) -> dict[str, str]:

@@ -7,7 +7,10 @@ A linear recipe in four phases, each leaving files under ``HELIXLOOM_HOME/runs/h
    regeneration (``helixnet_teachers``). Each finished batch is appended to ``lessons.partial.jsonl``;
 2. **rows**: the lessons become training rows in the seed's exact formats: the critic's prompt ends
    ``CRITIQUE:`` and its completion is the critique; the regenerator's ends ``REGENERATOR: REGENERATED
-   ANSWER:`` and its completion is the regeneration (``critic.jsonl``, ``regenerator.jsonl``);
+   ANSWER:`` and its completion is the regeneration (``critic.jsonl``, ``regenerator.jsonl``). The
+   regenerator learns mainly from responses that failed (target: a passing sample or the repaired
+   response), plus at most ``keep_share`` of rows whose response passed and is kept unchanged
+   (``regenerator_mix``), so it learns to fix, and to leave a good answer alone, not to copy;
 3. **train**: one LoRA per role (``adapters/NAME-critic``, ``adapters/NAME-regenerator``);
 4. **register** both adapters, each with ``{"helixnet": NAME, "role": ...}`` in its metadata: that
    is the set ``--helixnet NAME`` resolves (``adapters.helixnet_set``).
@@ -33,7 +36,7 @@ from helixloom.evals.instructions import InstructionPrompt
 from helixloom.prompting import PromptFormat, Stage
 from helixloom.store import Store
 from helixloom.training.configs import HelixTrainConfig, LoraSFTConfig
-from helixloom.training.helixnet_teachers import Attempt, Teacher
+from helixloom.training.helixnet_teachers import OUTCOMES, Attempt, Teacher
 from helixloom.training.sft import train_lora
 from helixloom.training.trainer import TrainResult
 
@@ -59,6 +62,8 @@ class HelixTrainResult:
     examples: dict[str, int]  # role -> training rows
     skipped_regenerations: int  # prompts where the teacher gave no regeneration (no sample passed)
     adapters: dict[str, str]  # role -> registered adapter name
+    targets: dict[str, int] = field(default_factory=dict)  # lesson outcome (teachers.OUTCOMES) -> count
+    regenerator_mix: dict[str, int] = field(default_factory=dict)  # fix / keep rows, keep_available
     train: dict[str, TrainResult] = field(default_factory=dict)  # roles trained in this run
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -139,6 +144,7 @@ def teach(
                     else None,
                     "critique": lesson.critique,
                     "regeneration": lesson.regeneration,
+                    "outcome": lesson.outcome,
                 }
                 for a, lesson in zip(attempts, lessons, strict=True)
             ]
@@ -198,23 +204,22 @@ def train_helixnet(
         lessons = teach(
             prompts, actor, teacher, folder / PARTIAL, fmt=fmt, system=system, config=config
         )  # fmt: skip
-        rows: dict[str, list[dict[str, str]]] = {r: [] for r in ROLES}
-        for lesson in lessons:
-            made = role_rows(
-                fmt, actor.engine, system, lesson["question"], lesson["response"],
-                lesson["critique"], lesson["regeneration"],
-            )  # fmt: skip
-            for role, row in made.items():
-                rows[role].append(row)
+        rows, mix = build_rows(lessons, fmt, actor.engine, system, keep_share=config.keep_share)
         for role in ROLES:
             atomic.write_jsonl(folder / f"{role}.jsonl", rows[role])
         atomic.write_jsonl(folder / "lessons.jsonl", lessons)
+        atomic.write_json(folder / "mix.json", mix)
         (folder / PARTIAL).unlink(missing_ok=True)
         seconds["teach"] = time.perf_counter() - t0
         state = _mark(folder, state, "teach", seconds)
     lessons = [row for _, row in jsonl.read(folder / "lessons.jsonl")]
     examples: dict[str, int] = {role: sum(1 for _ in jsonl.read(folder / f"{role}.jsonl")) for role in ROLES}
-    say(f"role data: {examples['critic']} critic and {examples['regenerator']} regenerator examples")
+    mix = json.loads((folder / "mix.json").read_text()) if (folder / "mix.json").is_file() else {}
+    targets = {o: n for o in OUTCOMES if (n := sum(1 for row in lessons if row.get("outcome") == o))}
+    say(
+        f"role data: {examples['critic']} critic and {examples['regenerator']} regenerator examples; "
+        f"targets {targets}; regenerator mix {mix}"
+    )
 
     trained: dict[str, TrainResult] = {}
     for role in ROLES:
@@ -250,8 +255,37 @@ def train_helixnet(
     _mark(folder, state, "register", seconds)
     skipped = sum(1 for row in lessons if row["critique"] and not row["regeneration"])
     return HelixTrainResult(
-        name, len(prompts), dict(examples), skipped, dict(registered), dict(trained), seconds
+        name, len(prompts), dict(examples), skipped, dict(registered), targets, mix, dict(trained), seconds
     )
+
+
+def build_rows(
+    lessons: Sequence[dict[str, Any]], fmt: PromptFormat, engine: Engine, system: str, *, keep_share: float
+) -> tuple[dict[str, list[dict[str, str]]], dict[str, int]]:
+    """Role rows from the lessons, and the regenerator's mix. Every critique is a critic row. A
+    regenerator row whose response passed (``kept``) is one of at most ``keep_share`` of the
+    regenerator's rows (the first ones in prompt order); every other regeneration is a fix row,
+    counted in the mix by where its target came from (``fix_sample``, ``fix_repaired``...)."""
+    usable = [row for row in lessons if row["critique"].strip() and (row["regeneration"] or "").strip()]
+    fix = sum(1 for row in usable if row.get("outcome") != "kept")
+    kept_available = len(usable) - fix
+    keep_room = int(keep_share * fix / (1 - keep_share)) if fix else kept_available
+    rows: dict[str, list[dict[str, str]]] = {r: [] for r in ROLES}
+    mix = {"keep": 0, "keep_available": kept_available}
+    for lesson in lessons:
+        regeneration = lesson["regeneration"]
+        outcome = lesson.get("outcome", "teacher")
+        if outcome == "kept" and mix["keep"] >= keep_room:
+            regeneration = None
+        made = role_rows(
+            fmt, engine, system, lesson["question"], lesson["response"], lesson["critique"], regeneration
+        )
+        for role, row in made.items():
+            rows[role].append(row)
+        if "regenerator" in made:
+            key = "keep" if outcome == "kept" else f"fix_{outcome}"
+            mix[key] = mix.get(key, 0) + 1
+    return rows, mix
 
 
 def _seed(seed: int, prompt_id: str, sample: int) -> int:
