@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helixloom.documents import grounded, grounding, mix, rephrase, retrieval
+from helixloom.documents import grounded, grounding, mix, perspectives, rephrase, retrieval
 from helixloom.documents.ingest import ingest
 from helixloom.documents.questions import Suite, generate_pairs
 from helixloom.engine import GenerationRequest
@@ -40,8 +40,8 @@ def documents(tmp_path: Path) -> list:
 
 def test_every_perspective_produces_pairs_whose_answers_are_the_documents_text(documents: list) -> None:
     for doc in documents:
-        built = grounded.build(doc)
-        assert set(built) == set(grounded.PERSPECTIVES)
+        built = perspectives.build_pairs(doc)
+        assert set(built) == set(perspectives.PERSPECTIVES)
         for name, pairs in built.items():
             assert pairs, f"{name} made no pairs for {doc.title}"
             for p in pairs:
@@ -51,7 +51,7 @@ def test_every_perspective_produces_pairs_whose_answers_are_the_documents_text(d
                     assert p.answer.startswith(doc.title) and p.answer[len(doc.title) + 2 :] in text
                 elif name != "entity":  # entity descriptions are rewritten sentences
                     assert p.answer in text
-    news = grounded.build(next(d for d in documents if "Zorblax" in d.title))
+    news = perspectives.build_pairs(next(d for d in documents if "Zorblax" in d.title))
     span = {p.key: p.question for p in news["span"]}
     assert span["On 14 March 2031"].startswith("When the Quentmoor Council voted")
     assert "how many animals" in span["about 400"]
@@ -102,7 +102,7 @@ def test_the_teachers_pairs_are_grounded_and_the_dropped_counted_per_prompt(docu
 
 def test_the_teacher_rephrases_and_code_checks_the_rephrasing(documents: list) -> None:
     news = next(d for d in documents if "Zorblax" in d.title)
-    pairs = [p for ps in grounded.build(news).values() for p in ps]
+    pairs = [p for ps in perspectives.build_pairs(news).values() for p in ps]
 
     def reply(request: GenerationRequest) -> str:
         rough = request.prompt.rsplit("Rough: ", 1)[1].split("\n")[0]
@@ -126,7 +126,7 @@ def test_the_teacher_rephrases_and_code_checks_the_rephrasing(documents: list) -
 
 
 def test_the_mix_holds_out_questions_tags_documents_and_replays_general_text(documents: list) -> None:
-    pairs = [p for d in documents for ps in grounded.build(d).values() for p in ps]
+    pairs = [p for d in documents for ps in perspectives.build_pairs(d).values() for p in ps]
     train, held = mix.split_heldout(pairs, 0.15)
     assert held and len(train) + len(held) == len(pairs)
     trained_facts = {(p.doc_id, p.fact) for p in train}

@@ -37,6 +37,7 @@ from helixloom import atomic, jsonl, paths
 from helixloom.documents import dataset, grounded, mix, retrieval
 from helixloom.documents import rephrase as rephrasing
 from helixloom.documents.ingest import ingest
+from helixloom.documents.perspectives import PERSPECTIVES, build_pairs
 from helixloom.documents.questions import QAReport, Suite, generate_pairs
 from helixloom.engine import Engine
 from helixloom.errors import HelixloomError
@@ -74,7 +75,7 @@ def prepare(
     chunk_tokens: int = 1024,
     one_at_a_time: bool = True,
     sft: LoraSFTConfig | None = None,
-    perspectives: Sequence[str] = grounded.PERSPECTIVES,
+    perspectives: Sequence[str] = PERSPECTIVES,
     rephrase: bool = True,
     teacher_spec: str | None = None,
     review: bool = False,
@@ -115,7 +116,7 @@ def prepare(
     dataset.write_json(folder / dataset.PLAN, plan)
     built: list[grounded.Pair] = []
     for doc in found.documents:
-        for pairs in grounded.build(doc, perspectives).values():
+        for pairs in build_pairs(doc, perspectives).values():
             built.extend(pairs)
     seconds["grounded_pairs"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -238,7 +239,7 @@ def resume_generation(
             "sft": _config(sft_fields),
             "teacher_spec": plan["teacher"],
             "review": plan["review"],
-            "perspectives": tuple(plan.get("perspectives", grounded.PERSPECTIVES)),
+            "perspectives": tuple(plan.get("perspectives", PERSPECTIVES)),
             "rephrase": bool(plan.get("rephrase", True)),
         }
         sources = plan["sources"]

@@ -27,7 +27,7 @@ class LearnConfig(LoraSFTConfig):
     holdout: float = field(
         default=0.15, metadata={"help": "share of generated questions held out to measure"}
     )
-    replay: float = field(default=0.1, metadata={"help": "share of general text mixed in against forgetting"})
+    replay: float = field(default=0.2, metadata={"help": "share of general text mixed in against forgetting"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
