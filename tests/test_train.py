@@ -308,3 +308,43 @@ def test_resume_passes_over_a_half_written_checkpoint(tmp_path: Path) -> None:
     assert prepare_run_dir(tmp_path, resume=True) == str(good)
     assert prepare_run_dir(tmp_path, resume=False) is None
     assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_output_layer_on_loss_tokens_only_gives_the_same_loss_and_gradients(tiny_model) -> None:
+    """The training speed-up scores only the answer's positions; the loss and every LoRA gradient
+    must equal TRL's own all-positions path (and TRL must still decide through the name we patch)."""
+    import torch
+    from peft import get_peft_model
+    from trl.trainer import utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from helixloom.training.trainer import lora_config, output_layer_on_loss_tokens_only
+
+    assert callable(trl_utils._use_triton), "TRL moved the switch the speed-up relies on"
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model.path), dtype=torch.float32)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    model = get_peft_model(model, lora_config(LoraSFTConfig(rank=4, alpha=8, dropout=0.0)))  # no noise
+    ids = torch.randint(5, 200, (3, 24))
+    labels = ids.clone()
+    labels[:, :15] = -100  # a prompt, then the answer
+    labels[2, 20:] = -100  # and a shorter answer (its padding)
+
+    def loss_and_grads() -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
+        loss = -out.log_probs.sum() / (labels != -100).sum()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    loss_all, grads_all = loss_and_grads()
+    with output_layer_on_loss_tokens_only():
+        assert trl_utils._use_triton(torch.device("cpu")) is True  # the compact path is taken
+        loss_compact, grads_compact = loss_and_grads()
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # restored afterwards
+    assert loss_compact == pytest.approx(loss_all, rel=1e-5)
+    assert sum(float(g.abs().sum()) for g in grads_all) > 0  # (LoRA A starts with zero gradients: B is 0)
+    for a, b in zip(grads_all, grads_compact, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -11,7 +11,8 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -199,7 +200,8 @@ def run_trainer(
     watch = _ChangeWatch()
     trainer.add_callback(watch)
     start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    with output_layer_on_loss_tokens_only():
+        output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     trained: Any = trainer.model
     save_adapter(trained, tokenizer, adapter_dir)
@@ -212,6 +214,28 @@ def run_trainer(
         seconds=seconds,
         tokens=int(trainer.state.num_input_tokens_seen or 0),
     )
+
+
+@contextmanager
+def output_layer_on_loss_tokens_only() -> Iterator[None]:
+    """While active, TRL's fused LM head projects only the positions that carry loss.
+
+    TRL's SFT loss runs the output layer in tiles without building the full logits, but off CUDA it
+    still scores *every* position (its reason: on Neuron a changing count of positions recompiles
+    the kernel), then zeroes the prompt's. On a CPU nothing recompiles, and Gemma's 262k-word output
+    layer is most of a step: scoring only the answer's tokens gives the same loss and gradients at
+    2.4x the speed of a step with 200-token rows and 40-token answers (measured on the default model).
+    TRL decides this through ``trl.trainer.utils._use_triton``; a test pins that the name is still
+    there, so a TRL upgrade that moves it fails loudly instead of silently training slower.
+    """
+    from trl.trainer import utils as trl_utils
+
+    decide = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: True  # only its "compact" choice reads this name
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = decide
 
 
 def checkpoint_step(checkpoint: str | None) -> int:
