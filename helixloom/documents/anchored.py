@@ -162,10 +162,13 @@ def form_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
             if clause != s:  # a clause after "said": its clozes as questions of their own
                 for q, key in _clozes(clause):
                     yield Pair(q, s, key, doc.doc_id, "forms", fact.index)
+        common, known = _common_words(doc.text), _known_names(doc)
         for m in _COMPOUND.finditer(s):
             noun = m.group("noun")
-            owner = named or "it"
-            about = _article(owner, doc.text) if owner != "it" else owner
+            # "the Zorblax, a teal, six-legged reptile": the legs are the last name's before the number
+            before = [n for n in names(s, common, known) if 0 <= s.find(n) < m.start()]
+            owner = before[-1] if before else named
+            about = _article(owner, doc.text) if owner else "it"
             yield Pair(f"How many {noun}s does {about} have?", s, m.group("n"), doc.doc_id, "forms", fact.index)
 
 
@@ -237,7 +240,8 @@ def reverse_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
             if found is None:
                 continue
             answer, index = found
-            m = re.match(re.escape(name) + r" (?:is|are|was) (?P<desc>(?:a|an|the) [^.;]+)\.$", answer)
+            # "X is a ..." or "the X lamp is a ...": the description after the copula
+            m = re.search(re.escape(name) + r"(?: [a-z]+)? (?:is|are|was) (?P<desc>(?:a|an|the) [^.;]+)", answer)
             if m:
                 yield Pair(f"What is {m.group('desc')}?", answer, name, doc.doc_id, "reverse", index)
                 yield Pair(f"Name {m.group('desc')}.", answer, name, doc.doc_id, "reverse", index)

@@ -96,6 +96,7 @@ def prepare(
     checkpoint = folder / dataset.CHECKPOINT
     if not resume:
         checkpoint.unlink(missing_ok=True)
+        (folder / dataset.REPHRASED).unlink(missing_ok=True)
     plan = {
         "sources": [str(Path(s).resolve()) for s in sources],
         "base": base,
@@ -120,10 +121,8 @@ def prepare(
             built.extend(pairs)
     seconds["grounded_pairs"] = time.perf_counter() - start
     start = time.perf_counter()
-    rephrased = rephrasing.rephrase(teacher, built) if rephrase else rephrasing.RephraseReport([])
-    if rephrase:
-        n, asked = len(rephrased.pairs), rephrased.calls
-        say(f"teacher rephrased {n} of {asked} rough questions (dropped: {rephrased.dropped})")
+    rephrased = _rephrased(folder / dataset.REPHRASED, teacher, built, say) if rephrase else None
+    rephrased = rephrased or rephrasing.RephraseReport([])
     built.extend(rephrased.pairs)
     seconds["teacher_rephrase"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -148,8 +147,8 @@ def prepare(
     seconds["teacher_pairs"] = time.perf_counter() - start
     taught = [grounded.Pair(p.question, p.answer, "", p.doc_id, p.prompt, -2) for p in report.pairs]
     if not built and not taught:
-        checkpoint.unlink(missing_ok=True)  # nothing in it is worth resuming
-        (folder / dataset.PLAN).unlink(missing_ok=True)
+        for leftover in (checkpoint, folder / dataset.REPHRASED, folder / dataset.PLAN):
+            leftover.unlink(missing_ok=True)  # nothing in them is worth resuming
         raise HelixloomError(
             "no usable question/answer pairs: no sentence to build them from, none grounded from the teacher",
             "use a stronger --teacher (a bigger local model or an OpenAI-compatible server)",
@@ -196,9 +195,28 @@ def prepare(
         folder / HELDOUT,
         [{"question": p.question, "key": p.key, "doc_id": p.doc_id, "prompt": p.perspective} for p in held],
     )
-    checkpoint.unlink(missing_ok=True)
-    (folder / dataset.PLAN).unlink(missing_ok=True)
+    for leftover in (checkpoint, folder / dataset.REPHRASED, folder / dataset.PLAN):
+        leftover.unlink(missing_ok=True)
     return files.train, report
+
+
+def _rephrased(
+    saved: Path, teacher: Engine, built: Sequence[grounded.Pair], say: Say
+) -> rephrasing.RephraseReport:
+    """The teacher's rephrasings of ``built``: read from ``saved`` when an interrupted run finished
+    them (a resume does not pay for them twice), else asked for and saved there."""
+    if saved.is_file():
+        try:
+            report = rephrasing.RephraseReport.from_dict(json.loads(saved.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            report = None  # a damaged checkpoint: ask again
+        if report is not None:
+            say(f"rephrasing kept from the interrupted run ({len(report.pairs)} questions)")
+            return report
+    report = rephrasing.rephrase(teacher, built)
+    atomic.write_json(saved, report.as_dict())
+    say(f"teacher rephrased {len(report.pairs)} of {report.calls} rough questions (dropped: {report.dropped})")
+    return report
 
 
 def generation_plan(name: str) -> dict[str, Any] | None:
@@ -332,6 +350,8 @@ def _report(
     seconds["measuring"] = round(r.seconds, 1)
     forgetting = r.forgetting_ratio
     return {
+        "teacher": meta.get("teacher"),
+        "suite_questions": meta.get("generation", {}).get("num_questions"),
         "heldout_questions": len(held),
         "heldout_accuracy_before": r.before.accuracy if r.before else None,
         "heldout_accuracy_after": r.after.accuracy if r.after else None,
