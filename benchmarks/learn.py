@@ -61,8 +61,7 @@ def main() -> None:
     from helixloom.engine import load_engine, sampling
     from helixloom.evals import keyfacts as qa
     from helixloom.store import Store
-    from helixloom.training import learn
-    from helixloom.training import learn_teacher
+    from helixloom.training import learn, learn_teacher
     from helixloom.training.learn_config import LearnConfig
 
     paths.ensure_home()
@@ -88,14 +87,21 @@ def main() -> None:
 
     overrides = {
         k: v
-        for k, v in (("epochs", args.epochs), ("learning_rate", args.lr), ("rank", args.rank), ("replay", args.replay))
+        for k, v in (
+            ("epochs", args.epochs),
+            ("learning_rate", args.lr),
+            ("rank", args.rank),
+            ("replay", args.replay),
+        )
         if v is not None
     }
     if "rank" in overrides:
         overrides["alpha"] = 2.0 * overrides["rank"]
     sft = LearnConfig(**overrides)
     t0 = time.perf_counter()
-    if args.teacher == "default":  # the engine learn's CLI gives the embedded teacher (llama.cpp if installed)
+    if (
+        args.teacher == "default"
+    ):  # the engine learn's CLI gives the embedded teacher (llama.cpp if installed)
         teacher_spec = learn_teacher.teacher_spec("default")
         teacher: Any = engine if teacher_spec == "default" else load_engine(teacher_spec)
     else:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helixloom.documents import grounded, grounding, mix, perspectives, rephrase, retrieval
+from helixloom.documents import grounding, mix, perspectives, rephrase, retrieval
 from helixloom.documents.ingest import ingest
 from helixloom.documents.questions import Suite, generate_pairs
 from helixloom.engine import GenerationRequest
@@ -60,18 +60,29 @@ def test_every_perspective_produces_pairs_whose_answers_are_the_documents_text(d
     assert entity["What is the Zorblax?"] == "Zorblax is a teal, six-legged reptile."
     # every fact is also asked about with the document's subject named, in natural question forms
     anchored = {p.question: p for p in news["anchored"]}
-    subject = next(t for t in ("Zorblax", "Quentmoor Council") if f"For the {t}: wardens will count the animals when?" in anchored)
-    assert anchored[f"What do you know about the animals of the {subject}?"].answer.startswith("Wardens will count")
+    subject = next(
+        t
+        for t in ("Zorblax", "Quentmoor Council")
+        if f"For the {t}: wardens will count the animals when?" in anchored
+    )
+    assert anchored[f"What do you know about the animals of the {subject}?"].answer.startswith(
+        "Wardens will count"
+    )
     forms = {p.question: p for p in news["forms"]}
     assert forms["How many legs does the Zorblax have?"].key == "six"  # from "six-legged"
     assert "What will wardens count?" in forms
-    assert forms["The population had fallen to how many animals?"].key == "about 400"  # the clause after "said"
+    assert (
+        forms["The population had fallen to how many animals?"].key == "about 400"
+    )  # the clause after "said"
     reverse = {p.question: p.key for p in news["reverse"]}
     assert reverse["What is a teal, six-legged reptile?"] == "Zorblax"
     manual = perspectives.build_pairs(next(d for d in documents if "Brask" in d.title))
     forms = {p.question: p.key for p in manual["forms"]}
     assert "What should you do with the battery of the Brask?" in forms  # an instruction, its subject named
-    assert any(q.startswith("For the Brask: charge the battery for how long") for q in [p.question for p in manual["anchored"]])
+    assert any(
+        q.startswith("For the Brask: charge the battery for how long")
+        for q in [p.question for p in manual["anchored"]]
+    )
     titles = [p.question for p in news["title"]]
     assert "What is the council going to do?" in titles  # a vague, generalised title question
     assert all(p.answer.startswith("Quentmoor Council approves") for p in news["title"])

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     learn.add_argument(
         "--teacher",
         metavar="SPEC",
-        help="model that writes the pairs (default: --base; the embedded model runs on llama.cpp when installed)",
+        help="model that writes the pairs (default: --base)",
     )
     learn.add_argument("--teacher-url", metavar="URL", help="an OpenAI-compatible server as the teacher")
     learn.add_argument("--teacher-model", metavar="MODEL", help="the model name on --teacher-url")

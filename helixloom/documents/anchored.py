@@ -38,6 +38,7 @@ from helixloom.documents.grounded import (
     _common_words,
     _known_names,
     _question,
+    _wordset,
     describe,
     names,
 )
@@ -47,20 +48,26 @@ PERSPECTIVES = ("anchored", "forms", "reverse")
 
 # The question word a unit calls for, besides "how many <unit>" (English units; others keep "how many").
 _UNIT_WH = {
-    **dict.fromkeys(("millimetres", "centimetres", "metres", "kilometres", "inches", "feet", "miles", "yards",
-                     "mm", "cm", "m", "km"), "how far"),  # fmt: skip
+    **dict.fromkeys(
+        ("millimetres", "centimetres", "metres", "kilometres", "inches", "feet", "miles", "mm", "cm", "km"),
+        "how far",
+    ),
     **dict.fromkeys(("seconds", "minutes", "hours", "days", "weeks", "months", "years"), "how long"),
     **dict.fromkeys(("litres", "liters", "grams", "kilograms", "kg", "tonnes", "gallons", "ml"), "how much"),
 }
 _MODALS = ("will", "would", "can", "could", "should", "must", "may", "might")
-_SUBJECT_VERB = re.compile(r"^(?P<subj>(?:The|A|An)\s+(?:[\w'-]+\s+){0,2}?[\w'-]+)\s+(?P<verb>[a-z]+s)\b(?P<rest>.*)$")
+_SUBJECT_VERB = re.compile(
+    r"^(?P<subj>(?:The|A|An)\s+(?:[\w'-]+\s+){0,2}?[\w'-]+)\s+(?P<verb>[a-z]+s)\b(?P<rest>.*)$"
+)
 _MODAL = re.compile(
     r"^(?P<subj>(?:(?:The|A|An)\s+)?(?:[\w'-]+\s+){0,2}?[\w'-]+)\s+(?P<modal>" + "|".join(_MODALS) + r")\s+"
     r"(?P<verb>[a-z]+)\b(?P<rest>.*)$"
 )
 _CONDITION = re.compile(r"^If\s+(?P<cond>[^,:;]+)[,:;]")
 _PURPOSE = re.compile(r"^To\s+(?P<purpose>[^,]+),")
-_COMPOUND = re.compile(r"\b(?P<n>\d+|one|two|three|four|five|six|seven|eight|nine|ten)-(?P<noun>[a-z]+?)(?:ged|ed)\b")
+_COMPOUND = re.compile(
+    r"\b(?P<n>\d+|one|two|three|four|five|six|seven|eight|nine|ten)-(?P<noun>[a-z]+?)(?:ged|ed)\b"
+)
 _SAID = re.compile(r"\bsaid(?:\s+that)?\s+(?P<clause>[^.;]+)")
 
 
@@ -125,7 +132,9 @@ def anchored_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
             named = _article(topic, doc.text)
             for j, (question, key) in enumerate(_clozes(s)):
                 if (i + j) % 2 == 0 and question.strip("? "):  # half per subject: both are covered
-                    yield Pair(f"For {named}: {_lower_first(question)}", s, key, doc.doc_id, "anchored", fact.index)
+                    yield Pair(
+                        f"For {named}: {_lower_first(question)}", s, key, doc.doc_id, "anchored", fact.index
+                    )
             for m in list(_PHRASE.finditer(s))[:3] if i == 0 else ():
                 phrase = m.group(1).strip()
                 q = f"What do you know about the {phrase} of {named}?"
@@ -152,6 +161,7 @@ def _clauses(sentence: str) -> list[str]:
 def form_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
     """Natural questions from each sentence's shape (see the module's docstring)."""
     topics = subjects(doc, doc_facts)
+    common, known = _common_words(doc.text), _known_names(doc)
     for fact in doc_facts:
         s = fact.sentence
         named = next((t for t in topics if t in s), None) or (topics[0] if topics else None)
@@ -162,14 +172,15 @@ def form_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
             if clause != s:  # a clause after "said": its clozes as questions of their own
                 for q, key in _clozes(clause):
                     yield Pair(q, s, key, doc.doc_id, "forms", fact.index)
-        common, known = _common_words(doc.text), _known_names(doc)
         for m in _COMPOUND.finditer(s):
             noun = m.group("noun")
             # "the Zorblax, a teal, six-legged reptile": the legs are the last name's before the number
             before = [n for n in names(s, common, known) if 0 <= s.find(n) < m.start()]
             owner = before[-1] if before else named
             about = _article(owner, doc.text) if owner else "it"
-            yield Pair(f"How many {noun}s does {about} have?", s, m.group("n"), doc.doc_id, "forms", fact.index)
+            yield Pair(
+                f"How many {noun}s does {about} have?", s, m.group("n"), doc.doc_id, "forms", fact.index
+            )
 
 
 def _forms(clause: str, where: str, topics: Sequence[str]) -> Iterator[tuple[str, str]]:
@@ -208,7 +219,6 @@ def _forms(clause: str, where: str, topics: Sequence[str]) -> Iterator[tuple[str
         after = body[m.end() :].strip()
         yield f"How do you {purpose}{where}?", after.split()[-1] if after else purpose
     if body.split()[0].lower() not in STOPWORDS and body[:1].isupper() and _imperative(body):
-        words = body.split()
         obj = next((m.group(1).strip() for m in _PHRASE.finditer(body)), "")
         if obj:
             yield f"What should you do with the {obj}{where}?", obj
@@ -216,10 +226,11 @@ def _forms(clause: str, where: str, topics: Sequence[str]) -> Iterator[tuple[str
 
 # Verbs that start instructions in manuals and recipes (a closed list: an imperative is otherwise hard
 # to tell from a name at the start of a sentence).
-_IMPERATIVES = frozenset(
-    "add adjust allow apply attach avoid boil charge check clean close connect cover cut do empty ensure fill fit fold hold insert install keep leave "
-    "lift light make mix move open place plug pour press pull push put remove replace reset return rinse "
-    "run screw set shake slide start stop store switch take tighten turn twist unplug use wait wash wipe".split()
+_IMPERATIVES = _wordset(
+    "add adjust allow apply attach avoid boil charge check clean close connect cover cut do empty ensure "
+    "fill fit fold hold insert install keep leave lift light make mix move open place plug pour press "
+    "pull push put remove replace reset return rinse run screw set shake slide start stop store switch "
+    "take tighten turn twist unplug use wait wash wipe"
 )
 
 
@@ -241,7 +252,9 @@ def reverse_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
                 continue
             answer, index = found
             # "X is a ..." or "the X lamp is a ...": the description after the copula
-            m = re.search(re.escape(name) + r"(?: [a-z]+)? (?:is|are|was) (?P<desc>(?:a|an|the) [^.;]+)", answer)
+            m = re.search(
+                re.escape(name) + r"(?: [a-z]+)? (?:is|are|was) (?P<desc>(?:a|an|the) [^.;]+)", answer
+            )
             if m:
                 yield Pair(f"What is {m.group('desc')}?", answer, name, doc.doc_id, "reverse", index)
                 yield Pair(f"Name {m.group('desc')}.", answer, name, doc.doc_id, "reverse", index)

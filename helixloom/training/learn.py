@@ -215,7 +215,9 @@ def _rephrased(
             return report
     report = rephrasing.rephrase(teacher, built)
     atomic.write_json(saved, report.as_dict())
-    say(f"teacher rephrased {len(report.pairs)} of {report.calls} rough questions (dropped: {report.dropped})")
+    say(
+        f"teacher rephrased {len(report.pairs)} of {report.calls} rough questions (dropped: {report.dropped})"
+    )
     return report
 
 

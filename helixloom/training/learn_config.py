@@ -16,7 +16,7 @@ class LearnConfig(LoraSFTConfig):
 
     learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (cosine schedule)"})
     epochs: float = field(
-        default=8.0, metadata={"help": "most passes over the data (early stopping ends sooner)"}
+        default=3.0, metadata={"help": "most passes over the data (early stopping ends sooner)"}
     )
     max_length: int = field(default=256, metadata={"help": "longest training sequence in tokens"})
     batch_size: int = field(default=8, metadata={"help": "sequences per step"})
