@@ -3,10 +3,12 @@
 The recipe (measured in ``benchmarks/learn.py``):
 
 1. Ingest the documents.
-2. Pairs built by code from every sentence (``documents.grounded``: span, entity, title and statement
-   perspectives; no teacher needed, every answer the document's own text).
-3. The teacher's prompt suite on every chunk (``--questions`` per prompt; 0 skips it); its pairs are
-   kept only when grounded in their chunk (``documents.grounding``), the rest counted by reason.
+2. Pairs built by code from every sentence (``documents.perspectives``: span, entity, title, statement,
+   and every fact again with the document's subject named, in natural question forms and reversed;
+   no teacher needed, every answer the document's own text); the teacher rephrases the rough ones.
+3. The teacher's prompt suite on every chunk (``--questions`` per prompt; 0 skips it, the default for
+   the embedded model: ``training.learn_teacher``); its pairs are kept only when grounded in their
+   chunk (``documents.grounding``), the rest counted by reason.
 4. A held-out share of the generated questions is set aside; the mix (``documents.mix``) is the rest
    as chat rows, the documents' own text tagged with their ids, and a little general text (replay).
 5. LoRA fine-tune with early stopping on held-out accuracy (``training.learn_probe``); a report
@@ -21,7 +23,8 @@ and its document sources. ``resume`` continues after a review or an interruption
 Generation is checkpointed too: while it runs, ``datasets/NAME/generation.json`` records how it was
 started (sources, teacher, suite, settings) and every finished (prompt, chunk) unit is appended to
 ``datasets/NAME/qa.partial.jsonl``; ``resume_generation`` starts again from those, asking only the
-units not finished. Both files go once ``train.jsonl`` is written.
+units not finished; a finished rephrasing phase is kept in ``datasets/NAME/rephrase.partial.json``
+and not asked again. These files go once ``train.jsonl`` is written.
 """
 
 from __future__ import annotations
