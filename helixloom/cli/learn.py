@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="learn documents: grounded question/answer pairs, then a LoRA that cites them",
         description="Turn documents (.txt .md .html .pdf .json conversations, folders, .zip) into "
         "question/answer pairs: built by code from every sentence (wh-questions on its names, numbers and "
-        "dates, entity descriptions, vague title questions, every fact asked again with the document's subject "
-        "named and in natural question forms), rephrased by the teacher, and (with --questions, the default "
+        "dates, entity descriptions, vague title questions, every fact asked again with the document's "
+        "subject named and in natural question forms), rephrased by the teacher, and (with --questions, the default "
         "for teachers other than the embedded model) written by the teacher through a suite of prompts, "
         "each kept only when its chunk supports it. Fine-tune a LoRA "
         "adapter NAME on them mixed with the documents' own text and a little general text, stopping "
