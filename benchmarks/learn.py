@@ -9,7 +9,7 @@ asks every question under four arms. Prints one JSON object: key-fact accuracy p
 model is the baseline, same run), citation accuracy, the forgetting ratio, pairs kept and dropped by
 reason, wall time per phase, and sample answers (to show they are not loops).
 
-    python benchmarks/learn.py [--teacher default|oracle] [--questions 1] [--epochs 8] [--work DIR]
+    python benchmarks/learn.py [--teacher default|oracle] [--questions N] [--epochs N] [--work DIR]
 
 ``--teacher oracle`` replaces the suite's teacher with fixed pairs a strong teacher would write (only
 when asked; the default is the embedded model). Timings on a shared machine are upper bounds.
@@ -43,10 +43,13 @@ ORACLE_PAIRS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", choices=["default", "oracle"], default="default")
-    parser.add_argument("--questions", type=int, default=1, help="suite questions per prompt and chunk")
+    parser.add_argument(
+        "--questions", type=int, default=None, help="suite questions per prompt and chunk (default: learn's)"
+    )
     parser.add_argument("--epochs", type=float, default=None, help="most epochs (default: learn's)")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--rank", type=int, default=None)
+    parser.add_argument("--replay", type=float, default=None)
     parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -58,7 +61,7 @@ def main() -> None:
     from helixloom.engine import load_engine, sampling
     from helixloom.evals import keyfacts as qa
     from helixloom.store import Store
-    from helixloom.training import learn
+    from helixloom.training import learn, learn_teacher
     from helixloom.training.learn_config import LearnConfig
 
     paths.ensure_home()
@@ -83,15 +86,29 @@ def main() -> None:
     stages["eval_before_seconds"] = time.perf_counter() - t0
 
     overrides = {
-        k: v for k, v in (("epochs", args.epochs), ("learning_rate", args.lr), ("rank", args.rank)) if v
+        k: v
+        for k, v in (
+            ("epochs", args.epochs),
+            ("learning_rate", args.lr),
+            ("rank", args.rank),
+            ("replay", args.replay),
+        )
+        if v is not None
     }
     if "rank" in overrides:
         overrides["alpha"] = 2.0 * overrides["rank"]
     sft = LearnConfig(**overrides)
     t0 = time.perf_counter()
-    teacher: Any = engine if args.teacher == "default" else oracle(engine)
+    if (
+        args.teacher == "default"
+    ):  # the engine learn's CLI gives the embedded teacher (llama.cpp if installed)
+        teacher_spec = learn_teacher.teacher_spec("default")
+        teacher: Any = engine if teacher_spec == "default" else load_engine(teacher_spec)
+    else:
+        teacher_spec, teacher = "oracle", oracle(engine)
+    questions = args.questions if args.questions is not None else learn_teacher.suite_questions(teacher_spec)
     _, report = learn.prepare(
-        "bench-learn", [docs], teacher, base="default", num_questions=args.questions, sft=sft
+        "bench-learn", [docs], teacher, base="default", num_questions=questions, sft=sft
     )
     stages["prepare_seconds"] = time.perf_counter() - t0
     with Store(paths.db_path()) as store:
@@ -113,6 +130,8 @@ def main() -> None:
         "benchmark": "learn",
         "model": "default",
         "teacher": args.teacher,
+        "teacher_engine": teacher_spec,
+        "suite_questions": questions,
         "documents": len(found.documents),
         "questions": len(items),
         "key_fact_accuracy": {

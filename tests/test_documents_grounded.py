@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helixloom.documents import grounded, grounding, mix, rephrase, retrieval
+from helixloom.documents import grounding, mix, perspectives, rephrase, retrieval
 from helixloom.documents.ingest import ingest
 from helixloom.documents.questions import Suite, generate_pairs
 from helixloom.engine import GenerationRequest
@@ -40,8 +40,8 @@ def documents(tmp_path: Path) -> list:
 
 def test_every_perspective_produces_pairs_whose_answers_are_the_documents_text(documents: list) -> None:
     for doc in documents:
-        built = grounded.build(doc)
-        assert set(built) == set(grounded.PERSPECTIVES)
+        built = perspectives.build_pairs(doc)
+        assert set(built) == set(perspectives.PERSPECTIVES)
         for name, pairs in built.items():
             assert pairs, f"{name} made no pairs for {doc.title}"
             for p in pairs:
@@ -49,15 +49,40 @@ def test_every_perspective_produces_pairs_whose_answers_are_the_documents_text(d
                 text = " ".join(doc.text.split())
                 if name == "title":  # the title, then the lead sentence
                     assert p.answer.startswith(doc.title) and p.answer[len(doc.title) + 2 :] in text
-                elif name != "entity":  # entity descriptions are rewritten sentences
+                elif name not in ("entity", "reverse"):  # entity descriptions are rewritten sentences
                     assert p.answer in text
-    news = grounded.build(next(d for d in documents if "Zorblax" in d.title))
+    news = perspectives.build_pairs(next(d for d in documents if "Zorblax" in d.title))
     span = {p.key: p.question for p in news["span"]}
     assert span["On 14 March 2031"].startswith("When the Quentmoor Council voted")
     assert "how many animals" in span["about 400"]
     assert span["Ilse Varn"].startswith("Councillor who,")  # a person's name: who
     entity = {p.question: p.answer for p in news["entity"]}
     assert entity["What is the Zorblax?"] == "Zorblax is a teal, six-legged reptile."
+    # every fact is also asked about with the document's subject named, in natural question forms
+    anchored = {p.question: p for p in news["anchored"]}
+    subject = next(
+        t
+        for t in ("Zorblax", "Quentmoor Council")
+        if f"For the {t}: wardens will count the animals when?" in anchored
+    )
+    assert anchored[f"What do you know about the animals of the {subject}?"].answer.startswith(
+        "Wardens will count"
+    )
+    forms = {p.question: p for p in news["forms"]}
+    assert forms["How many legs does the Zorblax have?"].key == "six"  # from "six-legged"
+    assert "What will wardens count?" in forms
+    assert (
+        forms["The population had fallen to how many animals?"].key == "about 400"
+    )  # the clause after "said"
+    reverse = {p.question: p.key for p in news["reverse"]}
+    assert reverse["What is a teal, six-legged reptile?"] == "Zorblax"
+    manual = perspectives.build_pairs(next(d for d in documents if "Brask" in d.title))
+    forms = {p.question: p.key for p in manual["forms"]}
+    assert "What should you do with the battery of the Brask?" in forms  # an instruction, its subject named
+    assert any(
+        q.startswith("For the Brask: charge the battery for how long")
+        for q in [p.question for p in manual["anchored"]]
+    )
     titles = [p.question for p in news["title"]]
     assert "What is the council going to do?" in titles  # a vague, generalised title question
     assert all(p.answer.startswith("Quentmoor Council approves") for p in news["title"])
@@ -102,7 +127,7 @@ def test_the_teachers_pairs_are_grounded_and_the_dropped_counted_per_prompt(docu
 
 def test_the_teacher_rephrases_and_code_checks_the_rephrasing(documents: list) -> None:
     news = next(d for d in documents if "Zorblax" in d.title)
-    pairs = [p for ps in grounded.build(news).values() for p in ps]
+    pairs = [p for ps in perspectives.build_pairs(news).values() for p in ps]
 
     def reply(request: GenerationRequest) -> str:
         rough = request.prompt.rsplit("Rough: ", 1)[1].split("\n")[0]
@@ -126,7 +151,7 @@ def test_the_teacher_rephrases_and_code_checks_the_rephrasing(documents: list) -
 
 
 def test_the_mix_holds_out_questions_tags_documents_and_replays_general_text(documents: list) -> None:
-    pairs = [p for d in documents for ps in grounded.build(d).values() for p in ps]
+    pairs = [p for d in documents for ps in perspectives.build_pairs(d).values() for p in ps]
     train, held = mix.split_heldout(pairs, 0.15)
     assert held and len(train) + len(held) == len(pairs)
     trained_facts = {(p.doc_id, p.fact) for p in train}

@@ -158,12 +158,30 @@ def test_generation_resumes_where_it_stopped(docs: Path) -> None:
     resumed = ScriptedEngine(teacher_reply)
     _, report = learn.resume_generation("cut", resumed)
     asked_before = sum(u["calls"] + u["retried"] for u in finished)
-    assert len(resumed.requests) == len(whole.requests) - asked_before  # finished units: not asked again
+    rephrased = sum("Rough:" in p for p in whole.prompts)  # a finished phase: not asked again either
+    assert rephrased and not any("Rough:" in p for p in resumed.prompts)
+    assert len(resumed.requests) == len(whole.requests) - asked_before - rephrased  # finished units too
     assert 0 < len(resumed.requests) < len(whole.requests)
     assert set(resumed.prompts) <= set(whole.prompts)
     assert report.resumed_units == len(finished)
     assert dataset.read("cut")[0] == dataset.read("whole")[0]  # the same dataset as uninterrupted
     assert learn.stage("cut") == "generated" and not partial.exists() and learn.generation_plan("cut") is None
+
+
+def test_resume_does_not_redo_a_finished_rephrasing(docs: Path) -> None:
+    from helixloom.documents.perspectives import build_pairs
+
+    rough = sum(len(build_pairs(d)["span"]) for d in ingest([docs]).documents)
+    interrupted = Interrupting(after=rough + 3)  # the rephrasing finishes, the suite is cut off
+    with pytest.raises(KeyboardInterrupt):
+        learn.prepare("cut", [docs], interrupted, base="default", num_questions=2, chunk_tokens=24)
+    assert sum("Rough:" in p for p in interrupted.prompts) == rough
+    saved = dataset.folder("cut") / dataset.REPHRASED
+    assert saved.is_file()
+    resumed = ScriptedEngine(teacher_reply)
+    learn.resume_generation("cut", resumed)
+    assert resumed.requests and not any("Rough:" in p for p in resumed.prompts)  # the suite only
+    assert learn.stage("cut") == "generated" and not saved.exists()
 
 
 def test_junk_pairs() -> None:
@@ -250,6 +268,8 @@ def test_learn_end_to_end(
             assert 0.0 <= stored[key] <= 1.0
         assert stored["perplexity_general_base"] > 1 and stored["forgetting_ratio"] > 0
         assert stored["pairs_kept"]["span"] > 0 and "training" in stored["seconds"]
+        assert stored["pairs_kept"]["anchored"] > 0 and stored["pairs_kept"]["forms"] > 0
+        assert stored["teacher"] == "scripted" and stored["suite_questions"] == 1
     # The server loads the trained adapter into its engine on the first request: a fresh engine.
     state = ServerState(ServerConfig(model=str(tiny_model.path)), fresh_tiny_engine, Store(paths.db_path()))
     with serving(state) as server:

@@ -21,8 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="learn documents: grounded question/answer pairs, then a LoRA that cites them",
         description="Turn documents (.txt .md .html .pdf .json conversations, folders, .zip) into "
         "question/answer pairs: built by code from every sentence (wh-questions on its names, numbers and "
-        "dates, entity descriptions, vague title questions), rephrased by the teacher, and written by the "
-        "teacher through a suite of prompts, each kept only when its chunk supports it. Fine-tune a LoRA "
+        "dates, entity descriptions, vague title questions, every fact asked again with the document's "
+        "subject named and in natural question forms), rephrased by the teacher, and (with --questions, "
+        "the default for teachers other than the embedded model) written by the teacher through a suite of "
+        "prompts, "
+        "each kept only when its chunk supports it. Fine-tune a LoRA "
         "adapter NAME on them mixed with the documents' own text and a little general text, stopping "
         "when held-out accuracy stops improving, and register it with its report (see `adapters show`) "
         "and a system prompt that keeps answers to the documents. Answers cite [DOC_ID:...], mapped back "
@@ -34,7 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     learn.add_argument(
         "--base", default="default", metavar="SPEC", help="the model to fine-tune (default: default)"
     )
-    learn.add_argument("--teacher", metavar="SPEC", help="model that writes the pairs (default: --base)")
+    learn.add_argument(
+        "--teacher",
+        metavar="SPEC",
+        help="model that writes the pairs (default: --base)",
+    )
     learn.add_argument("--teacher-url", metavar="URL", help="an OpenAI-compatible server as the teacher")
     learn.add_argument("--teacher-model", metavar="MODEL", help="the model name on --teacher-url")
     learn.add_argument("--review", action="store_true", help="stop after writing the dataset, to edit it")
@@ -44,8 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     learn.add_argument(
         "--questions",
         type=int,
-        default=1,
-        help="teacher questions per suite prompt and chunk (default 1; 0 skips the suite)",
+        default=None,
+        help="teacher questions per suite prompt and chunk (0 skips the suite; default: 0 for the "
+        "embedded model, whose suite pairs are ungrounded, 1 for any other teacher)",
     )
     learn.add_argument(
         "--no-rephrase",
@@ -68,7 +76,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from helixloom.documents.questions import Suite
     from helixloom.engine.pool import EnginePool
     from helixloom.paths import check_name
-    from helixloom.training import learn
+    from helixloom.training import learn, learn_teacher
     from helixloom.training.learn_config import LearnConfig
 
     check_name(args.name, "name")  # the dataset, run and adapter folders are named after it
@@ -141,8 +149,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 raise HelixloomError("--teacher-url needs --teacher-model")
             teacher_spec = f"openai:{args.teacher_url}#{args.teacher_model}"
         else:
-            teacher_spec = args.teacher or args.base
-        if args.questions < 0:
+            teacher_spec = learn_teacher.teacher_spec(args.base, args.teacher)
+        questions = learn_teacher.suite_questions(teacher_spec) if args.questions is None else args.questions
+        if questions < 0:
             raise HelixloomError("--questions must be 0 or more")
         sft = sft_config_from(args, LearnConfig)
         suite = Suite.load(args.suite)
@@ -158,7 +167,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 teacher,
                 base=args.base,
                 suite=suite,
-                num_questions=args.questions,
+                num_questions=questions,
                 chunk_tokens=args.chunk_tokens,
                 sft=sft,
                 teacher_spec=teacher_spec,

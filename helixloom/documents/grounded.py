@@ -370,20 +370,3 @@ def statement_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
                 "statement",
                 fact.index,
             )
-
-
-def build(doc: Document, perspectives: Sequence[str] = PERSPECTIVES) -> dict[str, list[Pair]]:
-    """Every perspective's pairs for ``doc``, by perspective (near-identical questions removed)."""
-    doc_facts = facts(doc)
-    makers = {"span": span_pairs, "entity": entity_pairs, "title": title_pairs, "statement": statement_pairs}
-    out: dict[str, list[Pair]] = {}
-    for name in perspectives:
-        seen: set[str] = set()
-        kept = []
-        for pair in makers[name](doc, doc_facts):
-            norm = pair.question.lower()
-            if norm not in seen:
-                seen.add(norm)
-                kept.append(pair)
-        out[name] = kept
-    return out

@@ -12,8 +12,9 @@ document the rough question came from.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
+from typing import Any
 
 import yaml
 
@@ -30,6 +31,15 @@ class RephraseReport:
     pairs: list[Pair]
     calls: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (a checkpoint: ``from_dict`` reads it back)."""
+        return {"pairs": [asdict(p) for p in self.pairs], "calls": self.calls, "dropped": self.dropped}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RephraseReport:
+        """The report ``as_dict`` wrote; ``KeyError``/``TypeError`` when it is not one."""
+        return cls([Pair(**p) for p in data["pairs"]], int(data["calls"]), dict(data["dropped"]))
 
 
 def template() -> str:

@@ -3,10 +3,12 @@
 The recipe (measured in ``benchmarks/learn.py``):
 
 1. Ingest the documents.
-2. Pairs built by code from every sentence (``documents.grounded``: span, entity, title and statement
-   perspectives; no teacher needed, every answer the document's own text).
-3. The teacher's prompt suite on every chunk (``--questions`` per prompt; 0 skips it); its pairs are
-   kept only when grounded in their chunk (``documents.grounding``), the rest counted by reason.
+2. Pairs built by code from every sentence (``documents.perspectives``: span, entity, title, statement,
+   and every fact again with the document's subject named, in natural question forms and reversed;
+   no teacher needed, every answer the document's own text); the teacher rephrases the rough ones.
+3. The teacher's prompt suite on every chunk (``--questions`` per prompt; 0 skips it, the default for
+   the embedded model: ``training.learn_teacher``); its pairs are kept only when grounded in their
+   chunk (``documents.grounding``), the rest counted by reason.
 4. A held-out share of the generated questions is set aside; the mix (``documents.mix``) is the rest
    as chat rows, the documents' own text tagged with their ids, and a little general text (replay).
 5. LoRA fine-tune with early stopping on held-out accuracy (``training.learn_probe``); a report
@@ -21,7 +23,8 @@ and its document sources. ``resume`` continues after a review or an interruption
 Generation is checkpointed too: while it runs, ``datasets/NAME/generation.json`` records how it was
 started (sources, teacher, suite, settings) and every finished (prompt, chunk) unit is appended to
 ``datasets/NAME/qa.partial.jsonl``; ``resume_generation`` starts again from those, asking only the
-units not finished. Both files go once ``train.jsonl`` is written.
+units not finished; a finished rephrasing phase is kept in ``datasets/NAME/rephrase.partial.json``
+and not asked again. These files go once ``train.jsonl`` is written.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from helixloom import atomic, jsonl, paths
 from helixloom.documents import dataset, grounded, mix, retrieval
 from helixloom.documents import rephrase as rephrasing
 from helixloom.documents.ingest import ingest
+from helixloom.documents.perspectives import PERSPECTIVES, build_pairs
 from helixloom.documents.questions import QAReport, Suite, generate_pairs
 from helixloom.engine import Engine
 from helixloom.errors import HelixloomError
@@ -74,7 +78,7 @@ def prepare(
     chunk_tokens: int = 1024,
     one_at_a_time: bool = True,
     sft: LoraSFTConfig | None = None,
-    perspectives: Sequence[str] = grounded.PERSPECTIVES,
+    perspectives: Sequence[str] = PERSPECTIVES,
     rephrase: bool = True,
     teacher_spec: str | None = None,
     review: bool = False,
@@ -95,6 +99,7 @@ def prepare(
     checkpoint = folder / dataset.CHECKPOINT
     if not resume:
         checkpoint.unlink(missing_ok=True)
+        (folder / dataset.REPHRASED).unlink(missing_ok=True)
     plan = {
         "sources": [str(Path(s).resolve()) for s in sources],
         "base": base,
@@ -115,14 +120,12 @@ def prepare(
     dataset.write_json(folder / dataset.PLAN, plan)
     built: list[grounded.Pair] = []
     for doc in found.documents:
-        for pairs in grounded.build(doc, perspectives).values():
+        for pairs in build_pairs(doc, perspectives).values():
             built.extend(pairs)
     seconds["grounded_pairs"] = time.perf_counter() - start
     start = time.perf_counter()
-    rephrased = rephrasing.rephrase(teacher, built) if rephrase else rephrasing.RephraseReport([])
-    if rephrase:
-        n, asked = len(rephrased.pairs), rephrased.calls
-        say(f"teacher rephrased {n} of {asked} rough questions (dropped: {rephrased.dropped})")
+    rephrased = _rephrased(folder / dataset.REPHRASED, teacher, built, say) if rephrase else None
+    rephrased = rephrased or rephrasing.RephraseReport([])
     built.extend(rephrased.pairs)
     seconds["teacher_rephrase"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -147,8 +150,8 @@ def prepare(
     seconds["teacher_pairs"] = time.perf_counter() - start
     taught = [grounded.Pair(p.question, p.answer, "", p.doc_id, p.prompt, -2) for p in report.pairs]
     if not built and not taught:
-        checkpoint.unlink(missing_ok=True)  # nothing in it is worth resuming
-        (folder / dataset.PLAN).unlink(missing_ok=True)
+        for leftover in (checkpoint, folder / dataset.REPHRASED, folder / dataset.PLAN):
+            leftover.unlink(missing_ok=True)  # nothing in them is worth resuming
         raise HelixloomError(
             "no usable question/answer pairs: no sentence to build them from, none grounded from the teacher",
             "use a stronger --teacher (a bigger local model or an OpenAI-compatible server)",
@@ -195,9 +198,30 @@ def prepare(
         folder / HELDOUT,
         [{"question": p.question, "key": p.key, "doc_id": p.doc_id, "prompt": p.perspective} for p in held],
     )
-    checkpoint.unlink(missing_ok=True)
-    (folder / dataset.PLAN).unlink(missing_ok=True)
+    for leftover in (checkpoint, folder / dataset.REPHRASED, folder / dataset.PLAN):
+        leftover.unlink(missing_ok=True)
     return files.train, report
+
+
+def _rephrased(
+    saved: Path, teacher: Engine, built: Sequence[grounded.Pair], say: Say
+) -> rephrasing.RephraseReport:
+    """The teacher's rephrasings of ``built``: read from ``saved`` when an interrupted run finished
+    them (a resume does not pay for them twice), else asked for and saved there."""
+    if saved.is_file():
+        try:
+            report = rephrasing.RephraseReport.from_dict(json.loads(saved.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            report = None  # a damaged checkpoint: ask again
+        if report is not None:
+            say(f"rephrasing kept from the interrupted run ({len(report.pairs)} questions)")
+            return report
+    report = rephrasing.rephrase(teacher, built)
+    atomic.write_json(saved, report.as_dict())
+    say(
+        f"teacher rephrased {len(report.pairs)} of {report.calls} rough questions (dropped: {report.dropped})"
+    )
+    return report
 
 
 def generation_plan(name: str) -> dict[str, Any] | None:
@@ -238,7 +262,7 @@ def resume_generation(
             "sft": _config(sft_fields),
             "teacher_spec": plan["teacher"],
             "review": plan["review"],
-            "perspectives": tuple(plan.get("perspectives", grounded.PERSPECTIVES)),
+            "perspectives": tuple(plan.get("perspectives", PERSPECTIVES)),
             "rephrase": bool(plan.get("rephrase", True)),
         }
         sources = plan["sources"]
@@ -331,6 +355,8 @@ def _report(
     seconds["measuring"] = round(r.seconds, 1)
     forgetting = r.forgetting_ratio
     return {
+        "teacher": meta.get("teacher"),
+        "suite_questions": meta.get("generation", {}).get("num_questions"),
         "heldout_questions": len(held),
         "heldout_accuracy_before": r.before.accuracy if r.before else None,
         "heldout_accuracy_after": r.after.accuracy if r.after else None,

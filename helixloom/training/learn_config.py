@@ -16,7 +16,7 @@ class LearnConfig(LoraSFTConfig):
 
     learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (cosine schedule)"})
     epochs: float = field(
-        default=8.0, metadata={"help": "most passes over the data (early stopping ends sooner)"}
+        default=3.0, metadata={"help": "most passes over the data (early stopping ends sooner)"}
     )
     max_length: int = field(default=256, metadata={"help": "longest training sequence in tokens"})
     batch_size: int = field(default=8, metadata={"help": "sequences per step"})
@@ -27,7 +27,7 @@ class LearnConfig(LoraSFTConfig):
     holdout: float = field(
         default=0.15, metadata={"help": "share of generated questions held out to measure"}
     )
-    replay: float = field(default=0.1, metadata={"help": "share of general text mixed in against forgetting"})
+    replay: float = field(default=0.2, metadata={"help": "share of general text mixed in against forgetting"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

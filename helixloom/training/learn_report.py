@@ -24,6 +24,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"   (forgetting ratio {report.get('forgetting_ratio')})",
         f"best epoch {report.get('best_epoch')}, {report.get('steps')} steps, "
         f"{report.get('tokens_per_second')} tokens/s",
+        f"teacher {report.get('teacher', '-')}, "
+        f"suite questions per prompt {report.get('suite_questions', '-')}",
         f"pairs kept: {json.dumps(report.get('pairs_kept', {}))}",
         f"pairs dropped (not grounded): {json.dumps(report.get('pairs_dropped', {}))}",
         f"rows: {json.dumps(report.get('rows', {}))}",
