@@ -39,7 +39,7 @@ from helixloom.documents.grounded import (
     _known_names,
     _question,
     _wordset,
-    describe,
+    described_names,
     names,
 )
 from helixloom.documents.ingest import Document
@@ -240,21 +240,9 @@ def _imperative(body: str) -> bool:
 
 def reverse_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
     """A name's description asked for the name: "What is a teal, six-legged reptile?"."""
-    common, known = _common_words(doc.text), _known_names(doc)
-    seen: set[str] = set()
-    for fact in doc_facts:
-        for name in names(fact.sentence, common, known):
-            if name in seen:
-                continue
-            seen.add(name)
-            found = describe(name, doc_facts)
-            if found is None:
-                continue
-            answer, index = found
-            # "X is a ..." or "the X lamp is a ...": the description after the copula
-            m = re.search(
-                re.escape(name) + r"(?: [a-z]+)? (?:is|are|was) (?P<desc>(?:a|an|the) [^.;]+)", answer
-            )
-            if m:
-                yield Pair(f"What is {m.group('desc')}?", answer, name, doc.doc_id, "reverse", index)
-                yield Pair(f"Name {m.group('desc')}.", answer, name, doc.doc_id, "reverse", index)
+    for name, answer, index in described_names(doc, doc_facts):
+        # "X is a ..." or "the X lamp is a ...": the description after the copula
+        m = re.search(re.escape(name) + r"(?: [a-z]+)? (?:is|are|was) (?P<desc>(?:a|an|the) [^.;]+)", answer)
+        if m:
+            yield Pair(f"What is {m.group('desc')}?", answer, name, doc.doc_id, "reverse", index)
+            yield Pair(f"Name {m.group('desc')}.", answer, name, doc.doc_id, "reverse", index)

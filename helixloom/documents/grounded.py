@@ -244,8 +244,9 @@ def describe(name: str, doc_facts: Sequence[Fact]) -> tuple[str, int] | None:
     return None
 
 
-def entity_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
-    """ "What is X?", "Tell me about X." per name, answered by the sentence that describes X."""
+def described_names(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[tuple[str, str, int]]:
+    """Each name of the document once, in order, with the sentence that describes it and that
+    sentence's index (names nothing describes are left out)."""
     common, known = _common_words(doc.text), _known_names(doc)
     seen: set[str] = set()
     for fact in doc_facts:
@@ -254,18 +255,22 @@ def entity_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
                 continue
             seen.add(name)
             found = describe(name, doc_facts)
-            if found is None:
-                continue
-            answer, index = found
-            person = _is_person(doc_facts[index].sentence, max(0, doc_facts[index].sentence.find(name)))
-            asks = (
-                f"Who is {name}?" if person else f"What is {_article(name, doc.text)}?",
-                f"Tell me about {_article(name, doc.text)}.",
-                f"What do you know about {_article(name, doc.text)}?",
-            )
-            key = _new_word(answer, name)
-            for q in asks:
-                yield Pair(q, answer, key, doc.doc_id, "entity", index)
+            if found is not None:
+                yield name, *found
+
+
+def entity_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
+    """ "What is X?", "Tell me about X." per name, answered by the sentence that describes X."""
+    for name, answer, index in described_names(doc, doc_facts):
+        person = _is_person(doc_facts[index].sentence, max(0, doc_facts[index].sentence.find(name)))
+        asks = (
+            f"Who is {name}?" if person else f"What is {_article(name, doc.text)}?",
+            f"Tell me about {_article(name, doc.text)}.",
+            f"What do you know about {_article(name, doc.text)}?",
+        )
+        key = _new_word(answer, name)
+        for q in asks:
+            yield Pair(q, answer, key, doc.doc_id, "entity", index)
 
 
 def _new_word(answer: str, name: str) -> str:
