@@ -14,6 +14,7 @@ This module sits below the engine in the layers (it only reads and writes files)
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,16 +162,24 @@ def for_llamacpp(adapter_dir: Path, base_gguf: Path, version: str) -> Path:
     for cached in candidates:
         if cached.is_file() and stamped_version(cached) == version:
             return cached
+    failure: OSError | None = None
     for cached in candidates:
         try:
             export(adapter_dir, base_gguf, cached, version=version)
-        except OSError:
-            continue  # a read-only adapter folder: cache under the home instead
+        except OSError as exc:
+            failure = exc  # a read-only adapter folder: cache under the home instead
+            continue
+        # Older versions' exports beside the adapter go; one that cannot be removed (a read-only
+        # folder) is only disk space, never served: its stamp is old. The home's cache is shared by
+        # every adapter, keyed by content, and is not pruned here.
         for old in adapter_dir.glob("adapter_model.*.gguf"):
             if old != cached and old != named:
-                old.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    old.unlink(missing_ok=True)
         return cached
-    raise AdapterError(f"cannot write the GGUF export of {adapter_dir.name} beside it nor under the home")
+    raise AdapterError(
+        f"cannot write the GGUF export of {adapter_dir.name} beside it nor under the home: {failure}"
+    ) from failure
 
 
 def _home_cache(version: str) -> Path:

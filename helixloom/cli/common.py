@@ -101,9 +101,11 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def add_engine_flag(p: argparse.ArgumentParser) -> None:
     """``--engine auto|hf|llamacpp``: which backend runs a GGUF model (see ``engine.select``)."""
+    from helixloom.engine.select import ENGINE_CHOICES
+
     p.add_argument(
         "--engine",
-        choices=("auto", "hf", "llamacpp"),
+        choices=ENGINE_CHOICES,
         default="auto",
         help="backend for a GGUF model (default and .gguf files): auto runs it on llama.cpp when "
         "llama-cpp-python is installed (fastest on CPU) unless the command needs what only "

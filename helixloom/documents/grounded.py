@@ -25,8 +25,6 @@ from dataclasses import dataclass
 
 from helixloom.documents.ingest import Document
 
-PERSPECTIVES = ("span", "entity", "title", "statement")
-
 
 def _wordset(text: str) -> frozenset[str]:
     return frozenset(text.split())

@@ -80,7 +80,8 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
         self.prefix_hits = 0  # prompt tokens reused from the KV cache (for benchmarks)
         self._texts: list[str] | None = None
         self.eos_token_ids = frozenset({self.llm.token_eos()})
-        self._bos_text = self._decode_all([self.llm.token_bos()])
+        bos = self.llm.token_bos()  # -1: the GGUF has none (llama.cpp aborts detokenizing -1)
+        self._bos_text = self._decode_all([bos]) if bos >= 0 else ""
         # The same chat template the hf backend reads from this GGUF, so chat renders alike on both.
         self.chat_template = self.llm.metadata.get("tokenizer.chat_template") or None
         self._template = (
@@ -102,7 +103,7 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
         it, as on the hf backend. A ``TokenPrompt`` is its own ids."""
         if isinstance(prompt, TokenPrompt):
             return list(prompt.ids)  # what the client counted, exactly
-        add_bos = not prompt.startswith(self._bos_text)
+        add_bos = not (self._bos_text and prompt.startswith(self._bos_text))
         return list(self.llm.tokenize(prompt.encode(), add_bos=add_bos, special=True))
 
     def format_chat(
@@ -172,6 +173,8 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
                 version = adapter_version(given)
                 file = gguf_lora.for_llamacpp(given, self.path, version)
                 if adapter_version(given) != version:
+                    if file.name != gguf_lora.GGUF_ADAPTER_FILE:  # our cache, stamped with the old
+                        file.unlink(missing_ok=True)  # version but maybe holding the new weights
                     raise AdapterError(f"adapter {name!r} changed while it was exported", "load it again")
             else:
                 file = given

@@ -121,7 +121,8 @@ class LlamaCppScoring:
                             steps.append(self._logprobs_of(rows[j], ids[start + j + 1], top_k))
                 bos = self.llm.token_bos()
                 # A BOS that encode() added is not part of the text: leave it out.
-                skip = 1 if ids[0] == bos and not prompt.startswith(self._bos_text) else 0
+                has_bos = bool(self._bos_text) and prompt.startswith(self._bos_text)
+                skip = 1 if bos >= 0 and ids[0] == bos and not has_bos else 0
                 results.append(
                     PromptLogprobs(
                         token_ids=tuple(ids[skip:]),

@@ -44,7 +44,8 @@ def helixnet(
     in the ``helixnet`` field (streamed first as ``reasoning_content``)."""
     if body.n != 1:
         raise HelixloomError("helixnet answers with one choice; use n=1", param="n")
-    engine_names, pins = state.pin_helixnet()
+    gate = evaluator_gate(state.engine) if body.helixnet_gate(state.config.helixnet_gate) else None
+    engine_names, pins = state.pin_helixnet()  # after every check that can refuse the request
     lmoe = LMoE(
         state.engine,
         engine_names,
@@ -52,7 +53,6 @@ def helixnet(
         state.config.helixnet_rounds,
         labels=state.helixnet_roles,
     )
-    gate = evaluator_gate(state.engine) if body.helixnet_gate(state.config.helixnet_gate) else None
     try:
         session, question = lmoe.resume(
             body.plain_messages(),

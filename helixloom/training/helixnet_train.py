@@ -265,7 +265,9 @@ def build_rows(
     """Role rows from the lessons, and the regenerator's mix. Every critique is a critic row. A
     regenerator row whose response passed (``kept``) is one of at most ``keep_share`` of the
     regenerator's rows (the first ones in prompt order); every other regeneration is a fix row,
-    counted in the mix by where its target came from (``fix_sample``, ``fix_repaired``...)."""
+    counted in the mix by where its target came from (``fix_sample``, ``fix_repaired``...). When no
+    response failed there is nothing to fix, and every kept row is used (the regenerator can only
+    learn to keep a good answer then)."""
     usable = [row for row in lessons if row["critique"].strip() and (row["regeneration"] or "").strip()]
     fix = sum(1 for row in usable if row.get("outcome") != "kept")
     kept_available = len(usable) - fix
