@@ -437,3 +437,20 @@ def test_a_retrained_helixnet_role_is_used_from_the_next_request(
             assert stored is not None and stored.meta["roles"]["critic"]["adapter"] == "mine"
             critic = [m for m in state.store.get_messages(session_id) if m.stage == "critic"]
             assert critic and all(m.adapter == "mine" for m in critic)
+
+
+def test_a_refused_helixnet_request_holds_no_role_version(
+    tiny_model: TinyModel, helixloom_home: Path, home_adapter: Path
+) -> None:
+    """A helixnet request refused for a bad field pins nothing: after a retrain the old version of
+    the role is unloaded once the requests that used it are done (a leaked pin kept it for good)."""
+    helixloom_home.mkdir(parents=True, exist_ok=True)
+    Store.open_default().add_adapter("mine", str(home_adapter))
+    state, _ = open_server(tiny_model, helixnet_adapters={"critic": "mine"})
+    body = {"model": "helixnet", "messages": [{"role": "user", "content": "Why?"}], "max_tokens": 4}
+    with serving(state) as server:
+        refused = httpx.post(server.url + "/v1/chat/completions", json={**body, "gate": "yes"}, timeout=60)
+        assert refused.status_code == 400 and "gate" in refused.text
+        retrain(tiny_model.path, home_adapter, seed=31)
+        assert httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+        wait_until(lambda: list(state.adapters.loaded_versions().values()) == [adapter_version(home_adapter)])
