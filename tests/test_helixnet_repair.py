@@ -117,3 +117,23 @@ def test_the_gate_keeps_the_better_answer_both_ways() -> None:
         assert winner > loser
         assert all(gate_question() in p for p in judge.scored)
         assert streamed(events, "regenerator") == better  # held back, then the kept answer
+
+
+def test_a_stage_that_repeats_its_instructions_is_resampled_and_never_shown() -> None:
+    """The base model's regenerator may answer with HelixNet's own system text; that is no answer."""
+    system = "You are a HelixNet. Elaborate on the topic and construct a clear chain of thought."
+    assert is_degenerate(" you are a HelixNet.  Elaborate on the topic and construct a clear chain", system)
+    assert is_degenerate("You are HelixNet: elaborate on topic, construct the clear chain.", system)
+    assert not is_degenerate("You are right: cats purr to calm themselves.", system)
+    assert not is_degenerate("Elaborate on the topic.", system)  # a short answer may share words
+    assert not is_degenerate(system, "")  # without instructions nothing is an echo
+    assert may_be_degenerate("You are a Helix", system) and not may_be_degenerate(
+        "You are right, cats", system
+    )
+    pipeline, _ = net(
+        ["Cats purr.", "Say why.", system + " Always answer.", "Cats purr to calm down."], system=system
+    )
+    events: list[StageEvent] = []
+    turn = pipeline.answer("Why do cats purr?", on_event=events.append)
+    assert turn.regeneration == "Cats purr to calm down." and turn.regenerations[-1].attempts == 2
+    assert streamed(events, "regenerator") == "Cats purr to calm down."  # the echo streamed nothing

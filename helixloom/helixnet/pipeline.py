@@ -184,7 +184,7 @@ class HelixNet:
         fmt, system = self.format, self.system
         actor_engine = self.roles["actor"].engine
         actor = self._stage("actor", 0, fmt.actor_prompt(actor_engine, system, question, history), emit)
-        if is_degenerate(actor.text):
+        if is_degenerate(actor.text, self.system):
             actor = replace(actor, fallback=f"empty after {actor.attempts} attempts")
         self._end(actor, emit)
         critiques: list[StageOutput] = []
@@ -195,7 +195,7 @@ class HelixNet:
             critique = self._stage(
                 "critic", r, fmt.critic_prompt(critic_engine, system, question, latest), emit
             )
-            if is_degenerate(critique.text):
+            if is_degenerate(critique.text, self.system):
                 critique = replace(
                     critique, text=NO_CRITIQUE, fallback=f"empty after {critique.attempts} attempts"
                 )
@@ -217,7 +217,7 @@ class HelixNet:
 
     def _settle(self, regen: StageOutput, question: str, previous: str) -> tuple[StageOutput, str]:
         """The regeneration as the round keeps it, and the text still to show (held back so far)."""
-        if is_degenerate(regen.text):
+        if is_degenerate(regen.text, self.system):
             note = f"empty after {regen.attempts} attempts; kept the previous answer"
             return replace(regen, text=previous, fallback=note), previous
         if self.gate is None:
@@ -266,7 +266,7 @@ class HelixNet:
         tries: list[StageOutput] = []
         for attempt in range(self.resamples + 1):
             tries.append(self._attempt(stage, round_, prompt, attempt, None if hold else emit))
-            if not is_degenerate(tries[-1].text):
+            if not is_degenerate(tries[-1].text, self.system):
                 break
         used = Usage(sum(t.usage.prompt_tokens for t in tries), sum(t.usage.completion_tokens for t in tries))
         return replace(tries[-1], usage=used)  # the thrown-away tries cost tokens too
@@ -287,7 +287,7 @@ class HelixNet:
             # thrown away has shown nothing.
             nonlocal pending, released
             pending += text
-            unsure = is_degenerate(pending) if final else may_be_degenerate(pending)
+            unsure = is_degenerate(pending, self.system) if final else may_be_degenerate(pending, self.system)
             if emit is not None and pending and (released or not unsure):
                 released = True
                 emit(StageEvent("delta", stage, round_, pending))

@@ -19,16 +19,39 @@ _UNFINISHED_LABEL = re.compile(r"[A-Z][A-Z ]*")
 _FILLER = string.whitespace + string.punctuation
 
 
-def is_degenerate(text: str) -> bool:
-    """True when ``text`` has nothing but labels, whitespace and punctuation."""
-    return not _LABEL.sub("", text).strip(_FILLER)
+# A stage whose first ECHO_WORDS words (all but one) come from the opening of its instructions (the
+# system text) is repeating them, not answering: the base model's regenerator does ("You are a
+# HelixNet. Elaborate on the topic using a Tree of Thoughts..."), not always word for word.
+ECHO_WORDS = 8
 
 
-def may_be_degenerate(text: str) -> bool:
-    """True while streamed ``text`` may still turn out degenerate: it is, or it ends in what may be
-    the start of a label ("REGENERATED" before " ANSWER:" arrives)."""
+def _misses(text: str, instructions: str) -> tuple[int, int]:
+    """Of ``text``'s first ECHO_WORDS words: how many there are, and how many are not among the
+    opening words of ``instructions``."""
+    pool = set(re.findall(r"[a-z0-9']+", instructions.lower())[: 3 * ECHO_WORDS])
+    said = re.findall(r"[a-z0-9']+", text.lower())[:ECHO_WORDS]
+    return len(said), sum(1 for w in said if w not in pool)
+
+
+def is_degenerate(text: str, instructions: str = "") -> bool:
+    """True when ``text`` has nothing but labels, whitespace and punctuation, or opens by repeating
+    ``instructions``."""
     rest = _LABEL.sub("", text).strip(_FILLER)
-    return not rest or bool(_UNFINISHED_LABEL.fullmatch(rest))
+    if not rest:
+        return True
+    said, missed = _misses(rest, instructions) if instructions else (0, 0)
+    return said == ECHO_WORDS and missed <= 1
+
+
+def may_be_degenerate(text: str, instructions: str = "") -> bool:
+    """True while streamed ``text`` may still turn out degenerate: it is, it ends in what may be the
+    start of a label ("REGENERATED" before " ANSWER:" arrives), or so far it repeats the opening of
+    ``instructions``."""
+    rest = _LABEL.sub("", text).strip(_FILLER)
+    if not rest or _UNFINISHED_LABEL.fullmatch(rest):
+        return True
+    # Held while every word so far but one is the instructions' (an answer soon says its own).
+    return bool(instructions) and _misses(rest, instructions)[1] <= 1
 
 
 def retry_sampling(params: SamplingParams, attempt: int) -> SamplingParams:
