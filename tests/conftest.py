@@ -111,6 +111,20 @@ def helixloom_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     yield home
 
 
+@contextmanager
+def home_at(path: Path) -> Iterator[Path]:
+    """HELIXLOOM_HOME points at ``path`` inside the block, and back at what it was after."""
+    old = os.environ.get("HELIXLOOM_HOME")
+    os.environ["HELIXLOOM_HOME"] = str(path)
+    try:
+        yield path
+    finally:
+        if old is None:
+            del os.environ["HELIXLOOM_HOME"]
+        else:
+            os.environ["HELIXLOOM_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def default_model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A HELIXLOOM_HOME shared by the tests that run the embedded default model, so it converts once.

@@ -23,7 +23,7 @@ from helixloom.engine import select as sel
 from helixloom.engine.hf import HFEngine
 from helixloom.engine.select import choose_engine
 from helixloom.errors import HelixloomError
-from tests.conftest import TinyModel
+from tests.conftest import TinyModel, home_at
 
 needs_llamacpp = pytest.mark.skipif(
     not sel.llamacpp_installed() and os.environ.get("HELIXLOOM_REQUIRE_LLAMACPP") != "1",
@@ -106,13 +106,8 @@ def test_engine_flag_reaches_the_choice(tiny_model: TinyModel, capsys: pytest.Ca
 
 @pytest.fixture(scope="module")
 def home(default_model_home: Path) -> Iterator[Path]:
-    old = os.environ.get("HELIXLOOM_HOME")
-    os.environ["HELIXLOOM_HOME"] = str(default_model_home)
-    yield default_model_home
-    if old is None:
-        del os.environ["HELIXLOOM_HOME"]
-    else:
-        os.environ["HELIXLOOM_HOME"] = old
+    with home_at(default_model_home) as home:
+        yield home
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ else:
 
 from helixloom.engine.hf import HFEngine
 from helixloom.engine.llamacpp import LlamaCppEngine
+from tests.conftest import home_at
 
 pytestmark = pytest.mark.default_model
 PROMPT = "The capital of France is"
@@ -30,13 +31,8 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def home(default_model_home: Path) -> Iterator[Path]:
-    old = os.environ.get("HELIXLOOM_HOME")
-    os.environ["HELIXLOOM_HOME"] = str(default_model_home)
-    yield default_model_home
-    if old is None:
-        del os.environ["HELIXLOOM_HOME"]
-    else:
-        os.environ["HELIXLOOM_HOME"] = old
+    with home_at(default_model_home) as home:
+        yield home
 
 
 @pytest.fixture(scope="module")
