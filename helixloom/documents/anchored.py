@@ -207,6 +207,17 @@ def form_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
         for clause in clauses(s):
             for q, key, lead in _shaped(clause, where, names(s, common, known)):
                 yield Pair(q, lead_answer(lead, s), key, doc.doc_id, "forms", fact.index)
+        m = _CONDITION.match(s)
+        if m:  # "If the amber lamp blinks, the wick is dry: refill the tank ...": what it means, what to do
+            cond, after = m.group("cond").strip(), s[m.end() :].strip().rstrip(".")
+            meaning, _, todo = after.partition(":")
+            on = where.replace(" of ", " on ", 1)
+            for q, lead in (
+                (f"What does it mean if {cond}{on}?", meaning),
+                (f"What should you do if {cond}?", todo),
+            ):
+                if lead.strip():
+                    yield Pair(q, lead_answer(lead, s), lead.split()[-1], doc.doc_id, "forms", fact.index)
 
 
 def _shaped(clause: str, where: str, found: Sequence[str]) -> Iterator[tuple[str, str, str]]:
@@ -241,7 +252,6 @@ def _forms(clause: str, where: str, topics: Sequence[str]) -> Iterator[tuple[str
     """(question, key) for one clause's shape; ``where`` (" of the T-40") names the document's
     subject when the clause does not, ``topics`` are its subjects."""
     body = clause.rstrip(".!")
-    on = where.replace(" of ", " on ", 1)
     m = _SUBJECT_VERB.match(body)
     if m and m.group("subj").split()[-1].lower() not in STOPWORDS and m.group("verb") not in STOPWORDS:
         subj, verb = _lower_first(m.group("subj")), _base_verb(m.group("verb"))
@@ -260,13 +270,6 @@ def _forms(clause: str, where: str, topics: Sequence[str]) -> Iterator[tuple[str
         rest = m.group("rest").strip(" ,")
         yield f"What {modal} {subj} do?", rest.split()[-1] if rest else m.group("verb")
         yield f"What {modal} {subj} {m.group('verb')}?", rest.split()[-1] if rest else m.group("verb")
-    m = _CONDITION.match(body)
-    if m:
-        cond = m.group("cond").strip()
-        after = body[m.end() :].strip()
-        key = after.split()[-1] if after else cond
-        yield f"What does it mean if {cond}{on}?", key
-        yield f"What should you do if {cond}?", key
     m = _PURPOSE.match(body)
     if m:
         purpose = m.group("purpose").strip()
