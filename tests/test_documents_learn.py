@@ -251,7 +251,7 @@ def test_learn_end_to_end(
         assert meta["base"] == str(tiny_model.path)
         kinds = {r["meta"]["prompt"] for r in rows}
         # code-built perspectives, the teacher's grounded pairs, the documents' text and replay
-        assert {"span", "entity", "title", "statement", "document", "replay"} <= kinds
+        assert {"span", "entity", "title", "statement", "numbers", "document", "replay"} <= kinds
         assert kinds & {p.name for p in Suite.load().prompts}
         assert (
             meta["mix"]["heldout"] > 0 and meta["mix"]["pairs_dropped"]
@@ -267,6 +267,10 @@ def test_learn_end_to_end(
         for key in ("heldout_accuracy_before", "heldout_accuracy_after", "citation_accuracy_after"):
             assert 0.0 <= stored[key] <= 1.0
         assert stored["perplexity_general_base"] > 1 and stored["forgetting_ratio"] > 0
+        # forgetting is measured after every epoch too, and the kept epoch's is the adapter's
+        assert stored["epochs"] and all(e["forgetting_ratio"] > 0 for e in stored["epochs"])
+        kept = next(e for e in stored["epochs"] if e["epoch"] == stored["best_epoch"])
+        assert kept["forgetting_ratio"] == stored["forgetting_ratio"]
         assert stored["pairs_kept"]["span"] > 0 and "training" in stored["seconds"]
         assert stored["pairs_kept"]["anchored"] > 0 and stored["pairs_kept"]["forms"] > 0
         assert stored["teacher"] == "scripted" and stored["suite_questions"] == 1

@@ -66,7 +66,7 @@ _MODAL = re.compile(
 _CONDITION = re.compile(r"^If\s+(?P<cond>[^,:;]+)[,:;]")
 _PURPOSE = re.compile(r"^To\s+(?P<purpose>[^,]+),")
 _NAME_VERB = re.compile(
-    r"^(?P<subj>[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)\s+(?P<verb>[a-z]+)\s+(?P<obj>[a-z][^,;:]*)$"
+    r"^(?P<subj>[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)\s+(?P<verb>[a-z]+)\s+(?P<obj>[a-z][^;:]*)$"
 )
 _PLACE = re.compile(r"\b(?P<verb>[a-z]+)\s+to\s+(?P<place>the\s+[A-Z][\w'-]*(?:\s+[a-z][\w'-]*)?)")
 _WITH = re.compile(r"^(?P<verb>[A-Z][a-z]+)\s+(?P<obj>the\s+[a-z][\w\s-]*?)\s+with\s+(?P<what>[^,;:]+)$")
@@ -227,7 +227,8 @@ def _shaped(clause: str, where: str, found: Sequence[str]) -> Iterator[tuple[str
     with what to use ("Fill the tank with lamp oil only" -> "What should you fill the tank with?")."""
     m = _NAME_VERB.match(clause)
     if m and m.group("subj") in found and m.group("verb") not in STOPWORDS and m.group("verb") not in _MODALS:
-        subj, verb, obj = m.group("subj"), m.group("verb"), m.group("obj").strip()
+        subj, verb = m.group("subj"), m.group("verb")
+        obj = re.split(r",|\s+(?:and|but|which|who)\b", m.group("obj"))[0].strip()  # its first phrase
         do, base = ("does", _base_verb(verb)) if verb.endswith("s") else ("do", verb)
         yield f"What {do} {subj} {base}?", obj.split()[-1], obj
         yield f"What {do} {subj} {base}{where}?", obj.split()[-1], obj
