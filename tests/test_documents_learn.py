@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -441,6 +442,7 @@ def test_cli_plain_chat_with_learned_adapter(
     assert main(["adapters", "show", "zq"]) == 0
     shown = capsys.readouterr().out
     assert "held-out generated questions" in shown and "forgetting ratio" in shown and "pairs kept" in shown
+    assert re.search(r"per epoch \(held-out accuracy, forgetting\): [\d.]+: \d+% x[\d.]+", shown)
     assert main(["adapters", "show", "zq", "--json"]) == 0
     assert "heldout_accuracy_after" in json.loads(capsys.readouterr().out)["report"]
     # Retrieval on top of the adapter: the passages BM25 found are shown to the model and returned.
