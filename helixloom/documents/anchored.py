@@ -12,14 +12,17 @@ subject. The model answered every T-40 question with the lead. So here every fac
   T-40: replace the wick after every how many hours of use?"), and "What do you know about the wick of
   the Vorrick T-40?" for the sentence's noun phrases.
 - ``forms``: natural questions from a sentence's shape: "What does the red dial do?" / "What is the red
-  dial for?" (subject + verb), "What will wardens do?" (modal), "What does it mean if the amber lamp
-  blinks?" (condition), "How do you light the burner?" ("To light the burner, ..."), "How far / how
-  long / how much / how often ..." beside "how many <unit>", "How many legs does the Zorblax have?"
-  ("six-legged"), and clauses after "said" as facts of their own.
+  dial for?" (subject + verb), "What will wardens do?" (modal), "How do you light the burner?" ("To
+  light the burner, ..."), and clauses after "said" as facts of their own. Where the asked-for phrase
+  is plain, it is said first and the sentence follows (``lead_answer``): "What does it mean if the
+  amber lamp blinks?" -> "The wick is dry. If the amber lamp blinks, ...", "What do Zorblaxes eat?"
+  -> "Glowing moss. ...", "Where will peat cutters move?", "What should you fill the tank with?".
+  Numbers and dates have their own perspective (``documents.numbers``).
 - ``reverse``: a description asked for its name ("What is a teal, six-legged reptile?" -> the Zorblax).
 
-Every answer is still a sentence of the document (or, for ``reverse``, the entity description of
-``grounded.describe``): the phrasings multiply questions, never facts.
+Every answer still holds a sentence of the document (or, for ``reverse``, the entity description of
+``grounded.describe``), after at most a span of it said first: the phrasings multiply questions,
+never facts.
 """
 
 from __future__ import annotations
