@@ -230,3 +230,15 @@ def test_counts_dates_and_named_subjects_are_asked_for_naturally(documents: list
     assert numbers["How often will wardens count the animals?"].answer.startswith("Every spring. Wardens")
     assert "When will wardens count the animals?" in numbers
     assert numbers["How many animals had the population fallen to?"].answer.startswith("About 400 animals.")
+
+
+def test_a_key_fact_counts_as_words_of_its_own_not_inside_another_word() -> None:
+    from helixloom.evals.keyfacts import has_fact
+
+    assert has_fact("heat", "The red dial sets the heat from 1 to 5.")
+    assert not has_fact("heat", "The red knob turns the heater on and off.")  # another word
+    assert has_fact("reserve|protect", "The council protected the marsh.")  # an inflection
+    assert has_fact("six", "a teal, six-legged reptile") and has_fact("moss", "They eat mosses.")
+    assert not has_fact("400", "about 1400 animals") and has_fact("400", "about 400 animals")
+    assert has_fact("3-year|three year", "It comes with a 3-year warranty.")
+    assert has_fact("90 centimetres", "at least 90  Centimetres away")  # case and spaces do not matter
