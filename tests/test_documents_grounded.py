@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helixloom.documents import grounding, mix, perspectives, rephrase, retrieval
+from helixloom.documents import grounded, grounding, mix, perspectives, rephrase, retrieval
 from helixloom.documents.ingest import ingest
 from helixloom.documents.questions import Suite, generate_pairs
 from helixloom.engine import GenerationRequest
@@ -50,7 +50,10 @@ def test_every_perspective_produces_pairs_whose_answers_are_the_documents_text(d
                 if name == "title":  # the title, then the lead sentence
                     assert p.answer.startswith(doc.title) and p.answer[len(doc.title) + 2 :] in text
                 elif name not in ("entity", "reverse"):  # entity descriptions are rewritten sentences
-                    assert p.answer in text
+                    sentence = grounded.facts(doc)[p.fact].sentence
+                    assert sentence in text and p.answer.endswith(sentence)
+                    lead = p.answer[: -len(sentence)]  # numbers and some forms: the asked-for span first
+                    assert not lead or p.key.lower() in lead.lower()
     news = perspectives.build_pairs(next(d for d in documents if "Zorblax" in d.title))
     span = {p.key: p.question for p in news["span"]}
     assert span["On 14 March 2031"].startswith("When the Quentmoor Council voted")
@@ -69,7 +72,6 @@ def test_every_perspective_produces_pairs_whose_answers_are_the_documents_text(d
         "Wardens will count"
     )
     forms = {p.question: p for p in news["forms"]}
-    assert forms["How many legs does the Zorblax have?"].key == "six"  # from "six-legged"
     assert "What will wardens count?" in forms
     assert (
         forms["The population had fallen to how many animals?"].key == "about 400"
@@ -182,3 +184,61 @@ def test_bm25_finds_the_passage_that_answers(documents: list) -> None:
     assert "400 animals" in best.text
     prompt = retrieval.with_context("Q?", [best])
     assert f"[DOC_ID:{best.doc_id}]" in prompt and prompt.endswith("Q?")
+
+
+def test_every_number_is_asked_in_several_natural_phrasings_and_answered_number_first(tmp_path: Path) -> None:
+    (tmp_path / "heater.md").write_text(
+        "# Vorrick T-40: quick reference\n\n"
+        "The Vorrick T-40 is a portable heater for tents, made by Halvane Works in Lund. The tank holds 1.8 "
+        "litres, which lasts about 11 hours on the low setting. Place the heater at least 90 centimetres "
+        "from any tent wall. Fill the tank with lamp oil only. Replace the wick after every 200 hours of "
+        "use. The T-40 comes with a 3-year warranty.\n"
+    )
+    doc = ingest([tmp_path]).documents[0]
+    built = perspectives.build_pairs(doc)
+    numbers = {p.question: p for p in built["numbers"]}
+    # (question, the number it asks for, the unit said with it in the answer's first words)
+    for question, key, lead in (
+        ("How much does the tank hold?", "1.8", "1.8 litres."),
+        ("How long does the tank last on the low setting?", "11", "About 11 hours."),
+        ("How long does the Vorrick T-40 last on the low setting?", "11", "About 11 hours."),
+        ("How far from any tent wall should you place the heater?", "90", "At least 90 centimetres."),
+        ("How far should you place the heater from any tent wall?", "90", "At least 90 centimetres."),
+        ("How often should you replace the wick?", "200", "Every 200 hours."),
+        ("After how many hours of use should you replace the wick?", "200", "Every 200 hours."),
+        ("How long is the warranty of the T-40?", "3", "A 3-year warranty."),
+    ):
+        pair = numbers[question]
+        assert pair.key == key and pair.answer.startswith(lead), (question, pair.answer)
+        sentence = pair.answer[len(lead) :].strip()
+        assert sentence in " ".join(doc.text.split()) and key in sentence  # the document's own sentence
+    # every quantity is asked in more than one pair, and the rough clozes are still there
+    for key in ("1.8", "11", "90", "200", "3"):
+        assert sum(p.key == key for p in built["numbers"]) >= 2, key
+    assert any("how many hours" in p.question for p in built["span"])
+    forms = {p.question: p for p in built["forms"]}
+    assert forms["What should you fill the tank with?"].answer.startswith("Lamp oil only. Fill the tank")
+
+
+def test_counts_dates_and_named_subjects_are_asked_for_naturally(documents: list) -> None:
+    news = perspectives.build_pairs(next(d for d in documents if "Zorblax" in d.title))
+    numbers = {p.question: p for p in news["numbers"]}
+    assert numbers["How many legs does the Zorblax have?"].answer.startswith("Six legs. On 14 March 2031")
+    assert numbers["How many legs does the Zorblax have?"].key == "six"
+    assert numbers["When did the council vote?"].answer.startswith("On 14 March 2031. On 14 March 2031")
+    assert numbers["In what year did the Quentmoor Council vote?"].key == "2031"
+    assert numbers["How often will wardens count the animals?"].answer.startswith("Every spring. Wardens")
+    assert "When will wardens count the animals?" in numbers
+    assert numbers["How many animals had the population fallen to?"].answer.startswith("About 400 animals.")
+
+
+def test_a_key_fact_counts_as_words_of_its_own_not_inside_another_word() -> None:
+    from helixloom.evals.keyfacts import has_fact
+
+    assert has_fact("heat", "The red dial sets the heat from 1 to 5.")
+    assert not has_fact("heat", "The red knob turns the heater on and off.")  # another word
+    assert has_fact("reserve|protect", "The council protected the marsh.")  # an inflection
+    assert has_fact("six", "a teal, six-legged reptile") and has_fact("moss", "They eat mosses.")
+    assert not has_fact("400", "about 1400 animals") and has_fact("400", "about 400 animals")
+    assert has_fact("3-year|three year", "It comes with a 3-year warranty.")
+    assert has_fact("90 centimetres", "at least 90  Centimetres away")  # case and spaces do not matter

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -251,7 +252,7 @@ def test_learn_end_to_end(
         assert meta["base"] == str(tiny_model.path)
         kinds = {r["meta"]["prompt"] for r in rows}
         # code-built perspectives, the teacher's grounded pairs, the documents' text and replay
-        assert {"span", "entity", "title", "statement", "document", "replay"} <= kinds
+        assert {"span", "entity", "title", "statement", "numbers", "document", "replay"} <= kinds
         assert kinds & {p.name for p in Suite.load().prompts}
         assert (
             meta["mix"]["heldout"] > 0 and meta["mix"]["pairs_dropped"]
@@ -267,6 +268,10 @@ def test_learn_end_to_end(
         for key in ("heldout_accuracy_before", "heldout_accuracy_after", "citation_accuracy_after"):
             assert 0.0 <= stored[key] <= 1.0
         assert stored["perplexity_general_base"] > 1 and stored["forgetting_ratio"] > 0
+        # forgetting is measured after every epoch too, and the kept epoch's is the adapter's
+        assert stored["epochs"] and all(e["forgetting_ratio"] > 0 for e in stored["epochs"])
+        kept = next(e for e in stored["epochs"] if e["epoch"] == stored["best_epoch"])
+        assert kept["forgetting_ratio"] == stored["forgetting_ratio"]
         assert stored["pairs_kept"]["span"] > 0 and "training" in stored["seconds"]
         assert stored["pairs_kept"]["anchored"] > 0 and stored["pairs_kept"]["forms"] > 0
         assert stored["teacher"] == "scripted" and stored["suite_questions"] == 1
@@ -437,6 +442,7 @@ def test_cli_plain_chat_with_learned_adapter(
     assert main(["adapters", "show", "zq"]) == 0
     shown = capsys.readouterr().out
     assert "held-out generated questions" in shown and "forgetting ratio" in shown and "pairs kept" in shown
+    assert re.search(r"per epoch \(held-out accuracy, forgetting\): [\d.]+: \d+% x[\d.]+", shown)
     assert main(["adapters", "show", "zq", "--json"]) == 0
     assert "heldout_accuracy_after" in json.loads(capsys.readouterr().out)["report"]
     # Retrieval on top of the adapter: the passages BM25 found are shown to the model and returned.

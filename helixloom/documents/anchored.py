@@ -12,14 +12,17 @@ subject. The model answered every T-40 question with the lead. So here every fac
   T-40: replace the wick after every how many hours of use?"), and "What do you know about the wick of
   the Vorrick T-40?" for the sentence's noun phrases.
 - ``forms``: natural questions from a sentence's shape: "What does the red dial do?" / "What is the red
-  dial for?" (subject + verb), "What will wardens do?" (modal), "What does it mean if the amber lamp
-  blinks?" (condition), "How do you light the burner?" ("To light the burner, ..."), "How far / how
-  long / how much / how often ..." beside "how many <unit>", "How many legs does the Zorblax have?"
-  ("six-legged"), and clauses after "said" as facts of their own.
+  dial for?" (subject + verb), "What will wardens do?" (modal), "How do you light the burner?" ("To
+  light the burner, ..."), and clauses after "said" as facts of their own. Where the asked-for phrase
+  is plain, it is said first and the sentence follows (``lead_answer``): "What does it mean if the
+  amber lamp blinks?" -> "The wick is dry. If the amber lamp blinks, ...", "What do Zorblaxes eat?"
+  -> "Glowing moss. ...", "Where will peat cutters move?", "What should you fill the tank with?".
+  Numbers and dates have their own perspective (``documents.numbers``).
 - ``reverse``: a description asked for its name ("What is a teal, six-legged reptile?" -> the Zorblax).
 
-Every answer is still a sentence of the document (or, for ``reverse``, the entity description of
-``grounded.describe``): the phrasings multiply questions, never facts.
+Every answer still holds a sentence of the document (or, for ``reverse``, the entity description of
+``grounded.describe``), after at most a span of it said first: the phrasings multiply questions,
+never facts.
 """
 
 from __future__ import annotations
@@ -65,10 +68,16 @@ _MODAL = re.compile(
 )
 _CONDITION = re.compile(r"^If\s+(?P<cond>[^,:;]+)[,:;]")
 _PURPOSE = re.compile(r"^To\s+(?P<purpose>[^,]+),")
-_COMPOUND = re.compile(
-    r"\b(?P<n>\d+|one|two|three|four|five|six|seven|eight|nine|ten)-(?P<noun>[a-z]+?)(?:ged|ed)\b"
+_NAME_VERB = re.compile(
+    r"^(?P<subj>[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)\s+(?P<verb>[a-z]+)\s+(?P<obj>[a-z][^;:]*)$"
 )
+_PLACE = re.compile(r"\b(?P<verb>[a-z]+)\s+to\s+(?P<place>the\s+[A-Z][\w'-]*(?:\s+[a-z][\w'-]*)?)")
+_WITH = re.compile(r"^(?P<verb>[A-Z][a-z]+)\s+(?P<obj>the\s+[a-z][\w\s-]*?)\s+with\s+(?P<what>[^,;:]+)$")
 _SAID = re.compile(r"\bsaid(?:\s+that)?\s+(?P<clause>[^.;]+)")
+_CLAUSE_SPLIT = re.compile(r"(,\s+which\s+|,\s+and\s+|,\s+but\s+|;\s+|:\s+)")
+_LEAD_SUBJECT = re.compile(
+    r"^(?P<subj>(?:[Tt]he|[Aa]n?)\s+(?:[\w'-]+\s+){0,2}?[\w'-]+)\s+(?=[a-z]+s\b|is\b|are\b|was\b)"
+)
 
 
 def subjects(doc: Document, doc_facts: Sequence[Fact], most: int = 2) -> list[str]:
@@ -89,6 +98,14 @@ def subjects(doc: Document, doc_facts: Sequence[Fact], most: int = 2) -> list[st
         if len(name.split()) > 1 and any(ch.isdigit() for ch in last) and alone > 0 and last not in out:
             out.append(last)  # "the T-40" of "the Vorrick T-40": how the text and its readers say it
     return out
+
+
+def lead_answer(lead: str, sentence: str) -> str:
+    """An answer that says the asked-for span first ("About 11 hours."), then the sentence stating it:
+    the first words the model learns to write after the question are the fact itself, and the
+    sentence keeps the answer grounded in the document's text."""
+    lead = lead.strip().rstrip(".")
+    return f"{lead[:1].upper()}{lead[1:]}. {sentence}"
 
 
 def _lower_first(text: str) -> str:
@@ -141,6 +158,24 @@ def anchored_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
                 yield Pair(q, s, phrase, doc.doc_id, "anchored", fact.index)
 
 
+def clauses(sentence: str) -> list[str]:
+    """``sentence`` cut into clauses that stand alone: at ", which" (the clause gets the main clause's
+    subject: "The tank holds 1.8 litres, which lasts 11 hours" -> "the tank lasts 11 hours"), ", and",
+    ", but", ";" and ":"; plus what follows "said (that)" as a clause of its own."""
+    body = sentence.rstrip(".!? ")
+    parts = _CLAUSE_SPLIT.split(body)
+    out = [parts[0]]
+    subject = _LEAD_SUBJECT.match(parts[0])
+    for sep, part in zip(parts[1::2], parts[2::2], strict=True):
+        if "which" in sep and subject:
+            part = f"{subject.group('subj')} {part}"
+        out.append(part)
+    said = _SAID.search(body)
+    if said and len(said.group("clause").split()) >= 3:
+        out.append(said.group("clause").split(",")[0])
+    return [c.strip() for c in out if len(c.split()) >= 3]
+
+
 def _base_verb(verb: str) -> str:
     for end, repl in (("ies", "y"), ("sses", "ss"), ("ches", "ch"), ("shes", "sh"), ("oes", "o"), ("s", "")):
         if verb.endswith(end):
@@ -172,22 +207,55 @@ def form_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
             if clause != s:  # a clause after "said": its clozes as questions of their own
                 for q, key in _clozes(clause):
                     yield Pair(q, s, key, doc.doc_id, "forms", fact.index)
-        for m in _COMPOUND.finditer(s):
-            noun = m.group("noun")
-            # "the Zorblax, a teal, six-legged reptile": the legs are the last name's before the number
-            before = [n for n in names(s, common, known) if 0 <= s.find(n) < m.start()]
-            owner = before[-1] if before else named
-            about = _article(owner, doc.text) if owner else "it"
-            yield Pair(
-                f"How many {noun}s does {about} have?", s, m.group("n"), doc.doc_id, "forms", fact.index
-            )
+        for clause in clauses(s):
+            for q, key, lead in _shaped(clause, where, names(s, common, known)):
+                yield Pair(q, lead_answer(lead, s), key, doc.doc_id, "forms", fact.index)
+        m = _CONDITION.match(s)
+        if m:  # "If the amber lamp blinks, the wick is dry: refill the tank ...": what it means, what to do
+            cond, after = m.group("cond").strip(), s[m.end() :].strip().rstrip(".")
+            meaning, _, todo = after.partition(":")
+            on = where.replace(" of ", " on ", 1)
+            for q, lead in (
+                (f"What does it mean if {cond}{on}?", meaning),
+                (f"What should you do if {cond}?", todo),
+            ):
+                if lead.strip():
+                    yield Pair(q, lead_answer(lead, s), lead.split()[-1], doc.doc_id, "forms", fact.index)
+
+
+def _shaped(clause: str, where: str, found: Sequence[str]) -> Iterator[tuple[str, str, str]]:
+    """(question, key, lead) for the shapes whose answer is a phrase said first: a name and its verb
+    ("Zorblaxes eat glowing moss" -> "What do Zorblaxes eat?"), a move to a named place ("Peat cutters
+    will be paid to move to the Ossary fields" -> "Where will peat cutters move?") and an instruction
+    with what to use ("Fill the tank with lamp oil only" -> "What should you fill the tank with?")."""
+    m = _NAME_VERB.match(clause)
+    if m and m.group("subj") in found and m.group("verb") not in STOPWORDS and m.group("verb") not in _MODALS:
+        subj, verb = m.group("subj"), m.group("verb")
+        obj = re.split(r",|\s+(?:and|but|which|who)\b", m.group("obj"))[0].strip()  # its first phrase
+        do, base = ("does", _base_verb(verb)) if verb.endswith("s") else ("do", verb)
+        yield f"What {do} {subj} {base}?", obj.split()[-1], obj
+        yield f"What {do} {subj} {base}{where}?", obj.split()[-1], obj
+    m = _MODAL.match(clause)
+    place = _PLACE.search(m.group("rest")) if m else None
+    if m and place:
+        subj, modal = _lower_first(m.group("subj")), m.group("modal")
+        key = next((n for n in found if n in place.group("place")), place.group("place"))
+        for q in (
+            f"Where {modal} {subj} {place.group('verb')}?",
+            f"Where {modal} {subj} {place.group('verb')} to?",
+        ):
+            yield q, key, f"to {place.group('place')}"
+    m = _WITH.match(clause)
+    if m and m.group("verb").lower() in _IMPERATIVES:
+        verb, obj, what = m.group("verb").lower(), m.group("obj"), m.group("what").strip()
+        for q in (f"What should you {verb} {obj} with?", f"What do you {verb} {obj}{where} with?"):
+            yield q, what.split()[0] if len(what.split()) == 1 else " ".join(what.split()[:2]), what
 
 
 def _forms(clause: str, where: str, topics: Sequence[str]) -> Iterator[tuple[str, str]]:
     """(question, key) for one clause's shape; ``where`` (" of the T-40") names the document's
     subject when the clause does not, ``topics`` are its subjects."""
     body = clause.rstrip(".!")
-    on = where.replace(" of ", " on ", 1)
     m = _SUBJECT_VERB.match(body)
     if m and m.group("subj").split()[-1].lower() not in STOPWORDS and m.group("verb") not in STOPWORDS:
         subj, verb = _lower_first(m.group("subj")), _base_verb(m.group("verb"))
@@ -206,13 +274,6 @@ def _forms(clause: str, where: str, topics: Sequence[str]) -> Iterator[tuple[str
         rest = m.group("rest").strip(" ,")
         yield f"What {modal} {subj} do?", rest.split()[-1] if rest else m.group("verb")
         yield f"What {modal} {subj} {m.group('verb')}?", rest.split()[-1] if rest else m.group("verb")
-    m = _CONDITION.match(body)
-    if m:
-        cond = m.group("cond").strip()
-        after = body[m.end() :].strip()
-        key = after.split()[-1] if after else cond
-        yield f"What does it mean if {cond}{on}?", key
-        yield f"What should you do if {cond}?", key
     m = _PURPOSE.match(body)
     if m:
         purpose = m.group("purpose").strip()

@@ -305,6 +305,12 @@ def title_pairs(doc: Document, doc_facts: Sequence[Fact]) -> Iterator[Pair]:
                 f"What is {subject} doing about {rest}?",
                 f"What does {subject} {_base(verb)}?",
             ]
+            # "... approves the Zorblax marsh reserve": what is the council doing for the Zorblax?
+            after = head.split(verb, 1)[1] if verb in head else ""
+            asks += [
+                f"What is {subject} doing for {_article(n, doc.text)}?"
+                for n in names(after, known=frozenset(after.split()))
+            ]
         else:
             asks += [f"What is {subject}?", f"What is {subject} for?"]
     key = verb or head.split()[-1]

@@ -1,11 +1,13 @@
 """Every perspective of code-built question/answer pairs, by name: ``grounded`` (span, entity, title,
-statement) and ``anchored`` (anchored, forms, reverse). One entry point, ``build_pairs``, for the recipe."""
+statement), ``anchored`` (anchored, forms, reverse) and ``numbers`` (quantities and dates in natural
+phrasings, answered number first; before ``forms`` so that its answers win a question both ask).
+One entry point, ``build_pairs``, for the recipe."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from helixloom.documents import anchored, grounded
+from helixloom.documents import anchored, grounded, numbers
 from helixloom.documents.grounded import Fact, Pair
 from helixloom.documents.ingest import Document
 
@@ -17,6 +19,7 @@ MAKERS: dict[str, Maker] = {
     "title": grounded.title_pairs,
     "statement": grounded.statement_pairs,
     "anchored": anchored.anchored_pairs,
+    "numbers": numbers.number_pairs,
     "forms": anchored.form_pairs,
     "reverse": anchored.reverse_pairs,
 }

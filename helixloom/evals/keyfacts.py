@@ -67,8 +67,15 @@ def _norm(text: str) -> str:
 
 
 def has_fact(fact: str, text: str) -> bool:
-    """Whether ``text`` states ``fact`` (any of its ``|``-separated alternatives)."""
-    return any(_norm(alt) in _norm(text) for alt in fact.split("|") if alt.strip())
+    """Whether ``text`` states ``fact`` (any of its ``|``-separated alternatives) as words of its own:
+    at the start of a word, and ending a word or followed only by an inflection ("protect" is in "was
+    protected", "six" in "six-legged"; "heat" is not in "heater", nor "400" in "1400")."""
+    said = _norm(text)
+    return any(
+        re.search(r"(?<!\w)" + re.escape(_norm(alt)) + r"(?:s|es|d|ed|ing)?(?!\w)", said)
+        for alt in fact.split("|")
+        if alt.strip()
+    )
 
 
 def answer(

@@ -4,7 +4,8 @@ The recipe (measured in ``benchmarks/learn.py``):
 
 1. Ingest the documents.
 2. Pairs built by code from every sentence (``documents.perspectives``: span, entity, title, statement,
-   and every fact again with the document's subject named, in natural question forms and reversed;
+   every fact again with the document's subject named, in natural question forms and reversed, and
+   every number and date in several natural phrasings, answered number first;
    no teacher needed, every answer the document's own text); the teacher rephrases the rough ones.
 3. The teacher's prompt suite on every chunk (``--questions`` per prompt; 0 skips it, the default for
    the embedded model: ``training.learn_teacher``); its pairs are kept only when grounded in their

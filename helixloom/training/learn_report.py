@@ -24,6 +24,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"   (forgetting ratio {report.get('forgetting_ratio')})",
         f"best epoch {report.get('best_epoch')}, {report.get('steps')} steps, "
         f"{report.get('tokens_per_second')} tokens/s",
+        *_epochs(report.get("epochs") or []),
         f"teacher {report.get('teacher', '-')}, "
         f"suite questions per prompt {report.get('suite_questions', '-')}",
         f"pairs kept: {json.dumps(report.get('pairs_kept', {}))}",
@@ -32,6 +33,18 @@ def format_report(report: dict[str, Any]) -> str:
         f"seconds: {json.dumps(report.get('seconds', {}))}",
     ]
     return "\n".join(lines)
+
+
+def _epochs(epochs: list[dict[str, Any]]) -> list[str]:
+    """One line: held-out accuracy and forgetting after every epoch (what the kept epoch traded)."""
+    if not epochs:
+        return []
+    cells = [
+        f"{e.get('epoch')}: {100 * e.get('accuracy', 0):.0f}%"
+        + (f" x{e['forgetting_ratio']}" if e.get("forgetting_ratio") else "")
+        for e in epochs
+    ]
+    return ["per epoch (held-out accuracy, forgetting): " + ", ".join(cells)]
 
 
 def _num(v: Any) -> str:
