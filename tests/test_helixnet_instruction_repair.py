@@ -147,7 +147,8 @@ def test_regenerator_rows_are_mostly_fixes_with_a_capped_share_kept() -> None:
          "regeneration": None if o == "none" else f"g{i}", "outcome": o}
         for i, o in enumerate(outcomes)
     ]  # fmt: skip
-    rows, mix = build_rows(lessons, fmt, ScriptedEngine([]), SYSTEM, keep_share=0.25)
+    rows, mixes = build_rows(lessons, fmt, ScriptedEngine([]), SYSTEM, keep_share=0.25)
+    mix = mixes["regenerator"]
     assert mix == {"fix_sample": 3, "fix_repaired": 3, "keep": 2, "keep_available": 10}
     assert len(rows["critic"]) == 18  # every critique teaches the critic
     assert len(rows["regenerator"]) == 8 and mix["keep"] / len(rows["regenerator"]) <= 0.25
