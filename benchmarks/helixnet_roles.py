@@ -6,8 +6,8 @@ prints one JSON object:
 - **critic**, per arm: how often its critique's verdict (pass: it says the response "follows every
   instruction"; fail: anything else) agrees with the verifier on the actor's answer, the confusion
   counts, and for failed answers how many of the verifier's failure sentences the critique names
-  word for word (recall) and how many "It has / It does / It is / It uses" findings it makes
-  (each failure sentence is one);
+  word for word (recall) or but for their counts, and how many "It has / It does / It is / It uses"
+  findings it makes (each failure sentence is one);
 - **regenerator**: the trained regenerator (and with ``--base`` the base model) given the
   *verifier's exact critique* of the actor's answer, against the same regenerator given the trained
   critic's critique (the trained arm). If the exact critique gives much more, the critic limits the
@@ -35,12 +35,18 @@ from _home import bench_home
 
 PASS = "follows every instruction"
 FINDING = re.compile(r"\bIt (?:has|does|is|uses)\b")
+NUMBER = re.compile(r"\d+")
+
+
+def _kind(text: str) -> str:
+    """A failure sentence without its counts: names the right failure even if the count is off."""
+    return NUMBER.sub("#", text)
 
 
 def critic_report(prompts: list[Any], turns: list[dict[str, Any]]) -> dict[str, Any]:
     """How the critiques in ``turns`` agree with the verifier on each actor answer."""
     counts = {"true_pass": 0, "false_pass": 0, "true_fail": 0, "false_fail": 0}
-    named = findings = failures = 0
+    named = kinds = findings = failures = 0
     for p, t in zip(prompts, turns, strict=True):
         passes, says_pass = p.passes(t["actor"]), PASS in t["critique"]
         counts[("true_" if passes == says_pass else "false_") + ("pass" if says_pass else "fail")] += 1
@@ -48,6 +54,7 @@ def critic_report(prompts: list[Any], turns: list[dict[str, Any]]) -> dict[str, 
             failed = p.failures(t["actor"])
             failures += len(failed)
             named += sum(f in t["critique"] for f in failed)
+            kinds += sum(_kind(f) in _kind(t["critique"]) for f in failed)
             findings += len(FINDING.findall(t["critique"]))
     total = len(turns)
     return {
@@ -57,6 +64,7 @@ def critic_report(prompts: list[Any], turns: list[dict[str, Any]]) -> dict[str, 
         "failure_sentences": failures,
         "failure_sentences_named": named,
         "recall": round(named / failures, 4) if failures else 0.0,
+        "failure_sentences_named_but_counts": kinds,
     }
 
 
