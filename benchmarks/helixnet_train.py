@@ -13,7 +13,7 @@ and its fix/keep mix, and wall time per phase.
                                         [--critic-tokens 48] [--regen-tokens 64] [--lr 4e-4]
                                         [--epochs 2] [--rank 16] [--work DIR [--resume]]
 
-The defaults are the recipe the README quotes (about 55 minutes on one CPU thread). One sample per
+The defaults are the recipe the README quotes (45-50 minutes on one CPU thread). One sample per
 prompt: the verifier's code repair gives every failed response a target close to it, so more
 samples would mostly add teaching time (one against four was not measured on the same budget).
 
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--critic-tokens", type=int, default=48, help="longest critique (0: --max-tokens)")
     parser.add_argument("--regen-tokens", type=int, default=64, help="longest regeneration (0: --max-tokens)")
     parser.add_argument("--lr", type=float, default=4e-4, help="LoRA learning rate")
-    parser.add_argument("--critic-pass-share", type=float, default=0.5, help="least passing critic rows")
+    parser.add_argument("--critic-pass-share", type=float, default=0.3, help="least passing critic rows")
     parser.add_argument("--gen-batch", type=int, default=16, help="prompts per teaching batch")
     parser.add_argument("--epochs", type=float, default=2.0, help="training epochs per role (default 2)")
     parser.add_argument("--keep-share", type=float, default=0.25, help="most regenerator rows kept as is")

@@ -191,7 +191,7 @@ class HelixTrainConfig:
         metadata={"help": "the verifier repairs a failed response in code when no actor sample passes"},
     )
     critic_pass_share: float = field(
-        default=0.5,
+        default=0.3,
         metadata={
             "help": "least share of the critic's examples that critique a passing answer; a failed "
             "response's verified regeneration is added as one (0: the actor's responses only)"
