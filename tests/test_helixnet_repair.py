@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from helixloom.engine import sampling
 from helixloom.helixnet import NO_CRITIQUE, HelixNet, Role, StageEvent
-from helixloom.helixnet.stages import is_degenerate, may_be_degenerate, retry_sampling
+from helixloom.helixnet.stages import degenerate_kind, is_degenerate, may_be_degenerate, retry_sampling
 from helixloom.helixnet_gate import evaluator_gate, gate_question
 from tests.scripted import ScriptedEngine
 
@@ -66,7 +66,7 @@ def test_an_empty_regeneration_keeps_the_actors_answer() -> None:
     turn = pipeline.answer("Why do cats purr?", on_event=events.append)
     regen = turn.regenerations[-1]
     assert turn.regeneration == "Cats purr." and regen.attempts == 3
-    assert regen.fallback == "empty after 3 attempts; kept the previous answer"
+    assert regen.fallback == "empty after 3 attempts; kept the previous answer"  # the label is stripped
     assert streamed(events, "regenerator") == "Cats purr."  # a stream still ends with the answer
     ends = [e.output for e in events if e.kind == "end"]
     assert ends[-1] == regen
@@ -91,7 +91,7 @@ def test_an_empty_critique_skips_the_regenerator() -> None:
 def test_no_resampling_when_told() -> None:
     pipeline, _ = net(["", "c", "r"], resamples=0)
     turn = pipeline.answer("q?")
-    assert turn.actor.text == "" and turn.actor.fallback == "empty after 1 attempts"
+    assert turn.actor.text == "" and turn.actor.fallback == "empty after 1 attempt"
 
 
 def judge_preferring(good: str) -> ScriptedEngine:
@@ -137,3 +137,14 @@ def test_a_stage_that_repeats_its_instructions_is_resampled_and_never_shown() ->
     turn = pipeline.answer("Why do cats purr?", on_event=events.append)
     assert turn.regeneration == "Cats purr to calm down." and turn.regenerations[-1].attempts == 2
     assert streamed(events, "regenerator") == "Cats purr to calm down."  # the echo streamed nothing
+
+
+def test_a_fallback_says_why_the_stage_was_no_answer() -> None:
+    system = "You are a HelixNet. Elaborate on the topic and construct a clear chain of thought."
+    assert degenerate_kind(" \n", system) == "empty"
+    assert degenerate_kind("REGENERATED ANSWER:", system) == "only a label"
+    assert degenerate_kind(system, system) == "its instructions repeated"
+    assert degenerate_kind("Cats purr to calm down.", system) is None
+    pipeline, _ = net(["Cats purr.", "Say why.", system, system, system], system=system)
+    regen = pipeline.answer("Why do cats purr?").regenerations[-1]
+    assert regen.fallback == "its instructions repeated after 3 attempts; kept the previous answer"

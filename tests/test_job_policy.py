@@ -124,3 +124,28 @@ def test_train_helixnet_takes_the_verifier_or_an_allowed_teacher(policy: JobPoli
         check(policy, "train helixnet --name hx --teacher openai:http://evil/v1#m")
     with pytest.raises(HelixloomError, match="not registered"):
         check(policy, "train helixnet --name hx --actor-adapter /etc")
+
+
+def test_every_flag_of_a_job_command_is_allowed_or_refused_on_purpose() -> None:
+    # A flag added to the CLI must be sorted: allowed with a kind of value, or refused with a reason.
+    # Otherwise jobs over HTTP silently lose it (as --repair and --engine once did).
+    from helixloom.cli import build_parser
+    from helixloom.server.job_policy import ALLOWED, REFUSED
+
+    parser = build_parser()
+    for words, allowed in ALLOWED.items():
+        sub = JobPolicy._subparser(parser, words)
+        dests = {a.dest for a in sub._actions if a.dest != "help"}
+        refused = REFUSED.get(words, {})
+        assert not set(allowed) & set(refused), words
+        assert dests == set(allowed) | set(refused), (words, dests ^ (set(allowed) | set(refused)))
+
+
+def test_new_flags_pass_over_http(policy: JobPolicy) -> None:
+    argv = check(policy, "train helixnet --name hx --teacher verifier --no-repair --keep-share 0.1")
+    assert "--no-repair" in argv and argv[argv.index("--keep-share") + 1] == "0.1"
+    assert "--engine" in check(
+        policy, "prompts generate --seed uploads/prompts.txt --out outputs/p.txt --engine hf"
+    )
+    with pytest.raises(HelixloomError, match="cannot be used"):
+        check(policy, "improve --name x --server http://evil:8000")

@@ -19,6 +19,7 @@ from helixloom.errors import HelixloomError
 from helixloom.helixnet.stages import (
     RESAMPLES,
     PrefixHold,
+    degenerate_kind,
     is_degenerate,
     may_be_degenerate,
     retry_sampling,
@@ -57,6 +58,11 @@ class Role:
 Gate = Callable[[str, str, str], tuple[float, float]]
 
 NO_CRITIQUE = "(no critique: the critic wrote nothing; the answer stands)"
+
+
+def _gave_up(kind: str, attempts: int) -> str:
+    """A stage's fallback note: "empty after 3 attempts", "its instructions repeated after 1 attempt"."""
+    return f"{kind} after {attempts} attempt{'s' if attempts != 1 else ''}"
 
 
 @dataclass(frozen=True)
@@ -184,8 +190,8 @@ class HelixNet:
         fmt, system = self.format, self.system
         actor_engine = self.roles["actor"].engine
         actor = self._stage("actor", 0, fmt.actor_prompt(actor_engine, system, question, history), emit)
-        if is_degenerate(actor.text, self.system):
-            actor = replace(actor, fallback=f"empty after {actor.attempts} attempts")
+        if kind := degenerate_kind(actor.text, self.system):
+            actor = replace(actor, fallback=_gave_up(kind, actor.attempts))
         self._end(actor, emit)
         critiques: list[StageOutput] = []
         regenerations: list[StageOutput] = []
@@ -195,10 +201,8 @@ class HelixNet:
             critique = self._stage(
                 "critic", r, fmt.critic_prompt(critic_engine, system, question, latest), emit
             )
-            if is_degenerate(critique.text, self.system):
-                critique = replace(
-                    critique, text=NO_CRITIQUE, fallback=f"empty after {critique.attempts} attempts"
-                )
+            if kind := degenerate_kind(critique.text, self.system):
+                critique = replace(critique, text=NO_CRITIQUE, fallback=_gave_up(kind, critique.attempts))
                 self._end(critique, emit, shown=NO_CRITIQUE)
                 regen = self._skipped(r, latest, critique.finish_reason)
                 emit(StageEvent("start", "regenerator", r))
@@ -217,8 +221,8 @@ class HelixNet:
 
     def _settle(self, regen: StageOutput, question: str, previous: str) -> tuple[StageOutput, str]:
         """The regeneration as the round keeps it, and the text still to show (held back so far)."""
-        if is_degenerate(regen.text, self.system):
-            note = f"empty after {regen.attempts} attempts; kept the previous answer"
+        if kind := degenerate_kind(regen.text, self.system):
+            note = f"{_gave_up(kind, regen.attempts)}; kept the previous answer"
             return replace(regen, text=previous, fallback=note), previous
         if self.gate is None:
             return regen, ""

@@ -33,14 +33,23 @@ def _misses(text: str, instructions: str) -> tuple[int, int]:
     return len(said), sum(1 for w in said if w not in pool)
 
 
+def degenerate_kind(text: str, instructions: str = "") -> str | None:
+    """Why ``text`` is no answer: "empty" (whitespace or punctuation), "only a label" (nothing but
+    transcript labels), "its instructions repeated" (opens by repeating ``instructions``); None when
+    it is an answer."""
+    if not text.strip(_FILLER):
+        return "empty"
+    rest = _LABEL.sub("", text).strip(_FILLER)
+    if not rest:
+        return "only a label"
+    said, missed = _misses(rest, instructions) if instructions else (0, 0)
+    return "its instructions repeated" if said == ECHO_WORDS and missed <= 1 else None
+
+
 def is_degenerate(text: str, instructions: str = "") -> bool:
     """True when ``text`` has nothing but labels, whitespace and punctuation, or opens by repeating
     ``instructions``."""
-    rest = _LABEL.sub("", text).strip(_FILLER)
-    if not rest:
-        return True
-    said, missed = _misses(rest, instructions) if instructions else (0, 0)
-    return said == ECHO_WORDS and missed <= 1
+    return degenerate_kind(text, instructions) is not None
 
 
 def may_be_degenerate(text: str, instructions: str = "") -> bool:

@@ -87,7 +87,17 @@ def _flags(values: Iterable[str], *special: str, **overrides: str) -> dict[str, 
 #: (command words) -> {argparse dest: kind}. Anything not here is refused over HTTP.
 ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
     ("learn",): _flags(
-        ["review", "questions", "chunk_tokens", "prompts", *_TRAINING],
+        [
+            "review",
+            "questions",
+            "chunk_tokens",
+            "prompts",
+            "rephrase",
+            "patience",
+            "holdout",
+            "replay",
+            *_TRAINING,
+        ],
         "paths",
         "name",
         "base",
@@ -95,7 +105,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
         "suite",
         prompts=VALUE,  # here: which prompts of the suite, by name
     ),
-    ("eval", "qa"): _flags(["max_tokens", "json"], "adapter", "base", questions=IN),
+    ("eval", "qa"): _flags(["max_tokens", "json", "retrieve"], "adapter", "base", questions=IN),
     ("eval", "winrate"): _flags(
         [*_SAMPLING, *_JUDGING],
         "model",
@@ -143,6 +153,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "seed_rng",
             "n",
             "json",
+            "engine",  # auto|hf|llamacpp: which backend runs a model the operator allowed
         ],
         "out",
         "model",
@@ -198,6 +209,8 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "gen_batch",
             "limit",
             "sample_seed",
+            "repair",
+            "keep_share",
             *_TRAINING,
         ],
         "prompts",
@@ -269,6 +282,16 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
         "adapter",
         "reward",
     ),
+}
+
+#: Flags of the commands above that are deliberately refused over HTTP, and why. With ``ALLOWED`` this
+#: covers every flag of those commands (a test checks it), so a flag added to the CLI is a decision.
+REFUSED: dict[tuple[str, ...], dict[str, str]] = {
+    ("learn",): {
+        "teacher_url": "a URL the server would call",
+        "teacher_model": "only meaningful with --teacher-url",
+    },
+    ("improve",): {"server": "a URL the server would call"},
 }
 
 _BUILTIN_TEMPLATES = ("pair-v2", "single-v1")
