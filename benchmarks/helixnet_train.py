@@ -9,8 +9,13 @@ error), mean answer length in words, the gate's keep/replace counts, examples pe
 training, where the regenerator's targets came from (a passing sample, the repaired response, none)
 and its fix/keep mix, and wall time per phase.
 
-    python benchmarks/helixnet_train.py [--train 128] [--heldout 98] [--samples 4] [--max-tokens 48]
+    python benchmarks/helixnet_train.py [--train 240] [--heldout 98] [--samples 1] [--max-tokens 32]
+                                        [--critic-tokens 48] [--regen-tokens 64] [--lr 4e-4]
                                         [--epochs 2] [--rank 16] [--work DIR [--resume]]
+
+The defaults are the recipe the README quotes (45-50 minutes on one CPU thread). One sample per
+prompt: the verifier's code repair gives every failed response a target close to it, so more
+samples would mostly add teaching time (one against four was not measured on the same budget).
 
 Answers are greedy (temperature 0) so the actor's answer is the same in every arm; the pipeline
 runs through ``HelixNet.answer`` with concurrent questions batched by ``BatchingEngine``.
@@ -40,10 +45,15 @@ from _home import bench_home
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=128, help="training prompts (default 128)")
+    parser.add_argument("--train", type=int, default=240, help="training prompts (default 240)")
     parser.add_argument("--heldout", type=int, default=98, help="held-out prompts (default 98: all)")
-    parser.add_argument("--samples", type=int, default=4, help="actor samples per training prompt")
-    parser.add_argument("--max-tokens", type=int, default=48, help="longest answer of every stage")
+    parser.add_argument("--samples", type=int, default=1, help="actor samples per training prompt")
+    parser.add_argument("--max-tokens", type=int, default=32, help="longest actor answer (taught, held out)")
+    parser.add_argument("--critic-tokens", type=int, default=48, help="longest critique (0: --max-tokens)")
+    parser.add_argument("--regen-tokens", type=int, default=64, help="longest regeneration (0: --max-tokens)")
+    parser.add_argument("--lr", type=float, default=4e-4, help="LoRA learning rate")
+    parser.add_argument("--critic-pass-share", type=float, default=0.3, help="least passing critic rows")
+    parser.add_argument("--gen-batch", type=int, default=16, help="prompts per teaching batch")
     parser.add_argument("--epochs", type=float, default=2.0, help="training epochs per role (default 2)")
     parser.add_argument("--keep-share", type=float, default=0.25, help="most regenerator rows kept as is")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --work")
@@ -80,10 +90,20 @@ def main() -> None:
             store,
             base="default",
             config=HelixTrainConfig(
-                samples=args.samples, max_tokens=args.max_tokens, gen_batch=8, keep_share=args.keep_share
+                samples=args.samples,
+                max_tokens=args.max_tokens,
+                gen_batch=args.gen_batch,
+                keep_share=args.keep_share,
+                critic_pass_share=args.critic_pass_share,
             ),
             sft=LoraSFTConfig(
-                rank=args.rank, alpha=2.0 * args.rank, epochs=args.epochs, batch_size=8, max_length=512
+                rank=args.rank,
+                alpha=2.0 * args.rank,
+                learning_rate=args.lr,
+                epochs=args.epochs,
+                batch_size=8,
+                max_length=512,
+                save_steps=10,
             ),
             say=lambda line: print(line, file=sys.stderr),
             resume=args.resume,
@@ -96,6 +116,10 @@ def main() -> None:
 
     batching = BatchingEngine(engine, max_batch=8)
     greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, token_healing=True)
+    # Each stage's budget: a fix can take more tokens than the answer it fixes (an answer in capitals
+    # is about twice the tokens of the same words in lowercase), and the untrained arm gets the same.
+    critic_params = greedy.model_copy(update={"max_tokens": args.critic_tokens or args.max_tokens})
+    regen_params = greedy.model_copy(update={"max_tokens": args.regen_tokens or args.max_tokens})
 
     def run(arm: str, critic: str | None, regenerator: str | None) -> list[dict[str, Any]]:
         """The arm's turns as plain texts, kept in --work so a resumed run does not answer again."""
@@ -106,7 +130,9 @@ def main() -> None:
                 return turns
         t0 = time.perf_counter()
         net = HelixNet(
-            Role(batching, None, greedy), Role(batching, critic, greedy), Role(batching, regenerator, greedy)
+            Role(batching, None, greedy),
+            Role(batching, critic, critic_params),
+            Role(batching, regenerator, regen_params),
         )
         with ThreadPoolExecutor(8) as pool:
             answered = list(pool.map(lambda p: net.answer(p.prompt), heldout))
@@ -193,6 +219,7 @@ def main() -> None:
     report["examples_per_role"] = result.examples
     report["regeneration_targets"] = result.targets
     report["regenerator_mix"] = result.regenerator_mix
+    report["critic_mix"] = result.critic_mix
     report["skipped_regenerations"] = result.skipped_regenerations
     report["train"] = result.as_dict()["train"]
     report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}

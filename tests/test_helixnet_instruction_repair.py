@@ -131,6 +131,10 @@ def test_verifier_outcomes_kept_sample_repaired_none() -> None:
         ("repaired", lessons[2].regeneration),
     ]
     assert lessons[2].regeneration and PROMPT.passes(lessons[2].regeneration)
+    # the verifier vouches for a target it checked, so the critic can learn what a passing answer is
+    vouched = ins.critique(PROMPT, "Blue sea.")  # what the verifier says of any passing answer
+    assert [x.target_critique for x in lessons] == [None, vouched, vouched]
+    assert "follows every instruction" in (lessons[1].target_critique or "")
     assert "9 words" in lessons[2].critique  # the critique is the failed checks, whatever the target
     off = VerifierTeacher(repair=False).teach([Attempt(PROMPT, SYSTEM, (BAD, BAD))])[0]
     assert (off.outcome, off.regeneration) == ("none", None)
@@ -147,7 +151,8 @@ def test_regenerator_rows_are_mostly_fixes_with_a_capped_share_kept() -> None:
          "regeneration": None if o == "none" else f"g{i}", "outcome": o}
         for i, o in enumerate(outcomes)
     ]  # fmt: skip
-    rows, mix = build_rows(lessons, fmt, ScriptedEngine([]), SYSTEM, keep_share=0.25)
+    rows, mixes = build_rows(lessons, fmt, ScriptedEngine([]), SYSTEM, keep_share=0.25)
+    mix = mixes["regenerator"]
     assert mix == {"fix_sample": 3, "fix_repaired": 3, "keep": 2, "keep_available": 10}
     assert len(rows["critic"]) == 18  # every critique teaches the critic
     assert len(rows["regenerator"]) == 8 and mix["keep"] / len(rows["regenerator"]) <= 0.25
@@ -157,3 +162,33 @@ def test_regenerator_rows_are_mostly_fixes_with_a_capped_share_kept() -> None:
     assert len(none_at_all["regenerator"]) == 6
     outcomes_count = Counter(x["outcome"] for x in lessons)
     assert outcomes_count["kept"] == mix["keep_available"]
+
+
+def test_the_critic_learns_from_passing_targets_up_to_its_pass_share() -> None:
+    """Session 6's critic, trained on the actor's mostly failing answers, said every answer fails.
+    A failed response's verified target (a passing answer to the same question) is a passing critic
+    row, added in prompt order until passing rows are at least ``critic_pass_share``."""
+    fmt = PromptFormat.load("helixnet")
+    outcomes = ["repaired"] * 6 + ["kept"] * 2 + ["none"]
+    lessons = [
+        {"question": f"Q{i}", "response": f"bad{i}", "critique": f"fails{i}",
+         "regeneration": None if o == "none" else f"good{i}", "outcome": o,
+         "target_critique": "The response follows every instruction." if o == "repaired" else None}
+        for i, o in enumerate(outcomes)
+    ]  # fmt: skip
+    rows, mixes = build_rows(lessons, fmt, ScriptedEngine([]), SYSTEM, keep_share=0.25, critic_pass_share=0.5)
+    # 7 failed responses, 2 passed: 5 targets make 7 of 14 rows passing
+    assert mixes["critic"] == {"response_failed": 7, "response_passed": 2, "target_passed": 5}
+    critic = rows["critic"]
+    assert len(critic) == 9 + 5
+    added = [r for r in critic if "RESPONSE: good" in r["prompt"]]
+    assert [r["prompt"] for r in added] == [
+        fmt.critic_prompt(ScriptedEngine([]), SYSTEM, f"Q{i}", f"good{i}") for i in range(5)
+    ]  # the seed's critic prompt with the target as the response; first ones in prompt order
+    assert all(r["completion"] == " The response follows every instruction." for r in added)
+    assert all(r["prompt"].endswith(" \nCRITIQUE:") for r in critic)
+    assert mixes["regenerator"] == {"fix_repaired": 6, "keep": 2, "keep_available": 2}
+    unbalanced, mixes = build_rows(lessons, fmt, ScriptedEngine([]), SYSTEM, keep_share=0.25)
+    assert len(unbalanced["critic"]) == 9 and mixes["critic"]["target_passed"] == 0  # 0: responses only
+    most, _ = build_rows(lessons, fmt, ScriptedEngine([]), SYSTEM, keep_share=0.25, critic_pass_share=0.9)
+    assert len(most["critic"]) == 9 + 6  # never more than the targets there are

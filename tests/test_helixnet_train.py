@@ -164,7 +164,11 @@ def test_train_helixnet_trains_both_roles_registers_the_set_and_resumes(
         config=config,
         sft=FAST,
     )
-    assert result.examples["critic"] == 6 and 0 < result.examples["regenerator"] <= 6
+    critic = result.critic_mix  # every response, plus passing targets up to 30% of the critic's rows
+    assert critic["response_failed"] + critic["response_passed"] == 6
+    assert result.examples["critic"] == 6 + critic["target_passed"]
+    assert (critic["response_passed"] + critic["target_passed"]) / result.examples["critic"] >= 0.3
+    assert 0 < result.examples["regenerator"] <= 6
     assert sum(result.targets.values()) == 6 and set(result.targets) <= {"kept", "sample", "repaired"}
     mix = result.regenerator_mix
     made = mix["keep"] + mix.get("fix_sample", 0) + mix.get("fix_repaired", 0)

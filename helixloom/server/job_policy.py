@@ -211,6 +211,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "sample_seed",
             "repair",
             "keep_share",
+            "critic_pass_share",
             *_TRAINING,
         ],
         "prompts",

@@ -190,8 +190,17 @@ class HelixTrainConfig:
         default=True,
         metadata={"help": "the verifier repairs a failed response in code when no actor sample passes"},
     )
+    critic_pass_share: float = field(
+        default=0.3,
+        metadata={
+            "help": "least share of the critic's examples that critique a passing answer; a failed "
+            "response's verified regeneration is added as one (0: the actor's responses only)"
+        },
+    )
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.critic_pass_share < 1.0:
+            raise HelixloomError("critic_pass_share must be in [0, 1)", param="critic_pass_share")
         for name in ("samples", "max_tokens", "teacher_max_tokens", "gen_batch"):
             if not getattr(self, name) > 0:
                 raise HelixloomError(f"{name} must be positive", param=name)

@@ -53,6 +53,10 @@ class Lesson:
     #: ``kept`` (the response passed and is its own target), ``sample`` (a passing actor sample),
     #: ``repaired`` (the response repaired by code), ``none``, or ``teacher`` (an LLM teacher wrote it)
     outcome: str = "teacher"
+    #: the teacher's critique of ``regeneration`` when it can vouch that it is right (the verifier's
+    #: "follows every instruction"), so the critic also sees a passing answer to the same question;
+    #: None when the teacher cannot (an LLM teacher's regeneration is not checked)
+    target_critique: str | None = None
 
 
 class Teacher(Protocol):
@@ -93,9 +97,11 @@ class VerifierTeacher:
             # the passing sample nearest the response: the smallest change that fixes it
             mine = words(a.response.lower())
             best = max(passing, key=lambda s: rouge_l(mine, words(s.lower())))
-            return Lesson(said, best, "sample")
+            return Lesson(said, best, "sample", critique(a.prompt, best))
         fixed = repair(a.prompt, a.response, a.samples[1:]) if self.repair else None
-        return Lesson(said, fixed, "repaired") if fixed else Lesson(said, None, "none")
+        if fixed:
+            return Lesson(said, fixed, "repaired", critique(a.prompt, fixed))
+        return Lesson(said, None, "none")
 
 
 class EngineTeacher:

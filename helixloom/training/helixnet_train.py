@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,7 @@ class HelixTrainResult:
     adapters: dict[str, str]  # role -> registered adapter name
     targets: dict[str, int] = field(default_factory=dict)  # lesson outcome (teachers.OUTCOMES) -> count
     regenerator_mix: dict[str, int] = field(default_factory=dict)  # fix / keep rows, keep_available
+    critic_mix: dict[str, int] = field(default_factory=dict)  # failed / passing responses, passing targets
     train: dict[str, TrainResult] = field(default_factory=dict)  # roles trained in this run
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -145,6 +147,7 @@ def teach(
                     "critique": lesson.critique,
                     "regeneration": lesson.regeneration,
                     "outcome": lesson.outcome,
+                    "target_critique": lesson.target_critique,
                 }
                 for a, lesson in zip(attempts, lessons, strict=True)
             ]
@@ -204,7 +207,10 @@ def train_helixnet(
         lessons = teach(
             prompts, actor, teacher, folder / PARTIAL, fmt=fmt, system=system, config=config
         )  # fmt: skip
-        rows, mix = build_rows(lessons, fmt, actor.engine, system, keep_share=config.keep_share)
+        rows, mix = build_rows(
+            lessons, fmt, actor.engine, system,
+            keep_share=config.keep_share, critic_pass_share=config.critic_pass_share,
+        )  # fmt: skip
         for role in ROLES:
             atomic.write_jsonl(folder / f"{role}.jsonl", rows[role])
         atomic.write_jsonl(folder / "lessons.jsonl", lessons)
@@ -214,11 +220,13 @@ def train_helixnet(
         state = _mark(folder, state, "teach", seconds)
     lessons = [row for _, row in jsonl.read(folder / "lessons.jsonl")]
     examples: dict[str, int] = {role: sum(1 for _ in jsonl.read(folder / f"{role}.jsonl")) for role in ROLES}
-    mix = json.loads((folder / "mix.json").read_text()) if (folder / "mix.json").is_file() else {}
+    mixes = json.loads((folder / "mix.json").read_text()) if (folder / "mix.json").is_file() else {}
+    # older runs wrote the regenerator's mix only
+    mix, critic_mix = mixes.get("regenerator", mixes), mixes.get("critic", {})
     targets = {o: n for o in OUTCOMES if (n := sum(1 for row in lessons if row.get("outcome") == o))}
     say(
         f"role data: {examples['critic']} critic and {examples['regenerator']} regenerator examples; "
-        f"targets {targets}; regenerator mix {mix}"
+        f"targets {targets}; regenerator mix {mix}; critic mix {critic_mix}"
     )
 
     trained: dict[str, TrainResult] = {}
@@ -255,25 +263,45 @@ def train_helixnet(
     _mark(folder, state, "register", seconds)
     skipped = sum(1 for row in lessons if row["critique"] and not row["regeneration"])
     return HelixTrainResult(
-        name, len(prompts), dict(examples), skipped, dict(registered), targets, mix, dict(trained), seconds
-    )
+        name, len(prompts), dict(examples), skipped, dict(registered), targets, mix, critic_mix,
+        dict(trained), seconds,
+    )  # fmt: skip
 
 
 def build_rows(
-    lessons: Sequence[dict[str, Any]], fmt: PromptFormat, engine: Engine, system: str, *, keep_share: float
-) -> tuple[dict[str, list[dict[str, str]]], dict[str, int]]:
-    """Role rows from the lessons, and the regenerator's mix. Every critique is a critic row. A
-    regenerator row whose response passed (``kept``) is one of at most ``keep_share`` of the
-    regenerator's rows (the first ones in prompt order); every other regeneration is a fix row,
-    counted in the mix by where its target came from (``fix_sample``, ``fix_repaired``...). When no
-    response failed there is nothing to fix, and every kept row is used (the regenerator can only
-    learn to keep a good answer then)."""
+    lessons: Sequence[dict[str, Any]],
+    fmt: PromptFormat,
+    engine: Engine,
+    system: str,
+    *,
+    keep_share: float,
+    critic_pass_share: float = 0.0,
+) -> tuple[dict[str, list[dict[str, str]]], dict[str, dict[str, int]]]:
+    """Role rows from the lessons, and each role's mix (``{"regenerator": ..., "critic": ...}``).
+
+    Regenerator: a row whose response passed (``kept``) is one of at most ``keep_share`` of its rows
+    (the first ones in prompt order); every other regeneration is a fix row, counted by where its
+    target came from (``fix_sample``, ``fix_repaired``...). When no response failed there is nothing
+    to fix, and every kept row is used (the regenerator can only learn to keep a good answer then).
+
+    Critic: every critique of a response is a row. The actor fails most prompts, and a critic that
+    learns only from them learns to say every answer fails (session 6's trained critic did). So while
+    passing answers are under ``critic_pass_share`` of its rows, the verified regeneration of a failed
+    response (a passing answer to the same question, differing from the failed one mostly in what
+    the checks look at) is added with the teacher's critique of it (``target_critique``), first ones
+    in prompt order."""
     usable = [row for row in lessons if row["critique"].strip() and (row["regeneration"] or "").strip()]
     fix = sum(1 for row in usable if row.get("outcome") != "kept")
     kept_available = len(usable) - fix
     keep_room = int(keep_share * fix / (1 - keep_share)) if fix else kept_available
+    criticised = [row for row in lessons if row["critique"].strip()]
+    passed = sum(1 for row in criticised if row.get("outcome") == "kept")
+    failed = sum(1 for row in criticised if row.get("outcome") in ("sample", "repaired", "none"))
+    # the fewest passing rows p with p / (p + failed) >= critic_pass_share
+    pass_room = max(0, math.ceil(critic_pass_share * failed / (1 - critic_pass_share)) - passed)
     rows: dict[str, list[dict[str, str]]] = {r: [] for r in ROLES}
     mix = {"keep": 0, "keep_available": kept_available}
+    critic_mix = {"response_failed": failed, "response_passed": passed, "target_passed": 0}
     for lesson in lessons:
         regeneration = lesson["regeneration"]
         outcome = lesson.get("outcome", "teacher")
@@ -287,7 +315,13 @@ def build_rows(
         if "regenerator" in made:
             key = "keep" if outcome == "kept" else f"fix_{outcome}"
             mix[key] = mix.get(key, 0) + 1
-    return rows, mix
+        vouched = lesson.get("target_critique")
+        room = critic_mix["target_passed"] < pass_room
+        if vouched and lesson["regeneration"] and outcome != "kept" and room:
+            prompt = fmt.critic_prompt(engine, system, lesson["question"], lesson["regeneration"].strip())
+            rows["critic"].append({"prompt": prompt, "completion": " " + vouched.strip()})
+            critic_mix["target_passed"] += 1
+    return rows, {"regenerator": mix, "critic": critic_mix}
 
 
 def _seed(seed: int, prompt_id: str, sample: int) -> int:
