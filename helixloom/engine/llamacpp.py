@@ -322,6 +322,8 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
         for these settings, with the row's own seed."""
         from llama_cpp._internals import LlamaSampler
 
+        if p.temperature == 0 and grammar is None:
+            return _Argmax(self.llm.n_vocab())
         chain = LlamaSampler()
         if grammar is not None:
             chain.add_grammar(self.llm._model, grammar)
@@ -387,3 +389,20 @@ def _file_hash(file: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+class _Argmax:
+    """Greedy decoding without a grammar: the logits' first maximum, as llama.cpp's greedy sampler
+    picks it, read in place. llama.cpp's sampler copies all logits (262k for Gemma) into a candidate
+    array on every call: measured 1.17 ms a token against 0.07 ms, per row of every decode step."""
+
+    def __init__(self, n_vocab: int) -> None:
+        self.n_vocab = n_vocab
+
+    def sample(self, ctx: Any, index: int) -> int:
+        import numpy as np
+
+        return int(np.ctypeslib.as_array(ctx.get_logits_ith(index), shape=(self.n_vocab,)).argmax())
+
+    def close(self) -> None:
+        pass
