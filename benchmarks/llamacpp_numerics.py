@@ -51,6 +51,7 @@ class Probe:
         cp = lc.llama_context_default_params()
         cp.n_ctx, cp.n_seq_max, cp.kv_unified = 8 * 512, 8, False
         cp.n_threads = cp.n_threads_batch = threads
+        cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama-cpp-python's Llama (the engine)
         self.ctx = lc.llama_init_from_model(self.model, cp)
         self.memory = lc.llama_get_memory(self.ctx)
         self.batch = lc.llama_batch_init(512, 0, 1)
