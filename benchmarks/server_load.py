@@ -25,7 +25,7 @@ Targets: server / engine >= 0.9 on both workloads; requests sent == sessions sto
 llama_cpp.server >= 1.0.
 
     python benchmarks/server_load.py [--model default] [--clients 8] [--requests 24] [--rate 4]
-        [--threads N] [--no-llama-server]
+        [--threads N] [--no-llama-server | --only-llama-server]
 
 Loopback only; the number of requests and their length are bounded by the flags.
 """
@@ -249,10 +249,15 @@ def llama_cpp_server(gguf: Path, alias: str, threads: int, n_ctx: int) -> Iterat
 
 
 def against_llama_cpp_server(
-    args: argparse.Namespace, adapters: dict[str, Path], mixed: list[Job], hf_base_tok_s: float, work: Path
+    args: argparse.Namespace,
+    adapters: dict[str, Path],
+    mixed: list[Job],
+    hf_base_tok_s: float | None,
+    work: Path,
 ) -> dict[str, Any]:
     """The realistic workload on the same GGUF: llama_cpp.server vs helixloom's server on the backend
-    ``serve`` picks by default, same threads; base-model requests for the comparison."""
+    ``serve`` picks by default, same threads; base-model requests for the comparison. The hf
+    server's figure (``hf_base_tok_s``, None when it did not run) is compared too."""
     import openai
 
     from helixloom import models
@@ -291,6 +296,10 @@ def against_llama_cpp_server(
     finally:
         server.stop()
         state.close()
+    hf = {} if hf_base_tok_s is None else {
+        "helixloom_hf_tok_s": round(hf_base_tok_s, 2),
+        "ratio_helixloom_hf_over_llama_cpp_server": round(hf_base_tok_s / theirs.tok_s, 3),
+    }  # fmt: skip
     return {
         "workload": "realistic, base model only (llama_cpp.server switches LoRAs only by reloading)",
         "threads": args.threads,
@@ -299,8 +308,8 @@ def against_llama_cpp_server(
         "helixloom_llamacpp_tok_s": round(ours.tok_s, 2),
         "helixloom_llamacpp_ttft_s": quantiles(ours.ttft),
         "ratio_helixloom_llamacpp_over_llama_cpp_server": round(ours.tok_s / theirs.tok_s, 3),
-        "helixloom_hf_tok_s": round(hf_base_tok_s, 2),
-        "ratio_helixloom_hf_over_llama_cpp_server": round(hf_base_tok_s / theirs.tok_s, 3),
+        "helixloom_llamacpp_sequences": engine.n_parallel,
+        **hf,
         "helixloom_llamacpp_mixed_adapters_tok_s": round(ours_mixed.tok_s, 2),
         "tokens": {"llama_cpp_server": theirs.tokens, "helixloom_llamacpp": ours.tokens},
         "token_count": "usage where the server sends it (helixloom), else streamed chunks (one token each)",
@@ -320,6 +329,9 @@ def main() -> None:
         "--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads, both servers"
     )
     parser.add_argument("--no-llama-server", action="store_true", help="skip the llama_cpp.server comparison")
+    parser.add_argument(
+        "--only-llama-server", action="store_true", help="only the llama_cpp.server comparison (no hf server)"
+    )
     args = parser.parse_args()
     if not 1 <= args.clients <= 64 or not 1 <= args.rounds <= 10 or not 1 <= args.requests <= 200:
         sys.exit("--clients must be 1..64, --rounds 1..10 and --requests 1..200")
@@ -336,6 +348,13 @@ def main() -> None:
     adapters = {"tide": work / "tide", "lamp": work / "lamp"}
     for seed, folder in enumerate(adapters.values()):
         make_adapter(engine, folder, seed)
+    if args.only_llama_server:
+        mixed = realistic_jobs(args.requests, args.model, list(adapters), random.Random(args.seed), one=None)
+        report = {"benchmark": "server_load", "model": args.model, **vars(args)}
+        report["llama_cpp_server"] = against_llama_cpp_server(args, adapters, mixed, None, work)
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return
     state = ServerState(
         ServerConfig(
             model=args.model, max_batch=args.clients, adapters={k: str(v) for k, v in adapters.items()}

@@ -86,12 +86,14 @@ def test_gemma_markers_never_reach_text(
         assert {marker, 256000, 5, turn} <= engine.special_ids and table not in engine.special_ids
     words = lc.tokenize(" cats purr", add_special_tokens=False)
     script = [marker, words[0], turn, table, *words[1:]]
-    monkeypatch.setattr(lc.llm, "generate", lambda *_a, **_k: iter(script))
+    scripted = iter(script)
+    monkeypatch.setattr(lc, "_sample_token", lambda *_a: next(scripted))  # what the sampler "picks"
     events = list(lc.stream(greedy(max_tokens=len(script))))
     result = events[-1]
     assert isinstance(result, GenerationResult) and result.token_ids == tuple(script)
     assert result.text == " cats<table> purr"
     assert "".join(e.text for e in events if isinstance(e, StreamDelta)) == result.text
+    scripted = iter(script)
     shown = lc.generate([greedy(max_tokens=len(script), skip_special_tokens=False)])[0]
     assert shown.text == "<start_of_image> cats<end_of_turn><table> purr"
 
@@ -133,16 +135,24 @@ def test_exported_lora_shifts_like_the_peft_adapter(lc: LlamaCppEngine, hf: HFEn
         assert tv(hf_lora, lc_lora) < min(0.25, 0.35 * effect)
 
 
+# Long enough to reuse: a prefix is reused in whole 32-token chunks (llamacpp_seqs.PREFILL_CHUNK).
+LONG = (
+    "The history of the printing press begins in China, where woodblock printing was used for "
+    "centuries before Johannes Gutenberg built a press with movable metal type in Mainz around 1440."
+)
+
+
 def test_prefix_cache_is_keyed_by_adapter(lc: LlamaCppEngine, lora: Path) -> None:
     lc.load_adapter("rand", str(lora))
     fresh = LlamaCppEngine("llamacpp:default")
-    expected_base = fresh.generate([greedy()])[0].text
-    with_adapter = lc.generate([greedy(adapter="rand")])[0].text
+    expected_base = fresh.generate([greedy(LONG)])[0].text
+    with_adapter = lc.generate([greedy(LONG, adapter="rand")])[0].text
     assert with_adapter != expected_base
     # Same prompt right after, without the adapter: KV computed under the LoRA must not be reused.
-    assert lc.generate([greedy()])[0].text == expected_base
     hits = lc.prefix_hits
-    lc.generate([greedy()])
+    assert lc.generate([greedy(LONG)])[0].text == expected_base
+    assert lc.prefix_hits == hits
+    assert lc.generate([greedy(LONG)])[0].text == expected_base  # reused exactly
     assert lc.prefix_hits > hits  # same adapter, same prompt: the prefix is reused
     fresh.close()
 
@@ -191,8 +201,18 @@ def llama_server(home: Path) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # llama_cpp.server has no flag for llama.cpp's --no-repack; the engine loads the plain weight
+    # layout (llamacpp_seqs.plain_weights: the repacked kernels give a row other numbers in a batch
+    # than alone), so the server loads it too. Same library, same settings: the same numbers (with
+    # the server's stock repacked layout its log-probs differed from the engine's by 0.08).
+    launch = (
+        "import runpy\n"
+        "from helixloom.engine.llamacpp_seqs import plain_weights\n"
+        "with plain_weights():\n"
+        "    runpy.run_module('llama_cpp.server', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf()), "--host", "127.0.0.1",
+        [sys.executable, "-c", launch, "--model", str(default_gguf()), "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", "2048", "--model_alias", "gemma"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

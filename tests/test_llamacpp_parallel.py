@@ -1,0 +1,212 @@
+"""Parallel decoding on llama.cpp (the embedded default GGUF): several requests in one context, one
+sequence each; the same greedy text as one at a time; adapters take turns; an abandoned row frees its
+sequence at once; prefixes reused exactly and only under the same adapter content."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helixloom.engine import GenerationRequest, GenerationResult, StreamDelta, sampling
+
+if os.environ.get("HELIXLOOM_REQUIRE_LLAMACPP") == "1":
+    import llama_cpp  # noqa: F401 - fail loudly where the backend must be present
+else:
+    pytest.importorskip("llama_cpp")
+
+from helixloom.engine.llamacpp import LlamaCppEngine
+from tests.conftest import home_at
+
+pytestmark = pytest.mark.default_model
+
+LONG = (
+    "The history of the printing press begins in China, where woodblock printing was used for "
+    "centuries before Johannes Gutenberg built a press with movable metal type in Mainz around 1440."
+)
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    LONG,
+    LONG + " Within fifty years",
+    "In 1492, Columbus",
+]
+
+
+@pytest.fixture(scope="module")
+def home(default_model_home: Path) -> Iterator[Path]:
+    with home_at(default_model_home) as home:
+        yield home
+
+
+@pytest.fixture(scope="module")
+def engines(home: Path, gemma_loras: dict[str, Path]) -> Iterator[tuple[LlamaCppEngine, LlamaCppEngine]]:
+    """Four sequences, and one (what 'one at a time' means), with the two random LoRAs loaded."""
+    par = LlamaCppEngine("llamacpp:default", n_parallel=4)
+    alone = LlamaCppEngine("llamacpp:default", n_parallel=1)
+    for engine in (par, alone):
+        for name, folder in gemma_loras.items():
+            engine.load_adapter(name, str(folder))
+    yield par, alone
+    par.close()
+    alone.close()
+
+
+def greedy(prompt: str, adapter: str | None = None, **kw: Any) -> GenerationRequest:
+    return GenerationRequest(prompt, sampling(**{"temperature": 0, "max_tokens": 12, **kw}), adapter)
+
+
+def decode_widths(engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records how many sequences each llama_decode of the engine covers."""
+    widths: list[int] = []
+    fill = engine._pool.fill
+
+    def spy(entries: list[tuple[int, int, int, bool]]) -> None:
+        widths.append(len({e[0] for e in entries}))
+        fill(entries)
+
+    monkeypatch.setattr(engine._pool, "fill", spy)
+    return widths
+
+
+def test_parallel_equals_sequential_under_greedy(
+    engines: tuple[LlamaCppEngine, LlamaCppEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nine rows (more than the four sequences, so freed sequences take waiting rows mid-batch):
+    base rows of different lengths, some longer than a prompt chunk, a stop sequence, and rows on an
+    adapter. Each row's greedy tokens equal the same request run alone on a one-sequence engine
+    with nothing cached, and the base rows did decode together."""
+    par, alone = engines
+    requests = [greedy(p, max_tokens=6 + 4 * i, ignore_eos=True) for i, p in enumerate(PROMPTS)]
+    requests += [
+        greedy(PROMPTS[0], max_tokens=30, ignore_eos=True, stop=[" is"]),
+        greedy(LONG, adapter="rand", max_tokens=16, ignore_eos=True),
+        greedy(PROMPTS[1], adapter="rand", max_tokens=16, ignore_eos=True),
+    ]
+    widths = decode_widths(par, monkeypatch)
+    par.clear_cache()
+    batch = par.generate(requests)
+    assert max(widths) == 4  # four sequences decoded in one llama_decode
+    for request, got in zip(requests, batch, strict=True):
+        alone.clear_cache()
+        want = alone.generate([request])[0]
+        assert (got.text, got.token_ids, got.finish_reason) == (want.text, want.token_ids, want.finish_reason)
+    assert batch[6].finish_reason == "stop"
+    assert len({r.text for r in batch}) == len(batch)
+    # Streams of parallel rows join to their texts.
+    texts = [""] * 4
+    for row, event in par.stream_batch(requests[:4]):
+        if isinstance(event, StreamDelta):
+            texts[row] += event.text
+    assert texts == [r.text for r in batch[:4]]
+
+
+def test_adapters_take_turns_and_each_row_is_its_own(
+    engines: tuple[LlamaCppEngine, LlamaCppEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows on different adapters in one batch: llama.cpp applies a LoRA to the whole context, so
+    they never share a decode; each row's text is what its own adapter gives alone."""
+    par, alone = engines
+    plan = [("rand", PROMPTS[0]), (None, PROMPTS[0]), ("rand2", PROMPTS[0]), ("rand", PROMPTS[2])]
+    plan.append((None, LONG))
+    applied: list[Any] = []
+    use = par._pool.use_adapter
+
+    def spy(handle: Any) -> None:
+        use(handle)
+        applied.append(handle)
+
+    monkeypatch.setattr(par._pool, "use_adapter", spy)
+    fill = par._pool.fill
+
+    def one_adapter(entries: list[tuple[int, int, int, bool]]) -> None:
+        # Every sequence decoded here was claimed under the adapter now on the context.
+        keys = {par._pool.seqs[e[0]].key for e in entries}
+        assert len(keys) == 1
+        fill(entries)
+
+    monkeypatch.setattr(par._pool, "fill", one_adapter)
+    batch = par.generate([greedy(p, a) for a, p in plan])
+    for (adapter, prompt), got in zip(plan, batch, strict=True):
+        alone.clear_cache()
+        assert got.text == alone.generate([greedy(prompt, adapter)])[0].text
+    assert len({r.text for r in batch[:3]}) == 3  # the same prompt under three adapters
+    names = {id(par._adapters[name][1]): name for name in ("rand", "rand2")}  # ctypes handles
+    assert {"rand", "rand2", None} <= {None if h is None else names[id(h)] for h in applied}
+
+
+def test_an_aborted_row_frees_its_sequence_for_a_waiting_one(
+    engines: tuple[LlamaCppEngine, LlamaCppEngine],
+) -> None:
+    """One sequence, two requests: the second waits; when the first's caller goes away, the second
+    takes the sequence in the same step, and its text is unharmed."""
+    _, alone = engines
+    batch = alone.open_batch()
+    first, second = batch.join(
+        [greedy(LONG, max_tokens=200, ignore_eos=True), greedy(PROMPTS[2], max_tokens=8, ignore_eos=True)]
+    )
+    assert {rid for rid, _ in batch.step()} == {first}  # the second waits for the only sequence
+    events = batch.step(lambda rid: rid == first)
+    ended = {rid: e for rid, e in events if isinstance(e, GenerationResult)}
+    assert ended[first].finish_reason == "abort" and ended[first].usage.completion_tokens == 1
+    assert any(rid == second for rid, e in events if isinstance(e, StreamDelta))  # it started at once
+    got = None
+    while len(batch):
+        for _, event in batch.step():
+            if isinstance(event, GenerationResult):
+                got = event
+    assert got is not None and not any(s.busy for s in alone._pool.seqs)
+    alone.clear_cache()
+    assert got.token_ids == alone.generate([greedy(PROMPTS[2], max_tokens=8, ignore_eos=True)])[0].token_ids
+    # A consumer that stops reading a stream frees its sequences too.
+    stream = alone.stream_batch([greedy(LONG, max_tokens=200, ignore_eos=True)])
+    next(stream)
+    stream.close()
+    assert not any(s.busy for s in alone._pool.seqs)
+
+
+def test_prefix_reuse_is_exact_and_keyed_by_adapter_content(
+    home: Path, gemma_loras: dict[str, Path], tmp_path: Path
+) -> None:
+    """A reused prefix gives the same greedy tokens as a fresh prompt. KV computed under one
+    adapter, or under an older file loaded under the same name, is never reused; the same bytes
+    under another name are (the key is the adapter's content hash, not its name)."""
+    rand, rand2 = (gemma_loras[n] / "adapter_model.gguf" for n in ("rand", "rand2"))
+    fresh = LlamaCppEngine("llamacpp:default", n_parallel=1)
+    engine = LlamaCppEngine("llamacpp:default", n_parallel=1)  # one sequence: one cached prefix
+    try:
+        for name, file in (("rand", rand), ("rand2", rand2)):
+            fresh.load_adapter(name, str(file))
+        want = {}
+        for a in (None, "rand", "rand2"):
+            fresh.clear_cache()
+            want[a] = fresh.generate([greedy(LONG, a)])[0].token_ids
+        assert len(set(want.values())) == 3
+        path = tmp_path / "a.gguf"
+        shutil.copy(rand, path)
+        first = engine.load_adapter("a", str(path))
+        engine.load_adapter("same-bytes", str(rand))
+        assert engine.generate([greedy(LONG, "a")])[0].token_ids == want["rand"]
+        hits = engine.prefix_hits
+        assert engine.generate([greedy(LONG, "same-bytes")])[0].token_ids == want["rand"]
+        assert engine.prefix_hits > hits  # same content under another name: reused, exactly
+        # A reload in place: other weights at the same path under the same name.
+        engine.unload_adapter("a")
+        shutil.copy(rand2, path)
+        second = engine.load_adapter("a", str(path))
+        assert second.version != first.version and second.path == first.path
+        hits = engine.prefix_hits
+        assert engine.generate([greedy(LONG, "a")])[0].token_ids == want["rand2"]
+        assert engine.prefix_hits == hits  # the old file's KV was not used
+        assert engine.generate([greedy(LONG)])[0].token_ids == want[None]
+        assert engine.prefix_hits == hits  # nor an adapter's KV for the base model
+        assert engine.generate([greedy(LONG)])[0].token_ids == want[None]
+        assert engine.prefix_hits > hits  # the base model's own: reused, exactly
+    finally:
+        fresh.close()
+        engine.close()
