@@ -9,7 +9,8 @@ asks every question under four arms. Prints one JSON object: key-fact accuracy p
 model is the baseline, same run), citation accuracy, the forgetting ratio, pairs kept and dropped by
 reason, wall time per phase, and sample answers (to show they are not loops).
 
-    python benchmarks/learn.py [--teacher default|oracle] [--questions N] [--epochs N] [--work DIR]
+    python benchmarks/learn.py [--teacher default|oracle] [--data DIR] [--questions N] [--epochs N]
+        [--work DIR]
 
 ``--teacher oracle`` replaces the suite's teacher with fixed pairs a strong teacher would write (only
 when asked; the default is the embedded model). Timings on a shared machine are upper bounds.
@@ -44,6 +45,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", choices=["default", "oracle"], default="default")
     parser.add_argument(
+        "--data",
+        type=Path,
+        default=DATA,
+        help="a folder of .md documents and their questions.jsonl (default learn_data/; learn_heldout/ "
+        "holds two documents the recipe was never developed on)",
+    )
+    parser.add_argument(
         "--questions", type=int, default=None, help="suite questions per prompt and chunk (default: learn's)"
     )
     parser.add_argument("--epochs", type=float, default=None, help="most epochs (default: learn's)")
@@ -67,9 +75,11 @@ def main() -> None:
     paths.ensure_home()
     docs = work / "docs"
     docs.mkdir(exist_ok=True)
-    for name in ("zorblax.md", "vorrick.md"):
-        shutil.copy(DATA / name, docs / name)
-    items = qa.load(DATA / "questions.jsonl")
+    if args.teacher == "oracle" and args.data.resolve() != DATA.resolve():
+        parser.error("--teacher oracle has pairs for learn_data/ only")
+    for file in sorted(args.data.glob("*.md")):
+        shutil.copy(file, docs / file.name)
+    items = qa.load(args.data / "questions.jsonl")
     found = ingest([docs])
     doc_ids = {Path(d.source).name: d.doc_id for d in found.documents}
     index = retrieval.BM25(retrieval.passages(found.documents))
