@@ -3,7 +3,6 @@ leave at once, and each row's text is what it would be alone."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 from helixloom.engine import GenerationRequest, GenerationResult, sampling
@@ -113,22 +112,17 @@ def test_scheduler_joins_arrivals_into_the_running_batch(tiny_engine: HFEngine) 
     it (it did not wait for the batch to end), and a caller that walks away frees its row."""
     scheduler = BatchingEngine(tiny_engine, max_batch=4)
     try:
-        done: dict[str, float] = {}
-
-        def run(name: str, request: GenerationRequest) -> None:
-            scheduler.generate([request])
-            done[name] = time.perf_counter()
-
-        long = threading.Thread(
-            target=run, args=("long", greedy(PROMPTS[1], ignore_eos=True, max_tokens=300))
-        )
-        long.start()
-        time.sleep(0.3)
-        run("short", greedy(PROMPTS[2], max_tokens=3))
-        assert "long" not in done  # the short request joined the running batch and left it first
+        # The long request is known to be decoding (its first token is out) before the short one is
+        # sent; no sleep, so a loaded machine cannot let it finish first.
+        long = scheduler.stream(greedy(PROMPTS[1], ignore_eos=True, max_tokens=400))
+        next(long)
+        [short] = scheduler.generate([greedy(PROMPTS[2], max_tokens=3)])
+        # it joined the running batch (one batch, two rows at once), so with 3 tokens to the long
+        # one's 400 it left first: it did not wait for the batch to end
+        assert short.usage.completion_tokens == 3
         assert scheduler.batches_run == 1 and scheduler.largest_batch == 2
-        long.join(timeout=120)
-        assert done["short"] < done["long"]
+        last = list(long)[-1]
+        assert isinstance(last, GenerationResult) and last.usage.completion_tokens == 400
 
         stream = scheduler.stream(greedy(PROMPTS[0], ignore_eos=True, max_tokens=400))
         next(stream)
