@@ -210,3 +210,23 @@ def test_prefix_reuse_is_exact_and_keyed_by_adapter_content(
     finally:
         fresh.close()
         engine.close()
+
+
+def test_an_adapter_a_waiting_row_needs_is_not_unloaded(
+    engines: tuple[LlamaCppEngine, LlamaCppEngine],
+) -> None:
+    """Found in review: unloading the adapter of a row still waiting for a sequence succeeded, and
+    when the row's turn came its error ended every row of the batch."""
+    from helixloom.errors import AdapterError
+
+    _, alone = engines
+    batch = alone.open_batch()
+    try:
+        batch.join([greedy(LONG, max_tokens=50, ignore_eos=True), greedy(PROMPTS[2], adapter="rand")])
+        batch.step()  # the base row holds the only sequence; the adapter row waits
+        assert any(s.busy for s in alone._pool.seqs)
+        with pytest.raises(AdapterError, match="waiting request"):
+            alone.unload_adapter("rand")
+        assert "rand" in {a.name for a in alone.adapters()}
+    finally:
+        batch.close()

@@ -23,6 +23,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,8 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
             )
         self.n_parallel = n_parallel
         self._pool = SeqPool(self.llm, n_ctx, n_parallel)  # generation; self.llm's context scores
+        # Open batches, so an adapter a waiting row needs is not unloaded from under it.
+        self._batches: weakref.WeakSet[LlamaCppBatch] = weakref.WeakSet()
         self._lock = threading.RLock()
         self._adapters: dict[str, tuple[AdapterInfo, Any]] = {}
         self._applied: str | None = None  # the adapter set on the scoring context now
@@ -226,6 +229,9 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
             info, handle = self._adapters[name]
             if any(s.busy and s.key == info.version for s in self._pool.seqs):
                 raise AdapterError(f"adapter {name!r} is in use by a running request", "retry when it ends")
+            if any(b.needs(name) for b in list(self._batches)):
+                # a waiting row would fail at its turn, and take its whole batch with it
+                raise AdapterError(f"adapter {name!r} is wanted by a waiting request", "retry when it ends")
             if self._applied == name:
                 self._use_adapter(None)
             if self._kv_adapter == name:
@@ -267,7 +273,9 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
 
     def open_batch(self) -> LlamaCppBatch:
         """A continuous batch on the generation context (see ``llamacpp_batch``)."""
-        return LlamaCppBatch(self)
+        batch = LlamaCppBatch(self)
+        self._batches.add(batch)
+        return batch
 
     def stream_batch(
         self, requests: Sequence[GenerationRequest], *, abort: AbortCheck | None = None

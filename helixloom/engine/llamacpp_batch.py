@@ -104,6 +104,10 @@ class LlamaCppBatch(DecodeBatch):
     def __len__(self) -> int:
         return len(self._waiting) + len(self._active)
 
+    def needs(self, adapter: str) -> bool:
+        """Whether a row of this batch, running or waiting, is on ``adapter``."""
+        return any(r.request.adapter == adapter for r in (*self._waiting, *self._active))
+
     def join(self, requests: Sequence[GenerationRequest]) -> list[int]:
         rows = [self._engine._new_row(self._next_id + i, r) for i, r in enumerate(requests)]
         self._next_id += len(rows)
