@@ -230,3 +230,20 @@ def test_an_adapter_a_waiting_row_needs_is_not_unloaded(
         assert "rand" in {a.name for a in alone.adapters()}
     finally:
         batch.close()
+
+
+def test_a_batch_running_when_its_engine_closes_fails_cleanly(home: Path) -> None:
+    """Found in review: BatchingEngine.close gives its worker 30 s, then closes the engine, which
+    frees the contexts a still-running batch would decode on next (a crash of the process)."""
+    from helixloom.errors import HelixloomError
+
+    engine = LlamaCppEngine("llamacpp:default", n_parallel=1)
+    batch = engine.open_batch()
+    batch.join([greedy(PROMPTS[0], max_tokens=50, ignore_eos=True)])
+    batch.step()
+    engine.close()
+    with pytest.raises(HelixloomError, match="closed"):
+        batch.step()
+    assert len(batch) == 0
+    batch.close()
+    engine.close()  # twice is harmless

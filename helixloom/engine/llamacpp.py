@@ -96,6 +96,7 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
         self._pool = SeqPool(self.llm, n_ctx, n_parallel)  # generation; self.llm's context scores
         # Open batches, so an adapter a waiting row needs is not unloaded from under it.
         self._batches: weakref.WeakSet[LlamaCppBatch] = weakref.WeakSet()
+        self.closed = False  # set by close(); a batch still open then fails instead of using freed memory
         self._lock = threading.RLock()
         self._adapters: dict[str, tuple[AdapterInfo, Any]] = {}
         self._applied: str | None = None  # the adapter set on the scoring context now
@@ -380,6 +381,9 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
         import llama_cpp
 
         with self._lock:
+            if self.closed:
+                return
+            self.closed = True
             self._use_adapter(None)
             self._pool.use_adapter(None)
             for _, handle in self._adapters.values():

@@ -118,6 +118,9 @@ class LlamaCppBatch(DecodeBatch):
         events: list[BatchEvent] = []
         engine = self._engine
         with engine._lock:
+            if engine.closed:  # its contexts are freed: touching them would crash the process
+                self.close()
+                raise HelixloomError("the llama.cpp engine was closed while this batch ran")
             try:
                 if abort is not None:
                     for row in [r for r in (*self._active, *self._waiting) if abort(r.id)]:
@@ -134,7 +137,7 @@ class LlamaCppBatch(DecodeBatch):
         KV may be half written, so it is forgotten."""
         with self._engine._lock:
             for row in self._active:
-                if row.seq is not None:
+                if row.seq is not None and not self._engine.closed:
                     self._engine._pool.forget(row.seq)
                 row.sampler.close()
             for row in self._waiting:
