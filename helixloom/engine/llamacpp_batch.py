@@ -82,6 +82,7 @@ class Host(Protocol):
     _lock: threading.RLock
     _pool: SeqPool
     eos_token_ids: frozenset[int]
+    closed: bool
 
     def _new_row(self, row_id: int, request: GenerationRequest) -> Row: ...
     def _claim(self, prompt: list[int], adapter: str | None) -> Seq | None: ...
