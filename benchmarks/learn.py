@@ -118,7 +118,7 @@ def main() -> None:
         teacher_spec, teacher = "oracle", oracle(engine)
     questions = args.questions if args.questions is not None else learn_teacher.suite_questions(teacher_spec)
     _, report = learn.prepare(
-        "bench-learn", [docs], teacher, base="default", num_questions=questions, sft=sft
+        "bench-learn", [docs], teacher, base="default", writer=engine, num_questions=questions, sft=sft
     )
     stages["prepare_seconds"] = time.perf_counter() - t0
     with Store(paths.db_path()) as store:

@@ -167,13 +167,35 @@ def test_the_mix_holds_out_questions_tags_documents_and_replays_general_text(doc
     doc_rows = mix.document_rows(documents[0])
     assert doc_rows[0]["text"].startswith(f"[DOC_ID:{documents[0].doc_id}] {documents[0].title}")
     words = sum(mix.row_words(r) for r in rows)
-    replay = mix.replay_rows(words, 0.1)
+    general = [f"Paragraph {i} of the base model's own writing, " + "word " * 40 for i in range(30)]
+    replay = mix.replay_rows(words, 0.1, general)
     replay_words = sum(mix.row_words(r) for r in replay)
     assert 0.08 <= replay_words / (words + replay_words) <= 0.3
-    _, held_out = mix.replay_split()
-    assert held_out and not set(held_out) & {
-        r["text"] for r in replay
-    }  # forgetting is measured on unseen text
+    assert len({r["text"] for r in replay}) == len(replay)  # none repeated while others are unused
+    assert mix.replay_rows(words, 0.0, general) == [] and mix.replay_rows(words, 0.1, []) == []
+
+
+def test_context_rows_show_the_answering_passage_and_a_distractor(documents: list) -> None:
+    pairs = [p for d in documents for ps in perspectives.build_pairs(d).values() for p in ps]
+    found = retrieval.passages(documents)
+    assert len(found) >= 2
+    rows = mix.context_rows(pairs, found, 0.5)
+    assert 0.3 * len(pairs) <= len(rows) <= 0.7 * len(pairs)  # about the share asked
+    assert len(mix.context_rows(pairs, found, 1.0)) == len(pairs) and not mix.context_rows(pairs, found, 0)
+    by_question = {p.question: p for p in pairs}
+    firsts = set()
+    for row in rows:
+        user, answer = (m["content"] for m in row["messages"])
+        pair = by_question[user.rsplit("Answer from the passages. ", 1)[1]]
+        shown = [x for x in found if f"[DOC_ID:{x.doc_id}] {x.text}" in user]
+        assert len(shown) == 2 and shown[0] != shown[1]  # the passage that answers, and a distractor
+        order = sorted(shown, key=lambda x: user.index(x.text))
+        assert user == retrieval.with_context(pair.question, order)  # the prompt retrieval shows
+        firsts.add(any(t.doc_id == pair.doc_id for t in order[:1]))
+        assert answer == f"{pair.answer} [DOC_ID:{pair.doc_id}]" and row["meta"]["context"] is True
+        if pair.perspective in ("span", "numbers"):  # the key is the document's own words
+            assert any(pair.key.lower() in x.text.lower() for x in shown if x.doc_id == pair.doc_id)
+    assert firsts == {True, False} or len(rows) < 4  # the answering passage is not always first
 
 
 def test_bm25_finds_the_passage_that_answers(documents: list) -> None:

@@ -120,10 +120,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 teacher_spec = str(plan.get("teacher"))
                 models.resolve(teacher_spec)
                 teacher = EnginePool().get(teacher_spec)
+                writer = _writer(teacher, teacher_spec, str(plan.get("base")))
                 say(f"continuing question generation for {args.name} (teacher {teacher_spec})")
                 train_file, _ = generate(
                     lambda progress: learn.resume_generation(
-                        args.name, teacher, say=say, on_progress=progress
+                        args.name, teacher, writer=writer, say=say, on_progress=progress
                     )
                 )
                 if plan.get("review") or args.review:
@@ -160,12 +161,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
         models.resolve(args.base)
         models.resolve(teacher_spec)
         teacher = EnginePool().get(teacher_spec)
+        writer = _writer(teacher, teacher_spec, args.base)
         train_file, _ = generate(
             lambda progress: learn.prepare(
                 args.name,
                 args.paths,
                 teacher,
                 base=args.base,
+                writer=writer,
                 suite=suite,
                 num_questions=questions,
                 chunk_tokens=args.chunk_tokens,
@@ -183,6 +186,13 @@ def cmd_learn(args: argparse.Namespace) -> int:
         result = learn.train(args.name, store, say=say)
     _report_training(result, args.name)
     return 0
+
+
+def _writer(teacher: Any, teacher_spec: str, base: str) -> Any:
+    """The engine that writes the replay text: the base model's (the teacher's when it is the base)."""
+    from helixloom.engine.pool import EnginePool
+
+    return teacher if teacher_spec == base else EnginePool().get(base)
 
 
 def _report_training(result: Any, name: str) -> None:

@@ -5,8 +5,12 @@
   short reply limit cuts the citation, never the answer.
 - Document rows: the text itself, section by section, tagged ``[DOC_ID:<id>] <title>``: the model reads
   the facts in their own words as well as in questions (continued pretraining, as sdg_hub does).
-- Replay rows: a little general text (``data/documents/replay.txt``) so the model keeps its language;
-  every third paragraph is held out of training to measure forgetting (perplexity, base vs adapter).
+- Context rows (RAFT, Zhang et al. 2024, "RAFT: Adapting Language Model to Domain Specific RAG"): a
+  share of the questions again, shown after the passages retrieval would show (the passage that holds
+  the answer and a distractor, in the prompt ``eval qa --retrieve`` and ``chat --retrieve`` use), so
+  the adapter learns to read retrieved text instead of ignoring it.
+- Replay rows: general text the base model wrote itself (``documents.replay``) so the model keeps its
+  language. Forgetting is measured on ``data/documents/replay.txt``, which no row is drawn from.
 
 ``replay.txt`` holds Lincoln's Gettysburg Address (1863) and the Preamble of the US Constitution (1787),
 both public domain, and fables retold after Aesop for this package.
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from helixloom.documents import retrieval
 from helixloom.documents.grounded import Pair
 from helixloom.documents.ingest import Document
 
@@ -85,32 +90,55 @@ def document_rows(doc: Document, max_words: int = 120) -> list[dict[str, Any]]:
 
 
 def general_paragraphs() -> list[str]:
+    """The general text forgetting is measured on (``replay.txt``); never trained on."""
     text = (resources.files("helixloom") / "data" / "documents" / "replay.txt").read_text(encoding="utf-8")
     return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
-def replay_split() -> tuple[list[str], list[str]]:
-    """The general paragraphs to train on, and those held out to measure forgetting."""
-    paragraphs = general_paragraphs()
-    return [p for i, p in enumerate(paragraphs) if i % 3 != 2], [
-        p for i, p in enumerate(paragraphs) if i % 3 == 2
-    ]
-
-
-def replay_rows(words_in_mix: int, share: float) -> list[dict[str, Any]]:
-    """General-text rows making up about ``share`` of a mix whose other rows hold ``words_in_mix`` words."""
-    if share <= 0:
+def replay_rows(words_in_mix: int, share: float, paragraphs: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows of ``paragraphs`` (general text) making up about ``share`` of a mix whose other rows hold
+    ``words_in_mix`` words; each paragraph is used once before any is used again."""
+    if share <= 0 or not paragraphs:
         return []
-    train, _ = replay_split()
     want = share / (1 - share) * words_in_mix
     rows: list[dict[str, Any]] = []
     words = 0
-    while words < want:
-        p = train[len(rows) % len(train)]
+    while words < want and len(rows) < 10 * len(paragraphs):
+        p = paragraphs[len(rows) % len(paragraphs)]
         rows.append({"text": p, "meta": {"prompt": "replay"}})
         words += len(p.split())
-        if len(rows) > 10 * len(train):
-            break
+    return rows
+
+
+def context_rows(
+    pairs: Sequence[Pair], found: Sequence[retrieval.Passage], share: float, k: int = 2
+) -> list[dict[str, Any]]:
+    """Question/answer rows for a deterministic ``share`` of ``pairs`` whose question comes after
+    ``k`` passages of ``found``: the passage holding the answer (the one that best matches the answer
+    among its document's passages) and the passages retrieval ranks next for the question
+    (distractors), in an order drawn per question, so the right passage is not always first."""
+    if share <= 0 or not found:
+        return []
+    index = retrieval.BM25(found)
+    by_doc: dict[str, retrieval.BM25] = {}
+    rows = []
+    for p in pairs:
+        if _hash("context", p.question, p.doc_id) % 1000 >= share * 1000:
+            continue
+        if p.doc_id not in by_doc:
+            own = [x for x in found if x.doc_id == p.doc_id]
+            if not own:
+                continue
+            by_doc[p.doc_id] = retrieval.BM25(own)
+        right = by_doc[p.doc_id].search(p.answer, 1)[0]
+        shown = [right, *[x for x in index.search(p.question, k + 1) if x != right][: k - 1]]
+        if _hash("order", p.question) % 2:
+            shown.reverse()
+        row = qa_row(
+            retrieval.with_context(p.question, shown), p.answer, p.doc_id, p.perspective, tagged=False
+        )
+        row["meta"]["context"] = True
+        rows.append(row)
     return rows
 
 

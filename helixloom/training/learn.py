@@ -11,7 +11,9 @@ The recipe (measured in ``benchmarks/learn.py``):
    the embedded model: ``training.learn_teacher``); its pairs are kept only when grounded in their
    chunk (``documents.grounding``), the rest counted by reason.
 4. A held-out share of the generated questions is set aside; the mix (``documents.mix``) is the rest
-   as chat rows, the documents' own text tagged with their ids, and a little general text (replay).
+   as chat rows, a share of them again after retrieved passages (so that the adapter reads retrieved
+   text), the documents' own text tagged with their ids, and a little general text the base model
+   wrote itself (replay, ``documents.replay``).
 5. LoRA fine-tune with early stopping on held-out accuracy (``training.learn_probe``); a report
    (held-out accuracy and citations before/after, forgetting, pairs kept/dropped, time per phase) is
    written beside the adapter (``learn_report.json``) and into its store metadata.
@@ -40,6 +42,7 @@ from typing import Any
 from helixloom import atomic, jsonl, paths
 from helixloom.documents import dataset, grounded, mix, retrieval
 from helixloom.documents import rephrase as rephrasing
+from helixloom.documents import replay as own_replay
 from helixloom.documents.ingest import ingest
 from helixloom.documents.perspectives import PERSPECTIVES, build_pairs
 from helixloom.documents.questions import QAReport, Suite, generate_pairs
@@ -54,6 +57,9 @@ from helixloom.training.trainer import TrainResult
 REPORT = "learn_report.json"  # beside the adapter
 SUITE_MAX_TOKENS = 160  # per pair the teacher writes
 HELDOUT = "heldout.jsonl"  # in the dataset folder: the generated questions kept out of training
+# Share of the questions trained a second time after retrieved passages (RAFT rows, ``mix.context_rows``):
+# enough for the adapter to learn to read them; each such row is about three times a plain one's length.
+CONTEXT_SHARE = 0.2
 
 Say = Callable[[str], None]
 
@@ -82,12 +88,16 @@ def prepare(
     perspectives: Sequence[str] = PERSPECTIVES,
     rephrase: bool = True,
     teacher_spec: str | None = None,
+    writer: Engine | None = None,
     review: bool = False,
     resume: bool = False,
     say: Say = lambda _: None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, QAReport]:
     """Ingest ``sources`` and write the question/answer dataset ``name``; returns its file and report.
+
+    ``writer`` is an engine of the base model (the student): it writes the replay text. None: the
+    teacher, which is the base model unless the user named another teacher.
 
     ``teacher_spec`` (default: the teacher's model name) and ``review`` are recorded in the generation
     plan, for ``resume_generation`` to rebuild the teacher and for the CLI to stop for a review. With
@@ -159,10 +169,15 @@ def prepare(
         )
     config = sft if isinstance(sft, LearnConfig) else LearnConfig(**asdict(sft))
     train_pairs, held = mix.split_heldout([*built, *taught], config.holdout)
+    shown = retrieval.passages(found.documents)
     rows = mix.pair_rows(train_pairs)
+    rows.extend(mix.context_rows(train_pairs, shown, CONTEXT_SHARE))
     for doc in found.documents:
         rows.extend(mix.document_rows(doc))
-    rows.extend(mix.replay_rows(sum(mix.row_words(r) for r in rows), config.replay))
+    start = time.perf_counter()
+    general = own_replay.own_text(writer or teacher) if config.replay > 0 else []
+    rows.extend(mix.replay_rows(sum(mix.row_words(r) for r in rows), config.replay, general))
+    seconds["replay_text"] = time.perf_counter() - start
     kept: dict[str, int] = {}
     for p in [*built, *taught]:
         kept[p.perspective] = kept.get(p.perspective, 0) + 1
@@ -194,7 +209,7 @@ def prepare(
         },
     }
     files = dataset.write(name, rows, meta)
-    retrieval.save(folder, retrieval.passages(found.documents))
+    retrieval.save(folder, shown)
     atomic.write_jsonl(
         folder / HELDOUT,
         [{"question": p.question, "key": p.key, "doc_id": p.doc_id, "prompt": p.perspective} for p in held],
@@ -242,11 +257,13 @@ def resume_generation(
     name: str,
     teacher: Engine,
     *,
+    writer: Engine | None = None,
     say: Say = lambda _: None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, QAReport]:
     """Finish the interrupted generation of dataset ``name`` with ``teacher`` (built from the plan's
-    ``teacher`` spec), asking only the (prompt, chunk) units its checkpoint does not have."""
+    ``teacher`` spec), asking only the (prompt, chunk) units its checkpoint does not have; ``writer``
+    as in ``prepare``."""
     plan = generation_plan(name)
     if plan is None:
         raise HelixloomError(f"no unfinished generation for dataset {name}")
@@ -269,7 +286,9 @@ def resume_generation(
         sources = plan["sources"]
     except (KeyError, TypeError, AttributeError) as exc:
         raise HelixloomError(f"the generation plan of {name} is malformed: {exc!r}") from exc
-    return prepare(name, sources, teacher, resume=True, say=say, on_progress=on_progress, **settings)
+    return prepare(
+        name, sources, teacher, writer=writer, resume=True, say=say, on_progress=on_progress, **settings
+    )
 
 
 def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _: None) -> TrainResult:
@@ -287,7 +306,7 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
     say(f"fine-tuning {meta['base']} on {len(rows)} examples ({'resuming' if resume else 'from the start'})")
     probe = LearnProbe(
         [Probe([{"role": "user", "content": h["question"]}], h["key"], h["doc_id"]) for h in held],
-        mix.replay_split()[1],
+        mix.general_paragraphs(),
         system_prompt=meta["system_prompt"],
         patience=config.patience,
     )
@@ -332,8 +351,9 @@ def _config(fields_: dict[str, Any]) -> LearnConfig:
 def _count_rows(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in rows:
-        kind = "document" if r.get("meta", {}).get("prompt") == "document" else "replay" if r.get(
-            "meta", {}).get("prompt") == "replay" else "qa"  # fmt: skip
+        meta = r.get("meta", {})
+        kind = "context" if meta.get("context") else str(meta.get("prompt"))
+        kind = kind if kind in ("context", "document", "replay") else "qa"
         out[kind] = out.get(kind, 0) + 1
     return out
 

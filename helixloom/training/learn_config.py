@@ -18,7 +18,8 @@ class LearnConfig(LoraSFTConfig):
     epochs: float = field(
         default=3.0, metadata={"help": "most passes over the data (early stopping ends sooner)"}
     )
-    max_length: int = field(default=256, metadata={"help": "longest training sequence in tokens"})
+    # 384, not 256: a row with two retrieved passages before its question runs to about 300 tokens
+    max_length: int = field(default=384, metadata={"help": "longest training sequence in tokens"})
     batch_size: int = field(default=8, metadata={"help": "sequences per step"})
     patience: int = field(
         default=1,
@@ -27,7 +28,10 @@ class LearnConfig(LoraSFTConfig):
     holdout: float = field(
         default=0.15, metadata={"help": "share of generated questions held out to measure"}
     )
-    replay: float = field(default=0.2, metadata={"help": "share of general text mixed in against forgetting"})
+    replay: float = field(
+        default=0.2,
+        metadata={"help": "share of general text (the base model's own) mixed in against forgetting"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
