@@ -13,7 +13,7 @@ import pytest
 from transformers import TrainerCallback
 
 from helixloom import paths
-from helixloom.documents import dataset
+from helixloom.documents import dataset, replay
 from helixloom.documents.ingest import ingest
 from helixloom.documents.questions import Suite, dedupe, generate_pairs
 from helixloom.engine import GenerationRequest
@@ -138,9 +138,16 @@ class Interrupting(ScriptedEngine):
         return super().stream_batch(requests, abort=abort)
 
 
+def writer() -> ScriptedEngine:
+    """The base model writing replay text (apart from the teacher, whose requests are counted)."""
+    return ScriptedEngine(lambda r: " It rained all day.", model_name="writer")
+
+
 def test_generation_resumes_where_it_stopped(docs: Path) -> None:
     def prepare(name: str, teacher: ScriptedEngine) -> None:
-        learn.prepare(name, [docs], teacher, base="default", num_questions=2, chunk_tokens=24)
+        learn.prepare(
+            name, [docs], teacher, base="default", writer=writer(), num_questions=2, chunk_tokens=24
+        )
 
     whole = ScriptedEngine(teacher_reply)
     prepare("whole", whole)
@@ -157,7 +164,7 @@ def test_generation_resumes_where_it_stopped(docs: Path) -> None:
     assert plan is not None and plan["teacher"] == "scripted" and plan["num_questions"] == 2
 
     resumed = ScriptedEngine(teacher_reply)
-    _, report = learn.resume_generation("cut", resumed)
+    _, report = learn.resume_generation("cut", resumed, writer=writer())
     asked_before = sum(u["calls"] + u["retried"] for u in finished)
     rephrased = sum("Rough:" in p for p in whole.prompts)  # a finished phase: not asked again either
     assert rephrased and not any("Rough:" in p for p in resumed.prompts)
@@ -245,7 +252,12 @@ def test_learn_end_to_end(
     paths.ensure_home()
     with Store(paths.db_path()) as store:
         train_file, _ = learn.prepare(
-            "zorblax", [docs], ScriptedEngine(grounded_reply), base=str(tiny_model.path), sft=SMALL
+            "zorblax",
+            [docs],
+            ScriptedEngine(grounded_reply),
+            base=str(tiny_model.path),
+            writer=fresh_tiny_engine,  # the base model writes the replay text, not the teacher
+            sft=SMALL,
         )
         assert train_file.is_file() and learn.stage("zorblax") == "generated"
         rows, meta = dataset.read("zorblax")
@@ -253,6 +265,15 @@ def test_learn_end_to_end(
         kinds = {r["meta"]["prompt"] for r in rows}
         # code-built perspectives, the teacher's grounded pairs, the documents' text and replay
         assert {"span", "entity", "title", "statement", "numbers", "document", "replay"} <= kinds
+        openings = replay.openings()
+        replayed = [r["text"] for r in rows if r["meta"]["prompt"] == "replay"]
+        assert all(any(t.startswith(o) for o in openings) for t in replayed)
+        assert replay.cache_path(fresh_tiny_engine.model_name).is_file()
+        # a share of the questions again after retrieved passages (RAFT rows)
+        counts = meta["mix"]["rows"]
+        assert 0.1 * counts["qa"] <= counts["context"] <= 0.35 * counts["qa"]
+        shown = [r["messages"][0]["content"] for r in rows if "messages" in r]
+        assert sum(s.startswith("Passages:\n[DOC_ID:") for s in shown) == counts["context"]
         assert kinds & {p.name for p in Suite.load().prompts}
         assert (
             meta["mix"]["heldout"] > 0 and meta["mix"]["pairs_dropped"]
