@@ -282,6 +282,9 @@ def test_train_helixnet_command_then_chat_and_serve_use_the_set(
     assert main([*argv, *fast, "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["adapters"] == {"critic": "cli-critic", "regenerator": "cli-regenerator"}
+    # the regenerator's own epochs: resuming with them retrains the regenerator only
+    assert main([*argv, *fast, "--regenerator-epochs", "2", "--resume", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["train"]) == {"regenerator"}
     parsed = build_parser().parse_args(["serve", "--helixnet", "cli"])
     assert helixnet_roles(parsed) == {"critic": "cli-critic", "regenerator": "cli-regenerator"}
     with pytest.raises(HelixloomError, match="does not mix"):

@@ -8,6 +8,7 @@ Thin: the recipe is ``helixloom.training.helixnet_train``, the teachers are in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import TYPE_CHECKING
@@ -53,6 +54,13 @@ def register(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_flags(p, HelixTrainConfig, "role data")
     add_sft_flags(p)
+    p.add_argument(
+        "--regenerator-epochs",
+        type=float,
+        metavar="N",
+        help="the regenerator's passes over its data (default: --epochs); it learns to rewrite, which "
+        "takes longer than the critic's verdicts",
+    )
     p.set_defaults(run=cmd_train_helixnet, job="train")
 
 
@@ -88,6 +96,11 @@ def cmd_train_helixnet(args: argparse.Namespace) -> int:
     store = open_store()
     config = HelixTrainConfig(**given_config(args, HelixTrainConfig))
     sft = sft_config_from(args)
+    if args.regenerator_epochs is not None and args.regenerator_epochs <= 0:
+        raise HelixloomError("--regenerator-epochs must be positive", param="regenerator_epochs")
+    role_sft = {}
+    if args.regenerator_epochs is not None:
+        role_sft["regenerator"] = dataclasses.replace(sft, epochs=args.regenerator_epochs)
     prompts = load_prompts(args.prompts)
     if args.teacher == VERIFIER and not all(p.checks for p in prompts):
         raise HelixloomError(
@@ -115,6 +128,7 @@ def cmd_train_helixnet(args: argparse.Namespace) -> int:
         config=config,
         sft=sft,
         resume=args.resume,
+        role_sft=role_sft,
         say=lambda line: print(line, file=sys.stderr),
     )
     jobs.set_result(result.as_dict())
