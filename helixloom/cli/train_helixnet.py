@@ -17,6 +17,8 @@ from helixloom.errors import HelixloomError
 
 if TYPE_CHECKING:
     from helixloom.evals.instructions import InstructionPrompt
+    from helixloom.prompting import Stage
+    from helixloom.training.configs import LoraSFTConfig
 
 
 def register(tsub: argparse._SubParsersAction) -> None:
@@ -98,7 +100,7 @@ def cmd_train_helixnet(args: argparse.Namespace) -> int:
     sft = sft_config_from(args)
     if args.regenerator_epochs is not None and args.regenerator_epochs <= 0:
         raise HelixloomError("--regenerator-epochs must be positive", param="regenerator_epochs")
-    role_sft = {}
+    role_sft: dict[Stage, LoraSFTConfig] = {}
     if args.regenerator_epochs is not None:
         role_sft["regenerator"] = dataclasses.replace(sft, epochs=args.regenerator_epochs)
     prompts = load_prompts(args.prompts)
