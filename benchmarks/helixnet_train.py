@@ -2,20 +2,28 @@
 
 Trains a critic and a regenerator with the verifier teacher (``helixloom train helixnet``'s recipe) on
 the built-in verifiable instructions' train split, then answers held-out prompts (never trained on)
-three ways, in the same run: the actor alone, HelixNet with untrained roles (the base model in every
-role), HelixNet with the trained roles, and the trained roles behind the evaluator gate. Prints one
-JSON object: strict accuracy of each (share of answers passing every check, with its standard
-error), mean answer length in words, the gate's keep/replace counts, examples per role used for
-training, where the regenerator's targets came from (a passing sample, the repaired response, none)
-and its fix/keep mix, and wall time per phase.
+in the same run: the actor alone, the actor alone with the regenerator's token budget (the
+token-equal baseline: how much of a gain is only a longer budget), HelixNet with untrained roles
+(the base model in every role), HelixNet with the trained roles, and the trained roles behind the
+evaluator gate. Prints one JSON object: strict accuracy of each (share of answers passing every
+check, with its standard error), mean answer length in words, the gate's keep/replace counts,
+examples per role used for training, where the regenerator's targets came from (a passing sample,
+the repaired response, none) and its fix/keep mix, and wall time per phase.
 
     python benchmarks/helixnet_train.py [--train 240] [--heldout 98] [--samples 1] [--max-tokens 32]
                                         [--critic-tokens 48] [--regen-tokens 64] [--lr 4e-4]
-                                        [--epochs 2] [--rank 16] [--work DIR [--resume]]
+                                        [--epochs 2] [--regen-epochs 3] [--rank 16]
+                                        [--eval-on heldout|validation] [--work DIR [--resume]]
 
-The defaults are the recipe the README quotes (45-50 minutes on one CPU thread). One sample per
-prompt: the verifier's code repair gives every failed response a target close to it, so more
-samples would mostly add teaching time (one against four was not measured on the same budget).
+**Where a recipe is chosen.** ``--eval-on validation`` answers the train split's prompts from
+``VALIDATION_FROM`` (240) on: 62 prompts never trained on (training uses the first ``--train``,
+at most 240 then). Recipe changes are chosen there; the held-out prompts are answered once, by the
+final run of the chosen recipe. A variant reuses a finished run's lessons and critic with
+``--work COPY --resume``: the role whose rows or settings changed is trained afresh, the other kept.
+
+The defaults are the recipe the README quotes. One sample per prompt: the verifier's code repair
+gives every failed response a target close to it, so more samples would mostly add teaching time
+(one against four was not measured on the same budget).
 
 Answers are greedy (temperature 0) so the actor's answer is the same in every arm; the pipeline
 runs through ``HelixNet.answer`` with concurrent questions batched by ``BatchingEngine``.
@@ -51,7 +59,7 @@ ADAPTER_FILE = "adapter_model.safetensors"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=240, help="training prompts (default 240)")
-    parser.add_argument("--heldout", type=int, default=98, help="held-out prompts (default 98: all)")
+    parser.add_argument("--heldout", type=int, default=98, help="prompts to answer (default 98: all)")
     parser.add_argument("--samples", type=int, default=1, help="actor samples per training prompt")
     parser.add_argument("--max-tokens", type=int, default=32, help="longest actor answer (taught, held out)")
     parser.add_argument("--critic-tokens", type=int, default=48, help="longest critique (0: --max-tokens)")
@@ -63,7 +71,7 @@ def main() -> None:
     parser.add_argument("--keep-share", type=float, default=0.25, help="most regenerator rows kept as is")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --work")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank")
-    parser.add_argument("--regen-epochs", type=float, default=0.0, help="regenerator epochs (0: --epochs)")
+    parser.add_argument("--regen-epochs", type=float, default=3.0, help="regenerator epochs (0: --epochs)")
     parser.add_argument("--regen-lr", type=float, default=0.0, help="regenerator lr (0: --lr)")
     parser.add_argument("--regen-rank", type=int, default=0, help="the regenerator's LoRA rank (0: --rank)")
     parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
