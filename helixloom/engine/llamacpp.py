@@ -190,20 +190,24 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
         ``gguf_lora.for_llamacpp``; its version is its content hash, as on every backend)."""
         import llama_cpp
 
+        given = Path(path)
+        version = None
+        if given.is_dir():
+            if not (given / "adapter_config.json").is_file():
+                raise AdapterError(f"adapter {name!r}: {given} is neither a PEFT folder nor a GGUF LoRA")
+            version = adapter_version(given)
+            # Exported outside the engine's lock: an export takes seconds, and requests decode on
+            # meanwhile. Two loads exporting the same version write the same bytes, atomically.
+            file = gguf_lora.for_llamacpp(given, self.path, version)
+            if adapter_version(given) != version:
+                if file.name != gguf_lora.GGUF_ADAPTER_FILE:  # our cache, stamped with the old
+                    file.unlink(missing_ok=True)  # version but maybe holding the new weights
+                raise AdapterError(f"adapter {name!r} changed while it was exported", "load it again")
+        else:
+            file = given
         with self._lock:
-            given = Path(path)
-            version = None
-            if given.is_dir():
-                if not (given / "adapter_config.json").is_file():
-                    raise AdapterError(f"adapter {name!r}: {given} is neither a PEFT folder nor a GGUF LoRA")
-                version = adapter_version(given)
-                file = gguf_lora.for_llamacpp(given, self.path, version)
-                if adapter_version(given) != version:
-                    if file.name != gguf_lora.GGUF_ADAPTER_FILE:  # our cache, stamped with the old
-                        file.unlink(missing_ok=True)  # version but maybe holding the new weights
-                    raise AdapterError(f"adapter {name!r} changed while it was exported", "load it again")
-            else:
-                file = given
+            if self.closed:
+                raise AdapterError(f"adapter {name!r}: the engine is closed")
             if name in self._adapters:
                 info = self._adapters[name][0]
                 if info.path == str(file.resolve()) and version in (None, info.version):
