@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 def register(tsub: argparse._SubParsersAction) -> None:
     """Add ``helixnet`` to the ``train`` command's subparsers."""
     from helixloom.cli.common import add_config_flags, add_sft_flags
-    from helixloom.training.configs import HelixTrainConfig
+    from helixloom.training.configs import REGENERATOR_EPOCHS, HelixRoleSFTConfig, HelixTrainConfig
 
     p = tsub.add_parser(
         "helixnet",
@@ -55,13 +55,13 @@ def register(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of NAME")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_flags(p, HelixTrainConfig, "role data")
-    add_sft_flags(p)
+    add_sft_flags(p, HelixRoleSFTConfig)
     p.add_argument(
         "--regenerator-epochs",
         type=float,
         metavar="N",
-        help="the regenerator's passes over its data (default: --epochs); it learns to rewrite, which "
-        "takes longer than the critic's verdicts",
+        help=f"the regenerator's passes over its data (default {REGENERATOR_EPOCHS:g}); it learns to "
+        "rewrite, which takes longer than the critic's verdicts",
     )
     p.set_defaults(run=cmd_train_helixnet, job="train")
 
@@ -91,18 +91,19 @@ def cmd_train_helixnet(args: argparse.Namespace) -> int:
     from helixloom import adapters, jobs
     from helixloom.cli.common import given_config, open_store, sft_config_from
     from helixloom.engine import load_engine
-    from helixloom.training.configs import HelixTrainConfig
+    from helixloom.training.configs import REGENERATOR_EPOCHS, HelixRoleSFTConfig, HelixTrainConfig
     from helixloom.training.helixnet_teachers import VERIFIER, EngineTeacher, Teacher, VerifierTeacher
     from helixloom.training.helixnet_train import Actor, train_helixnet
 
     store = open_store()
     config = HelixTrainConfig(**given_config(args, HelixTrainConfig))
-    sft = sft_config_from(args)
+    sft = sft_config_from(args, HelixRoleSFTConfig)
     if args.regenerator_epochs is not None and args.regenerator_epochs <= 0:
         raise HelixloomError("--regenerator-epochs must be positive", param="regenerator_epochs")
-    role_sft: dict[Stage, LoraSFTConfig] = {}
-    if args.regenerator_epochs is not None:
-        role_sft["regenerator"] = dataclasses.replace(sft, epochs=args.regenerator_epochs)
+    regenerator_epochs = REGENERATOR_EPOCHS if args.regenerator_epochs is None else args.regenerator_epochs
+    role_sft: dict[Stage, LoraSFTConfig] = {
+        "regenerator": dataclasses.replace(sft, epochs=regenerator_epochs)
+    }
     prompts = load_prompts(args.prompts)
     if args.teacher == VERIFIER and not all(p.checks for p in prompts):
         raise HelixloomError(

@@ -30,7 +30,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from helixloom.errors import HelixloomError
 from helixloom.evals.instructions import InstructionPrompt
 from helixloom.prompting import PromptFormat, Stage
 from helixloom.store import Store
-from helixloom.training.configs import HelixTrainConfig, LoraSFTConfig
+from helixloom.training.configs import REGENERATOR_EPOCHS, HelixRoleSFTConfig, HelixTrainConfig, LoraSFTConfig
 from helixloom.training.helixnet_teachers import OUTCOMES, Attempt, Teacher
 from helixloom.training.sft import train_lora
 from helixloom.training.trainer import TrainResult
@@ -184,10 +184,13 @@ def train_helixnet(
 
     With ``resume`` an interrupted run of ``name`` continues (its plan must match this one's teacher
     and base); without it an existing run of ``name`` is an error, so nothing is overwritten by
-    accident. ``role_sft`` gives a role its own training settings (default: ``sft`` for both)."""
+    accident. ``role_sft`` gives a role its own training settings (default: ``sft`` for both; with no
+    ``sft``, the measured recipe ``HelixRoleSFTConfig`` with ``REGENERATOR_EPOCHS`` for the regenerator)."""
     paths.check_name(name, "helixnet set name")
     config = config or HelixTrainConfig()
-    sft = sft or LoraSFTConfig()
+    if sft is None:  # the measured recipe, the regenerator with its own epochs unless given
+        sft = HelixRoleSFTConfig()
+        role_sft = {"regenerator": replace(sft, epochs=REGENERATOR_EPOCHS), **(role_sft or {})}
     fmt = prompt_format or PromptFormat.load("helixnet")
     system = fmt.system if system is None else system
     if config.limit:
