@@ -1,7 +1,7 @@
 """Which HelixNet role limits the result? A diagnosis of a finished ``helixnet_train.py`` run.
 
-Reads the run's held-out turns (``--work DIR``: ``arm-untrained.json``, ``arm-trained.json``) and
-prints one JSON object:
+Reads the turns of the run's last evaluation on ``--eval-on`` (``--work DIR``: the arm files that
+``turns-SPLIT.json`` names) and prints one JSON object:
 
 - **critic**, per arm: how often its critique's verdict (pass: it says the response "follows every
   instruction"; fail: anything else) agrees with the verifier on the actor's answer, the confusion
@@ -18,6 +18,7 @@ regeneration is one greedy request in the pipeline's prompt, stops and cleaning 
 degenerate one; their count is reported).
 
     python benchmarks/helixnet_roles.py --work DIR [--name bench] [--regen-tokens 64] [--base]
+                                        [--eval-on heldout|validation]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from _home import bench_home
+from helixnet_train import VALIDATION_FROM
 
 PASS = "follows every instruction"
 FINDING = re.compile(r"\bIt (?:has|does|is|uses)\b")
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--name", default="bench", help="the HelixNet set the run trained (default bench)")
     parser.add_argument("--regen-tokens", type=int, default=64, help="longest regeneration")
     parser.add_argument("--base", action="store_true", help="also the base model as regenerator")
+    parser.add_argument("--eval-on", choices=("heldout", "validation"), default="heldout", help="the split")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     work = bench_home(args.work, "unused-")
@@ -84,9 +87,14 @@ def main() -> None:
     from helixloom.prompting import PromptFormat
     from helixloom.store import Store
 
-    arms = {arm: json.loads((work / f"arm-{arm}.json").read_text()) for arm in ("untrained", "trained")}
-    prompts = instructions.load(split="heldout")[: len(arms["trained"])]
-    report: dict[str, Any] = {"heldout_prompts": len(prompts)}
+    # the turns of the last helixnet_train.py run on this split
+    files = json.loads((work / f"turns-{args.eval_on}.json").read_text())
+    arms = {arm: json.loads((work / files[arm]).read_text()) for arm in ("untrained", "trained")}
+    if args.eval_on == "validation":
+        prompts = instructions.load(split="train")[VALIDATION_FROM:][: len(arms["trained"])]
+    else:
+        prompts = instructions.load(split="heldout")[: len(arms["trained"])]
+    report: dict[str, Any] = {"eval_on": args.eval_on, "eval_prompts": len(prompts)}
     report["critic"] = {arm: critic_report(prompts, turns) for arm, turns in arms.items()}
 
     engine = load_engine("default")

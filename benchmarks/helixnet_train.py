@@ -2,20 +2,28 @@
 
 Trains a critic and a regenerator with the verifier teacher (``helixloom train helixnet``'s recipe) on
 the built-in verifiable instructions' train split, then answers held-out prompts (never trained on)
-three ways, in the same run: the actor alone, HelixNet with untrained roles (the base model in every
-role), HelixNet with the trained roles, and the trained roles behind the evaluator gate. Prints one
-JSON object: strict accuracy of each (share of answers passing every check, with its standard
-error), mean answer length in words, the gate's keep/replace counts, examples per role used for
-training, where the regenerator's targets came from (a passing sample, the repaired response, none)
-and its fix/keep mix, and wall time per phase.
+in the same run: the actor alone, the actor alone with the regenerator's token budget (the
+token-equal baseline: how much of a gain is only a longer budget), HelixNet with untrained roles
+(the base model in every role), HelixNet with the trained roles, and the trained roles behind the
+evaluator gate. Prints one JSON object: strict accuracy of each (share of answers passing every
+check, with its standard error), mean answer length in words, the gate's keep/replace counts,
+examples per role used for training, where the regenerator's targets came from (a passing sample,
+the repaired response, none) and its fix/keep mix, and wall time per phase.
 
     python benchmarks/helixnet_train.py [--train 240] [--heldout 98] [--samples 1] [--max-tokens 32]
                                         [--critic-tokens 48] [--regen-tokens 64] [--lr 4e-4]
-                                        [--epochs 2] [--rank 16] [--work DIR [--resume]]
+                                        [--epochs 2] [--regen-epochs 3] [--rank 16]
+                                        [--eval-on heldout|validation] [--work DIR [--resume]]
 
-The defaults are the recipe the README quotes (45-50 minutes on one CPU thread). One sample per
-prompt: the verifier's code repair gives every failed response a target close to it, so more
-samples would mostly add teaching time (one against four was not measured on the same budget).
+**Where a recipe is chosen.** ``--eval-on validation`` answers the train split's prompts from
+``VALIDATION_FROM`` (240) on: 62 prompts never trained on (training uses the first ``--train``,
+at most 240 then). Recipe changes are chosen there; the held-out prompts are answered once, by the
+final run of the chosen recipe. A variant reuses a finished run's lessons and critic with
+``--work COPY --resume``: the role whose rows or settings changed is trained afresh, the other kept.
+
+The defaults are the recipe the README quotes. One sample per prompt: the verifier's code repair
+gives every failed response a target close to it, so more samples would mostly add teaching time
+(one against four was not measured on the same budget).
 
 Answers are greedy (temperature 0) so the actor's answer is the same in every arm; the pipeline
 runs through ``HelixNet.answer`` with concurrent questions batched by ``BatchingEngine``.
@@ -31,6 +39,8 @@ checks at inference and is only for users whose tasks are checkable.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import statistics
@@ -42,11 +52,14 @@ from typing import Any
 
 from _home import bench_home
 
+VALIDATION_FROM = 240  # train prompts from here on are never trained on: the validation split
+ADAPTER_FILE = "adapter_model.safetensors"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=240, help="training prompts (default 240)")
-    parser.add_argument("--heldout", type=int, default=98, help="held-out prompts (default 98: all)")
+    parser.add_argument("--heldout", type=int, default=98, help="prompts to answer (default 98: all)")
     parser.add_argument("--samples", type=int, default=1, help="actor samples per training prompt")
     parser.add_argument("--max-tokens", type=int, default=32, help="longest actor answer (taught, held out)")
     parser.add_argument("--critic-tokens", type=int, default=48, help="longest critique (0: --max-tokens)")
@@ -58,8 +71,20 @@ def main() -> None:
     parser.add_argument("--keep-share", type=float, default=0.25, help="most regenerator rows kept as is")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --work")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    parser.add_argument("--regen-epochs", type=float, default=3.0, help="regenerator epochs (0: --epochs)")
+    parser.add_argument("--regen-lr", type=float, default=0.0, help="regenerator lr (0: --lr)")
+    parser.add_argument("--regen-rank", type=int, default=0, help="the regenerator's LoRA rank (0: --rank)")
     parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
+    parser.add_argument(
+        "--eval-on",
+        choices=("heldout", "validation"),
+        default="heldout",
+        help="answer the held-out prompts, or the validation prompts (train prompts from "
+        f"{VALIDATION_FROM} on, never trained on) where recipe changes are chosen",
+    )
     args = parser.parse_args()
+    if args.eval_on == "validation" and args.train > VALIDATION_FROM:
+        parser.error(f"--eval-on validation needs --train of at most {VALIDATION_FROM}")
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     work = bench_home(args.work, "helixloom-bench-helixnet-")
@@ -78,8 +103,28 @@ def main() -> None:
     engine = load_engine("default")
     seconds["load"] = time.perf_counter() - t0
     train = instructions.load(split="train")[: args.train]
-    heldout = instructions.load(split="heldout")[: args.heldout]
+    if args.eval_on == "validation":  # the train split's tail: never trained on, never the headline
+        heldout = instructions.load(split="train")[VALIDATION_FROM:][: args.heldout]
+    else:
+        heldout = instructions.load(split="heldout")[: args.heldout]
 
+    sft = LoraSFTConfig(
+        rank=args.rank,
+        alpha=2.0 * args.rank,
+        learning_rate=args.lr,
+        epochs=args.epochs,
+        batch_size=8,
+        max_length=512,
+        save_steps=10,
+    )
+    regen_rank = args.regen_rank or args.rank
+    regen_sft = dataclasses.replace(
+        sft,
+        rank=regen_rank,
+        alpha=2.0 * regen_rank,
+        learning_rate=args.regen_lr or args.lr,
+        epochs=args.regen_epochs or args.epochs,
+    )
     t0 = time.perf_counter()
     with Store(work / "helixloom.db") as store:
         result = train_helixnet(
@@ -96,15 +141,8 @@ def main() -> None:
                 keep_share=args.keep_share,
                 critic_pass_share=args.critic_pass_share,
             ),
-            sft=LoraSFTConfig(
-                rank=args.rank,
-                alpha=2.0 * args.rank,
-                learning_rate=args.lr,
-                epochs=args.epochs,
-                batch_size=8,
-                max_length=512,
-                save_steps=10,
-            ),
+            sft=sft,
+            role_sft={"regenerator": regen_sft},
             say=lambda line: print(line, file=sys.stderr),
             resume=args.resume,
         )
@@ -121,9 +159,18 @@ def main() -> None:
     critic_params = greedy.model_copy(update={"max_tokens": args.critic_tokens or args.max_tokens})
     regen_params = greedy.model_copy(update={"max_tokens": args.regen_tokens or args.max_tokens})
 
+    def cache(arm: str, *roles: str | None) -> Path:
+        """Where an arm's turns are kept in --work: named for the split, the budgets and the bytes of
+        its adapters, so a resumed run with a retrained role answers again."""
+        key = hashlib.sha256(repr((args.eval_on, args.max_tokens, critic_params.max_tokens,
+                                   regen_params.max_tokens)).encode())  # fmt: skip
+        for role in roles:
+            key.update(b"base" if role is None else (Path(folders[role]) / ADAPTER_FILE).read_bytes())
+        return work / f"arm-{args.eval_on}-{arm}-{key.hexdigest()[:12]}.json"
+
     def run(arm: str, critic: str | None, regenerator: str | None) -> list[dict[str, Any]]:
         """The arm's turns as plain texts, kept in --work so a resumed run does not answer again."""
-        cached = work / f"arm-{arm}.json"
+        cached = cache(arm, critic, regenerator)
         if args.resume and cached.is_file():
             turns: list[dict[str, Any]] = json.loads(cached.read_text())
             if len(turns) == len(heldout):
@@ -156,6 +203,22 @@ def main() -> None:
     arms["helixnet_untrained"] = [t["regeneration"] for t in untrained]
     trained = run("trained", result.adapters["critic"], result.adapters["regenerator"])
     arms["helixnet_trained"] = [t["regeneration"] for t in trained]
+    turn_files = {"untrained": cache("untrained", None, None).name}
+    turn_files["trained"] = cache("trained", result.adapters["critic"], result.adapters["regenerator"]).name
+    (work / f"turns-{args.eval_on}.json").write_text(json.dumps(turn_files))  # helixnet_roles.py reads it
+    # The token-equal baseline: the actor alone with the regenerator's budget, so the part of the
+    # gain that is only a longer budget shows (the +20 target stays against the actor as above).
+    long_cache = cache("actor-regen-budget", None)
+    if args.resume and long_cache.is_file():
+        arms["actor_at_regen_budget"] = json.loads(long_cache.read_text())
+    else:
+        t0 = time.perf_counter()
+        long_actor = HelixNet(*(Role(batching, None, regen_params) for _ in range(3)))
+        with ThreadPoolExecutor(8) as pool:
+            outputs = list(pool.map(lambda p: long_actor.act(p.prompt), heldout))
+        arms["actor_at_regen_budget"] = [o.text for o in outputs]
+        seconds["eval_actor_at_regen_budget"] = time.perf_counter() - t0
+        long_cache.write_text(json.dumps(arms["actor_at_regen_budget"]))
     from helixloom.helixnet_gate import evaluator_gate
 
     t0 = time.perf_counter()
@@ -186,7 +249,8 @@ def main() -> None:
     ]
     batching.close()
 
-    report: dict[str, Any] = {"heldout_prompts": len(heldout), "train_prompts": len(train)}
+    report: dict[str, Any] = {"eval_on": args.eval_on, "eval_prompts": len(heldout)}
+    report["train_prompts"] = len(train)
     for arm, answers in arms.items():
         acc = instructions.strict_accuracy(heldout, answers)
         report[arm] = {
@@ -203,6 +267,10 @@ def main() -> None:
     )
     report["trained_minus_actor_points"] = round(
         100 * (report["helixnet_trained"]["strict_accuracy"] - report["actor_alone"]["strict_accuracy"]), 1
+    )
+    long = report["actor_at_regen_budget"]["strict_accuracy"]
+    report["trained_minus_actor_at_regen_budget_points"] = round(
+        100 * (report["helixnet_trained"]["strict_accuracy"] - long), 1
     )
     pairs = list(zip(heldout, arms["actor_alone"], arms["helixnet_trained"], strict=True))
     report["trained_vs_actor"] = {  # answers the trained roles fixed and broke

@@ -91,13 +91,15 @@ def main() -> int:
 
     def judge_fn(
         prompts: list[str], answers: list[str], baseline: list[str]
-    ) -> tuple[float | None, float | None]:
+    ) -> tuple[float | None, float | None, float | None]:
         nonlocal judge_seconds
         t = time.perf_counter()
         verdicts = judge.compare(prompts, answers, baseline)
         report = win_rate(verdicts, [len(a) for a in answers], [len(b) for b in baseline])
         judge_seconds += time.perf_counter() - t
-        return report.win_rate, report.lc_win_rate
+        if report.unreliable_reason:
+            print(report.unreliable_reason, file=sys.stderr)
+        return report.win_rate, report.lc_win_rate, report.consistency
 
     config = IterateConfig(iterations=args.iterations, k=args.k, max_tokens=args.max_tokens, gen_batch=16)
     train = LoraDPOConfig(learning_rate=args.learning_rate, beta=args.beta, epochs=2, batch_size=4, rank=16)
@@ -133,6 +135,7 @@ def main() -> int:
                     "reward_win_rate": final.win_rate,
                     "judge_win_rate": final.judge_win_rate,
                     "judge_lc_win_rate": final.judge_lc_win_rate,
+                    "judge_consistency": final.judge_consistency,
                     "mean_length_start": rows[0].mean_length,
                     "mean_length_final": final.mean_length,
                     "length_ratio": final.mean_length / rows[0].mean_length if rows[0].mean_length else None,

@@ -19,7 +19,8 @@ one LoRA per loaded model and reloads the model to switch), and against helixloo
 backend ``helixloom serve`` picks by default (``engine.select``: llama.cpp where it is installed),
 with the same thread count: helixloom's aggregate tok/s over that server's (target >= 1.0), for
 the llama.cpp backend and for the hf backend's batched server above. helixloom on llama.cpp also runs
-the mixed-adapter workload (its adapters exported to GGUF on first use), which that server cannot.
+the mixed-adapter workload (its adapters exported to GGUF on first use), which that server cannot,
+and both workloads against its own engine's offline batch (the default server's server / engine).
 
 Targets: server / engine >= 0.9 on both workloads; requests sent == sessions stored; helixloom /
 llama_cpp.server >= 1.0.
@@ -293,6 +294,20 @@ def against_llama_cpp_server(
             for j in mixed
         ]
         ours_mixed = poisson(client, adapted, args.rate, random.Random(args.seed + 1))
+        # The default server against its own engine's offline batch (what `serve` runs by default),
+        # both workloads; each arm starts without reusable prefixes.
+        uniform = [
+            Job(f"Here is a short note about topic number {i}:", "default", None, args.tokens, (), True)
+            for i in range(args.clients)
+        ]
+        own: dict[str, float] = {}
+        for label, arm in (
+            ("engine_uniform", lambda: offline(engine, uniform, args.clients)),
+            ("server_uniform", lambda: closed_loop(client, uniform * args.rounds, args.clients).tok_s),
+            ("engine_realistic", lambda: offline(engine, base, args.clients)),
+        ):
+            engine.clear_cache()
+            own[label] = arm()
     finally:
         server.stop()
         state.close()
@@ -311,6 +326,12 @@ def against_llama_cpp_server(
         "helixloom_llamacpp_sequences": engine.n_parallel,
         **hf,
         "helixloom_llamacpp_mixed_adapters_tok_s": round(ours_mixed.tok_s, 2),
+        "llamacpp_server_over_engine": {
+            "uniform": round(own["server_uniform"] / own["engine_uniform"], 3),
+            "realistic": round(ours.tok_s / own["engine_realistic"], 3),
+            "tok_s": {k: round(v, 2) for k, v in own.items()},
+            "note": "helixloom serve on llama.cpp (the default) vs its engine offline; target >= 0.9",
+        },
         "tokens": {"llama_cpp_server": theirs.tokens, "helixloom_llamacpp": ours.tokens},
         "token_count": "usage where the server sends it (helixloom), else streamed chunks (one token each)",
     }

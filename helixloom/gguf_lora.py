@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,9 @@ def for_llamacpp(adapter_dir: Path, base_gguf: Path, version: str) -> Path:
     candidates = [adapter_dir / f"adapter_model.{version}.gguf", _home_cache(version)]
     for cached in candidates:
         if cached.is_file() and stamped_version(cached) == version:
+            if cached.parent == _home_cache(version).parent:
+                with contextlib.suppress(OSError):
+                    os.utime(cached)  # recently used: the last the pruning removes
             return cached
     failure: OSError | None = None
     for cached in candidates:
@@ -171,7 +175,9 @@ def for_llamacpp(adapter_dir: Path, base_gguf: Path, version: str) -> Path:
             continue
         # Older versions' exports beside the adapter go; one that cannot be removed (a read-only
         # folder) is only disk space, never served: its stamp is old. The home's cache is shared by
-        # every adapter, keyed by content, and is not pruned here.
+        # every adapter, keyed by content: the least recently used go past its budget.
+        if cached.parent == _home_cache(version).parent:
+            prune_home_cache(keep=cached)
         for old in adapter_dir.glob("adapter_model.*.gguf"):
             if old != cached and old != named:
                 with contextlib.suppress(OSError):
@@ -180,6 +186,35 @@ def for_llamacpp(adapter_dir: Path, base_gguf: Path, version: str) -> Path:
     raise AdapterError(
         f"cannot write the GGUF export of {adapter_dir.name} beside it nor under the home: {failure}"
     ) from failure
+
+
+# The home's cache of GGUF exports (for adapters in folders it cannot write beside) holds at most
+# this many bytes; a rank-64 LoRA of a 7B model is ~160 MB, of the default model a few MB.
+HOME_CACHE_BYTES = 2 << 30
+
+
+def prune_home_cache(keep: Path | None = None, budget: int = HOME_CACHE_BYTES) -> list[Path]:
+    """Remove the least recently used exports from the home's cache until it holds at most
+    ``budget`` bytes (``keep`` always stays); returns what was removed. A file an engine has loaded
+    is in its memory already, so removing it harms nothing but a later load, which exports again."""
+    folder = _home_cache("x").parent
+    files = []
+    for file in folder.glob("*.gguf"):
+        with contextlib.suppress(OSError):
+            stat = file.stat()
+            files.append((stat.st_mtime, stat.st_size, file))
+    total = sum(size for _, size, _ in files)
+    removed: list[Path] = []
+    for _, size, file in sorted(files):  # oldest use first
+        if total <= budget:
+            break
+        if keep is not None and file == keep:
+            continue
+        with contextlib.suppress(OSError):
+            file.unlink()
+            total -= size
+            removed.append(file)
+    return removed
 
 
 def _home_cache(version: str) -> Path:

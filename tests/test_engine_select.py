@@ -184,6 +184,62 @@ def test_peft_adapter_is_exported_on_first_use_and_again_when_retrained(
 
 @pytest.mark.default_model
 @needs_llamacpp
+def test_an_export_on_first_use_does_not_hold_up_generation(
+    lc: object, gemma_loras: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old code exported under the engine's lock: every request waited for the export."""
+    import threading
+
+    from helixloom.engine.llamacpp import LlamaCppEngine
+
+    assert isinstance(lc, LlamaCppEngine)
+    folder = tmp_path / "slow"
+    shutil.copytree(gemma_loras["rand"], folder)
+    (folder / gguf_lora.GGUF_ADAPTER_FILE).unlink(missing_ok=True)
+    exporting, release = threading.Event(), threading.Event()
+    real_export = gguf_lora.export
+
+    def slow_export(*args: object, **kw: object) -> object:
+        exporting.set()
+        assert release.wait(60)
+        return real_export(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gguf_lora, "export", slow_export)
+    loader = threading.Thread(target=lambda: lc.load_adapter("slow", str(folder)))
+    loader.start()
+    try:
+        assert exporting.wait(60)
+        assert lc.generate([_greedy()])[0].text  # while the export is under way
+    finally:
+        release.set()
+        loader.join(60)
+    assert "slow" in {a.name for a in lc.adapters()}
+    lc.unload_adapter("slow")
+
+
+def test_the_home_cache_of_exports_keeps_its_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exports of adapters in folders helixloom cannot write go to one cache in the home, shared by
+    content: the least recently used go once it holds more than its budget; the new one stays."""
+    import os
+
+    monkeypatch.setenv("HELIXLOOM_HOME", str(tmp_path))
+    cache = tmp_path / "cache" / "gguf-lora"
+    cache.mkdir(parents=True)
+    files = []
+    for i in range(4):
+        file = cache / f"v{i}.gguf"
+        file.write_bytes(b"x" * 100)
+        os.utime(file, (1000 + i, 1000 + i))  # v0 is the least recently used
+        files.append(file)
+    os.utime(files[0], (2000, 2000))  # ...until it is used again
+    removed = gguf_lora.prune_home_cache(keep=files[1], budget=300)
+    assert removed == [files[2]]  # v1 is kept although least recently used: it was just made
+    assert gguf_lora.prune_home_cache(budget=150) == [files[1], files[3]]
+    assert [f.exists() for f in files] == [True, False, False, False]
+
+
+@pytest.mark.default_model
+@needs_llamacpp
 def test_prompt_logprobs_on_llamacpp_agree_with_hf(lc: object, hf: HFEngine) -> None:
     from helixloom.engine.base import TokenPrompt
     from helixloom.engine.llamacpp import LlamaCppEngine

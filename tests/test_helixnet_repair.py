@@ -60,6 +60,12 @@ def test_an_empty_stage_is_resampled_and_never_returned_empty() -> None:
     assert turn.actor.usage.completion_tokens == 3  # every try counts: 0 + 1 + 2 words
 
 
+def test_the_actor_alone_is_the_pipelines_actor_stage() -> None:
+    alone = net(["", "Cats purr."])[0].act("Why do cats purr?")
+    turn = net(["", "Cats purr.", "Too short.", "Cats purr to calm."])[0].answer("Why do cats purr?")
+    assert (alone.text, alone.attempts, alone.sampling) == (turn.actor.text, 2, turn.actor.sampling)
+
+
 def test_an_empty_regeneration_keeps_the_actors_answer() -> None:
     pipeline, _ = net(["Cats purr.", "Say why.", "", " ", "REGENERATED ANSWER:"])
     events: list[StageEvent] = []

@@ -3,6 +3,7 @@ role data in the seed's exact formats, LoRA training of both roles, the register
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helixloom import adapters
+from helixloom import adapters, paths
 from helixloom.errors import HelixloomError
 from helixloom.evals import instructions as ins
 from helixloom.evals.instructions import Check, InstructionPrompt
@@ -188,6 +189,24 @@ def test_train_helixnet_trains_both_roles_registers_the_set_and_resumes(
     )  # fmt: skip
     assert again.train == {} and again.examples == result.examples  # nothing is made twice
 
+    # A resumed run with other regenerator settings trains the regenerator afresh, and only it...
+    weights = paths.adapters_dir() / "hx-regenerator" / "adapter_model.safetensors"
+    before = weights.read_bytes()
+    regen = {"regenerator": dataclasses.replace(FAST, learning_rate=3e-2)}
+    changed = train_helixnet(
+        "hx", _prompts(6), _actor(), VerifierTeacher(), store, base=str(tiny_model.path), config=config,
+        sft=FAST, role_sft=regen, resume=True,
+    )  # fmt: skip
+    assert set(changed.train) == {"regenerator"} and weights.read_bytes() != before
+    # ...one with more passing critic rows trains the critic only, and an unchanged one trains nothing.
+    more = dataclasses.replace(config, critic_pass_share=0.9)
+    for trains in ({"critic"}, set()):
+        rerun = train_helixnet(
+            "hx", _prompts(6), _actor(), VerifierTeacher(), store, base=str(tiny_model.path), config=more,
+            sft=FAST, role_sft=regen, resume=True,
+        )  # fmt: skip
+        assert set(rerun.train) == trains and rerun.examples["critic"] > result.examples["critic"]
+
     # The registered set runs through the server's helixnet model.
     from helixloom.server import ServerConfig, ServerState
 
@@ -263,6 +282,9 @@ def test_train_helixnet_command_then_chat_and_serve_use_the_set(
     assert main([*argv, *fast, "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["adapters"] == {"critic": "cli-critic", "regenerator": "cli-regenerator"}
+    # the regenerator's own epochs: resuming with them retrains the regenerator only
+    assert main([*argv, *fast, "--regenerator-epochs", "2", "--resume", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["train"]) == {"regenerator"}
     parsed = build_parser().parse_args(["serve", "--helixnet", "cli"])
     assert helixnet_roles(parsed) == {"critic": "cli-critic", "regenerator": "cli-regenerator"}
     with pytest.raises(HelixloomError, match="does not mix"):

@@ -14,6 +14,7 @@ from helixloom.engine import load_engine
 from helixloom.rewards import FunctionReward
 from helixloom.training.configs import IterateConfig, LoraDPOConfig
 from helixloom.training.iterate import IterativeRun
+from helixloom.training.iterate_state import IterationRow
 from helixloom.training.pairing import pick_pairs
 
 TIED = "Say something constant"  # the reward gives every response to this prompt the same score
@@ -239,3 +240,39 @@ def test_reward_outcome_calls_the_same_answer_a_tie() -> None:
     assert reward_outcome("same", 2.5000001, "same", 2.4) == 0.5  # batch noise on identical text
     assert reward_outcome("a", 2.0, "b", 2.0 + 1e-9) == 0.5
     assert reward_outcome("a", 2.1, "b", 2.0) == 1.0 and reward_outcome("a", 1.9, "b", 2.0) == 0.0
+
+
+def test_the_judges_consistency_is_in_every_row_and_a_noisy_judge_is_withheld(tiny_model) -> None:
+    """Every win-rate report states the judge's position consistency: the loop's rows carry it, the
+    table shows it, and a judge too inconsistent to mean anything has its win rate withheld."""
+    from helixloom.cli.iterate import _judge_fn
+    from helixloom.training.iterate_report import format_table
+
+    engine = load_engine(str(tiny_model.path))
+    judged: list[float | None] = []
+
+    def judge(prompts: list[str], answers: list[str], baseline: list[str]):  # type: ignore[no-untyped-def]
+        win, lc, consistency = _judge_fn("base", engine)(prompts, answers, baseline)
+        judged.append(consistency)
+        return win, lc, consistency
+
+    run = IterativeRun.create(
+        "judged", PROMPTS[:4], base=str(tiny_model.path), reward="py", config=IterateConfig(iterations=1, k=2,
+        max_tokens=4, gen_batch=8), train=TRAIN, overwrite=True,
+    )  # fmt: skip
+    rows = run.execute(engine, FunctionReward(_tied_too), judge=judge)
+    assert rows[0].judge_consistency is None  # the start is not judged against itself
+    assert judged and rows[1].judge_consistency == judged[0] is not None
+    # The tiny model judges at random: whatever it said, the row and the table say how consistent.
+    assert (rows[1].judge_win_rate is None) == (rows[1].judge_consistency < 50)
+    table = format_table(rows)
+    assert "judge cons." in table and f"{rows[1].judge_consistency:.0f}%" in table
+    # A judge that always names the first answer follows the order, never the answers: withheld.
+    from tests.scripted import ScriptedEngine
+
+    first_always = ScriptedEngine(lambda _request: "[[A]]")
+    first_always.supports_logprobs = False  # the judge reads its text verdict
+    win, lc, consistency = _judge_fn("base", first_always)(PROMPTS[:4], ["x"] * 4, ["y"] * 4)
+    assert consistency == 0 and win is None and lc is None
+    row = IterationRow(1, 0.0, 50.0, 4.0, judge_win_rate=win, judge_consistency=consistency)
+    assert "withheld" in format_table([row])

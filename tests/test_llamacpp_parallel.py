@@ -247,3 +247,78 @@ def test_a_batch_running_when_its_engine_closes_fails_cleanly(home: Path) -> Non
     assert len(batch) == 0
     batch.close()
     engine.close()  # twice is harmless
+
+
+def test_text_held_back_for_a_stop_is_streamed_when_the_answer_ends(
+    engines: tuple[LlamaCppEngine, LlamaCppEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: text held back because it may begin a stop sequence was never streamed when
+    the answer then ended with EOS (the result had it, the stream did not)."""
+    _, alone = engines
+    words = alone.tokenize(" cats purr", add_special_tokens=False)
+    script = iter([*words, next(iter(alone.eos_token_ids))])
+    monkeypatch.setattr(alone, "_sample_token", lambda *_a: next(script))  # what the sampler "picks"
+    events = list(alone.stream(greedy(PROMPTS[0], stop=["purring"])))
+    result = events[-1]
+    assert isinstance(result, GenerationResult) and result.text == " cats purr"
+    assert result.finish_reason == "stop"
+    assert "".join(e.text for e in events if isinstance(e, StreamDelta)) == " cats purr"
+
+
+def test_an_empty_token_prompt_is_refused_alone(engines: tuple[LlamaCppEngine, LlamaCppEngine]) -> None:
+    """Found in review: a prompt of no tokens would reach the sequence pool (a negative prefix
+    length) and sample from another decode's logits. Requests already refuse empty text; a token
+    prompt whose ids are empty is refused too, before it joins, and the batch it was sent with
+    takes none of them (and frees the sampler it made for the other)."""
+    from helixloom.engine.base import TokenPrompt
+    from helixloom.errors import HelixloomError
+
+    _, alone = engines
+    empty = GenerationRequest(TokenPrompt("<bos>", []), sampling(temperature=0, max_tokens=4))
+    with pytest.raises(HelixloomError, match="empty"):
+        alone.validate(empty)
+    batch = alone.open_batch()
+    with pytest.raises(HelixloomError, match="empty"):
+        batch.join([greedy(PROMPTS[0]), empty])
+    assert len(batch) == 0
+    batch.close()
+
+
+def test_a_blocked_step_waits_for_a_freed_sequence(engines: tuple[LlamaCppEngine, LlamaCppEngine]) -> None:
+    """Found in review: while another batch held every sequence, a batch's step returned at once
+    with nothing done, so the server's continuous loop spun on the lock. A blocked step now waits,
+    with the engine's lock released, until a sequence is freed, and then its row starts."""
+    import threading
+
+    _, alone = engines
+    holder, blocked = alone.open_batch(), alone.open_batch()
+    holder.join([greedy(LONG, max_tokens=6, ignore_eos=True)])
+    holder.step()  # it holds the only sequence
+    [waiting] = blocked.join([greedy(PROMPTS[0], max_tokens=4, ignore_eos=True)])
+    waits: list[float] = []
+    entered = threading.Event()
+    real_wait = alone._freed.wait
+
+    def spy(timeout: float | None = None) -> bool:
+        waits.append(timeout or 0.0)
+        entered.set()
+        return real_wait(timeout)
+
+    alone._freed.wait = spy  # type: ignore[method-assign]
+    try:
+        first: list[Any] = []
+        worker = threading.Thread(target=lambda: first.extend(blocked.step()))
+        worker.start()
+        assert entered.wait(10)  # the blocked step waits (the old one returned at once)
+        while len(holder):  # the holder runs meanwhile: the wait released the engine's lock
+            holder.step()
+        worker.join(10)
+        assert not worker.is_alive() and first == []
+        started = blocked.step()  # the freed sequence is taken
+        assert any(rid == waiting for rid, _ in started)
+        while len(blocked):
+            blocked.step()
+    finally:
+        del alone._freed.wait
+        holder.close()
+        blocked.close()

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from helixloom import prompting
-from helixloom.engine import GenerationRequest, sampling
+from helixloom.engine import GenerationRequest, GenerationResult, StreamDelta, sampling
 from helixloom.engine import remote_chat as remote_module
 from helixloom.engine.remote import RemoteEngine
 from helixloom.engine.remote_chat import SERVER_TEMPLATE
@@ -327,3 +327,15 @@ def test_bad_props_fall_back(serve: Any, props: Any) -> None:
     remote = engine(serve(Fake(props=props, tokenize="llamacpp")))
     assert remote.chat_template is None
     assert prompting.render(remote, MESSAGES) == prompting.render_with(None, MESSAGES)
+
+
+def test_text_held_back_for_a_stop_is_streamed_when_the_server_ends(serve: Any) -> None:
+    """Found in review (the llama.cpp batch had the same bug): text held back because it may begin a
+    stop sequence was dropped from the stream when the server then ended with finish_reason "stop"
+    (its EOS); the result had it. The fake streams the prompt back as the answer."""
+    remote = engine(serve(Fake()))
+    request = GenerationRequest("Hello wor", sampling(temperature=0, max_tokens=4, stop=["world"]))
+    events = list(remote.stream(request))
+    result = events[-1]
+    assert isinstance(result, GenerationResult) and result.text == "Hello wor"
+    assert "".join(e.text for e in events if isinstance(e, StreamDelta)) == "Hello wor"

@@ -173,16 +173,21 @@ def _say(text: str) -> None:
 
 
 def _judge_fn(spec: str, engine: Any) -> Any:
-    """A pairwise judge as the loop's ``(prompts, answers, baseline answers) -> (win %, LC win %)``."""
+    """A pairwise judge as the loop's ``JudgeFn``: win %, LC win % and the judge's position
+    consistency (the win rates withheld, None, when it is below ``win_rate``'s threshold)."""
     from helixloom.engine import load_engine
     from helixloom.evals.pairwise import PairwiseJudge
     from helixloom.evals.winrate import win_rate
 
     judge = PairwiseJudge(engine if spec == "base" else load_engine(spec))
 
-    def run(prompts: list[str], answers: list[str], baseline: list[str]) -> tuple[float | None, float | None]:
+    def run(
+        prompts: list[str], answers: list[str], baseline: list[str]
+    ) -> tuple[float | None, float | None, float | None]:
         verdicts = judge.compare(prompts, answers, baseline)
         report = win_rate(verdicts, [len(a) for a in answers], [len(b) for b in baseline])
-        return report.win_rate, report.lc_win_rate
+        if report.unreliable_reason:
+            _say(f"  {report.unreliable_reason}")
+        return report.win_rate, report.lc_win_rate, report.consistency
 
     return run

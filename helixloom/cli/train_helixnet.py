@@ -8,6 +8,7 @@ Thin: the recipe is ``helixloom.training.helixnet_train``, the teachers are in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import TYPE_CHECKING
@@ -16,12 +17,14 @@ from helixloom.errors import HelixloomError
 
 if TYPE_CHECKING:
     from helixloom.evals.instructions import InstructionPrompt
+    from helixloom.prompting import Stage
+    from helixloom.training.configs import LoraSFTConfig
 
 
 def register(tsub: argparse._SubParsersAction) -> None:
     """Add ``helixnet`` to the ``train`` command's subparsers."""
     from helixloom.cli.common import add_config_flags, add_sft_flags
-    from helixloom.training.configs import HelixTrainConfig
+    from helixloom.training.configs import REGENERATOR_EPOCHS, HelixRoleSFTConfig, HelixTrainConfig
 
     p = tsub.add_parser(
         "helixnet",
@@ -52,7 +55,14 @@ def register(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of NAME")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_flags(p, HelixTrainConfig, "role data")
-    add_sft_flags(p)
+    add_sft_flags(p, HelixRoleSFTConfig)
+    p.add_argument(
+        "--regenerator-epochs",
+        type=float,
+        metavar="N",
+        help=f"the regenerator's passes over its data (default {REGENERATOR_EPOCHS:g}); it learns to "
+        "rewrite, which takes longer than the critic's verdicts",
+    )
     p.set_defaults(run=cmd_train_helixnet, job="train")
 
 
@@ -81,13 +91,19 @@ def cmd_train_helixnet(args: argparse.Namespace) -> int:
     from helixloom import adapters, jobs
     from helixloom.cli.common import given_config, open_store, sft_config_from
     from helixloom.engine import load_engine
-    from helixloom.training.configs import HelixTrainConfig
+    from helixloom.training.configs import REGENERATOR_EPOCHS, HelixRoleSFTConfig, HelixTrainConfig
     from helixloom.training.helixnet_teachers import VERIFIER, EngineTeacher, Teacher, VerifierTeacher
     from helixloom.training.helixnet_train import Actor, train_helixnet
 
     store = open_store()
     config = HelixTrainConfig(**given_config(args, HelixTrainConfig))
-    sft = sft_config_from(args)
+    sft = sft_config_from(args, HelixRoleSFTConfig)
+    if args.regenerator_epochs is not None and args.regenerator_epochs <= 0:
+        raise HelixloomError("--regenerator-epochs must be positive", param="regenerator_epochs")
+    regenerator_epochs = REGENERATOR_EPOCHS if args.regenerator_epochs is None else args.regenerator_epochs
+    role_sft: dict[Stage, LoraSFTConfig] = {
+        "regenerator": dataclasses.replace(sft, epochs=regenerator_epochs)
+    }
     prompts = load_prompts(args.prompts)
     if args.teacher == VERIFIER and not all(p.checks for p in prompts):
         raise HelixloomError(
@@ -115,6 +131,7 @@ def cmd_train_helixnet(args: argparse.Namespace) -> int:
         config=config,
         sft=sft,
         resume=args.resume,
+        role_sft=role_sft,
         say=lambda line: print(line, file=sys.stderr),
     )
     jobs.set_result(result.as_dict())

@@ -18,7 +18,6 @@ re-exported. Scoring (``llamacpp_scoring``) runs on llama-cpp-python's own one-s
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import threading
@@ -34,12 +33,15 @@ from helixloom.engine.detok import IncrementalDecoder, StopMatcher, is_control_m
 from helixloom.engine.llamacpp_batch import LlamaCppBatch, Row, fit
 from helixloom.engine.llamacpp_grammar import llama_grammar
 from helixloom.engine.llamacpp_scoring import LlamaCppScoring
-from helixloom.engine.llamacpp_seqs import BASE_KEY, Seq, SeqPool, plain_weights
+from helixloom.engine.llamacpp_seqs import BASE_KEY, Seq, SeqPool, plain_weights, set_lora
 from helixloom.engine.lora_folder import adapter_version
 from helixloom.engine.remote_chat import LocalTemplate
 from helixloom.engine.types import AdapterInfo, GenerationRequest, SamplingParams
 from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
 
+# ``_applied`` while a switch is under way: no adapter's name (names never hold NUL), so a switch
+# that failed is tried again by the next call.
+_UNSET = "\x00unset"
 GGUF_ADAPTER_FILE = gguf_lora.GGUF_ADAPTER_FILE  # where `helixloom adapters export-gguf` writes by default
 
 
@@ -98,6 +100,7 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
         self._batches: weakref.WeakSet[LlamaCppBatch] = weakref.WeakSet()
         self.closed = False  # set by close(); a batch still open then fails instead of using freed memory
         self._lock = threading.RLock()
+        self._freed = threading.Condition(self._lock)  # a batch frees a sequence (``LlamaCppBatch``)
         self._adapters: dict[str, tuple[AdapterInfo, Any]] = {}
         self._applied: str | None = None  # the adapter set on the scoring context now
         self._kv_adapter: str | None = None  # the adapter the scoring context's KV was computed under
@@ -187,20 +190,24 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
         ``gguf_lora.for_llamacpp``; its version is its content hash, as on every backend)."""
         import llama_cpp
 
+        given = Path(path)
+        version = None
+        if given.is_dir():
+            if not (given / "adapter_config.json").is_file():
+                raise AdapterError(f"adapter {name!r}: {given} is neither a PEFT folder nor a GGUF LoRA")
+            version = adapter_version(given)
+            # Exported outside the engine's lock: an export takes seconds, and requests decode on
+            # meanwhile. Two loads exporting the same version write the same bytes, atomically.
+            file = gguf_lora.for_llamacpp(given, self.path, version)
+            if adapter_version(given) != version:
+                if file.name != gguf_lora.GGUF_ADAPTER_FILE:  # our cache, stamped with the old
+                    file.unlink(missing_ok=True)  # version but maybe holding the new weights
+                raise AdapterError(f"adapter {name!r} changed while it was exported", "load it again")
+        else:
+            file = given
         with self._lock:
-            given = Path(path)
-            version = None
-            if given.is_dir():
-                if not (given / "adapter_config.json").is_file():
-                    raise AdapterError(f"adapter {name!r}: {given} is neither a PEFT folder nor a GGUF LoRA")
-                version = adapter_version(given)
-                file = gguf_lora.for_llamacpp(given, self.path, version)
-                if adapter_version(given) != version:
-                    if file.name != gguf_lora.GGUF_ADAPTER_FILE:  # our cache, stamped with the old
-                        file.unlink(missing_ok=True)  # version but maybe holding the new weights
-                    raise AdapterError(f"adapter {name!r} changed while it was exported", "load it again")
-            else:
-                file = given
+            if self.closed:
+                raise AdapterError(f"adapter {name!r}: the engine is closed")
             if name in self._adapters:
                 info = self._adapters[name][0]
                 if info.path == str(file.resolve()) and version in (None, info.version):
@@ -244,18 +251,12 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
             llama_cpp.llama_adapter_lora_free(handle)
 
     def _use_adapter(self, name: str | None) -> None:
-        import llama_cpp
-
         if name is not None and name not in self._adapters:
             raise AdapterError(f"adapter {name!r} is not loaded", "load it first (load_adapter)")
         if name == self._applied:
             return
-        if name is None:
-            llama_cpp.llama_set_adapters_lora(self.llm.ctx, None, 0, None)
-        else:
-            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapters[name][1])
-            scales = (ctypes.c_float * 1)(1.0)
-            llama_cpp.llama_set_adapters_lora(self.llm.ctx, handles, 1, scales)
+        self._applied = _UNSET  # until it is set: a failed switch is retried by the next call
+        set_lora(self.llm.ctx, None if name is None else self._adapters[name][1])
         self._applied = name
 
     def _prepare(self, adapter: str | None, tokens: list[int]) -> None:
@@ -289,11 +290,9 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
             ids = batch.join(requests)
             row_of = {rid: row for row, rid in enumerate(ids)}
             check = None if abort is None else (lambda rid: abort(row_of[rid]))
-            while len(batch):
+            while len(batch):  # a step waits by itself while another batch holds every sequence
                 for rid, event in batch.step(check):
                     yield row_of[rid], event
-                if len(batch) and all(s.busy for s in self._pool.seqs):
-                    time.sleep(0.001)  # another batch holds every sequence
         finally:
             batch.close()  # a consumer that stopped early frees its sequences
 
@@ -306,6 +305,8 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
     def _new_row(self, row_id: int, request: GenerationRequest) -> Row:
         """A request ready to join a batch (``HelixloomError`` if it cannot run)."""
         tokens = self.encode(request.prompt)
+        if not tokens:  # nothing to compute the first token's logits from
+            raise HelixloomError("the prompt is empty (no tokens)", param="prompt")
         p = fit(request.sampling, len(tokens), self._pool.n_ctx)
         if request.adapter is not None and request.adapter not in self._adapters:
             raise AdapterError(f"adapter {request.adapter!r} is not loaded", "load it first (load_adapter)")

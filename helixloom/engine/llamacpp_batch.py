@@ -52,6 +52,9 @@ BASE_ROWS_PER_DECODE = 4
 # Adapter rows: one per llama_decode. With a LoRA, 2 rows already differed from alone (max |diff|
 # 0.64 after 5 steps): the adapter's float32 matmuls take another kernel for one row than for several.
 ADAPTER_ROWS_PER_DECODE = 1
+# How long a step with nothing to do waits for another batch to free a sequence (it is woken at once
+# when one is freed; the bound only caps a missed wake-up).
+FREED_WAIT_S = 0.05
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Host(Protocol):
     """What the batch uses of ``LlamaCppEngine`` (which passes itself)."""
 
     _lock: threading.RLock
+    _freed: threading.Condition  # on ``_lock``; notified when a sequence is freed
     _pool: SeqPool
     eos_token_ids: frozenset[int]
     closed: bool
@@ -110,7 +114,14 @@ class LlamaCppBatch(DecodeBatch):
         return any(r.request.adapter == adapter for r in (*self._waiting, *self._active))
 
     def join(self, requests: Sequence[GenerationRequest]) -> list[int]:
-        rows = [self._engine._new_row(self._next_id + i, r) for i, r in enumerate(requests)]
+        rows: list[Row] = []
+        try:
+            for i, r in enumerate(requests):
+                rows.append(self._engine._new_row(self._next_id + i, r))
+        except BaseException:
+            for row in rows:  # none joins when one cannot: the samplers already made are freed
+                row.sampler.close()
+            raise
         self._next_id += len(rows)
         self._waiting.extend(rows)
         return [r.id for r in rows]
@@ -128,6 +139,10 @@ class LlamaCppBatch(DecodeBatch):
                         self._end(row, "abort", events)
                 self._decode(events)
                 self._admit(events)
+                if not events and not self._active and self._waiting:
+                    # Every sequence is held by another batch: wait (the lock released) until one
+                    # is freed, instead of a caller's loop spinning on empty steps.
+                    engine._freed.wait(FREED_WAIT_S)
             except BaseException:
                 self.close()
                 raise
@@ -141,6 +156,8 @@ class LlamaCppBatch(DecodeBatch):
                 if row.seq is not None and not self._engine.closed:
                     self._engine._pool.forget(row.seq)
                 row.sampler.close()
+            if self._active:
+                self._engine._freed.notify_all()
             for row in self._waiting:
                 row.sampler.close()
             self._active, self._waiting = [], []
@@ -203,7 +220,8 @@ class LlamaCppBatch(DecodeBatch):
             row.logprobs.append(engine._logprobs_of(logits, token, p.logprobs))
             step = (row.logprobs[-1],)
         if token in engine.eos_token_ids and not p.ignore_eos:
-            text = row.stops.feed(_unheal(row.decoder.flush(), row.heal))
+            # the text held back as a possible stop's start is released: no stop can follow now
+            text = row.stops.feed(_unheal(row.decoder.flush(), row.heal)) + row.stops.finish()
             if step or text:
                 events.append((row.id, StreamDelta(text, step)))
             self._end(row, "stop", events)
@@ -229,8 +247,9 @@ class LlamaCppBatch(DecodeBatch):
             self._waiting.remove(row)
         if row.seq is not None:
             self._engine._pool.release(row.seq)
+            self._engine._freed.notify_all()
         row.sampler.close()
-        if finish != "stop" and (rest := row.stops.feed(row.decoder.flush()) + row.stops.finish()):
+        if not row.stops.stopped and (rest := row.stops.feed(row.decoder.flush()) + row.stops.finish()):
             events.append((row.id, StreamDelta(rest)))
         done = time.perf_counter()
         started = row.started or done

@@ -19,6 +19,7 @@ from typing import Any
 from helixloom.errors import HelixloomError
 
 BASE_KEY = ""  # the cache key of KV computed without an adapter
+_UNKNOWN = object()  # ``SeqPool.applied`` after a failed switch: the next use_adapter sets it again
 
 # Prompts are computed in chunks of this many tokens at positions aligned to it, and a prefix is
 # reused only in whole such chunks: a position's numbers then depend only on the tokens up to its
@@ -78,7 +79,7 @@ class SeqPool:
         idle = [s for s in self.seqs if not s.busy]
         if not idle:
             return None
-        limit = (len(prompt) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+        limit = max(0, len(prompt) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
 
         def reusable(s: Seq) -> int:
             if s.key != key:
@@ -160,16 +161,25 @@ class SeqPool:
 
     def use_adapter(self, handle: Any) -> None:
         """Set the LoRA ``handle`` (None: no adapter) on the context."""
-        import llama_cpp
-
         if handle == self.applied:
             return
-        if handle is None:
-            llama_cpp.llama_set_adapters_lora(self.ctx.ctx, None, 0, None)
-        else:
-            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(handle)
-            llama_cpp.llama_set_adapters_lora(self.ctx.ctx, handles, 1, (ctypes.c_float * 1)(1.0))
+        self.applied = _UNKNOWN  # until it is set: a failed switch is retried by the next call
+        set_lora(self.ctx.ctx, handle)
         self.applied = handle
+
+
+def set_lora(ctx: Any, handle: Any) -> None:
+    """Set the LoRA ``handle`` (None: none) at scale 1 on the llama.cpp context ``ctx``; an error if
+    llama.cpp refuses (decoding on would use the weights it had)."""
+    import llama_cpp
+
+    if handle is None:
+        rc = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+    else:
+        handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(handle)
+        rc = llama_cpp.llama_set_adapters_lora(ctx, handles, 1, (ctypes.c_float * 1)(1.0))
+    if rc != 0:
+        raise HelixloomError(f"llama.cpp could not set the LoRA adapter (it returned {rc})")
 
 
 @contextlib.contextmanager

@@ -237,7 +237,7 @@ class RemoteEngine(Engine):
                     finish = "stop" if choice.finish_reason == "stop" else "length"
         finally:
             stream.close()
-        if finish != "stop" and (rest := stops.finish()):
+        if not stops.stopped and (rest := stops.finish()):  # held back as a possible stop's start
             events.put((row, StreamDelta(rest)))
         done = time.perf_counter()
         first = first or done

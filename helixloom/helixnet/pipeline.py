@@ -188,11 +188,7 @@ class HelixNet:
             raise HelixloomError("the question is empty", param="question")
         emit = on_event or (lambda _: None)
         fmt, system = self.format, self.system
-        actor_engine = self.roles["actor"].engine
-        actor = self._stage("actor", 0, fmt.actor_prompt(actor_engine, system, question, history), emit)
-        if kind := degenerate_kind(actor.text, self.system):
-            actor = replace(actor, fallback=_gave_up(kind, actor.attempts))
-        self._end(actor, emit)
+        actor = self.act(question, history, on_event=emit)
         critiques: list[StageOutput] = []
         regenerations: list[StageOutput] = []
         latest = actor.text
@@ -218,6 +214,19 @@ class HelixNet:
             regenerations.append(regen)
             latest = regen.text
         return HelixTurn(question, actor, tuple(critiques), tuple(regenerations))
+
+    def act(
+        self, question: str, history: Sequence[Exchange] = (), *, on_event: OnEvent | None = None
+    ) -> StageOutput:
+        """The actor's stage alone, exactly as ``answer`` runs it (resampled while empty or a label;
+        ``fallback`` says so if it stayed that way)."""
+        emit = on_event or (lambda _: None)
+        prompt = self.format.actor_prompt(self.roles["actor"].engine, self.system, question, history)
+        actor = self._stage("actor", 0, prompt, emit)
+        if kind := degenerate_kind(actor.text, self.system):
+            actor = replace(actor, fallback=_gave_up(kind, actor.attempts))
+        self._end(actor, emit)
+        return actor
 
     def _settle(self, regen: StageOutput, question: str, previous: str) -> tuple[StageOutput, str]:
         """The regeneration as the round keeps it, and the text still to show (held back so far)."""

@@ -212,6 +212,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "repair",
             "keep_share",
             "critic_pass_share",
+            "regenerator_epochs",
             *_TRAINING,
         ],
         "prompts",

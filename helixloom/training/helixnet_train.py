@@ -16,7 +16,10 @@ A linear recipe in four phases, each leaving files under ``HELIXLOOM_HOME/runs/h
    is the set ``--helixnet NAME`` resolves (``adapters.helixnet_set``).
 
 A killed run resumes where it stopped: the lessons already written are kept, a trained role is not
-trained again, and a role's training resumes from its last checkpoint.
+trained again, and a role's training resumes from its last checkpoint. The rows are rebuilt from the
+lessons on every run, and a role is trained afresh when its rows or its training settings differ
+from those it was trained with (``trained_with`` in ``state.json``), so a resumed run with another
+``critic_pass_share`` or regenerator setting retrains exactly the role it changes.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,7 @@ from helixloom.errors import HelixloomError
 from helixloom.evals.instructions import InstructionPrompt
 from helixloom.prompting import PromptFormat, Stage
 from helixloom.store import Store
-from helixloom.training.configs import HelixTrainConfig, LoraSFTConfig
+from helixloom.training.configs import REGENERATOR_EPOCHS, HelixRoleSFTConfig, HelixTrainConfig, LoraSFTConfig
 from helixloom.training.helixnet_teachers import OUTCOMES, Attempt, Teacher
 from helixloom.training.sft import train_lora
 from helixloom.training.trainer import TrainResult
@@ -172,6 +176,7 @@ def train_helixnet(
     prompt_format: PromptFormat | None = None,
     system: str | None = None,
     resume: bool = False,
+    role_sft: Mapping[Stage, LoraSFTConfig] | None = None,
     say: Say = lambda _: None,
 ) -> HelixTrainResult:
     """Teach, build role rows, train the critic and the regenerator LoRAs on ``base`` and register
@@ -179,10 +184,13 @@ def train_helixnet(
 
     With ``resume`` an interrupted run of ``name`` continues (its plan must match this one's teacher
     and base); without it an existing run of ``name`` is an error, so nothing is overwritten by
-    accident."""
+    accident. ``role_sft`` gives a role its own training settings (default: ``sft`` for both; with no
+    ``sft``, the measured recipe ``HelixRoleSFTConfig`` with ``REGENERATOR_EPOCHS`` for the regenerator)."""
     paths.check_name(name, "helixnet set name")
     config = config or HelixTrainConfig()
-    sft = sft or LoraSFTConfig()
+    if sft is None:  # the measured recipe, the regenerator with its own epochs unless given
+        sft = HelixRoleSFTConfig()
+        role_sft = {"regenerator": replace(sft, epochs=REGENERATOR_EPOCHS), **(role_sft or {})}
     fmt = prompt_format or PromptFormat.load("helixnet")
     system = fmt.system if system is None else system
     if config.limit:
@@ -207,22 +215,21 @@ def train_helixnet(
         lessons = teach(
             prompts, actor, teacher, folder / PARTIAL, fmt=fmt, system=system, config=config
         )  # fmt: skip
-        rows, mix = build_rows(
-            lessons, fmt, actor.engine, system,
-            keep_share=config.keep_share, critic_pass_share=config.critic_pass_share,
-        )  # fmt: skip
-        for role in ROLES:
-            atomic.write_jsonl(folder / f"{role}.jsonl", rows[role])
         atomic.write_jsonl(folder / "lessons.jsonl", lessons)
-        atomic.write_json(folder / "mix.json", mix)
         (folder / PARTIAL).unlink(missing_ok=True)
         seconds["teach"] = time.perf_counter() - t0
         state = _mark(folder, state, "teach", seconds)
     lessons = [row for _, row in jsonl.read(folder / "lessons.jsonl")]
-    examples: dict[str, int] = {role: sum(1 for _ in jsonl.read(folder / f"{role}.jsonl")) for role in ROLES}
-    mixes = json.loads((folder / "mix.json").read_text()) if (folder / "mix.json").is_file() else {}
-    # older runs wrote the regenerator's mix only
-    mix, critic_mix = mixes.get("regenerator", mixes), mixes.get("critic", {})
+    # rebuilt on every run (cheap): a resumed run with other row settings trains on its own rows
+    all_rows, mixes = build_rows(
+        lessons, fmt, actor.engine, system,
+        keep_share=config.keep_share, critic_pass_share=config.critic_pass_share,
+    )  # fmt: skip
+    for role in ROLES:
+        atomic.write_jsonl(folder / f"{role}.jsonl", all_rows[role])
+    atomic.write_json(folder / "mix.json", mixes)
+    examples: dict[str, int] = {role: len(all_rows[role]) for role in ROLES}
+    mix, critic_mix = mixes["regenerator"], mixes["critic"]
     targets = {o: n for o in OUTCOMES if (n := sum(1 for row in lessons if row.get("outcome") == o))}
     say(
         f"role data: {examples['critic']} critic and {examples['regenerator']} regenerator examples; "
@@ -231,9 +238,18 @@ def train_helixnet(
 
     trained: dict[str, TrainResult] = {}
     for role in ROLES:
-        if role in state["done"]:
+        rows_of_role = all_rows[role]
+        role_config = (role_sft or {}).get(role, sft)
+        fingerprint = _fingerprint(rows_of_role, role_config)
+        recorded = state.get("trained_with", {}).get(role)
+        # None: trained before runs recorded what a role was trained with; it is trusted as it is
+        if role in state["done"] and recorded in (fingerprint, None):
             continue
-        rows_of_role = [row for _, row in jsonl.read(folder / f"{role}.jsonl")]
+        if recorded != fingerprint:
+            if recorded is not None:  # other rows or settings: its checkpoints are not this training's
+                say(f"the {role}'s rows or settings changed: training it afresh")
+                shutil.rmtree(folder / f"train-{role}", ignore_errors=True)
+            state = _train_with(folder, state, role, fingerprint)
         if not rows_of_role:
             raise HelixloomError(
                 f"the teacher gave no {role} examples",
@@ -246,7 +262,7 @@ def train_helixnet(
             rows_of_role,
             paths.adapters_dir() / f"{name}-{role}",
             folder / f"train-{role}",
-            sft,
+            role_config,
             resume=resume and (folder / f"train-{role}").is_dir(),
         )
         seconds[f"train_{role}"] = time.perf_counter() - t0
@@ -328,6 +344,22 @@ def _seed(seed: int, prompt_id: str, sample: int) -> int:
     """A sample's seed from the prompt and sample only, so batching and resuming repeat the same text."""
     digest = hashlib.sha256(f"{seed}:{prompt_id}:{sample}".encode()).hexdigest()
     return int(digest[:12], 16)
+
+
+def _fingerprint(rows: Sequence[dict[str, str]], sft: LoraSFTConfig) -> str:
+    """What a role is trained with: its rows and its training settings."""
+    digest = hashlib.sha256(json.dumps(asdict(sft), sort_keys=True).encode())
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _train_with(folder: Path, state: dict[str, Any], role: str, fingerprint: str) -> dict[str, Any]:
+    """Record that ``role`` is (being) trained with ``fingerprint``; it and the set are not done."""
+    done = [p for p in state["done"] if p not in (role, "register")]
+    state = {**state, "done": done, "trained_with": {**state.get("trained_with", {}), role: fingerprint}}
+    atomic.write_json(folder / "state.json", state)
+    return state
 
 
 def _start(folder: Path, plan: dict[str, Any], resume: bool) -> dict[str, Any]:

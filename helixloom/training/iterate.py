@@ -53,7 +53,9 @@ from helixloom.training.pairing import mean, training_rows, win_rate
 
 # (prompts, policy answers, baseline answers) -> (win rate %, length-controlled win rate %); None when
 # the judge could not decide any pair
-JudgeFn = Callable[[list[str], list[str], list[str]], tuple[float | None, float | None]]
+# (prompts, answers, the start's answers) -> (win %, length-controlled win %, the judge's position
+# consistency %); the win rates are None where the judge was too inconsistent to report them.
+JudgeFn = Callable[[list[str], list[str], list[str]], tuple[float | None, float | None, float | None]]
 Event = Callable[[str], None]
 
 
@@ -416,16 +418,18 @@ class IterativeRun:
         ]
         atomic.write_jsonl(answers_path, [r.to_json() for r in rows])
         if baseline is None:
-            win, judge_win, judge_lc = 50.0, None, None
+            win, judge_win, judge_lc, judge_consistency = 50.0, None, None, None
         else:
             base_rows = [
                 EvalAnswer.from_json(r) for r in read_rows(self.root / "iter-0" / "eval_answers.jsonl")
             ]
             win = win_rate(texts, scores, base_rows)
-            judge_win = judge_lc = None
+            judge_win = judge_lc = judge_consistency = None
             if judge is not None:
                 say(f"  judging iteration {i} against the start")
-                judge_win, judge_lc = judge(list(prompts), texts, [r.answer for r in base_rows])
+                judge_win, judge_lc, judge_consistency = judge(
+                    list(prompts), texts, [r.answer for r in base_rows]
+                )
         row = IterationRow(
             iteration=i,
             mean_reward=mean(scores),
@@ -433,6 +437,7 @@ class IterativeRun:
             mean_length=mean([float(a.usage.completion_tokens) for a in answers]),
             judge_win_rate=judge_win,
             judge_lc_win_rate=judge_lc,
+            judge_consistency=judge_consistency,
         )
         if write:
             atomic.write_json(eval_path, asdict(row))

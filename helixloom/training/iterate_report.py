@@ -63,16 +63,20 @@ def plot(rows: Sequence[IterationRow], out: Path, title: str = "") -> None:
 
 def format_table(rows: Sequence[IterationRow]) -> str:
     """The table as aligned text, one line per iteration."""
-    names = [("iter", 4), ("mean reward", 11), ("win rate", 8), ("judge win", 9)]
+    names = [("iter", 4), ("mean reward", 11), ("win rate", 8), ("judge win", 9), ("judge cons.", 11)]
     names += [("length", 7), ("pairs", 5), ("loss", 7)]
     header = "  ".join(f"{n:>{w}}" for n, w in names)
     lines = [header]
     for r in rows:
-        judge = f"{r.judge_win_rate:8.1f}%" if r.judge_win_rate is not None else f"{'-':>9}"
+        if r.judge_win_rate is not None:
+            judge = f"{r.judge_win_rate:8.1f}%"
+        else:  # withheld: the judge's verdicts followed the order more than the answers
+            judge = f"{'withheld' if r.judge_consistency is not None else '-':>9}"
+        cons = f"{r.judge_consistency:10.0f}%" if r.judge_consistency is not None else f"{'-':>11}"
         loss = f"{r.train_loss:7.4f}" if r.train_loss is not None else f"{'-':>7}"
         pairs = f"{r.pairs:5d}" if r.iteration else f"{'-':>5}"
         lines.append(
-            f"{r.iteration:>4}  {r.mean_reward:11.4f}  {r.win_rate:7.1f}%  {judge}  "
+            f"{r.iteration:>4}  {r.mean_reward:11.4f}  {r.win_rate:7.1f}%  {judge}  {cons}  "
             f"{r.mean_length:7.1f}  {pairs}  {loss}"
         )
     return "\n".join(lines)

@@ -178,8 +178,9 @@ class IterationRow:
     mean_reward: float
     win_rate: float  # % of evaluation prompts where this policy's answer out-scores the start's (ties half)
     mean_length: float  # tokens
-    judge_win_rate: float | None = None
+    judge_win_rate: float | None = None  # None when unjudged, or withheld (judge_consistency too low)
     judge_lc_win_rate: float | None = None
+    judge_consistency: float | None = None  # % of pairs whose verdict survived swapping the order
     sample_mean_reward: float | None = None  # mean reward of the K samples this iteration trained on
     sample_best_reward: float | None = None  # mean of the per-prompt best
     pairs: int = 0
