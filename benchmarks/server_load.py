@@ -44,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +170,16 @@ def closed_loop(client: Any, jobs: list[Job], clients: int) -> Timing:
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(lambda job: send(client, job, timing, lock), jobs))
     return timing
+
+
+def alternated(arms: dict[str, Callable[[], Any]], rounds: int = 2) -> dict[str, list[Any]]:
+    """Each arm's results over ``rounds`` rounds, the arms run one after another within a round: one
+    run of each is a few seconds, and a single pair swung 0.85-0.98 on a quiet machine."""
+    runs: dict[str, list[Any]] = {label: [] for label in arms}
+    for _ in range(rounds):
+        for label, arm in arms.items():
+            runs[label].append(arm())
+    return runs
 
 
 def offline(engine: Any, jobs: list[Job], rows: int) -> float:
@@ -300,16 +310,24 @@ def against_llama_cpp_server(
             Job(f"Here is a short note about topic number {i}:", "default", None, args.tokens, (), True)
             for i in range(args.clients)
         ]
-        own: dict[str, float] = {}
-        arms = (
-            ("engine_uniform", lambda: offline(engine, uniform, args.clients)),
-            ("server_uniform", lambda: closed_loop(client, uniform * args.rounds, args.clients).tok_s),
-            ("engine_realistic", lambda: offline(engine, base, args.clients)),
-        )
-        for _ in range(2):  # alternated, twice (see the hf leg); the mean of each
-            for label, arm in arms:
+
+        def cold(arm: Callable[[], float]) -> Callable[[], float]:
+            def run() -> float:
                 engine.clear_cache()
-                own[label] = own.get(label, 0.0) + arm() / 2
+                return arm()
+
+            return run
+
+        runs = alternated(
+            {
+                "engine_uniform": cold(lambda: offline(engine, uniform, args.clients)),
+                "server_uniform": cold(
+                    lambda: closed_loop(client, uniform * args.rounds, args.clients).tok_s
+                ),
+                "engine_realistic": cold(lambda: offline(engine, base, args.clients)),
+            }
+        )
+        own = {label: sum(values) / len(values) for label, values in runs.items()}
     finally:
         server.stop()
         state.close()
@@ -399,12 +417,13 @@ def main() -> None:
     ]
     offline(engine, uniform[:1], 1)  # warm-up, both paths alike
     closed_loop(client, uniform[:2], 2)
-    # Alternated, twice: one run of each is a few seconds, and a single pair swung 0.85-0.98 on a
-    # quiet machine.
-    engine_runs, served_runs = [], []
-    for _ in range(2):
-        engine_runs.append(offline(engine, uniform, args.clients))
-        served_runs.append(closed_loop(client, uniform * args.rounds, args.clients))
+    runs = alternated(
+        {
+            "engine": lambda: offline(engine, uniform, args.clients),
+            "server": lambda: closed_loop(client, uniform * args.rounds, args.clients),
+        }
+    )
+    engine_runs, served_runs = runs["engine"], runs["server"]
     engine_uniform = sum(engine_runs) / len(engine_runs)
     served_uniform_tok_s = sum(t.tok_s for t in served_runs) / len(served_runs)
     report["uniform"] = {

@@ -162,7 +162,7 @@ def for_llamacpp(adapter_dir: Path, base_gguf: Path, version: str) -> Path:
     candidates = [adapter_dir / f"adapter_model.{version}.gguf", _home_cache(version)]
     for cached in candidates:
         if cached.is_file() and stamped_version(cached) == version:
-            if cached.parent == _home_cache(version).parent:
+            if cached.parent == _home_cache_dir():
                 with contextlib.suppress(OSError):
                     os.utime(cached)  # recently used: the last the pruning removes
             return cached
@@ -176,7 +176,7 @@ def for_llamacpp(adapter_dir: Path, base_gguf: Path, version: str) -> Path:
         # Older versions' exports beside the adapter go; one that cannot be removed (a read-only
         # folder) is only disk space, never served: its stamp is old. The home's cache is shared by
         # every adapter, keyed by content: the least recently used go past its budget.
-        if cached.parent == _home_cache(version).parent:
+        if cached.parent == _home_cache_dir():
             prune_home_cache(keep=cached)
         for old in adapter_dir.glob("adapter_model.*.gguf"):
             if old != cached and old != named:
@@ -197,7 +197,7 @@ def prune_home_cache(keep: Path | None = None, budget: int = HOME_CACHE_BYTES) -
     """Remove the least recently used exports from the home's cache until it holds at most
     ``budget`` bytes (``keep`` always stays); returns what was removed. A file an engine has loaded
     is in its memory already, so removing it harms nothing but a later load, which exports again."""
-    folder = _home_cache("x").parent
+    folder = _home_cache_dir()
     files = []
     for file in folder.glob("*.gguf"):
         with contextlib.suppress(OSError):
@@ -217,5 +217,9 @@ def prune_home_cache(keep: Path | None = None, budget: int = HOME_CACHE_BYTES) -
     return removed
 
 
+def _home_cache_dir() -> Path:
+    return paths.home() / "cache" / "gguf-lora"
+
+
 def _home_cache(version: str) -> Path:
-    return paths.home() / "cache" / "gguf-lora" / f"{version}.gguf"
+    return _home_cache_dir() / f"{version}.gguf"
