@@ -120,6 +120,28 @@ def test_token_alternatives_and_a_branch_from_one(
     assert "counterfactual" in page.inner_text("#info")
 
 
+def test_a_line_break_token_can_be_seen_and_hovered(page: Any, server: BackgroundServer) -> None:
+    # A sampled token of only "\n" renders with no width of its own; CI once failed waiting for it
+    # to become visible. The reader draws a marker for it, outside the text.
+    new_tree(page, server, "A list:")
+    page.fill("#n", "1")
+    page.fill("#tokens", "4")
+    page.click("#roll")
+    page.wait_for_function("children(rootOf().id).length > 0")
+    page.evaluate("go(children(rootOf().id).find((n) => n.has_tokens).id)")
+    page.wait_for_selector("#text .tok")
+    page.evaluate(
+        "(() => { const t = tokenCache.get(current); t[0] = ['\\n', t[0][1], t[0][2]]; render(); })()"
+    )
+    newline = page.locator("#text .tok.nl")
+    assert newline.count() == 1
+    box = newline.bounding_box()
+    assert box is not None and box["width"] > 0 and box["height"] > 0
+    newline.hover()
+    page.wait_for_selector("#tokpop:not([hidden]) .alt")
+    assert "\u21b5" not in page.evaluate("document.querySelector('#text').textContent")
+
+
 def test_tree_view_renders_and_navigates(page: Any, server: BackgroundServer) -> None:
     new_tree(page, server, "A lighthouse stood")
     page.fill("#n", "3")
