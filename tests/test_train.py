@@ -348,3 +348,23 @@ def test_output_layer_on_loss_tokens_only_gives_the_same_loss_and_gradients(tiny
     assert sum(float(g.abs().sum()) for g in grads_all) > 0  # (LoRA A starts with zero gradients: B is 0)
     for a, b in zip(grads_all, grads_compact, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_batches_of_similar_length_pad_less(tiny_model, tmp_path: Path) -> None:
+    # Half the rows are short, half long; a batch pads to its longest row, so a random batch that
+    # mixes the two pays for the long one twice. Grouping by length processes fewer positions.
+    from helixloom.training.sft import train_lora
+
+    long_prompt = " ".join(["the lighthouse keeper wrote down the weather"] * 8)
+    rows = [{"prompt": "Hi", "completion": "ok"} for _ in range(16)]
+    rows += [{"prompt": f"{long_prompt} {i}", "completion": "noted"} for i in range(16)]
+    config = LoraSFTConfig(rank=4, alpha=8, epochs=1, batch_size=2, save_steps=1000)
+    seen = {}
+    for grouped in (False, True):
+        out = tmp_path / str(grouped)
+        result = train_lora(
+            str(tiny_model.path), rows, out / "adapter", out / "run", config, group_by_length=grouped
+        )
+        assert result.steps == 16
+        seen[grouped] = result.tokens
+    assert seen[True] < 0.8 * seen[False]

@@ -321,6 +321,9 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
         system_prompt=meta["system_prompt"],
         resume=resume,
         callbacks=[probe],
+        # pairs of ~90 tokens beside passage rows of ~300: 2.7x faster an epoch (563 -> 211 s,
+        # 233 rows, 2 cores), since a random batch of 8 pads to its one long row
+        group_by_length=True,
     )
     report = _report(meta, result, probe, held)
     atomic.write_json(adapter_dir / REPORT, report)
