@@ -26,8 +26,16 @@ def test_own_text_is_the_writers_continuation_of_each_opening_and_is_cached(tiny
 
     assert replay.own_text(ScriptedEngine(fail, model_name=tiny_engine.model_name)) == texts
     # another model writes its own samples
-    other = replay.own_text(ScriptedEngine(lambda r: " and then it rained.", model_name="other"))
+    progress: list[tuple[int, int]] = []
+    other = replay.own_text(
+        ScriptedEngine(lambda r: " and then it rained.", model_name="other"),
+        on_progress=lambda done, total: progress.append((done, total)),
+    )
     assert other[0] == f"{openings[0]} and then it rained." and replay.cache_path("other") != cached
+    # the writing reports its progress, batch by batch, to the end
+    assert len(progress) > 1 and progress[-1] == (len(openings), len(openings))
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+    assert replay.cached_text("other") == other and replay.cached_text("never-written") is None
 
 
 def test_replay_never_draws_on_the_text_forgetting_is_measured_on() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -30,6 +31,7 @@ MAX_TOKENS = 80  # per sample: a paragraph, cheap to write and to train on
 TEMPERATURE = 1.0  # the model's own distribution (the KL argument above needs samples, not modes)
 TOP_P = 0.95  # trims the far tail, where a 270M model's samples turn to noise
 SAMPLES_PER_OPENING = 1
+BATCH = 8  # samples written together between progress reports
 
 
 def openings() -> list[str]:
@@ -49,10 +51,9 @@ def cache_path(model_name: str) -> Path:
     return paths.models_dir() / f"replay-{key}.json"
 
 
-def own_text(writer: Engine, *, seed: int = 0) -> list[str]:
-    """Paragraphs the base model ``writer`` wrote from the openings (the opening and its sampled
-    continuation), read from the cache when written before. Empty continuations are left out."""
-    cached = cache_path(writer.model_name)
+def cached_text(model_name: str) -> list[str] | None:
+    """The samples written before for ``model_name``, or None (none yet, or a damaged cache)."""
+    cached = cache_path(model_name)
     if cached.is_file():
         try:
             texts = json.loads(cached.read_text())
@@ -60,6 +61,19 @@ def own_text(writer: Engine, *, seed: int = 0) -> list[str]:
                 return texts
         except (OSError, ValueError):
             pass  # a damaged cache: write the samples again
+    return None
+
+
+def own_text(
+    writer: Engine, *, seed: int = 0, on_progress: Callable[[int, int], None] | None = None
+) -> list[str]:
+    """Paragraphs the base model ``writer`` wrote from the openings (the opening and its sampled
+    continuation), read from the cache when written before. Empty continuations are left out.
+    ``on_progress(done, total)`` follows the writing (a few minutes on a CPU, once per model)."""
+    cached = cache_path(writer.model_name)
+    texts = cached_text(writer.model_name)
+    if texts is not None:
+        return texts
     starts = [o for o in openings() for _ in range(SAMPLES_PER_OPENING)]
     requests = [
         GenerationRequest(
@@ -68,7 +82,11 @@ def own_text(writer: Engine, *, seed: int = 0) -> list[str]:
         )
         for i, start in enumerate(starts)
     ]
-    results = writer.generate(requests)
+    results = []
+    for first in range(0, len(requests), BATCH):
+        results.extend(writer.generate(requests[first : first + BATCH]))
+        if on_progress is not None:
+            on_progress(len(results), len(requests))
     texts = []
     for start, r in zip(starts, results, strict=True):
         written = r.text
