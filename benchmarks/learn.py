@@ -150,6 +150,13 @@ def main() -> None:
             "base+retrieval": round(qa.mean_score(base_rag), 3),
             "adapter+retrieval": round(qa.mean_score(after_rag), 3),
         },
+        # the fact in the answer's first sentence, not only in a document sentence recited after it
+        "key_fact_accuracy_first_sentence": {
+            "base": round(qa.mean_score_first_sentence(base), 3),
+            "adapter": round(qa.mean_score_first_sentence(after), 3),
+            "base+retrieval": round(qa.mean_score_first_sentence(base_rag), 3),
+            "adapter+retrieval": round(qa.mean_score_first_sentence(after_rag), 3),
+        },
         "citation_accuracy_adapter": qa.citation_accuracy(after, doc_ids),
         "citation_accuracy_adapter+retrieval": qa.citation_accuracy(after_rag, doc_ids),
         "forgetting_ratio": learned.get("forgetting_ratio"),

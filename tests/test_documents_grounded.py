@@ -264,3 +264,21 @@ def test_a_key_fact_counts_as_words_of_its_own_not_inside_another_word() -> None
     assert not has_fact("400", "about 1400 animals") and has_fact("400", "about 400 animals")
     assert has_fact("3-year|three year", "It comes with a 3-year warranty.")
     assert has_fact("90 centimetres", "at least 90  Centimetres away")  # case and spaces do not matter
+
+
+def test_the_stricter_reading_counts_only_the_answers_first_sentence() -> None:
+    from helixloom.evals import keyfacts as qa
+
+    assert qa.first_sentence("The tank holds 1.8 litres. It lasts 11 hours. [DOC_ID:5a63b5da1e]") == (
+        "The tank holds 1.8 litres."
+    )
+    assert qa.first_sentence("Six legs [DOC_ID:e726f4757e]") == "Six legs"
+    item = qa.QAItem("How long is the T-40 guaranteed for?", ("3-year|three year",))
+    recited = "Every 3 months. The T-40 comes with a 3-year warranty. [DOC_ID:5a63b5da1e]"
+    direct = "Three years: the T-40 comes with a three year warranty. [DOC_ID:5a63b5da1e]"
+    answers = [
+        qa.QAAnswer(item, text, tuple(f for f in item.facts if qa.has_fact(f, text)))
+        for text in (recited, direct)
+    ]
+    assert qa.mean_score(answers) == 1.0  # the fact is somewhere in both
+    assert qa.mean_score_first_sentence(answers) == 0.5  # but the first answer's own claim is wrong

@@ -106,6 +106,27 @@ def mean_score(answers: Sequence[QAAnswer]) -> float:
     return sum(a.score for a in answers) / len(answers) if answers else 0.0
 
 
+def first_sentence(text: str) -> str:
+    """The answer's first sentence, its citations left out: up to the first ``.``, ``!`` or ``?``
+    followed by a space or the end ("holds 1.8 litres" is one sentence)."""
+    bare = _CITATION.sub("", text).strip()
+    end = re.search(r"[.!?](?=\s|$)", bare)
+    return bare[: end.end()] if end else bare
+
+
+def mean_score_first_sentence(answers: Sequence[QAAnswer]) -> float:
+    """``mean_score`` counting only facts the answer's first sentence states: the stricter reading,
+    since an answer that says "Every 3 months." and then recites the document's "3-year warranty"
+    sentence finds the fact only in its recital."""
+    if not answers:
+        return 0.0
+    head = [first_sentence(a.answer) for a in answers]
+    return sum(
+        sum(has_fact(f, h) for f in a.item.facts) / len(a.item.facts)
+        for a, h in zip(answers, head, strict=True)
+    ) / len(answers)
+
+
 def citation_accuracy(answers: Sequence[QAAnswer], doc_ids: dict[str, str]) -> float | None:
     """Share of answers citing the document that answers them (``doc_ids`` maps file names and ids to
     ids); None when no question names its document."""
