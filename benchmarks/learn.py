@@ -58,6 +58,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--rank", type=int, default=None)
     parser.add_argument("--replay", type=float, default=None)
+    parser.add_argument(
+        "--rephrasings",
+        type=int,
+        default=None,
+        help="the teacher's rephrasings per rough question (default: learn's)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -117,8 +123,16 @@ def main() -> None:
     else:
         teacher_spec, teacher = "oracle", oracle(engine)
     questions = args.questions if args.questions is not None else learn_teacher.suite_questions(teacher_spec)
+    more = {"rephrasings": args.rephrasings} if args.rephrasings is not None else {}
     _, report = learn.prepare(
-        "bench-learn", [docs], teacher, base="default", writer=engine, num_questions=questions, sft=sft
+        "bench-learn",
+        [docs],
+        teacher,
+        base="default",
+        writer=engine,
+        num_questions=questions,
+        sft=sft,
+        **more,
     )
     stages["prepare_seconds"] = time.perf_counter() - t0
     with Store(paths.db_path()) as store:

@@ -282,3 +282,31 @@ def test_the_stricter_reading_counts_only_the_answers_first_sentence() -> None:
     ]
     assert qa.mean_score(answers) == 1.0  # the fact is somewhere in both
     assert qa.mean_score_first_sentence(answers) == 0.5  # but the first answer's own claim is wrong
+
+
+def test_several_rephrasings_of_a_question_are_kept_once_each(documents: list) -> None:
+    news = next(d for d in documents if "Zorblax" in d.title)
+    pairs = [
+        p for ps in perspectives.build_pairs(news).values() for p in ps if "how many animals" in p.question
+    ]
+    assert pairs
+
+    def reply(request: GenerationRequest) -> str:
+        if request.sampling.temperature == 0:
+            return " How many animals are left?"
+        # the sampled ones: one new wording, one repeat of the greedy one
+        return (
+            " How many animals are still alive?"
+            if (request.sampling.seed or 0) % 2
+            else " How many animals are left?"
+        )
+
+    report = rephrase.rephrase(ScriptedEngine(reply), pairs[:1], variants=3)
+    assert report.calls == 3
+    assert sorted(p.question for p in report.pairs) == [
+        "How many animals are left?",
+        "How many animals are still alive?",
+    ]
+    assert report.dropped == {"duplicate": 1}
+    one = rephrase.rephrase(ScriptedEngine(reply), pairs[:1])  # the default: one greedy rephrasing
+    assert [p.question for p in one.pairs] == ["How many animals are left?"] and one.calls == 1

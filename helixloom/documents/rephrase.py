@@ -23,7 +23,8 @@ from helixloom.documents.grounded import Pair
 from helixloom.documents.grounding import stems
 from helixloom.engine import Engine, GenerationRequest, sampling
 
-REASONS = ("not_a_question", "unchanged", "off_document", "leaks_answer", "copies_example")
+REASONS = ("not_a_question", "unchanged", "off_document", "leaks_answer", "copies_example", "duplicate")
+VARIANT_TEMPERATURE = 0.8  # the rephrasings after the first (greedy) one are sampled
 
 
 @dataclass
@@ -70,24 +71,52 @@ def rephrase(
     *,
     batch_size: int = 16,
     max_tokens: int = 32,
+    variants: int = 1,
+    seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RephraseReport:
-    """One natural rephrasing per rough ``span`` pair (greedy), kept when ``check`` passes."""
+    """Up to ``variants`` natural rephrasings per rough ``span`` pair, each kept when ``check``
+    passes: the first greedy, the rest sampled (a fact asked in more wordings is recalled from more
+    wordings); one that repeats an earlier rephrasing of the same pair is dropped as ``duplicate``."""
+    if variants < 1:
+        raise ValueError("variants must be at least 1")
     prompt = template()
     rough = [p for p in pairs if p.perspective == "span"]
     report = RephraseReport([])
-    params = sampling(temperature=0, max_tokens=max_tokens, stop=["\n"])
+    greedy = sampling(temperature=0, max_tokens=max_tokens, stop=["\n"])
     for start in range(0, len(rough), batch_size):
         batch = rough[start : start + batch_size]
-        requests = [GenerationRequest(prompt.format(question=p.question), params, None, None) for p in batch]
-        for pair, result in zip(batch, teacher.generate(requests), strict=True):
-            report.calls += 1
-            question = result.text.strip().split("\n")[0].strip()
-            reason = check(question, pair, prompt)
-            if reason is not None:
-                report.dropped[reason] = report.dropped.get(reason, 0) + 1
-                continue
-            report.pairs.append(replace(pair, question=question, perspective="rephrase"))
+        requests = [
+            GenerationRequest(
+                prompt.format(question=p.question),
+                greedy
+                if v == 0
+                else sampling(
+                    temperature=VARIANT_TEMPERATURE,
+                    max_tokens=max_tokens,
+                    stop=["\n"],
+                    seed=seed + (start + i) * variants + v,
+                ),
+                None,
+                None,
+            )
+            for i, p in enumerate(batch)
+            for v in range(variants)
+        ]
+        results = teacher.generate(requests)
+        for i, pair in enumerate(batch):
+            seen: set[tuple[str, ...]] = set()
+            for result in results[i * variants : (i + 1) * variants]:
+                report.calls += 1
+                question = result.text.strip().split("\n")[0].strip()
+                reason = check(question, pair, prompt)
+                if reason is None and tuple(textsim.words(question)) in seen:
+                    reason = "duplicate"
+                if reason is not None:
+                    report.dropped[reason] = report.dropped.get(reason, 0) + 1
+                    continue
+                seen.add(tuple(textsim.words(question)))
+                report.pairs.append(replace(pair, question=question, perspective="rephrase"))
         if on_progress is not None:
             on_progress(min(start + batch_size, len(rough)), len(rough))
     return report

@@ -61,6 +61,8 @@ HELDOUT = "heldout.jsonl"  # in the dataset folder: the generated questions kept
 # Small because each such row is about three times a plain one's length, and a batch is as long as its
 # longest row: at 0.2 most batches held one and a step took 1.7 times as long (measured).
 CONTEXT_SHARE = 0.1
+# Rephrasings the teacher writes per rough question (the first greedy, the rest sampled).
+REPHRASINGS = 1
 
 Say = Callable[[str], None]
 
@@ -88,6 +90,7 @@ def prepare(
     sft: LoraSFTConfig | None = None,
     perspectives: Sequence[str] = PERSPECTIVES,
     rephrase: bool = True,
+    rephrasings: int = REPHRASINGS,
     teacher_spec: str | None = None,
     writer: Engine | None = None,
     review: bool = False,
@@ -124,6 +127,7 @@ def prepare(
         "review": review,
         "perspectives": list(perspectives),
         "rephrase": rephrase,
+        "rephrasings": rephrasings,
     }
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -136,7 +140,7 @@ def prepare(
             built.extend(pairs)
     seconds["grounded_pairs"] = time.perf_counter() - start
     start = time.perf_counter()
-    rephrased = _rephrased(folder / dataset.REPHRASED, teacher, built, say) if rephrase else None
+    rephrased = _rephrased(folder / dataset.REPHRASED, teacher, built, say, rephrasings) if rephrase else None
     rephrased = rephrased or rephrasing.RephraseReport([])
     built.extend(rephrased.pairs)
     seconds["teacher_rephrase"] = time.perf_counter() - start
@@ -229,7 +233,7 @@ def prepare(
 
 
 def _rephrased(
-    saved: Path, teacher: Engine, built: Sequence[grounded.Pair], say: Say
+    saved: Path, teacher: Engine, built: Sequence[grounded.Pair], say: Say, variants: int = 1
 ) -> rephrasing.RephraseReport:
     """The teacher's rephrasings of ``built``: read from ``saved`` when an interrupted run finished
     them (a resume does not pay for them twice), else asked for and saved there."""
@@ -241,7 +245,7 @@ def _rephrased(
         if report is not None:
             say(f"rephrasing kept from the interrupted run ({len(report.pairs)} questions)")
             return report
-    report = rephrasing.rephrase(teacher, built)
+    report = rephrasing.rephrase(teacher, built, variants=variants)
     atomic.write_json(saved, report.as_dict())
     say(
         f"teacher rephrased {len(report.pairs)} of {report.calls} rough questions (dropped: {report.dropped})"
@@ -291,6 +295,7 @@ def resume_generation(
             "review": plan["review"],
             "perspectives": tuple(plan.get("perspectives", PERSPECTIVES)),
             "rephrase": bool(plan.get("rephrase", True)),
+            "rephrasings": int(plan.get("rephrasings", 1)),
         }
         sources = plan["sources"]
     except (KeyError, TypeError, AttributeError) as exc:
