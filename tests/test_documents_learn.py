@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -525,3 +526,60 @@ def test_learn_refuses_a_name_that_leaves_its_folder(tmp_path: Path, capsys) -> 
     assert not (paths.home().parent / "x").exists()
     with Store(paths.db_path()) as store, pytest.raises(HelixloomError, match="bad dataset name"):
         learn.train("../x", store)
+
+
+def test_an_epoch_that_forgets_too_much_is_not_kept_and_training_stops() -> None:
+    import torch
+    from transformers import TrainerControl, TrainerState
+
+    from helixloom.training.learn_probe import LearnProbe, Probe, ProbeScores
+
+    class Scripted(LearnProbe):
+        """Held-out accuracy and general-text perplexity of the weights after epoch N (N = the weight;
+        0 = the base model), as scripted."""
+
+        def __init__(self, epochs: list[tuple[float, float]], **kw: Any) -> None:
+            super().__init__(
+                [Probe([{"role": "user", "content": "q"}], "k", "d")], ["text"], system_prompt=None, **kw
+            )
+            self.script = epochs
+
+        def measure(self, model: Any, tokenizer: Any) -> ProbeScores:
+            return ProbeScores(self.script[round(float(model.weight))][0], 0.0, ["a"])
+
+        def perplexity(self, model: Any, tokenizer: Any) -> float:
+            return self.script[round(float(model.weight))][1]
+
+    def run(probe: Scripted, epochs: int) -> tuple[list[float], Any]:
+        model = torch.nn.Linear(1, 1)
+        with torch.no_grad():
+            model.weight.fill_(0)
+        state, control = TrainerState(), TrainerControl()
+        probe.on_train_begin(None, state, control, model=model, processing_class=object())
+        weights = []
+        for epoch in range(1, epochs + 1):
+            with torch.no_grad():
+                model.weight.fill_(epoch)  # the weights "after epoch N" are N
+            state.epoch = float(epoch)
+            probe.on_epoch_end(None, state, control, model=model, processing_class=object())
+            weights.append(epoch)
+            if control.should_training_stop:
+                break
+        probe.on_train_end(None, state, control, model=model, processing_class=object())
+        return weights, float(model.weight)
+
+    # epoch 3 is the most accurate but forgets x5: epoch 2 (x2.5) is kept and epoch 4 never runs
+    guarded = Scripted(
+        [(0.0, 10.0), (0.4, 15.0), (0.8, 25.0), (0.9, 50.0), (1.0, 60.0)], max_forgetting=3.0, patience=1
+    )
+    ran, kept = run(guarded, 4)
+    assert ran == [1, 2, 3] and kept == 2.0
+    assert guarded.report.best_epoch == 2.0 and guarded.report.stopped == "forgetting"
+    assert guarded.report.forgetting_ratio == 2.5  # the kept epoch's, measured after restoring it
+    # without the limit the same run keeps the most accurate epoch
+    free = Scripted([(0.0, 10.0), (0.4, 15.0), (0.8, 25.0), (0.9, 50.0)], patience=1)
+    ran, kept = run(free, 3)
+    assert kept == 3.0 and free.report.stopped is None
+    # the first epoch is kept even when it forgets too much: an adapter that learned something
+    first = Scripted([(0.0, 10.0), (0.5, 40.0)], max_forgetting=3.0)
+    assert run(first, 3) == ([1], 1.0) and first.report.stopped == "forgetting"

@@ -96,6 +96,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "patience",
             "holdout",
             "replay",
+            "max_forgetting",
             *_TRAINING,
         ],
         "paths",

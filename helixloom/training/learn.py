@@ -323,6 +323,7 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
         mix.general_paragraphs(),
         system_prompt=meta["system_prompt"],
         patience=config.patience,
+        max_forgetting=config.max_forgetting or None,
     )
     result = train_lora(
         meta["base"],
@@ -401,6 +402,7 @@ def _report(
         "citation_accuracy_before": r.before.citation_accuracy if r.before else None,
         "citation_accuracy_after": r.after.citation_accuracy if r.after else None,
         "best_epoch": r.best_epoch,
+        "stopped_early_for": r.stopped,
         "epochs": r.epochs,
         "perplexity_general_base": r.perplexity_base,
         "perplexity_general_adapter": r.perplexity_adapter,

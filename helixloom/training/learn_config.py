@@ -25,6 +25,13 @@ class LearnConfig(LoraSFTConfig):
         default=1,
         metadata={"help": "stop after this many epochs without better held-out accuracy (0: never)"},
     )
+    max_forgetting: float = field(
+        default=3.0,
+        metadata={
+            "help": "stop before an epoch whose general-text perplexity exceeds this many times the "
+            "base model's, and keep an earlier one (0: no limit)"
+        },
+    )
     holdout: float = field(
         default=0.15, metadata={"help": "share of generated questions held out to measure"}
     )
@@ -37,6 +44,8 @@ class LearnConfig(LoraSFTConfig):
         super().__post_init__()
         if self.patience < 0:
             raise HelixloomError("patience must be >= 0", param="patience")
+        if self.max_forgetting < 0 or 0 < self.max_forgetting <= 1:
+            raise HelixloomError("max_forgetting must be above 1 (or 0: no limit)", param="max_forgetting")
         if not 0 <= self.holdout < 0.5:
             raise HelixloomError("holdout must be in [0, 0.5)", param="holdout")
         if not 0 <= self.replay < 0.5:

@@ -7,7 +7,9 @@ right when it cites the question's document. Training stops early once held-out 
 improved for ``patience`` epochs, and the best epoch's adapter weights are the ones saved: epochs are
 chosen on held-out key-fact accuracy, not on loss (of two equally accurate epochs, the one whose
 forgetting, measured after every epoch, is lower). Forgetting is the perplexity of general text the
-adapter never trained on, adapter over base (1.0: nothing forgotten).
+adapter never trained on, adapter over base (1.0: nothing forgotten). With ``max_forgetting`` an epoch
+that forgets more than that is never kept (unless it is the first) and training stops there: later
+epochs only forget more.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class ProbeReport:
     before: ProbeScores | None = None
     epochs: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: float | None = None
+    stopped: str | None = None  # why training ended early: "accuracy" or "forgetting"
     after: ProbeScores | None = None
     perplexity_base: float | None = None
     perplexity_adapter: float | None = None
@@ -80,12 +83,14 @@ class LearnProbe(TrainerCallback):
         *,
         system_prompt: str | None,
         patience: int = 1,
+        max_forgetting: float | None = None,
         max_new_tokens: int = 48,
     ) -> None:
         self.probes = list(probes)
         self.general = list(general)
         self.system = system_prompt
         self.patience = patience
+        self.max_forgetting = max_forgetting
         self.max_new_tokens = max_new_tokens
         self.report = ProbeReport()
         self._best: dict[str, Any] | None = None
@@ -178,12 +183,15 @@ class LearnProbe(TrainerCallback):
                 "forgetting_ratio": forgetting,
             }
         )
-        if scores.accuracy > self._best_score:
-            self._best_score, self._since_best = scores.accuracy, 0
-            self._best_perplexity = perplexity
-            self.report.best_epoch = round(float(state.epoch or 0), 2)
-            self.report.after = scores
-            self._best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        if self.max_forgetting and forgetting and forgetting > self.max_forgetting:
+            # forgets too much: never kept when an earlier epoch is (later ones would forget more)
+            if self._best is None:
+                self._keep(scores, perplexity, state, model)
+            self.report.stopped = "forgetting"
+            control.should_training_stop = True
+        elif scores.accuracy > self._best_score:
+            self._keep(scores, perplexity, state, model)
+            self._since_best = 0
         else:
             if (
                 scores.accuracy == self._best_score
@@ -197,8 +205,17 @@ class LearnProbe(TrainerCallback):
                 self._best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             self._since_best += 1
             if self.patience and self._since_best >= self.patience:
+                self.report.stopped = "accuracy"
                 control.should_training_stop = True
         self.report.seconds += time.perf_counter() - start
+
+    def _keep(self, scores: ProbeScores, perplexity: float | None, state: Any, model: Any) -> None:
+        """This epoch is the best so far: remember its scores and adapter weights."""
+        self._best_score = scores.accuracy
+        self._best_perplexity = perplexity
+        self.report.best_epoch = round(float(state.epoch or 0), 2)
+        self.report.after = scores
+        self._best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
         import torch

@@ -22,7 +22,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'general-text perplexity':<34}{_num(report.get('perplexity_general_base')):>8}"
         f"{_num(report.get('perplexity_general_adapter')):>9}"
         f"   (forgetting ratio {report.get('forgetting_ratio')})",
-        f"best epoch {report.get('best_epoch')}, {report.get('steps')} steps, "
+        f"best epoch {report.get('best_epoch')}"
+        + (f" (stopped early: {report['stopped_early_for']})" if report.get("stopped_early_for") else "")
+        + f", {report.get('steps')} steps, "
         f"{report.get('tokens_per_second')} tokens/s",
         *_epochs(report.get("epochs") or []),
         f"teacher {report.get('teacher', '-')}, "
