@@ -199,10 +199,7 @@ class LearnProbe(TrainerCallback):
                 and self._best_perplexity
                 and (perplexity < self._best_perplexity)
             ):  # as accurate and forgets less: keep this epoch instead (still not an improvement)
-                self._best_perplexity = perplexity
-                self.report.best_epoch = round(float(state.epoch or 0), 2)
-                self.report.after = scores
-                self._best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                self._keep(scores, perplexity, state, model)
             self._since_best += 1
             if self.patience and self._since_best >= self.patience:
                 self.report.stopped = "accuracy"
