@@ -76,16 +76,21 @@ def current_id(page: Any) -> str:
     return str(page.evaluate("current"))
 
 
+def roll_and_open_tokens(page: Any, n: int, tokens: int) -> None:
+    """Roll ``n`` continuations of the current node and open one, split into its tokens."""
+    page.fill("#n", str(n))
+    page.fill("#tokens", str(tokens))
+    page.click("#roll")
+    page.wait_for_function("children(rootOf().id).length > 0")
+    page.evaluate("go(children(rootOf().id).find((n) => n.has_tokens).id)")
+    page.wait_for_selector("#text .tok")
+
+
 def test_token_alternatives_and_a_branch_from_one(
     page: Any, server: BackgroundServer, state: ServerState
 ) -> None:
     new_tree(page, server, "The quick brown fox")
-    page.fill("#n", "3")
-    page.fill("#tokens", "6")
-    page.click("#roll")
-    page.wait_for_function("children(rootOf().id).length > 0")
-    page.evaluate("go(children(rootOf().id).find((n) => n.has_tokens).id)")
-    page.wait_for_selector("#text .tok")  # the rolled node, split into its tokens
+    roll_and_open_tokens(page, 3, 6)
     rolled = current_id(page)
     page.fill("#n", "1")
     page.hover("#text .tok >> nth=1")
@@ -124,12 +129,7 @@ def test_a_line_break_token_can_be_seen_and_hovered(page: Any, server: Backgroun
     # A sampled token of only "\n" renders with no width of its own; CI once failed waiting for it
     # to become visible. The reader draws a marker for it, outside the text.
     new_tree(page, server, "A list:")
-    page.fill("#n", "1")
-    page.fill("#tokens", "4")
-    page.click("#roll")
-    page.wait_for_function("children(rootOf().id).length > 0")
-    page.evaluate("go(children(rootOf().id).find((n) => n.has_tokens).id)")
-    page.wait_for_selector("#text .tok")
+    roll_and_open_tokens(page, 1, 4)
     page.evaluate(
         "(() => { const t = tokenCache.get(current); t[0] = ['\\n', t[0][1], t[0][2]]; render(); })()"
     )

@@ -182,11 +182,12 @@ def prepare(
     general: list[str] = []
     if config.replay > 0:
         replay_writer = writer or teacher
-        if own_replay.cached_text(replay_writer.model_name) is None:
+        general = own_replay.cached_text(replay_writer.model_name) or []
+        if not general:
             say("writing general text for replay with the base model (once per model, a few minutes)")
-        general = own_replay.own_text(
-            replay_writer, on_progress=lambda done, total: say(f"replay text: {done}/{total} paragraphs")
-        )
+            general = own_replay.own_text(
+                replay_writer, on_progress=lambda done, total: say(f"replay text: {done}/{total} paragraphs")
+            )
     # the share is of the closed-book rows: the passages in context rows are the documents' text again
     rows.extend(mix.replay_rows(sum(mix.row_words(r) for r in rows), config.replay, general))
     seconds["replay_text"] = time.perf_counter() - start
