@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--rank", type=int, default=None)
     parser.add_argument("--replay", type=float, default=None)
+    parser.add_argument("--anchor", type=float, default=None, help="KL-to-base weight (default: learn's)")
     parser.add_argument(
         "--rephrasings",
         type=int,
@@ -108,6 +109,7 @@ def main() -> None:
             ("learning_rate", args.lr),
             ("rank", args.rank),
             ("replay", args.replay),
+            ("anchor", args.anchor),
         )
         if v is not None
     }

@@ -152,6 +152,20 @@ def test_the_teacher_rephrases_and_code_checks_the_rephrasing(documents: list) -
     assert report.dropped.get("copies_example", 0) + report.dropped.get("off_document", 0) >= 1
 
 
+def test_balance_repeats_the_pairs_of_rarely_asked_facts_up_to_the_median() -> None:
+    def pairs(fact: int, n: int) -> list[grounded.Pair]:
+        return [grounded.Pair(f"q{fact}.{i}?", f"a{fact}", "k", "d", "span", fact) for i in range(n)]
+
+    rare, usual, common = pairs(0, 1), pairs(1, 3), pairs(2, 7)
+    out = mix.balance([*rare, *usual, *common])
+    per_fact = {f: [p for p in out if p.fact == f] for f in (0, 1, 2)}
+    assert [len(per_fact[f]) for f in (0, 1, 2)] == [3, 3, 7]  # the median is 3
+    assert set(per_fact[0]) == set(rare) and per_fact[2] == common  # only repeats, nothing new or lost
+    two = pairs(3, 2)
+    assert sorted(p.question for p in mix.balance([*two, *rare])) == ["q0.0?", "q0.0?", "q3.0?", "q3.1?"]
+    assert mix.balance([]) == []
+
+
 def test_the_mix_holds_out_questions_tags_documents_and_replays_general_text(documents: list) -> None:
     pairs = [p for d in documents for ps in perspectives.build_pairs(d).values() for p in ps]
     train, held = mix.split_heldout(pairs, 0.15)

@@ -3,6 +3,7 @@ the adapter served with its system prompt and citations."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -24,6 +25,7 @@ from helixloom.server import ServerConfig, ServerState
 from helixloom.store import Store
 from helixloom.training import learn
 from helixloom.training.configs import LoraSFTConfig
+from helixloom.training.learn_config import LearnConfig
 from helixloom.training.sft import train_lora
 from tests.conftest import TinyModel, serving
 from tests.scripted import ScriptedEngine
@@ -258,9 +260,11 @@ def test_learn_end_to_end(
             ScriptedEngine(grounded_reply),
             base=str(tiny_model.path),
             writer=fresh_tiny_engine,  # the base model writes the replay text, not the teacher
-            sft=SMALL,
+            sft=LearnConfig(**dataclasses.asdict(SMALL), anchor=1.0),  # with the KL anchor on that text
         )
         assert train_file.is_file() and learn.stage("zorblax") == "generated"
+        anchor = json.loads((dataset.folder("zorblax") / learn.GENERAL).read_text())
+        assert anchor == replay.own_text(fresh_tiny_engine)
         rows, meta = dataset.read("zorblax")
         assert meta["base"] == str(tiny_model.path)
         kinds = {r["meta"]["prompt"] for r in rows}

@@ -368,3 +368,36 @@ def test_batches_of_similar_length_pad_less(tiny_model, tmp_path: Path) -> None:
         assert result.steps == 16
         seen[grouped] = result.tokens
     assert seen[True] < 0.8 * seen[False]
+
+
+def test_a_kl_anchor_holds_the_adapter_closer_to_the_base_on_general_text(tiny_model, tmp_path: Path) -> None:
+    # The same rows, the same steps: with the anchor the adapter's next-token distributions on the
+    # anchor's text stay nearer the base model's (the KL a step adds is what it then measures).
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helixloom.training.sft import KLAnchor, train_lora
+
+    general = [f"the lighthouse keeper wrote down the weather on day {i} and went to sleep" for i in range(8)]
+    rows = [{"prompt": f"Question {i}:", "completion": "zebra zebra zebra zebra"} for i in range(16)]
+    config = LoraSFTConfig(rank=4, alpha=8, epochs=2, batch_size=4, learning_rate=5e-3, save_steps=1000)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model.path)
+    kl = {}
+    for weight in (0.0, 4.0):
+        out = tmp_path / str(weight)
+        train_lora(
+            str(tiny_model.path), rows, out / "adapter", out / "run", config,
+            anchor_texts=general, anchor_weight=weight,
+        )  # fmt: skip
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model.path), out / "adapter"
+        )
+        model.eval()
+        with torch.no_grad():
+            probe = KLAnchor(general, tokenizer, 1.0, batch_size=8)
+            kl[weight] = float(probe.loss(model))
+    assert kl[0.0] > 0.01  # the rows moved the model on general text too
+    assert kl[4.0] < 0.5 * kl[0.0]
+    with pytest.raises(ValueError):
+        KLAnchor([], tokenizer, 1.0)

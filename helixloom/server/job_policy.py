@@ -97,6 +97,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "holdout",
             "replay",
             "max_forgetting",
+            "anchor",
             *_TRAINING,
         ],
         "paths",

@@ -57,10 +57,13 @@ from helixloom.training.trainer import TrainResult
 REPORT = "learn_report.json"  # beside the adapter
 SUITE_MAX_TOKENS = 160  # per pair the teacher writes
 HELDOUT = "heldout.jsonl"  # in the dataset folder: the generated questions kept out of training
+GENERAL = "general.json"  # in the dataset folder: the base model's own text (replay, the KL anchor)
 # Share of the questions trained a second time after retrieved passages (RAFT rows, ``mix.context_rows``).
 # Small because each such row is about three times a plain one's length, and a batch is as long as its
 # longest row: at 0.2 most batches held one and a step took 1.7 times as long (measured).
 CONTEXT_SHARE = 0.1
+# Repeat the pairs of rarely asked facts up to the median per fact (``mix.balance``).
+BALANCE = True
 # Rephrasings the teacher writes per rough question (the first greedy, the rest sampled).
 REPHRASINGS = 1
 
@@ -175,7 +178,8 @@ def prepare(
     config = sft if isinstance(sft, LearnConfig) else LearnConfig(**asdict(sft))
     train_pairs, held = mix.split_heldout([*built, *taught], config.holdout)
     shown = retrieval.passages(found.documents)
-    rows = mix.pair_rows(train_pairs)
+    trained = mix.balance(train_pairs) if BALANCE else list(train_pairs)
+    rows = mix.pair_rows(trained)
     for doc in found.documents:
         rows.extend(mix.document_rows(doc))
     start = time.perf_counter()
@@ -218,12 +222,15 @@ def prepare(
                 **{n: dict(s.dropped) for n, s in report.stats.items() if s.dropped},
             },
             "heldout": len(held),
+            "repeated_for_balance": len(trained) - len(train_pairs),
             "rows": _count_rows(rows),
             "seconds": seconds,
         },
     }
     files = dataset.write(name, rows, meta)
     retrieval.save(folder, shown)
+    if general:
+        atomic.write_json(folder / GENERAL, general)
     atomic.write_jsonl(
         folder / HELDOUT,
         [{"question": p.question, "key": p.key, "doc_id": p.doc_id, "prompt": p.perspective} for p in held],
@@ -338,6 +345,8 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
         # pairs of ~90 tokens beside passage rows of ~300: 2.7x faster an epoch (563 -> 211 s,
         # 233 rows, 2 cores), since a random batch of 8 pads to its one long row
         group_by_length=True,
+        anchor_texts=_anchor_texts(name, rows) if config.anchor > 0 else (),
+        anchor_weight=config.anchor,
     )
     report = _report(meta, result, probe, held)
     atomic.write_json(adapter_dir / REPORT, report)
@@ -360,6 +369,19 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
     meta["stage"] = "trained"
     dataset.write(name, rows, meta)
     return result
+
+
+def _anchor_texts(name: str, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The text the KL anchor holds the adapter to: the base model's own writing that ``prepare``
+    kept beside the dataset (never the general text forgetting is measured on), else the dataset's
+    replay rows."""
+    try:
+        texts = json.loads((dataset.folder(name) / GENERAL).read_text())
+        if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
+            return texts
+    except (OSError, ValueError):
+        pass
+    return [str(r["text"]) for r in rows if r.get("meta", {}).get("prompt") == "replay" and "text" in r]
 
 
 def _config(fields_: dict[str, Any]) -> LearnConfig:
@@ -411,6 +433,7 @@ def _report(
         "pairs_kept": mixed.get("pairs_kept", {}),
         "pairs_dropped": mixed.get("pairs_dropped", {}),
         "rows": mixed.get("rows", {}),
+        "repeated_for_balance": mixed.get("repeated_for_balance", 0),
         "steps": result.steps,
         "tokens_per_second": round(result.tokens / result.seconds, 1) if result.seconds else None,
         "seconds": seconds,

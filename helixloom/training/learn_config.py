@@ -42,6 +42,14 @@ class LearnConfig(LoraSFTConfig):
         metadata={"help": "share of general text (the base model's own) mixed in against forgetting"},
     )
 
+    anchor: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of a KL term to the base model on the replay text, added to every step "
+            "(holds the adapter's language closer to the base's; 0: off)"
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.patience < 0:
@@ -50,5 +58,7 @@ class LearnConfig(LoraSFTConfig):
             raise HelixloomError("max_forgetting must be above 1 (or 0: no limit)", param="max_forgetting")
         if not 0 <= self.holdout < 0.5:
             raise HelixloomError("holdout must be in [0, 0.5)", param="holdout")
+        if self.anchor < 0:
+            raise HelixloomError("anchor must be >= 0", param="anchor")
         if not 0 <= self.replay < 0.5:
             raise HelixloomError("replay must be in [0, 0.5)", param="replay")

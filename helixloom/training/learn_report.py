@@ -31,7 +31,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"suite questions per prompt {report.get('suite_questions', '-')}",
         f"pairs kept: {json.dumps(report.get('pairs_kept', {}))}",
         f"pairs dropped (not grounded): {json.dumps(report.get('pairs_dropped', {}))}",
-        f"rows: {json.dumps(report.get('rows', {}))}",
+        f"rows: {json.dumps(report.get('rows', {}))}"
+        + (
+            f" ({report['repeated_for_balance']} question rows of rarely asked facts repeated)"
+            if report.get("repeated_for_balance")
+            else ""
+        ),
         f"seconds: {json.dumps(report.get('seconds', {}))}",
     ]
     return "\n".join(lines)
