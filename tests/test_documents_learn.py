@@ -587,3 +587,13 @@ def test_an_epoch_that_forgets_too_much_is_not_kept_and_training_stops() -> None
     # the first epoch is kept even when it forgets too much: an adapter that learned something
     first = Scripted([(0.0, 10.0), (0.5, 40.0)], max_forgetting=3.0)
     assert run(first, 3) == ([1], 1.0) and first.report.stopped == "forgetting"
+
+
+def test_the_probe_reads_a_key_as_words_of_the_answer_and_the_citation_by_id() -> None:
+    from helixloom.training.learn_probe import Probe, score
+
+    probes = [Probe([{"role": "user", "content": "How many?"}], "400", "abc123") for _ in range(3)]
+    answers = ["About 400 animals. [DOC_ID:abc123]", "About 1400 animals. [DOC_ID:abc123]", "400 of them."]
+    scores = score(probes, answers)
+    assert scores.accuracy == pytest.approx(2 / 3)  # "400" is not in "1400"
+    assert scores.citation_accuracy == pytest.approx(2 / 3)
