@@ -198,12 +198,19 @@ def test_simulated_tastes_choose_by_their_hidden_score() -> None:
     assert short.likes("q", "Is it blue?") and not short.likes("q", "It is blue.")
     assert choose(short, "q", "It is blue.", "Is it blue?") == "b"
     bullets = TASTES["bullets"]
-    assert bullets.likes("q", "- one\n- two") and not bullets.likes("q", "one, two")
+    assert bullets.likes("q", "- one fish\n- two fish") and not bullets.likes("q", "one fish, two fish")
     assert (
         choose(TASTES["no_delve"], "q", "Let us delve into it now please", "Here is a plain answer for you")
         == "b"
     )
     assert choose(short, "q", "same", "same") == "skip"
+    # an answer that only hands the question back says nothing: every taste dislikes it
+    asked = "What is gravity?"
+    for echo in ("What is gravity?", "Why is gravity?", "What is gravity, then?"):
+        assert not short.likes(asked, echo)
+    assert short.likes(asked, "A pull between masses. Shall I say more?")
+    assert choose(short, asked, "What is gravity?", "Gravity pulls masses together.") == "b"
+    assert not bullets.likes("How to bake?", "- How to bake?\n- How to bake?")
 
 
 def test_improve_cli_resumes_and_the_job_policy_keeps_urls_out(
