@@ -93,7 +93,21 @@ def free_port() -> int:
 def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HELIXLOOM_HOME": str(home)}
     log = (home / "server.log").open("wb")
-    cmd = [sys.executable, "-m", "helixloom", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    # --engine hf: the same weights and numerics as this process's engine, so check_served's greedy
+    # answers can agree (the default llama.cpp engine serves a 4-bit model: its greedy answers differ
+    # from the loop's even when it serves the right adapter, measured 0/1 twice)
+    cmd = [
+        sys.executable,
+        "-m",
+        "helixloom",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--engine",
+        "hf",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     import httpx
 
