@@ -62,8 +62,6 @@ GENERAL = "general.json"  # in the dataset folder: the base model's own text (re
 # Small because each such row is about three times a plain one's length, and a batch is as long as its
 # longest row: at 0.2 most batches held one and a step took 1.7 times as long (measured).
 CONTEXT_SHARE = 0.1
-# Repeat the pairs of rarely asked facts up to the median per fact (``mix.balance``).
-BALANCE = True
 # Rephrasings the teacher writes per rough question (the first greedy, the rest sampled).
 REPHRASINGS = 1
 
@@ -178,7 +176,7 @@ def prepare(
     config = sft if isinstance(sft, LearnConfig) else LearnConfig(**asdict(sft))
     train_pairs, held = mix.split_heldout([*built, *taught], config.holdout)
     shown = retrieval.passages(found.documents)
-    trained = mix.balance(train_pairs) if BALANCE else list(train_pairs)
+    trained = mix.balance(train_pairs)  # rarely asked facts repeated up to the median per fact
     rows = mix.pair_rows(trained)
     for doc in found.documents:
         rows.extend(mix.document_rows(doc))
