@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=None)
     parser.add_argument("--replay", type=float, default=None)
     parser.add_argument("--anchor", type=float, default=None, help="KL-to-base weight (default: learn's)")
+    parser.add_argument("--patience", type=int, default=None, help="early stopping's (default: learn's)")
     parser.add_argument(
         "--rephrasings",
         type=int,
@@ -110,6 +111,7 @@ def main() -> None:
             ("rank", args.rank),
             ("replay", args.replay),
             ("anchor", args.anchor),
+            ("patience", args.patience),
         )
         if v is not None
     }

@@ -14,8 +14,9 @@ class LearnConfig(LoraSFTConfig):
     model (benchmarks/learn.py), plus the mix and early stopping. ``epochs`` is the most it trains:
     it stops once held-out accuracy on generated questions stops improving."""
 
-    # 6e-4 over at most 5 epochs (benchmarks/learn.py, Dec 2026): key facts rise faster than at 3e-4,
-    # and forgetting rises with them, so max_forgetting decides where it ends (epoch 2 or 3 there)
+    # 6e-4 over at most 5 epochs (benchmarks/learn.py, Dec 2026): key facts rise faster than at 3e-4;
+    # without the anchor forgetting rose with them (x4.0 to x7.3 by epoch 3), with it all 5 epochs
+    # stay near the base (x1.17) and training runs on to where held-out accuracy stops rising
     learning_rate: float = field(default=6e-4, metadata={"help": "peak learning rate (cosine schedule)"})
     epochs: float = field(
         default=5.0, metadata={"help": "most passes over the data (early stopping ends sooner)"}
@@ -23,8 +24,10 @@ class LearnConfig(LoraSFTConfig):
     # 384, not 256: a row with two retrieved passages before its question runs to about 300 tokens
     max_length: int = field(default=384, metadata={"help": "longest training sequence in tokens"})
     batch_size: int = field(default=8, metadata={"help": "sequences per step"})
+    # 2, not 1: held-out accuracy on ~30 generated questions is noisy (measured with the anchor:
+    # .36 .55 .52 .64 .64 over 5 epochs; patience 1 would have ended at epoch 3)
     patience: int = field(
-        default=1,
+        default=2,
         metadata={"help": "stop after this many epochs without better held-out accuracy (0: never)"},
     )
     max_forgetting: float = field(
@@ -41,9 +44,10 @@ class LearnConfig(LoraSFTConfig):
         default=0.2,
         metadata={"help": "share of general text (the base model's own) mixed in against forgetting"},
     )
-
+    # 0.3 (benchmarks/learn.py, learn_heldout): key facts 70% at forgetting x1.17; 1.0 held forgetting
+    # at x1.14 but accuracy stopped at 52%; none: 56-59% at x2.1-x2.3, and x4.0-x7.3 one epoch later
     anchor: float = field(
-        default=0.0,
+        default=0.3,
         metadata={
             "help": "weight of a KL term to the base model on the replay text, added to every step "
             "(holds the adapter's language closer to the base's; 0: off)"
