@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -411,6 +412,9 @@ def main() -> int:
     from helixloom.store import Store
 
     ensure_home()
+    # a kill (SIGTERM) unwinds like Ctrl-C, so the finally below stops the server subprocess (it
+    # was left running, serving on its port, when a run was killed)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.perf_counter()
     port = free_port()
     server = start_server(home, port)
