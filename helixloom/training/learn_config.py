@@ -44,7 +44,7 @@ class LearnConfig(LoraSFTConfig):
         default=0.2,
         metadata={"help": "share of general text (the base model's own) mixed in against forgetting"},
     )
-    # 0.3 (benchmarks/learn.py, learn_heldout): key facts 70% at forgetting x1.17; 1.0 held forgetting
+    # 0.3 (benchmarks/learn.py, learn_heldout): key facts 67-70% at forgetting x1.17; 1.0 held forgetting
     # at x1.14 but accuracy stopped at 52%; none: 56-59% at x2.1-x2.3, and x4.0-x7.3 one epoch later
     anchor: float = field(
         default=0.3,
