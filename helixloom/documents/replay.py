@@ -51,17 +51,22 @@ def cache_path(model_name: str) -> Path:
     return paths.models_dir() / f"replay-{key}.json"
 
 
-def cached_text(model_name: str) -> list[str] | None:
-    """The samples written before for ``model_name``, or None (none yet, or a damaged cache)."""
-    cached = cache_path(model_name)
-    if cached.is_file():
+def read_texts(path: Path) -> list[str] | None:
+    """The list of paragraphs kept in the JSON file ``path``, or None (no file, or a damaged one)."""
+    if path.is_file():
         try:
-            texts = json.loads(cached.read_text())
+            texts = json.loads(path.read_text())
             if isinstance(texts, list) and all(isinstance(t, str) for t in texts):
                 return texts
         except (OSError, ValueError):
-            pass  # a damaged cache: write the samples again
+            pass
     return None
+
+
+def cached_text(model_name: str) -> list[str] | None:
+    """The samples written before for ``model_name``, or None (none yet, or a damaged cache: the
+    samples are written again)."""
+    return read_texts(cache_path(model_name))
 
 
 def own_text(

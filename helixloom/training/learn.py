@@ -373,12 +373,9 @@ def _anchor_texts(name: str, rows: Sequence[dict[str, Any]]) -> list[str]:
     """The text the KL anchor holds the adapter to: the base model's own writing that ``prepare``
     kept beside the dataset (never the general text forgetting is measured on), else the dataset's
     replay rows."""
-    try:
-        texts = json.loads((dataset.folder(name) / GENERAL).read_text())
-        if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
-            return texts
-    except (OSError, ValueError):
-        pass
+    kept = own_replay.read_texts(dataset.folder(name) / GENERAL)
+    if kept:
+        return kept
     return [str(r["text"]) for r in rows if r.get("meta", {}).get("prompt") == "replay" and "text" in r]
 
 
