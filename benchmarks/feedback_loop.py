@@ -197,6 +197,7 @@ def run_arm(
         ratings=args.ratings,
         batch=args.batch,
         selection=arm,
+        train_pairs=args.train_pairs,
         k=args.k,
         max_tokens=args.max_tokens,
         eval_samples=args.eval_samples,
@@ -376,6 +377,31 @@ def learning_curve(
     }
 
 
+def approval_ratings(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """From the full loops of both arms: the approval random reaches with its whole budget, the
+    ratings each arm had used when its held-out approval first reached it, and their ratio (the
+    issue's "same approval with at most 60% of the ratings"; a round's ratings are its granularity)."""
+    if "active" not in entry or "random" not in entry:
+        return None
+    target = entry["random"]["rounds"][-1]["approval"]
+
+    def needed(arm: str) -> int | None:
+        used = 0
+        for r in entry[arm]["rounds"]:
+            used += r.get("ratings", 0)
+            if r["round"] > 0 and r["approval"] >= target:
+                return used
+        return None
+
+    active, random_ = needed("active"), needed("random")
+    return {
+        "target_approval (random at full budget)": target,
+        "ratings_to_target_active": active,
+        "ratings_to_target_random": random_,
+        "active_over_random_ratio": round(active / random_, 2) if active and random_ else None,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -388,6 +414,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=10, help="ratings asked at a time")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--held-out", type=int, default=12)
+    parser.add_argument(
+        "--train-pairs", default="reward+rated", help="the policy's DPO pairs: reward or reward+rated"
+    )
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--eval-samples", type=int, default=2)
@@ -470,6 +499,7 @@ def main() -> int:
                         entry[arm] = run_arm(args, engine, store, url, taste, arm, pairs)
                         entry[arm]["seconds"] = round(time.perf_counter() - t, 1)
                         print(json.dumps({taste_name: {arm: entry[arm]}}), file=sys.stderr, flush=True)
+                    entry["approval_ratings"] = approval_ratings(entry)
                 report["tastes"][taste_name] = entry
     finally:
         server.terminate()
@@ -481,6 +511,10 @@ def main() -> int:
         },
         "active ratings <= 0.6 x random's (reward agreement curve)": {
             t: e["learning_curve"]["active_over_random_ratio"] for t, e in report["tastes"].items()
+        },
+        "active ratings <= 0.6 x random's (held-out approval, full loops)": {
+            t: (e.get("approval_ratings") or {}).get("active_over_random_ratio")
+            for t, e in report["tastes"].items()
         },
     }
     report["total_s"] = round(time.perf_counter() - t0, 1)

@@ -12,6 +12,7 @@ import torch
 
 from helixloom.cli import main
 from helixloom.engine import load_engine
+from helixloom.errors import HelixloomError
 from helixloom.evals.simulated_users import TASTES, SimulatedUser, Taste, choose
 from helixloom.rewards import FunctionReward
 from helixloom.server import ServerConfig, ServerState
@@ -191,6 +192,30 @@ def test_loop_learns_from_a_simulated_user_through_the_rating_api(
             assert http.get("/api/rate/.hidden/queue").status_code == 400
             odd = http.post("/api/rate/rated/answer", json={"item": first, "choice": "a", "source": "me"})
             assert odd.status_code == 400
+
+
+@pytest.mark.parametrize("train_pairs", ["reward+rated", "reward"])
+def test_the_policy_trains_on_rated_pairs_only_when_asked(
+    tiny_model: TinyModel, tiny_engine, train_pairs: str
+) -> None:
+    config = ImproveConfig(rounds=1, k=3, train_pairs=train_pairs)
+    run = ImproveRun.create(
+        f"pairs-{train_pairs.replace('+', '-')}",
+        PROMPTS[:2],
+        HELD_OUT[:1],
+        base=str(tiny_model.path),
+        config=config,
+    )
+    candidates = [{"prompt": p, "answers": ["aaa", "bcd", "xyz"]} for p in PROMPTS[:2]]
+    rated = [RatedPair(PROMPTS[0], "xyz", "bcd")]  # a near-tie for the reward (no vowels in either)
+    rows = run._training_rows(1, tiny_engine, candidates, FunctionReward(vowel_share), rated)
+    pairs = {(r["chosen"], r["rejected"]) for r in rows}
+    assert {("aaa", "bcd"), ("aaa", "xyz")} & pairs  # the reward's best vs worst, for every prompt
+    assert len([r for r in rows if r["chosen"] == "aaa"]) == 2
+    assert (("xyz", "bcd") in pairs) == (train_pairs == "reward+rated")
+    assert len(rows) == (3 if train_pairs == "reward+rated" else 2)
+    with pytest.raises(HelixloomError, match="train_pairs"):
+        ImproveConfig(train_pairs="rated")
 
 
 def test_simulated_tastes_choose_by_their_hidden_score() -> None:

@@ -27,7 +27,7 @@ continues with --resume.
 def register(sub: argparse._SubParsersAction) -> None:
     from helixloom.cli.common import add_sft_flags
     from helixloom.training.configs import LoraDPOConfig
-    from helixloom.training.improve import ImproveConfig
+    from helixloom.training.improve import TRAIN_PAIRS, ImproveConfig
 
     p = sub.add_parser(
         "improve",
@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         }
         if f.name == "selection":
             kwargs["choices"] = ["active", "random"]
+        elif f.name == "train_pairs":
+            kwargs["choices"] = list(TRAIN_PAIRS)
         else:
             kwargs["type"] = type(f.default)
         loop.add_argument("--" + f.name.replace("_", "-"), **kwargs)

@@ -260,6 +260,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "ratings",
             "batch",
             "selection",
+            "train_pairs",
             "k",
             "temperature",
             "max_tokens",

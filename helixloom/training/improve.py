@@ -60,6 +60,10 @@ Deploy = Callable[[str, Path], dict[str, Any]]
 Event = Callable[[str], None]
 
 
+#: What the policy's DPO pairs are: the reward's best vs worst per prompt, and optionally the rated pairs.
+TRAIN_PAIRS = ("reward+rated", "reward")
+
+
 @dataclass(frozen=True)
 class ImproveConfig:
     """The loop's settings (DPO's are a ``LoraDPOConfig``)."""
@@ -69,6 +73,13 @@ class ImproveConfig:
     batch: int = field(default=10, metadata={"help": "ratings asked at a time (the reward is refit between)"})
     selection: str = field(
         default="active", metadata={"help": "active (BALD on the reward ensemble) or random"}
+    )
+    train_pairs: str = field(
+        default="reward+rated",
+        metadata={
+            "help": "what the policy trains on: reward (best vs worst by the learned reward, per "
+            "prompt) or reward+rated (also the pairs the user rated this round)"
+        },
     )
     k: int = field(default=4, metadata={"help": "answers sampled per training prompt"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the k answers"})
@@ -97,6 +108,8 @@ class ImproveConfig:
             raise HelixloomError("k must be at least 2 to make pairs", param="k")
         if self.selection not in ("active", "random"):
             raise HelixloomError("selection must be active or random", param="selection")
+        if self.train_pairs not in TRAIN_PAIRS:
+            raise HelixloomError(f"train_pairs must be one of {', '.join(TRAIN_PAIRS)}", param="train_pairs")
         if not 0 <= self.min_win_rate <= 100:
             raise HelixloomError("min_win_rate is a percentage", param="min_win_rate")
 
@@ -517,7 +530,11 @@ class ImproveRun:
             rows += [
                 {"prompt": prompt, "chosen": c["answers"][a], "rejected": c["answers"][b]} for a, b in picked
             ]
-        # The user's own choices are the truest pairs there are; they train the policy too.
+        # The user's own choices are the truest pairs there are; with "reward+rated" they train the
+        # policy too. Active selection asks about the pairs the reward is least sure of, near-ties as
+        # often as not, so those rows are the weakest signal a round has for the policy.
+        if self.config.train_pairs == "reward":
+            rated = []
         rows += [
             {
                 "prompt": render(engine, self._messages(p.prompt)).prompt,
