@@ -46,3 +46,16 @@ def test_replay_never_draws_on_the_text_forgetting_is_measured_on() -> None:
     written = replay.own_text(ScriptedEngine(lambda r: "It was a quiet day.", model_name="quiet"))
     rows = mix.replay_rows(2000, 0.2, written)
     assert rows and not {r["text"] for r in rows} & set(measured)
+
+
+def test_the_default_models_replay_text_ships_with_the_package_and_is_used_only_under_its_key() -> None:
+    shipped = replay.cached_text("default")  # a fresh HELIXLOOM_HOME: nothing written yet
+    assert shipped is not None and len(shipped) >= 40
+    assert not replay.cache_path("default").exists()
+    assert replay.cached_text("some/other-model") is None
+    openings = replay.openings()
+    assert sum(any(t.startswith(o) for o in openings) for t in shipped) == len(shipped)
+    # the home's own cache wins over the shipped copy
+    replay.cache_path("default").parent.mkdir(parents=True, exist_ok=True)
+    replay.cache_path("default").write_text(json.dumps(["The home's own paragraph."]))
+    assert replay.cached_text("default") == ["The home's own paragraph."]

@@ -13,7 +13,10 @@ Distribution Gap in Language Model Fine-Tuning").
 The openings (``data/documents/replay_prompts.txt``) are written for this package and share nothing
 with ``replay.txt``, which stays out of training and is what forgetting is measured on. The samples
 are written once per base model and cached under ``HELIXLOOM_HOME/models/`` (a benchmark's fresh home
-links them in like the converted models).
+links them in like the converted models). The embedded default model's samples ship with the package
+(``data/documents/replay-KEY.json``, 48 paragraphs, 18 KB, written by it on llama.cpp with the seeds
+below), so a new user's first ``learn`` does not spend the minutes writing them (measured: 234 s on
+one loaded thread); they are used only while their key (model, openings, settings) still matches.
 """
 
 from __future__ import annotations
@@ -64,9 +67,12 @@ def read_texts(path: Path) -> list[str] | None:
 
 
 def cached_text(model_name: str) -> list[str] | None:
-    """The samples written before for ``model_name``, or None (none yet, or a damaged cache: the
-    samples are written again)."""
-    return read_texts(cache_path(model_name))
+    """The samples written before for ``model_name`` (in the home's cache, else shipped with the
+    package under the same key), or None (none yet, or a damaged cache: the samples are written
+    again)."""
+    path = cache_path(model_name)
+    shipped = resources.files("helixloom") / "data" / "documents" / path.name
+    return read_texts(path) or (read_texts(Path(str(shipped))) if shipped.is_file() else None)
 
 
 def own_text(
