@@ -415,7 +415,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--held-out", type=int, default=12)
     parser.add_argument(
-        "--train-pairs", default="reward+rated", help="the policy's DPO pairs: reward or reward+rated"
+        "--train-pairs", default="reward", help="the policy's DPO pairs: reward or reward+rated"
     )
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=48)

@@ -180,7 +180,7 @@ def test_loop_learns_from_a_simulated_user_through_the_rating_api(
             assert VOWELS.score(p.prompt, p.chosen) > VOWELS.score(p.prompt, p.rejected)
             assert p.meta and p.meta["run"] == "rated"
         assert rows[0].preferences == len(prefs) and rows[0].train_agreement is not None
-        assert rows[0].pairs >= len(prefs)  # reward-ranked pairs plus the user's own
+        assert 0 < rows[0].pairs <= len(PROMPTS)  # the reward's best vs worst per prompt (the default)
         # Nothing left to rate; an answered item cannot be answered again; a bad run name is refused.
         with httpx.Client(base_url=server.url) as http:
             assert http.get("/api/rate/rated/queue").json()["data"] == []
