@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None, help="most epochs (default: learn's)")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--rank", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per step (default: learn's)")
     parser.add_argument("--replay", type=float, default=None)
     parser.add_argument("--anchor", type=float, default=None, help="KL-to-base weight (default: learn's)")
     parser.add_argument("--patience", type=int, default=None, help="early stopping's (default: learn's)")
@@ -109,6 +110,7 @@ def main() -> None:
             ("epochs", args.epochs),
             ("learning_rate", args.lr),
             ("rank", args.rank),
+            ("batch_size", args.batch_size),
             ("replay", args.replay),
             ("anchor", args.anchor),
             ("patience", args.patience),
