@@ -537,16 +537,15 @@ class ImproveRun:
         # The user's own choices are the truest pairs there are; with "reward+rated" they train the
         # policy too. Active selection asks about the pairs the reward is least sure of, near-ties as
         # often as not, so those rows are the weakest signal a round has for the policy.
-        if self.config.train_pairs == "reward":
-            rated = []
-        rows += [
-            {
-                "prompt": render(engine, self._messages(p.prompt)).prompt,
-                "chosen": p.chosen,
-                "rejected": p.rejected,
-            }
-            for p in rated
-        ]
+        if self.config.train_pairs == "reward+rated":
+            rows += [
+                {
+                    "prompt": render(engine, self._messages(p.prompt)).prompt,
+                    "chosen": p.chosen,
+                    "rejected": p.rejected,
+                }
+                for p in rated
+            ]
         atomic.write_json(path, rows)
         return rows
 
