@@ -48,8 +48,9 @@ def main() -> None:
         "--data",
         type=Path,
         default=DATA,
-        help="a folder of .md documents and their questions.jsonl (default learn_data/; learn_heldout/ "
-        "holds two documents the recipe was never developed on)",
+        help="a folder of .md documents and their questions.jsonl (default learn_data/, where the recipe "
+        "was developed; learn_heldout/ was held out until session 11 printed its misses; learn_fresh/ "
+        "was written in session 12 by a writer who had not seen the question builders)",
     )
     parser.add_argument(
         "--questions", type=int, default=None, help="suite questions per prompt and chunk (default: learn's)"

@@ -324,3 +324,43 @@ def test_several_rephrasings_of_a_question_are_kept_once_each(documents: list) -
     assert report.dropped == {"duplicate": 1}
     one = rephrase.rephrase(ScriptedEngine(reply), pairs[:1])  # the default: one greedy rephrasing
     assert [p.question for p in one.pairs] == ["How many animals are left?"] and one.calls == 1
+
+
+WHO_NEWS = """# Dunmere council shelves the harbour wall
+
+The Dunmere council has shelved its plan for a new harbour wall. The town's mayor, Petra Lund, said the
+cost had doubled. The old wall, a stone pier known as the Grey Arm, was built by Cobb and Sons in 1880.
+
+Residents of the east quay opposed the plan because the works would close the beach. Engineers will
+inspect the Grey Arm in May. A public meeting is set for 9 September. Councillor Ona Reed, who chairs
+the works committee, wants a cheaper design. The red dial sets the heat.
+"""
+
+
+def test_the_who_perspective_asks_for_doers_agents_and_names_answered_name_first(tmp_path: Path) -> None:
+    (tmp_path / "dunmere.md").write_text(WHO_NEWS)
+    doc = ingest([tmp_path]).documents[0]
+    built = perspectives.build_pairs(doc)
+    who = {p.question: p for p in built["who"]}
+    expected = {
+        "Who is the mayor of the town?": "Petra Lund",  # an appositive role, possessive turned round
+        "Who is the town's mayor?": "Petra Lund",
+        "What is the old wall called?": "Grey Arm",  # a name given to the sentence's subject
+        "What is the name of the stone pier?": "Grey Arm",
+        "Who built the old wall?": "Cobb",  # an agent, both tenses
+        "Who builds the old wall?": "Cobb",
+        "Who opposed the plan?": "Residents of the east quay",  # a subject and its verb
+        "Who will inspect the Grey Arm in May?": "Engineers",
+        "Who chairs the works committee?": "Councillor Ona Reed",  # a relative clause
+        "What sets the heat?": "The red dial",  # not a person: what
+    }
+    for question, key in expected.items():
+        assert question in who, f"missing: {question} (have {sorted(who)})"
+        pair = who[question]
+        sentence = grounded.facts(doc)[pair.fact].sentence
+        assert pair.key == key and pair.answer == f"{key}. {sentence}"  # the name first, then the text
+    # no question from a sentence without those shapes, nor a subject-less one
+    assert not any(q.startswith(("Who is set", "What is set")) for q in who)
+    # a date without a year is a date: asked "when"
+    span = {p.key: p.question for p in built["span"]}
+    assert span["9 September"].startswith("A public meeting is set for when")

@@ -1,13 +1,14 @@
 """Every perspective of code-built question/answer pairs, by name: ``grounded`` (span, entity, title,
 statement), ``anchored`` (anchored, forms, reverse) and ``numbers`` (quantities and dates in natural
-phrasings, answered number first; before ``forms`` so that its answers win a question both ask).
+phrasings, answered number first; before ``forms`` so that its answers win a question both ask) and
+``who`` (the doer, agent or name of a sentence asked for, answered name first).
 One entry point, ``build_pairs``, for the recipe."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from helixloom.documents import anchored, grounded, numbers
+from helixloom.documents import anchored, grounded, numbers, who
 from helixloom.documents.grounded import Fact, Pair
 from helixloom.documents.ingest import Document
 
@@ -20,6 +21,7 @@ MAKERS: dict[str, Maker] = {
     "statement": grounded.statement_pairs,
     "anchored": anchored.anchored_pairs,
     "numbers": numbers.number_pairs,
+    "who": who.who_pairs,
     "forms": anchored.form_pairs,
     "reverse": anchored.reverse_pairs,
 }
