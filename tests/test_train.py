@@ -395,9 +395,65 @@ def test_a_kl_anchor_holds_the_adapter_closer_to_the_base_on_general_text(tiny_m
         )
         model.eval()
         with torch.no_grad():
-            probe = KLAnchor(general, tokenizer, 1.0, batch_size=8)
+            probe = KLAnchor(general, tokenizer, 1.0, batch_size=8, top_k=None)  # the exact KL
             kl[weight] = float(probe.loss(model))
     assert kl[0.0] > 0.01  # the rows moved the model on general text too
     assert kl[4.0] < 0.5 * kl[0.0]
     with pytest.raises(ValueError):
         KLAnchor([], tokenizer, 1.0)
+
+
+def test_the_restricted_anchor_is_the_exact_kl_when_its_vocabulary_is_the_whole_one(tiny_model) -> None:
+    # The anchor's short path (the decoder's hidden state times the chosen rows of the output
+    # embeddings) must give the model's own logits: with every token chosen the two KLs are one.
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helixloom.training.sft import KLAnchor
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model.path)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model.path),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),  # moved
+    )
+    general = [f"the keeper wrote down the weather on day {i}" for i in range(4)]
+    vocab = model.get_base_model().config.vocab_size
+    exact = KLAnchor(general, tokenizer, 1.0, top_k=None)
+    whole = KLAnchor(general, tokenizer, 1.0, top_k=vocab)
+    few = KLAnchor(general, tokenizer, 1.0, top_k=5, extra_ids=[3, 4])
+    for _ in range(3):  # the first pass fills the base's cache, the next ones read it
+        with torch.no_grad():
+            e, w, f = float(exact.loss(model)), float(whole.loss(model)), float(few.loss(model))
+        assert e > 0.01 and abs(w - e) < 1e-4 * max(1.0, e)
+        assert f > 0  # a KL over 5 tokens and the 2 extra: positive, and not the exact one
+    assert not whole._exact and len(whole._base) == 2  # the short path was used, the base kept
+    with pytest.raises(ValueError):
+        KLAnchor(general, tokenizer, 1.0, top_k=0)
+
+
+def test_a_lora_trained_on_a_bf16_base_keeps_fp32_weights_and_precision_is_checked(
+    tiny_model, tmp_path: Path
+) -> None:
+    # bf16 halves the base's cost on CPUs with native bf16; the adapter itself stays fp32, so it
+    # loads on the fp32 model that serves it.
+    from safetensors.torch import load_file
+
+    from helixloom.errors import HelixloomError
+    from helixloom.training.learn_config import LearnConfig
+    from helixloom.training.sft import train_lora
+    from helixloom.training.trainer import resolve_precision
+
+    rows = [{"prompt": f"Question {i}:", "completion": "zebra zebra zebra"} for i in range(8)]
+    config = LoraSFTConfig(rank=4, alpha=8, epochs=1, batch_size=4, learning_rate=5e-3, save_steps=1000)
+    general = [f"the keeper wrote down the weather on day {i}" for i in range(4)]
+    result = train_lora(
+        str(tiny_model.path), rows, tmp_path / "a", tmp_path / "r", config,
+        anchor_texts=general, anchor_weight=1.0, bf16=True,
+    )  # fmt: skip
+    assert result.steps == 2
+    weights = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    assert weights and {str(v.dtype) for v in weights.values()} == {"torch.float32"}
+    assert resolve_precision("bf16") is True and resolve_precision("fp32") is False
+    with pytest.raises(HelixloomError, match="precision"):
+        LearnConfig(precision="fp16")

@@ -98,6 +98,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "replay",
             "max_forgetting",
             "anchor",
+            "precision",
             *_TRAINING,
         ],
         "paths",

@@ -5,7 +5,8 @@ The recipe (measured in ``benchmarks/learn.py``):
 1. Ingest the documents.
 2. Pairs built by code from every sentence (``documents.perspectives``: span, entity, title, statement,
    every fact again with the document's subject named, in natural question forms and reversed, and
-   every number and date in several natural phrasings, answered number first;
+   every number and date in several natural phrasings, answered number first, and the doer, agent
+   or name of a sentence asked for ("Who is the chair of the board?"), answered name first;
    no teacher needed, every answer the document's own text); the teacher rephrases the rough ones.
 3. The teacher's prompt suite on every chunk (``--questions`` per prompt; 0 skips it, the default for
    the embedded model: ``training.learn_teacher``); its pairs are kept only when grounded in their
@@ -316,6 +317,7 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
     with its report (``learn_report.json`` beside it, and ``report`` in its store metadata)."""
     from helixloom.training.learn_probe import LearnProbe, Probe
     from helixloom.training.sft import train_lora
+    from helixloom.training.trainer import resolve_precision
 
     paths.check_name(name, "dataset name")
     rows, meta = dataset.read(name)
@@ -345,6 +347,7 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
         group_by_length=True,
         anchor_texts=_anchor_texts(name, rows) if config.anchor > 0 else (),
         anchor_weight=config.anchor,
+        bf16=resolve_precision(config.precision),
     )
     report = _report(meta, result, probe, held)
     atomic.write_json(adapter_dir / REPORT, report)

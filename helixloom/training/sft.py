@@ -8,7 +8,7 @@ on the assistant's answer only and training and inference prompts never differ.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +62,26 @@ class KLAnchor:
 
     ``weight`` x KL(base || adapter), the mean over positions of a batch of ``texts``, the batches
     taken in turn. Replay rows (text the base model sampled, trained with cross-entropy) estimate the
-    same pull back toward the base from one sampled token per position; the KL uses the base's whole
+    same pull back toward the base from one sampled token per position; the KL uses the base's
     next-token distribution at every position, so the same text holds the adapter closer for the
     same steps. The base's distribution is the same model with the adapter switched off (PEFT's
     ``disable_adapter``), so nothing is loaded twice. Written by hand: TRL's SFTTrainer has no KL
     to a reference (its GKD and DPO trainers do, for other objectives).
 
-    Small batches (2 texts of at most 64 tokens a step) because every position costs a full
-    next-token distribution (Gemma's 262k words): on the default model and one thread, 2 x 64
-    positions add 2.4 s to a step (about 8 s), 4 x 72 added 5 to 10 s. The base's distributions are
-    the same every epoch but computed again each step: kept, they would take about 3 GB (24 batches
-    x 128 positions x 262k floats), against about 1 s a step to recompute.
+    Small batches (2 texts of at most 64 tokens a step) because every position costs a next-token
+    distribution over the whole vocabulary (Gemma's 262k words): on the default model and one
+    thread, 2 x 64 positions added 2.4 s to a step of about 8 s when the KL ran over all of it.
+
+    So by default (``top_k``) the KL runs over a restricted vocabulary per batch: the base's ``top_k``
+    likeliest next tokens at each of the batch's positions, together with ``extra_ids`` (the tokens of
+    the training answers: where fine-tuning moves probability to), both distributions renormalised
+    over that set. The base's side is computed once per batch (the first time it comes round) and
+    kept (a few MB), and the adapter's logits are computed for that set only, from the decoder's last
+    hidden state, instead of all 262k: the full LM head's forward and backward were most of the
+    term's cost. The set holds nearly all of the base's probability at every position; what the
+    restricted KL cannot see (mass the adapter moves to a token neither likely for the base nor in
+    the answers) the forgetting check (perplexity of other general text, whole vocabulary) still
+    measures. ``top_k=None`` is the exact KL over the whole vocabulary.
     """
 
     def __init__(
@@ -83,10 +92,16 @@ class KLAnchor:
         *,
         batch_size: int = 2,
         max_length: int = 64,
+        top_k: int | None = 64,
+        extra_ids: Iterable[int] = (),
     ) -> None:
         if weight <= 0 or not texts:
             raise ValueError("a KL anchor needs a positive weight and some text")
+        if top_k is not None and top_k < 1:
+            raise ValueError("top_k must be at least 1 (or None: the whole vocabulary)")
         self.weight = weight
+        self.top_k = top_k
+        self.extra_ids = sorted(set(extra_ids))
         self.batches = [
             tokenizer(
                 list(texts[i : i + batch_size]),
@@ -98,19 +113,67 @@ class KLAnchor:
             for i in range(0, len(texts), batch_size)
         ]
         self.step = 0
+        self._base: dict[int, tuple[Any, Any]] = {}  # batch -> (token ids, base log-probs over them)
+        self._exact = top_k is None  # set when the restricted path does not reproduce the model's logits
 
     def loss(self, model: Any) -> Any:
         import torch
 
-        batch = self.batches[self.step % len(self.batches)]
+        index = self.step % len(self.batches)
+        batch = self.batches[index]
         self.step += 1
         ids = batch["input_ids"].to(model.device)
         mask = batch["attention_mask"].to(model.device)
+        if not self._exact:
+            restricted = self._restricted(model, index, ids, mask)
+            if restricted is not None:
+                base, tuned = restricted
+                per_position = (base.exp() * (base - tuned)).sum(-1)
+                return self.weight * (per_position * mask).sum() / mask.sum()
         with torch.no_grad(), model.disable_adapter():
             base = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
         tuned = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
         per_position = (base.exp() * (base - tuned)).sum(-1)
         return self.weight * (per_position * mask).sum() / mask.sum()
+
+    def _restricted(self, model: Any, index: int, ids: Any, mask: Any) -> tuple[Any, Any] | None:
+        """(base, adapter) log-probs over batch ``index``'s restricted vocabulary, each renormalised
+        over it; None (and the exact KL from then on) when the model's logits are not its output
+        embeddings applied to its decoder's last hidden state (checked on the first batch)."""
+        import torch
+
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        head = inner.get_output_embeddings()
+        cap = getattr(inner.config, "final_logit_softcapping", None)
+
+        def logits_over(hidden: Any, tokens: Any) -> Any:
+            out = hidden @ head.weight[tokens].T
+            if getattr(head, "bias", None) is not None:
+                out = out + head.bias[tokens]
+            if cap:
+                out = torch.tanh(out / cap) * cap
+            return out.float()
+
+        if index not in self._base:
+            with torch.no_grad(), model.disable_adapter():
+                full = model(input_ids=ids, attention_mask=mask).logits.float()
+                top = full.topk(min(self.top_k or 1, full.shape[-1]), dim=-1).indices
+                extra = torch.tensor(self.extra_ids, dtype=top.dtype, device=top.device)
+                tokens = torch.unique(torch.cat([top.flatten(), extra[extra < full.shape[-1]]]))
+                if not self._base:  # the first batch: is the short path the model's own?
+                    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+                    # a model that scales or caps its logits otherwise differs by far more than
+                    # rounding (bf16 included: its logits are rounded to 1 part in 256)
+                    want = full[..., tokens]
+                    if (logits_over(hidden, tokens) - want).abs().max() > 1e-2 * want.abs().max() + 1e-4:
+                        self._exact = True
+                        return None
+                self._base[index] = (tokens, full.log_softmax(-1)[..., tokens])
+        tokens, base = self._base[index]
+        base = base - base.logsumexp(-1, keepdim=True)
+        hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        tuned = logits_over(hidden, tokens).log_softmax(-1)
+        return base, tuned
 
 
 def _anchored(trainer_cls: Any, anchor: KLAnchor) -> Any:
@@ -146,6 +209,7 @@ def train_lora(
     group_by_length: bool = False,
     anchor_texts: Sequence[str] = (),
     anchor_weight: float = 0.0,
+    bf16: bool | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA on ``rows`` and write it to ``adapter_dir`` (a PEFT folder).
 
@@ -157,7 +221,8 @@ def train_lora(
     batch pads to its own rows' length rather than to the longest row in the data: for ``learn``'s
     mix of 90-token pairs and 300-token passage rows, a third fewer positions per epoch.
     ``anchor_texts`` with a positive ``anchor_weight`` add a KL term to the base model on that text
-    (``KLAnchor``) to every step's loss.
+    (``KLAnchor``) to every step's loss. ``bf16`` trains on a bf16 base with bf16 autocast (None:
+    on CUDA only; see ``trainer.resolve_precision``).
     """
 
     from datasets import Dataset
@@ -166,7 +231,7 @@ def train_lora(
     config = config or LoraSFTConfig()
     if not rows:
         raise HelixloomError("no training rows")
-    model, tokenizer, cuda = load_for_training(base_spec, init_adapter)
+    model, tokenizer, cuda = load_for_training(base_spec, init_adapter, bf16=bf16)
     pairs = to_prompt_completion(rows, tokenizer, system_prompt)
     # A row whose prompt alone fills max_length leaves no answer to learn from: say so, clearly.
     too_long = sum(len(tokenizer(p["prompt"]).input_ids) >= config.max_length for p in pairs)
@@ -187,6 +252,7 @@ def train_lora(
         run_dir,
         config,
         cuda=cuda,
+        bf16=bf16,
         max_length=config.max_length,
         completion_only_loss=True,
         packing=False,
@@ -195,7 +261,11 @@ def train_lora(
     )
     trainer_cls: Any = SFTTrainer
     if anchor_weight > 0 and anchor_texts:
-        trainer_cls = _anchored(SFTTrainer, KLAnchor(anchor_texts, tokenizer, anchor_weight))
+        # the answers' tokens join the anchor's restricted vocabulary: fine-tuning moves mass to them
+        answers = {t for p in pairs for t in tokenizer(p["completion"], add_special_tokens=False).input_ids}
+        trainer_cls = _anchored(
+            SFTTrainer, KLAnchor(anchor_texts, tokenizer, anchor_weight, extra_ids=answers)
+        )
     trainer = trainer_cls(
         model=model,
         args=args,
