@@ -300,6 +300,7 @@ def test_learn_end_to_end(
         assert kept["forgetting_ratio"] == stored["forgetting_ratio"]
         assert stored["pairs_kept"]["span"] > 0 and "training" in stored["seconds"]
         assert stored["pairs_kept"]["anchored"] > 0 and stored["pairs_kept"]["forms"] > 0
+        assert stored["precision"] in ("bf16", "fp32")
         assert stored["teacher"] == "scripted" and stored["suite_questions"] == 1
     # The server loads the trained adapter into its engine on the first request: a fresh engine.
     state = ServerState(ServerConfig(model=str(tiny_model.path)), fresh_tiny_engine, Store(paths.db_path()))

@@ -325,6 +325,7 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
     config = _config(sft_fields)
     held = _heldout(name)
     adapter_dir = paths.adapters_dir() / name
+    bf16 = resolve_precision(config.precision)
     say(f"fine-tuning {meta['base']} on {len(rows)} examples ({'resuming' if resume else 'from the start'})")
     probe = LearnProbe(
         [Probe([{"role": "user", "content": h["question"]}], h["key"], h["doc_id"]) for h in held],
@@ -347,9 +348,10 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
         group_by_length=True,
         anchor_texts=_anchor_texts(name, rows) if config.anchor > 0 else (),
         anchor_weight=config.anchor,
-        bf16=resolve_precision(config.precision),
+        bf16=bf16,
     )
     report = _report(meta, result, probe, held)
+    report["precision"] = "bf16" if bf16 else "fp32"
     atomic.write_json(adapter_dir / REPORT, report)
     say(format_report(report))
     store.add_adapter(

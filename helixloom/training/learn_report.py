@@ -25,7 +25,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"best epoch {report.get('best_epoch')}"
         + (f" (stopped early: {report['stopped_early_for']})" if report.get("stopped_early_for") else "")
         + f", {report.get('steps')} steps, "
-        f"{report.get('tokens_per_second')} tokens/s",
+        f"{report.get('tokens_per_second')} tokens/s"
+        + (f", {report['precision']}" if report.get("precision") else ""),
         *_epochs(report.get("epochs") or []),
         f"teacher {report.get('teacher', '-')}, "
         f"suite questions per prompt {report.get('suite_questions', '-')}",
