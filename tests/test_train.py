@@ -413,6 +413,7 @@ def test_the_restricted_anchor_is_the_exact_kl_when_its_vocabulary_is_the_whole_
     from helixloom.training.sft import KLAnchor
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model.path)
+    torch.manual_seed(0)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(tiny_model.path),
         LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),  # moved

@@ -65,8 +65,9 @@ _DATE = re.compile(
     r"\b(?:(?:on\s+)?\d{1,2}\s+(?:" + "|".join(_MONTHS) + r")\s+\d{4}"
     r"|(?:in\s+)?(?:" + "|".join(_MONTHS) + r")(?:\s+\d{1,2},?)?\s+\d{4}"
     # a day and month without a year ("set for 9 September", "on May 3rd")
-    r"|(?:on\s+)?\d{1,2}\s+(?:" + "|".join(_MONTHS) + r")"
-    r"|(?:on\s+)?(?:" + "|".join(_MONTHS) + r")\s+\d{1,2}(?:st|nd|rd|th)?(?![\d,])"
+    # (the month capitalised: "20 may enter" is not a date)
+    r"|(?:on\s+)?\d{1,2}\s+(?-i:" + "|".join(_MONTHS) + r")"
+    r"|(?:on\s+)?(?-i:" + "|".join(_MONTHS) + r")\s+\d{1,2}(?:st|nd|rd|th)?(?!\d|,\s*\d{4})"
     r"|(?:in\s+)?(?:1[5-9]|20|21)\d{2}"
     r"|every\s+(?:spring|summer|autumn|winter|year|month|week|day))\b",
     re.IGNORECASE,

@@ -11,7 +11,8 @@ English uses to say who did what and what a thing is called:
 - a name given: "an old boat called the Mira Dune" -> "What is the boat called?", "What is the name of
   the ferry?" when that phrase describes the sentence's subject ("The ferry, an old boat called ...");
 - an agent: "The Brask lamp is a solar lantern made by Odel Forge." -> "Who makes the Brask lamp?",
-  "Who made the Brask lamp?";
+  "Who is the Brask lamp made by?"; "The wall was built by Cobb and Sons" -> "Who built the wall?" (the
+  tense of the sentence's "is" or "was"; a present form only for verbs whose form is known);
 - a subject and what it did: "Fishermen from Sallow Bay opposed the design because ..." -> "Who
   opposed the design?"; "Wardens will count the animals every spring." -> "Who will count the
   animals?".
@@ -26,8 +27,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 
-from helixloom.documents.anchored import clauses, lead_answer
+from helixloom.documents.anchored import _IMPERATIVES, clauses, lead_answer
 from helixloom.documents.grounded import (
+    _TITLES,
     STOPWORDS,
     Fact,
     Pair,
@@ -40,25 +42,60 @@ from helixloom.documents.ingest import Document
 
 PERSPECTIVE = "who"
 
-_NAME_RUN = r"(?:the\s+)?[A-Z][\w'-]*(?:\s+(?:of\s+)?[A-Z][\w'-]*)*"
-# "the board's chair, Tomas Reyl," / "its director, Ada Volk,": a lower-case role, then a name
-_APPOSITIVE = re.compile(
-    r"(?P<role>\b(?:[Tt]he|[Aa]n?|[Ii]ts|[Tt]heir|[Hh]is|[Hh]er)\s+(?:[a-z][\w'-]*\s+){0,3}?[a-z][\w'-]*),\s+"
-    r"(?P<name>" + _NAME_RUN + r")\s*[,.;]"
+# A name: capitalised words, "of" and "and"/"&" between them ("Cobb and Sons", "Bank of Orlan")
+_NAME_RUN = r"(?:the\s+)?[A-Z][\w'-]*(?:\s+(?:(?:of|and|&)\s+)?[A-Z][\w'-]*)*"
+_PREPOSITIONS = frozenset(
+    [
+        "in",
+        "on",
+        "at",
+        "from",
+        "to",
+        "by",
+        "with",
+        "of",
+        "for",
+        "into",
+        "near",
+        "past",
+        "under",
+        "over",
+        "after",
+        "before",
+        "during",
+    ]
 )
-# "an old boat called the Mira Dune"
+# "the board's chair, Tomas Reyl," / "a local farmer, Ada Volk,": a lower-case role, then a name (not
+# after a preposition: "In the north, Kell, Orlan and Brisk flooded" names places, not a role's holder)
+_APPOSITIVE = re.compile(
+    r"(?P<role>\b(?:[Tt]he|[Aa]n?)\s+(?:[a-z][\w'-]*\s+){0,3}?[a-z][\w'-]*),\s+"
+    r"(?P<name>" + _NAME_RUN + r")\s*(?:[.;]|,(?!\s*(?:and\b|or\b|[A-Z])))"
+)
+# Roles whose holder is a person ("Who is the chair?"); other roles are asked for their name only
+_PERSON_ROLE = re.compile(
+    r"(?:chair|chairman|chairwoman|chairperson|director|mayor|head|founder|president|manager|chief|"
+    r"editor|spokesman|spokeswoman|spokesperson|minister|leader|secretary|owner|captain|coach|"
+    r"principal|governor|treasurer|engineer|architect|designer|inventor|author|officer|councillor|"
+    r"skipper|pilot|driver|teacher|doctor|scientist|researcher|farmer|winner|"
+    r"[a-z]+(?:er|or|ist|ian|ant|ent))$"
+)
+# "an old boat called the Mira Dune": a thing a name is given to (an indefinite phrase, or one after a
+# comma or preposition: "the mayor called Jones" is a phone call, not a name)
 _CALLED = re.compile(
-    r"(?P<np>\b(?:the|a|an)\s+(?:[a-z][\w'-]*\s+){0,3}?[a-z][\w'-]*)\s+(?:called|named|known\s+as)\s+"
-    r"(?P<name>" + _NAME_RUN + r")"
+    r"(?P<np>\b(?:[Tt]he|[Aa]n?)\s+(?:[a-z][\w'-]*\s+){0,3}?[a-z][\w'-]*)\s+(?:called|named|known\s+as)\s+"
+    r"(?P<name>" + _NAME_RUN + r")(?!\s+(?:as|after|to|on|at|for|in)\b)"
 )
 # "The ferry, an old boat ...": the sentence's subject and the phrase that describes it
 _HEAD_APPOSITIVE = re.compile(
     r"^(?P<head>(?:The|A|An)\s+(?:[\w'-]+\s+){0,2}?[\w'-]+),\s+(?P<desc>(?:a|an|the)\s)"
 )
-_LEADING_NP = re.compile(
-    r"^(?P<subj>(?:(?:The|A|An)\s+)?(?:[\w'-]+\s+){0,3}?[\w'-]+?)\s+(?:is|are|was|were)\b"
-    r"|^(?!(?:The|A|An)\b)(?P<name>[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)\b"
+# The noun phrase right before "is/was ... <participle> by": what the agent made
+_PASSIVE_SUBJECT = re.compile(
+    r"(?P<subj>(?:\b(?:[Tt]he|[Aa]n?)\s+(?:[\w'-]+\s+){0,2}?[\w'-]+)|(?:\b[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*))"
+    r"\s+(?P<be>is|are|was|were)\s+(?:[a-z]+\s+){0,2}$"
 )
+# "The Vorrick T-40 is a portable heater for tents, made by ...": the lead's subject
+_LEADING_NP = re.compile(r"^(?P<subj>(?:(?:The|A|An)\s+)?(?:[\w'-]+\s+){0,3}?[\w'-]+?)\s+(?:is|are)\s")
 _AUX = frozenset({"has", "have", "had", "will", "would", "can", "could", "should", "must", "may", "might"})
 _AUX_MORE = frozenset({"be", "been", "have", "not"})
 # "Councillor Ilse Varn, who proposed the reserve, said ...": a name and what it did
@@ -104,7 +141,7 @@ _PEOPLE = re.compile(
 # Clause subjects that ask nothing ("It", "They", "This"): the question would not say who
 _VAGUE = frozenset({"it", "they", "this", "that", "these", "those", "he", "she", "we", "you", "there", "i"})
 _OBJECT_END = re.compile(
-    r",|;|:|\s+(?:because|so that|so|and|but|when|while|which|who|after|before|until|instead|if)\b"
+    r",|;|:|\s[—–-]\s|\s+(?:because|so that|so|and|but|when|while|which|who|after|before|until|instead|if)\b"
 )
 
 
@@ -132,16 +169,25 @@ def _asks(sentence: str, text: str, doc_names: Sequence[str]) -> Iterator[tuple[
 
     for m in _APPOSITIVE.finditer(sentence):
         role, name = m.group("role"), _strip_the(m.group("name"))
-        if role.split()[-1] in STOPWORDS or not _is_name(name):
+        if (
+            role.split()[-1] in STOPWORDS
+            or not _is_name(name)
+            or _word_before(sentence, m.start()) in _PREPOSITIONS
+        ):
             continue
-        wh = "What" if m.group("name").lower().startswith("the ") else "Who"
+        person = not m.group("name").lower().startswith("the ") and bool(
+            _PERSON_ROLE.search(role.split()[-1])
+        )
         for phrase in _role_phrases(role, doc_names):
-            yield from once(f"{wh} is {phrase}?", name)
+            if person:
+                yield from once(f"Who is {phrase}?", name)
             yield from once(f"What is the name of {phrase}?", name)
     head = _HEAD_APPOSITIVE.match(sentence)
     for m in _CALLED.finditer(sentence):
         name = _strip_the(m.group("name"))
-        if not _is_name(name):
+        before = _word_before(sentence, m.start())
+        given = m.group("np").split()[0].lower() in ("a", "an") or before in _PREPOSITIONS
+        if not _is_name(name) or not given:
             continue
         phrases = [_definite(m.group("np"))]
         if head and m.start("np") == head.start("desc"):
@@ -149,16 +195,35 @@ def _asks(sentence: str, text: str, doc_names: Sequence[str]) -> Iterator[tuple[
         for phrase in phrases:
             yield from once(f"What is {phrase} called?", name)
             yield from once(f"What is the name of {phrase}?", name)
-    agent = _AGENT.search(sentence)
-    lead = _LEADING_NP.match(sentence)
-    if agent and (head or lead) and _is_name(_strip_the(agent.group("agent"))):
-        subject = head.group("head") if head else lead.group("subj") or lead.group("name") if lead else None
-        if subject and subject.split()[0].lower() not in _VAGUE:
-            past, present = _forms(agent.group("part"))
-            thing = _article(_lower_first(subject), text)
-            who = _strip_the(agent.group("agent"))
-            yield from once(f"Who {present} {thing}?", who)
-            yield from once(f"Who {past} {thing}?", who)
+    for agent in _AGENT.finditer(sentence):
+        who, part = _strip_the(agent.group("agent")), agent.group("part")
+        if not _is_name(who):
+            continue
+        before = sentence[: agent.start()]
+        passive = _PASSIVE_SUBJECT.search(before)
+        after_head = re.search(r",\s+(?P<be>is|are|was|were)\s+(?:[a-z]+\s+){0,2}$", before)
+        lead = _LEADING_NP.match(sentence)
+        if lead and not before.rstrip().endswith(",") and len(before[lead.end() :].split()) > 6:
+            lead = None  # "X is a lantern made by Y" (Y made X), not a far clause's participle
+        if passive:
+            subject, be = passive.group("subj"), passive.group("be")
+        elif head and after_head:  # "The old wall, a stone pier ..., was built by ..."
+            subject, be = head.group("head"), after_head.group("be")
+        elif head and before.rstrip().endswith(","):
+            subject, be = head.group("head"), "is"
+        elif lead:
+            subject, be = lead.group("subj"), "is"
+        else:
+            continue
+        if subject.split()[0].lower() in _VAGUE | (STOPWORDS - {"the", "a", "an"}):
+            continue
+        thing = _article(_lower_first(subject), text)
+        wh = "What" if who.isupper() else "Who"  # "USB" powers it; "Odel Forge" makes it
+        if be in ("was", "were"):
+            yield from once(f"{wh} {_IRREGULAR.get(part, (part, ''))[0]} {thing}?", who)
+        elif part in _IRREGULAR:  # "Who makes the lamp?": only verbs whose present form is known
+            yield from once(f"{wh} {_IRREGULAR[part][1]} {thing}?", who)
+        yield from once(f"{wh} {be} {thing} {part} by?", who)
     for m in _RELATIVE.finditer(sentence):
         name, rest = _strip_the(m.group("name")), m.group("rest").split()
         if _is_name(name) and not _PRONOUNS & set(rest) and 2 <= len(rest) <= 10:
@@ -179,32 +244,60 @@ def _asks(sentence: str, text: str, doc_names: Sequence[str]) -> Iterator[tuple[
 def _subject_verb(clause: str) -> tuple[str, str, str] | None:
     """A clause's subject (one to five words, the first capitalised), its verb (with its auxiliaries:
     "will be paid", "has postponed") and the rest; an auxiliary first, else a past form, else a
-    present one ("The red dial sets ..."), else None."""
+    present one ("The red dial sets ..."), else None (an instruction, or no plain subject)."""
     words = clause.rstrip(".!?").split()
-    if not words or not words[0][:1].isupper():
+    if not words or not words[0][:1].isupper() or words[0].lower() in _IMPERATIVES | _VAGUE:
         return None
     window = range(1, min(6, len(words) - 1))
+    found: tuple[int, int] | None = None  # the verb's first and last word
     for i in window:
         if words[i] in _AUX:
             j = i + 1
             while j < len(words) - 1 and words[j] in _AUX_MORE:
                 j += 1
-            if not words[j][:1].islower():
-                return None
-            return " ".join(words[:i]), " ".join(words[i : j + 1]), " ".join(words[j + 1 :])
-    for test in (
-        lambda w: w.endswith("ed") and len(w) > 4,
-        lambda w: w.endswith("s") and not w.endswith(("ss", "us", "is")) and len(w) > 3,
+            found = (i, j) if words[j][:1].islower() else None
+            break
+    else:
+        for test in (
+            lambda w: w.endswith("ed") and len(w) > 4,
+            lambda w: w.endswith("s") and not w.endswith(("ss", "us", "is")) and len(w) > 3,
+        ):
+            for i in window:
+                w, previous = words[i], words[i - 1].lower()
+                if not w[:1].islower() or w in STOPWORDS or not w.isalpha():
+                    if w.lower() in STOPWORDS and w.lower() not in ("the", "a", "an", "of", "from", "in"):
+                        break  # "Run the empty machine once on ...": no subject before a stopword verb
+                    continue
+                if previous in ("the", "a", "an") or w in ("called", "named", "known"):
+                    continue  # "The parcels ...": a noun after an article; "called": a name given
+                if test(w):
+                    found = (i, i)
+                    break
+            if found:
+                break
+    if found is None:
+        return None
+    subject = words[: found[0]]
+    inner = [w.lower() for w in subject[1:]]
+    if (
+        subject[-1].lower() in STOPWORDS
+        or subject[-1].endswith(("'s", "s'"))
+        or any(w.endswith(",") for w in subject)
+        or any(
+            w in ("the", "a", "an") and p not in ("of", "from", "in", "at", "on")
+            for p, w in zip([subject[0].lower(), *inner], inner, strict=False)
+        )
     ):
-        for i in window:
-            w = words[i]
-            if not w[:1].islower() or w in STOPWORDS or not w.isalpha():
-                if w.lower() in STOPWORDS and w.lower() not in ("the", "a", "an", "of", "from", "in"):
-                    break  # "Run the empty machine once on ...": no subject before a stopword verb
-                continue
-            if test(w):
-                return " ".join(words[:i]), w, " ".join(words[i + 1 :])
-    return None
+        return None  # "The company's", "Yesterday, the board", "Last year the firm": not a plain subject
+    return " ".join(subject), " ".join(words[found[0] : found[1] + 1]), " ".join(words[found[1] + 1 :])
+
+
+def _word_before(sentence: str, at: int) -> str:
+    """The word before position ``at`` in lower case ("," for a comma), "" at the start."""
+    before = sentence[:at].rstrip()
+    if before.endswith(","):
+        return ","
+    return before.split()[-1].lower() if before.split() else ""
 
 
 def _role_phrases(role: str, doc_names: Sequence[str]) -> list[str]:
@@ -223,31 +316,12 @@ def _role_phrases(role: str, doc_names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _forms(participle: str) -> tuple[str, str]:
-    """A participle's past and present (third person) forms: "made" -> ("made", "makes")."""
-    if participle in _IRREGULAR:
-        return _IRREGULAR[participle]
-    stem = participle[:-2]
-    if stem.endswith("i"):
-        base = stem[:-1] + "y"  # carried -> carry
-    elif len(stem) > 2 and stem[-1] == stem[-2] and stem[-1] not in "ls":
-        base = stem[:-1]  # planned -> plan
-    elif re.search(r"(?:[^aeiou][aeiou][tvszcgkdr]|rv|rs|nc|rg|ur|iz|at|uc|ut|id)$", stem):
-        base = stem + "e"  # produced -> produce, designed stays design
-    else:
-        base = stem
-    if base.endswith("y") and base[-2:-1] not in "aeiou":
-        present = base[:-1] + "ies"
-    elif base.endswith(("s", "sh", "ch", "x", "z", "o")):
-        present = base + "es"
-    else:
-        present = base + "s"
-    return participle, present
-
-
 def _is_name(name: str) -> bool:
+    """A name worth asking for: capitalised words, not a title alone ("Dr") nor an initial ("J")."""
     words = name.split()
-    capitalised = all(w[:1].isupper() or w == "of" for w in words)
+    if len(words) == 1 and (len(name.rstrip(".")) < 2 or name.rstrip(".") in _TITLES):
+        return False
+    capitalised = all(w[:1].isupper() or w in ("of", "and", "&") for w in words)
     return bool(words) and capitalised and words[0].lower() not in STOPWORDS
 
 
@@ -262,7 +336,7 @@ def _strip_the(name: str) -> str:
 
 def _definite(phrase: str) -> str:
     """A noun phrase with "the" for "a"/"an"/"its"/"their": "an old boat" -> "the old boat"."""
-    return re.sub(r"^(?:a|an|its|their|his|her)\s+", "the ", phrase.strip())
+    return re.sub(r"^(?:a|an|its|their|his|her)\s+", "the ", phrase.strip(), flags=re.IGNORECASE)
 
 
 def _lower_first(text: str) -> str:

@@ -78,9 +78,10 @@ class KLAnchor:
     over that set. The base's side is computed once per batch (the first time it comes round) and
     kept (a few MB), and the adapter's logits are computed for that set only, from the decoder's last
     hidden state, instead of all 262k: the full LM head's forward and backward were most of the
-    term's cost. The set holds nearly all of the base's probability at every position; what the
-    restricted KL cannot see (mass the adapter moves to a token neither likely for the base nor in
-    the answers) the forgetting check (perplexity of other general text, whole vocabulary) still
+    term's cost (the kept base side: 2 x 64 positions x the set's size, a few MB a batch when the
+    answers use a few thousand tokens). The set holds nearly all of the base's probability at every
+    position; what the restricted KL cannot see (mass the adapter moves to a token neither likely
+    for the base nor in the answers) the forgetting check (perplexity of other general text, whole vocabulary) still
     measures. ``top_k=None`` is the exact KL over the whole vocabulary.
     """
 
@@ -144,6 +145,9 @@ class KLAnchor:
 
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         head = inner.get_output_embeddings()
+        if hasattr(head, "base_layer") or any(p.requires_grad for p in head.parameters()):
+            self._exact = True  # a trained LM head (a LoRA on it): its rows alone are not its logits
+            return None
         cap = getattr(inner.config, "final_logit_softcapping", None)
 
         def logits_over(hidden: Any, tokens: Any) -> Any:
