@@ -81,8 +81,8 @@ class KLAnchor:
     term's cost (the kept base side: 2 x 64 positions x the set's size, a few MB a batch when the
     answers use a few thousand tokens). The set holds nearly all of the base's probability at every
     position; what the restricted KL cannot see (mass the adapter moves to a token neither likely
-    for the base nor in the answers) the forgetting check (perplexity of other general text, whole vocabulary) still
-    measures. ``top_k=None`` is the exact KL over the whole vocabulary.
+    for the base nor in the answers) the forgetting check (perplexity of other general text, whole
+    vocabulary) still measures. ``top_k=None`` is the exact KL over the whole vocabulary.
     """
 
     def __init__(
