@@ -56,13 +56,15 @@ class LearnConfig(LoraSFTConfig):
         },
     )
 
-    # auto: bf16 where the CPU computes it natively (AVX512-BF16, AMX) or on CUDA; fp32 elsewhere.
-    # benchmarks/learn.py, Dec 2026: a step 1.6x as fast on 2 cores (6.8 s against 10.8)
+    # auto: bf16 on CUDA, fp32 on a CPU. bf16 on a CPU with native bf16 (AVX512-BF16, AMX) makes a
+    # training step 1.6x as fast (benchmarks/learn.py, 2 cores: 6.8 s against 10.8), but generation
+    # (the held-out probe) 2.7x as slow, so learn as a whole gained only 20%, and the one run on
+    # learn_fresh found 40% of key facts against 51% (with other changes): opt-in until measured alone
     precision: str = field(
         default="auto",
         metadata={
-            "help": "training precision: auto (bf16 where the CPU or GPU computes it natively, else "
-            "fp32), bf16 or fp32"
+            "help": "training precision: auto (bf16 on a GPU, fp32 on a CPU), bf16 (also on a CPU: "
+            "faster steps where it has native bf16) or fp32"
         },
     )
 
