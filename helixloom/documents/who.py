@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 
-from helixloom.documents.anchored import _IMPERATIVES, clauses, lead_answer
+from helixloom.documents.anchored import _IMPERATIVES, _lower_first, clauses, lead_answer
 from helixloom.documents.grounded import (
     _TITLES,
     STOPWORDS,
@@ -337,7 +337,3 @@ def _strip_the(name: str) -> str:
 def _definite(phrase: str) -> str:
     """A noun phrase with "the" for "a"/"an"/"its"/"their": "an old boat" -> "the old boat"."""
     return re.sub(r"^(?:a|an|its|their|his|her)\s+", "the ", phrase.strip(), flags=re.IGNORECASE)
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text

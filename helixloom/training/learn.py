@@ -317,7 +317,7 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
     with its report (``learn_report.json`` beside it, and ``report`` in its store metadata)."""
     from helixloom.training.learn_probe import LearnProbe, Probe
     from helixloom.training.sft import train_lora
-    from helixloom.training.trainer import cpu_bf16, resolve_precision
+    from helixloom.training.trainer import bf16_emulated, resolve_precision
 
     paths.check_name(name, "dataset name")
     rows, meta = dataset.read(name)
@@ -326,7 +326,7 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
     held = _heldout(name)
     adapter_dir = paths.adapters_dir() / name
     bf16 = resolve_precision(config.precision)
-    if bf16 and not cpu_bf16() and not _cuda():
+    if bf16 and bf16_emulated():
         say("warning: this CPU has no native bf16; --precision bf16 runs slower than fp32 here")
     say(f"fine-tuning {meta['base']} on {len(rows)} examples ({'resuming' if resume else 'from the start'})")
     probe = LearnProbe(
@@ -374,12 +374,6 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
     meta["stage"] = "trained"
     dataset.write(name, rows, meta)
     return result
-
-
-def _cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 def _anchor_texts(name: str, rows: Sequence[dict[str, Any]]) -> list[str]:

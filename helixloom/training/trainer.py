@@ -114,6 +114,13 @@ def cpu_bf16() -> bool:
     )
 
 
+def bf16_emulated() -> bool:
+    """Whether bf16 here is emulated (no GPU, no native bf16 in the CPU): slower than fp32."""
+    import torch
+
+    return not torch.cuda.is_available() and not cpu_bf16()
+
+
 def resolve_precision(precision: str) -> bool:
     """Whether to train in bf16 for ``precision`` ("auto": on CUDA only; "bf16": also on a CPU,
     where it is fast only with native bf16, ``cpu_bf16``; "fp32")."""
