@@ -39,8 +39,8 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 lint: install
-	$(VENV)/bin/ruff check helixloom tests benchmarks
-	$(VENV)/bin/ruff format --check helixloom tests benchmarks
+	$(VENV)/bin/ruff check helixloom tests benchmarks scripts
+	$(VENV)/bin/ruff format --check helixloom tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 

@@ -68,6 +68,12 @@ def main() -> None:
         default=None,
         help="the teacher's rephrasings per rough question (default: learn's)",
     )
+    parser.add_argument(
+        "--synonyms",
+        type=int,
+        default=None,
+        help="synonym swaps kept per question (documents/lexical.py; 0: none; default: learn's)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -131,6 +137,8 @@ def main() -> None:
         teacher_spec, teacher = "oracle", oracle(engine)
     questions = args.questions if args.questions is not None else learn_teacher.suite_questions(teacher_spec)
     more = {"rephrasings": args.rephrasings} if args.rephrasings is not None else {}
+    if args.synonyms is not None:
+        more["synonyms"] = args.synonyms
     _, report = learn.prepare(
         "bench-learn",
         [docs],

@@ -61,6 +61,7 @@ def rows(pairs: Sequence[QAPair], group_id: str) -> list[dict[str, Any]]:
 PLAN = "generation.json"  # how generation was started, while it has not finished
 CHECKPOINT = "qa.partial.jsonl"  # the finished (prompt, chunk) units of an unfinished generation
 REPHRASED = "rephrase.partial.json"  # the finished rephrasing phase of an unfinished generation
+SWAPPED = "lexical.partial.json"  # the finished synonym-swap phase of an unfinished generation
 
 
 def folder(name: str) -> Path:

@@ -7,7 +7,9 @@ The recipe (measured in ``benchmarks/learn.py``):
    every fact again with the document's subject named, in natural question forms and reversed, and
    every number and date in several natural phrasings, answered number first, and the doer, agent
    or name of a sentence asked for ("Who is the chair of the board?"), answered name first;
-   no teacher needed, every answer the document's own text); the teacher rephrases the rough ones.
+   no teacher needed, every answer the document's own text); the teacher rephrases the rough ones,
+   and the natural questions are asked again with a word swapped for a synonym where the teacher
+   finds the swap about as likely (``documents.lexical``; ``synonyms`` per question).
 3. The teacher's prompt suite on every chunk (``--questions`` per prompt; 0 skips it, the default for
    the embedded model: ``training.learn_teacher``); its pairs are kept only when grounded in their
    chunk (``documents.grounding``), the rest counted by reason.
@@ -28,7 +30,8 @@ Generation is checkpointed too: while it runs, ``datasets/NAME/generation.json``
 started (sources, teacher, suite, settings) and every finished (prompt, chunk) unit is appended to
 ``datasets/NAME/qa.partial.jsonl``; ``resume_generation`` starts again from those, asking only the
 units not finished; a finished rephrasing phase is kept in ``datasets/NAME/rephrase.partial.json``
-and not asked again. These files go once ``train.jsonl`` is written.
+(and the synonym swaps in ``lexical.partial.json``) and not asked again. These files go once
+``train.jsonl`` is written.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from helixloom import atomic, jsonl, paths
-from helixloom.documents import dataset, grounded, mix, retrieval
+from helixloom.documents import dataset, grounded, lexical, mix, retrieval
 from helixloom.documents import rephrase as rephrasing
 from helixloom.documents import replay as own_replay
 from helixloom.documents.ingest import ingest
@@ -93,6 +96,7 @@ def prepare(
     perspectives: Sequence[str] = PERSPECTIVES,
     rephrase: bool = True,
     rephrasings: int = REPHRASINGS,
+    synonyms: int = lexical.PER_QUESTION,
     teacher_spec: str | None = None,
     writer: Engine | None = None,
     review: bool = False,
@@ -110,6 +114,8 @@ def prepare(
     ``resume`` the units already in the checkpoint are kept; without it a fresh generation starts.
     """
     paths.check_name(name, "dataset name")
+    if synonyms < 0:
+        raise HelixloomError("synonyms is a count of swaps per question: 0 or more", param="synonyms")
     suite = suite or Suite.load()
     sft = sft or LearnConfig()
     folder = dataset.folder(name)
@@ -117,6 +123,7 @@ def prepare(
     if not resume:
         checkpoint.unlink(missing_ok=True)
         (folder / dataset.REPHRASED).unlink(missing_ok=True)
+        (folder / dataset.SWAPPED).unlink(missing_ok=True)
     plan = {
         "sources": [str(Path(s).resolve()) for s in sources],
         "base": base,
@@ -130,6 +137,7 @@ def prepare(
         "perspectives": list(perspectives),
         "rephrase": rephrase,
         "rephrasings": rephrasings,
+        "synonyms": synonyms,
     }
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -146,6 +154,11 @@ def prepare(
     rephrased = rephrased or rephrasing.RephraseReport([])
     built.extend(rephrased.pairs)
     seconds["teacher_rephrase"] = time.perf_counter() - start
+    start = time.perf_counter()
+    swapped = _swapped(folder / dataset.SWAPPED, teacher, built, say, synonyms) if synonyms > 0 else None
+    swapped = swapped or lexical.LexicalReport([])
+    built.extend(swapped.pairs)
+    seconds["teacher_synonyms"] = time.perf_counter() - start
     start = time.perf_counter()
     if num_questions > 0:
         report = generate_pairs(
@@ -218,6 +231,7 @@ def prepare(
             "pairs_kept": kept,
             "pairs_dropped": {
                 **({"rephrase": rephrased.dropped} if rephrased.dropped else {}),
+                **({"lexical": swapped.dropped} if swapped.dropped else {}),
                 **{n: dict(s.dropped) for n, s in report.stats.items() if s.dropped},
             },
             "heldout": len(held),
@@ -234,9 +248,38 @@ def prepare(
         folder / HELDOUT,
         [{"question": p.question, "key": p.key, "doc_id": p.doc_id, "prompt": p.perspective} for p in held],
     )
-    for leftover in (checkpoint, folder / dataset.REPHRASED, folder / dataset.PLAN):
+    for leftover in (checkpoint, folder / dataset.REPHRASED, folder / dataset.SWAPPED, folder / dataset.PLAN):
         leftover.unlink(missing_ok=True)
     return files.train, report
+
+
+def _swapped(
+    saved: Path, teacher: Engine, built: Sequence[grounded.Pair], say: Say, per_question: int
+) -> lexical.LexicalReport:
+    """The teacher-verified synonym swaps of ``built``'s natural questions (not the rough clozes):
+    read from ``saved`` when an interrupted run finished them, else made and saved there."""
+    if saved.is_file():
+        try:
+            data = json.loads(saved.read_text())
+            report = lexical.LexicalReport(
+                [grounded.Pair(**p) for p in data["pairs"]],
+                int(data["proposed"]),
+                int(data["scored"]),
+                dict(data["dropped"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            report = None  # a damaged checkpoint: ask again
+        if report is not None:
+            say(f"synonym swaps kept from the interrupted run ({len(report.pairs)} questions)")
+            return report
+    if not (teacher.supports_prompt_logprobs and teacher.supports_tokenize):
+        say(f"no synonym swaps: the teacher ({teacher.backend}) cannot score a prompt's tokens")
+        return lexical.LexicalReport([])
+    natural = [p for p in built if p.perspective not in ("span", "statement")]
+    report = lexical.lexical_pairs(teacher, natural, per_question=per_question)
+    atomic.write_json(saved, asdict(report))
+    say(f"teacher kept {len(report.pairs)} of {report.scored} synonym swaps (dropped: {report.dropped})")
+    return report
 
 
 def _rephrased(
@@ -303,6 +346,7 @@ def resume_generation(
             "perspectives": tuple(plan.get("perspectives", PERSPECTIVES)),
             "rephrase": bool(plan.get("rephrase", True)),
             "rephrasings": int(plan.get("rephrasings", 1)),
+            "synonyms": int(plan.get("synonyms", 0)),
         }
         sources = plan["sources"]
     except (KeyError, TypeError, AttributeError) as exc:
