@@ -23,6 +23,7 @@ corpus (NLTK and ``wn`` fetch WordNet at run time; spaCy's vectors are a downloa
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -31,36 +32,45 @@ from functools import cache
 from importlib import resources
 
 from helixloom import textsim
-from helixloom.documents.grounded import STOPWORDS, Pair
+from helixloom.documents.anchored import _UNIT_WH
+from helixloom.documents.grounded import _NUMBER_WORDS, STOPWORDS, Pair
 from helixloom.engine import Engine
 
 PERSPECTIVE = "lexical"
 MARGIN = 3.0  # nats a swapped question may lose against the original and still be kept
 PER_QUESTION = 2  # swaps kept per question
 MAX_PROPOSALS = 12  # proposals scored per question (the teacher's time)
-_TOKEN = re.compile(r"[A-Za-z]+")
-#: Words a question needs as they are: asking words, auxiliaries, and the commonest light verbs,
-#: whose WordNet synonyms are almost never synonyms in a question ("do" -> "make").
-_KEEP = STOPWORDS | frozenset(
-    [
-        "tell",
-        "say",
-        "give",
-        "get",
-        "go",
-        "make",
-        "made",
-        "happen",
-        "happens",
-        "happened",
-        "going",
-        "need",
-        "use",
-        "used",
-        "find",
-        "know",
-        "mean",
-    ]
+
+
+def _set(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+#: a word: letters, with inner apostrophes or hyphens ("don't", "well-known": never swapped)
+_TOKEN = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+#: Words a question needs as they are: asking words, auxiliaries, the commonest light verbs (whose
+#: WordNet synonyms are almost never synonyms in a question: "do" -> "make"), and the words of
+#: quantity, order and time, whose "synonyms" change the question ("minutes" -> "seconds").
+_KEEP = (
+    STOPWORDS
+    | frozenset(_NUMBER_WORDS)
+    | _set("""be am tell say give get got go went gone make made do done happen going need use find know
+        mean let take took taken have
+        first second third fourth fifth sixth seventh eighth ninth tenth last next previous
+        hundred thousand million billion dozen half quarter
+        second minute hour day week month year decade century moment time times date""")
+    | frozenset(u.rstrip("s") for u in _UNIT_WH)
+    | frozenset(_UNIT_WH)
+)
+#: After these a word is a noun or an adjective ("the test": not the verb "test")...
+_DETERMINERS = _set("the a an this that these those its their his her my your our each every")
+#: ...and after these a verb's base form ("to test", "does it last").
+_BEFORE_VERB = _set("to will would can could should must may might do does did")
+#: Plurals in "-oes" (the rest of the words in "o" take "-s": photos, radios, pianos).
+_OES = _set("hero potato tomato echo veto torpedo embargo volcano mosquito")
+#: Verbs whose past tense is the base form (WordNet's verb.exc does not list an unchanged form).
+_SAME_PAST = _set(
+    "put set let cut hit cost hurt shut spread quit bet cast burst split read bid broadcast thrust"
 )
 _VOWELS = frozenset("aeiou")
 
@@ -86,6 +96,22 @@ def _table() -> _Table:
         for form, lemma in forms.items():
             irregular.setdefault(pos, {}).setdefault(lemma, []).append(form)
     return data["synonyms"], data["exceptions"], irregular
+
+
+def _irregular_form(word: str, pos: str) -> str:
+    """The form an irregular ``word`` of part of speech ``pos`` stands in (from its ending: WordNet's
+    exception lists mix past tenses, participles in "-ing" and third persons)."""
+    if pos == "n":
+        return "s"
+    if pos == "a":
+        return "er" if word.endswith("er") else "est" if word.endswith("st") else ""
+    if pos == "v":
+        if word.endswith("ing"):
+            return "ing"
+        if word.endswith("s") and not word.endswith("ss"):
+            return "s"
+        return "ed"
+    return ""
 
 
 def _double_final(word: str) -> bool:
@@ -114,11 +140,15 @@ def lemmas(word: str) -> Iterator[tuple[str, str, str]]:
         yield from found(word, pos, "")
         irregular = exceptions.get(pos, {}).get(word)
         if irregular:
-            form = {"v": "ed", "n": "s", "a": "er" if word.endswith("er") else "est"}.get(pos, "")
-            yield from found(irregular, pos, form)
+            yield from found(irregular, pos, _irregular_form(word, pos))
     rules = [
         ("ies", "y", "s", ("n", "v")),
-        ("es", "", "s", ("n", "v")),
+        ("ses", "s", "s", ("n", "v")),
+        ("xes", "x", "s", ("n", "v")),
+        ("zes", "z", "s", ("n", "v")),
+        ("ches", "ch", "s", ("n", "v")),
+        ("shes", "sh", "s", ("n", "v")),
+        ("oes", "o", "s", ("n", "v")),
         ("s", "", "s", ("n", "v")),
         ("ied", "y", "ed", ("v",)),
         ("ed", "e", "ed", ("v",)),
@@ -136,7 +166,13 @@ def lemmas(word: str) -> Iterator[tuple[str, str, str]]:
         if word.endswith(suffix) and len(word) > len(suffix) + 2:
             stem = word[: -len(suffix)]
             bases = [stem + add]
-            if not add and len(stem) >= 2 and stem[-1] == stem[-2]:
+            if (
+                not add
+                and form != "s"
+                and len(stem) >= 2
+                and stem[-1] == stem[-2]
+                and stem[-1] not in _VOWELS
+            ):
                 bases.append(stem[:-1])  # stopped -> stop
             for base in bases:
                 for pos in parts:
@@ -148,20 +184,26 @@ def inflect(lemma: str, pos: str, form: str) -> list[str]:
     if not form:
         return [lemma]
     _, _, irregular = _table()
-    special = [f for f in irregular.get(pos, {}).get(lemma, []) if _form_of(f, lemma, form)]
+    special = [
+        f
+        for f in irregular.get(pos, {}).get(lemma, [])
+        if _form_of(f, lemma, form) and (pos != "v" or form != "s" or f.endswith("s"))
+    ]
     if special:
         return special
     if form == "s":
         if lemma.endswith("y") and len(lemma) > 2 and lemma[-2] not in _VOWELS:
             return [lemma[:-1] + "ies"]
-        if lemma.endswith(("s", "x", "z", "ch", "sh", "o")):
+        if lemma.endswith(("s", "x", "z", "ch", "sh")) or lemma in _OES:
             return [lemma + "es"]
         return [lemma + "s"]
+    if form == "ed" and pos == "v" and lemma in _SAME_PAST:
+        return [lemma]
     stem = lemma
     if form in ("ed", "er", "est") and lemma.endswith("y") and len(lemma) > 2 and lemma[-2] not in _VOWELS:
         stem = lemma[:-1] + "i"
     elif lemma.endswith("e") and form in ("ed", "er", "est", "ing"):
-        stem = lemma if form == "ing" and lemma.endswith("ee") else lemma[:-1]
+        stem = lemma if form == "ing" and lemma.endswith(("ee", "oe", "ye")) else lemma[:-1]
     elif _double_final(lemma):
         stem = lemma + lemma[-1]
     return [stem + form]
@@ -171,11 +213,21 @@ def _form_of(form_word: str, lemma: str, form: str) -> bool:
     """Whether an irregular ``form_word`` of ``lemma`` can stand for ``form`` (past tenses for "ed")."""
     if form == "ing":
         return form_word.endswith("ing")
-    if form == "s":
-        return not form_word.endswith(("ed", "ing")) and form_word != lemma
+    if form == "s":  # a plural (children) or a verb's third person, which ends in "s" (does, has)
+        return form_word != lemma and not form_word.endswith(("ed", "ing"))
     if form in ("er", "est"):
         return form_word.endswith(form[-2:] if form == "er" else "st")
     return not form_word.endswith(("ing", "s")) or form_word.endswith("ss")
+
+
+def _fits(pos: str, form: str, before: str) -> bool:
+    """Whether a reading (part of speech, form) fits after the word ``before`` (a rough tagger: a
+    determiner takes a noun or an adjective, "to" or an auxiliary a verb's base form)."""
+    if before in _DETERMINERS:
+        return pos in ("n", "a")
+    if before in _BEFORE_VERB:
+        return pos == "v" and not form
+    return True
 
 
 def _match_case(word: str, like: str) -> str:
@@ -184,27 +236,39 @@ def _match_case(word: str, like: str) -> str:
 
 def proposals(question: str, keep: Sequence[str], common: Callable[[str], bool]) -> list[str]:
     """``question`` with one word swapped for a synonym, for every word not in ``keep`` (the answer's
-    words) nor capitalised mid-sentence (a name), in order; ``common(word)`` filters the synonyms."""
+    words) nor capitalised mid-sentence (a name), nor after "how" ("how often", "how long"); the
+    words' proposals interleaved (the first of each word, then the second...), so that a cap on
+    how many are scored does not spend it all on the first word. ``common(word)`` filters synonyms."""
     synonyms, _, _ = _table()
     kept = {w.lower() for k in keep for w in textsim.words(k)}
-    out: list[str] = []
+    per_word: list[list[str]] = []
+    previous = ""
     for m in _TOKEN.finditer(question):
         word = m.group()
         lower = word.lower()
-        if lower in _KEEP or lower in kept or len(lower) < 3:
+        before, previous = previous, lower
+        after_how = before == "how"
+        if lower in _KEEP or lower in kept or len(lower) < 3 or after_how or not lower.isalpha():
             continue
         if word[:1].isupper() and m.start() > 0:
             continue  # a name, or a word of one
+        mine: list[str] = []
         for lemma, pos, form in lemmas(lower):
-            if lemma in _KEEP:
+            if lemma in _KEEP or not _fits(pos, form, before):
                 continue
             for synonym in synonyms[pos][lemma]:
+                if synonym in _KEEP:
+                    continue  # "cost" -> "be", "last" -> "go": a light word, not a synonym
                 for surface in inflect(synonym, pos, form):
                     if surface == lower or not common(surface):
                         continue
                     text = question[: m.start()] + _match_case(surface, word) + question[m.end() :]
-                    if text not in out:
-                        out.append(text)
+                    if text not in mine:
+                        mine.append(text)
+        per_word.append(mine)
+    out: list[str] = []
+    for round_ in itertools.zip_longest(*per_word):
+        out.extend(t for t in round_ if t is not None and t not in out)
     return out
 
 

@@ -155,11 +155,6 @@ def prepare(
     built.extend(rephrased.pairs)
     seconds["teacher_rephrase"] = time.perf_counter() - start
     start = time.perf_counter()
-    swapped = _swapped(folder / dataset.SWAPPED, teacher, built, say, synonyms) if synonyms > 0 else None
-    swapped = swapped or lexical.LexicalReport([])
-    built.extend(swapped.pairs)
-    seconds["teacher_synonyms"] = time.perf_counter() - start
-    start = time.perf_counter()
     if num_questions > 0:
         report = generate_pairs(
             teacher,
@@ -181,7 +176,12 @@ def prepare(
     seconds["teacher_pairs"] = time.perf_counter() - start
     taught = [grounded.Pair(p.question, p.answer, "", p.doc_id, p.prompt, -2) for p in report.pairs]
     if not built and not taught:
-        for leftover in (checkpoint, folder / dataset.REPHRASED, folder / dataset.PLAN):
+        for leftover in (
+            checkpoint,
+            folder / dataset.REPHRASED,
+            folder / dataset.SWAPPED,
+            folder / dataset.PLAN,
+        ):
             leftover.unlink(missing_ok=True)  # nothing in them is worth resuming
         raise HelixloomError(
             "no usable question/answer pairs: no sentence to build them from, none grounded from the teacher",
@@ -189,6 +189,15 @@ def prepare(
         )
     config = sft if isinstance(sft, LearnConfig) else LearnConfig(**asdict(sft))
     train_pairs, held = mix.split_heldout([*built, *taught], config.holdout)
+    # Swapped after the split, from the training questions only: a held-out question's one-word swap
+    # in training would leak it into the probe that measures recall in other words.
+    start = time.perf_counter()
+    swapped = (
+        _swapped(folder / dataset.SWAPPED, teacher, train_pairs, say, synonyms) if synonyms > 0 else None
+    )
+    swapped = swapped or lexical.LexicalReport([])
+    train_pairs.extend(swapped.pairs)
+    seconds["teacher_synonyms"] = time.perf_counter() - start
     shown = retrieval.passages(found.documents)
     trained = mix.balance(train_pairs)  # rarely asked facts repeated up to the median per fact
     rows = mix.pair_rows(trained)
@@ -209,7 +218,7 @@ def prepare(
     seconds["replay_text"] = time.perf_counter() - start
     rows.extend(mix.context_rows(train_pairs, shown, CONTEXT_SHARE))
     kept: dict[str, int] = {}
-    for p in [*built, *taught]:
+    for p in [*built, *taught, *swapped.pairs]:
         kept[p.perspective] = kept.get(p.perspective, 0) + 1
     meta = {
         "name": name,
