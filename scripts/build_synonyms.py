@@ -7,7 +7,7 @@ The folder is Princeton's WordNet 3.0 ``dict`` (``index.noun``, ``data.noun``, `
 each single-word lemma, the single-word synonyms of its most frequent senses (the first sense, and
 the second when the tagged corpus has seen it), per part of speech, and the irregular forms
 (``verb.exc`` and friends) that ``documents.lexical`` needs to lemmatise and inflect. WordNet's
-licence is copied into the table, as it asks.
+licence is copied into the table and beside it (``WORDNET-LICENSE.txt``), as it asks.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ def main() -> int:
     data = table(folder)
     with gzip.open(out, "wt", encoding="utf-8", compresslevel=9) as fh:
         json.dump(data, fh, separators=(",", ":"), sort_keys=True)
+    (out.parent / "WORDNET-LICENSE.txt").write_text(str(data["license"]), encoding="utf-8")
     counts = {p: len(v) for p, v in data["synonyms"].items()}  # type: ignore[attr-defined]
     print(json.dumps({"out": str(out), "bytes": out.stat().st_size, "lemmas": counts}))
     return 0
