@@ -72,7 +72,7 @@ def main() -> None:
         "--synonyms",
         type=int,
         default=None,
-        help="synonym swaps kept per question (documents/lexical.py; 0: none; default: learn's)",
+        help="synonym swaps kept per question (documents/lexical.py; default: learn's, 0)",
     )
     parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
     args = parser.parse_args()

@@ -38,7 +38,7 @@ from helixloom.engine import Engine
 
 PERSPECTIVE = "lexical"
 MARGIN = 3.0  # nats a swapped question may lose against the original and still be kept
-PER_QUESTION = 2  # swaps kept per question
+PER_QUESTION = 2  # swaps kept per question (learn's --synonyms; off there by default, see learn.SYNONYMS)
 MAX_PROPOSALS = 12  # proposals scored per question (the teacher's time)
 
 
