@@ -23,7 +23,7 @@ measures the reward, which is what selection changes; the full loops above give 
 arms at the same budget.
 
     python benchmarks/feedback_loop.py [--tastes short_question,bullets] [--arms active,random]
-        [--rounds 3] [--ratings 50] [--prompts 16] [--held-out 12] [--k 4] [--max-tokens 48]
+        [--rounds 3] [--ratings 50] [--prompts 16] [--held-out 12] [--k 8] [--max-tokens 48]
 """
 
 from __future__ import annotations
@@ -417,7 +417,7 @@ def main() -> int:
     parser.add_argument(
         "--train-pairs", default="reward", help="the policy's DPO pairs: reward or reward+rated"
     )
-    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--k", type=int, default=8, help="answers per training prompt (the loop's default)")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--eval-samples", type=int, default=2)
     parser.add_argument("--gen-batch", type=int, default=16)
