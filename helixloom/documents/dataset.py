@@ -62,6 +62,8 @@ PLAN = "generation.json"  # how generation was started, while it has not finishe
 CHECKPOINT = "qa.partial.jsonl"  # the finished (prompt, chunk) units of an unfinished generation
 REPHRASED = "rephrase.partial.json"  # the finished rephrasing phase of an unfinished generation
 SWAPPED = "lexical.partial.json"  # the finished synonym-swap phase of an unfinished generation
+#: What an unfinished generation leaves besides CHECKPOINT; removed once the dataset is written.
+PARTIALS = (REPHRASED, SWAPPED, PLAN)
 
 
 def folder(name: str) -> Path:

@@ -73,6 +73,28 @@ _SAME_PAST = _set(
     "put set let cut hit cost hurt shut spread quit bet cast burst split read bid broadcast thrust"
 )
 _VOWELS = frozenset("aeiou")
+#: Regular suffixes: (suffix, what the lemma ends in instead, the form, the parts of speech it marks).
+_SUFFIXES = (
+    ("ies", "y", "s", ("n", "v")),
+    ("ses", "s", "s", ("n", "v")),
+    ("xes", "x", "s", ("n", "v")),
+    ("zes", "z", "s", ("n", "v")),
+    ("ches", "ch", "s", ("n", "v")),
+    ("shes", "sh", "s", ("n", "v")),
+    ("oes", "o", "s", ("n", "v")),
+    ("s", "", "s", ("n", "v")),
+    ("ied", "y", "ed", ("v",)),
+    ("ed", "e", "ed", ("v",)),
+    ("ed", "", "ed", ("v",)),
+    ("ing", "e", "ing", ("v",)),
+    ("ing", "", "ing", ("v",)),
+    ("ier", "y", "er", ("a",)),
+    ("iest", "y", "est", ("a",)),
+    ("er", "e", "er", ("a",)),
+    ("er", "", "er", ("a",)),
+    ("est", "e", "est", ("a",)),
+    ("est", "", "est", ("a",)),
+)
 
 
 @dataclass
@@ -141,28 +163,7 @@ def lemmas(word: str) -> Iterator[tuple[str, str, str]]:
         irregular = exceptions.get(pos, {}).get(word)
         if irregular:
             yield from found(irregular, pos, _irregular_form(word, pos))
-    rules = [
-        ("ies", "y", "s", ("n", "v")),
-        ("ses", "s", "s", ("n", "v")),
-        ("xes", "x", "s", ("n", "v")),
-        ("zes", "z", "s", ("n", "v")),
-        ("ches", "ch", "s", ("n", "v")),
-        ("shes", "sh", "s", ("n", "v")),
-        ("oes", "o", "s", ("n", "v")),
-        ("s", "", "s", ("n", "v")),
-        ("ied", "y", "ed", ("v",)),
-        ("ed", "e", "ed", ("v",)),
-        ("ed", "", "ed", ("v",)),
-        ("ing", "e", "ing", ("v",)),
-        ("ing", "", "ing", ("v",)),
-        ("ier", "y", "er", ("a",)),
-        ("iest", "y", "est", ("a",)),
-        ("er", "e", "er", ("a",)),
-        ("er", "", "er", ("a",)),
-        ("est", "e", "est", ("a",)),
-        ("est", "", "est", ("a",)),
-    ]
-    for suffix, add, form, parts in rules:
+    for suffix, add, form, parts in _SUFFIXES:
         if word.endswith(suffix) and len(word) > len(suffix) + 2:
             stem = word[: -len(suffix)]
             bases = [stem + add]
@@ -184,11 +185,7 @@ def inflect(lemma: str, pos: str, form: str) -> list[str]:
     if not form:
         return [lemma]
     _, _, irregular = _table()
-    special = [
-        f
-        for f in irregular.get(pos, {}).get(lemma, [])
-        if _form_of(f, lemma, form) and (pos != "v" or form != "s" or f.endswith("s"))
-    ]
+    special = [f for f in irregular.get(pos, {}).get(lemma, []) if _form_of(f, lemma, pos, form)]
     if special:
         return special
     if form == "s":
@@ -209,11 +206,13 @@ def inflect(lemma: str, pos: str, form: str) -> list[str]:
     return [stem + form]
 
 
-def _form_of(form_word: str, lemma: str, form: str) -> bool:
+def _form_of(form_word: str, lemma: str, pos: str, form: str) -> bool:
     """Whether an irregular ``form_word`` of ``lemma`` can stand for ``form`` (past tenses for "ed")."""
     if form == "ing":
         return form_word.endswith("ing")
     if form == "s":  # a plural (children) or a verb's third person, which ends in "s" (does, has)
+        if pos == "v" and not form_word.endswith("s"):
+            return False
         return form_word != lemma and not form_word.endswith(("ed", "ing"))
     if form in ("er", "est"):
         return form_word.endswith(form[-2:] if form == "er" else "st")

@@ -126,8 +126,8 @@ def prepare(
     checkpoint = folder / dataset.CHECKPOINT
     if not resume:
         checkpoint.unlink(missing_ok=True)
-        (folder / dataset.REPHRASED).unlink(missing_ok=True)
-        (folder / dataset.SWAPPED).unlink(missing_ok=True)
+        for partial in (dataset.REPHRASED, dataset.SWAPPED):
+            (folder / partial).unlink(missing_ok=True)
     plan = {
         "sources": [str(Path(s).resolve()) for s in sources],
         "base": base,
@@ -180,12 +180,7 @@ def prepare(
     seconds["teacher_pairs"] = time.perf_counter() - start
     taught = [grounded.Pair(p.question, p.answer, "", p.doc_id, p.prompt, -2) for p in report.pairs]
     if not built and not taught:
-        for leftover in (
-            checkpoint,
-            folder / dataset.REPHRASED,
-            folder / dataset.SWAPPED,
-            folder / dataset.PLAN,
-        ):
+        for leftover in (checkpoint, *(folder / p for p in dataset.PARTIALS)):
             leftover.unlink(missing_ok=True)  # nothing in them is worth resuming
         raise HelixloomError(
             "no usable question/answer pairs: no sentence to build them from, none grounded from the teacher",
@@ -261,7 +256,7 @@ def prepare(
         folder / HELDOUT,
         [{"question": p.question, "key": p.key, "doc_id": p.doc_id, "prompt": p.perspective} for p in held],
     )
-    for leftover in (checkpoint, folder / dataset.REPHRASED, folder / dataset.SWAPPED, folder / dataset.PLAN):
+    for leftover in (checkpoint, *(folder / p for p in dataset.PARTIALS)):
         leftover.unlink(missing_ok=True)
     return files.train, report
 
