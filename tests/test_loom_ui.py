@@ -83,7 +83,9 @@ def roll_and_open_tokens(page: Any, n: int, tokens: int) -> None:
     page.click("#roll")
     page.wait_for_function("children(rootOf().id).length > 0")
     page.evaluate("go(children(rootOf().id).find((n) => n.has_tokens).id)")
-    page.wait_for_selector("#text .tok")
+    # attached, not visible: a sampled first token whose text is empty (a partial byte) has no width,
+    # and waiting for it to be visible timed out (seen once in a full run, Dec 2026)
+    page.wait_for_selector("#text .tok", state="attached")
 
 
 def test_token_alternatives_and_a_branch_from_one(
