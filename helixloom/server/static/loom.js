@@ -122,10 +122,12 @@ function currentText(n) {
     let style = "";
     if (mode === "prob") style = `background:hsla(${Math.round(120 * Math.exp(lp))},80%,70%,.55)`;
     if (mode === "entropy") style = `background:hsla(270,80%,65%,${Math.min(0.8, entropy(alts) / 3).toFixed(2)})`;
-    // A token of only whitespace with a line break has no width of its own: the "nl" class draws a
-    // marker before it (CSS, so the marker is not part of the text) so it can be hovered and branched.
-    const cls = /\n/.test(text) && !text.trim() ? "tok nl" : "tok";
-    return `<span class="${cls}" data-i="${i}" style="${style}">${escapeHtml(text)}</span>`;
+    // A token of only whitespace with a line break, or with no text at all (part of a character whose
+    // bytes end in a later token), has no width of its own: the "nl" and "part" classes draw a marker
+    // (CSS, so the marker is not part of the text) so it can be hovered and branched.
+    const cls = text === "" ? "tok part" : /\n/.test(text) && !text.trim() ? "tok nl" : "tok";
+    const title = text === "" ? ' title="part of a character: its bytes end in a later token"' : "";
+    return `<span class="${cls}" data-i="${i}"${title} style="${style}">${escapeHtml(text)}</span>`;
   }).join("");
 }
 
