@@ -140,7 +140,22 @@ def test_learn_adds_the_swaps_to_the_mix_and_a_resume_reuses_the_finished_phase(
         "Replace the wick after every 200 hours of use.\n"
     )
     teacher = Scorer({})  # every swap as likely as its original: the first ones are kept
-    learn.prepare("lamp", [docs], teacher, base="default", num_questions=0, synonyms=1)
+    heard: list[object] = []
+    learn.prepare(
+        "lamp",
+        [docs],
+        teacher,
+        base="default",
+        num_questions=0,
+        synonyms=1,
+        on_phase=heard.append,
+        on_progress=lambda done, total: heard.append((done, total)),
+    )
+    # every teacher phase is named, then counts up to its own total (the CLI's progress bar)
+    phases = [h for h in heard if isinstance(h, str)]
+    assert phases == ["rephrasing questions", "synonym swaps"]
+    after_swaps = heard[heard.index("synonym swaps") + 1 :]
+    assert after_swaps and after_swaps[-1][0] == after_swaps[-1][1] > 0  # type: ignore[index]
     rows, meta = dataset.read("lamp")
     kept = meta["mix"]["pairs_kept"].get("lexical", 0)
     assert kept > 0
@@ -165,13 +180,15 @@ def test_learn_adds_the_swaps_to_the_mix_and_a_resume_reuses_the_finished_phase(
 
     atomic.write_json(saved, dataclasses.asdict(swapped))
     question = Pair("How often should you replace the wick?", "a", "a", "d", "numbers", 0)
-    report = learn._swapped(saved, Refuses({}), [question], lambda _: None, 1)
+    report = learn._swapped(saved, Refuses({}), [question], lambda _: None, 1, lambda _: None, None)
     assert [p.question for p in report.pairs] == ["How frequently?"]
     with pytest.raises(HelixloomError):
         learn.prepare("bad", [docs], teacher, base="default", num_questions=0, synonyms=-1)
     # a teacher that cannot score tokens (a remote server) gets no swaps, and says so
     said: list[str] = []
     assert (
-        learn._swapped(tmp_path / "none.json", ScriptedEngine(lambda r: ""), [], said.append, 1).pairs == []
+        learn._swapped(
+            tmp_path / "none.json", ScriptedEngine(lambda r: ""), [], said.append, 1, lambda _: None, None
+        ).pairs == []
     )
     assert "cannot score" in said[0]

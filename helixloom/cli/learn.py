@@ -96,17 +96,22 @@ def cmd_learn(args: argparse.Namespace) -> int:
         print(f"helixloom: {text}", file=sys.stderr)
         jobs.log(text)
 
-    def generate(run: Callable[[Callable[[int, int], None]], Any]) -> Any:
-        """Run question generation under a progress bar; on ^C say how to resume it."""
-        bar = jobs.progress_bar(0, unit="call", desc="question/answer pairs")
+    def generate(run: Callable[[Callable[[int, int], None], Callable[[str], None]], Any]) -> Any:
+        """Run question generation under a progress bar (one phase of the teacher's after another);
+        on ^C say how to resume it."""
+        bar = jobs.progress_bar(0, desc="teacher")
 
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.n = done
             bar.refresh()
 
+        def phase(name: str) -> None:
+            bar.reset(total=0)
+            bar.set_description(name)
+
         try:
-            return run(progress)
+            return run(progress, phase)
         except KeyboardInterrupt:
             bar.close()
             say(f"finished units are kept; continue with: helixloom learn --resume --name {args.name}")
@@ -134,8 +139,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 writer = _writer(teacher, teacher_spec, str(plan.get("base")))
                 say(f"continuing question generation for {args.name} (teacher {teacher_spec})")
                 train_file, _ = generate(
-                    lambda progress: learn.resume_generation(
-                        args.name, teacher, writer=writer, say=say, on_progress=progress
+                    lambda progress, phase: learn.resume_generation(
+                        args.name, teacher, writer=writer, say=say, on_progress=progress, on_phase=phase
                     )
                 )
                 if plan.get("review") or args.review:
@@ -174,7 +179,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         teacher = EnginePool().get(teacher_spec)
         writer = _writer(teacher, teacher_spec, args.base)
         train_file, _ = generate(
-            lambda progress: learn.prepare(
+            lambda progress, phase: learn.prepare(
                 args.name,
                 args.paths,
                 teacher,
@@ -190,6 +195,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 **({"synonyms": args.synonyms} if args.synonyms is not None else {}),
                 say=say,
                 on_progress=progress,
+                on_phase=phase,
             )
         )
         if args.review:

@@ -107,8 +107,12 @@ def prepare(
     resume: bool = False,
     say: Say = lambda _: None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> tuple[Path, QAReport]:
     """Ingest ``sources`` and write the question/answer dataset ``name``; returns its file and report.
+
+    The teacher's phases (rephrasing, the prompt suite, synonym swaps) each report their progress to
+    ``on_progress`` (done, total), after ``on_phase`` has heard the phase's name.
 
     ``writer`` is an engine of the base model (the student): it writes the replay text. None: the
     teacher, which is the base model unless the user named another teacher.
@@ -154,12 +158,18 @@ def prepare(
             built.extend(pairs)
     seconds["grounded_pairs"] = time.perf_counter() - start
     start = time.perf_counter()
-    rephrased = _rephrased(folder / dataset.REPHRASED, teacher, built, say, rephrasings) if rephrase else None
+    phase = on_phase or (lambda _: None)
+    rephrased = (
+        _rephrased(folder / dataset.REPHRASED, teacher, built, say, rephrasings, phase, on_progress)
+        if rephrase
+        else None
+    )
     rephrased = rephrased or rephrasing.RephraseReport([])
     built.extend(rephrased.pairs)
     seconds["teacher_rephrase"] = time.perf_counter() - start
     start = time.perf_counter()
     if num_questions > 0:
+        phase("question/answer pairs")
         report = generate_pairs(
             teacher,
             found.documents,
@@ -192,7 +202,9 @@ def prepare(
     # in training would leak it into the probe that measures recall in other words.
     start = time.perf_counter()
     swapped = (
-        _swapped(folder / dataset.SWAPPED, teacher, train_pairs, say, synonyms) if synonyms > 0 else None
+        _swapped(folder / dataset.SWAPPED, teacher, train_pairs, say, synonyms, phase, on_progress)
+        if synonyms > 0
+        else None
     )
     swapped = swapped or lexical.LexicalReport([])
     train_pairs.extend(swapped.pairs)
@@ -262,7 +274,13 @@ def prepare(
 
 
 def _swapped(
-    saved: Path, teacher: Engine, built: Sequence[grounded.Pair], say: Say, per_question: int
+    saved: Path,
+    teacher: Engine,
+    built: Sequence[grounded.Pair],
+    say: Say,
+    per_question: int,
+    phase: Callable[[str], None],
+    on_progress: Callable[[int, int], None] | None,
 ) -> lexical.LexicalReport:
     """The teacher-verified synonym swaps of ``built``'s natural questions (not the rough clozes):
     read from ``saved`` when an interrupted run finished them, else made and saved there."""
@@ -284,14 +302,21 @@ def _swapped(
         say(f"no synonym swaps: the teacher ({teacher.backend}) cannot score a prompt's tokens")
         return lexical.LexicalReport([])
     natural = [p for p in built if p.perspective not in ("span", "statement")]
-    report = lexical.lexical_pairs(teacher, natural, per_question=per_question)
+    phase("synonym swaps")
+    report = lexical.lexical_pairs(teacher, natural, per_question=per_question, on_progress=on_progress)
     atomic.write_json(saved, asdict(report))
     say(f"teacher kept {len(report.pairs)} of {report.scored} synonym swaps (dropped: {report.dropped})")
     return report
 
 
 def _rephrased(
-    saved: Path, teacher: Engine, built: Sequence[grounded.Pair], say: Say, variants: int = 1
+    saved: Path,
+    teacher: Engine,
+    built: Sequence[grounded.Pair],
+    say: Say,
+    variants: int,
+    phase: Callable[[str], None],
+    on_progress: Callable[[int, int], None] | None,
 ) -> rephrasing.RephraseReport:
     """The teacher's rephrasings of ``built``: read from ``saved`` when an interrupted run finished
     them (a resume does not pay for them twice), else asked for and saved there."""
@@ -303,7 +328,8 @@ def _rephrased(
         if report is not None:
             say(f"rephrasing kept from the interrupted run ({len(report.pairs)} questions)")
             return report
-    report = rephrasing.rephrase(teacher, built, variants=variants)
+    phase("rephrasing questions")
+    report = rephrasing.rephrase(teacher, built, variants=variants, on_progress=on_progress)
     atomic.write_json(saved, report.as_dict())
     say(
         f"teacher rephrased {len(report.pairs)} of {report.calls} rough questions (dropped: {report.dropped})"
@@ -331,6 +357,7 @@ def resume_generation(
     writer: Engine | None = None,
     say: Say = lambda _: None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> tuple[Path, QAReport]:
     """Finish the interrupted generation of dataset ``name`` with ``teacher`` (built from the plan's
     ``teacher`` spec), asking only the (prompt, chunk) units its checkpoint does not have; ``writer``
@@ -360,7 +387,15 @@ def resume_generation(
     except (KeyError, TypeError, AttributeError) as exc:
         raise HelixloomError(f"the generation plan of {name} is malformed: {exc!r}") from exc
     return prepare(
-        name, sources, teacher, writer=writer, resume=True, say=say, on_progress=on_progress, **settings
+        name,
+        sources,
+        teacher,
+        writer=writer,
+        resume=True,
+        say=say,
+        on_progress=on_progress,
+        on_phase=on_phase,
+        **settings,
     )
 
 
