@@ -205,7 +205,12 @@ def run_arm(
         seed=args.seed,
     )
     train = LoraDPOConfig(
-        learning_rate=args.learning_rate, epochs=args.epochs, batch_size=4, beta=args.beta, save_steps=10_000
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        batch_size=4,
+        beta=args.beta,
+        save_steps=10_000,
+        sft_weight=args.sft_weight,
     )
     prompts, held = TRAIN_PROMPTS[: args.prompts], HELD_OUT[: args.held_out]
     run = ImproveRun.create(name, prompts, held, base="default", config=config, train=train, overwrite=True)
@@ -424,6 +429,9 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument(
+        "--sft-weight", type=float, default=0.0, help="NLL on the chosen answer added to DPO (RPO; 0: off)"
+    )
     parser.add_argument("--curve-budget", type=int, default=60)
     parser.add_argument("--curve-seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)

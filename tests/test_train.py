@@ -132,6 +132,44 @@ def test_train_dpo_cli(tiny_model, tmp_path: Path, capsys) -> None:
     assert "line 1" in capsys.readouterr().err
 
 
+def test_dpo_with_an_nll_term_raises_the_chosen_answers_likelihood(tiny_model, tmp_path: Path) -> None:
+    # RPO: DPO alone only widens the chosen-rejected margin; the NLL term also pulls the chosen up
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helixloom.training.configs import LoraDPOConfig
+    from helixloom.training.dpo import train_dpo
+
+    rows = [
+        {"prompt": f"Question {i}:", "chosen": " the quiet fox sleeps.", "rejected": f" no {i} no."}
+        for i in range(8)
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model.path))
+
+    def chosen_logprob(adapter: Path) -> float:
+        base = AutoModelForCausalLM.from_pretrained(str(tiny_model.path), dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, str(adapter)).eval()
+        prompt = tokenizer("Question 3:").input_ids
+        full = tokenizer("Question 3: the quiet fox sleeps.").input_ids
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([full])).logits[0, :-1].log_softmax(-1)
+        picked = logits.gather(1, torch.tensor(full[1:])[:, None])[:, 0]
+        return float(picked[len(prompt) - 1 :].sum())
+
+    got = {}
+    for weight in (0.0, 2.0):
+        cfg = LoraDPOConfig(
+            rank=4, learning_rate=1e-3, max_steps=6, batch_size=4, save_steps=1000, sft_weight=weight
+        )
+        out = tmp_path / f"w{weight}"
+        train_dpo(str(tiny_model.path), rows, out, tmp_path / f"run{weight}", cfg)
+        got[weight] = chosen_logprob(out)
+    assert got[2.0] > got[0.0] + 0.5, got
+    with pytest.raises(HelixloomError, match="sft_weight"):
+        LoraDPOConfig(sft_weight=-1)
+
+
 def _examples(n: int, seed: int) -> list[Example]:
     rng = random.Random(seed)
     out = []

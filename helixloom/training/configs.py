@@ -87,6 +87,15 @@ class LoraDPOConfig(LoraSFTConfig):
     label_smoothing: float = field(
         default=0.0, metadata={"help": "robust/conservative DPO label noise in [0, 0.5) (0.1 is common)"}
     )
+    # RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization"): DPO alone can lower the
+    # chosen answer's likelihood along with the rejected one's; an NLL term on the chosen keeps it rising
+    sft_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of a negative log-likelihood term on the chosen answer (per token) added to "
+            "the DPO loss (RPO; 0: DPO alone)"
+        },
+    )
     precompute_ref: bool = field(
         default=True,
         metadata={
@@ -103,6 +112,8 @@ class LoraDPOConfig(LoraSFTConfig):
             raise HelixloomError(f"loss_type must be one of {', '.join(LOSS_TYPES)}", param="loss_type")
         if not 0 <= self.label_smoothing < 0.5:
             raise HelixloomError("label_smoothing must be in [0, 0.5)", param="label_smoothing")
+        if self.sft_weight < 0:
+            raise HelixloomError("sft_weight must be >= 0", param="sft_weight")
 
 
 @dataclass(frozen=True)
