@@ -74,6 +74,12 @@ def main() -> None:
         default=None,
         help="synonym swaps kept per question (documents/lexical.py; default: learn's, 0)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default=None,
+        help="training precision (default: learn's, auto: bf16 on a GPU only)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -121,6 +127,7 @@ def main() -> None:
             ("replay", args.replay),
             ("anchor", args.anchor),
             ("patience", args.patience),
+            ("precision", args.precision),
         )
         if v is not None
     }
