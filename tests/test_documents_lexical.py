@@ -189,6 +189,7 @@ def test_learn_adds_the_swaps_to_the_mix_and_a_resume_reuses_the_finished_phase(
     assert (
         learn._swapped(
             tmp_path / "none.json", ScriptedEngine(lambda r: ""), [], said.append, 1, lambda _: None, None
-        ).pairs == []
+        ).pairs
+        == []
     )
     assert "cannot score" in said[0]

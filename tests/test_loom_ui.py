@@ -143,9 +143,7 @@ def test_a_line_break_or_empty_token_can_be_seen_and_hovered(page: Any, server: 
     page.wait_for_selector("#tokpop:not([hidden]) .alt")
     assert "\u21b5" not in page.evaluate("document.querySelector('#text').textContent")
     # a token with no text (part of a character whose bytes end in the next token) gets a marker too
-    page.evaluate(
-        "(() => { const t = tokenCache.get(current); t[1] = ['', t[1][1], t[1][2]]; render(); })()"
-    )
+    page.evaluate("(() => { const t = tokenCache.get(current); t[1] = ['', t[1][1], t[1][2]]; render(); })()")
     part = page.locator("#text .tok.part")
     assert part.count() == 1
     box = part.bounding_box()
