@@ -188,7 +188,7 @@ def run_arm(
     from helixloom import adapters as registry
     from helixloom.evals.simulated_users import SimulatedUser
     from helixloom.training.active import Embedder, LearnedReward, PreferenceEnsemble, agreement
-    from helixloom.training.configs import LoraDPOConfig
+    from helixloom.training.configs import ImproveDPOConfig
     from helixloom.training.improve import ImproveConfig, ImproveRun, deploy_http
 
     name = f"{taste.name.replace('_', '-')}-{arm}"
@@ -204,7 +204,7 @@ def run_arm(
         gen_batch=args.gen_batch,
         seed=args.seed,
     )
-    train = LoraDPOConfig(
+    train = ImproveDPOConfig(
         learning_rate=args.learning_rate,
         epochs=args.epochs,
         batch_size=4,
@@ -426,11 +426,17 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--eval-samples", type=int, default=2)
     parser.add_argument("--gen-batch", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--beta", type=float, default=0.1)
+    from helixloom.training.configs import ImproveDPOConfig  # the loop's own DPO defaults
+
+    loop_dpo = ImproveDPOConfig()
+    parser.add_argument("--learning-rate", type=float, default=loop_dpo.learning_rate)
+    parser.add_argument("--epochs", type=float, default=loop_dpo.epochs)
+    parser.add_argument("--beta", type=float, default=loop_dpo.beta)
     parser.add_argument(
-        "--sft-weight", type=float, default=0.0, help="NLL on the chosen answer added to DPO (RPO; 0: off)"
+        "--sft-weight",
+        type=float,
+        default=loop_dpo.sft_weight,
+        help="NLL on the chosen answer added to DPO (RPO; 0: off; default: the loop's)",
     )
     parser.add_argument("--curve-budget", type=int, default=60)
     parser.add_argument("--curve-seeds", type=int, default=3)

@@ -251,6 +251,11 @@ def test_improve_cli_resumes_and_the_job_policy_keeps_urls_out(
     # Nobody has rated yet: the first batch waits in the queue and the command says where to rate it.
     assert main(args) == 2
     assert "/rate?run=cli" in capsys.readouterr().err
+    # the CLI trains with the loop's measured DPO recipe, not `train dpo`'s general one
+    from helixloom.training.configs import ImproveDPOConfig
+    from helixloom.training.improve import ImproveRun
+
+    assert ImproveRun.open("cli").train_config == ImproveDPOConfig()
     queued = rating_queue.pending("cli")
     assert len(queued) == 4
     with Store.open_default() as store:
@@ -310,3 +315,15 @@ def test_deploy_http_hot_loads_each_promotion_into_a_running_server(
             )
             assert reply.json()["choices"][0]["text"] == expect
     reference.close()
+
+
+def test_a_run_started_before_the_nll_setting_resumes_without_it(tmp_path: Path) -> None:
+    from helixloom.training.configs import ImproveDPOConfig
+    from helixloom.training.improve import ImproveRun
+
+    run = ImproveRun.create("old", PROMPTS, HELD_OUT, base="default", train=ImproveDPOConfig(sft_weight=1.0))
+    meta = json.loads((run.root / "run.json").read_text())
+    assert meta["train"]["sft_weight"] == 1.0
+    del meta["train"]["sft_weight"]  # as written before the setting existed
+    (run.root / "run.json").write_text(json.dumps(meta))
+    assert ImproveRun.open("old").train_config.sft_weight == 0.0

@@ -26,7 +26,7 @@ continues with --resume.
 
 def register(sub: argparse._SubParsersAction) -> None:
     from helixloom.cli.common import add_sft_flags
-    from helixloom.training.configs import LoraDPOConfig
+    from helixloom.training.configs import ImproveDPOConfig
     from helixloom.training.improve import TRAIN_PAIRS, ImproveConfig
 
     p = sub.add_parser(
@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         else:
             kwargs["type"] = type(f.default)
         loop.add_argument("--" + f.name.replace("_", "-"), **kwargs)
-    add_sft_flags(p, LoraDPOConfig, title="training (DPO)")
+    add_sft_flags(p, ImproveDPOConfig, title="training (DPO)")
     p.add_argument("--resume", action="store_true", help="continue run NAME where it stopped")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run NAME and start over")
     p.add_argument("--json", action="store_true", help="print the per-round table as JSON")
@@ -85,7 +85,7 @@ def cmd_improve(args: argparse.Namespace) -> int:
     from helixloom.errors import HelixloomError
     from helixloom.jobs import progress_bar
     from helixloom.jsonl import read_prompts
-    from helixloom.training.configs import LoraDPOConfig
+    from helixloom.training.configs import ImproveDPOConfig
     from helixloom.training.improve import ImproveConfig, ImproveRun, deploy_http
     from helixloom.training.reward_spec import load_reward
 
@@ -116,7 +116,7 @@ def cmd_improve(args: argparse.Namespace) -> int:
             base=args.base,
             start_adapter=start,
             config=ImproveConfig(**loop),
-            train=sft_config_from(args, LoraDPOConfig),
+            train=sft_config_from(args, ImproveDPOConfig),
             overwrite=args.overwrite,
         )
     _say(

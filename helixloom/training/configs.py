@@ -117,6 +117,15 @@ class LoraDPOConfig(LoraSFTConfig):
 
 
 @dataclass(frozen=True)
+class ImproveDPOConfig(LoraDPOConfig):
+    """DPO settings of the improve loop: the recipe ``benchmarks/feedback_loop.py`` measured (each
+    round trains a few dozen pairs once, from the previous iterate), not ``train dpo``'s general one."""
+
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (cosine schedule)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over each round's pairs"})
+
+
+@dataclass(frozen=True)
 class RewardHeadConfig:
     """Reward-head training settings; each field is a flag of ``helixloom train reward-head``."""
 

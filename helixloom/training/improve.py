@@ -48,7 +48,7 @@ from helixloom.training.active import (
     fit_reward,
     select,
 )
-from helixloom.training.configs import LoraDPOConfig
+from helixloom.training.configs import ImproveDPOConfig, LoraDPOConfig
 from helixloom.training.pairing import mean, pick_pairs, reward_outcome
 
 if TYPE_CHECKING:
@@ -191,7 +191,8 @@ class ImproveRun:
         self.config = ImproveConfig(**meta["config"])
         # JSON has no tuples; the config's tuple fields (target_modules) must come back as tuples.
         train: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["train"].items()}
-        self.train_config = LoraDPOConfig(**train)
+        train.setdefault("sft_weight", 0.0)  # a run started before the setting trained without it
+        self.train_config = ImproveDPOConfig(**train)
         self.prompts: list[str] = meta["prompts"]
         self.eval_prompts: list[str] = meta["eval_prompts"]
 
@@ -230,7 +231,7 @@ class ImproveRun:
             "base": base,
             "start_adapter": start_adapter,
             "config": asdict(config or ImproveConfig()),
-            "train": asdict(train or LoraDPOConfig()),
+            "train": asdict(train or ImproveDPOConfig()),
             "prompts": prompts,
             "eval_prompts": eval_prompts,
         }
@@ -571,7 +572,7 @@ class ImproveRun:
             resume = any(run_dir.glob("checkpoint-*"))
             if resume:
                 say("  resuming training from its last checkpoint")
-            cfg = LoraDPOConfig(**{**asdict(self.train_config), "seed": self.train_config.seed + r})
+            cfg = ImproveDPOConfig(**{**asdict(self.train_config), "seed": self.train_config.seed + r})
             trained = train_dpo(
                 self.meta["base"], rows, out, run_dir, cfg, init_adapter=current, resume=resume
             )
