@@ -220,8 +220,11 @@ def test_the_policy_trains_on_rated_pairs_only_when_asked(
 
 def test_simulated_tastes_choose_by_their_hidden_score() -> None:
     short = TASTES["short_question"]
-    assert short.likes("q", "Is it blue?") and not short.likes("q", "It is blue.")
+    assert short.likes("q", "It is blue. Is that the one?") and not short.likes("q", "It is blue.")
+    # a lone question is no answer, though it ends with one (the loop learned to ask one back)
+    assert not short.likes("q", "Is it blue?") and not short.likes("q", "Is it? Is it blue?")
     assert choose(short, "q", "It is blue.", "Is it blue?") == "b"
+    assert choose(short, "q", "Is it blue?", "It is blue. Do you like blue?") == "b"
     bullets = TASTES["bullets"]
     assert bullets.likes("q", "- one fish\n- two fish") and not bullets.likes("q", "one fish, two fish")
     assert (

@@ -58,9 +58,31 @@ def _sensible(taste: Taste) -> Taste:
     )
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def answers_then_asks(answer: str) -> bool:
+    """Whether ``answer`` ends with a question after at least one sentence that is not one: it
+    answers, then asks. Ending with a question alone was met by asking an unrelated question back
+    (measured, Dec 2026: every liked answer of the improve loop's final policies, 13 of 13 and 18 of
+    18, was a lone question such as "What is the most expensive fruit?" to "Why do leaves change
+    colour in autumn?")."""
+    sentences = [s for s in _SENTENCE_END.split(answer.strip()) if s]
+    return (
+        len(sentences) >= 2
+        and sentences[-1].endswith("?")
+        and any(not s.endswith("?") for s in sentences[:-1])
+    )
+
+
 def _short_question_score(prompt: str, answer: str) -> float:
     text = answer.strip()
-    return 2.0 * text.endswith("?") + 1.0 * (0 < words(text) <= 60) - words(text) / 200
+    return (
+        2.0 * text.endswith("?")
+        + 1.0 * answers_then_asks(text)
+        + 1.0 * (0 < words(text) <= 60)
+        - words(text) / 200
+    )
 
 
 def _bullets_score(prompt: str, answer: str) -> float:
@@ -82,8 +104,8 @@ TASTES: dict[str, Taste] = {
     for t in (
         Taste(
             "short_question",
-            "prefers answers under 60 words that end with a question",
-            lambda p, a: 0 < words(a) <= 60 and a.strip().endswith("?"),
+            "prefers answers under 60 words that answer, then end with a question",
+            lambda p, a: 0 < words(a) <= 60 and answers_then_asks(a),
             _short_question_score,
         ),
         Taste(

@@ -90,6 +90,7 @@ class ImproveConfig:
     # 12 of 20 prompts have one among 8, 5 among 4). Gains with k=8 against k=4: short_question
     # active +8.4 (was -4.1), random +25.0 (+8.4); bullets active +25.0 (-8.3), random +16.7 (-4.1);
     # plain active +75.0 (+79.2), random +58.4 (+79.2). Sampling takes twice as long (about 2 min a round)
+    # (short_question then liked any answer ending with "?"; its gains were lone questions asked back)
     k: int = field(default=8, metadata={"help": "answers sampled per training prompt"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the k answers"})
     max_tokens: int = field(default=64, metadata={"help": "longest answer in tokens"})
