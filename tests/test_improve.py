@@ -227,6 +227,10 @@ def test_simulated_tastes_choose_by_their_hidden_score() -> None:
     assert choose(short, "q", "Is it blue?", "It is blue. Do you like blue?") == "b"
     bullets = TASTES["bullets"]
     assert bullets.likes("q", "- one fish\n- two fish") and not bullets.likes("q", "one fish, two fish")
+    assert bullets.likes("q", "Steps:\n1. Boil water.\n2) Add the leaves.")
+    # numbers or markers with nothing on their line are not a list (the loop learned to write them)
+    for empty in ("1.\n2.\n3.", " 1.    \n \n1. \n2. \n", "-\n-\n-", "1. 30\n2. 40"):
+        assert not bullets.likes("q", empty), empty
     assert (
         choose(TASTES["no_delve"], "q", "Let us delve into it now please", "Here is a plain answer for you")
         == "b"
