@@ -627,3 +627,26 @@ def test_the_probe_measures_a_bf16_base_in_fp32_and_rounds_it_back(tiny_model: T
     with pytest.raises(RuntimeError), full_precision(model):
         raise RuntimeError("probe failed")
     assert {p.dtype for n, p in model.named_parameters() if n not in lora} == {torch.bfloat16}
+
+
+def test_the_probe_prompts_the_model_as_it_was_trained(
+    default_model_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The text format ends in "ASSISTANT: "; training merges that space into the answer's first
+    # token (" Paris"), so a probe that ends its prompt on the lone space token would measure the
+    # adapter in a context it never saw: its prompt is the training sequence's own prefix instead.
+    from transformers import AutoTokenizer
+
+    from helixloom import models
+    from helixloom.training.chat_template import generation_prompt, render_prompt
+
+    # the default model's tokenizer (the tiny one's vocabulary has no " P" to merge into)
+    monkeypatch.setenv("HELIXLOOM_HOME", str(default_model_home))  # converted once per session
+    tokenizer = AutoTokenizer.from_pretrained(str(models.materialize(models.resolve("default"))))
+    messages = [{"role": "system", "content": "Cite."}, {"role": "user", "content": "Capital of France?"}]
+    served = render_prompt(tokenizer, messages)
+    assert served.endswith(" ")  # the case this is about
+    trained = tokenizer(served + "Paris is the capital.").input_ids
+    assert tokenizer(served).input_ids != trained[: len(tokenizer(served).input_ids)]
+    probe = tokenizer(generation_prompt(tokenizer, messages)).input_ids
+    assert probe == trained[: len(probe)] and len(probe) >= len(trained) - 8

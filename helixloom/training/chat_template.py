@@ -27,3 +27,12 @@ def chat_format(tokenizer: Any) -> FormatChat | None:
 def render_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
     """The prompt for the assistant's next message after ``messages``, exactly as it is served."""
     return render_with(chat_format(tokenizer), messages).prompt
+
+
+def generation_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
+    """``render_prompt`` as a plain ``generate`` call should be given it: a format that ends in a
+    space (the text format's "ASSISTANT: ") is served with token healing, and trained with that space
+    merged into the answer's first token (" X", TRL's prompt + completion tokens); a prompt that
+    ends in the lone space token puts the model where it never trained, so it is left off here."""
+    rendered = render_with(chat_format(tokenizer), messages)
+    return rendered.prompt.rstrip(" ") if rendered.token_healing else rendered.prompt

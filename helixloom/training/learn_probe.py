@@ -25,7 +25,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from helixloom.evals.keyfacts import has_fact
-from helixloom.training.chat_template import render_prompt
+from helixloom.training.chat_template import generation_prompt
 
 _CITATION = re.compile(r"\[DOC_ID:([0-9a-f]{6,64})\]")
 
@@ -128,7 +128,7 @@ class LearnProbe(TrainerCallback):
             messages = list(p.messages)
             if self.system:
                 messages = [{"role": "system", "content": self.system}, *messages]
-            prompts.append(render_prompt(tokenizer, messages))
+            prompts.append(generation_prompt(tokenizer, messages))
         was_training = model.training
         model.eval()
         texts: list[str] = []
