@@ -129,28 +129,22 @@ def test_token_alternatives_and_a_branch_from_one(
 
 def test_a_line_break_or_empty_token_can_be_seen_and_hovered(page: Any, server: BackgroundServer) -> None:
     # A sampled token of only "\n" renders with no width of its own; CI once failed waiting for it
-    # to become visible. The reader draws a marker for it, outside the text.
+    # to become visible. The reader draws a marker for it, outside the text; a token with no text
+    # (part of a character whose bytes end in the next token) gets one too.
     new_tree(page, server, "A list:")
     roll_and_open_tokens(page, 1, 4)
-    page.evaluate(
-        "(() => { const t = tokenCache.get(current); t[0] = ['\\n', t[0][1], t[0][2]]; render(); })()"
-    )
-    newline = page.locator("#text .tok.nl")
-    assert newline.count() == 1
-    box = newline.bounding_box()
-    assert box is not None and box["width"] > 0 and box["height"] > 0
-    newline.hover()
-    page.wait_for_selector("#tokpop:not([hidden]) .alt")
-    assert "\u21b5" not in page.evaluate("document.querySelector('#text').textContent")
-    # a token with no text (part of a character whose bytes end in the next token) gets a marker too
-    page.evaluate("(() => { const t = tokenCache.get(current); t[1] = ['', t[1][1], t[1][2]]; render(); })()")
-    part = page.locator("#text .tok.part")
-    assert part.count() == 1
-    box = part.bounding_box()
-    assert box is not None and box["width"] > 0 and box["height"] > 0
-    part.hover()
-    page.wait_for_selector("#tokpop:not([hidden]) .alt")
-    assert "\u00b7" not in page.evaluate("document.querySelector('#text').textContent")
+    for index, text, cls, marker in ((0, "\\n", "nl", "\u21b5"), (1, "", "part", "\u00b7")):
+        page.evaluate(
+            f"(() => {{ const t = tokenCache.get(current); t[{index}] = ['{text}', t[{index}][1], "
+            f"t[{index}][2]]; render(); }})()"
+        )
+        token = page.locator(f"#text .tok.{cls}")
+        assert token.count() == 1
+        box = token.bounding_box()
+        assert box is not None and box["width"] > 0 and box["height"] > 0
+        token.hover()
+        page.wait_for_selector("#tokpop:not([hidden]) .alt")
+        assert marker not in page.evaluate("document.querySelector('#text').textContent")
 
 
 def test_tree_view_renders_and_navigates(page: Any, server: BackgroundServer) -> None:
