@@ -50,7 +50,8 @@ def main() -> None:
         default=DATA,
         help="a folder of .md documents and their questions.jsonl (default learn_data/, where the recipe "
         "was developed; learn_heldout/ was held out until session 11 printed its misses; learn_fresh/ "
-        "was written in session 12 by a writer who had not seen the question builders)",
+        "was written in session 12, learn_fresh2/ in session 15, each by a writer who had not seen the "
+        "question builders)",
     )
     parser.add_argument(
         "--questions", type=int, default=None, help="suite questions per prompt and chunk (default: learn's)"
@@ -61,6 +62,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="rows per step (default: learn's)")
     parser.add_argument("--replay", type=float, default=None)
     parser.add_argument("--anchor", type=float, default=None, help="KL-to-base weight (default: learn's)")
+    parser.add_argument(
+        "--context-share", type=float, default=None, help="share asked after passages (default: learn's)"
+    )
     parser.add_argument("--patience", type=int, default=None, help="early stopping's (default: learn's)")
     parser.add_argument(
         "--rephrasings",
@@ -127,6 +131,7 @@ def main() -> None:
             ("replay", args.replay),
             ("anchor", args.anchor),
             ("patience", args.patience),
+            ("context_share", args.context_share),
             ("precision", args.precision),
         )
         if v is not None

@@ -496,3 +496,5 @@ def test_a_lora_trained_on_a_bf16_base_keeps_fp32_weights_and_precision_is_check
     assert resolve_precision("bf16") is True and resolve_precision("fp32") is False
     with pytest.raises(HelixloomError, match="precision"):
         LearnConfig(precision="fp16")
+    with pytest.raises(HelixloomError, match="context_share"):
+        LearnConfig(context_share=1.5)

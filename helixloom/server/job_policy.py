@@ -99,6 +99,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "replay",
             "max_forgetting",
             "anchor",
+            "context_share",
             "precision",
             *_TRAINING,
         ],

@@ -62,10 +62,6 @@ REPORT = "learn_report.json"  # beside the adapter
 SUITE_MAX_TOKENS = 160  # per pair the teacher writes
 HELDOUT = "heldout.jsonl"  # in the dataset folder: the generated questions kept out of training
 GENERAL = "general.json"  # in the dataset folder: the base model's own text (replay, the KL anchor)
-# Share of the questions trained a second time after retrieved passages (RAFT rows, ``mix.context_rows``).
-# Small because each such row is about three times a plain one's length, and a batch is as long as its
-# longest row: at 0.2 most batches held one and a step took 1.7 times as long (measured).
-CONTEXT_SHARE = 0.1
 # Rephrasings the teacher writes per rough question (the first greedy, the rest sampled).
 REPHRASINGS = 1
 # Off by default, measured (benchmarks/learn.py on learn_fresh, Dec 2026, --synonyms 2 against the same
@@ -227,7 +223,7 @@ def prepare(
     # the share is of the closed-book rows: the passages in context rows are the documents' text again
     rows.extend(mix.replay_rows(sum(mix.row_words(r) for r in rows), config.replay, general))
     seconds["replay_text"] = time.perf_counter() - start
-    rows.extend(mix.context_rows(train_pairs, shown, CONTEXT_SHARE))
+    rows.extend(mix.context_rows(train_pairs, shown, config.context_share))
     kept: dict[str, int] = {}
     for p in [*built, *taught, *swapped.pairs]:
         kept[p.perspective] = kept.get(p.perspective, 0) + 1

@@ -56,6 +56,18 @@ class LearnConfig(LoraSFTConfig):
         },
     )
 
+    # The share of training questions trained a second time after two retrieved passages (RAFT rows:
+    # the one that answers and a distractor), so the adapter learns to read what --retrieve shows it.
+    # 0.1: each such row is about three times a plain one's length (batches group rows of similar
+    # length, so they cost about their tokens)
+    context_share: float = field(
+        default=0.1,
+        metadata={
+            "help": "share of the questions trained again after two retrieved passages, so the "
+            "adapter reads what chat/eval --retrieve shows it (0: none)"
+        },
+    )
+
     # auto: bf16 on CUDA, fp32 on a CPU. bf16 on a CPU with native bf16 (AVX512-BF16, AMX) makes a
     # training step 1.6x as fast (benchmarks/learn.py, 2 cores: 6.8 s against 10.8), but generation
     # (the held-out probe) 2.7x as slow, so learn as a whole gained only 20%, and the one run on
@@ -82,5 +94,7 @@ class LearnConfig(LoraSFTConfig):
             raise HelixloomError(
                 f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}", param="precision"
             )
+        if not 0 <= self.context_share <= 1:
+            raise HelixloomError("context_share must be in [0, 1]", param="context_share")
         if not 0 <= self.replay < 0.5:
             raise HelixloomError("replay must be in [0, 0.5)", param="replay")
