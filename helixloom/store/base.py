@@ -59,21 +59,39 @@ class StoreBase:
         )
         conn.row_factory = sqlite3.Row
         try:
-            try:
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA foreign_keys = ON")
-                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            except sqlite3.DatabaseError as exc:
-                raise HelixloomError(
-                    f"cannot open database {self.path}: {exc}",
-                    "move the file aside if it is not a SQLite database",
-                ) from exc
+            self._open(conn)
             migrate(conn, upto=upto)
         except BaseException:
             conn.close()
             raise
         self._conn: sqlite3.Connection | None = conn
+
+    def _open(self, conn: sqlite3.Connection) -> None:
+        """Set the connection's pragmas, waiting (up to ``WRITE_WAIT_S``) while another connection
+        holds the lock: switching a fresh file to WAL takes it whole, and the busy timeout does not
+        always wait for that (measured: one of 8 connections racing to open a fresh file failed
+        with "database is locked" on a loaded machine)."""
+        deadline = time.monotonic() + WRITE_WAIT_S
+        while True:
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if _is_locked(exc) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise HelixloomError(
+                    f"cannot open database {self.path}: {exc}",
+                    "another process holds it locked" if _is_locked(exc) else "check the file",
+                ) from exc
+            except sqlite3.DatabaseError as exc:
+                raise HelixloomError(
+                    f"cannot open database {self.path}: {exc}",
+                    "move the file aside if it is not a SQLite database",
+                ) from exc
 
     @property
     def schema_version(self) -> int:
