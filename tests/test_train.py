@@ -498,3 +498,41 @@ def test_a_lora_trained_on_a_bf16_base_keeps_fp32_weights_and_precision_is_check
         LearnConfig(precision="fp16")
     with pytest.raises(HelixloomError, match="context_share"):
         LearnConfig(context_share=1.5)
+
+
+def test_the_kl_anchor_weighs_the_same_per_step_with_grad_accumulation(tiny_model, tmp_path: Path) -> None:
+    # --batch-size 4 and --batch-size 2 --grad-accum 2 are the same optimizer steps on the same rows
+    # (the answer loss is normalised over the whole accumulated batch); the anchor's term must not
+    # count once per micro-batch, or accumulating to save memory doubles its weight.
+    from safetensors.torch import load_file
+
+    from helixloom.training.sft import train_lora
+
+    rows = [{"prompt": f"Question {i}:", "completion": "zebra zebra zebra zebra"} for i in range(8)]
+    general = ["the lighthouse keeper wrote down the weather", "and went to sleep at nine"]  # one batch
+    weights = {}
+    for weight in (0.0, 4.0):
+        for batch, accum in ((4, 1), (2, 2)):
+            config = LoraSFTConfig(
+                rank=4, alpha=8, dropout=0.0, epochs=1, batch_size=batch, grad_accum=accum,
+                learning_rate=5e-3, save_steps=1000,
+            )  # fmt: skip
+            out = tmp_path / f"{weight}-{batch}"
+            result = train_lora(
+                str(tiny_model.path), rows, out / "adapter", out / "run", config,
+                anchor_texts=general, anchor_weight=weight,
+            )  # fmt: skip
+            assert result.steps == 2
+            weights[weight, batch] = load_file(out / "adapter" / "adapter_model.safetensors")
+
+    def gap(a: dict[str, object], b: dict[str, object]) -> float:
+        import torch
+
+        return max(float((torch.as_tensor(a[k]) - torch.as_tensor(b[k])).abs().max()) for k in a)
+
+    moved = gap(weights[4.0, 4], weights[0.0, 4])
+    assert moved > 1e-3  # the anchor moved the second step (measured: 4e-3)
+    # accumulation alone changes only rounding (2e-5), and so it must with the anchor (before the
+    # fix: 3.7e-3, the anchor counted twice)
+    assert gap(weights[0.0, 4], weights[0.0, 2]) < 0.05 * moved
+    assert gap(weights[4.0, 4], weights[4.0, 2]) < 0.05 * moved

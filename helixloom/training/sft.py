@@ -192,9 +192,24 @@ def _anchored(trainer_cls: Any, anchor: KLAnchor) -> Any:
             )
             if not model.training:
                 return out
+            term = anchor.loss(model) * self._anchor_share(num_items_in_batch)
             if return_outputs:
-                return (out[0] + anchor.loss(model), out[1])
-            return out + anchor.loss(model)
+                return (out[0] + term, out[1])
+            return out + term
+
+        def _anchor_share(self, num_items_in_batch: Any) -> float:
+            # The trainer divides a micro-batch's loss by the accumulation steps unless the loss was
+            # already normalised over the whole accumulated batch (num_items_in_batch, as TRL's SFT
+            # loss is); then the anchor's term, a mean over its own batch, is divided here, or it
+            # would count once per micro-batch (measured: --grad-accum 2 doubled its weight).
+            scaled = getattr(self, "loss_is_scaled_for_ga", None)
+            if scaled is None:
+                scaled = (
+                    getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None
+                ) or getattr(self, "compute_loss_func", None) is not None
+            steps = getattr(self, "current_gradient_accumulation_steps", None)
+            steps = steps or self.args.gradient_accumulation_steps
+            return 1.0 / steps if scaled else 1.0
 
     return Anchored
 
