@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import time
@@ -59,7 +60,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None, help="most epochs (default: learn's)")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--rank", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per step (default: learn's)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="rows per forward pass (default: learn's)"
+    )
+    parser.add_argument(
+        "--grad-accum", type=int, default=None, help="forward passes per step (default: learn's)"
+    )
     parser.add_argument("--replay", type=float, default=None)
     parser.add_argument("--anchor", type=float, default=None, help="KL-to-base weight (default: learn's)")
     parser.add_argument(
@@ -128,6 +134,7 @@ def main() -> None:
             ("learning_rate", args.lr),
             ("rank", args.rank),
             ("batch_size", args.batch_size),
+            ("grad_accum", args.grad_accum),
             ("replay", args.replay),
             ("anchor", args.anchor),
             ("patience", args.patience),
@@ -209,6 +216,8 @@ def main() -> None:
         "settings": {k: v for k, v in vars(sft).items() if k != "target_modules"},
         **{k: round(v, 1) for k, v in stages.items()},
         "load_average_at_end": os.getloadavg(),
+        # the whole run's peak (the engine, the probe and training together), in MB
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
         "answers": [
             {
                 "question": b.item.question,
