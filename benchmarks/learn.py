@@ -73,6 +73,9 @@ def main() -> None:
     )
     parser.add_argument("--patience", type=int, default=None, help="early stopping's (default: learn's)")
     parser.add_argument(
+        "--seed", type=int, default=None, help="LoRA init, data order, dropout (default: learn's, 0)"
+    )
+    parser.add_argument(
         "--rephrasings",
         type=int,
         default=None,
@@ -140,6 +143,7 @@ def main() -> None:
             ("patience", args.patience),
             ("context_share", args.context_share),
             ("precision", args.precision),
+            ("seed", args.seed),
         )
         if v is not None
     }
