@@ -33,7 +33,7 @@ class LearnConfig(LoraSFTConfig):
         default=8,
         metadata={
             "help": "sequences per forward pass (memory grows with it: 4 with --grad-accum 2 trains "
-            "the same steps in about 60%% of the memory, a little slower)"
+            "the same steps in about two thirds of the memory, a little slower)"
         },
     )
     grad_accum: int = field(
