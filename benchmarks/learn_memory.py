@@ -51,7 +51,7 @@ def child(batch: int, accum: int, steps: int, out: Path) -> None:
 
     rows, meta = dataset.read(NAME)
     config = dataclasses.replace(
-        learn._config({k: tuple(v) if isinstance(v, list) else v for k, v in meta["sft"].items()}),
+        learn.config_of(meta),
         batch_size=batch,
         grad_accum=accum,
         max_steps=steps,
@@ -66,9 +66,7 @@ def child(batch: int, accum: int, steps: int, out: Path) -> None:
         folder / "run",
         config,
         system_prompt=meta["system_prompt"],
-        group_by_length=True,
-        anchor_texts=learn._anchor_texts(NAME, rows) if config.anchor > 0 else (),
-        anchor_weight=config.anchor,
+        **learn.train_options(NAME, rows, config),
     )
     shutil.rmtree(folder, ignore_errors=True)
     out.write_text(

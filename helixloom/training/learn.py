@@ -400,15 +400,15 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
     with its report (``learn_report.json`` beside it, and ``report`` in its store metadata)."""
     from helixloom.training.learn_probe import LearnProbe, Probe
     from helixloom.training.sft import train_lora
-    from helixloom.training.trainer import bf16_emulated, resolve_precision
+    from helixloom.training.trainer import bf16_emulated
 
     paths.check_name(name, "dataset name")
     rows, meta = dataset.read(name)
-    sft_fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["sft"].items()}
-    config = _config(sft_fields)
+    config = config_of(meta)
+    options = train_options(name, rows, config)
     held = _heldout(name)
     adapter_dir = paths.adapters_dir() / name
-    bf16 = resolve_precision(config.precision)
+    bf16 = bool(options["bf16"])
     if bf16 and bf16_emulated():
         say("warning: this CPU has no native bf16; --precision bf16 runs slower than fp32 here")
     say(f"fine-tuning {meta['base']} on {len(rows)} examples ({'resuming' if resume else 'from the start'})")
@@ -428,12 +428,7 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
         system_prompt=meta["system_prompt"],
         resume=resume,
         callbacks=[probe],
-        # pairs of ~90 tokens beside passage rows of ~300: 2.7x faster an epoch (563 -> 211 s,
-        # 233 rows, 2 cores), since a random batch of 8 pads to its one long row
-        group_by_length=True,
-        anchor_texts=_anchor_texts(name, rows) if config.anchor > 0 else (),
-        anchor_weight=config.anchor,
-        bf16=bf16,
+        **options,
     )
     report = _report(meta, result, probe, held)
     report["precision"] = "bf16" if bf16 else "fp32"
@@ -457,6 +452,25 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
     meta["stage"] = "trained"
     dataset.write(name, rows, meta)
     return result
+
+
+def config_of(meta: dict[str, Any]) -> LearnConfig:
+    """The fine-tuning settings a dataset was prepared with (its ``meta``)."""
+    return _config({k: tuple(v) if isinstance(v, list) else v for k, v in meta["sft"].items()})
+
+
+def train_options(name: str, rows: Sequence[dict[str, Any]], config: LearnConfig) -> dict[str, Any]:
+    """``train_lora``'s options for dataset ``name`` beyond its rows and config (benchmarks reuse them)."""
+    from helixloom.training.trainer import resolve_precision
+
+    return {
+        # pairs of ~90 tokens beside passage rows of ~300: 2.7x faster an epoch (563 -> 211 s,
+        # 233 rows, 2 cores), since a random batch of 8 pads to its one long row
+        "group_by_length": True,
+        "anchor_texts": _anchor_texts(name, rows) if config.anchor > 0 else (),
+        "anchor_weight": config.anchor,
+        "bf16": resolve_precision(config.precision),
+    }
 
 
 def _anchor_texts(name: str, rows: Sequence[dict[str, Any]]) -> list[str]:
