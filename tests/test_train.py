@@ -356,7 +356,7 @@ def test_output_layer_on_loss_tokens_only_gives_the_same_loss_and_gradients(tiny
     from trl.trainer import utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
 
-    from helixloom.training.trainer import lora_config, output_layer_on_loss_tokens_only
+    from helixloom.training.trainer import KeptProbabilities, lora_config, output_layer_on_loss_tokens_only
 
     assert callable(trl_utils._use_triton), "TRL moved the switch the speed-up relies on"
     from transformers import AutoModelForCausalLM
@@ -378,14 +378,68 @@ def test_output_layer_on_loss_tokens_only_gives_the_same_loss_and_gradients(tiny
         return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
     loss_all, grads_all = loss_and_grads()
+    original = trl_utils._ChunkedLogProbFunction
     with output_layer_on_loss_tokens_only():
         assert trl_utils._use_triton(torch.device("cpu")) is True  # the compact path is taken
+        assert isinstance(trl_utils._ChunkedLogProbFunction, KeptProbabilities)  # and keeps the probabilities
         loss_compact, grads_compact = loss_and_grads()
     assert trl_utils._use_triton(torch.device("cpu")) is False  # restored afterwards
+    assert trl_utils._ChunkedLogProbFunction is original
     assert loss_compact == pytest.approx(loss_all, rel=1e-5)
     assert sum(float(g.abs().sum()) for g in grads_all) > 0  # (LoRA A starts with zero gradients: B is 0)
     for a, b in zip(grads_all, grads_compact, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_kept_probabilities_score_as_trls_function_does(dtype: str, monkeypatch) -> None:
+    """The CPU scoring that keeps the probabilities (two products instead of three) gives TRL's
+    log-probabilities, entropy, mean logit, top-1 and gradient; over its memory budget it is TRL's."""
+    import torch
+    from trl.trainer import utils as trl_utils
+
+    from helixloom.training import trainer
+
+    torch.manual_seed(0)
+    kind = getattr(torch, dtype)
+    hidden = torch.randn(37, 16, dtype=kind, requires_grad=True)
+    weight = torch.randn(300, 16, dtype=kind) * 0.5
+    targets = torch.randint(0, 300, (37,))
+    targets[0] = int((hidden[0].detach() @ weight.T).argmax())  # one top-1 hit at least
+    outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+    original = trl_utils._ChunkedLogProbFunction
+    calls = []
+
+    class Counting:
+        @staticmethod
+        def apply(*args):
+            calls.append(1)
+            return original.apply(*args)
+
+    kept = trainer.KeptProbabilities(Counting)
+
+    def run(fn):
+        h = hidden.detach().clone().requires_grad_(True)
+        log_probs, entropy, _, mean_logits, is_top1 = fn.apply(
+            h, weight, None, targets, 0.7, 128, None, 1.0, outputs
+        )
+        (log_probs * torch.linspace(0.5, 1.5, 37)).sum().backward()
+        return log_probs.detach(), entropy, mean_logits, is_top1, h.grad
+
+    want = run(original)
+    got = run(kept)
+    assert not calls  # kept: TRL's function was not called
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {"rtol": 2e-2, "atol": 2e-2}
+    for a, b in zip(want[:3], got[:3], strict=True):
+        torch.testing.assert_close(b.float(), a.float(), **tol)
+    assert torch.equal(want[3], got[3]) and bool(got[3].any())
+    torch.testing.assert_close(got[4].float(), want[4].float(), **tol)
+    assert got[4].abs().sum() > 0
+
+    monkeypatch.setattr(trainer, "KEPT_PROBABILITIES_BYTES", 1000)  # too small: TRL's recomputing path
+    again = run(kept)
+    assert calls
+    torch.testing.assert_close(again[4], want[4])
 
 
 def test_batches_of_similar_length_pad_less(tiny_model, tmp_path: Path) -> None:

@@ -263,16 +263,154 @@ def output_layer_on_loss_tokens_only() -> Iterator[None]:
     layer is most of a step: scoring only the answer's tokens gives the same loss and gradients at
     2.4x the speed of a step with 200-token rows and 40-token answers (measured on the default model).
     TRL decides this through ``trl.trainer.utils._use_triton``; a test pins that the name is still
-    there, so a TRL upgrade that moves it fails loudly instead of silently training slower.
+    there, so a TRL upgrade that moves it fails loudly instead of silently training slower. The
+    scoring function that name's module calls is swapped too, for ``KeptProbabilities``.
     """
-    from trl.trainer import utils as trl_utils
+    from trl.trainer import utils
 
-    decide = trl_utils._use_triton
+    trl_utils: Any = utils  # names patched for the duration, which the type checker cannot follow
+    decide, score = trl_utils._use_triton, trl_utils._ChunkedLogProbFunction
     trl_utils._use_triton = lambda device: True  # only its "compact" choice reads this name
+    trl_utils._ChunkedLogProbFunction = KeptProbabilities(score)  # the scoring itself, on a CPU
     try:
         yield
     finally:
-        trl_utils._use_triton = decide
+        trl_utils._use_triton, trl_utils._ChunkedLogProbFunction = decide, score
+
+
+#: Most bytes ``KeptProbabilities`` keeps for the backward pass; a bigger batch recomputes instead.
+KEPT_PROBABILITIES_BYTES = 1 << 30
+
+
+class KeptProbabilities:
+    """TRL's output-layer scoring on a CPU, with two matrix products a step where TRL's has three.
+
+    TRL's ``ChunkedLogProbFunction`` never holds the ``[positions, vocabulary]`` logits: its backward
+    pass recomputes them, tile by tile, which is right on a GPU where memory is scarce and the
+    product is cheap. On a CPU the product is the cost: with Gemma's 262k-word output layer the three
+    products (forward, recompute, gradient) were 35% of a ``learn`` step on the default model. Only
+    the answer's positions are scored (``output_layer_on_loss_tokens_only``), a few hundred a step,
+    so their next-token probabilities fit in memory (about 1 MB a position in fp32): this keeps them
+    from the forward pass and the backward pass is one product. A batch whose probabilities would
+    take more than ``KEPT_PROBABILITIES_BYTES``, a GPU, a trained output layer, logit soft-capping or
+    an output this does not compute (``log_sum_sq_probs``) go to TRL's function unchanged.
+
+    Same call as TRL's (``apply(hidden, weight, bias, targets, temperature, chunk_size, softcap,
+    logit_scale, outputs)``) and outputs; the entropy, mean logit and top-1 carry no gradient (SFT and
+    DPO only log them; a loss on the entropy needs TRL's function).
+    Written by hand: TRL has no keep-the-logits variant, and PyTorch's cross-entropy would need the
+    whole batch's logits, prompt positions included.
+    """
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+
+    def apply(
+        self,
+        hidden: Any,
+        weight: Any,
+        bias: Any,
+        targets: Any,
+        temperature: float,
+        chunk_size: int,
+        softcap: float | None = None,
+        logit_scale: float = 1.0,
+        outputs: tuple[str, ...] = ("log_probs",),
+    ) -> Any:
+        import torch
+
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else hidden.dtype
+        size = hidden.shape[0] * weight.shape[0] * torch.empty((), dtype=dtype).element_size()
+        if (
+            hidden.device.type != "cpu"
+            or weight.requires_grad
+            or (bias is not None and bias.requires_grad)
+            or softcap is not None
+            or "log_sum_sq_probs" in outputs
+            or size > KEPT_PROBABILITIES_BYTES
+        ):
+            return self.fallback.apply(
+                hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs
+            )
+        scale = logit_scale / temperature
+        return _KeptProbabilitiesFunction.apply(hidden, weight, bias, targets, scale, dtype, outputs)
+
+
+def _kept_probabilities_function() -> Any:
+    import torch
+
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(
+            ctx: Any,
+            hidden: Any,
+            weight: Any,
+            bias: Any,
+            targets: Any,
+            scale: float,
+            dtype: Any,
+            outputs: tuple[str, ...],
+        ) -> Any:
+            n, vocab = hidden.shape[0], weight.shape[0]
+            keep = ctx.needs_input_grad[0]
+            probs = torch.empty((n, vocab), dtype=dtype) if keep else None
+            log_probs = torch.empty(n, dtype=torch.float32)
+            entropy = torch.empty(n, dtype=torch.float32) if "entropy" in outputs else None
+            mean_logits = torch.empty(n, dtype=torch.float32) if "mean_logits" in outputs else None
+            is_top1 = torch.empty(n, dtype=torch.bool) if "is_top1" in outputs else None
+            w = weight.to(dtype)
+            step = max(1, (128 << 20) // (4 * vocab))  # about 128 MB of fp32 logits at a time
+            for s in range(0, n, step):
+                e = min(n, s + step)
+                z = hidden[s:e].to(dtype) @ w.T
+                if bias is not None:
+                    z = z + bias.to(dtype)
+                z = z.float().mul_(scale)
+                log_z = z.logsumexp(-1)
+                target = z.gather(1, targets[s:e, None]).squeeze(1)
+                log_probs[s:e] = target - log_z
+                if mean_logits is not None:
+                    mean_logits[s:e] = z.mean(-1)
+                if is_top1 is not None:  # the first maximum, as argmax (and TRL) count a tie
+                    is_top1[s:e] = z.argmax(-1) == targets[s:e]
+                log_p = z.sub_(log_z[:, None])
+                p = log_p.exp()
+                if entropy is not None:
+                    entropy[s:e] = -(p * log_p).sum(-1)
+                if probs is not None:
+                    probs[s:e] = p
+            ctx.save_for_backward(weight, targets, probs)
+            ctx.scale, ctx.dtype, ctx.hidden_dtype = scale, dtype, hidden.dtype
+            ctx.mark_non_differentiable(*(x for x in (entropy, mean_logits, is_top1) if x is not None))
+            return log_probs, entropy, None, mean_logits, is_top1
+
+        @staticmethod
+        def backward(ctx: Any, grad_log_probs: Any, grad_entropy: Any, *_: Any) -> Any:
+            weight, targets, probs = ctx.saved_tensors
+            if grad_log_probs is None:
+                return (None,) * 7
+            # d log p_t / dz_j = 1[j = t] - p_j; the probabilities become that gradient in place
+            grad = probs.mul_(-1.0)
+            grad.scatter_add_(1, targets[:, None], torch.ones_like(targets[:, None], dtype=grad.dtype))
+            grad.mul_((grad_log_probs.float() * ctx.scale)[:, None].to(grad.dtype))
+            grad_hidden = (grad @ weight.to(ctx.dtype)).to(ctx.hidden_dtype)
+            return grad_hidden, None, None, None, None, None, None
+
+    return Function
+
+
+class _LazyFunction:
+    """``_kept_probabilities_function()``'s class, built on first use (torch is imported lazily)."""
+
+    cls: Any = None
+
+    def apply(self, *args: Any) -> Any:
+        if _LazyFunction.cls is None:
+            _LazyFunction.cls = _kept_probabilities_function()
+        return _LazyFunction.cls.apply(*args)
+
+
+_KeptProbabilitiesFunction = _LazyFunction()
 
 
 def checkpoint_step(checkpoint: str | None) -> int:
