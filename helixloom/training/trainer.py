@@ -365,7 +365,9 @@ def _kept_probabilities_function() -> Any:
                 z = hidden[s:e].to(dtype) @ w.T
                 if bias is not None:
                     z = z + bias.to(dtype)
-                z = z.float().mul_(scale)
+                z = z.float()
+                if scale != 1.0:
+                    z.mul_(scale)
                 log_z = z.logsumexp(-1)
                 target = z.gather(1, targets[s:e, None]).squeeze(1)
                 log_probs[s:e] = target - log_z
