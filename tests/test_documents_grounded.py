@@ -365,3 +365,22 @@ def test_the_who_perspective_asks_for_doers_agents_and_names_answered_name_first
     # a date without a year is a date: asked "when"
     span = {p.key: p.question for p in built["span"]}
     assert span["9 September"].startswith("A public meeting is set for when")
+
+
+def test_the_teacher_gets_rough_questions_in_batches_of_equal_size(documents: list) -> None:
+    # a CPU pays nearly as much for a batch of 5 as for one of 64 (every token reads the whole output
+    # layer), so 69 questions in batches of at most 64 go as 34 + 35, not 64 + 5
+    news = next(d for d in documents if "Zorblax" in d.title)
+    span = next(p for ps in perspectives.build_pairs(news).values() for p in ps if p.perspective == "span")
+    sizes: list[int] = []
+
+    class Counting(ScriptedEngine):
+        def generate(self, requests, *args, **kwargs):  # type: ignore[no-untyped-def]
+            sizes.append(len(requests))
+            return super().generate(requests, *args, **kwargs)
+
+    report = rephrase.rephrase(Counting(lambda r: " Nothing to say"), [span] * 69)
+    assert sizes == [34, 35] and report.calls == 69
+    sizes.clear()
+    rephrase.rephrase(Counting(lambda r: " Nothing to say"), [span] * 10, batch_size=4)
+    assert sizes == [3, 3, 4]

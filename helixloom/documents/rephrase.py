@@ -11,6 +11,8 @@ document the rough question came from.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
@@ -69,7 +71,7 @@ def rephrase(
     teacher: Engine,
     pairs: Sequence[Pair],
     *,
-    batch_size: int = 16,
+    batch_size: int = 64,
     max_tokens: int = 32,
     variants: int = 1,
     seed: int = 0,
@@ -77,15 +79,25 @@ def rephrase(
 ) -> RephraseReport:
     """Up to ``variants`` natural rephrasings per rough ``span`` pair, each kept when ``check``
     passes: the first greedy, the rest sampled (a fact asked in more wordings is recalled from more
-    wordings); one that repeats an earlier rephrasing of the same pair is dropped as ``duplicate``."""
+    wordings); one that repeats an earlier rephrasing of the same pair is dropped as ``duplicate``.
+
+    ``batch_size`` rough questions go to the teacher at once. 64, not 16 (Dec 2026, the embedded
+    model on transformers, 69 rephrase prompts, 1 thread): on a CPU every new token reads the whole
+    output layer (262k words), so a batch costs about the same for 16 rows as for 64: 69 at once took
+    17.6 s against 41.5 s in batches of 16, the same texts, peak memory 2.45 GB against 2.27."""
     if variants < 1:
         raise ValueError("variants must be at least 1")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
     prompt = template()
     rough = [p for p in pairs if p.perspective == "span"]
     report = RephraseReport([])
     greedy = sampling(temperature=0, max_tokens=max_tokens, stop=["\n"])
-    for start in range(0, len(rough), batch_size):
-        batch = rough[start : start + batch_size]
+    # batches of equal size: a batch of 5 after one of 64 costs nearly what the 64 cost (see batch_size)
+    count = math.ceil(len(rough) / batch_size)
+    bounds = [len(rough) * k // count for k in range(count + 1)] if count else [0]
+    for start, end in itertools.pairwise(bounds):
+        batch = rough[start:end]
         requests = [
             GenerationRequest(
                 prompt.format(question=p.question),
@@ -118,5 +130,5 @@ def rephrase(
                 seen.add(tuple(textsim.words(question)))
                 report.pairs.append(replace(pair, question=question, perspective="rephrase"))
         if on_progress is not None:
-            on_progress(min(start + batch_size, len(rough)), len(rough))
+            on_progress(end, len(rough))
     return report
