@@ -10,6 +10,11 @@ memory, seconds per step and tokens per second, and both as ratios to the first 
 
     python benchmarks/learn_memory.py [--settings 8x1,4x2,2x4] [--steps 6] [--data benchmarks/learn_heldout]
 
+A setting may name options after slashes: ``8x1/bf16`` trains in bf16 (``--precision bf16``),
+``8x1/trl`` scores the output layer with TRL's function (recomputing the logits in the backward
+pass) instead of ``trainer.KeptProbabilities``, so ``--settings 8x1/trl,8x1,8x1/bf16/trl,8x1/bf16``
+measures both against TRL's scoring in one run.
+
 Training only: the engine the CLI keeps for the teacher and the probe's generation add to ``learn``'s
 peak (``benchmarks/learn.py`` reports the whole run's, ``peak_rss_mb``).
 """
@@ -42,13 +47,28 @@ def peak_rss_mb() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) // 1024
 
 
-def child(batch: int, accum: int, steps: int, out: Path) -> None:
-    """Train ``steps`` steps of ``batch`` x ``accum`` on the prepared dataset; write the figures."""
+OPTIONS = ("bf16", "trl")
+
+
+def parse_setting(text: str) -> tuple[int, int, tuple[str, ...]]:
+    """``"4x2/bf16"`` -> (4, 2, ("bf16",)); ValueError when it is not BATCHxACCUM[/OPTION...]."""
+    shape, *options = text.strip().lower().split("/")
+    batch, accum = (int(x) for x in shape.split("x"))
+    if batch < 1 or accum < 1 or any(o not in OPTIONS for o in options):
+        raise ValueError(text)
+    return batch, accum, tuple(options)
+
+
+def child(setting: str, steps: int, out: Path) -> None:
+    """Train ``steps`` steps of ``setting`` on the prepared dataset; write the figures."""
     from helixloom import paths
     from helixloom.documents import dataset
-    from helixloom.training import learn
+    from helixloom.training import learn, trainer
     from helixloom.training.sft import train_lora
 
+    batch, accum, options = parse_setting(setting)
+    if "trl" in options:
+        trainer.KEPT_PROBABILITIES_BYTES = 0  # every batch goes to TRL's function
     rows, meta = dataset.read(NAME)
     config = dataclasses.replace(
         learn.config_of(meta),
@@ -56,9 +76,10 @@ def child(batch: int, accum: int, steps: int, out: Path) -> None:
         grad_accum=accum,
         max_steps=steps,
         save_steps=10_000,
+        precision="bf16" if "bf16" in options else "fp32",
     )
     before = peak_rss_mb()
-    folder = paths.runs_dir() / f"memory-{batch}x{accum}"
+    folder = paths.runs_dir() / f"memory-{setting.replace('/', '-')}"
     result = train_lora(
         meta["base"],
         rows,
@@ -72,7 +93,7 @@ def child(batch: int, accum: int, steps: int, out: Path) -> None:
     out.write_text(
         json.dumps(
             {
-                "setting": f"{batch}x{accum}",
+                "setting": setting,
                 "steps": result.steps,
                 "seconds_per_step": round(result.seconds / result.steps, 2),
                 "tokens_per_s": round(result.tokens / result.seconds, 1),
@@ -86,26 +107,28 @@ def child(batch: int, accum: int, steps: int, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--settings", default="8x1,4x2,2x4", help="BATCHxACCUM, the first the baseline")
+    parser.add_argument(
+        "--settings",
+        default="8x1,4x2,2x4",
+        help="BATCHxACCUM[/bf16][/trl] settings, comma-separated, the first the baseline",
+    )
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per setting")
     parser.add_argument("--data", type=Path, default=HERE / "learn_heldout", help="a folder of .md documents")
     parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
-    parser.add_argument(
-        "--child", nargs=4, metavar=("BATCH", "ACCUM", "STEPS", "OUT"), help=argparse.SUPPRESS
-    )
+    parser.add_argument("--child", nargs=3, metavar=("SETTING", "STEPS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if args.child:
-        child(int(args.child[0]), int(args.child[1]), int(args.child[2]), Path(args.child[3]))
+        child(args.child[0], int(args.child[1]), Path(args.child[2]))
         return 0
     settings = []
     for s in args.settings.split(","):
         try:
-            batch, accum = (int(x) for x in s.lower().split("x"))
+            batch, accum, _ = parse_setting(s)
         except ValueError:
-            parser.error(f"a setting is BATCHxACCUM, like 4x2, not {s!r}")
-        settings.append((batch, accum))
-    if len({b * a for b, a in settings}) > 1:
+            parser.error(f"a setting is BATCHxACCUM[/bf16][/trl], like 4x2 or 8x1/bf16, not {s!r}")
+        settings.append((s.strip().lower(), batch, accum))
+    if len({b * a for _, b, a in settings}) > 1:
         parser.error("every setting must train the same sequences a step (BATCH x ACCUM), to compare steps")
     work = bench_home(args.work, "helixloom-bench-memory-")
 
@@ -131,10 +154,10 @@ def main() -> int:
     del engine, teacher
 
     runs = []
-    for batch, accum in settings:
-        out = work / f"memory-{batch}x{accum}.json"
+    for setting, _, _ in settings:
+        out = work / f"memory-{setting.replace('/', '-')}.json"
         subprocess.run(
-            [sys.executable, __file__, "--child", str(batch), str(accum), str(args.steps), str(out)],
+            [sys.executable, __file__, "--child", setting, str(args.steps), str(out)],
             check=True,
             env=os.environ.copy(),
         )

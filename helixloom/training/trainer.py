@@ -391,6 +391,9 @@ def _kept_probabilities_function() -> Any:
             weight, targets, probs = ctx.saved_tensors
             if grad_log_probs is None:
                 return (None,) * 7
+            if getattr(ctx, "spent", False):  # the kept probabilities were turned into the gradient
+                raise RuntimeError("KeptProbabilities cannot run backward twice (retain_graph)")
+            ctx.spent = True
             # d log p_t / dz_j = 1[j = t] - p_j; the probabilities become that gradient in place
             grad = probs.mul_(-1.0)
             grad.scatter_add_(1, targets[:, None], torch.ones_like(targets[:, None], dtype=grad.dtype))
