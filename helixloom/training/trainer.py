@@ -391,10 +391,8 @@ def _kept_probabilities_function() -> Any:
             weight, targets, probs = ctx.saved_tensors
             if grad_log_probs is None:
                 return (None,) * 7
-            if getattr(ctx, "spent", False):  # the kept probabilities were turned into the gradient
-                raise RuntimeError("KeptProbabilities cannot run backward twice (retain_graph)")
-            ctx.spent = True
-            # d log p_t / dz_j = 1[j = t] - p_j; the probabilities become that gradient in place
+            # d log p_t / dz_j = 1[j = t] - p_j; the probabilities become that gradient in place (a
+            # second backward, retain_graph, is refused by autograd: the saved tensor changed)
             grad = probs.mul_(-1.0)
             grad.scatter_add_(1, targets[:, None], torch.ones_like(targets[:, None], dtype=grad.dtype))
             grad.mul_((grad_log_probs.float() * ctx.scale)[:, None].to(grad.dtype))
