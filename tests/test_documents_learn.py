@@ -553,6 +553,7 @@ def test_an_epoch_that_forgets_too_much_is_not_kept_and_training_stops() -> None
             return ProbeScores(self.script[round(float(model.weight))][0], 0.0, ["a"])
 
         def perplexity(self, model: Any, tokenizer: Any) -> float:
+            self.perplexities = getattr(self, "perplexities", 0) + 1
             return self.script[round(float(model.weight))][1]
 
     def run(probe: Scripted, epochs: int) -> tuple[list[float], Any]:
@@ -580,7 +581,8 @@ def test_an_epoch_that_forgets_too_much_is_not_kept_and_training_stops() -> None
     ran, kept = run(guarded, 4)
     assert ran == [1, 2, 3] and kept == 2.0
     assert guarded.report.best_epoch == 2.0 and guarded.report.stopped == "forgetting"
-    assert guarded.report.forgetting_ratio == 2.5  # the kept epoch's, measured after restoring it
+    assert guarded.report.forgetting_ratio == 2.5  # the kept epoch's, measured when it ended
+    assert guarded.perplexities == 4  # the base and 3 epochs: the kept one is not measured again
     # without the limit the same run keeps the most accurate epoch
     free = Scripted([(0.0, 10.0), (0.4, 15.0), (0.8, 25.0), (0.9, 50.0)], patience=1)
     ran, kept = run(free, 3)

@@ -261,8 +261,12 @@ class LearnProbe(TrainerCallback):
                 for n, p in model.named_parameters():
                     if n in self._best:
                         p.copy_(self._best[n])
-        with full_precision(model):
-            if self._best is None and self.probes:
-                self.report.after = self.measure(model, tokenizer)
-            self.report.perplexity_adapter = self.perplexity(model, tokenizer)
+        if self._best is not None and self._best_perplexity is not None:
+            # the kept epoch's weights were measured when it ended: the same number, not measured again
+            self.report.perplexity_adapter = self._best_perplexity
+        else:
+            with full_precision(model):
+                if self._best is None and self.probes:
+                    self.report.after = self.measure(model, tokenizer)
+                self.report.perplexity_adapter = self.perplexity(model, tokenizer)
         self.report.seconds += time.perf_counter() - start
