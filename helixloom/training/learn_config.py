@@ -85,9 +85,10 @@ class LearnConfig(LoraSFTConfig):
     )
 
     # auto: bf16 on CUDA, fp32 on a CPU. bf16 on a CPU with native bf16 (AVX512-BF16, AMX) makes a
-    # training step 1.6x as fast (benchmarks/learn.py, 2 cores: 6.8 s against 10.8), but generation
-    # (the held-out probe) 2.7x as slow, so learn as a whole gained only 20%, and the one run on
-    # learn_fresh found 40% of key facts against 51% (with other changes): opt-in until measured alone
+    # training step 1.68x as fast (benchmarks/learn_memory.py, Dec 2026: 8.98 s against 15.09, 1
+    # thread beside a learn run; the probe generates in fp32 either way). Key facts in three runs
+    # (learn_fresh seeds 0 and 1, learn_fresh2): 46.7/60.0/50.0% against fp32's 56.7/43.3/54.4%, a
+    # mean of 52.2 against 51.5, inside the seed noise: opt-in until more seeds say it costs nothing
     precision: str = field(
         default="auto",
         metadata={
