@@ -384,3 +384,6 @@ def test_the_teacher_gets_rough_questions_in_batches_of_equal_size(documents: li
     sizes.clear()
     rephrase.rephrase(Counting(lambda r: " Nothing to say"), [span] * 10, batch_size=4)
     assert sizes == [3, 3, 4]
+    sizes.clear()  # a batch counts requests: 3 variants of 10 questions at most 8 a time go 2 by 2
+    rephrase.rephrase(Counting(lambda r: " Nothing to say"), [span] * 10, batch_size=8, variants=3)
+    assert sizes == [6] * 5

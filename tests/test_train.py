@@ -442,10 +442,57 @@ def test_kept_probabilities_score_as_trls_function_does(dtype: str, monkeypatch)
     with pytest.raises(RuntimeError, match="inplace"):  # its probabilities became the gradient
         log_probs.sum().backward()
 
+    with pytest.raises(NotImplementedError, match="entropy"):  # no silent zero gradient through it
+        h = hidden.detach().clone().requires_grad_(True)
+        kept.apply(h, weight, None, targets, 1.0, 128, None, 1.0, outputs)[1].sum().backward()
+
     monkeypatch.setattr(trainer, "KEPT_PROBABILITIES_BYTES", 1000)  # too small: TRL's recomputing path
     again = run(kept)
     assert calls
     torch.testing.assert_close(again[4], want[4])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_kept_probabilities_get_the_gradient_of_confident_answers_right(dtype: str) -> None:
+    """Fact learning drives the answer's probability towards 1, where 1 - p in bf16 is mostly
+    rounding: each position's gradient must stay as close to the exact (float64) one as TRL's does.
+    With a logit scale, a temperature and a bias."""
+    import torch
+    from trl.trainer import utils as trl_utils
+
+    from helixloom.training import trainer
+
+    torch.manual_seed(1)
+    kind = getattr(torch, dtype)
+    weight = torch.randn(300, 16, dtype=torch.float64)
+    targets = torch.randint(0, 300, (24,))
+    # the first positions point at their target's row, harder and harder: p_t from ~0.5 to > 0.9999
+    hidden = torch.randn(24, 16, dtype=torch.float64) * 0.3
+    hidden[:12] += weight[targets[:12]] * torch.linspace(0.1, 1.2, 12)[:, None]
+    bias = torch.randn(300, dtype=torch.float64) * 0.1
+    scale, temperature = 1.3, 0.9
+    weights = torch.linspace(0.5, 1.5, 24, dtype=torch.float64)
+
+    h = hidden.clone().requires_grad_(True)
+    exact = ((h @ weight.T + bias) * scale / temperature).log_softmax(-1).gather(1, targets[:, None])[:, 0]
+    (exact * weights).sum().backward()
+    assert exact[:12].exp().max() > 0.9999  # confident answers are in the test
+
+    def grad_of(fn) -> torch.Tensor:
+        h = hidden.to(kind).requires_grad_(True)
+        out = fn.apply(
+            h, weight.to(kind), bias.to(kind), targets, temperature, 128, None, scale, ("log_probs",)
+        )
+        (out[0] * weights.float()).sum().backward()
+        return h.grad.double()
+
+    def row_error(g: torch.Tensor) -> torch.Tensor:
+        return (g - h.grad).norm(dim=1) / h.grad.norm(dim=1)
+
+    trl_error = row_error(grad_of(trl_utils._ChunkedLogProbFunction))
+    kept_error = row_error(grad_of(trainer.KeptProbabilities(trl_utils._ChunkedLogProbFunction)))
+    allowed = 1e-5 if dtype == "float32" else 0.02
+    assert bool((kept_error <= 2 * trl_error + allowed).all()), (kept_error, trl_error)
 
 
 def test_batches_of_similar_length_pad_less(tiny_model, tmp_path: Path) -> None:

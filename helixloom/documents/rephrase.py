@@ -81,10 +81,11 @@ def rephrase(
     passes: the first greedy, the rest sampled (a fact asked in more wordings is recalled from more
     wordings); one that repeats an earlier rephrasing of the same pair is dropped as ``duplicate``.
 
-    ``batch_size`` rough questions go to the teacher at once. 64, not 16 (Dec 2026, the embedded
-    model on transformers, 69 rephrase prompts, 1 thread): on a CPU every new token reads the whole
-    output layer (262k words), so a batch costs about the same for 16 rows as for 64: 69 at once took
-    17.6 s against 41.5 s in batches of 16, the same texts, peak memory 2.45 GB against 2.27."""
+    ``batch_size`` requests go to the teacher at once (rough questions x ``variants``). 64, not 16
+    (Dec 2026, the embedded model on transformers, 69 rephrase prompts, 1 thread): on a CPU every new
+    token reads the whole output layer (262k words), so a batch costs about the same for 16 rows as
+    for 64: 69 at once took 17.6 s against 41.5 s in batches of 16, the same texts, peak memory 2.45
+    GB against 2.27."""
     if variants < 1:
         raise ValueError("variants must be at least 1")
     if batch_size < 1:
@@ -94,7 +95,8 @@ def rephrase(
     report = RephraseReport([])
     greedy = sampling(temperature=0, max_tokens=max_tokens, stop=["\n"])
     # batches of equal size: a batch of 5 after one of 64 costs nearly what the 64 cost (see batch_size)
-    count = math.ceil(len(rough) / batch_size)
+    # batch_size counts requests: each rough question asks for ``variants`` of them
+    count = math.ceil(len(rough) / max(1, batch_size // variants))
     bounds = [len(rough) * k // count for k in range(count + 1)] if count else [0]
     for start, end in itertools.pairwise(bounds):
         batch = rough[start:end]

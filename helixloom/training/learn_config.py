@@ -88,7 +88,8 @@ class LearnConfig(LoraSFTConfig):
     # training step 1.68x as fast (benchmarks/learn_memory.py, Dec 2026: 8.98 s against 15.09, 1
     # thread beside a learn run; the probe generates in fp32 either way). Key facts in three runs
     # (learn_fresh seeds 0 and 1, learn_fresh2): 46.7/60.0/50.0% against fp32's 56.7/43.3/54.4%, a
-    # mean of 52.2 against 51.5, inside the seed noise: opt-in until more seeds say it costs nothing
+    # mean of 52.2 against 51.5, inside the seed noise (the last two with a bf16 gradient since fixed
+    # for answer tokens above p = 0.998): opt-in until more seeds say it costs nothing
     precision: str = field(
         default="auto",
         metadata={

@@ -75,7 +75,8 @@ def score(probes: Sequence[Probe], answers: Sequence[str]) -> ProbeScores:
 
 # Held-out questions generated at once. 48, not 8 (Dec 2026, default model, learn_heldout's 35
 # questions, 1 thread): 34 s against 65 s, peak memory 2.14 GB against 2.07 (generation computes
-# the logits of each prompt's last position only).
+# the logits of each prompt's last position only; a model whose forward lacks ``logits_to_keep``
+# would hold every position's, 48 x prompt x vocabulary, and need a smaller batch).
 ANSWER_BATCH = 48
 
 

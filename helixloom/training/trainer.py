@@ -292,12 +292,13 @@ class KeptProbabilities:
     the answer's positions are scored (``output_layer_on_loss_tokens_only``), a few hundred a step,
     so their next-token probabilities fit in memory (about 1 MB a position in fp32): this keeps them
     from the forward pass and the backward pass is one product. A batch whose probabilities would
-    take more than ``KEPT_PROBABILITIES_BYTES``, a GPU, a trained output layer, logit soft-capping or
-    an output this does not compute (``log_sum_sq_probs``) go to TRL's function unchanged.
+    take more than ``KEPT_PROBABILITIES_BYTES``, a GPU, a trained output layer, an output layer in
+    another dtype than the computation's (it would be copied whole), logit soft-capping or an output
+    this does not compute (``log_sum_sq_probs``) go to TRL's function unchanged.
 
     Same call as TRL's (``apply(hidden, weight, bias, targets, temperature, chunk_size, softcap,
-    logit_scale, outputs)``) and outputs; the entropy, mean logit and top-1 carry no gradient (SFT and
-    DPO only log them; a loss on the entropy needs TRL's function).
+    logit_scale, outputs)``) and outputs; the mean logit and top-1 carry no gradient, and a gradient
+    through the entropy raises (SFT and DPO only log it; a loss on the entropy needs TRL's function).
     Written by hand: TRL has no keep-the-logits variant, and PyTorch's cross-entropy would need the
     whole batch's logits, prompt positions included.
     """
@@ -327,6 +328,7 @@ class KeptProbabilities:
             or (bias is not None and bias.requires_grad)
             or softcap is not None
             or "log_sum_sq_probs" in outputs
+            or weight.dtype != dtype  # a whole-vocabulary copy in another dtype: TRL converts by tiles
             or size > KEPT_PROBABILITIES_BYTES
         ):
             return self.fallback.apply(
@@ -358,11 +360,11 @@ def _kept_probabilities_function() -> Any:
             entropy = torch.empty(n, dtype=torch.float32) if "entropy" in outputs else None
             mean_logits = torch.empty(n, dtype=torch.float32) if "mean_logits" in outputs else None
             is_top1 = torch.empty(n, dtype=torch.bool) if "is_top1" in outputs else None
-            w = weight.to(dtype)
+            ctx.set_materialize_grads(False)
             step = max(1, (128 << 20) // (4 * vocab))  # about 128 MB of fp32 logits at a time
             for s in range(0, n, step):
                 e = min(n, s + step)
-                z = hidden[s:e].to(dtype) @ w.T
+                z = hidden[s:e].to(dtype) @ weight.T
                 if bias is not None:
                     z = z + bias.to(dtype)
                 z = z.float()
@@ -381,22 +383,26 @@ def _kept_probabilities_function() -> Any:
                     entropy[s:e] = -(p * log_p).sum(-1)
                 if probs is not None:
                     probs[s:e] = p
-            ctx.save_for_backward(weight, targets, probs)
-            ctx.scale, ctx.dtype, ctx.hidden_dtype = scale, dtype, hidden.dtype
-            ctx.mark_non_differentiable(*(x for x in (entropy, mean_logits, is_top1) if x is not None))
+            ctx.save_for_backward(weight, targets, probs, log_probs)
+            ctx.scale, ctx.hidden_dtype = scale, hidden.dtype
+            ctx.mark_non_differentiable(*(x for x in (mean_logits, is_top1) if x is not None))
             return log_probs, entropy, None, mean_logits, is_top1
 
         @staticmethod
         def backward(ctx: Any, grad_log_probs: Any, grad_entropy: Any, *_: Any) -> Any:
-            weight, targets, probs = ctx.saved_tensors
+            weight, targets, probs, log_probs = ctx.saved_tensors
+            if grad_entropy is not None:
+                raise NotImplementedError("a loss on the entropy needs TRL's ChunkedLogProbFunction")
             if grad_log_probs is None:
                 return (None,) * 7
             # d log p_t / dz_j = 1[j = t] - p_j; the probabilities become that gradient in place (a
-            # second backward, retain_graph, is refused by autograd: the saved tensor changed)
+            # second backward, retain_graph, is refused by autograd: the saved tensor changed). The
+            # target's 1 - p_t comes from the fp32 log-probability: in bf16, 1 - p_t for a confident
+            # target (p_t > 0.998) is mostly rounding, as TRL's function avoids too.
             grad = probs.mul_(-1.0)
-            grad.scatter_add_(1, targets[:, None], torch.ones_like(targets[:, None], dtype=grad.dtype))
+            grad.scatter_(1, targets[:, None], (-torch.expm1(log_probs))[:, None].to(grad.dtype))
             grad.mul_((grad_log_probs.float() * ctx.scale)[:, None].to(grad.dtype))
-            grad_hidden = (grad @ weight.to(ctx.dtype)).to(ctx.hidden_dtype)
+            grad_hidden = (grad @ weight).to(ctx.hidden_dtype)
             return grad_hidden, None, None, None, None, None, None
 
     return Function
