@@ -13,7 +13,8 @@ memory, seconds per step and tokens per second, and both as ratios to the first 
 A setting may name options after slashes: ``8x1/bf16`` trains in bf16 (``--precision bf16``),
 ``8x1/trl`` scores the output layer with TRL's function (recomputing the logits in the backward
 pass) instead of ``trainer.KeptProbabilities``, so ``--settings 8x1/trl,8x1,8x1/bf16/trl,8x1/bf16``
-measures both against TRL's scoring in one run.
+measures both against TRL's scoring in one run; ``8x1/torchdrop`` keeps torch's LoRA dropout instead
+of ``trainer.cpu_dropout``.
 
 Training only: the engine the CLI keeps for the teacher and the probe's generation add to ``learn``'s
 peak (``benchmarks/learn.py`` reports the whole run's, ``peak_rss_mb``).
@@ -47,7 +48,7 @@ def peak_rss_mb() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) // 1024
 
 
-OPTIONS = ("bf16", "trl")
+OPTIONS = ("bf16", "trl", "torchdrop")
 
 
 def parse_setting(text: str) -> tuple[int, int, tuple[str, ...]]:
@@ -69,6 +70,8 @@ def child(setting: str, steps: int, out: Path) -> None:
     batch, accum, options = parse_setting(setting)
     if "trl" in options:
         trainer.KEPT_PROBABILITIES_BYTES = 0  # every batch goes to TRL's function
+    if "torchdrop" in options:
+        trainer.CPU_DROPOUT = False  # LoRA dropout as PEFT builds it (torch's bernoulli_)
     rows, meta = dataset.read(NAME)
     config = dataclasses.replace(
         learn.config_of(meta),
@@ -110,7 +113,7 @@ def main() -> int:
     parser.add_argument(
         "--settings",
         default="8x1,4x2,2x4",
-        help="BATCHxACCUM[/bf16][/trl] settings, comma-separated, the first the baseline",
+        help="BATCHxACCUM[/bf16][/trl][/torchdrop] settings, comma-separated, the first the baseline",
     )
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per setting")
     parser.add_argument("--data", type=Path, default=HERE / "learn_heldout", help="a folder of .md documents")
@@ -126,7 +129,7 @@ def main() -> int:
         try:
             batch, accum, _ = parse_setting(s)
         except ValueError:
-            parser.error(f"a setting is BATCHxACCUM[/bf16][/trl], like 4x2 or 8x1/bf16, not {s!r}")
+            parser.error(f"a setting is BATCHxACCUM[/OPTION...] (options: {', '.join(OPTIONS)}), not {s!r}")
         settings.append((s.strip().lower(), batch, accum))
     if len({b * a for _, b, a in settings}) > 1:
         parser.error("every setting must train the same sequences a step (BATCH x ACCUM), to compare steps")

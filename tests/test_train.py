@@ -643,3 +643,69 @@ def test_the_kl_anchor_weighs_the_same_per_step_with_grad_accumulation(tiny_mode
     # fix: 3.7e-3, the anchor counted twice)
     assert gap(weights[0.0, 4], weights[0.0, 2]) < 0.05 * moved
     assert gap(weights[4.0, 4], weights[4.0, 2]) < 0.05 * moved
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_cpu_dropout_drops_like_torchs_dropout(p: float) -> None:
+    # The same distribution as nn.Dropout: each element dropped independently with probability p,
+    # the rest scaled by 1 / (1 - p); the gradient is the same mask; seeded by torch's generator.
+    import torch
+
+    from helixloom.training.trainer import cpu_dropout
+
+    drop = cpu_dropout(p)
+    x = torch.ones(2, 1001, 999, requires_grad=True)  # an odd count: two draws per 32-bit integer
+    torch.manual_seed(0)
+    y = drop(x)
+    n = x.numel()
+    dropped = y == 0
+    share = float(dropped.double().mean())
+    assert abs(share - p) < 5 * (p * (1 - p) / n) ** 0.5
+    assert torch.all(y[~dropped] == 1 / (1 - p))
+    # the two 16-bit halves of one integer are independent: neighbours are both dropped p^2 of the time
+    flat = dropped.flatten()[: n // 2 * 2].view(-1, 2)
+    both = float(flat.all(dim=1).double().mean())
+    assert abs(both - p * p) < 5 * (p * p * (1 - p * p) / (n // 2)) ** 0.5
+    # a whole row drops p of its elements too (no stripes in the mask)
+    assert abs(float(dropped[0, :, 0].double().mean()) - p) < 5 * (p * (1 - p) / 1001) ** 0.5
+    y.backward(torch.ones_like(y))
+    assert x.grad is not None and torch.equal(x.grad, y.detach())
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # seeded
+    assert not torch.equal(drop(x), y)  # and a new mask each call
+    half = drop(torch.ones(64, 64, dtype=torch.bfloat16))
+    assert half.dtype == torch.bfloat16
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_cpu_training_swaps_lora_dropout_and_it_trains(tiny_model, tmp_path: Path, monkeypatch) -> None:
+    # Every LoRA layer's dropout becomes cpu_dropout when training on a CPU, and it still acts:
+    # training with dropout differs from training without.
+    import torch
+    from safetensors.torch import load_file
+
+    from helixloom.training import trainer
+    from helixloom.training.sft import train_lora
+
+    seen: list[tuple[int, list[str]]] = []
+    swap = trainer.use_cpu_dropout
+
+    def spy(model):
+        count = swap(model)
+        kinds = [type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Dropout")]
+        seen.append((count, kinds))
+        return count
+
+    monkeypatch.setattr(trainer, "use_cpu_dropout", spy)
+    rows = [{"prompt": f"Question {i}:", "completion": "zebra zebra zebra"} for i in range(8)]
+    weights = []
+    for dropout in (0.0, 0.5):
+        config = LoraSFTConfig(rank=4, alpha=8, dropout=dropout, epochs=1, batch_size=4, save_steps=1000)
+        out = tmp_path / str(dropout)
+        train_lora(str(tiny_model.path), rows, out / "adapter", out / "run", config)
+        weights.append(load_file(out / "adapter" / "adapter_model.safetensors"))
+    assert seen[0][0] == 0  # dropout 0: PEFT puts an identity there, nothing to swap
+    count, kinds = seen[1]
+    assert count > 0 and kinds == ["CpuDropout"] * count
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
