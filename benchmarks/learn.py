@@ -91,7 +91,7 @@ def main() -> None:
         "--precision",
         choices=["auto", "bf16", "fp32"],
         default=None,
-        help="training precision (default: learn's, auto: bf16 on a GPU only)",
+        help="training precision (default: learn's, auto: bf16 on a GPU or a CPU with native bf16)",
     )
     parser.add_argument("--work", type=Path, default=None, help="HELIXLOOM_HOME to use (default: a temp one)")
     args = parser.parse_args()

@@ -679,6 +679,19 @@ def test_cpu_dropout_drops_like_torchs_dropout(p: float) -> None:
     assert drop(x) is x
 
 
+def test_auto_precision_is_bf16_where_it_is_native(monkeypatch) -> None:
+    # learn's default: bf16 on a GPU or a CPU that computes bf16 natively, fp32 where it is emulated
+    import torch
+
+    from helixloom.training import trainer
+
+    for cuda, native, want in ((False, False, False), (False, True, True), (True, False, True)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(trainer, "cpu_bf16", lambda native=native: native)
+        assert trainer.resolve_precision("auto") is want
+        assert trainer.resolve_precision("fp32") is False and trainer.resolve_precision("bf16") is True
+
+
 def test_cpu_training_swaps_lora_dropout_and_it_trains(tiny_model, tmp_path: Path, monkeypatch) -> None:
     # Every LoRA layer's dropout becomes cpu_dropout when training on a CPU, and it still acts:
     # training with dropout differs from training without.

@@ -123,12 +123,12 @@ def bf16_emulated() -> bool:
 
 
 def resolve_precision(precision: str) -> bool:
-    """Whether to train in bf16 for ``precision`` ("auto": on CUDA only; "bf16": also on a CPU,
-    where it is fast only with native bf16, ``cpu_bf16``; "fp32")."""
+    """Whether ``learn`` trains in bf16 for ``precision`` ("auto": on CUDA, and on a CPU with native
+    bf16, ``cpu_bf16``; "bf16": everywhere, slow where emulated; "fp32": never)."""
     import torch
 
     if precision == "auto":
-        return bool(torch.cuda.is_available())
+        return bool(torch.cuda.is_available()) or cpu_bf16()
     return precision == "bf16"
 
 
