@@ -602,33 +602,41 @@ def test_the_probe_reads_a_key_as_words_of_the_answer_and_the_citation_by_id() -
     assert scores.citation_accuracy == pytest.approx(2 / 3)
 
 
-def test_the_probe_measures_a_bf16_base_in_fp32_and_rounds_it_back(tiny_model: TinyModel) -> None:
-    # A bf16 base generates 2.7x as slowly on a CPU as fp32: the probe measures in fp32, and training
-    # goes on with the very same bf16 weights and the LoRA's own fp32 ones.
+def test_the_probe_hands_a_bf16_output_layer_a_contiguous_input(tiny_model: TinyModel) -> None:
+    # Generation passes the output layer a strided view of the last positions; in bf16 on a CPU torch
+    # copies the whole output layer per row for it (2.3x fp32's time on the default model). While
+    # measuring, the layer gets a contiguous input: the same logits, the same weights after, and the
+    # hook gone even when measuring fails. fp32 is left alone.
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from helixloom.training.learn_probe import full_precision
+    from helixloom.training.learn_probe import fast_generation
 
-    base = AutoModelForCausalLM.from_pretrained(str(tiny_model.path), dtype=torch.bfloat16)
-    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear"))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    lora = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert lora and all(before[n].dtype == torch.float32 for n in lora)
-    assert {p.dtype for n, p in before.items() if n not in lora} == {torch.bfloat16}
-    ids = torch.tensor([[1, 5, 9, 3]])
-    with full_precision(model):
-        assert {p.dtype for p in model.parameters()} == {torch.float32}
-        inside = model(input_ids=ids).logits
-    assert inside.dtype == torch.float32
-    after = dict(model.named_parameters())
-    for n, p in before.items():
-        assert after[n].dtype == p.dtype and torch.equal(after[n].detach(), p)
-    # an exception inside still rounds the weights back
-    with pytest.raises(RuntimeError), full_precision(model):
-        raise RuntimeError("probe failed")
-    assert {p.dtype for n, p in model.named_parameters() if n not in lora} == {torch.bfloat16}
+    for dtype in (torch.bfloat16, torch.float32):
+        base = AutoModelForCausalLM.from_pretrained(str(tiny_model.path), dtype=dtype)
+        model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear"))
+        model.eval()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        head = model.get_base_model().get_output_embeddings()
+        seen: list[bool] = []
+        ids = torch.tensor([[1, 5, 9, 3], [2, 7, 4, 8]])
+        with torch.no_grad():
+            plain = model(input_ids=ids, logits_to_keep=1).logits
+            with fast_generation(model):
+                spy = head.register_forward_pre_hook(
+                    lambda _m, args, seen=seen: seen.append(args[0].is_contiguous())
+                )
+                inside = model(input_ids=ids, logits_to_keep=1).logits
+                spy.remove()
+        assert torch.equal(inside, plain)
+        assert seen == ([True] if dtype == torch.bfloat16 else [False])  # a strided view without it
+        after = dict(model.named_parameters())
+        assert all(after[n].dtype == p.dtype and torch.equal(after[n].detach(), p) for n, p in before.items())
+        hooks = len(head._forward_pre_hooks)
+        with pytest.raises(RuntimeError), fast_generation(model):
+            raise RuntimeError("probe failed")
+        assert len(head._forward_pre_hooks) == hooks == 0
 
 
 def test_the_probe_prompts_the_model_as_it_was_trained(

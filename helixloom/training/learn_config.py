@@ -90,10 +90,11 @@ class LearnConfig(LoraSFTConfig):
     # auto: bf16 on CUDA and on a CPU with native bf16 (AVX512-BF16, AMX), fp32 elsewhere (where bf16
     # is emulated and slower). On this project's 2-core machine a bf16 step is 1.68x as fast
     # (benchmarks/learn_memory.py, Dec 2026: 8.98 s against 15.09, 1 thread beside a learn run); the
-    # probe generates in fp32 either way and the adapter is served in fp32. Key facts (the held-out
-    # sets, seeds 0 and 1, one run each; the same recipe moves by about 13 points between seeds): bf16
-    # at 5 epochs 46.7, 53.3, 50.0%, at 4 epochs 50.0, 50.0, 56.1, 50.0%, against fp32's 56.7, 43.3,
-    # 54.4%: no sign of a cost, so bf16 became the default where it is native in Dec 2026
+    # probe measures in bf16 too (learn_probe.fast_generation), the adapter is served in fp32. Key
+    # facts (the held-out sets, seeds 0 and 1, one run each; the same recipe moves by about 13 points
+    # between seeds): bf16 at 5 epochs 46.7, 53.3, 50.0%, at 4 epochs 50.0, 50.0, 56.1, 50.0%, against
+    # fp32's 56.7, 43.3, 54.4%: no sign of a cost, so bf16 became the default where it is native
+    # in Dec 2026
     precision: str = field(
         default="auto",
         metadata={

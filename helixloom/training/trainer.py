@@ -105,7 +105,9 @@ def trl_args(
 def cpu_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there a bf16 model trains about
     1.6 times as fast as fp32 (``benchmarks/learn.py``'s step on the default model, 2 cores: 6.8 s
-    against 10.8), though it generates 2.7 times as slowly; elsewhere bf16 is emulated and slower."""
+    against 10.8), and generates about twice as fast once the output layer's input is contiguous
+    (``learn_probe.fast_generation``; 2.3 times as slowly without); elsewhere bf16 is emulated and
+    slower."""
     import torch
 
     cpu = torch.cpu
