@@ -95,7 +95,8 @@ def fast_generation(model: Any) -> Iterator[None]:
     import torch
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = inner.get_output_embeddings()
+    getter = getattr(inner, "get_output_embeddings", None)  # not every model names its output layer
+    head = getter() if callable(getter) else None
     if head is None or getattr(head, "weight", None) is None or head.weight.dtype == torch.float32:
         yield
         return
