@@ -266,8 +266,8 @@ def use_cpu_dropout(model: Any) -> int:
     with a ``cpu_dropout`` of the same rate; returns how many were replaced (0 on a GPU)."""
     import torch
 
-    params = list(model.parameters())
-    if not CPU_DROPOUT or not params or params[0].device.type != "cpu":
+    first = next(iter(model.parameters()), None)
+    if not CPU_DROPOUT or first is None or first.device.type != "cpu":
         return 0
     swapped = 0
     for module in model.modules():
