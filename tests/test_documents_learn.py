@@ -148,8 +148,15 @@ def writer() -> ScriptedEngine:
 
 def test_generation_resumes_where_it_stopped(docs: Path) -> None:
     def prepare(name: str, teacher: ScriptedEngine) -> None:
-        learn.prepare(
-            name, [docs], teacher, base="default", writer=writer(), num_questions=2, chunk_tokens=24
+        learn.prepare(  # one rephrasing a question: the interruption falls in the suite's units
+            name,
+            [docs],
+            teacher,
+            base="default",
+            writer=writer(),
+            num_questions=2,
+            chunk_tokens=24,
+            rephrasings=1,
         )
 
     whole = ScriptedEngine(teacher_reply)
@@ -183,10 +190,11 @@ def test_resume_does_not_redo_a_finished_rephrasing(docs: Path) -> None:
     from helixloom.documents.perspectives import build_pairs
 
     rough = sum(len(build_pairs(d)["span"]) for d in ingest([docs]).documents)
-    interrupted = Interrupting(after=rough + 3)  # the rephrasing finishes, the suite is cut off
+    asked = rough * learn.REPHRASINGS  # the teacher's calls of the rephrasing phase
+    interrupted = Interrupting(after=asked + 3)  # the rephrasing finishes, the suite is cut off
     with pytest.raises(KeyboardInterrupt):
         learn.prepare("cut", [docs], interrupted, base="default", num_questions=2, chunk_tokens=24)
-    assert sum("Rough:" in p for p in interrupted.prompts) == rough
+    assert sum("Rough:" in p for p in interrupted.prompts) == asked
     saved = dataset.folder("cut") / dataset.REPHRASED
     assert saved.is_file()
     resumed = ScriptedEngine(teacher_reply)
@@ -389,10 +397,14 @@ def test_cli_learn_review_then_resume(
         "1",
         "--max-length",
         "512",
+        "--rephrasings",
+        "2",
     ]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "learn --resume" in err and "1 documents used" in err.replace("document used", "documents used")
+    asked = [p for p in teacher.prompts if p.endswith("Natural:")]  # two rephrasings of each rough question
+    assert asked and len(asked) == 2 * len(set(asked))
     assert main(args) == 2  # the dataset exists: no silent overwrite
     assert "--resume" in capsys.readouterr().err
     assert main(["learn", "--resume", "--name", "zb"]) == 0

@@ -184,6 +184,9 @@ def test_learn_adds_the_swaps_to_the_mix_and_a_resume_reuses_the_finished_phase(
     assert [p.question for p in report.pairs] == ["How frequently?"]
     with pytest.raises(HelixloomError):
         learn.prepare("bad", [docs], teacher, base="default", num_questions=0, synonyms=-1)
+    for rephrasings in (0, learn.MAX_REPHRASINGS + 1):  # a teacher call each: bounded, as over HTTP
+        with pytest.raises(HelixloomError, match="rephrasings"):
+            learn.prepare("bad", [docs], teacher, base="default", num_questions=0, rephrasings=rephrasings)
     # a teacher that cannot score tokens (a remote server) gets no swaps, and says so
     said: list[str] = []
     assert (

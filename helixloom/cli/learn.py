@@ -63,6 +63,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="do not ask the teacher to rephrase the questions built from the sentences",
     )
     learn.add_argument(
+        "--rephrasings",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the teacher's rephrasings per question built from a sentence, the first greedy, the rest "
+        "sampled and each checked (default 3: on the default model 61%% of key facts in four runs, "
+        "against 52%% with 1 before its prompt was fixed, for about 45%% more training steps)",
+    )
+    learn.add_argument(
         "--synonyms",
         type=int,
         default=None,
@@ -193,6 +202,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 review=args.review,
                 rephrase=args.rephrase,
                 **({"synonyms": args.synonyms} if args.synonyms is not None else {}),
+                **({"rephrasings": args.rephrasings} if args.rephrasings is not None else {}),
                 say=say,
                 on_progress=progress,
                 on_phase=phase,

@@ -93,6 +93,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "chunk_tokens",
             "prompts",
             "rephrase",
+            "rephrasings",
             "synonyms",
             "patience",
             "holdout",
