@@ -68,7 +68,7 @@ GENERAL = "general.json"  # in the dataset folder: the base model's own text (re
 # 60.8%) against 50.0/50.0/56.1/50.0 (51.5%) before the fix (1 rephrasing, most of them dropped), for
 # 44-49% more training steps (236 against 164 on learn_fresh); 1 after the fix: 46.7 and 71.7 (seed 0)
 REPHRASINGS = 3
-MAX_REPHRASINGS = 8  # each is a teacher call per rough question; more is hours on a CPU
+MAX_REPHRASINGS = 8  # each adds a teacher call per rough question and rows to train
 # Off by default, measured (benchmarks/learn.py on learn_fresh, Dec 2026, --synonyms 2 against the same
 # recipe without): adapter 46.7% of key facts against 53.3%, citations 73% against 90%, adapter +
 # retrieval 63.3% against 50.0%, 34% more training steps (275 against 205)
