@@ -189,6 +189,11 @@ def counterfactual(store: Store, node_id: str, index: int, token: str) -> Node:
     tokens = (node.meta or {}).get("tokens")
     if node.parent_id is None or not tokens:
         raise HelixloomError("this node has no token log-probabilities to branch from", param="node_id")
+    # an imported tree's meta is the importer's: each token must be [text, ...] as a roll stores it
+    if not isinstance(tokens, list) or not all(
+        isinstance(t, list | tuple) and t and isinstance(t[0], str) for t in tokens
+    ):
+        raise HelixloomError("this node's tokens are not [text, log-probability] pairs", param="node_id")
     if not 0 <= index < len(tokens):
         raise HelixloomError(f"token index {index} is outside 0..{len(tokens) - 1}", param="index")
     if not token or token == tokens[index][0]:

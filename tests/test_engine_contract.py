@@ -133,6 +133,38 @@ def test_mixed_adapters_in_one_batch(backend: Backend) -> None:
     assert len({r.text for r in batch}) == 3
 
 
+@pytest.mark.parametrize("name", ["hf", pytest.param("llamacpp", marks=pytest.mark.default_model)])
+def test_a_lone_surrogate_is_refused_by_the_local_backends(name: str, request: pytest.FixtureRequest) -> None:
+    # JSON's "\ud800" is a str Python cannot encode: a clear refusal, not UnicodeEncodeError (a 500
+    # over HTTP; the remote engine sends text to a server, whose own engine refuses it)
+    engine: Engine = request.getfixturevalue("local" if name == "hf" else "llamacpp")
+    for call in (
+        lambda: engine.tokenize("a \ud800"),
+        lambda: engine.count_tokens("a \ud800"),
+        lambda: engine.next_token_logprobs(["a \ud800"]),
+    ):
+        with pytest.raises(HelixloomError, match="surrogate"):
+            call()
+
+
+def test_scoring_in_small_passes_gives_the_same_numbers(
+    local: HFEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a weave round scores nodes x questions; the hf engine splits them into passes of bounded size
+    from helixloom.engine.hf import engine as hf_engine
+
+    prompts = [*PROMPTS, PROMPTS[0] + " jumps over the lazy dog and runs"]
+    whole = local.next_token_logprobs(prompts, top_k=3)
+    monkeypatch.setattr(hf_engine, "SCORE_PASS_TOKENS", 8)  # a pass per prompt or two
+    split = local.next_token_logprobs(prompts, top_k=3)
+    for a, b in zip(whole, split, strict=True):
+        assert [t.token for t in a.top] == [t.token for t in b.top] and a.prompt_tokens == b.prompt_tokens
+        for x, y in zip(a.top, b.top, strict=True):
+            assert math.isclose(x.logprob, y.logprob, abs_tol=1e-4)
+    with pytest.raises(HelixloomError, match="reads at most"):
+        local.next_token_logprobs(["word " * (local.max_model_len + 1)])
+
+
 def test_next_token_logprobs(backend: Backend) -> None:
     [res] = backend.engine.next_token_logprobs([PROMPTS[1]], top_k=5)
     [ref] = backend.reference.next_token_logprobs([PROMPTS[1]], top_k=5)
@@ -343,3 +375,27 @@ def test_batching_engine_forwards_every_capability() -> None:
         assert all(getattr(wrapped, name) is True for name in Engine.CAPABILITIES)
     finally:
         wrapped.close()
+
+
+def test_a_chat_template_that_refuses_the_messages_is_a_clear_error(tiny_model: TinyModel) -> None:
+    # Gemma's and Llama 2's templates raise on two user turns in a row; that is the request's fault (a
+    # 400 over HTTP), not the server's (jinja2's TemplateError was a 500)
+    from transformers import AutoTokenizer
+
+    from helixloom.engine.base import apply_chat_template
+    from helixloom.engine.remote_chat import LocalTemplate
+
+    template = (
+        "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model.path)
+    tokenizer.chat_template = template
+    twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    with pytest.raises(HelixloomError, match="roles must alternate") as refused:
+        apply_chat_template(tokenizer, twice)
+    assert refused.value.param == "messages"
+    assert apply_chat_template(tokenizer, twice[:1], add_generation_prompt=False) == "a"
+    with pytest.raises(HelixloomError, match="roles must alternate"):
+        LocalTemplate(template, {}, "").render(twice)

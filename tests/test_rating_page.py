@@ -69,3 +69,33 @@ def test_rating_page_records_choices_thumbs_and_skips(
     assert [answers[i]["choice"] for i in ("i1", "i2", "i3")] == ["b", "a", "skip"]
     assert rating_queue.pending("taste") == []
     assert (artifacts / "rate.png").stat().st_size > 5000
+
+
+def test_an_item_answered_twice_at_once_records_one_preference(helixloom_home: Path) -> None:
+    # the "already answered" check and the append go together: two answers at the same moment (two
+    # tabs, a double key press) gave two preferences for one pair
+    import threading
+
+    from helixloom.errors import HelixloomError
+
+    rating_queue.enqueue("twice", [rating_queue.QueueItem("i1", 1, "Say hi.", "hi", "hello")])
+    outcomes: list[str] = []
+    with Store(helixloom_home / "helixloom.db") as store:
+        start = threading.Barrier(8)
+
+        def rate(choice: str) -> None:
+            start.wait()
+            try:
+                rating_queue.answer(store, "twice", "i1", choice, "rating-page")  # type: ignore[arg-type]
+                outcomes.append("recorded")
+            except HelixloomError as exc:
+                outcomes.append(str(exc))
+
+        threads = [threading.Thread(target=rate, args=("ab"[i % 2],)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes) == ["item i1 is already answered"] * 7 + ["recorded"]
+        assert len(store.list_preferences()) == 1
+    assert len(rating_queue.answers("twice")) == 1 and rating_queue.pending("twice") == []

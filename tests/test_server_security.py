@@ -217,6 +217,55 @@ def test_other_routes_refuse_bad_input_cleanly(served: tuple[str, ServerState]) 
     assert httpx.post(f"{url}/api/trees/import", json=bad, headers=auth()).status_code == 400
 
 
+def test_requests_that_once_got_a_500_are_clean_400s(served: tuple[str, ServerState]) -> None:
+    """Each of these was a 500 (an audit in Dec 2026), some only after a whole weave search had run."""
+    url, state = served
+    headers = {**auth(), "Content-Type": "application/json"}
+
+    def post(path: str, raw: str) -> httpx.Response:
+        return httpx.post(f"{url}{path}", content=raw.encode(), headers=headers, timeout=60)
+
+    weave = '"prompt": "Once", "budget": 2, "tokens_per_node": 2'
+    # JSON's 1e309 is infinity to Python: refused before anything is scored or stored
+    for extra in ('"sampling_temperature": 1e309', '"temperature": 1e309',
+                  '"questions": [{"text": "Good?", "weight": 1e309}]'):  # fmt: skip
+        r = post("/api/weave", f"{{{weave}, {extra}}}")
+        assert r.status_code == 400 and r.json()["error"]["message"], (extra, r.text)
+    chat = (
+        '{"model": "weave", "messages": [{"role": "user", "content": "hi"}], '
+        '"weave": {"budget": 2, "questions": [{"text": "q", "weight": 1e309}]}}'
+    )
+    assert post("/v1/chat/completions", chat).status_code == 400
+    assert len(state.store.list_trees()) == 0  # nothing was searched and stored
+    # a request may not make the shared engine score thousands of questions per node
+    many = ", ".join('{"text": "q"}' for _ in range(3000))
+    r = post("/api/weave", f'{{{weave}, "questions": [{many}]}}')
+    assert r.status_code == 400 and "questions" in r.text
+    r = httpx.get(f"{url}/api/sessions", params={"offset": 10**20}, headers=auth())
+    assert r.status_code == 400, r.text  # sqlite's integers are 64-bit
+    # an imported node's tokens are the importer's: a counterfactual on malformed ones is refused
+    tree = {
+        "format": "helixloom.tree/1",
+        "nodes": [
+            {"id": "r", "text": "p"},
+            {"id": "c", "parent_id": "r", "text": "x", "meta": {"tokens": [1, 2]}},
+        ],
+    }
+    imported = httpx.post(f"{url}/api/trees/import", json=tree, headers=auth()).json()
+    child = next(n for n in state.store.tree_nodes(imported["tree_id"]) if n.parent_id is not None)
+    r = httpx.post(
+        f"{url}/api/nodes/{child.id}/counterfactual", json={"index": 1, "token": "z"}, headers=auth()
+    )
+    assert_openai_error(r, 400, "tokens")
+    # the server is unharmed
+    r = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": state.base_id, "prompt": "hi", "max_tokens": 2},
+        headers=auth(),
+    )
+    assert r.status_code == 200
+
+
 def test_bad_requests_in_a_batch_fail_alone(served: tuple[str, ServerState]) -> None:
     """Good and bad requests sent together: every good one answered as it is alone, each bad one
     refused with its own message."""
@@ -276,3 +325,36 @@ def test_uploads_stay_within_the_quota(served: tuple[str, ServerState]) -> None:
     assert httpx.put(f"{url}/api/files/a.txt", content=b"1234567890", headers=auth()).status_code == 201
     names = [f["name"] for f in httpx.get(f"{url}/api/files", headers=auth()).json()["data"]]
     assert names == ["a.txt"]  # the refused upload left nothing behind
+
+
+def test_parallel_uploads_share_the_quota(served: tuple[str, ServerState]) -> None:
+    # each upload measured the quota once at its start, so N uploads at once each fitted a quota that
+    # only one of them fitted in; those under way now count as they stream
+    import dataclasses
+    import threading
+    import time
+
+    url, state = served
+    state.config = dataclasses.replace(state.config, max_uploads_total_bytes=100)
+    start = threading.Barrier(4)
+    codes: list[int] = []
+
+    def slowly() -> Iterator[bytes]:
+        for _ in range(6):
+            yield b"x" * 10
+            time.sleep(0.05)
+
+    def upload(name: str) -> None:
+        start.wait()
+        r = httpx.put(f"{url}/api/files/{name}", content=slowly(), headers=auth(), timeout=60)
+        codes.append(r.status_code)
+        if r.status_code != 201:
+            assert_openai_error(r, 400, "more than")
+
+    threads = [threading.Thread(target=upload, args=(f"f{i}.txt",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    listed = httpx.get(f"{url}/api/files", headers=auth()).json()["data"]
+    assert sum(f["bytes"] for f in listed) <= 100 and sorted(codes).count(201) == len(listed) >= 1

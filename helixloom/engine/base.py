@@ -237,9 +237,18 @@ def apply_chat_template(
 ) -> str:
     """``messages`` through a Hugging Face ``tokenizer``'s chat template, as text; with
     ``add_generation_prompt`` the assistant's turn is opened, ready to complete. The one rendering
-    that serving (``HFEngine.format_chat``) and training (``training.chat_template``) share."""
-    return str(
-        tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+    that serving (``HFEngine.format_chat``) and training (``training.chat_template``) share.
+    A template that refuses the conversation ("Conversation roles must alternate ...", Gemma's and
+    Llama 2's) raises ``HelixloomError`` (a 400 over HTTP), not jinja2's error (a 500)."""
+    import jinja2
+
+    try:
+        return str(
+            tokenizer.apply_chat_template(
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+            )
         )
-    )
+    except jinja2.TemplateError as exc:
+        raise HelixloomError(
+            f"the model's chat template refused these messages: {exc}", param="messages"
+        ) from exc

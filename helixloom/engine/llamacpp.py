@@ -36,7 +36,7 @@ from helixloom.engine.llamacpp_scoring import LlamaCppScoring
 from helixloom.engine.llamacpp_seqs import BASE_KEY, Seq, SeqPool, plain_weights, set_lora
 from helixloom.engine.lora_folder import adapter_version
 from helixloom.engine.remote_chat import LocalTemplate
-from helixloom.engine.types import AdapterInfo, GenerationRequest, SamplingParams
+from helixloom.engine.types import AdapterInfo, GenerationRequest, SamplingParams, check_text
 from helixloom.errors import AdapterError, HelixloomError, ModelNotFound
 
 # ``_applied`` while a switch is under way: no adapter's name (names never hold NUL), so a switch
@@ -129,6 +129,7 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
         it, as on the hf backend. A ``TokenPrompt`` is its own ids."""
         if isinstance(prompt, TokenPrompt):
             return list(prompt.ids)  # what the client counted, exactly
+        check_text(prompt)  # a lone surrogate: a 400, as on the hf backend, not UnicodeEncodeError
         add_bos = not (self._bos_text and prompt.startswith(self._bos_text))
         return list(self.llm.tokenize(prompt.encode(), add_bos=add_bos, special=True))
 
@@ -141,9 +142,11 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
         return self._template.render(messages, add_generation_prompt=add_generation_prompt)
 
     def count_tokens(self, text: str) -> int:
+        check_text(text, "text")
         return len(self.llm.tokenize(text.encode(), add_bos=False, special=False))
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        check_text(text, "text")
         return list(self.llm.tokenize(text.encode(), add_bos=add_special_tokens, special=True))
 
     def detokenize(self, ids: Sequence[int]) -> str:

@@ -3,6 +3,7 @@ steered by yes/no questions or by a reward (AutoLoom)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -27,6 +28,9 @@ class WeaveWithReward(WeaveRequest):
 
 _SERVED_REWARDS = ("head", "rm", "constitution", "evaluator", "judge")
 _reward_cache: dict[tuple[int, str, float], Reward] = {}
+# Held while a reward is looked up or loaded: two requests for one rm:NAME loaded it twice, and two
+# evictions at once could pop the same key (a KeyError, a 500)
+_reward_lock = threading.Lock()
 
 
 def served_reward(state: ServerState, spec: str) -> Reward:
@@ -50,11 +54,12 @@ def served_reward(state: ServerState, spec: str) -> Reward:
     elif kind in ("constitution", "judge") and arg:
         raise HelixloomError(f"{kind} takes no argument over HTTP (files and models are the operator's)")
     key = (id(state.engine), spec, stamp)
-    if key not in _reward_cache:
-        while len(_reward_cache) >= 4:
-            _reward_cache.pop(next(iter(_reward_cache)))
-        _reward_cache[key] = load_reward(spec, engine=state.engine, store=state.store)
-    return _reward_cache[key]
+    with _reward_lock:
+        if key not in _reward_cache:
+            while len(_reward_cache) >= 4:
+                _reward_cache.pop(next(iter(_reward_cache)))
+            _reward_cache[key] = load_reward(spec, engine=state.engine, store=state.store)
+        return _reward_cache[key]
 
 
 @router.get("/sessions")
@@ -66,7 +71,7 @@ def list_sessions(
     since: str | None = None,
     until: str | None = None,
     limit: int = Query(50, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**62),  # sqlite's integers are 64-bit: larger overflowed (a 500)
 ) -> dict[str, Any]:
     sessions = state_of(request).store.list_sessions(
         kind=kind, model=model, rating=rating, since=since, until=until, limit=limit, offset=offset

@@ -62,27 +62,47 @@ async def upload(name: str, request: Request) -> dict[str, Any]:
     target = uploads_dir() / name
     # Streamed to a staged file beside the target, written off the event loop: other clients'
     # streams keep flowing, and no upload is held in memory whole.
-    with atomic.staged_file(target) as staged:
-        used = await run_in_threadpool(_used_bytes, target)
-        written = 0
-        with staged.open("wb") as out:
-            async for chunk in request.stream():
-                written += len(chunk)
-                if used + written > quota:
-                    raise HelixloomError(
-                        f"uploads would take more than the server's {quota} bytes",
-                        "delete some (DELETE /api/files/NAME)",
-                    )
-                await run_in_threadpool(out.write, chunk)
+    # Uploads under way count against the quota as they stream (_streaming): measured once at the
+    # start, N parallel uploads each passed a quota that only one of them fitted in.
+    key = object()
+    _streaming[key] = 0
+    try:
+        with atomic.staged_file(target) as staged:
+            used = await run_in_threadpool(_used_bytes, target)
+            with staged.open("wb") as out:
+                async for chunk in request.stream():
+                    _streaming[key] += len(chunk)
+                    if used + sum(_streaming.values()) > quota:
+                        raise HelixloomError(
+                            f"uploads would take more than the server's {quota} bytes",
+                            "delete some (DELETE /api/files/NAME)",
+                        )
+                    await run_in_threadpool(out.write, chunk)
+    finally:
+        del _streaming[key]
     return _describe(target)
 
 
+# bytes each upload under way has streamed so far (changed on the event loop only)
+_streaming: dict[object, int] = {}
+
+
 def _used_bytes(replacing: Path) -> int:
-    """What the uploads take now, not counting the file about to be replaced."""
+    """What the finished uploads take now, not counting the file about to be replaced (nor the staged
+    files of uploads under way: ``_streaming`` counts those)."""
     folder = uploads_dir()
     if not folder.is_dir():
         return 0
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p != replacing)
+    total = 0
+    for p in folder.iterdir():
+        if p == replacing or p.name.startswith("."):
+            continue
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+        except FileNotFoundError:  # renamed or deleted by another request meanwhile
+            continue
+    return total
 
 
 @router.delete("/{name}", response_model=None)

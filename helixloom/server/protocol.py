@@ -311,12 +311,13 @@ class UnloadLoRAAdapterRequest(OpenAIModel):
 
 
 class WeaveQuestion(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str
-    weight: float = 1.0
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    text: str = Field(min_length=1, max_length=2000)
+    weight: float = Field(1.0, gt=0, le=1000)
     answer: Literal["yes", "no"] = "yes"
 
 
+MAX_WEAVE_QUESTIONS = 16  # per request
 # MiniHF's settings (WeaveConfig's) with a budget an interactive request can wait for.
 _SERVED_WEAVE = WeaveConfig(budget=24, round_budget=8, n_expand=4)
 
@@ -325,9 +326,12 @@ class WeaveOptions(BaseModel):
     """Weave search settings as a request gives them; ``to_config`` makes them a ``WeaveConfig``.
     The bounds are the server's limits on one request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # at most 16: every node is scored on every question in one pass of the shared engine
     questions: list[WeaveQuestion] = Field(
-        default_factory=lambda: [WeaveQuestion(text="Does the response answer the prompt well?")]
+        default_factory=lambda: [WeaveQuestion(text="Does the response answer the prompt well?")],
+        min_length=1,
+        max_length=MAX_WEAVE_QUESTIONS,
     )
     budget: int = Field(_SERVED_WEAVE.budget, ge=1, le=512)
     round_budget: int = Field(_SERVED_WEAVE.round_budget, ge=1, le=512)
@@ -335,8 +339,8 @@ class WeaveOptions(BaseModel):
     tokens_per_node: int = Field(_SERVED_WEAVE.tokens_per_node, ge=1, le=512)
     beam_width: int = Field(_SERVED_WEAVE.beam_width, ge=1, le=8)
     max_lookahead: int = Field(_SERVED_WEAVE.max_lookahead, ge=1, le=8)
-    temperature: float = Field(_SERVED_WEAVE.temperature, gt=0)
-    sampling_temperature: float = Field(_SERVED_WEAVE.sampling_temperature, ge=0)
+    temperature: float = Field(_SERVED_WEAVE.temperature, gt=0, le=100)
+    sampling_temperature: float = Field(_SERVED_WEAVE.sampling_temperature, ge=0, le=100)
     seed: int = _SERVED_WEAVE.seed
 
     def to_config(self) -> WeaveConfig:

@@ -21,6 +21,7 @@ from helixloom.errors import HelixloomError
 
 Choice = Literal["a", "b", "skip"]
 SOURCES = ("rating-page", "simulated")
+_ANSWERING = threading.Lock()  # one answer at a time (this process): see ``answer``
 _lock = threading.Lock()
 
 
@@ -91,6 +92,14 @@ def answer(
     item = next((i for i in items(name) if i.id == item_id), None)
     if item is None:
         raise HelixloomError(f"no item {item_id} in the queue of {name}", param="item")
+    with _ANSWERING:  # the check and the append together: two answers at once gave two preferences
+        return _answer(store, name, item, choice, source, thumbs)
+
+
+def _answer(
+    store: Any, name: str, item: QueueItem, choice: str, source: str, thumbs: dict[str, str] | None
+) -> dict[str, Any]:
+    item_id = item.id
     if item_id in answers(name):
         raise HelixloomError(f"item {item_id} is already answered", param="item")
     preference_id = None

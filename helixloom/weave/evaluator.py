@@ -49,8 +49,10 @@ class Question:
             raise HelixloomError("an evaluator question is empty", param="question")
         if self.template is not None and "{response}" not in self.template:
             raise HelixloomError(f"question {self.text[:40]!r} has no {{response}}", param="question")
-        if not self.weight > 0:
-            raise HelixloomError(f"question weight must be positive: {self.text[:40]!r}", param="question")
+        if not 0 < self.weight < math.inf:  # an infinite weight made every score NaN
+            raise HelixloomError(
+                f"question weight must be positive and finite: {self.text[:40]!r}", param="question"
+            )
 
 
 class Evaluator:

@@ -46,8 +46,16 @@ class WeaveConfig:
         for name in ("budget", "round_budget", "n_expand", "tokens_per_node", "beam_width", "max_lookahead"):
             if getattr(self, name) < 1:
                 raise HelixloomError(f"{name} must be at least 1", param=name)
-        if not self.temperature > 0:
-            raise HelixloomError("temperature must be positive", param="temperature")
+        # finite, checked here before the root is scored: SamplingParams refused an infinite one
+        # only after the search had run (a 500 over HTTP)
+        if not 0 < self.temperature < math.inf:
+            raise HelixloomError("temperature must be positive and finite", param="temperature")
+        if not 0 <= self.sampling_temperature < math.inf:
+            raise HelixloomError(
+                "sampling_temperature must be 0 or more, and finite", param="sampling_temperature"
+            )
+        if not 0 < self.top_p <= 1:
+            raise HelixloomError("top_p must be in (0, 1]", param="top_p")
 
 
 @dataclass(eq=False)  # nodes compare by identity: a tree links both ways

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 BASE_VERSION = "base"  # the prefix cache's key for KV computed by the base model alone
+SCORE_PASS_TOKENS = 16384  # padded prompt tokens per scoring pass (next_token_logprobs)
 
 
 class HFEngine(Engine):
@@ -335,18 +336,35 @@ class HFEngine(Engine):
         if any(not p for p in prompts):
             raise HelixloomError("a prompt to score is empty", param="prompts")
         candidate_ids = {c: self.vocab.single_token(c) for c in candidates}
+        batch = [self.encode(p) for p in prompts]
+        for ids in batch:
+            if len(ids) > self.max_model_len:
+                raise HelixloomError(
+                    f"the prompt has {len(ids)} tokens; the model reads at most {self.max_model_len}",
+                    param="prompt",
+                )
+        # passes of at most SCORE_PASS_TOKENS padded tokens: a weave round's nodes x questions came as
+        # one pass, as large as a request made it, holding the engine (and its memory) for everyone
+        groups: list[list[int]] = [[]]
+        for r, ids in enumerate(batch):
+            widest = max([len(batch[i]) for i in groups[-1]] + [len(ids)])
+            if groups[-1] and widest * (len(groups[-1]) + 1) > SCORE_PASS_TOKENS:
+                groups.append([])
+            groups[-1].append(r)
+        parts = []
         with self._lock, torch.inference_mode():
-            batch = [self.encode(p) for p in prompts]
-            input_ids, attention, positions = self._left_pad(batch)
-            out = self._forward(
-                [adapter] * len(prompts),
-                input_ids=input_ids,
-                attention_mask=attention,
-                position_ids=positions,
-                use_cache=False,
-                logits_to_keep=1,
-            )
-            logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # logprobs: [B, V]
+            for group in groups:
+                input_ids, attention, positions = self._left_pad([batch[i] for i in group])
+                out = self._forward(
+                    [adapter] * len(group),
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    position_ids=positions,
+                    use_cache=False,
+                    logits_to_keep=1,
+                )
+                parts.append(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1))
+            logprobs = torch.cat(parts)  # logprobs: [B, V]
         results = []
         for r, ids in enumerate(batch):
             k = min(top_k, logprobs.shape[-1])
