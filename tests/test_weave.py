@@ -86,6 +86,30 @@ def test_evaluator_on_the_tiny_model(tiny_adapted_engine: HFEngine) -> None:
     assert with_adapter != Evaluator(engine, [Question("Is this good?")]).score([("Once", " upon")])
 
 
+def test_weave_refuses_what_cannot_run_before_scoring_anything(tiny_adapted_engine: HFEngine) -> None:
+    # a prompt past the model's context was scored (one pass of any size) before generation refused it
+    engine = tiny_adapted_engine
+    scored: list[object] = []
+
+    class Counting(Evaluator):
+        def score(self, pairs):  # type: ignore[no-untyped-def]
+            scored.append(pairs)
+            return super().score(pairs)
+
+    evaluator = Counting(engine, [Question("Good?")])
+    with pytest.raises(HelixloomError, match="context"):
+        weave("word " * engine.max_model_len, engine, evaluator, WeaveConfig(budget=2))
+    for bad, param in (
+        (dict(temperature=math.inf), "temperature"),
+        (dict(sampling_temperature=math.inf), "sampling"),
+    ):
+        with pytest.raises(HelixloomError, match=param):
+            WeaveConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(HelixloomError, match="finite"):
+        Question("q", weight=math.inf)
+    assert scored == []
+
+
 def scripted_weave(config: WeaveConfig) -> tuple[ScriptedEngine, object]:
     engine = ScriptedEngine(one_word, judge=cats)
     return engine, weave("Story:", engine, Evaluator(engine, [Question("Cats?")]), config)

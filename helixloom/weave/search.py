@@ -126,6 +126,9 @@ def weave(
     config = config or WeaveConfig()
     if not prompt:
         raise HelixloomError("the prompt is empty", param="prompt")
+    # the first node's request, checked before the root is scored: a prompt past the model's context
+    # (or a lone surrogate) is refused here, not after scoring it in one pass of any size
+    engine.validate(GenerationRequest(prompt, _sampling(config), adapter))
     rng = random.Random(config.seed)
     root = WeaveNode(prompt, 0, committed=True)
     root.score = evaluator.score([(prompt, "")])[0]
@@ -170,12 +173,16 @@ def weave(
     return WeaveResult(root, best + rest, generated)
 
 
+def _sampling(config: WeaveConfig) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=config.tokens_per_node, temperature=config.sampling_temperature, top_p=config.top_p
+    )
+
+
 def _expand(
     node: WeaveNode, k: int, engine: Engine, config: WeaveConfig, rng: random.Random, adapter: str | None
 ) -> list[WeaveNode]:
-    params = SamplingParams(
-        max_tokens=config.tokens_per_node, temperature=config.sampling_temperature, top_p=config.top_p
-    )
+    params = _sampling(config)
     text = node.branch_text()
     requests = [
         GenerationRequest(text, params.model_copy(update={"seed": rng.getrandbits(31)}), adapter)

@@ -337,12 +337,6 @@ class HFEngine(Engine):
             raise HelixloomError("a prompt to score is empty", param="prompts")
         candidate_ids = {c: self.vocab.single_token(c) for c in candidates}
         batch = [self.encode(p) for p in prompts]
-        for ids in batch:
-            if len(ids) > self.max_model_len:
-                raise HelixloomError(
-                    f"the prompt has {len(ids)} tokens; the model reads at most {self.max_model_len}",
-                    param="prompt",
-                )
         # passes of at most SCORE_PASS_TOKENS padded tokens: a weave round's nodes x questions came as
         # one pass, as large as a request made it, holding the engine (and its memory) for everyone
         groups: list[list[int]] = [[]]
