@@ -340,10 +340,12 @@ class HFEngine(Engine):
         # passes of at most SCORE_PASS_TOKENS padded tokens: a weave round's nodes x questions came as
         # one pass, as large as a request made it, holding the engine (and its memory) for everyone
         groups: list[list[int]] = [[]]
+        width = 0  # the current pass's longest prompt
         for r, ids in enumerate(batch):
-            widest = max([len(batch[i]) for i in groups[-1]] + [len(ids)])
-            if groups[-1] and widest * (len(groups[-1]) + 1) > SCORE_PASS_TOKENS:
+            width = max(width, len(ids))
+            if groups[-1] and width * (len(groups[-1]) + 1) > SCORE_PASS_TOKENS:
                 groups.append([])
+                width = len(ids)
             groups[-1].append(r)
         parts = []
         with self._lock, torch.inference_mode():
