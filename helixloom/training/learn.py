@@ -67,8 +67,8 @@ GENERAL = "general.json"  # in the dataset folder: the base model's own text (re
 # "Natural:"): key facts on learn_fresh seeds 0/1 and learn_fresh2 seeds 0/1 63.3/56.7/60.0/63.3 (mean
 # 60.8%) against 50.0/50.0/56.1/50.0 (51.5%) before the fix (1 rephrasing, most of them dropped), for
 # 44-49% more training steps (236 against 164 on learn_fresh); 1 after the fix: 46.7 and 71.7 (seed 0).
-# 5 found 60.0/60.0/66.7/73.3 (mean 65.0%; first sentence 62.1% against 52.0%) for 15-24% more steps,
-# which would take learn past 15 minutes on 2 cores: not the default until a step is cheaper.
+# 5 found 60.0/60.0/66.7/73.3 (mean 65.0%; first sentence 62.1% against 52.0%) for 15-24% more steps:
+# learn took 905 s quiet against 741 s (2 cores), past 15 minutes: not the default until a step is cheaper.
 REPHRASINGS = 3
 MAX_REPHRASINGS = 8  # each adds a teacher call per rough question and rows to train
 # Off by default, measured (benchmarks/learn.py on learn_fresh, Dec 2026, --synonyms 2 against the same
