@@ -78,13 +78,8 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
         """``messages`` in the template (with ``add_generation_prompt``, the assistant's turn opened)."""
-        if self._template is not None:
-            import jinja2
-
-            try:
-                return self._template.render(messages, add_generation_prompt=add_generation_prompt)
-            except jinja2.TemplateError as exc:
-                raise HelixloomError(f"the chat template for {self.model} failed: {exc}") from exc
+        if self._template is not None:  # a template's refusal is a HelixloomError (LocalTemplate.render)
+            return self._template.render(messages, add_generation_prompt=add_generation_prompt)
         if self.source == SERVER_TEMPLATE:
             turns = tuple((m["role"], m["content"]) for m in messages)
             return self._server_render(turns, add_generation_prompt)
