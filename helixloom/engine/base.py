@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from helixloom.engine.types import (
@@ -240,14 +241,22 @@ def apply_chat_template(
     that serving (``HFEngine.format_chat``) and training (``training.chat_template``) share.
     A template that refuses the conversation ("Conversation roles must alternate ...", Gemma's and
     Llama 2's) raises ``HelixloomError`` (a 400 over HTTP), not jinja2's error (a 500)."""
-    import jinja2
-
-    try:
+    with template_refusals():
         return str(
             tokenizer.apply_chat_template(
                 [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
             )
         )
+
+
+@contextmanager
+def template_refusals() -> Iterator[None]:
+    """A chat template's refusal of the messages (jinja2's ``TemplateError``: "Conversation roles must
+    alternate ...") as the request's fault: ``HelixloomError`` with ``param="messages"``."""
+    import jinja2
+
+    try:
+        yield
     except jinja2.TemplateError as exc:
         raise HelixloomError(
             f"the model's chat template refused these messages: {exc}", param="messages"

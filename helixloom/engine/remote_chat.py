@@ -178,22 +178,19 @@ class LocalTemplate:
     server_bos: str  # a BOS text the server adds to every prompt itself, so not repeated ("": none)
 
     def render(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
-        import jinja2
         from transformers.utils.chat_template_utils import render_jinja_template
+
+        from helixloom.engine.base import template_refusals
 
         variables: dict[str, Any] = dict(self.tokens)
         # Annotated as str; it returns (one rendering per conversation, assistant token indices).
-        try:
+        with template_refusals():
             rendered: Any = render_jinja_template(
                 [[dict(m) for m in messages]],
                 chat_template=self.source,
                 add_generation_prompt=add_generation_prompt,
                 **variables,
             )
-        except jinja2.TemplateError as exc:  # "Conversation roles must alternate ...": the request's fault
-            raise HelixloomError(
-                f"the model's chat template refused these messages: {exc}", param="messages"
-            ) from exc
         text = str(rendered[0][0])
         return text.removeprefix(self.server_bos) if self.server_bos else text
 
