@@ -82,6 +82,11 @@ def main() -> None:
         help="the teacher's rephrasings per rough question (default: learn's)",
     )
     parser.add_argument(
+        "--keep-rough",
+        action="store_true",
+        help="keep the rough questions the teacher rephrased (learn's --keep-rough)",
+    )
+    parser.add_argument(
         "--synonyms",
         type=int,
         default=None,
@@ -162,6 +167,8 @@ def main() -> None:
     more = {"rephrasings": args.rephrasings} if args.rephrasings is not None else {}
     if args.synonyms is not None:
         more["synonyms"] = args.synonyms
+    if args.keep_rough:
+        more["keep_rough"] = True
     _, report = learn.prepare(
         "bench-learn",
         [docs],

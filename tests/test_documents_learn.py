@@ -672,3 +672,35 @@ def test_the_probe_prompts_the_model_as_it_was_trained(
     assert tokenizer(served).input_ids != trained[: len(tokenizer(served).input_ids)]
     probe = tokenizer(generation_prompt(tokenizer, messages)).input_ids
     assert probe == trained[: len(probe)] and len(probe) >= len(trained) - 8
+
+
+def test_a_rephrased_rough_question_is_replaced_by_its_rephrasings_unless_kept(docs: Path) -> None:
+    from helixloom.documents import rephrase
+    from helixloom.documents.perspectives import build_pairs
+
+    def reply(request: GenerationRequest) -> str:
+        if "Rough: " not in request.prompt:
+            return teacher_reply(request)
+        rough = request.prompt.rsplit("Rough: ", 1)[1].split("\n")[0]
+        # a natural wording for the questions about the Zorblax, none for the others
+        return f" Tell me about the Zorblax {len(rough)}?" if "Zorblax" in rough else " no"
+
+    counts = {}
+    for keep in (False, True):
+        learn.prepare(
+            f"keep-{keep}", [docs], ScriptedEngine(reply), base="default", num_questions=0,
+            rephrasings=1, keep_rough=keep,
+        )  # fmt: skip
+        counts[keep] = dataset.read(f"keep-{keep}")[1]["mix"]
+    rough = [p for d in ingest([docs]).documents for p in build_pairs(d)["span"]]
+    rephrased = [p for p in rough if "Zorblax" in p.question]
+    assert rephrased and len(rephrased) < len(rough)  # some rephrased, some not
+    assert counts[False]["rough_replaced"] == len(rephrased) and counts[True]["rough_replaced"] == 0
+    assert counts[True]["pairs_kept"]["span"] - counts[False]["pairs_kept"]["span"] == len(rephrased)
+    assert counts[False]["pairs_kept"]["rephrase"] == counts[True]["pairs_kept"]["rephrase"]
+
+    # exactly the rough questions with a rephrasing go: same document, fact, key and answer
+    natural = [dataclasses.replace(p, question="Tell me?", perspective="rephrase") for p in rephrased]
+    other = dataclasses.replace(rough[0], perspective="entity")  # only rough (span) questions go
+    left = rephrase.without_rephrased([*rough, other], natural)
+    assert left == [*(p for p in rough if p not in rephrased), other]

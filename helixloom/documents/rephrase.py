@@ -67,6 +67,15 @@ def check(question: str, pair: Pair, examples: str) -> str | None:
     return None
 
 
+def without_rephrased(pairs: Sequence[Pair], rephrased: Sequence[Pair]) -> list[Pair]:
+    """``pairs`` less the rough questions that ``rephrased`` holds a rephrasing of (same document,
+    fact and key): a rough question ("..., is a how many zone irrigation controller for gardens?")
+    repeats its sentence's words, which the answer and the document rows already train on, and the
+    questions a reader asks are in other words."""
+    done = {(p.doc_id, p.fact, p.key, p.answer) for p in rephrased}
+    return [p for p in pairs if p.perspective != "span" or (p.doc_id, p.fact, p.key, p.answer) not in done]
+
+
 def rephrase(
     teacher: Engine,
     pairs: Sequence[Pair],

@@ -94,6 +94,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "prompts",
             "rephrase",
             "rephrasings",
+            "keep_rough",
             "synonyms",
             "patience",
             "holdout",

@@ -62,14 +62,18 @@ REPORT = "learn_report.json"  # beside the adapter
 SUITE_MAX_TOKENS = 160  # per pair the teacher writes
 HELDOUT = "heldout.jsonl"  # in the dataset folder: the generated questions kept out of training
 GENERAL = "general.json"  # in the dataset folder: the base model's own text (replay, the KL anchor)
-# Rephrasings the teacher writes per rough question (the first greedy, the rest sampled). 3, measured
-# (benchmarks/learn.py, Dec 2026, the default model, after the rephrase prompt was fixed to end on
-# "Natural:"): key facts on learn_fresh seeds 0/1 and learn_fresh2 seeds 0/1 63.3/56.7/60.0/63.3 (mean
-# 60.8%) against 50.0/50.0/56.1/50.0 (51.5%) before the fix (1 rephrasing, most of them dropped), for
-# 44-49% more training steps (236 against 164 on learn_fresh); 1 after the fix: 46.7 and 71.7 (seed 0).
-# 5 found 60.0/60.0/66.7/73.3 (mean 65.0%; first sentence 62.1% against 52.0%) for 15-24% more steps:
-# learn took 905 s quiet against 741 s (2 cores), past 15 minutes: not the default until a step is cheaper.
-REPHRASINGS = 3
+# Rephrasings the teacher writes per rough question (the first greedy, the rest sampled), each
+# replacing the rough question it rephrases (``keep_rough``). Measured (benchmarks/learn.py, Dec 2026,
+# the default model, key facts on learn_fresh seeds 0/1 and learn_fresh2 seeds 0/1):
+# - 3, rough questions kept (the default until Dec 2026): 63.3/56.7/60.0/63.3, mean 60.8% (first
+#   sentence 52.0%); 1 before the rephrase prompt was fixed: 51.5%;
+# - 5, rough questions kept: 60.0/60.0/66.7/73.3 (65.0%; 62.1%) but 15-24% more steps, 905 s quiet
+#   against 741 s (2 cores): past 15 minutes;
+# - 5, each rough question replaced by its rephrasings, and the group id out of the system prompt
+#   (``mix.SYSTEM_PROMPT``): 53.3/70.0/70.0/70.0 (65.8%; 60.8%), forgetting x1.22-x1.31 against
+#   x1.29-x1.34, in 771 s quiet against 796 s for the 3-rephrasing recipe on the same machine: a
+#   rough question repeats its sentence's words, and a row is about a tenth shorter without the id.
+REPHRASINGS = 5
 MAX_REPHRASINGS = 8  # each adds a teacher call per rough question and rows to train
 # Off by default, measured (benchmarks/learn.py on learn_fresh, Dec 2026, --synonyms 2 against the same
 # recipe without): adapter 46.7% of key facts against 53.3%, citations 73% against 90%, adapter +
@@ -104,6 +108,7 @@ def prepare(
     rephrase: bool = True,
     rephrasings: int = REPHRASINGS,
     synonyms: int = SYNONYMS,
+    keep_rough: bool = False,
     teacher_spec: str | None = None,
     writer: Engine | None = None,
     review: bool = False,
@@ -119,6 +124,9 @@ def prepare(
 
     ``writer`` is an engine of the base model (the student): it writes the replay text. None: the
     teacher, which is the base model unless the user named another teacher.
+
+    A rough question the teacher rephrased is replaced by its rephrasings unless ``keep_rough``; one
+    with no rephrasing kept stays.
 
     ``teacher_spec`` (default: the teacher's model name) and ``review`` are recorded in the generation
     plan, for ``resume_generation`` to rebuild the teacher and for the CLI to stop for a review. With
@@ -153,6 +161,7 @@ def prepare(
         "rephrase": rephrase,
         "rephrasings": rephrasings,
         "synonyms": synonyms,
+        "keep_rough": keep_rough,
     }
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -172,6 +181,11 @@ def prepare(
         else None
     )
     rephrased = rephrased or rephrasing.RephraseReport([])
+    replaced = 0
+    if not keep_rough:
+        before = len(built)
+        built = rephrasing.without_rephrased(built, rephrased.pairs)
+        replaced = before - len(built)
     built.extend(rephrased.pairs)
     seconds["teacher_rephrase"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -263,6 +277,7 @@ def prepare(
             },
             "heldout": len(held),
             "repeated_for_balance": len(trained) - len(train_pairs),
+            "rough_replaced": replaced,
             "rows": _count_rows(rows),
             "seconds": seconds,
         },
@@ -389,6 +404,7 @@ def resume_generation(
             "rephrase": bool(plan.get("rephrase", True)),
             "rephrasings": int(plan.get("rephrasings", 1)),  # a plan that does not say ran with 1
             "synonyms": int(plan.get("synonyms", 0)),
+            "keep_rough": bool(plan.get("keep_rough", True)),  # a plan that does not say kept them
         }
         sources = plan["sources"]
     except (KeyError, TypeError, AttributeError) as exc:
