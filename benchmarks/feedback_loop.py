@@ -199,6 +199,7 @@ def run_arm(
         selection=arm,
         train_pairs=args.train_pairs,
         k=args.k,
+        explore=args.explore,
         max_tokens=args.max_tokens,
         eval_samples=args.eval_samples,
         gen_batch=args.gen_batch,
@@ -265,6 +266,7 @@ def run_arm(
                 reward_agreement_held_out=round(agree, 3) if agree is not None else None,
                 reward_agreement_train=round(result.train_agreement or 0, 3),
                 dpo_pairs=result.pairs,
+                chosen_forms=result.chosen_forms,
                 candidate_win_rate=round(result.win_rate, 1),
                 promoted=result.promoted,
                 reason=result.reason,
@@ -423,6 +425,12 @@ def main() -> int:
         "--train-pairs", default="reward", help="the policy's DPO pairs: reward or reward+rated"
     )
     parser.add_argument("--k", type=int, default=8, help="answers per training prompt (the loop's default)")
+    parser.add_argument(
+        "--explore",
+        type=int,
+        default=None,
+        help="of the k answers, how many are asked for an answer form (the loop's --explore; default: its)",
+    )
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--eval-samples", type=int, default=2)
     parser.add_argument("--gen-batch", type=int, default=16)
@@ -444,6 +452,10 @@ def main() -> int:
     parser.add_argument("--skip-loops", action="store_true", help="only the reward learning curves")
     parser.add_argument("--work", help="HELIXLOOM_HOME to use (default: a temporary folder)")
     args = parser.parse_args()
+    if args.explore is None:
+        from helixloom.training.improve import ImproveConfig
+
+        args.explore = ImproveConfig().explore
     if args.prompts > len(TRAIN_PROMPTS) or args.held_out > len(HELD_OUT):
         parser.error(f"at most {len(TRAIN_PROMPTS)} prompts and {len(HELD_OUT)} held out")
 
@@ -489,6 +501,7 @@ def main() -> int:
                     config=ImproveConfig(
                         rounds=1,
                         k=args.k,
+                        explore=args.explore,
                         max_tokens=args.max_tokens,
                         eval_samples=max(args.eval_samples, 4),
                         gen_batch=args.gen_batch,

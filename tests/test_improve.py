@@ -334,3 +334,48 @@ def test_a_run_started_before_the_nll_setting_resumes_without_it(tmp_path: Path)
     del meta["train"]["sft_weight"]  # as written before the setting existed
     (run.root / "run.json").write_text(json.dumps(meta))
     assert ImproveRun.open("old").train_config.sft_weight == 0.0
+
+
+def test_explore_shows_some_samples_a_form_and_trains_them_as_answers_to_the_prompt(tmp_path: Path) -> None:
+    from helixloom.training.improve import _chosen_forms, forms
+    from tests.scripted import ScriptedEngine
+
+    shown = forms()
+    assert len({f.name for f in shown}) == len(shown) >= 8
+    assert not {f.question for f in shown} & {*PROMPTS, *HELD_OUT}
+    listed = next(f for f in shown if f.name == "bulleted list")
+
+    def reply(request) -> str:  # a model that writes a list only after an example of one
+        return "- one item\n- another item" if listed.answer in request.prompt else "just prose here"
+
+    engine = ScriptedEngine(reply)
+    config = ImproveConfig(rounds=1, k=4, explore=2)
+    run = ImproveRun.create("explore", PROMPTS, HELD_OUT, base="default", config=config)
+    candidates = run._sample(1, engine, None, None)
+    asked = [r.prompt for r in engine.requests]
+    assert len(asked) == len(PROMPTS) * 4
+    for j, c in enumerate(candidates):
+        assert c["forms"][:2] == [None, None]  # the first k - explore answer the prompt alone
+        for name, prompt in zip(c["forms"], asked[j * 4 : (j + 1) * 4], strict=True):
+            assert c["prompt"] in prompt
+            examples = [f for f in shown if f.answer in prompt]
+            assert [f.name for f in examples] == ([name] if name else [])
+    # every form is shown somewhere across the prompts (6 prompts x 2 cover all 8)
+    assert {n for c in candidates for n in c["forms"] if n} == {f.name for f in shown}
+
+    with_list = [c for c in candidates if any(a.startswith("- ") for a in c["answers"])]
+    assert with_list  # the list was shown somewhere, and followed
+    bullets = FunctionReward(lambda ps, rs: [float(r.count("- ")) for r in rs])
+    rows = run._training_rows(1, engine, with_list, bullets, [])
+    assert rows and all(r["chosen"].startswith("- ") for r in rows)
+    for row in rows:  # the training prompt is the user's alone: no example exchange in it
+        assert not any(f.answer in row["prompt"] or f.question in row["prompt"] for f in shown)
+        assert any(p in row["prompt"] for p in PROMPTS)
+    assert _chosen_forms(with_list, rows) == {"bulleted list": len(rows)}
+
+    with pytest.raises(HelixloomError, match="explore"):
+        ImproveConfig(k=4, explore=5)
+    meta = json.loads((run.root / "run.json").read_text())
+    del meta["config"]["explore"]  # a run started before the setting: resumed without exploring
+    (run.root / "run.json").write_text(json.dumps(meta))
+    assert ImproveRun.open("explore").config.explore == 0

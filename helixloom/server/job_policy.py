@@ -268,6 +268,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "selection",
             "train_pairs",
             "k",
+            "explore",
             "temperature",
             "max_tokens",
             "eval_samples",

@@ -23,6 +23,7 @@ Every phase writes its file before the next starts, so a killed run resumes wher
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -31,8 +32,11 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from helixloom import atomic
 from helixloom.engine import Engine, GenerationRequest, sampling
@@ -59,6 +63,27 @@ Rater = Callable[[list[rating_queue.QueueItem]], int]
 #: Makes the promoted adapter live (name, folder) -> what was done, for the report.
 Deploy = Callable[[str, Path], dict[str, Any]]
 Event = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Form:
+    """An answer form ``explore`` shows while sampling: one worked exchange in that form."""
+
+    name: str
+    question: str
+    answer: str
+
+
+@functools.cache
+def forms() -> tuple[Form, ...]:
+    """The answer forms of ``data/improve/forms.yaml`` (why these: the file's header). A policy learns a
+    taste only from answers it samples, and a small base model rarely writes a list or closes with a
+    question unprompted (the embedded model: 2 of 24 held-out answers for each of those benchmark
+    tastes, Dec 2026), so ``explore`` of the ``k`` samples are written after one of these exchanges;
+    the user rates them, and DPO trains them, as answers to the prompt alone (the exchange is not in
+    the training row), so a form is learned only if it is liked."""
+    text = (resources.files("helixloom") / "data" / "improve" / "forms.yaml").read_text(encoding="utf-8")
+    return tuple(Form(**f) for f in yaml.safe_load(text)["forms"])
 
 
 #: What the policy's DPO pairs are: the reward's best vs worst per prompt, and optionally the rated pairs.
@@ -92,6 +117,14 @@ class ImproveConfig:
     # plain active +75.0 (+79.2), random +58.4 (+79.2). Sampling takes twice as long (about 2 min a round)
     # (short_question then liked any answer ending with "?"; its gains were lone questions asked back)
     k: int = field(default=8, metadata={"help": "answers sampled per training prompt"})
+    explore: int = field(
+        default=0,
+        metadata={
+            "help": "of the k answers, how many are written after an example of an answer form (a "
+            "list, one sentence, a closing question, ...: data/improve/forms.yaml); rated and trained "
+            "on as answers to the prompt alone"
+        },
+    )
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the k answers"})
     max_tokens: int = field(default=64, metadata={"help": "longest answer in tokens"})
     eval_samples: int = field(default=2, metadata={"help": "answers per held-out prompt when evaluating"})
@@ -116,6 +149,8 @@ class ImproveConfig:
             raise HelixloomError("ratings and wait must be >= 0", param="ratings")
         if self.k < 2:
             raise HelixloomError("k must be at least 2 to make pairs", param="k")
+        if not 0 <= self.explore <= self.k:
+            raise HelixloomError("explore counts some of the k answers: 0 to k", param="explore")
         if self.selection not in ("active", "random"):
             raise HelixloomError("selection must be active or random", param="selection")
         if self.train_pairs not in TRAIN_PAIRS:
@@ -146,6 +181,8 @@ class RoundResult:
     adapter: str | None  # the current adapter after this round (None: the base model)
     deployed: dict[str, Any] | None
     seconds: dict[str, float]
+    # the chosen answers of the DPO pairs by the form they were asked for ("": the prompt alone)
+    chosen_forms: dict[str, int] = field(default_factory=dict)
 
 
 def deploy_http(base_url: str, api_key: str | None = None) -> Deploy:
@@ -189,7 +226,7 @@ class ImproveRun:
         self.root = root
         self.meta = meta
         self.name: str = meta["name"]
-        self.config = ImproveConfig(**meta["config"])
+        self.config = ImproveConfig(**{"explore": 0, **meta["config"]})  # runs from before explore
         # JSON has no tuples; the config's tuple fields (target_modules) must come back as tuples.
         train: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["train"].items()}
         train.setdefault("sft_weight", 0.0)  # a run started before the setting trained without it
@@ -388,6 +425,7 @@ class ImproveRun:
                 adapter=str(self.current()) if self.current() else None,
                 deployed=deployed,
                 seconds={k: round(v, 2) for k, v in seconds.items()},
+                chosen_forms=_chosen_forms(candidates, rows),
             )
             atomic.write_json(folder / "result.json", asdict(result))
             atomic.write_json(self.root / "rounds.json", [asdict(x) for x in self.rows()])
@@ -407,8 +445,14 @@ class ImproveRun:
 
     # ------------------------------------------------------------------ phases
 
-    def _messages(self, prompt: str) -> list[dict[str, str]]:
+    def _messages(self, prompt: str, style: str | None = None) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.config.system}] if self.config.system else []
+        if style:  # the form's worked exchange, as an earlier turn
+            form = next(f for f in forms() if f.name == style)
+            msgs += [
+                {"role": "user", "content": form.question},
+                {"role": "assistant", "content": form.answer},
+            ]
         return [*msgs, {"role": "user", "content": prompt}]
 
     def _generate(
@@ -418,13 +462,15 @@ class ImproveRun:
         seeds: Sequence[int],
         adapter: str | None,
         temperature: float,
+        shown_forms: Sequence[str | None] | None = None,
     ) -> list[Any]:
         out: list[Any] = []
+        shown_forms = shown_forms or [None] * len(prompts)
         for start in range(0, len(prompts), self.config.gen_batch):
             reqs = []
             part = slice(start, start + self.config.gen_batch)
-            for prompt, seed in zip(prompts[part], seeds[part], strict=True):
-                chat = render(engine, self._messages(prompt))
+            for prompt, seed, form in zip(prompts[part], seeds[part], shown_forms[part], strict=True):
+                chat = render(engine, self._messages(prompt, form))
                 params = sampling(
                     max_tokens=self.config.max_tokens,
                     temperature=temperature,
@@ -455,15 +501,22 @@ class ImproveRun:
         k = self.config.k
         prompts = [p for p in self.prompts for _ in range(k)]
         seeds = [_seed(self.config.seed, r, j, s) for j in range(len(self.prompts)) for s in range(k)]
+        shown = [
+            explore_form(j, s, k, self.config.explore, r) for j in range(len(self.prompts)) for s in range(k)
+        ]
         bar = progress(f"round {r}: sample {k} answers", len(prompts)) if progress else None
         results = self._generate(
-            engine, prompts, seeds, self._adapter_name(engine, current), self.config.temperature
+            engine, prompts, seeds, self._adapter_name(engine, current), self.config.temperature, shown
         )
         if bar is not None:
             bar.update(len(prompts))
             bar.close()
         out = [
-            {"prompt": p, "answers": [x.text for x in results[j * k : (j + 1) * k]]}
+            {
+                "prompt": p,
+                "answers": [x.text for x in results[j * k : (j + 1) * k]],
+                "forms": shown[j * k : (j + 1) * k],
+            }
             for j, p in enumerate(self.prompts)
         ]
         atomic.write_json(path, out)
@@ -607,6 +660,30 @@ class ImproveRun:
         ]
         atomic.write_jsonl(self.root / "eval" / f"{_policy_key(adapter)}.jsonl", rows)
         return rows
+
+
+def explore_form(prompt: int, sample: int, k: int, explore: int, round_: int) -> str | None:
+    """The name of the form shown before sample ``sample`` of prompt ``prompt`` (None: the prompt
+    alone): the last ``explore`` of the ``k`` samples, each prompt starting further along ``forms()``
+    (and each round further again), so every form is shown across the prompts."""
+    extra = sample - (k - explore)
+    if extra < 0:
+        return None
+    shown = forms()
+    return shown[(prompt * explore + extra + round_) % len(shown)].name
+
+
+def _chosen_forms(candidates: list[dict[str, Any]], rows: list[dict[str, str]]) -> dict[str, int]:
+    form_of = {
+        a: st or "(the prompt alone)"
+        for c in candidates
+        for a, st in zip(c["answers"], c.get("forms") or [], strict=False)
+    }
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = form_of.get(row["chosen"], "(the prompt alone)")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _agreement(reward: Reward, pairs: list[RatedPair]) -> float | None:
