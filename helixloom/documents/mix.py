@@ -28,16 +28,11 @@ from helixloom.documents import retrieval
 from helixloom.documents.grounded import Pair
 from helixloom.documents.ingest import Document
 
-# Short on purpose: every training row pays for it (the document ids it once listed cost 26 of its
+# The system prompt an adapter of ``learn`` is trained and served with (stored with it). Short on
+# purpose: every training row pays for it (the document ids it once listed cost 26 of its
 # 51 tokens; the answers cite them anyway; the group id it named next cost 12 of 33 tokens, a tenth of
 # an epoch's positions on learn_fresh, and the adapter is the group's own).
 SYSTEM_PROMPT = "Answer from the learned documents and cite [DOC_ID:...]."
-
-
-def system_prompt(documents: Sequence[Document], group_id: str) -> str:
-    """The short system prompt the adapter is trained and served with (every token of it is paid for
-    in every training row)."""
-    return SYSTEM_PROMPT
 
 
 def _hash(*parts: object) -> int:

@@ -258,7 +258,7 @@ def prepare(
         "base": base,
         "teacher": plan["teacher"],
         "group_id": found.group_id,
-        "system_prompt": mix.system_prompt(found.documents, found.group_id),
+        "system_prompt": mix.SYSTEM_PROMPT,
         "documents": {d.doc_id: {"source": d.source, "title": d.title} for d in found.documents},
         "skipped": [asdict(s) for s in found.skipped],
         "pairs_by_prompt": {n: s.pairs for n, s in report.stats.items()},
