@@ -186,7 +186,7 @@ class RoundResult:
     adapter: str | None  # the current adapter after this round (None: the base model)
     deployed: dict[str, Any] | None
     seconds: dict[str, float]
-    # the chosen answers of the DPO pairs by the form they were asked for ("": the prompt alone)
+    # the chosen answers of the DPO pairs by the form shown before them ("(the prompt alone)": none)
     chosen_forms: dict[str, int] = field(default_factory=dict)
 
 
@@ -450,13 +450,13 @@ class ImproveRun:
 
     # ------------------------------------------------------------------ phases
 
-    def _messages(self, prompt: str, style: str | None = None) -> list[dict[str, str]]:
+    def _messages(self, prompt: str, form: str | None = None) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.config.system}] if self.config.system else []
-        if style:  # the form's worked exchange, as an earlier turn
-            form = next(f for f in forms() if f.name == style)
+        if form:  # the named form's worked exchange, as an earlier turn
+            shown = next(f for f in forms() if f.name == form)
             msgs += [
-                {"role": "user", "content": form.question},
-                {"role": "assistant", "content": form.answer},
+                {"role": "user", "content": shown.question},
+                {"role": "assistant", "content": shown.answer},
             ]
         return [*msgs, {"role": "user", "content": prompt}]
 
