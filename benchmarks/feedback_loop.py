@@ -259,6 +259,8 @@ def run_arm(
         if rnd > 0:
             result = rows[rnd - 1]
             ensemble = PreferenceEnsemble.load(run.root / f"round-{rnd}" / "reward.safetensors")
+            if ensemble.features != embed.features:  # a run resumed from before the features changed
+                embed = Embedder(engine, features=ensemble.features)
             agree = agreement(LearnedReward(ensemble, embed), agreement_pairs)
             entry.update(
                 ratings=result.ratings,

@@ -112,6 +112,29 @@ def test_reward_ensemble_learns_ratings_on_real_embeddings(tiny_engine) -> None:
     assert all(s > 0 for s in spread)  # bootstrap members differ
 
 
+def test_a_saved_reward_keeps_the_features_it_was_fit_on(tiny_engine, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from helixloom.training.active import LEGACY, Embedder, Features, LearnedReward
+
+    embed = Embedder(tiny_engine)
+    assert embed.features == Features()  # the response, in its prompt's context, at the middle layer
+    pairs = [RatedPair("Q:", "apple idea audio", "crypt tryst rhythm"), RatedPair("Q:", "eerie", "brick")]
+    reward = fit_reward(pairs, embed, members=2)
+    assert reward.ensemble.weights.shape[1] == 2 * tiny_engine.model.config.hidden_size  # mean + last
+    reward.ensemble.save(tmp_path / "reward.safetensors")
+    loaded = PreferenceEnsemble.load(tmp_path / "reward.safetensors")
+    assert loaded.features == embed.features
+    assert LearnedReward(loaded, embed).score(["Q:"], ["eerie"]) == reward.score(["Q:"], ["eerie"])
+    # scored with vectors of another kind it would rank by noise: refused
+    with pytest.raises(HelixloomError, match="fit on"):
+        LearnedReward(loaded, Embedder(tiny_engine, features=LEGACY))
+    # a reward saved before the features were recorded was fit on the whole text's last layer
+    old = reward.ensemble
+    save_file({"weights": old.weights, "mean": old.mean, "std": old.std}, str(tmp_path / "old.safetensors"))
+    assert PreferenceEnsemble.load(tmp_path / "old.safetensors").features == LEGACY
+
+
 # ---------------------------------------------------------------------------------------- the loop
 
 

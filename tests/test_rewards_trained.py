@@ -136,6 +136,43 @@ def test_embed_shape_padding_and_adapter(engine: HFEngine) -> None:
         scripted.embed(["x"])
 
 
+def test_embed_pools_a_chosen_layer_over_the_text_after_its_prefix(engine: HFEngine) -> None:
+    import torch
+
+    prompt, answer = "USER: Why is the sky blue? \nASSISTANT:", " Light scatters off the air."
+    text = prompt + answer
+    ids = engine.encode(text)
+    skip = len(engine.encode(prompt))
+    with torch.inference_mode(), engine.model.disable_adapter():  # the fixture has alpha loaded
+        states = engine.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    layers = engine.model.config.num_hidden_layers
+    middle = states[round(0.5 * layers)][0]
+    want = torch.cat([middle[skip:].mean(0), middle[-1]])
+
+    (got,) = engine.embed([text], depth=0.5, prefixes=[prompt], pooling="mean+last")
+    assert len(got) == 2 * engine.model.config.hidden_size
+    assert torch.allclose(torch.tensor(got), want, atol=1e-4)
+    # batched with a longer text (left padding) it is the same vector
+    other = "USER: Name a colour. \nASSISTANT: Red, the colour of a fire engine and of ripe tomatoes."
+    batch = engine.embed(
+        [other, text], depth=0.5, prefixes=["USER: Name a colour. \nASSISTANT:", prompt], pooling="mean+last"
+    )
+    assert torch.allclose(torch.tensor(batch[1]), want, atol=1e-4)
+    # the defaults are the last layer's mean over every token, as before
+    (whole,) = engine.embed([text])
+    assert torch.allclose(torch.tensor(whole), states[-1][0].mean(0), atol=1e-4)
+    # a text that is all prefix gives its last token's state
+    (edge,) = engine.embed([prompt], depth=0.5, prefixes=[prompt])
+    assert torch.allclose(torch.tensor(edge), middle[skip - 1], atol=1e-4)
+
+    with pytest.raises(HelixloomError, match="start of its text"):
+        engine.embed([text], prefixes=["Why"])
+    with pytest.raises(HelixloomError, match="depth"):
+        engine.embed([text], depth=0.0)
+    with pytest.raises(HelixloomError, match="pooling"):
+        engine.embed([text], pooling="max")
+
+
 # ---------------------------------------------------------------------------------------------- reward model
 
 RM_CONFIG = RewardModelConfig(

@@ -196,8 +196,19 @@ class Engine(abc.ABC):
             "use the hf backend (a local model folder, a hub id or default)",
         )
 
-    def embed(self, texts: Sequence[str], *, adapter: str | None = None) -> list[list[float]]:
-        """One vector per text: the model's last hidden state, mean-pooled over the text's tokens (fp32).
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        adapter: str | None = None,
+        depth: float = 1.0,
+        prefixes: Sequence[str] | None = None,
+        pooling: str = "mean",
+    ) -> list[list[float]]:
+        """One vector per text: a hidden state mean-pooled over the text's tokens (fp32); ``depth``
+        picks the layer (1.0: the last; 0.5: the middle), ``prefixes`` leave each text's start out of
+        the mean (a response pooled in its prompt's context); ``pooling`` "mean+last" appends the
+        last token's state.
 
         Backends that have no hidden states to give (``supports_embeddings`` False) raise.
         """

@@ -137,8 +137,16 @@ class BatchingEngine(Engine):
     ) -> list[NextTokenLogprobs]:
         return self.inner.next_token_logprobs(prompts, adapter=adapter, top_k=top_k, candidates=candidates)
 
-    def embed(self, texts: Sequence[str], *, adapter: str | None = None) -> list[list[float]]:
-        return self.inner.embed(texts, adapter=adapter)
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        adapter: str | None = None,
+        depth: float = 1.0,
+        prefixes: Sequence[str] | None = None,
+        pooling: str = "mean",
+    ) -> list[list[float]]:
+        return self.inner.embed(texts, adapter=adapter, depth=depth, prefixes=prefixes, pooling=pooling)
 
     def prompt_logprobs(
         self, prompts: Sequence[str], *, adapter: str | None = None, top_k: int = 0

@@ -1,8 +1,9 @@
 """A reward learned from pairwise ratings, that knows how unsure it is, and asks for what teaches it most.
 
-The reward is an ensemble of Bradley–Terry models on the base model's pooled hidden states (the same
-``Engine.embed`` features as the reward head): member ``m`` scores a (prompt, response) as
-``w_m · z`` where ``z`` is the standardised embedding of ``prompt + response``, and predicts
+The reward is an ensemble of Bradley–Terry models on the base model's pooled hidden states
+(``Engine.embed``): member ``m`` scores a (prompt, response) as ``w_m · z`` where ``z`` is the
+standardised mean of the response's hidden states at a middle layer, read in the prompt's context
+(the prompt as the model sees it when it answers; ``Embedder``), and predicts
 ``P(a beats b) = sigmoid(w_m · (z_a - z_b))``. Each member is fit (L2-regularised logistic
 regression, L-BFGS) on a bootstrap resample of the ratings, so members agree where the ratings
 pin the answer down and disagree where they do not.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,40 +56,100 @@ class CandidatePair:
     b: str
 
 
+#: The layer the reward reads, as a fraction of the model's depth: the middle, not the last
+#: (benchmarks/reward_features.py, Dec 2026: the measured figures are in the README). The last
+#: layer is shaped for the next token; a middle one holds more of what the text is, the usual
+#: finding of linear probes.
+DEPTH = 0.5
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a reward's vectors are: the hidden state at ``depth`` of the model, over the ``response``
+    (in its prompt's context: its mean and its last token's state) or over the whole ``text``
+    (prompt + response, no transcript, the mean: rewards saved before Dec 2026)."""
+
+    depth: float = DEPTH
+    pool: str = "response"
+
+    def metadata(self) -> dict[str, str]:
+        return {"depth": repr(self.depth), "pool": self.pool}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str] | None) -> Features:
+        if not meta or "pool" not in meta:
+            return LEGACY
+        return cls(float(meta["depth"]), meta["pool"])
+
+
+LEGACY = Features(1.0, "text")
+
+
 class Embedder:
-    """``Engine.embed`` of ``prompt + response`` texts (base model, no adapter), memoised per text."""
+    """The reward's vector of each (prompt, response) on the base model (no adapter), memoised.
 
-    def __init__(self, engine: Engine, batch: int = 16) -> None:
+    ``context`` renders a prompt as the model sees it before it answers (default: the chat transcript
+    of one user message); the response is pooled after it (``Features``)."""
 
+    def __init__(
+        self,
+        engine: Engine,
+        batch: int = 16,
+        *,
+        features: Features | None = None,
+        context: Callable[[str], str] | None = None,
+    ) -> None:
         if not engine.supports_embeddings:
             raise HelixloomError(
                 f"the {engine.backend} engine gives no hidden states; a learned reward needs the hf backend"
             )
         self.engine = engine
         self.batch = batch
-        self.cache: dict[str, torch.Tensor] = {}
+        self.features = features or Features()
+        if features is not None and features.pool not in ("response", "text"):
+            raise HelixloomError(f"unknown pooling {features.pool!r}: response or text")
+        self.context = context or self._chat
+        self.cache: dict[tuple[str, str], torch.Tensor] = {}
+
+    def _chat(self, prompt: str) -> str:
+        from helixloom.prompting import render
+
+        return render(self.engine, [{"role": "user", "content": prompt}]).prompt
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         import torch
 
-        texts = [p + r for p, r in zip(prompts, responses, strict=True)]
-        missing = sorted({t for t in texts if t not in self.cache})
+        keys = list(zip(prompts, responses, strict=True))
+        missing = sorted({k for k in keys if k not in self.cache})
         for start in range(0, len(missing), self.batch):
             chunk = missing[start : start + self.batch]
-            for t, v in zip(chunk, self.engine.embed(chunk), strict=True):
-                self.cache[t] = torch.tensor(v, dtype=torch.float32)
-        if not texts:
+            if self.features.pool == "text":
+                vectors = self.engine.embed([p + r for p, r in chunk], depth=self.features.depth)
+            else:
+                shown = [self.context(p) for p, _ in chunk]
+                vectors = self.engine.embed(
+                    [c + r for c, (_, r) in zip(shown, chunk, strict=True)],
+                    depth=self.features.depth,
+                    prefixes=shown,
+                    pooling="mean+last",
+                )
+            for k, v in zip(chunk, vectors, strict=True):
+                self.cache[k] = torch.tensor(v, dtype=torch.float32)
+        if not keys:
             return torch.zeros(0, 0)
-        return torch.stack([self.cache[t] for t in texts])  # [N, d]
+        return torch.stack([self.cache[k] for k in keys])  # [N, d]
 
 
 class PreferenceEnsemble:
     """Bootstrap ensemble of linear Bradley–Terry rewards on embeddings (see the module docstring)."""
 
-    def __init__(self, weights: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(
+        self, weights: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, features: Features = LEGACY
+    ) -> None:
         self.weights = weights  # [M, d]
         self.mean = mean  # [d]
         self.std = std  # [d]
+        self.features = features  # what the vectors it scores must be
 
     @classmethod
     def fit(
@@ -100,6 +161,7 @@ class PreferenceEnsemble:
         l2: float = 1.0,
         seed: int = 0,
         reference: torch.Tensor | None = None,
+        features: Features = LEGACY,
     ) -> PreferenceEnsemble:
         """Fit on embeddings of chosen and rejected answers ([N, d] each). ``reference`` ([R, d],
         e.g. every candidate answer) sets the standardisation; default: the rated answers."""
@@ -119,23 +181,27 @@ class PreferenceEnsemble:
             # Member 0 sees every rating; the others a bootstrap resample.
             idx = torch.arange(n) if m == 0 else torch.randint(0, n, (n,), generator=rng)
             out.append(_fit_bt(diff[idx], l2))
-        return cls(torch.stack(out), mean, std)
+        return cls(torch.stack(out), mean, std, features)
 
     def save(self, path: Path) -> None:
-        """The members' weights and the standardisation, as safetensors."""
+        """The members' weights and the standardisation, as safetensors (the features in its metadata)."""
         from safetensors.torch import save_file
 
         from helixloom import atomic
 
         tensors = {"weights": self.weights.contiguous(), "mean": self.mean, "std": self.std}
-        atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp)))
+        meta = self.features.metadata()
+        atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     @classmethod
     def load(cls, path: Path) -> PreferenceEnsemble:
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         t = load_file(str(path))
-        return cls(t["weights"], t["mean"], t["std"])
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        return cls(t["weights"], t["mean"], t["std"], Features.from_metadata(meta))
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Per member, the reward of each embedding: [M, N]."""
@@ -217,6 +283,11 @@ class LearnedReward(Reward):
     name = "learned"
 
     def __init__(self, ensemble: PreferenceEnsemble, embed: Embedder) -> None:
+        if ensemble.features != embed.features:
+            raise HelixloomError(
+                f"this reward was fit on {ensemble.features} vectors, the embedder gives {embed.features}",
+                "make the Embedder with the ensemble's features",
+            )
         self.ensemble = ensemble
         self.embed = embed
 
@@ -247,7 +318,9 @@ def fit_reward(
     chosen = embed([p.prompt for p in pairs], [p.chosen for p in pairs])
     rejected = embed([p.prompt for p in pairs], [p.rejected for p in pairs])
     ref = embed([p for p, _ in reference], [r for _, r in reference]) if reference else None
-    ensemble = PreferenceEnsemble.fit(chosen, rejected, members=members, l2=l2, seed=seed, reference=ref)
+    ensemble = PreferenceEnsemble.fit(
+        chosen, rejected, members=members, l2=l2, seed=seed, reference=ref, features=embed.features
+    )
     return LearnedReward(ensemble, embed)
 
 

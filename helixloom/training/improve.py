@@ -333,7 +333,11 @@ class ImproveRun:
         for the policy to game)."""
         if not engine.supports_adapters:
             raise HelixloomError(f"the {engine.backend} engine cannot load adapters; improve needs hf")
-        embed = Embedder(engine) if reward is None else None
+        embed = (
+            Embedder(engine, context=lambda p: render(engine, self._messages(p)).prompt)
+            if reward is None
+            else None
+        )
         self._eval_policy(engine, self.current(), progress)  # the start, for the first comparison
         for r in range(1, self.config.rounds + 1):
             folder = self.root / f"round-{r}"

@@ -411,9 +411,22 @@ class HFEngine(Engine):
                 )
         return results
 
-    def embed(self, texts: Sequence[str], *, adapter: str | None = None) -> list[list[float]]:
-        """Mean of the last hidden state over each text's tokens (padding excluded), in fp32.
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        adapter: str | None = None,
+        depth: float = 1.0,
+        prefixes: Sequence[str] | None = None,
+        pooling: str = "mean",
+    ) -> list[list[float]]:
+        """Mean of a hidden state over each text's tokens (padding excluded), in fp32.
 
+        ``depth`` picks the hidden state: the output of the layer at that fraction of the model's
+        layers (1.0: the last, after the final norm; 0.5: the middle one). ``prefixes`` (one per text,
+        each the start of its text) leave their tokens out of the mean, so that a response can be
+        pooled in its prompt's context; a text with nothing after its prefix gives its last token's state.
+        ``pooling`` "mean+last" appends the last token's state to the mean (twice the width).
         Texts are batched by length, left-padded with explicit positions, so a text's vector does not
         depend on what it is batched with; ``adapter`` applies per row as in generation. A text longer
         than the context keeps its first token (BOS) and its end.
@@ -423,7 +436,28 @@ class HFEngine(Engine):
             return []
         if any(not t for t in texts):
             raise HelixloomError("a text to embed is empty", param="texts")
+        if not 0.0 < depth <= 1.0:
+            raise HelixloomError(
+                "depth is a fraction of the model's layers: above 0, at most 1", param="depth"
+            )
+        if pooling not in POOLINGS:
+            raise HelixloomError(f"pooling must be one of {', '.join(POOLINGS)}", param="pooling")
+        if prefixes is not None and (
+            len(prefixes) != len(texts)
+            or any(not t.startswith(p) for t, p in zip(texts, prefixes, strict=False))
+        ):
+            raise HelixloomError("each prefix must be the start of its text", param="prefixes")
+        layers = self.base_model.config.get_text_config().num_hidden_layers
+        layer = max(1, round(depth * layers))  # hidden_states[0] is the embedding layer's output
         encoded = [self._fit_context(self.encode(t)) for t in texts]
+        skip = [0] * len(texts)
+        if prefixes is not None:
+            for i, (t, p) in enumerate(zip(texts, prefixes, strict=True)):
+                full = len(self.encode(t))
+                # tokens past the prefix's own count (a merge across the boundary counts as the text's);
+                # a text cut to the context loses its middle, so the kept tail is what is left
+                pooled = max(1, full - (len(self.encode(p)) if p else 0))
+                skip[i] = max(0, len(encoded[i]) - pooled)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[list[float]] = [[] for _ in texts]
         with self._lock, torch.inference_mode():
@@ -439,11 +473,15 @@ class HFEngine(Engine):
                     output_hidden_states=True,
                     logits_to_keep=1,
                 )
-                hidden = result.hidden_states[-1].float()  # hidden: [B, S, H]
-                keep = attention.bool()[:, :, None]
+                hidden = result.hidden_states[layer].float()  # hidden: [B, S, H]
+                # positions (0 at each row's first token) at or past the row's skip are pooled
+                limit = torch.tensor([skip[i] for i in chunk], device=hidden.device)[:, None]
+                keep = (attention.bool() & (positions >= limit))[:, :, None]
                 # where, not multiply: a padded position's state may be NaN (a fully masked query row)
                 summed = torch.where(keep, hidden, hidden.new_zeros(())).sum(dim=1)
-                pooled = summed / attention.sum(dim=1, keepdim=True).float()  # pooled: [B, H]
+                pooled = summed / keep.sum(dim=1).float()  # pooled: [B, H]
+                if pooling == "mean+last":  # left padding: every row's last token is the last column
+                    pooled = torch.cat([pooled, hidden[:, -1]], dim=1)  # pooled: [B, 2H]
                 for i, vector in zip(chunk, pooled.cpu().tolist(), strict=True):
                     out[i] = vector
         return out
@@ -452,6 +490,10 @@ class HFEngine(Engine):
         if len(ids) <= self.max_model_len:
             return ids
         return ids[:1] + ids[len(ids) - self.max_model_len + 1 :]
+
+
+#: How ``embed`` pools a text's hidden states.
+POOLINGS = ("mean", "mean+last")
 
 
 def _first_line(exc: BaseException) -> str:
