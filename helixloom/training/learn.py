@@ -72,7 +72,9 @@ GENERAL = "general.json"  # in the dataset folder: the base model's own text (re
 # - 5, each rough question replaced by its rephrasings, and the group id out of the system prompt
 #   (``mix.SYSTEM_PROMPT``): 53.3/70.0/70.0/70.0 (65.8%; 60.8%), forgetting x1.22-x1.31 against
 #   x1.29-x1.34, in 771 s quiet against 796 s for the 3-rephrasing recipe on the same machine: a
-#   rough question repeats its sentence's words, and a row is about a tenth shorter without the id.
+#   rough question repeats its sentence's words, and a row is about a tenth shorter without the id;
+# - 7, replaced the same way: learn_fresh seeds 0/1 60.0/56.7 against 5's 53.3/70.0 (mean 58.3%
+#   against 61.7%; learn_fresh2 seed 0 76.7% against 70.0%) for 21-23% more steps: not a gain.
 REPHRASINGS = 5
 MAX_REPHRASINGS = 8  # each adds a teacher call per rough question and rows to train
 # Off by default, measured (benchmarks/learn.py on learn_fresh, Dec 2026, --synonyms 2 against the same
