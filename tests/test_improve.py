@@ -365,11 +365,12 @@ def test_explore_shows_some_samples_a_form_and_trains_them_as_answers_to_the_pro
 
     shown = forms()
     assert len({f.name for f in shown}) == len(shown) >= 8
-    assert not {f.question for f in shown} & {*PROMPTS, *HELD_OUT}
+    assert all(len(f.examples) == 2 for f in shown)  # two worked exchanges each (why: forms.yaml)
+    assert not {q for f in shown for q, _ in f.examples} & {*PROMPTS, *HELD_OUT}
     listed = next(f for f in shown if f.name == "bulleted list")
 
-    def reply(request) -> str:  # a model that writes a list only after an example of one
-        return "- one item\n- another item" if listed.answer in request.prompt else "just prose here"
+    def reply(request) -> str:  # a model that writes a list only after examples of one
+        return "- one item\n- another item" if listed.examples[1][1] in request.prompt else "just prose here"
 
     engine = ScriptedEngine(reply)
     config = ImproveConfig(rounds=1, k=4, explore=2)
@@ -381,8 +382,9 @@ def test_explore_shows_some_samples_a_form_and_trains_them_as_answers_to_the_pro
         assert c["forms"][:2] == [None, None]  # the first k - explore answer the prompt alone
         for name, prompt in zip(c["forms"], asked[j * 4 : (j + 1) * 4], strict=True):
             assert c["prompt"] in prompt
-            examples = [f for f in shown if f.answer in prompt]
+            examples = [f for f in shown if all(a in prompt for _, a in f.examples)]
             assert [f.name for f in examples] == ([name] if name else [])
+            assert not [f for f in shown if f not in examples and any(a in prompt for _, a in f.examples)]
     # every form is shown somewhere across the prompts (6 prompts x 2 cover all 8)
     assert {n for c in candidates for n in c["forms"] if n} == {f.name for f in shown}
 
@@ -392,7 +394,7 @@ def test_explore_shows_some_samples_a_form_and_trains_them_as_answers_to_the_pro
     rows = run._training_rows(1, engine, with_list, bullets, [])
     assert rows and all(r["chosen"].startswith("- ") for r in rows)
     for row in rows:  # the training prompt is the user's alone: no example exchange in it
-        assert not any(f.answer in row["prompt"] or f.question in row["prompt"] for f in shown)
+        assert not any(q in row["prompt"] or a in row["prompt"] for f in shown for q, a in f.examples)
         assert any(p in row["prompt"] for p in PROMPTS)
     assert _chosen_forms(with_list, rows) == {"bulleted list": len(rows)}
 

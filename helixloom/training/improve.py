@@ -67,23 +67,26 @@ Event = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Form:
-    """An answer form ``explore`` shows while sampling: one worked exchange in that form."""
+    """An answer form ``explore`` shows while sampling: worked exchanges (question, answer) in that form."""
 
     name: str
-    question: str
-    answer: str
+    examples: tuple[tuple[str, str], ...]
 
 
 @functools.cache
 def forms() -> tuple[Form, ...]:
-    """The answer forms of ``data/improve/forms.yaml`` (why these: the file's header). A policy learns a
-    taste only from answers it samples, and a small base model rarely writes a list or closes with a
-    question unprompted (the embedded model: 2 of 24 held-out answers for each of those benchmark
-    tastes, Dec 2026), so ``explore`` of the ``k`` samples are written after one of these exchanges;
-    the user rates them, and DPO trains them, as answers to the prompt alone (the exchange is not in
-    the training row), so a form is learned only if it is liked."""
+    """The answer forms of ``data/improve/forms.yaml`` (why these, and why two examples each: the
+    file's header). A policy learns a taste only from answers it samples, and a small base model
+    rarely writes a list or closes with a question unprompted (the embedded model: 2 of 24 held-out
+    answers for each of those benchmark tastes, Dec 2026), so ``explore`` of the ``k`` samples are
+    written after one of these forms' exchanges; the user rates them, and DPO trains them, as
+    answers to the prompt alone (the exchanges are not in the training row), so a form is learned
+    only if it is liked."""
     text = (resources.files("helixloom") / "data" / "improve" / "forms.yaml").read_text(encoding="utf-8")
-    return tuple(Form(**f) for f in yaml.safe_load(text)["forms"])
+    return tuple(
+        Form(f["name"], tuple((e["question"], e["answer"]) for e in f["examples"]))
+        for f in yaml.safe_load(text)["forms"]
+    )
 
 
 #: What the policy's DPO pairs are: the reward's best vs worst per prompt, and optionally the rated pairs.
@@ -456,12 +459,10 @@ class ImproveRun:
 
     def _messages(self, prompt: str, form: str | None = None) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.config.system}] if self.config.system else []
-        if form:  # the named form's worked exchange, as an earlier turn
+        if form:  # the named form's worked exchanges, as earlier turns
             shown = next(f for f in forms() if f.name == form)
-            msgs += [
-                {"role": "user", "content": shown.question},
-                {"role": "assistant", "content": shown.answer},
-            ]
+            for question, answer in shown.examples:
+                msgs += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         return [*msgs, {"role": "user", "content": prompt}]
 
     def _generate(
