@@ -11,7 +11,7 @@ from ``--budgets`` random ratings, for several kinds of vectors (``--features``)
   first).
 
 Candidates are sampled as the loop samples them (``k`` answers per prompt, ``explore`` of them after
-an example of an answer form, so that answers of every form are there to rate): the training pool
+examples of an answer form, so that answers of every form are there to rate): the training pool
 from the benchmark's training prompts, the held-out pool from its held-out prompts (the reward
 never sees a held-out prompt nor its answers). Per taste, feature and budget, over ``--seeds``
 random draws of the rated pairs, it prints JSON:

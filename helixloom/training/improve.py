@@ -120,15 +120,15 @@ class ImproveConfig:
     # plain active +75.0 (+79.2), random +58.4 (+79.2). Sampling takes twice as long (about 2 min a round)
     # (short_question then liked any answer ending with "?"; its gains were lone questions asked back)
     k: int = field(default=8, metadata={"help": "answers sampled per training prompt"})
-    # 0, measured (benchmarks/feedback_loop.py, k=8, active, Dec 2026): a sample after each form put a
-    # list among 6 of 16 prompts' samples instead of 1, but with --explore 4 the loop did not learn the
-    # two tastes the base model rarely meets (the list and the answer-then-ask tastes: -8.3 points
-    # both, against -4.1 and +0.0 without); 150 ratings with 3-9 liked answers in a pool of 128 leave
-    # the reward at chance
+    # 0, measured (benchmarks/feedback_loop.py, k=8, Dec 2026): with --explore 4 the loop did not learn
+    # the two tastes the base model rarely meets (the list and the answer-then-ask tastes): -8.3 points
+    # both with one example a form and the old reward; with two examples and the middle-layer reward
+    # (pools of 6-13 liked answers of 128, reward agreement 0.62-0.82) active -8.3 both, random +0.0
+    # both, and -8.3 both with --sft-weight 1: a round's DPO learns the tie-break (shorter), not the form
     explore: int = field(
         default=0,
         metadata={
-            "help": "of the k answers, how many are written after an example of an answer form (a "
+            "help": "of the k answers, how many are written after two examples of an answer form (a "
             "list, one sentence, a closing question, ...: data/improve/forms.yaml); rated and trained "
             "on as answers to the prompt alone"
         },
