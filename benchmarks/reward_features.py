@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _home import bench_home
-from feedback_loop import HELD_OUT, TRAIN_PROMPTS
+from feedback_loop import HELD_OUT, TRAIN_PROMPTS, held_out_pairs
 
 
 def parse_features(spec: str) -> Any:
@@ -112,15 +112,8 @@ def main() -> int:
     }
     for taste_name in args.tastes.split(","):
         taste = TASTES[taste_name]
-        held_pairs = []
-        for c in pools["held_out"]:
-            uniq = sorted({a for a in c["answers"] if a.strip()})
-            for a, b in itertools.combinations(uniq, 2):
-                sa, sb = taste.score(c["prompt"], a), taste.score(c["prompt"], b)
-                if sa != sb:
-                    held_pairs.append(
-                        RatedPair(c["prompt"], a, b) if sa > sb else RatedPair(c["prompt"], b, a)
-                    )
+        held_rows = [{"prompt": c["prompt"], "answer": a} for c in pools["held_out"] for a in c["answers"]]
+        held_pairs = held_out_pairs(taste, held_rows)  # the pairs the taste tells apart, as the loop's
         with_liked = [c for c in pools["held_out"] if any(taste.likes(c["prompt"], a) for a in c["answers"])]
         liked = sum(taste.likes(c["prompt"], a) for c in with_liked for a in c["answers"])
         entry: dict[str, Any] = {
