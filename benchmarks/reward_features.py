@@ -18,6 +18,7 @@ random draws of the rated pairs, it prints JSON:
 
 - ``agreement``: the share of held-out pairs the taste tells apart that the reward orders as the
   taste does (the feedback loop benchmark's "reward agreement"; 0.5 is chance);
+- ``agreement_over_legacy``: each feature's agreement minus the legacy vectors' (when measured);
 - ``picks_liked``: over the held-out prompts with at least one liked answer among their ``k``, the
   share whose best answer by the reward is liked (what DPO's chosen answer needs; chance is the
   share of liked answers among those prompts' answers, printed as ``picks_liked_chance``).
@@ -150,6 +151,17 @@ def main() -> int:
                 }
             entry["features"][name] = {**rows, "seconds": round(time.perf_counter() - t, 1)}
             print(json.dumps({taste_name: {name: entry["features"][name]}}), file=sys.stderr, flush=True)
+        base = entry["features"].get("legacy")
+        if base is not None:  # the baseline: the reward's vectors before Dec 2026
+            entry["agreement_over_legacy"] = {
+                name: {
+                    b: round(v["agreement"] - base[b]["agreement"], 3)
+                    for b, v in f.items()
+                    if b in base and b != "seconds"
+                }
+                for name, f in entry["features"].items()
+                if name != "legacy"
+            }
         report["tastes"][taste_name] = entry
     report["total_s"] = round(time.perf_counter() - t0, 1)
     json.dump(report, sys.stdout, indent=2)
