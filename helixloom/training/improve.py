@@ -123,7 +123,7 @@ class ImproveConfig:
     # 0, measured (benchmarks/feedback_loop.py, k=8, Dec 2026): with --explore 4 the loop did not learn
     # the two tastes the base model rarely meets (the list and the answer-then-ask tastes): -8.3 points
     # both with one example a form and the old reward; with two examples and the middle-layer reward
-    # (pools of 6-13 liked answers of 128, reward agreement 0.62-0.82) active -8.3 both, random +0.0
+    # (pools of 6-13 liked answers of 128, reward agreement 0.61-0.82) active -8.3 both, random +0.0
     # both, and -8.3 both with --sft-weight 1: a round's DPO learns the tie-break (shorter), not the form
     explore: int = field(
         default=0,
