@@ -126,8 +126,8 @@ class ImproveConfig:
     # (pools of 6-13 liked answers of 128, reward agreement 0.61-0.82) active -8.3 both, random +0.0
     # both, and -8.3 both with --sft-weight 1: a round's DPO learns the tie-break (shorter), not the form.
     # With 8 of 8 (every prompt sees every form) the list taste gained +79.2, but as off-topic numbered
-    # steps at KL 19.3 nats; the answer-then-ask taste -8.3. So off by default: a user who wants a form
-    # can ask for it, and pays in what the answers say
+    # steps at KL 19.3 nats; the answer-then-ask taste -8.3. So off by default: it can teach a form,
+    # at a cost in what the answers say
     explore: int = field(
         default=0,
         metadata={
