@@ -2,8 +2,9 @@
 
 The reward is an ensemble of Bradley–Terry models on the base model's pooled hidden states
 (``Engine.embed``): member ``m`` scores a (prompt, response) as ``w_m · z`` where ``z`` is the
-standardised mean of the response's hidden states at a middle layer, read in the prompt's context
-(the prompt as the model sees it when it answers; ``Embedder``), and predicts
+standardised vector of the response's hidden states at a middle layer (their mean and the last
+token's state), read in the prompt's context (the prompt as the model sees it when it answers;
+``Embedder``), and predicts
 ``P(a beats b) = sigmoid(w_m · (z_a - z_b))``. Each member is fit (L2-regularised logistic
 regression, L-BFGS) on a bootstrap resample of the ratings, so members agree where the ratings
 pin the answer down and disagree where they do not.
@@ -106,8 +107,8 @@ class Embedder:
         self.engine = engine
         self.batch = batch
         self.features = features or Features()
-        if features is not None and features.pool not in ("response", "text"):
-            raise HelixloomError(f"unknown pooling {features.pool!r}: response or text")
+        if self.features.pool not in ("response", "text"):
+            raise HelixloomError(f"unknown pooling {self.features.pool!r}: response or text")
         self.context = context or self._chat
         self.cache: dict[tuple[str, str], torch.Tensor] = {}
 

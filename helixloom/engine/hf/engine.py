@@ -449,14 +449,14 @@ class HFEngine(Engine):
             raise HelixloomError("each prefix must be the start of its text", param="prefixes")
         layers = self.base_model.config.get_text_config().num_hidden_layers
         layer = max(1, round(depth * layers))  # hidden_states[0] is the embedding layer's output
-        encoded = [self._fit_context(self.encode(t)) for t in texts]
+        raw = [self.encode(t) for t in texts]
+        encoded = [self._fit_context(ids) for ids in raw]
         skip = [0] * len(texts)
         if prefixes is not None:
-            for i, (t, p) in enumerate(zip(texts, prefixes, strict=True)):
-                full = len(self.encode(t))
+            for i, p in enumerate(prefixes):
                 # tokens past the prefix's own count (a merge across the boundary counts as the text's);
                 # a text cut to the context loses its middle, so the kept tail is what is left
-                pooled = max(1, full - (len(self.encode(p)) if p else 0))
+                pooled = max(1, len(raw[i]) - (len(self.encode(p)) if p else 0))
                 skip[i] = max(0, len(encoded[i]) - pooled)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[list[float]] = [[] for _ in texts]
