@@ -360,12 +360,13 @@ def test_a_run_started_before_the_nll_setting_resumes_without_it(tmp_path: Path)
 
 
 def test_explore_shows_some_samples_a_form_and_trains_them_as_answers_to_the_prompt(tmp_path: Path) -> None:
-    from helixloom.training.improve import _chosen_forms, forms
+    from helixloom.training.improve import _chosen_forms, form_named, forms
     from tests.scripted import ScriptedEngine
 
     shown = forms()
     assert len({f.name for f in shown}) == len(shown) >= 8
-    assert all(len(f.examples) == 2 for f in shown)  # two worked exchanges each (why: forms.yaml)
+    # two worked exchanges each, or (a form that ends the answer) openers to close it with (forms.yaml)
+    assert all(len(f.examples) == 2 or (f.closings and not f.examples) for f in shown)
     assert not {q for f in shown for q, _ in f.examples} & {*PROMPTS, *HELD_OUT}
     listed = next(f for f in shown if f.name == "bulleted list")
 
@@ -377,13 +378,14 @@ def test_explore_shows_some_samples_a_form_and_trains_them_as_answers_to_the_pro
     run = ImproveRun.create("explore", PROMPTS, HELD_OUT, base="default", config=config)
     candidates = run._sample(1, engine, None, None)
     asked = [r.prompt for r in engine.requests]
-    assert len(asked) == len(PROMPTS) * 4
+    closing = sum(bool(n) and bool(form_named(n).closings) for c in candidates for n in c["forms"])
+    assert len(asked) == len(PROMPTS) * 4 + closing  # a closing form's question is a second pass
     for j, c in enumerate(candidates):
         assert c["forms"][:2] == [None, None]  # the first k - explore answer the prompt alone
         for name, prompt in zip(c["forms"], asked[j * 4 : (j + 1) * 4], strict=True):
             assert c["prompt"] in prompt
-            examples = [f for f in shown if all(a in prompt for _, a in f.examples)]
-            assert [f.name for f in examples] == ([name] if name else [])
+            examples = [f for f in shown if f.examples and all(a in prompt for _, a in f.examples)]
+            assert [f.name for f in examples] == ([name] if name and form_named(name).examples else [])
             assert not [f for f in shown if f not in examples and any(a in prompt for _, a in f.examples)]
     # every form is shown somewhere across the prompts (6 prompts x 2 cover all 8)
     assert {n for c in candidates for n in c["forms"] if n} == {f.name for f in shown}
@@ -404,3 +406,46 @@ def test_explore_shows_some_samples_a_form_and_trains_them_as_answers_to_the_pro
     del meta["config"]["explore"]  # a run started before the setting: resumed without exploring
     (run.root / "run.json").write_text(json.dumps(meta))
     assert ImproveRun.open("explore").config.explore == 0
+
+
+def test_a_closing_form_ends_the_models_own_answer_with_the_question_it_writes() -> None:
+    from helixloom.evals.simulated_users import answers_then_asks
+    from helixloom.training.improve import CLOSING_TOKENS, closing_question, forms, whole_sentences
+    from tests.scripted import ScriptedEngine
+
+    asking = next(f for f in forms() if f.closings)
+
+    def reply(request) -> str:
+        if request.prompt.endswith(asking.closings):
+            return " why it scatters? It does." if "sky" in request.prompt else " more\nabout it?"
+        return "Air scatters blue light most."
+
+    engine = ScriptedEngine(reply)
+    config = ImproveConfig(rounds=1, k=8, explore=8)  # every prompt sees every form, this one too
+    run = ImproveRun.create(
+        "closing", ["Why is the sky blue?", "What is rain?"], HELD_OUT, base="default", config=config
+    )
+    candidates = run._sample(1, engine, None, None)
+    for c in candidates:
+        for answer, form in zip(c["answers"], c["forms"], strict=True):
+            if form != asking.name:
+                assert answer == "Air scatters blue light most."
+            elif "sky" in c["prompt"]:  # the answer, an opener, and the continuation up to its "?"
+                assert answer.startswith("Air scatters blue light most. ")
+                assert answer.endswith(" why it scatters?")
+                assert answer.removeprefix("Air scatters blue light most. ").startswith(asking.closings)
+                assert answers_then_asks(answer)
+            else:  # no one-line question came: the answer stays as it was
+                assert answer == "Air scatters blue light most."
+    first = engine.requests[: 2 * 8]
+    for request, form in zip(first, [f for c in candidates for f in c["forms"]], strict=True):
+        assert asking.closings[0] not in request.prompt  # the prompt alone, no examples, before it
+        want = config.max_tokens - CLOSING_TOKENS if form == asking.name else config.max_tokens
+        assert request.sampling.max_tokens == want  # room left for the question
+    assert [r.sampling.max_tokens for r in engine.requests[2 * 8 :]] == [CLOSING_TOKENS] * 2
+
+    assert whole_sentences("One. Two thr", finished=False) == "One."
+    assert whole_sentences("No end in sight", finished=False) == ""
+    assert whole_sentences(" Ends on its own ", finished=True) == "Ends on its own"
+    assert closing_question(" why? More") == " why?"
+    assert closing_question(" why\nnot?") is None and closing_question(" no mark") is None

@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import json
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -67,10 +68,18 @@ Event = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Form:
-    """An answer form ``explore`` shows while sampling: worked exchanges (question, answer) in that form."""
+    """An answer form ``explore`` shows while sampling: worked exchanges (question, answer) in that
+    form, shown as earlier turns, or ``closings``: the model's own answer to the prompt alone, cut to
+    whole sentences and continued from one of these openers to a question mark (a form that ends the
+    answer, which no opening or example makes a small model write: forms.yaml)."""
 
     name: str
-    examples: tuple[tuple[str, str], ...]
+    examples: tuple[tuple[str, str], ...] = ()
+    closings: tuple[str, ...] = ()
+
+
+#: Tokens the question after a ``closings`` opener may take (the answer before it gets the rest).
+CLOSING_TOKENS = 24
 
 
 @functools.cache
@@ -84,9 +93,36 @@ def forms() -> tuple[Form, ...]:
     only if it is liked."""
     text = (resources.files("helixloom") / "data" / "improve" / "forms.yaml").read_text(encoding="utf-8")
     return tuple(
-        Form(f["name"], tuple((e["question"], e["answer"]) for e in f["examples"]))
+        Form(
+            f["name"],
+            tuple((e["question"], e["answer"]) for e in f.get("examples") or ()),
+            tuple(f.get("closings") or ()),
+        )
         for f in yaml.safe_load(text)["forms"]
     )
+
+
+def form_named(name: str) -> Form:
+    return next(f for f in forms() if f.name == name)
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def whole_sentences(text: str, finished: bool) -> str:
+    """``text`` without a sentence cut off by the token limit (``finished``: it ended on its own)."""
+    text = text.strip()
+    if finished:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]] if ends else ""
+
+
+def closing_question(continuation: str) -> str | None:
+    """The question a ``closings`` opener's ``continuation`` completes: up to its first "?", on one
+    line; None when there is none (the form was not written, and the answer stays as it was)."""
+    head, mark, _ = continuation.partition("?")
+    return head + "?" if mark and "\n" not in head else None
 
 
 #: What the policy's DPO pairs are: the reward's best vs worst per prompt, and optionally the rated pairs.
@@ -463,8 +499,7 @@ class ImproveRun:
     def _messages(self, prompt: str, form: str | None = None) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.config.system}] if self.config.system else []
         if form:  # the named form's worked exchanges, as earlier turns
-            shown = next(f for f in forms() if f.name == form)
-            for question, answer in shown.examples:
+            for question, answer in form_named(form).examples:
                 msgs += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         return [*msgs, {"role": "user", "content": prompt}]
 
@@ -484,8 +519,10 @@ class ImproveRun:
             part = slice(start, start + self.config.gen_batch)
             for prompt, seed, form in zip(prompts[part], seeds[part], shown_forms[part], strict=True):
                 chat = render(engine, self._messages(prompt, form))
+                closes = form is not None and bool(form_named(form).closings)
                 params = sampling(
-                    max_tokens=self.config.max_tokens,
+                    # a closing question gets the last CLOSING_TOKENS, so the whole stays in max_tokens
+                    max_tokens=max(1, self.config.max_tokens - CLOSING_TOKENS * closes),
                     temperature=temperature,
                     top_p=1.0,
                     top_k=0,
@@ -496,6 +533,50 @@ class ImproveRun:
                 reqs.append(GenerationRequest(prompt=chat.prompt, sampling=params, adapter=adapter))
             out.extend(engine.generate(reqs))
         return out
+
+    def _close(
+        self,
+        engine: Engine,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        shown_forms: Sequence[str | None],
+        results: Sequence[Any],
+        adapter: str | None,
+    ) -> list[str]:
+        """The answers' texts, those of a ``closings`` form ended with a question: the answer's whole
+        sentences, one of the form's openers (by the sample's seed), and the model's continuation to
+        its first "?" (a second pass, batched like the first)."""
+        texts = [x.text for x in results]
+        asks: list[tuple[int, str, str]] = []
+        reqs = []
+        for i, (prompt, seed, form) in enumerate(zip(prompts, seeds, shown_forms, strict=True)):
+            closings = form_named(form).closings if form else ()
+            answer = whole_sentences(texts[i], results[i].finish_reason != "length") if closings else ""
+            if not answer:  # an answer first: a lone question asked back is not this form
+                continue
+            opener = closings[seed % len(closings)]
+            chat = render(engine, self._messages(prompt, form))
+            params = sampling(
+                max_tokens=CLOSING_TOKENS,
+                temperature=self.config.temperature,
+                top_p=1.0,
+                top_k=0,
+                seed=seed + 1,
+                stop=chat.stop,
+                token_healing=chat.token_healing,
+            )
+            reqs.append(
+                GenerationRequest(prompt=f"{chat.prompt}{answer} {opener}", sampling=params, adapter=adapter)
+            )
+            asks.append((i, answer, opener))
+        done: list[Any] = []
+        for start in range(0, len(reqs), self.config.gen_batch):
+            done.extend(engine.generate(reqs[start : start + self.config.gen_batch]))
+        for (i, answer, opener), result in zip(asks, done, strict=True):
+            question = closing_question(result.text)
+            if question is not None:
+                texts[i] = f"{answer} {opener}{question}"
+        return texts
 
     def _adapter_name(self, engine: Engine, folder: Path | None) -> str | None:
         if folder is None:
@@ -518,16 +599,16 @@ class ImproveRun:
             explore_form(j, s, k, self.config.explore, r) for j in range(len(self.prompts)) for s in range(k)
         ]
         bar = progress(f"round {r}: sample {k} answers", len(prompts)) if progress else None
-        results = self._generate(
-            engine, prompts, seeds, self._adapter_name(engine, current), self.config.temperature, shown
-        )
+        adapter = self._adapter_name(engine, current)
+        results = self._generate(engine, prompts, seeds, adapter, self.config.temperature, shown)
+        texts = self._close(engine, prompts, seeds, shown, results, adapter)
         if bar is not None:
             bar.update(len(prompts))
             bar.close()
         out = [
             {
                 "prompt": p,
-                "answers": [x.text for x in results[j * k : (j + 1) * k]],
+                "answers": texts[j * k : (j + 1) * k],
                 "forms": shown[j * k : (j + 1) * k],
             }
             for j, p in enumerate(self.prompts)
