@@ -336,9 +336,10 @@ def learning_curve(
                     pool.append(CandidatePair(f"{j}-{x}-{y}", c["prompt"], ans[x], ans[y]))
     reference = [(c["prompt"], a) for c in pool_rows for a in c["answers"]]
     budget = min(args.curve_budget, len(pool))
-    curves: dict[str, list[list[float]]] = {"active": [], "random": []}
+    # bald: the bootstrap members' disagreement, active's rule before Dec 2026, for comparison
+    curves: dict[str, list[list[float]]] = {"active": [], "bald": [], "random": []}
     for seed in range(args.curve_seeds):
-        for arm in ("active", "random"):
+        for arm in curves:
             rng = random.Random(seed)
             rated: list[RatedPair] = []
             asked: set[str] = set()
@@ -369,18 +370,23 @@ def learning_curve(
     def needed(arm: str) -> int | None:
         return next((steps[i] for i, v in enumerate(mean_curve[arm]) if v >= target - 1e-9), None)
 
-    active_needed, random_needed = needed("active"), needed("random")
+    active_needed, random_needed, bald_needed = needed("active"), needed("random"), needed("bald")
     return {
         "pool_pairs": len(pool),
         "held_out_pairs": len(agreement_pairs),
         "ratings": steps,
         "agreement_active": [round(v, 3) for v in mean_curve["active"]],
+        "agreement_bald": [round(v, 3) for v in mean_curve["bald"]],
         "agreement_random": [round(v, 3) for v in mean_curve["random"]],
         "target_agreement (random at full budget)": round(target, 3),
         "ratings_to_target_active": active_needed,
         "ratings_to_target_random": random_needed,
         "active_over_random_ratio": round(active_needed / random_needed, 2)
         if active_needed and random_needed
+        else None,
+        "ratings_to_target_bald": bald_needed,
+        "bald_over_random_ratio": round(bald_needed / random_needed, 2)
+        if bald_needed and random_needed
         else None,
         "seeds": args.curve_seeds,
     }

@@ -74,7 +74,7 @@ def test_bald_is_high_where_confident_members_disagree_and_zero_where_all_agree(
     assert float(bald(disagree)[0]) > 0.4
 
 
-def test_active_selection_picks_the_pair_the_ensemble_is_least_sure_about() -> None:
+def test_bald_selection_picks_the_pair_the_ensemble_is_least_sure_about() -> None:
     # Two members: one rewards dimension 0, the other punishes it; both ignore dimension 1.
     ensemble = PreferenceEnsemble(torch.tensor([[3.0, 0.0], [-3.0, 0.0]]), torch.zeros(2), torch.ones(2))
     table = Table({"x0": [1, 0], "x1": [-1, 0], "y0": [0, 1], "y1": [0, -1], "z0": [0.1, 0], "z1": [0, 0]})
@@ -83,11 +83,45 @@ def test_active_selection_picks_the_pair_the_ensemble_is_least_sure_about() -> N
         CandidatePair("z", "p2", "z0", "z1"),  # they disagree, a little
         CandidatePair("x", "p3", "x0", "x1"),  # they disagree completely
     ]
-    picked = select(pairs, 2, strategy="active", rng=random.Random(0), ensemble=ensemble, embed=table)  # type: ignore[arg-type]
-    assert [p.key for p in picked] == ["x", "z"]
+    for strategy in ("bald", "active"):  # active too: this ensemble kept no ratings to be Bayesian about
+        picked = select(pairs, 2, strategy=strategy, rng=random.Random(0), ensemble=ensemble, embed=table)  # type: ignore[arg-type]
+        assert [p.key for p in picked] == ["x", "z"]
     # Random selection ignores the ensemble; without one, active falls back to it.
     assert len(select(pairs, 2, strategy="random", rng=random.Random(0))) == 2
     assert {p.key for p in select(pairs, 3, strategy="active", rng=random.Random(0))} == {"x", "y", "z"}
+
+
+def test_active_selection_asks_along_the_direction_no_rating_has_explored(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(0)
+    # 12 ratings, every one a difference along dimension 0 (a little noise on the others)
+    chosen = torch.cat([torch.ones(12, 1), 0.1 * torch.randn(12, 2, generator=gen)], dim=1)
+    rejected = torch.zeros(12, 3)
+    ensemble = PreferenceEnsemble.fit(
+        chosen, rejected, members=3, l2=0.5, reference=torch.randn(40, 3, generator=gen)
+    )
+    a = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    variance = ensemble.logit_variance(a, torch.zeros(3, 3))
+    assert variance is not None
+    # the Laplace posterior: (l2 I + sum p(1-p) d d^T)^-1, computed here directly, d x d
+    d = ensemble.rated.double()
+    p = torch.sigmoid(d @ ensemble.weights[0].double())
+    precision = 0.5 * torch.eye(3, dtype=torch.float64) + (d * (p * (1 - p))[:, None]).T @ d
+    x = (a / ensemble.std).double()
+    direct = ((x @ torch.linalg.inv(precision)) * x).sum(dim=1)
+    assert variance.tolist() == pytest.approx(direct.tolist(), rel=1e-4)
+    assert variance[0] < variance[1] and variance[0] < variance[2]  # the rated direction is pinned down
+
+    table = Table({"x0": [1, 0, 0], "x1": [0, 0, 0], "y0": [0, 1, 0], "y1": [0, 0, 0]})
+    pairs = [CandidatePair("x", "p1", "x0", "x1"), CandidatePair("y", "p2", "y0", "y1")]
+    picked = select(pairs, 1, strategy="active", rng=random.Random(0), ensemble=ensemble, embed=table)  # type: ignore[arg-type]
+    assert [c.key for c in picked] == ["y"]
+    # a saved reward keeps what its posterior needs
+    ensemble.save(tmp_path / "reward.safetensors")
+    loaded = PreferenceEnsemble.load(tmp_path / "reward.safetensors")
+    assert loaded.l2 == 0.5
+    assert loaded.logit_variance(a, torch.zeros(3, 3)).tolist() == pytest.approx(variance.tolist())  # type: ignore[union-attr]
+    with pytest.raises(HelixloomError, match="bald"):
+        select(pairs, 1, strategy="curious", rng=random.Random(0))
 
 
 def test_reward_ensemble_learns_ratings_on_real_embeddings(tiny_engine) -> None:

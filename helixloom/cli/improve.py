@@ -26,6 +26,7 @@ continues with --resume.
 
 def register(sub: argparse._SubParsersAction) -> None:
     from helixloom.cli.common import add_sft_flags
+    from helixloom.training.active import STRATEGIES
     from helixloom.training.configs import ImproveDPOConfig
     from helixloom.training.improve import TRAIN_PAIRS, ImproveConfig
 
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "help": f"{helps[f.name].replace('%', '%%')} (default {f.default!r})",
         }
         if f.name == "selection":
-            kwargs["choices"] = ["active", "random"]
+            kwargs["choices"] = list(STRATEGIES)
         elif f.name == "train_pairs":
             kwargs["choices"] = list(TRAIN_PAIRS)
         else:
