@@ -478,17 +478,6 @@ def test_a_closing_form_ends_the_models_own_answer_with_the_question_it_writes()
         assert request.sampling.max_tokens == want  # room left for the question
     assert [r.sampling.max_tokens for r in engine.requests[2 * 8 :]] == [CLOSING_TOKENS] * 2
 
-    # each closed answer is paired with its parent, the way round the learned reward says
-    sky = next(c for c in candidates if "sky" in c["prompt"])
-    assert [p for p in sky["parents"] if p] == ["Air scatters blue light most."]
-    asks = FunctionReward(lambda ps, rs: [float(r.endswith("?")) for r in rs])
-    i = next(n for n, parent in enumerate(sky["parents"]) if parent)
-    rows = run._training_rows(1, engine, [sky], asks, [])
-    assert {"prompt": rows[0]["prompt"], "chosen": sky["answers"][i], "rejected": sky["parents"][i]} in rows
-    prose = FunctionReward(lambda ps, rs: [-float(r.endswith("?")) for r in rs])
-    assert [r["chosen"] for r in run._closing_pairs("p", sky, prose)] == ["Air scatters blue light most."]
-    assert run._closing_pairs("p", sky, FunctionReward(lambda ps, rs: [0.0] * len(rs))) == []  # a tie
-
     assert whole_sentences("One. Two thr", finished=False) == "One."
     assert whole_sentences("No end in sight", finished=False) == ""
     assert whole_sentences(" Ends on its own ", finished=True) == "Ends on its own"
