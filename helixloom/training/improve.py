@@ -547,11 +547,10 @@ class ImproveRun:
         shown_forms: Sequence[str | None],
         results: Sequence[Any],
         adapter: str | None,
-    ) -> tuple[list[str], list[str | None]]:
+    ) -> list[str]:
         """The answers' texts, those of a ``closings`` form ended with a question: the answer's whole
         sentences, one of the form's openers (by the sample's seed), and the model's continuation to
-        its first "?" (a second pass, batched like the first); and each closed answer's parent, the
-        answer before its question (None for the others)."""
+        its first "?" (a second pass, batched like the first)."""
         texts = [x.text for x in results]
         asks: list[tuple[int, str, str]] = []
         reqs = []
@@ -578,12 +577,11 @@ class ImproveRun:
         done: list[Any] = []
         for start in range(0, len(reqs), self.config.gen_batch):
             done.extend(engine.generate(reqs[start : start + self.config.gen_batch]))
-        parents: list[str | None] = [None] * len(texts)
         for (i, answer, opener), result in zip(asks, done, strict=True):
             question = closing_question(result.text)
             if question is not None:
-                texts[i], parents[i] = f"{answer} {opener}{question}", answer
-        return texts, parents
+                texts[i] = f"{answer} {opener}{question}"
+        return texts
 
     def _adapter_name(self, engine: Engine, folder: Path | None) -> str | None:
         if folder is None:
@@ -608,7 +606,7 @@ class ImproveRun:
         bar = progress(f"round {r}: sample {k} answers", len(prompts)) if progress else None
         adapter = self._adapter_name(engine, current)
         results = self._generate(engine, prompts, seeds, adapter, self.config.temperature, shown)
-        texts, parents = self._close(engine, prompts, seeds, shown, results, adapter)
+        texts = self._close(engine, prompts, seeds, shown, results, adapter)
         if bar is not None:
             bar.update(len(prompts))
             bar.close()
@@ -617,7 +615,6 @@ class ImproveRun:
                 "prompt": p,
                 "answers": texts[j * k : (j + 1) * k],
                 "forms": shown[j * k : (j + 1) * k],
-                "parents": parents[j * k : (j + 1) * k],
             }
             for j, p in enumerate(self.prompts)
         ]
@@ -696,7 +693,6 @@ class ImproveRun:
             rows += [
                 {"prompt": prompt, "chosen": c["answers"][a], "rejected": c["answers"][b]} for a, b in picked
             ]
-            rows += self._closing_pairs(prompt, c, reward)
         # The user's own choices are the truest pairs there are; with "reward+rated" they train the
         # policy too. Active selection asks about the pairs the reward is least sure of, near-ties as
         # often as not, so those rows are the weakest signal a round has for the policy.
@@ -710,28 +706,6 @@ class ImproveRun:
                 for p in rated
             ]
         atomic.write_json(path, rows)
-        return rows
-
-    @staticmethod
-    def _closing_pairs(prompt: str, candidate: dict[str, Any], reward: Reward) -> list[dict[str, str]]:
-        """A closed answer against its parent, the same answer before its question, the one the
-        reward scores higher chosen: a pair that differs only in the closing question, so DPO learns
-        whether to ask (after it has answered) and nothing else. The user's ratings decide which way
-        round it goes, as they do for every pair; a tie trains nothing."""
-        closed = [
-            (a, parent)
-            for a, parent in zip(candidate["answers"], candidate.get("parents") or [], strict=False)
-            if parent and parent != a
-        ]
-        if not closed:
-            return []
-        scores = reward.score_group(candidate["prompt"], [x for pair in closed for x in pair])
-        rows = []
-        for n, (a, parent) in enumerate(closed):
-            mine, theirs = scores[2 * n], scores[2 * n + 1]
-            if mine != theirs:
-                chosen, rejected = (a, parent) if mine > theirs else (parent, a)
-                rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
         return rows
 
     def _train(self, r: int, rows: list[dict[str, str]], current: Path | None, say: Event) -> dict[str, Any]:
