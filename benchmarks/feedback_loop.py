@@ -2,7 +2,8 @@
 improve loop learns a reward from their ratings, trains, promotes, hot-loads; does approval rise?
 
 For each taste (a Python function the loop never sees, ``helixloom.evals.simulated_users``) and each
-selection arm (``active``: BALD on the reward ensemble; ``random``: same seeds, same budget), one
+selection arm (``active``: the reward's Laplace posterior variance; ``bald``: its bootstrap members'
+disagreement; ``random``: same seeds, same budget), one
 improve run of ``--rounds`` rounds with ``--ratings`` ratings each, on the embedded default model:
 
 - a real ``helixloom serve`` on a loopback port (a subprocess) serves the rating API the simulated
@@ -15,7 +16,7 @@ improve run of ``--rounds`` rounds with ``--ratings`` ratings each, on the embed
   length, distinct-2, KL to the base (a Monte-Carlo estimate on the policy's own held-out answers),
   promotion or rollback with the loop's reason, wall time per phase.
 
-Then, per taste, the reward's learning curve for active vs random selection on one pool of base-model
+Then, per taste, the reward's learning curve for active, bald and random selection on one pool of base-model
 candidate pairs (several seeds): agreement on held-out pairs after every batch of ratings, and how
 many ratings each needs to reach the agreement random reaches with the whole budget. This is the
 part of "active reaches the same approval with fewer ratings" that is affordable on 2 CPU cores: it

@@ -61,7 +61,10 @@ class Table:
     """Embeddings by answer text, for an ensemble built by hand."""
 
     def __init__(self, vectors: dict[str, list[float]]) -> None:
+        from helixloom.training.active import Features
+
         self.vectors = vectors
+        self.features = Features()  # what a reward fit on them records
 
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         return torch.tensor([self.vectors[r] for r in responses])
@@ -122,6 +125,35 @@ def test_active_selection_asks_along_the_direction_no_rating_has_explored(tmp_pa
     assert loaded.logit_variance(a, torch.zeros(3, 3)).tolist() == pytest.approx(variance.tolist())  # type: ignore[union-attr]
     with pytest.raises(HelixloomError, match="bald"):
         select(pairs, 1, strategy="curious", rng=random.Random(0))
+
+
+@pytest.mark.parametrize("selection", ["active", "bald", "random"])
+def test_each_selection_rule_is_given_the_reward_so_far_unless_random(
+    selection: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import helixloom.training.improve as improve_mod
+
+    seen: list[tuple[str, bool]] = []
+    real = improve_mod.select
+
+    def spy(left, n, *, strategy, rng, ensemble=None, embed=None):  # type: ignore[no-untyped-def]
+        seen.append((strategy, ensemble is not None))
+        return real(left, n, strategy=strategy, rng=rng, ensemble=ensemble, embed=embed)
+
+    monkeypatch.setattr(improve_mod, "select", spy)
+    table = Table({a: [float(len(a)), float(a.count("a"))] for a in ("a", "bb", "ccc", "aaaa")})
+    run = ImproveRun.create(
+        "sel",
+        PROMPTS[:1],
+        HELD_OUT,
+        base="default",
+        config=ImproveConfig(selection=selection, ratings=4, batch=2),
+    )
+    candidates = [{"prompt": PROMPTS[0], "answers": ["a", "bb", "ccc", "aaaa"]}]
+    with Store(tmp_path / "db") as store:
+        store.add_preference(PROMPTS[0], "aaaa", "a", source="simulated", meta={"run": "sel", "round": 1})
+        run._collect(1, candidates, table, store, lambda items: 0, lambda _: None)  # type: ignore[arg-type]
+    assert seen == [(selection, selection != "random")]
 
 
 def test_reward_ensemble_learns_ratings_on_real_embeddings(tiny_engine) -> None:
@@ -394,7 +426,7 @@ def test_a_run_started_before_the_nll_setting_resumes_without_it(tmp_path: Path)
 
 
 def test_explore_shows_some_samples_a_form_and_trains_them_as_answers_to_the_prompt(tmp_path: Path) -> None:
-    from helixloom.training.improve import _chosen_forms, form_named, forms
+    from helixloom.training.improve import _chosen_forms, explore_form, form_named, forms
     from tests.scripted import ScriptedEngine
 
     shown = forms()
@@ -412,17 +444,20 @@ def test_explore_shows_some_samples_a_form_and_trains_them_as_answers_to_the_pro
     run = ImproveRun.create("explore", PROMPTS, HELD_OUT, base="default", config=config)
     candidates = run._sample(1, engine, None, None)
     asked = [r.prompt for r in engine.requests]
-    closing = sum(bool(n) and bool(form_named(n).closings) for c in candidates for n in c["forms"])
+    shown_forms = [[explore_form(j, n, 4, 2, 1) for n in range(4)] for j in range(len(PROMPTS))]
+    closing = sum(bool(n) and bool(form_named(n).closings) for row in shown_forms for n in row)
     assert len(asked) == len(PROMPTS) * 4 + closing  # a closing form's question is a second pass
     for j, c in enumerate(candidates):
         assert c["forms"][:2] == [None, None]  # the first k - explore answer the prompt alone
-        for name, prompt in zip(c["forms"], asked[j * 4 : (j + 1) * 4], strict=True):
+        for name, prompt in zip(shown_forms[j], asked[j * 4 : (j + 1) * 4], strict=True):
             assert c["prompt"] in prompt
             examples = [f for f in shown if f.examples and all(a in prompt for _, a in f.examples)]
             assert [f.name for f in examples] == ([name] if name and form_named(name).examples else [])
             assert not [f for f in shown if f not in examples and any(a in prompt for _, a in f.examples)]
-    # every form is shown somewhere across the prompts (6 prompts x 2 cover all 8)
-    assert {n for c in candidates for n in c["forms"] if n} == {f.name for f in shown}
+    # every form is shown somewhere across the prompts (6 prompts x 2 cover all 8); a closing form
+    # whose question did not come (this model writes none) is recorded as the prompt's alone
+    assert {n for row in shown_forms for n in row if n} == {f.name for f in shown}
+    assert {n for c in candidates for n in c["forms"] if n} == {f.name for f in shown if not f.closings}
 
     with_list = [c for c in candidates if any(a.startswith("- ") for a in c["answers"])]
     assert with_list  # the list was shown somewhere, and followed
@@ -444,7 +479,13 @@ def test_explore_shows_some_samples_a_form_and_trains_them_as_answers_to_the_pro
 
 def test_a_closing_form_ends_the_models_own_answer_with_the_question_it_writes() -> None:
     from helixloom.evals.simulated_users import answers_then_asks
-    from helixloom.training.improve import CLOSING_TOKENS, closing_question, forms, whole_sentences
+    from helixloom.training.improve import (
+        CLOSING_TOKENS,
+        closing_question,
+        explore_form,
+        forms,
+        whole_sentences,
+    )
     from tests.scripted import ScriptedEngine
 
     asking = next(f for f in forms() if f.closings)
@@ -471,8 +512,11 @@ def test_a_closing_form_ends_the_models_own_answer_with_the_question_it_writes()
                 assert answers_then_asks(answer)
             else:  # no one-line question came: the answer stays as it was
                 assert answer == "Air scatters blue light most."
+    rain = next(c for c in candidates if "rain" in c["prompt"])
+    assert asking.name not in rain["forms"]  # no question came: that answer is the prompt's alone
+    shown = [explore_form(j, n, 8, 8, 1) for j in range(2) for n in range(8)]
     first = engine.requests[: 2 * 8]
-    for request, form in zip(first, [f for c in candidates for f in c["forms"]], strict=True):
+    for request, form in zip(first, shown, strict=True):
         assert asking.closings[0] not in request.prompt  # the prompt alone, no examples, before it
         want = config.max_tokens - CLOSING_TOKENS if form == asking.name else config.max_tokens
         assert request.sampling.max_tokens == want  # room left for the question
@@ -483,3 +527,4 @@ def test_a_closing_form_ends_the_models_own_answer_with_the_question_it_writes()
     assert whole_sentences(" Ends on its own ", finished=True) == "Ends on its own"
     assert closing_question(" why? More") == " why?"
     assert closing_question(" why\nnot?") is None and closing_question(" no mark") is None
+    assert closing_question("?") is None and closing_question(" more. What is it?") is None

@@ -12,18 +12,18 @@ pin the answer down and disagree where they do not.
 Active learning (MiniHF's planned "Bayesian active learning", which it never built): among the
 candidate pairs not yet rated, ask about the one whose outcome the reward is least sure of, by the
 posterior variance of its logit ``w · (z_a - z_b)`` under a Laplace approximation of the Bayesian
-logistic regression that member 0 is (MacKay 1992): the Hessian of the fit's objective at its
-optimum, ``l2 I + sum_i p_i (1 - p_i) d_i d_i^T`` over the rated differences ``d_i``, is the
-posterior's precision, inverted through the ratings (Woodbury: an n x n solve, n the ratings, not
-d x d). A pair along a direction the ratings have not explored scores high; a pair like those
-already rated scores low. Measured against the bootstrap members' BALD (``H(mean_m p_m) - mean_m
-H(p_m)``, kept as ``bald``), offline on five of the feedback benchmark's saved pools of base-model
-answers (8 seeds each; ratings needed to reach the held-out agreement random selection reaches with
-60; Dec 2026): Laplace 0.5x, 0.6x, 0.4x and 0.6x random's ratings on the list (one pool), the
-answer-then-ask (two) and the no-I/me/my tastes, where BALD needed 0.83x, 1.0x, 0.6x and 0.8x; on
-the fifth pool (lists, where no strategy learned anything held-out) all three tie. The bootstrap
-members disagree most about outliers, since each sees a resample of a few dozen ratings in ~1,300
-dimensions.
+logistic regression that member 0 is (MacKay 1992): the Hessian of the negative log-posterior (N
+times the fit's mean objective, prior N(0, I / l2)) at its optimum, ``l2 I + sum_i p_i (1 - p_i) d_i
+d_i^T`` over the rated differences ``d_i``, is the posterior's precision, inverted through the
+ratings (Woodbury: an n x n solve, n the ratings, not d x d). A pair along a direction the ratings
+have not explored scores high; a pair like those already rated scores low. Measured against the
+bootstrap members' BALD (``H(mean_m p_m) - mean_m H(p_m)``, kept as ``bald``), offline on five of
+the feedback benchmark's saved pools of base-model answers (8 seeds each; ratings needed to reach
+the held-out agreement random selection reaches with 60; Dec 2026): Laplace 0.5x, 0.6x, 0.4x and
+0.6x random's ratings on the list (one pool), the answer-then-ask (two) and the no-I/me/my tastes,
+where BALD needed 0.83x, 1.0x, 0.6x and 0.8x; on the fifth pool (lists, where no strategy learned
+anything held-out) all three tie. The bootstrap members disagree most about outliers, since each
+sees a resample of a few dozen ratings in ~1,300 dimensions.
 
 Written by hand because nothing in our stack offers it: TRL's reward trainer fits one model on
 text, not an ensemble on cached features, and has no acquisition function.
@@ -188,6 +188,8 @@ class PreferenceEnsemble:
 
         if chosen.shape != rejected.shape or chosen.ndim != 2 or not len(chosen):
             raise HelixloomError("a preference ensemble needs at least one rated pair")
+        if not l2 > 0:
+            raise HelixloomError("l2 must be positive: it is the weights' prior precision")
         ref = reference if reference is not None else torch.cat([chosen, rejected])
         mean = ref.mean(dim=0)
         std = ref.std(dim=0, unbiased=False)
@@ -211,7 +213,7 @@ class PreferenceEnsemble:
         tensors = {"weights": self.weights.contiguous(), "mean": self.mean, "std": self.std}
         if self.rated is not None:
             tensors["rated"] = self.rated.contiguous()
-        meta = {**self.features.metadata(), "l2": repr(self.l2)}
+        meta = {**self.features.metadata(), "l2": str(float(self.l2))}
         atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     @classmethod

@@ -4,8 +4,9 @@ One run (``HELIXLOOM_HOME/runs/improve/NAME/``) goes through rounds. Each round:
 
 1. **sample** ``k`` answers per training prompt from the current policy (base + the promoted adapter);
 2. **collect** ratings: pairs of those answers go into the run's rating queue (``rating_queue``), a
-   batch at a time, chosen by the reward's uncertainty (``selection="active"``, BALD over a bootstrap
-   ensemble, ``training.active``) or at random; a ``rater`` answers them (a person on ``/rate``, a
+   batch at a time, chosen by the reward's uncertainty (``selection="active"``, the Laplace posterior's
+   variance of the pair's logit; ``"bald"``, the bootstrap ensemble's disagreement; ``training.active``)
+   or at random; a ``rater`` answers them (a person on ``/rate``, a
    simulated user, or nobody: then the store's answers so far are used);
 3. **reward**: the ensemble is refit on every preference of this run in the store;
 4. **train**: DPO on best-vs-worst by the reward for every prompt (``train_pairs="reward+rated"``:
@@ -120,10 +121,17 @@ def whole_sentences(text: str, finished: bool) -> str:
 
 
 def closing_question(continuation: str) -> str | None:
-    """The question a ``closings`` opener's ``continuation`` completes: up to its first "?", on one
-    line; None when there is none (the form was not written, and the answer stays as it was)."""
+    """The question a ``closings`` opener's ``continuation`` completes: up to its first "?", one
+    sentence on one line; None when there is none (the form was not written)."""
     head, mark, _ = continuation.partition("?")
-    return head + "?" if mark and "\n" not in head else None
+    if not mark or not head.strip() or "\n" in head or _SENTENCE_END.search(head):
+        return None
+    return head + "?"
+
+
+def closing_budget(max_tokens: int) -> int:
+    """Tokens for a closing question: ``CLOSING_TOKENS``, at most half of ``max_tokens``."""
+    return min(CLOSING_TOKENS, max_tokens // 2)
 
 
 #: What the policy's DPO pairs are: the reward's best vs worst per prompt, and optionally the rated pairs.
@@ -146,7 +154,8 @@ class ImproveConfig:
     )
     # "reward" (benchmarks/feedback_loop.py, taste "plain", Dec 2026): with active selection the loop
     # gained +79 points of approval in 3 rounds at KL 7.4 to the base; training on the rated pairs too,
-    # +42 at KL 3.2 with two rollbacks, since active selection asks about near-ties (random: +79 both ways)
+    # +42 at KL 3.2 with two rollbacks, since BALD selection (active's rule then) asked about near-ties
+    # (random: +79 both ways)
     train_pairs: str = field(
         default="reward",
         metadata={
@@ -200,6 +209,8 @@ class ImproveConfig:
         for name in ("rounds", "batch", "max_tokens", "eval_samples", "gen_batch", "members"):
             if not getattr(self, name) > 0:
                 raise HelixloomError(f"{name} must be positive", param=name)
+        if not self.l2 > 0:
+            raise HelixloomError("l2 must be positive (the reward's prior)", param="l2")
         if self.ratings < 0 or self.wait < 0:
             raise HelixloomError("ratings and wait must be >= 0", param="ratings")
         if self.k < 2:
@@ -529,8 +540,8 @@ class ImproveRun:
                 chat = render(engine, self._messages(prompt, form))
                 closes = form is not None and bool(form_named(form).closings)
                 params = sampling(
-                    # a closing question gets the last CLOSING_TOKENS, so the whole stays in max_tokens
-                    max_tokens=max(1, self.config.max_tokens - CLOSING_TOKENS * closes),
+                    # a closing question gets up to the last CLOSING_TOKENS (the opener's few are extra)
+                    max_tokens=self.config.max_tokens - closing_budget(self.config.max_tokens) * closes,
                     temperature=temperature,
                     top_p=1.0,
                     top_k=0,
@@ -550,22 +561,24 @@ class ImproveRun:
         shown_forms: Sequence[str | None],
         results: Sequence[Any],
         adapter: str | None,
-    ) -> list[str]:
+    ) -> tuple[list[str], list[str | None]]:
         """The answers' texts, those of a ``closings`` form ended with a question: the answer's whole
         sentences, one of the form's openers (by the sample's seed), and the model's continuation to
-        its first "?" (a second pass, batched like the first)."""
+        its first "?" (a second pass, batched like the first); and the form each answer was written
+        in (None where a closing question did not come: that answer is the prompt's alone)."""
         texts = [x.text for x in results]
+        written = [None if f and form_named(f).closings else f for f in shown_forms]
         asks: list[tuple[int, str, str]] = []
         reqs = []
         for i, (prompt, seed, form) in enumerate(zip(prompts, seeds, shown_forms, strict=True)):
             closings = form_named(form).closings if form else ()
-            answer = whole_sentences(texts[i], results[i].finish_reason != "length") if closings else ""
+            answer = whole_sentences(texts[i], results[i].finish_reason == "stop") if closings else ""
             if not answer:  # an answer first: a lone question asked back is not this form
                 continue
             opener = closings[seed % len(closings)]
             chat = render(engine, self._messages(prompt, form))
             params = sampling(
-                max_tokens=CLOSING_TOKENS,
+                max_tokens=closing_budget(self.config.max_tokens),
                 temperature=self.config.temperature,
                 top_p=1.0,
                 top_k=0,
@@ -583,8 +596,8 @@ class ImproveRun:
         for (i, answer, opener), result in zip(asks, done, strict=True):
             question = closing_question(result.text)
             if question is not None:
-                texts[i] = f"{answer} {opener}{question}"
-        return texts
+                texts[i], written[i] = f"{answer} {opener}{question}", shown_forms[i]
+        return texts, written
 
     def _adapter_name(self, engine: Engine, folder: Path | None) -> str | None:
         if folder is None:
@@ -609,7 +622,7 @@ class ImproveRun:
         bar = progress(f"round {r}: sample {k} answers", len(prompts)) if progress else None
         adapter = self._adapter_name(engine, current)
         results = self._generate(engine, prompts, seeds, adapter, self.config.temperature, shown)
-        texts = self._close(engine, prompts, seeds, shown, results, adapter)
+        texts, shown = self._close(engine, prompts, seeds, shown, results, adapter)
         if bar is not None:
             bar.update(len(prompts))
             bar.close()
@@ -658,7 +671,7 @@ class ImproveRun:
                 # The reward so far decides what to ask next (none yet: the first batch is random).
                 prefs = self.rated_pairs(store)
                 ensemble = None
-                if prefs and self.config.selection == "active":
+                if prefs and self.config.selection != "random":
                     ensemble = fit_reward(
                         prefs, embed, members=self.config.members, l2=self.config.l2, seed=len(prefs)
                     ).ensemble
@@ -697,7 +710,8 @@ class ImproveRun:
                 {"prompt": prompt, "chosen": c["answers"][a], "rejected": c["answers"][b]} for a, b in picked
             ]
         # The user's own choices are the truest pairs there are; with "reward+rated" they train the
-        # policy too. Active selection asks about the pairs the reward is least sure of, near-ties as
+        # policy too. Active selection asks about the pairs the reward is least sure of (with BALD, measured:
+        # near-ties as
         # often as not, so those rows are the weakest signal a round has for the policy.
         if self.config.train_pairs == "reward+rated":
             rows += [
