@@ -23,7 +23,10 @@ the held-out agreement random selection reaches with 60; Dec 2026): Laplace 0.5x
 0.6x random's ratings on the list (one pool), the answer-then-ask (two) and the no-I/me/my tastes,
 where BALD needed 0.83x, 1.0x, 0.6x and 0.8x; on the fifth pool (lists, where no strategy learned
 anything held-out) all three tie. The bootstrap members disagree most about outliers, since each
-sees a resample of a few dozen ratings in ~1,300 dimensions.
+sees a resample of a few dozen ratings in ~1,300 dimensions. With few ratings the variance is mostly
+the size of the pair's difference (after 10 ratings, 8 of its top 10 pairs are the 10 most
+different; after 30, 3; after 60, 2: the no-I/me/my pool), so it starts by asking about answers that
+differ most and then turns to what the ratings left open.
 
 Written by hand because nothing in our stack offers it: TRL's reward trainer fits one model on
 text, not an ensemble on cached features, and has no acquisition function.
