@@ -371,24 +371,23 @@ def learning_curve(
     def needed(arm: str) -> int | None:
         return next((steps[i] for i, v in enumerate(mean_curve[arm]) if v >= target - 1e-9), None)
 
-    active_needed, random_needed, bald_needed = needed("active"), needed("random"), needed("bald")
+    need = {arm: needed(arm) for arm in curves}
+
+    def over_random(arm: str) -> float | None:
+        got, base = need[arm], need["random"]
+        return round(got / base, 2) if got and base else None
+
     return {
         "pool_pairs": len(pool),
         "held_out_pairs": len(agreement_pairs),
         "ratings": steps,
-        "agreement_active": [round(v, 3) for v in mean_curve["active"]],
-        "agreement_bald": [round(v, 3) for v in mean_curve["bald"]],
-        "agreement_random": [round(v, 3) for v in mean_curve["random"]],
+        **{f"agreement_{arm}": [round(v, 3) for v in mean_curve[arm]] for arm in curves},
         "target_agreement (random at full budget)": round(target, 3),
-        "ratings_to_target_active": active_needed,
-        "ratings_to_target_random": random_needed,
-        "active_over_random_ratio": round(active_needed / random_needed, 2)
-        if active_needed and random_needed
-        else None,
-        "ratings_to_target_bald": bald_needed,
-        "bald_over_random_ratio": round(bald_needed / random_needed, 2)
-        if bald_needed and random_needed
-        else None,
+        "ratings_to_target_active": need["active"],
+        "ratings_to_target_random": need["random"],
+        "active_over_random_ratio": over_random("active"),
+        "ratings_to_target_bald": need["bald"],
+        "bald_over_random_ratio": over_random("bald"),
         "seeds": args.curve_seeds,
     }
 
