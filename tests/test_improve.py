@@ -528,3 +528,87 @@ def test_a_closing_form_ends_the_models_own_answer_with_the_question_it_writes()
     assert closing_question(" why? More") == " why?"
     assert closing_question(" why\nnot?") is None and closing_question(" no mark") is None
     assert closing_question("?") is None and closing_question(" more. What is it?") is None
+
+
+def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_stale(
+    tiny_model: TinyModel, tiny_engine, tmp_path: Path, helixloom_home: Path
+) -> None:
+    """``improve:NAME``: the reward a run learned from its users' ratings, in Weave the same day (seed
+    004's AutoLoom), on the CLI's reward specs, the API's weave and the jobs, by run name only."""
+    from helixloom.cli import build_parser
+    from helixloom.server.job_policy import JobPolicy
+    from helixloom.training.active import Embedder
+    from helixloom.training.reward_spec import load_reward
+    from helixloom.weave import RewardScorer
+    from helixloom.weave.search import WeaveConfig, weave
+
+    config = ImproveConfig(**{**FAST.__dict__, "system": "Be brief."})
+    run = ImproveRun.create("taught", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config)
+    with pytest.raises(HelixloomError, match="learned no reward yet"):
+        load_reward("improve:taught", engine=tiny_engine)
+    # A round's reward, as the loop saves it: fit on ratings, each answer read after the run's system
+    # prompt and the user's message.
+    embed = Embedder(tiny_engine, context=lambda p: run.chat_context(tiny_engine, p))
+    vowelly = [RatedPair("Q:", "apple idea audio", "crypt tryst rhythm"), RatedPair("Q:", "eerie", "brick")]
+    taught = fit_reward(vowelly, embed, members=2)
+    (run.root / "round-1").mkdir()
+    taught.ensemble.save(run.root / "round-1" / "reward.safetensors")
+
+    reward = load_reward("improve:taught", engine=tiny_engine)
+    answers = ["audio idea", "crypt brick", "eerie apple"]
+    assert reward.score(["Q:"] * 3, answers) == pytest.approx(taught.score(["Q:"] * 3, answers))
+    assert load_reward("improve:taught@1", engine=tiny_engine).score(["Q:"], ["eerie"]) == pytest.approx(
+        taught.score(["Q:"], ["eerie"])
+    )
+    for spec, message in (
+        ("improve:taught@2", "round 2 of run taught has learned no reward"),
+        ("improve:taught@x", "the round must be a number"),
+        ("improve:nope", "no improve run named nope"),
+        ("improve:../taught", "bad run name"),
+        ("improve:", "name the improve run"),
+    ):
+        with pytest.raises(HelixloomError, match=message):
+            load_reward(spec, engine=tiny_engine)
+    # On another base model its vectors mean nothing: refused, not scored
+    other = ImproveRun.create("elsewhere", PROMPTS, HELD_OUT, base="default", config=config)
+    (other.root / "round-1").mkdir()
+    taught.ensemble.save(other.root / "round-1" / "reward.safetensors")
+    with pytest.raises(HelixloomError, match="learned its reward on default"):
+        load_reward("improve:elsewhere", engine=tiny_engine)
+
+    result = weave("Q:", tiny_engine, RewardScorer(reward), WeaveConfig(budget=4, round_budget=4, n_expand=4,
+                   tokens_per_node=3, max_lookahead=1, seed=1))  # fmt: skip
+    leaves = [n for n in result.root.nodes() if n.parent is not None]
+    assert [n.score for n in leaves] == pytest.approx(
+        reward.score(["Q:"] * len(leaves), [n.branch_text(include_root=False) for n in leaves]), abs=1e-4
+    )
+
+    state = ServerState(ServerConfig(model=str(tiny_model.path)), tiny_engine, Store(tmp_path / "db"))
+    body = {"prompt": "Q:", "budget": 3, "round_budget": 3, "n_expand": 3, "tokens_per_node": 3}
+    with serving(state) as server, httpx.Client(base_url=server.url, timeout=120) as http:
+        first = http.post("/api/weave", json={**body, "reward": "improve:taught"})
+        assert first.status_code == 200, first.text
+        top = first.json()["best"][0]
+        assert top["score"] == pytest.approx(reward.score(["Q:"], [top["text"]])[0], abs=1e-3)
+        # The next round's reward replaces it: the server scores with the new one, not a cached copy.
+        flipped = fit_reward([RatedPair(p.prompt, p.rejected, p.chosen) for p in vowelly], embed, members=2)
+        flipped.ensemble.save(run.root / "round-1" / "reward.safetensors")
+        import os
+        import time as _time
+
+        later = _time.time() + 5  # a distinct modification time however coarse the file system's clock
+        os.utime(run.root / "round-1" / "reward.safetensors", (later, later))
+        again = http.post("/api/weave", json={**body, "reward": "improve:taught"})
+        top = again.json()["best"][0]
+        assert top["score"] == pytest.approx(flipped.score(["Q:"], [top["text"]])[0], abs=1e-3)
+        for bad in ("improve:../taught", "improve:nope", "improve:taught@7", "improve:/etc"):
+            refused = http.post("/api/weave", json={**body, "reward": bad})
+            assert refused.status_code == 400, bad
+            assert str(tmp_path) not in refused.text
+
+    policy = JobPolicy(home=helixloom_home, models=frozenset({"default"}))
+    job = ["iterate", "--name", "x", "--reward", "improve:taught"]
+    assert policy.check(build_parser(), job)[-1] == "improve:taught"
+    for bad in ("improve:nope", "improve:../taught", "improve:/etc/passwd"):
+        with pytest.raises(HelixloomError):
+            policy.check(build_parser(), [*job[:-1], bad])

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reward",
         metavar="SPEC",
         help="score with this reward instead of learning one from ratings (head:NAME, rm:NAME, "
-        "constitution, evaluator, judge, py:MODULE:FUNCTION); no ratings are asked then",
+        "improve:NAME, constitution, evaluator, judge, py:MODULE:FUNCTION); no ratings are asked then",
     )
     p.add_argument(
         "--server",

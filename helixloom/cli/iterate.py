@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=" ".join(DESCRIPTION.split()),
         epilog="Rewards: evaluator[:QUESTION] (zero-shot yes/no evaluator, the default), rubric:FILE, "
         "constitution[:FILE] (MiniHF format, RLAIF), rm:NAME (helixloom train reward), head:NAME "
-        "(helixloom train reward-head), judge[:SPEC] (pairwise LLM judge, round robin), py:MODULE:FUNCTION.",
+        "(helixloom train reward-head), improve:NAME (an improve run's reward), judge[:SPEC] "
+        "(pairwise LLM judge, round robin), py:MODULE:FUNCTION.",
     )
     it.add_argument("--name", required=True, help="name of the run and of the adapter it registers")
     it.add_argument(

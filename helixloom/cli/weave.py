@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reward",
         metavar="SPEC",
         help="steer by a reward instead of --question: head:NAME or rm:NAME (trained on your ratings), "
-        "constitution[:FILE], evaluator[:QUESTION], rubric:FILE, judge[:SPEC], py:MODULE:FUNCTION",
+        "improve:NAME (what an improve run learned from its users' ratings), constitution[:FILE], "
+        "evaluator[:QUESTION], rubric:FILE, judge[:SPEC], py:MODULE:FUNCTION",
     )
     add_model_flags(wv)
     wv.add_argument("--evaluator-model", metavar="SPEC", help="evaluator model (default: --model)")
@@ -152,8 +153,8 @@ def cmd_weave(args: argparse.Namespace) -> int:
             if args.evaluator_adapter
             else None
         )
-        # A reward head reads hidden states, which only transformers gives.
-        needs = ("supports_embeddings",) if (args.reward or "").startswith("head:") else ()
+        # A reward head and an improve run's reward read hidden states, which only transformers gives.
+        needs = ("supports_embeddings",) if (args.reward or "").startswith(("head:", "improve:")) else ()
         pool = EnginePool(lambda spec: load_for_inference(spec, args.engine, needs=needs))
         engine = pool.get(args.model)
         if adapter:

@@ -21,12 +21,13 @@ router = APIRouter(prefix="/api")
 
 
 class WeaveWithReward(WeaveRequest):
-    # head:NAME / rm:NAME (trained under HELIXLOOM_HOME/rewards), constitution, evaluator[:QUESTION] or
-    # judge. Never py: or a file or a model: those come only from the operator's CLI.
+    # head:NAME / rm:NAME (trained under HELIXLOOM_HOME/rewards), improve:NAME[@ROUND] (what an improve
+    # run learned from its users' ratings), constitution, evaluator[:QUESTION] or judge. Never py: or a
+    # file or a model: those come only from the operator's CLI.
     reward: str | None = Field(None, max_length=1000)
 
 
-_SERVED_REWARDS = ("head", "rm", "constitution", "evaluator", "judge")
+_SERVED_REWARDS = ("head", "rm", "improve", "constitution", "evaluator", "judge")
 _reward_cache: dict[tuple[int, str, float], Reward] = {}
 # Held while a reward is looked up or loaded: two requests for one rm:NAME loaded it twice, and two
 # evictions at once could pop the same key (a KeyError, a 500)
@@ -51,6 +52,13 @@ def served_reward(state: ServerState, spec: str) -> Reward:
             raise HelixloomError(f"no trained reward {arg!r}", "train it first (train reward-head NAME)")
         stamp = max((f.stat().st_mtime for f in folder.iterdir()), default=0.0)  # retrained: reloaded
         spec = f"{kind}:{folder}"
+    elif kind == "improve":
+        from helixloom.training.improve import ImproveRun
+        from helixloom.training.reward_spec import parse_improve_arg
+
+        name, round_ = parse_improve_arg(arg)
+        # a new round's reward (or a rerun's) is loaded afresh, never served stale
+        stamp = ImproveRun.open(name).reward_file(round_).stat().st_mtime
     elif kind in ("constitution", "judge") and arg:
         raise HelixloomError(f"{kind} takes no argument over HTTP (files and models are the operator's)")
     key = (id(state.engine), spec, stamp)

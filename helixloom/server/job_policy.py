@@ -312,7 +312,7 @@ _BUILTIN_TEMPLATES = ("pair-v2", "single-v1")
 READABLE = ("uploads", "outputs")
 WRITABLE = "outputs"
 # Reward kinds that name neither code nor a remote model (a judge is checked as a model spec).
-_SAFE_REWARDS = ("evaluator", "rubric", "constitution", "rm", "head", "judge")
+_SAFE_REWARDS = ("evaluator", "rubric", "constitution", "rm", "head", "improve", "judge")
 
 
 @dataclass(frozen=True)
@@ -493,7 +493,14 @@ class JobPolicy:
             if arg not in self.rewards:
                 raise HelixloomError(f"no trained reward {arg!r}", "train it first (train reward NAME)")
             return f"{kind}:{self._relative(self.home.resolve() / 'rewards' / arg)}"
-        if kind == "judge" and arg:
+        if kind == "improve":
+            # a run by name (its folder under runs/improve, written by the loop, never by a client)
+            from helixloom.training.reward_spec import parse_improve_arg
+
+            name, _ = parse_improve_arg(arg)
+            if not (self.home / "runs" / "improve" / name / "run.json").is_file():
+                raise HelixloomError(f"no improve run {name!r}", "start it first (improve --name NAME)")
+        elif kind == "judge" and arg:
             self._value(MODEL, "--reward", arg)
         elif kind in ("rubric", "constitution") and arg:
             return f"{kind}:{self._value(IN, '--reward', arg)}"

@@ -395,9 +395,7 @@ class ImproveRun:
         if not engine.supports_adapters:
             raise HelixloomError(f"the {engine.backend} engine cannot load adapters; improve needs hf")
         embed = (
-            Embedder(engine, context=lambda p: render(engine, self._messages(p)).prompt)
-            if reward is None
-            else None
+            Embedder(engine, context=functools.partial(self.chat_context, engine)) if reward is None else None
         )
         self._eval_policy(engine, self.current(), progress)  # the start, for the first comparison
         for r in range(1, self.config.rounds + 1):
@@ -512,6 +510,50 @@ class ImproveRun:
             and p.meta.get("run") == self.name
             and (round_ is None or p.meta.get("round") == round_)
         ]
+
+    def reward_file(self, round_: int | None = None) -> Path:
+        """The reward round ``round_`` learned from the ratings (default: the latest round that has one)."""
+        rounds = [round_] if round_ is not None else range(self.config.rounds, 0, -1)
+        for r in rounds:
+            path = self.root / f"round-{r}" / "reward.safetensors"
+            if path.is_file():
+                return path
+        which = f"round {round_} of run {self.name}" if round_ is not None else f"run {self.name}"
+        raise HelixloomError(
+            f"{which} has learned no reward yet",
+            f"a round learns one once its ratings are in: helixloom improve --name {self.name} --resume",
+            param="reward",
+        )
+
+    def learned_reward(self, engine: Engine, round_: int | None = None) -> LearnedReward:
+        """The reward this run learned from its users' ratings, as a ``Reward`` on ``engine`` (the run's
+        base model, on a backend that gives hidden states): what steers Weave (``--reward improve:NAME``)
+        the day the users taught it. It reads each answer in the prompt's chat transcript, as the loop did."""
+        from helixloom.models import resolve
+        from helixloom.training.active import PreferenceEnsemble
+
+        ensemble = PreferenceEnsemble.load(self.reward_file(round_))
+        try:
+            ran, runs = resolve(self.meta["base"]), resolve(engine.model_name)
+            same = (ran.kind, ran.location) == (runs.kind, runs.location)
+        except HelixloomError:
+            same = False
+        if not same:
+            raise HelixloomError(
+                f"run {self.name} learned its reward on {self.meta['base']}; "
+                f"the engine runs {engine.model_name}",
+                f"load {self.meta['base']} on the hf backend to use improve:{self.name}",
+                param="reward",
+            )
+        embed = Embedder(
+            engine, features=ensemble.features, context=functools.partial(self.chat_context, engine)
+        )
+        return LearnedReward(ensemble, embed)
+
+    def chat_context(self, engine: Engine, prompt: str) -> str:
+        """``prompt`` as the policy sees it before it answers (the run's system prompt, the user's
+        message, the chat template): where the reward reads each answer."""
+        return render(engine, self._messages(prompt)).prompt
 
     # ------------------------------------------------------------------ phases
 

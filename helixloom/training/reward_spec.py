@@ -9,6 +9,8 @@ Specs:
   evaluator, signed by its desired answer and combined with a weighted soft minimum (RLAIF);
 - ``rm:NAME_OR_PATH``: a reward model trained by ``helixloom train reward``;
 - ``head:NAME_OR_PATH``: a reward head trained by ``helixloom train reward-head``;
+- ``improve:NAME`` / ``improve:NAME@ROUND``: the reward the improve run NAME learned from its users'
+  ratings (its latest round's, or round ROUND's), on the run's base model;
 - ``judge`` / ``judge:SPEC``: a pairwise LLM judge; a group of responses to one prompt is scored by
   a round-robin tournament (both orders per pair), as RLHFlow's pairwise preference model;
 - ``py:MODULE:FUNCTION`` or ``py:FILE.py:FUNCTION``: a Python function
@@ -106,6 +108,11 @@ def load_reward(
         from helixloom.training.reward_head import RewardHeadReward
 
         return RewardHeadReward.load(_artifact(arg, store, "reward head"), engine)
+    if kind == "improve":
+        from helixloom.training.improve import ImproveRun
+
+        name, round_ = parse_improve_arg(arg)
+        return ImproveRun.open(name).learned_reward(engine, round_)
     if kind == "judge":
         from helixloom.evals.judge_reward import JudgeReward
         from helixloom.evals.pairwise import PairwiseJudge
@@ -118,9 +125,24 @@ def load_reward(
         return JudgeReward(PairwiseJudge(judge_engine))
     raise HelixloomError(
         f"unknown reward {spec!r}",
-        "use evaluator[:QUESTION], rubric:FILE, constitution[:FILE], rm:NAME, head:NAME, judge[:SPEC] "
-        "or py:MODULE:FUNCTION",
+        "use evaluator[:QUESTION], rubric:FILE, constitution[:FILE], rm:NAME, head:NAME, improve:NAME, "
+        "judge[:SPEC] or py:MODULE:FUNCTION",
     )
+
+
+def parse_improve_arg(arg: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME@ROUND`` of an ``improve:`` spec; the name is checked as a folder name."""
+    from helixloom.paths import check_name
+
+    name, at, number = arg.strip().partition("@")
+    if not name:
+        raise HelixloomError("name the improve run: improve:NAME or improve:NAME@ROUND", param="reward")
+    check_name(name, "run name", param="reward")
+    if not at:
+        return name, None
+    if not number.isdigit() or int(number) < 1:
+        raise HelixloomError(f"improve:{arg}: the round must be a number from 1", param="reward")
+    return name, int(number)
 
 
 def _artifact(name_or_path: str, store: Store | None, what: str) -> Path:
