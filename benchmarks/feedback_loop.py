@@ -14,11 +14,17 @@ improve run of ``--rounds`` rounds with ``--ratings`` ratings each, on the embed
 - per round: approval of the current policy on held-out prompts by the hidden taste (base → each
   round), ratings used, the learned reward's agreement with the taste on held-out pairs, mean
   length, distinct-2, KL to the base (a Monte-Carlo estimate on the policy's own held-out answers),
-  promotion or rollback with the loop's reason, wall time per phase.
+  promotion or rollback with the loop's reason, wall time per phase;
+- after the rounds, AutoLoom at inference (``--search N``): N answers per held-out prompt, drawn as
+  the run draws its own (forms included when it explores), from the base and from the final policy,
+  and the one the run's last reward (``improve:NAME``) scores highest: approval of that pick, of a
+  random pick of the same answers, and the share of prompts with any liked answer among them.
 
 Then, per taste, the reward's learning curve for active, bald and random selection on one pool of base-model
 candidate pairs (several seeds): agreement on held-out pairs after every batch of ratings, and how
-many ratings each needs to reach the agreement random reaches with the whole budget. This is the
+many ratings each needs to reach the agreement random reaches with the whole budget; and the same
+for the approval of the answer the reward so far picks among each held-out prompt's base answers
+(what the ratings buy when the reward steers a search, with no training in between). This is the
 part of "active reaches the same approval with fewer ratings" that is affordable on 2 CPU cores: it
 measures the reward, which is what selection changes; the full loops above give approval for both
 arms at the same budget.
@@ -277,15 +283,63 @@ def run_arm(
                 seconds=result.seconds,
             )
         table.append(entry)
+    search = steered_by_reward(args, engine, run, taste, history[-1][1]) if args.search > 1 else None
     return {
         "run": name,
         "rounds": table,
+        "search": search,
         "approval_gain_points": round(table[-1]["approval"] - table[0]["approval"], 1),
         "ratings_used": sum(r.ratings for r in rows),
         "promotions": sum(r.promoted for r in rows),
         "rollbacks": sum(not r.promoted for r in rows),
         "served_checks": served_checks,
     }
+
+
+def steered_by_reward(
+    args: argparse.Namespace, engine: Any, run: Any, taste: Any, adapter: Path | None
+) -> Any:
+    """AutoLoom at inference (seed 004: "use your reward head to search over many possible
+    completions"): ``--search`` answers per held-out prompt, from the base and from the run's final
+    policy, and the one the run's last learned reward (``improve:NAME``, as Weave loads it) scores
+    highest. Beside it, the same answers' mean approval (a pick at random: the baseline, same samples)
+    and the share of prompts with any liked answer among them (what a perfect pick could reach).
+    The answers are drawn as the run draws its own (``--explore``'s share of them after an answer
+    form's examples, a closing form closed by a second pass), at the held-out temperature."""
+    from helixloom.training.improve import _seed, explore_form
+    from helixloom.training.reward_spec import load_reward
+
+    t = time.perf_counter()
+    reward = load_reward(f"improve:{run.name}", engine=engine)
+    n, held = args.search, run.eval_prompts
+    explore = run.config.explore * n // run.config.k
+    prompts = [p for p in held for _ in range(n)]
+    seeds = [_seed(args.seed, 20_000, j, s) for j in range(len(held)) for s in range(n)]
+    shown = [explore_form(j, s, n, explore, 0) for j in range(len(held)) for s in range(n)]
+    out: dict[str, Any] = {
+        "answers_per_prompt": n,
+        "of_them_after_a_form": explore,
+        "temperature": run.config.eval_temperature,
+    }
+    for label, folder in (("base", None), ("policy", adapter)):
+        served = run._adapter_name(engine, folder)
+        results = run._generate(engine, prompts, seeds, served, run.config.eval_temperature, shown)
+        texts, _ = run._close(engine, prompts, seeds, shown, results, served)
+        picked, any_liked = [], 0
+        for j, prompt in enumerate(held):
+            group = texts[j * n : (j + 1) * n]
+            scores = reward.score_group(prompt, group)
+            picked.append(taste.likes(prompt, group[max(range(n), key=lambda i: scores[i])]))
+            any_liked += any(taste.likes(prompt, a) for a in group)
+        out[label] = {
+            "approval_random_pick": round(
+                100.0 * sum(taste.likes(p, a) for p, a in zip(prompts, texts, strict=True)) / len(texts), 1
+            ),
+            "approval_best_by_reward": round(100.0 * sum(picked) / len(held), 1),
+            "prompts_with_a_liked_answer": round(100.0 * any_liked / len(held), 1),
+        }
+    out["seconds"] = round(time.perf_counter() - t, 1)
+    return out
 
 
 def check_served(
@@ -322,8 +376,11 @@ def learning_curve(
     taste: Any,
     pool_rows: list[dict[str, Any]],
     agreement_pairs: list[Any],
+    held_out_rows: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Reward agreement on held-out pairs after each batch of ratings, active vs random, over seeds."""
+    """Reward agreement on held-out pairs after each batch of ratings, active vs random, over seeds;
+    and the approval of the answer the reward so far picks among each held-out prompt's base answers
+    (``held_out_rows``: what the ratings buy when the reward steers a search, with no training)."""
     from helixloom.evals.simulated_users import choose
     from helixloom.training.active import CandidatePair, Embedder, RatedPair, agreement, fit_reward, select
 
@@ -337,14 +394,30 @@ def learning_curve(
                     pool.append(CandidatePair(f"{j}-{x}-{y}", c["prompt"], ans[x], ans[y]))
     reference = [(c["prompt"], a) for c in pool_rows for a in c["answers"]]
     budget = min(args.curve_budget, len(pool))
+    groups: dict[str, list[str]] = {}
+    for r in held_out_rows:
+        groups.setdefault(r["prompt"], []).append(r["answer"])
+    # before any rating the pick is as good as a random one: the answers' mean approval
+    random_pick = (
+        100.0 * sum(taste.likes(r["prompt"], r["answer"]) for r in held_out_rows) / len(held_out_rows)
+    )
+
+    def pick_approval(reward: Any) -> float:
+        liked = 0
+        for prompt, answers in groups.items():
+            scores = reward.score_group(prompt, answers)
+            liked += taste.likes(prompt, answers[max(range(len(answers)), key=lambda i: scores[i])])
+        return 100.0 * liked / len(groups)
+
     # bald: the bootstrap members' disagreement, active's rule before Dec 2026, for comparison
     curves: dict[str, list[list[float]]] = {"active": [], "bald": [], "random": []}
+    picks: dict[str, list[list[float]]] = {arm: [] for arm in curves}
     for seed in range(args.curve_seeds):
         for arm in curves:
             rng = random.Random(seed)
             rated: list[RatedPair] = []
             asked: set[str] = set()
-            curve = []
+            curve, picked = [], []
             ensemble = None
             while len(asked) < budget:
                 left = [c for c in pool if c.key not in asked]
@@ -359,23 +432,33 @@ def learning_curve(
                     reward = fit_reward(rated, embed, seed=seed, reference=reference)
                     ensemble = reward.ensemble
                     curve.append(agreement(reward, agreement_pairs) or 0.5)
+                    picked.append(pick_approval(reward))
                 else:
                     curve.append(0.5)
+                    picked.append(random_pick)
             curves[arm].append(curve)
+            picks[arm].append(picked)
     steps = [min(args.batch * (i + 1), budget) for i in range(len(curves["random"][0]))]
     mean_curve = {
         arm: [sum(c[i] for c in cs) / len(cs) for i in range(len(steps))] for arm, cs in curves.items()
     }
+    mean_pick = {
+        arm: [sum(c[i] for c in cs) / len(cs) for i in range(len(steps))] for arm, cs in picks.items()
+    }
+
+    def needed(curve: list[float], target: float) -> int | None:
+        return next((steps[i] for i, v in enumerate(curve) if v >= target - 1e-9), None)
+
+    def ratio(got: int | None, base: int | None) -> float | None:
+        return round(got / base, 2) if got and base else None
+
     target = mean_curve["random"][-1]
-
-    def needed(arm: str) -> int | None:
-        return next((steps[i] for i, v in enumerate(mean_curve[arm]) if v >= target - 1e-9), None)
-
-    need = {arm: needed(arm) for arm in curves}
+    need = {arm: needed(mean_curve[arm], target) for arm in curves}
+    pick_target = mean_pick["random"][-1]
+    pick_need = {arm: needed(mean_pick[arm], pick_target) for arm in curves}
 
     def over_random(arm: str) -> float | None:
-        got, base = need[arm], need["random"]
-        return round(got / base, 2) if got and base else None
+        return ratio(need[arm], need["random"])
 
     return {
         "pool_pairs": len(pool),
@@ -388,6 +471,12 @@ def learning_curve(
         "active_over_random_ratio": over_random("active"),
         "ratings_to_target_bald": need["bald"],
         "bald_over_random_ratio": over_random("bald"),
+        "pick_approval_base_random_pick": round(random_pick, 1),
+        **{f"pick_approval_{arm}": [round(v, 1) for v in mean_pick[arm]] for arm in curves},
+        "pick_target (random at full budget)": round(pick_target, 1),
+        **{f"pick_ratings_to_target_{arm}": pick_need[arm] for arm in curves},
+        "pick_active_over_random_ratio": ratio(pick_need["active"], pick_need["random"]),
+        "pick_bald_over_random_ratio": ratio(pick_need["bald"], pick_need["random"]),
         "seeds": args.curve_seeds,
     }
 
@@ -453,6 +542,12 @@ def main() -> int:
         type=float,
         default=loop_dpo.sft_weight,
         help="NLL on the chosen answer added to DPO (RPO; 0: off; default: the loop's)",
+    )
+    parser.add_argument(
+        "--search",
+        type=int,
+        default=8,
+        help="answers per held-out prompt the final reward picks from, after each loop (0: skip)",
     )
     parser.add_argument("--curve-budget", type=int, default=60)
     parser.add_argument("--curve-seeds", type=int, default=3)
@@ -520,7 +615,7 @@ def main() -> int:
                 base_eval = probe._eval_policy(engine, None, None)
                 pool = probe._sample(1, engine, None, None)
                 pairs = held_out_pairs(taste, base_eval)
-                entry["learning_curve"] = learning_curve(args, engine, taste, pool, pairs)
+                entry["learning_curve"] = learning_curve(args, engine, taste, pool, pairs, base_eval)
                 entry["learning_curve"]["seconds"] = round(time.perf_counter() - t, 1)
                 print(
                     json.dumps({taste_name: {"learning_curve": entry["learning_curve"]}}),
@@ -544,8 +639,20 @@ def main() -> int:
             t: {a: e[a]["approval_gain_points"] for a in ("active", "random") if a in e}
             for t, e in report["tastes"].items()
         },
+        "approval with the final reward's pick of --search answers (policy, base; random pick: base)": {
+            t: {
+                a: [e[a]["search"][k]["approval_best_by_reward"] for k in ("policy", "base")]
+                + [e[a]["search"]["base"]["approval_random_pick"]]
+                for a in ("active", "random")
+                if a in e and e[a].get("search")
+            }
+            for t, e in report["tastes"].items()
+        },
         "active ratings <= 0.6 x random's (reward agreement curve)": {
             t: e["learning_curve"]["active_over_random_ratio"] for t, e in report["tastes"].items()
+        },
+        "active ratings <= 0.6 x random's (approval of the reward's pick of held-out base answers)": {
+            t: e["learning_curve"]["pick_active_over_random_ratio"] for t, e in report["tastes"].items()
         },
         "active ratings <= 0.6 x random's (held-out approval, full loops)": {
             t: (e.get("approval_ratings") or {}).get("active_over_random_ratio")
