@@ -605,6 +605,21 @@ def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_st
             refused = http.post("/api/weave", json={**body, "reward": bad})
             assert refused.status_code == 400, bad
             assert str(tmp_path) not in refused.text
+        # What a client may steer by is listed (the loom's picker reads it), and the loom's weave
+        # from a node takes a reward too, its nodes scored by it.
+        listed = http.get("/api/rewards").json()["data"]
+        assert {"spec": "improve:taught", "kind": "improve", "name": "taught", "rounds": 1} in listed
+        assert listed[-1]["spec"] == "constitution"
+        root = http.post("/api/trees", json={"prompt": "Q:"}).json()["nodes"][0]["id"]
+        options = {k: v for k, v in body.items() if k != "prompt"}
+        grown = http.post(f"/api/nodes/{root}/weave", json={**options, "reward": "improve:taught"})
+        assert grown.status_code == 200, grown.text
+        made = [n for n in grown.json()["nodes"] if n["id"] != root]
+        assert len(made) == 3
+        for n in made:
+            assert n["score"] == pytest.approx(flipped.score(["Q:"], [n["text"]])[0], abs=1e-3)
+        refused = http.post(f"/api/nodes/{root}/weave", json={**options, "reward": "py:os:getcwd"})
+        assert refused.status_code == 400
 
     policy = JobPolicy(home=helixloom_home, models=frozenset({"default"}))
     job = ["iterate", "--name", "x", "--reward", "improve:taught"]

@@ -316,3 +316,49 @@ def test_import_a_socketteer_loom_file(page: Any, server: BackgroundServer) -> N
     page.keyboard.press("ArrowRight")
     assert "Its streets were named" in page.inner_text("#text")
     page.screenshot(path=str(ARTIFACTS / "loom-import.png"))
+
+
+def test_weave_steered_by_a_reward_users_taught(
+    page: Any, server: BackgroundServer, state: ServerState
+) -> None:
+    """The loom's weave picks a reward instead of a question (AutoLoom): here what an improve run
+    learned from ratings; every node it grows is scored by that reward."""
+    from helixloom.training.active import Embedder, RatedPair, fit_reward
+    from helixloom.training.improve import ImproveConfig, ImproveRun
+    from helixloom.training.reward_spec import load_reward
+
+    run = ImproveRun.create(
+        "taught", ["a prompt"], ["another"], base=state.engine.model_name, config=ImproveConfig(rounds=1)
+    )
+    embed = Embedder(state.engine, context=lambda p: run.chat_context(state.engine, p))
+    rated = [RatedPair("Q:", "apple idea audio", "crypt tryst rhythm"), RatedPair("Q:", "eerie", "brick")]
+    (run.root / "round-1").mkdir()
+    fit_reward(rated, embed, members=2).ensemble.save(run.root / "round-1" / "reward.safetensors")
+    reward = load_reward("improve:taught", engine=state.engine)
+
+    new_tree(page, server, "Once upon a time")
+    root = current_id(page)
+    page.evaluate("loadRewards()")
+    page.wait_for_selector("#steer option[value='improve:taught']", state="attached")
+    page.select_option("#steer", "improve:taught")
+    assert page.is_disabled("#question")  # the reward steers, not a question
+    page.fill("#budget", "4")
+    page.fill("#tokens", "3")
+    page.click("#weave")
+    page.wait_for_function(f"current !== {root!r}")
+    grown = [n for n in state.store.tree_nodes(state.store.get_node(root).tree_id) if n.id != root]
+    assert len(grown) == 4
+    for node in grown:
+        text = "".join(n.text for n in _branch(state, node.id)[1:])
+        assert node.score == pytest.approx(reward.score(["Once upon a time"], [text])[0], abs=1e-3)
+    page.screenshot(path=str(ARTIFACTS / "loom-weave-reward.png"))
+    page.select_option("#steer", "")
+    assert not page.is_disabled("#question")
+
+
+def _branch(state: ServerState, node_id: str) -> list[Any]:
+    path, node = [], state.store.get_node(node_id)
+    while node is not None:
+        path.append(node)
+        node = state.store.get_node(node.parent_id) if node.parent_id else None
+    return path[::-1]

@@ -3,19 +3,17 @@ steered by yes/no questions or by a reward (AutoLoom)."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import Field
 
-from helixloom import paths, weave
 from helixloom.errors import HelixloomError
-from helixloom.rewards import Reward
 from helixloom.server.pipelines import weave_search
 from helixloom.server.protocol import Feedback, WeaveRequest, not_found
-from helixloom.server.state import ServerState, state_of
+from helixloom.server.served_rewards import steering_rewards
+from helixloom.server.state import state_of
 
 router = APIRouter(prefix="/api")
 
@@ -25,49 +23,6 @@ class WeaveWithReward(WeaveRequest):
     # run learned from its users' ratings), constitution, evaluator[:QUESTION] or judge. Never py: or a
     # file or a model: those come only from the operator's CLI.
     reward: str | None = Field(None, max_length=1000)
-
-
-_SERVED_REWARDS = ("head", "rm", "improve", "constitution", "evaluator", "judge")
-_reward_cache: dict[tuple[int, str, float], Reward] = {}
-# Held while a reward is looked up or loaded: two requests for one rm:NAME loaded it twice, and two
-# evictions at once could pop the same key (a KeyError, a 500)
-_reward_lock = threading.Lock()
-
-
-def served_reward(state: ServerState, spec: str) -> Reward:
-    """The reward a request names, if a remote client may name it (see ``WeaveWithReward``)."""
-    from helixloom.training.reward_spec import load_reward
-
-    kind, _, arg = spec.partition(":")
-    if kind not in _SERVED_REWARDS:
-        raise HelixloomError(
-            f"reward {kind!r} cannot be used over HTTP",
-            f"use {', '.join(_SERVED_REWARDS)}; Python and file rewards only from the CLI",
-            param="reward",
-        )
-    stamp = 0.0
-    if kind in ("head", "rm"):
-        folder = paths.home() / "rewards" / paths.check_name(arg, "reward name", param="reward")
-        if not folder.is_dir():
-            raise HelixloomError(f"no trained reward {arg!r}", "train it first (train reward-head NAME)")
-        stamp = max((f.stat().st_mtime for f in folder.iterdir()), default=0.0)  # retrained: reloaded
-        spec = f"{kind}:{folder}"
-    elif kind == "improve":
-        from helixloom.training.improve import ImproveRun
-        from helixloom.training.reward_spec import parse_improve_arg
-
-        name, round_ = parse_improve_arg(arg)
-        # a new round's reward (or a rerun's) is loaded afresh, never served stale
-        stamp = ImproveRun.open(name).reward_file(round_).stat().st_mtime
-    elif kind in ("constitution", "judge") and arg:
-        raise HelixloomError(f"{kind} takes no argument over HTTP (files and models are the operator's)")
-    key = (id(state.engine), spec, stamp)
-    with _reward_lock:
-        if key not in _reward_cache:
-            while len(_reward_cache) >= 4:
-                _reward_cache.pop(next(iter(_reward_cache)))
-            _reward_cache[key] = load_reward(spec, engine=state.engine, store=state.store)
-        return _reward_cache[key]
 
 
 @router.get("/sessions")
@@ -100,6 +55,12 @@ def get_session(session_id: str, request: Request) -> Any:
     }
 
 
+@router.get("/rewards")
+def list_rewards() -> dict[str, Any]:
+    """The rewards a search may be steered by (``"reward"`` on ``/api/weave`` and the loom's weave)."""
+    return {"object": "list", "data": steering_rewards()}
+
+
 @router.post("/weave")
 def run_weave(body: WeaveWithReward, request: Request) -> dict[str, Any]:
     """Run a Weave search on the served model, steered by ``questions`` or a ``reward``; every node is
@@ -113,13 +74,7 @@ def run_weave(body: WeaveWithReward, request: Request) -> dict[str, Any]:
                 f"weave generates with the base model or an adapter, not {body.model}", param="model"
             )
         adapter = target.adapter
-    if body.reward:
-        scorer = weave.RewardScorer(served_reward(state, body.reward))
-        result, tree_id = weave.run(
-            body.prompt, state.engine, scorer, body.to_config(), adapter=adapter, store=state.store
-        )
-    else:
-        result, tree_id = weave_search(state, body.prompt, body, adapter)
+    result, tree_id = weave_search(state, body.prompt, body, adapter, reward=body.reward)
     return {
         "tree_id": tree_id,
         "text": result.text,

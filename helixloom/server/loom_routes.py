@@ -245,14 +245,20 @@ def set_marks(node_id: str, body: Marks, request: Request) -> Any:
     return {"id": node.id, "meta": {k: v for k, v in (node.meta or {}).items() if k != "tokens"}}
 
 
+class LoomWeave(WeaveOptions):
+    # steer by a reward instead of the questions: what GET /api/rewards lists (served_rewards' rules)
+    reward: str | None = Field(None, max_length=1000)
+
+
 @router.post("/nodes/{node_id}/weave", response_model=None)
-def weave_from(node_id: str, body: WeaveOptions, request: Request) -> Any:
-    """Run Weave from this node; the search's nodes join the same tree under it."""
+def weave_from(node_id: str, body: LoomWeave, request: Request) -> Any:
+    """Run Weave from this node, steered by yes/no questions or a reward; the search's nodes join the
+    same tree under it."""
     state = state_of(request)
     node = state.store.get_node(node_id)
     if node is None:
         return not_found(f"no node {node_id}", "node_id")
-    weave_search(state, loom.branch_text(state.store, node_id), body, None, parent=node)
+    weave_search(state, loom.branch_text(state.store, node_id), body, None, parent=node, reward=body.reward)
     return _json(loom.tree_text(state.store, node.tree_id))
 
 

@@ -30,6 +30,7 @@ from helixloom.server.responses import (
     UsageInfo,
     WeaveInfo,
 )
+from helixloom.server.served_rewards import served_reward
 from helixloom.server.state import ServerState
 from helixloom.server.streaming import Emit, from_thread
 from helixloom.store import Node
@@ -210,12 +211,21 @@ def weave_chat(
 
 
 def weave_search(
-    state: ServerState, prompt: str, options: WeaveOptions, adapter: str | None, parent: Node | None = None
+    state: ServerState,
+    prompt: str,
+    options: WeaveOptions,
+    adapter: str | None,
+    parent: Node | None = None,
+    *,
+    reward: str | None = None,
 ) -> tuple[weave.WeaveResult, str | None]:
     """One search on the served engine (generation batches with other traffic), stored as a tree;
-    returns the result and the tree id."""
-    evaluator = weave.Evaluator(state.engine, options.to_questions())
+    returns the result and the tree id. Steered by ``options``' yes/no questions, or by ``reward``
+    (a spec a remote client may name: ``served_rewards``) when one is given."""
+    scorer: weave.Scorer
+    if reward:
+        scorer = weave.RewardScorer(served_reward(state, reward))
+    else:
+        scorer = weave.Evaluator(state.engine, options.to_questions())
     config = options.to_config()
-    return weave.run(
-        prompt, state.engine, evaluator, config, adapter=adapter, store=state.store, parent=parent
-    )
+    return weave.run(prompt, state.engine, scorer, config, adapter=adapter, store=state.store, parent=parent)

@@ -62,6 +62,19 @@ async function loadModels() {
     `<option value="${p}">${p} (T ${presets[p].temperature})</option>`).join("");
 }
 
+// What a weave may be steered by besides a yes/no question: trained rewards and what improve runs
+// learned from ratings (GET /api/rewards), so what users taught steers the search the same day.
+async function loadRewards() {
+  const list = (await api("GET", "/api/rewards")).data;
+  const keep = $("steer").value;
+  $("steer").innerHTML = '<option value="">yes/no question</option>' + list.map((r) =>
+    `<option value="${escapeHtml(r.spec)}">reward ${escapeHtml(r.spec)}</option>`).join("");
+  if ([...$("steer").options].some((o) => o.value === keep)) $("steer").value = keep;
+  steerChanged();
+}
+
+function steerChanged() { $("question").disabled = !!$("steer").value; }
+
 async function openTree(treeId, nodeId) {
   const t0 = performance.now();
   const data = await api("GET", "/api/trees/" + treeId);
@@ -248,8 +261,10 @@ async function roll() {
 async function weave() {
   const question = $("question").value.trim() || "Is this a good continuation?";
   const budget = +$("budget").value, known = new Set(tree.nodes.map((n) => n.id)), before = current;
+  const steer = $("steer").value;
   const data = await api("POST", `/api/nodes/${current}/weave`, {
-    questions: [{ text: question }], budget, round_budget: Math.max(1, Math.ceil(budget / 3)),
+    ...(steer ? { reward: steer } : { questions: [{ text: question }] }),
+    budget, round_budget: Math.max(1, Math.ceil(budget / 3)),
     n_expand: Math.min(4, budget), tokens_per_node: +$("tokens").value,
   });
   const made = data.nodes.filter((n) => !known.has(n.id));
@@ -391,6 +406,7 @@ async function create() {
 // ------------------------------------------------------------------------------------------- wiring
 
 $("create").onclick = create;
+$("steer").onchange = steerChanged;
 $("roll").onclick = roll; $("weave").onclick = weave; $("abroll").onclick = abRoll;
 $("pick1").onclick = () => abPick(0); $("pick2").onclick = () => abPick(1);
 $("parent").onclick = () => move("parent"); $("child").onclick = () => move("child");
@@ -418,7 +434,7 @@ $("text").addEventListener("click", (e) => {
 });
 $("outline").addEventListener("click", (e) => { const el = e.target.closest("span[data-id]"); if (el) go(el.dataset.id); });
 document.addEventListener("click", (e) => { if (pinned && !$("tokpop").contains(e.target)) { pinned = false; $("tokpop").hidden = true; } });
-bindApiKey(() => { loadTrees(); loadModels(); });
+bindApiKey(() => { loadTrees(); loadModels(); loadRewards(); });
 
 document.addEventListener("keydown", (e) => {
   if (!tree || ["TEXTAREA", "INPUT", "SELECT"].includes(e.target.tagName)) return;
@@ -442,6 +458,6 @@ window.addEventListener("hashchange", () => {
 
 (async () => {
   const params = new URLSearchParams(location.hash.slice(1));
-  await Promise.all([loadTrees(params.get("tree")), loadModels()]);
+  await Promise.all([loadTrees(params.get("tree")), loadModels(), loadRewards()]);
   if (params.get("tree")) await openTree(params.get("tree"), params.get("node"));
 })().catch(() => {});
