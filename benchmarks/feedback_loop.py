@@ -455,7 +455,10 @@ def learning_curve(
     target = mean_curve["random"][-1]
     need = {arm: needed(mean_curve[arm], target) for arm in curves}
     pick_target = mean_pick["random"][-1]
-    pick_need = {arm: needed(mean_pick[arm], pick_target) for arm in curves}
+    # a target no better than picking at random (no liked answer to pick, or nothing learned) says
+    # nothing about selection: no ratio then
+    learned = pick_target > random_pick
+    pick_need = {arm: needed(mean_pick[arm], pick_target) if learned else None for arm in curves}
 
     def over_random(arm: str) -> float | None:
         return ratio(need[arm], need["random"])
