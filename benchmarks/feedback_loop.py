@@ -194,7 +194,7 @@ def run_arm(
 ) -> dict[str, Any]:
     from helixloom import adapters as registry
     from helixloom.evals.simulated_users import SimulatedUser
-    from helixloom.training.active import Embedder, LearnedReward, PreferenceEnsemble, agreement
+    from helixloom.training.active import agreement
     from helixloom.training.configs import ImproveDPOConfig
     from helixloom.training.improve import ImproveConfig, ImproveRun, deploy_http
 
@@ -245,7 +245,6 @@ def run_arm(
         say=lambda line: print(f"[{name}] {line}", file=sys.stderr, flush=True),
     )
     user.close()
-    embed = Embedder(engine)
     table = []
     base_rows = run.eval_answers(None)
     history: list[tuple[int, Any]] = [(0, None)]
@@ -265,10 +264,7 @@ def run_arm(
         }
         if rnd > 0:
             result = rows[rnd - 1]
-            ensemble = PreferenceEnsemble.load(run.root / f"round-{rnd}" / "reward.safetensors")
-            if ensemble.features != embed.features:  # a run resumed from before the features changed
-                embed = Embedder(engine, features=ensemble.features)
-            agree = agreement(LearnedReward(ensemble, embed), agreement_pairs)
+            agree = agreement(run.learned_reward(engine, rnd), agreement_pairs)
             entry.update(
                 ratings=result.ratings,
                 preferences=result.preferences,

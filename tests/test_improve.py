@@ -269,6 +269,17 @@ def test_loop_learns_from_a_simulated_user_through_the_rating_api(
             assert VOWELS.score(p.prompt, p.chosen) > VOWELS.score(p.prompt, p.rejected)
             assert p.meta and p.meta["run"] == "rated"
         assert rows[0].preferences == len(prefs) and rows[0].train_agreement is not None
+        # what the loop saved, loaded by name as Weave loads it, reads each answer where the loop did
+        from helixloom.training.reward_spec import load_reward
+
+        saved = load_reward("improve:rated", engine=engine)
+        fit = run.rated_pairs(state.store)  # what the loop fit on, in its order
+        assert agreement(saved, fit) == pytest.approx(rows[0].train_agreement)
+        ens = saved.ensemble  # the differences it was fit on, as the loop's embedder read them
+        chosen = saved.embed([p.prompt for p in fit], [p.chosen for p in fit])
+        rejected = saved.embed([p.prompt for p in fit], [p.rejected for p in fit])
+        assert ens.rated is not None
+        torch.testing.assert_close((chosen - rejected) / ens.std, ens.rated, rtol=1e-4, atol=1e-4)
         assert 0 < rows[0].pairs <= len(PROMPTS)  # the reward's best vs worst per prompt (the default)
         # Nothing left to rate; an answered item cannot be answered again; a bad run name is refused.
         with httpx.Client(base_url=server.url) as http:
@@ -542,7 +553,7 @@ def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_st
     from helixloom.weave import RewardScorer
     from helixloom.weave.search import WeaveConfig, weave
 
-    config = ImproveConfig(**{**FAST.__dict__, "system": "Be brief."})
+    config = ImproveConfig(**{**FAST.__dict__, "system": "Be brief.", "rounds": 2})
     run = ImproveRun.create("taught", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config)
     with pytest.raises(HelixloomError, match="learned no reward yet"):
         load_reward("improve:taught", engine=tiny_engine)
@@ -566,6 +577,9 @@ def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_st
         ("improve:nope", "no improve run named nope"),
         ("improve:../taught", "bad run name"),
         ("improve:", "name the improve run"),
+        ("improve:taught@²", "the round must be a number"),  # a digit to isdigit(), not to int()
+        ("improve:taught@" + "9" * 300, "the round must be a number"),
+        ("improve:taught@9", "rounds 1 to 2, not 9"),
     ):
         with pytest.raises(HelixloomError, match=message):
             load_reward(spec, engine=tiny_engine)
@@ -573,7 +587,7 @@ def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_st
     other = ImproveRun.create("elsewhere", PROMPTS, HELD_OUT, base="default", config=config)
     (other.root / "round-1").mkdir()
     taught.ensemble.save(other.root / "round-1" / "reward.safetensors")
-    with pytest.raises(HelixloomError, match="learned its reward on default"):
+    with pytest.raises(HelixloomError, match="learned its reward on gemma-3-270m"):
         load_reward("improve:elsewhere", engine=tiny_engine)
 
     result = weave("Q:", tiny_engine, RewardScorer(reward), WeaveConfig(budget=4, round_budget=4, n_expand=4,
@@ -590,25 +604,31 @@ def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_st
         assert first.status_code == 200, first.text
         top = first.json()["best"][0]
         assert top["score"] == pytest.approx(reward.score(["Q:"], [top["text"]])[0], abs=1e-3)
-        # The next round's reward replaces it: the server scores with the new one, not a cached copy.
+        # The next round's reward replaces it: the server scores with the new one, not a cached copy;
+        # and a round's reward written again (a resumed round) is read again too.
         flipped = fit_reward([RatedPair(p.prompt, p.rejected, p.chosen) for p in vowelly], embed, members=2)
-        flipped.ensemble.save(run.root / "round-1" / "reward.safetensors")
-        import os
-        import time as _time
-
-        later = _time.time() + 5  # a distinct modification time however coarse the file system's clock
-        os.utime(run.root / "round-1" / "reward.safetensors", (later, later))
-        again = http.post("/api/weave", json={**body, "reward": "improve:taught"})
-        top = again.json()["best"][0]
-        assert top["score"] == pytest.approx(flipped.score(["Q:"], [top["text"]])[0], abs=1e-3)
-        for bad in ("improve:../taught", "improve:nope", "improve:taught@7", "improve:/etc"):
+        (run.root / "round-2").mkdir()
+        flipped.ensemble.save(run.root / "round-2" / "reward.safetensors")
+        for now in (flipped, taught):
+            served = http.post("/api/weave", json={**body, "reward": "improve:taught"})
+            top = served.json()["best"][0]
+            assert top["score"] == pytest.approx(now.score(["Q:"], [top["text"]])[0], abs=1e-3)
+            taught.ensemble.save(run.root / "round-2" / "reward.safetensors")  # round 2 again
+        flipped.ensemble.save(run.root / "round-2" / "reward.safetensors")
+        by_round = http.post("/api/weave", json={**body, "reward": "improve:taught@1"}).json()["best"][0]
+        assert by_round["score"] == pytest.approx(taught.score(["Q:"], [by_round["text"]])[0], abs=1e-3)
+        bads = ("improve:../taught", "improve:nope", "improve:taught@7", "improve:/etc", "improve:taught@²")
+        for bad in (*bads, "improve:taught@" + "9" * 300, "improve:elsewhere"):
             refused = http.post("/api/weave", json={**body, "reward": bad})
             assert refused.status_code == 400, bad
             assert str(tmp_path) not in refused.text
         # What a client may steer by is listed (the loom's picker reads it), and the loom's weave
         # from a node takes a reward too, its nodes scored by it.
-        listed = http.get("/api/rewards").json()["data"]
-        assert {"spec": "improve:taught", "kind": "improve", "name": "taught", "rounds": 1} in listed
+        listing = http.get("/api/rewards")
+        assert str(tmp_path) not in listing.text  # names, never folders
+        listed = listing.json()["data"]
+        assert {"spec": "improve:taught", "kind": "improve", "name": "taught", "round": 2} in listed
+        assert "improve:elsewhere" not in {r["spec"] for r in listed}  # another model's: of no use here
         assert listed[-1]["spec"] == "constitution"
         root = http.post("/api/trees", json={"prompt": "Q:"}).json()["nodes"][0]["id"]
         options = {k: v for k, v in body.items() if k != "prompt"}
@@ -616,7 +636,7 @@ def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_st
         assert grown.status_code == 200, grown.text
         made = [n for n in grown.json()["nodes"] if n["id"] != root]
         assert len(made) == 3
-        for n in made:
+        for n in made:  # round 2's reward, the latest
             assert n["score"] == pytest.approx(flipped.score(["Q:"], [n["text"]])[0], abs=1e-3)
         refused = http.post(f"/api/nodes/{root}/weave", json={**options, "reward": "py:os:getcwd"})
         assert refused.status_code == 400

@@ -56,9 +56,9 @@ def get_session(session_id: str, request: Request) -> Any:
 
 
 @router.get("/rewards")
-def list_rewards() -> dict[str, Any]:
+def list_rewards(request: Request) -> dict[str, Any]:
     """The rewards a search may be steered by (``"reward"`` on ``/api/weave`` and the loom's weave)."""
-    return {"object": "list", "data": steering_rewards()}
+    return {"object": "list", "data": steering_rewards(state_of(request))}
 
 
 @router.post("/weave")

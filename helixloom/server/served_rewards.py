@@ -13,7 +13,7 @@ from helixloom.rewards import Reward
 from helixloom.server.state import ServerState
 
 _SERVED_REWARDS = ("head", "rm", "improve", "constitution", "evaluator", "judge")
-_reward_cache: dict[tuple[int, str, float], Reward] = {}
+_reward_cache: dict[tuple[int, str, Any], Reward] = {}
 # Held while a reward is looked up or loaded: two requests for one rm:NAME loaded it twice, and two
 # evictions at once could pop the same key (a KeyError, a 500)
 _reward_lock = threading.Lock()
@@ -30,7 +30,7 @@ def served_reward(state: ServerState, spec: str) -> Reward:
             f"use {', '.join(_SERVED_REWARDS)}; Python and file rewards only from the CLI",
             param="reward",
         )
-    stamp = 0.0
+    stamp: Any = 0.0
     if kind in ("head", "rm"):
         folder = paths.home() / "rewards" / paths.check_name(arg, "reward name", param="reward")
         if not folder.is_dir():
@@ -42,8 +42,13 @@ def served_reward(state: ServerState, spec: str) -> Reward:
         from helixloom.training.reward_spec import parse_improve_arg
 
         name, round_ = parse_improve_arg(arg)
-        # a new round's reward (or a rerun's) is loaded afresh, never served stale
-        stamp = ImproveRun.open(name).reward_file(round_).stat().st_mtime
+        run = ImproveRun.open(name)
+        found = run.reward_file(round_)
+        # the round found, named: a new round's reward is another key, loaded afresh (never served
+        # stale), and what is loaded is the file stamped here; a rewrite (atomic: a new inode) too
+        spec = f"improve:{name}@{run.round_of(found)}"
+        info = found.stat()
+        stamp = (info.st_ino, info.st_mtime_ns)
     elif kind in ("constitution", "judge") and arg:
         raise HelixloomError(f"{kind} takes no argument over HTTP (files and models are the operator's)")
     key = (id(state.engine), spec, stamp)
@@ -55,13 +60,17 @@ def served_reward(state: ServerState, spec: str) -> Reward:
         return _reward_cache[key]
 
 
-def steering_rewards() -> list[dict[str, Any]]:
-    """What a client may steer a search by, newest first: the trained rewards under ``rewards/``
-    (``head:NAME``, ``rm:NAME``), the improve runs that have learned a reward (``improve:NAME``, its
-    latest round's), then MiniHF's default constitution."""
+def steering_rewards(state: ServerState) -> list[dict[str, Any]]:
+    """What a client may steer a search by on this server, newest first: the trained rewards under
+    ``rewards/`` (``head:NAME``, ``rm:NAME``), the improve runs that have learned a reward on the served
+    model (``improve:NAME``, its latest round's), then MiniHF's default constitution. A head and a run's
+    reward read hidden states: listed only where the engine gives them."""
     import json
 
+    from helixloom.training.improve import ImproveRun
     from helixloom.training.reward_model import META_FILE
+
+    hidden_states = state.engine.supports_embeddings
 
     found: list[tuple[float, dict[str, Any]]] = []
     prefix = {"reward_head": "head", "reward_model": "rm"}
@@ -72,13 +81,19 @@ def steering_rewards() -> list[dict[str, Any]]:
             stamp = (folder / META_FILE).stat().st_mtime
         except (OSError, ValueError, AttributeError):
             continue  # not a trained reward (or one being written)
-        if kind:
+        if kind == "rm" or (kind == "head" and hidden_states):
             found.append((stamp, {"spec": f"{kind}:{folder.name}", "kind": kind, "name": folder.name}))
     runs = paths.home() / "runs" / "improve"
-    for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
-        files = sorted(folder.glob("round-*/reward.safetensors"), key=lambda f: f.stat().st_mtime)
-        if files and (folder / "run.json").is_file():
-            entry = {"spec": f"improve:{folder.name}", "kind": "improve", "name": folder.name}
-            found.append((files[-1].stat().st_mtime, {**entry, "rounds": len(files)}))
+    for folder in sorted(runs.iterdir()) if runs.is_dir() and hidden_states else []:
+        try:
+            run = ImproveRun.open(folder.name)
+            if not run.same_base(state.engine):
+                continue
+            latest = run.reward_file()
+            stamp = latest.stat().st_mtime
+        except (HelixloomError, OSError, ValueError, KeyError, TypeError):
+            continue  # not a run, a run of another model, or one with no reward yet
+        entry = {"spec": f"improve:{folder.name}", "kind": "improve", "name": folder.name}
+        found.append((stamp, {**entry, "round": run.round_of(latest)}))
     found.sort(key=lambda x: x[0], reverse=True)
     return [e for _, e in found] + [{"spec": "constitution", "kind": "constitution", "name": "default"}]

@@ -102,7 +102,8 @@ class Embedder:
     """The reward's vector of each (prompt, response) on the base model (no adapter), memoised.
 
     ``context`` renders a prompt as the model sees it before it answers (default: the chat transcript
-    of one user message); the response is pooled after it (``Features``)."""
+    of one user message); the response is pooled after it (``Features``). ``max_cached`` bounds the
+    memo (the oldest vectors go first); None keeps every one (a loop's pool is finite)."""
 
     def __init__(
         self,
@@ -111,6 +112,7 @@ class Embedder:
         *,
         features: Features | None = None,
         context: Callable[[str], str] | None = None,
+        max_cached: int | None = None,
     ) -> None:
         if not engine.supports_embeddings:
             raise HelixloomError(
@@ -122,6 +124,7 @@ class Embedder:
         if self.features.pool not in ("response", "text"):
             raise HelixloomError(f"unknown pooling {self.features.pool!r}: response or text")
         self.context = context or self._chat
+        self.max_cached = max_cached
         self.cache: dict[tuple[str, str], torch.Tensor] = {}
 
     def _chat(self, prompt: str) -> str:
@@ -150,7 +153,11 @@ class Embedder:
                 self.cache[k] = torch.tensor(v, dtype=torch.float32)
         if not keys:
             return torch.zeros(0, 0)
-        return torch.stack([self.cache[k] for k in keys])  # [N, d]
+        out = torch.stack([self.cache[k] for k in keys])  # [N, d]
+        if self.max_cached is not None:
+            for old in list(self.cache)[: max(0, len(self.cache) - self.max_cached)]:
+                del self.cache[old]  # insertion order: the oldest first
+        return out
 
 
 class PreferenceEnsemble:

@@ -66,6 +66,8 @@ Rater = Callable[[list[rating_queue.QueueItem]], int]
 #: Makes the promoted adapter live (name, folder) -> what was done, for the report.
 Deploy = Callable[[str, Path], dict[str, Any]]
 Event = Callable[[str], None]
+# the (prompt, answer) vectors a loaded run reward keeps (a few MB on the default model)
+SERVED_EMBEDDINGS = 4096
 
 
 @dataclass(frozen=True)
@@ -513,6 +515,10 @@ class ImproveRun:
 
     def reward_file(self, round_: int | None = None) -> Path:
         """The reward round ``round_`` learned from the ratings (default: the latest round that has one)."""
+        if round_ is not None and not 1 <= round_ <= self.config.rounds:
+            raise HelixloomError(
+                f"run {self.name} has rounds 1 to {self.config.rounds}, not {round_}", param="reward"
+            )
         rounds = [round_] if round_ is not None else range(self.config.rounds, 0, -1)
         for r in rounds:
             path = self.root / f"round-{r}" / "reward.safetensors"
@@ -521,34 +527,50 @@ class ImproveRun:
         which = f"round {round_} of run {self.name}" if round_ is not None else f"run {self.name}"
         raise HelixloomError(
             f"{which} has learned no reward yet",
-            f"a round learns one once its ratings are in: helixloom improve --name {self.name} --resume",
+            "a round saves the reward it learns once its ratings are in (helixloom improve --name "
+            f"{self.name} --resume); a run given --reward learns none",
             param="reward",
         )
+
+    @staticmethod
+    def round_of(reward_file: Path) -> int:
+        """The round a ``reward_file`` path belongs to."""
+        return int(reward_file.parent.name.removeprefix("round-"))
 
     def learned_reward(self, engine: Engine, round_: int | None = None) -> LearnedReward:
         """The reward this run learned from its users' ratings, as a ``Reward`` on ``engine`` (the run's
         base model, on a backend that gives hidden states): what steers Weave (``--reward improve:NAME``)
         the day the users taught it. It reads each answer in the prompt's chat transcript, as the loop did."""
-        from helixloom.models import resolve
         from helixloom.training.active import PreferenceEnsemble
 
         ensemble = PreferenceEnsemble.load(self.reward_file(round_))
-        try:
-            ran, runs = resolve(self.meta["base"]), resolve(engine.model_name)
-            same = (ran.kind, ran.location) == (runs.kind, runs.location)
-        except HelixloomError:
-            same = False
-        if not same:
+        if not self.same_base(engine):
+            # model names, not their folders: this message goes back over HTTP too
             raise HelixloomError(
-                f"run {self.name} learned its reward on {self.meta['base']}; "
-                f"the engine runs {engine.model_name}",
-                f"load {self.meta['base']} on the hf backend to use improve:{self.name}",
+                f"run {self.name} learned its reward on {_model_name(self.meta['base'])}; the engine runs "
+                f"{_model_name(engine.model_name)}",
+                f"use improve:{self.name} with the run's base model on the hf backend",
                 param="reward",
             )
+        # bounded: a served reward lives as long as the server, and every search brings new texts
         embed = Embedder(
-            engine, features=ensemble.features, context=functools.partial(self.chat_context, engine)
+            engine,
+            features=ensemble.features,
+            context=functools.partial(self.chat_context, engine),
+            max_cached=SERVED_EMBEDDINGS,
         )
         return LearnedReward(ensemble, embed)
+
+    def same_base(self, engine: Engine) -> bool:
+        """Whether ``engine`` runs the model this run learned on (its reward's vectors mean nothing
+        on another)."""
+        from helixloom.models import resolve
+
+        try:
+            ran, runs = resolve(self.meta["base"]), resolve(engine.model_name)
+        except HelixloomError:
+            return False
+        return (ran.kind, ran.location) == (runs.kind, runs.location)
 
     def chat_context(self, engine: Engine, prompt: str) -> str:
         """``prompt`` as the policy sees it before it answers (the run's system prompt, the user's
@@ -848,6 +870,15 @@ def _agreement(reward: Reward, pairs: list[RatedPair]) -> float | None:
     from helixloom.training.active import agreement
 
     return agreement(reward, pairs)
+
+
+def _model_name(spec: str) -> str:
+    from helixloom.models import resolve
+
+    try:
+        return resolve(spec).name
+    except HelixloomError:
+        return "another model"
 
 
 def _policy_key(adapter: Path | None) -> str:

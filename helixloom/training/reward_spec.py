@@ -140,8 +140,9 @@ def parse_improve_arg(arg: str) -> tuple[str, int | None]:
     check_name(name, "run name", param="reward")
     if not at:
         return name, None
-    if not number.isdigit() or int(number) < 1:
-        raise HelixloomError(f"improve:{arg}: the round must be a number from 1", param="reward")
+    # ASCII digits only ("²".isdigit() is true, and int() refuses it), and a few of them
+    if not (number.isascii() and number.isdigit() and len(number) <= 6) or int(number) < 1:
+        raise HelixloomError(f"improve:{name}@...: the round must be a number from 1", param="reward")
     return name, int(number)
 
 

@@ -434,7 +434,7 @@ $("text").addEventListener("click", (e) => {
 });
 $("outline").addEventListener("click", (e) => { const el = e.target.closest("span[data-id]"); if (el) go(el.dataset.id); });
 document.addEventListener("click", (e) => { if (pinned && !$("tokpop").contains(e.target)) { pinned = false; $("tokpop").hidden = true; } });
-bindApiKey(() => { loadTrees(); loadModels(); loadRewards(); });
+bindApiKey(() => { loadTrees(); loadModels(); loadRewards().catch(() => {}); });
 
 document.addEventListener("keydown", (e) => {
   if (!tree || ["TEXTAREA", "INPUT", "SELECT"].includes(e.target.tagName)) return;
@@ -458,6 +458,7 @@ window.addEventListener("hashchange", () => {
 
 (async () => {
   const params = new URLSearchParams(location.hash.slice(1));
-  await Promise.all([loadTrees(params.get("tree")), loadModels(), loadRewards()]);
+  loadRewards().catch(() => {}); // the picker is optional: a failed listing never blocks opening a tree
+  await Promise.all([loadTrees(params.get("tree")), loadModels()]);
   if (params.get("tree")) await openTree(params.get("tree"), params.get("node"));
 })().catch(() => {});
