@@ -298,41 +298,34 @@ def steered_by_reward(
     """AutoLoom at inference (seed 004: "use your reward head to search over many possible
     completions"): ``--search`` answers per held-out prompt, from the base and from the run's final
     policy, and the one the run's last learned reward (``improve:NAME``, as Weave loads it) scores
-    highest. Beside it, the same answers' mean approval (a pick at random: the baseline, same samples)
-    and the share of prompts with any liked answer among them (what a perfect pick could reach).
-    The answers are drawn as the run draws its own (``--explore``'s share of them after an answer
-    form's examples, a closing form closed by a second pass), at the held-out temperature."""
-    from helixloom.training.improve import _seed, explore_form
-    from helixloom.training.reward_spec import load_reward
-
+    highest (``ImproveRun.best_answers``: drawn as the run draws its own, forms included when it
+    explores). Beside it, the same answers' mean approval (a pick at random: the baseline, same
+    samples) and the share of prompts with any liked answer among them (what a perfect pick could
+    reach)."""
     t = time.perf_counter()
-    reward = load_reward(f"improve:{run.name}", engine=engine)
     n, held = args.search, run.eval_prompts
-    explore = run.config.explore * n // run.config.k
-    prompts = [p for p in held for _ in range(n)]
-    seeds = [_seed(args.seed, 20_000, j, s) for j in range(len(held)) for s in range(n)]
-    shown = [explore_form(j, s, n, explore, 0) for j in range(len(held)) for s in range(n)]
     out: dict[str, Any] = {
         "answers_per_prompt": n,
-        "of_them_after_a_form": explore,
+        "of_them_after_a_form": run.config.explore * n // run.config.k,
         "temperature": run.config.eval_temperature,
     }
-    for label, folder in (("base", None), ("policy", adapter)):
-        served = run._adapter_name(engine, folder)
-        results = run._generate(engine, prompts, seeds, served, run.config.eval_temperature, shown)
-        texts, _ = run._close(engine, prompts, seeds, shown, results, served)
-        picked, any_liked = [], 0
-        for j, prompt in enumerate(held):
-            group = texts[j * n : (j + 1) * n]
-            scores = reward.score_group(prompt, group)
-            picked.append(taste.likes(prompt, group[max(range(n), key=lambda i: scores[i])]))
-            any_liked += any(taste.likes(prompt, a) for a in group)
+    for label, source in (("base", "base"), ("policy", "current")):
+        if source == "current" and adapter is None:
+            out[label] = out["base"]  # nothing promoted: the policy is the base model
+            continue
+        picks = run.best_answers(engine, held, n=n, source=source, seed=args.seed)
+        drawn = [(p.prompt, d["answer"]) for p in picks for d in p.candidates]
         out[label] = {
-            "approval_random_pick": round(
-                100.0 * sum(taste.likes(p, a) for p, a in zip(prompts, texts, strict=True)) / len(texts), 1
+            "approval_random_pick": round(100.0 * sum(taste.likes(q, a) for q, a in drawn) / len(drawn), 1),
+            "approval_best_by_reward": round(
+                100.0 * sum(taste.likes(p.prompt, p.answer) for p in picks) / len(picks), 1
             ),
-            "approval_best_by_reward": round(100.0 * sum(picked) / len(held), 1),
-            "prompts_with_a_liked_answer": round(100.0 * any_liked / len(held), 1),
+            "prompts_with_a_liked_answer": round(
+                100.0
+                * sum(any(taste.likes(p.prompt, d["answer"]) for d in p.candidates) for p in picks)
+                / len(picks),
+                1,
+            ),
         }
     out["seconds"] = round(time.perf_counter() - t, 1)
     return out

@@ -542,7 +542,7 @@ def test_a_closing_form_ends_the_models_own_answer_with_the_question_it_writes()
 
 
 def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_stale(
-    tiny_model: TinyModel, tiny_engine, tmp_path: Path, helixloom_home: Path
+    tiny_model: TinyModel, tiny_engine, tmp_path: Path, helixloom_home: Path, capsys
 ) -> None:
     """``improve:NAME``: the reward a run learned from its users' ratings, in Weave the same day (seed
     004's AutoLoom), on the CLI's reward specs, the API's weave and the jobs, by run name only."""
@@ -553,7 +553,7 @@ def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_st
     from helixloom.weave import RewardScorer
     from helixloom.weave.search import WeaveConfig, weave
 
-    config = ImproveConfig(**{**FAST.__dict__, "system": "Be brief.", "rounds": 2})
+    config = ImproveConfig(**{**FAST.__dict__, "system": "Be brief.", "rounds": 2, "explore": 2})
     run = ImproveRun.create("taught", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config)
     with pytest.raises(HelixloomError, match="learned no reward yet"):
         load_reward("improve:taught", engine=tiny_engine)
@@ -641,7 +641,28 @@ def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_st
         refused = http.post(f"/api/nodes/{root}/weave", json={**options, "reward": "py:os:getcwd"})
         assert refused.status_code == 400
 
+    # Answering with it: answers drawn as the run draws its own (half of them after an answer form's
+    # examples, as its --explore says), the reward's pick of them; from the API and the CLI.
+    latest = load_reward("improve:taught", engine=tiny_engine)
+    picks = run.best_answers(tiny_engine, ["Q:", "Tell me a story"], n=4)
+    for pick in picks:
+        assert len(pick.candidates) == 4
+        assert pick.score == max(d["score"] for d in pick.candidates)
+        assert pick.score == pytest.approx(latest.score([pick.prompt], [pick.answer])[0], abs=1e-4)
+    assert any(d["form"] for p in picks for d in p.candidates)  # some written after a form
+    assert [d["answer"] for d in run.best_answers(tiny_engine, ["Q:"], n=4)[0].candidates] == [
+        d["answer"] for d in picks[0].candidates
+    ]  # seeded: the same draws again
+    with pytest.raises(HelixloomError, match="source must be"):
+        run.best_answers(tiny_engine, ["Q:"], source="elsewhere")
+    assert main(["improve", "--name", "taught", "--answer", "Q:", "--best-of", "3", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert len(shown["picks"]) == 1 and len(shown["picks"][0]["candidates"]) == 3
+    assert main(["improve", "--name", "taught", "--answer", "Q:", "--resume"]) == 2
+    assert main(["improve", "--name", "taught", "--best-of", "3", "--resume"]) == 2
+
     policy = JobPolicy(home=helixloom_home, models=frozenset({"default"}))
+    assert policy.check(build_parser(), ["improve", "--name", "taught", "--answer", "Q:"])[-1] == "Q:"
     job = ["iterate", "--name", "x", "--reward", "improve:taught"]
     assert policy.check(build_parser(), job)[-1] == "improve:taught"
     for bad in ("improve:nope", "improve:../taught", "improve:/etc/passwd"):

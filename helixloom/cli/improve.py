@@ -73,6 +73,23 @@ def register(sub: argparse._SubParsersAction) -> None:
             kwargs["type"] = type(f.default)
         loop.add_argument("--" + f.name.replace("_", "-"), **kwargs)
     add_sft_flags(p, ImproveDPOConfig, title="training (DPO)")
+    ask = p.add_argument_group(
+        "answering with what the run learned (instead of running rounds)",
+        "draw answers as the run draws its own and print the one its reward scores highest",
+    )
+    ask.add_argument(
+        "--answer", action="append", metavar="PROMPT", help="answer PROMPT this way (repeatable)"
+    )
+    ask.add_argument(
+        "--best-of", type=int, metavar="N", help="answers to draw a prompt (default: the run's --k)"
+    )
+    ask.add_argument(
+        "--answer-from",
+        choices=["base", "current"],
+        default="base",
+        help="draw from the base model or the run's current adapter (default base: measured better "
+        "where DPO did not learn the taste; see the README)",
+    )
     p.add_argument("--resume", action="store_true", help="continue run NAME where it stopped")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run NAME and start over")
     p.add_argument("--json", action="store_true", help="print the per-round table as JSON")
@@ -91,6 +108,10 @@ def cmd_improve(args: argparse.Namespace) -> int:
     from helixloom.training.reward_spec import load_reward
 
     store = open_store()
+    if args.answer:
+        return _answer(args)
+    if args.best_of is not None:
+        raise HelixloomError("--best-of goes with --answer", param="best_of")
     if args.resume:
         if args.prompts or args.overwrite:
             raise HelixloomError(
@@ -152,6 +173,33 @@ def cmd_improve(args: argparse.Namespace) -> int:
                 f"{'promoted' if r.promoted else 'kept'} ({r.reason})"
             )
         print(f"\ncurrent adapter of {run.name}: {current or 'the base model'}")
+    return 0
+
+
+def _answer(args: argparse.Namespace) -> int:
+    from helixloom.engine import load_engine
+    from helixloom.errors import HelixloomError
+    from helixloom.training.improve import ImproveRun
+
+    if args.resume or args.prompts or args.eval_prompts or args.overwrite or args.reward or args.server:
+        raise HelixloomError(
+            "--answer uses run NAME as it is: drop --resume, --prompts, --eval-prompts, --overwrite, "
+            "--reward and --server",
+            param="answer",
+        )
+    run = ImproveRun.open(args.name)
+    engine = load_engine(run.meta["base"])
+    picks = run.best_answers(engine, args.answer, n=args.best_of, source=args.answer_from, seed=args.seed)
+    result = {"name": run.name, "from": args.answer_from, "picks": [asdict(p) for p in picks]}
+    jobs.set_result(result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for p in picks:
+            print(p.answer.strip())
+            print(
+                f"  (the reward's pick of {len(p.candidates)}: score {p.score:+.3f}, form {p.form or 'none'})"
+            )
     return 0
 
 
