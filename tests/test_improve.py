@@ -660,6 +660,8 @@ def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_st
     assert len(shown["picks"]) == 1 and len(shown["picks"][0]["candidates"]) == 3
     assert main(["improve", "--name", "taught", "--answer", "Q:", "--resume"]) == 2
     assert main(["improve", "--name", "taught", "--best-of", "3", "--resume"]) == 2
+    assert main(["improve", "--name", "taught", "--answer", "Q:", "--k", "2"]) == 2  # the run's own k
+    assert "--k" in capsys.readouterr().err
 
     policy = JobPolicy(home=helixloom_home, models=frozenset({"default"}))
     assert policy.check(build_parser(), ["improve", "--name", "taught", "--answer", "Q:"])[-1] == "Q:"

@@ -86,7 +86,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     ask.add_argument(
         "--answer-from",
         choices=["base", "current"],
-        default="base",
         help="draw from the base model or the run's current adapter (default base: measured better "
         "where DPO did not learn the taste; see the README)",
     )
@@ -110,8 +109,8 @@ def cmd_improve(args: argparse.Namespace) -> int:
     store = open_store()
     if args.answer:
         return _answer(args)
-    if args.best_of is not None:
-        raise HelixloomError("--best-of goes with --answer", param="best_of")
+    if args.best_of is not None or args.answer_from is not None:
+        raise HelixloomError("--best-of and --answer-from go with --answer", param="answer")
     if args.resume:
         if args.prompts or args.overwrite:
             raise HelixloomError(
@@ -179,18 +178,29 @@ def cmd_improve(args: argparse.Namespace) -> int:
 def _answer(args: argparse.Namespace) -> int:
     from helixloom.engine import load_engine
     from helixloom.errors import HelixloomError
-    from helixloom.training.improve import ImproveRun
+    from helixloom.training.improve import ImproveConfig, ImproveRun
 
-    if args.resume or args.prompts or args.eval_prompts or args.overwrite or args.reward or args.server:
+    loop = [f.name for f in fields(ImproveConfig) if getattr(args, f.name, None) is not None]
+    if (
+        args.resume
+        or args.prompts
+        or args.eval_prompts
+        or args.overwrite
+        or args.reward
+        or args.server
+        or loop
+    ):
         raise HelixloomError(
             "--answer uses run NAME as it is: drop --resume, --prompts, --eval-prompts, --overwrite, "
-            "--reward and --server",
+            "--reward, --server and the loop's settings"
+            + (f" (--{loop[0].replace('_', '-')})" if loop else ""),
             param="answer",
         )
     run = ImproveRun.open(args.name)
     engine = load_engine(run.meta["base"])
-    picks = run.best_answers(engine, args.answer, n=args.best_of, source=args.answer_from, seed=args.seed)
-    result = {"name": run.name, "from": args.answer_from, "picks": [asdict(p) for p in picks]}
+    source = args.answer_from or "base"
+    picks = run.best_answers(engine, args.answer, n=args.best_of, source=source, seed=args.seed)
+    result = {"name": run.name, "from": source, "picks": [asdict(p) for p in picks]}
     jobs.set_result(result)
     if args.json:
         print(json.dumps(result, indent=2))
