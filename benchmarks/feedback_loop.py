@@ -315,11 +315,12 @@ def steered_by_reward(
             continue
         picks = run.best_answers(engine, held, n=n, source=source, seed=args.seed)
         drawn = [(p.prompt, d["answer"]) for p in picks for d in p.candidates]
+        by_chance = 100.0 * sum(taste.likes(q, a) for q, a in drawn) / len(drawn)
+        by_reward = 100.0 * sum(taste.likes(p.prompt, p.answer) for p in picks) / len(picks)
         out[label] = {
-            "approval_random_pick": round(100.0 * sum(taste.likes(q, a) for q, a in drawn) / len(drawn), 1),
-            "approval_best_by_reward": round(
-                100.0 * sum(taste.likes(p.prompt, p.answer) for p in picks) / len(picks), 1
-            ),
+            "approval_random_pick": round(by_chance, 1),
+            "approval_best_by_reward": round(by_reward, 1),
+            "gain_over_random_pick_points": round(by_reward - by_chance, 1),
             "prompts_with_a_liked_answer": round(
                 100.0
                 * sum(any(taste.likes(p.prompt, d["answer"]) for d in p.candidates) for p in picks)

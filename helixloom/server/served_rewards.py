@@ -31,6 +31,10 @@ def served_reward(state: ServerState, spec: str) -> Reward:
             param="reward",
         )
     stamp: Any = 0.0
+
+    def load() -> Reward:
+        return load_reward(spec, engine=state.engine, store=state.store)
+
     if kind in ("head", "rm"):
         folder = paths.home() / "rewards" / paths.check_name(arg, "reward name", param="reward")
         if not folder.is_dir():
@@ -49,6 +53,10 @@ def served_reward(state: ServerState, spec: str) -> Reward:
         spec = f"improve:{name}@{run.round_of(found)}"
         info = found.stat()
         stamp = (info.st_ino, info.st_mtime_ns)
+
+        def load() -> Reward:  # the run is open and its round found: no second look-up
+            return run.learned_reward(state.engine, run.round_of(found))
+
     elif kind in ("constitution", "judge") and arg:
         raise HelixloomError(f"{kind} takes no argument over HTTP (files and models are the operator's)")
     key = (id(state.engine), spec, stamp)
@@ -56,7 +64,7 @@ def served_reward(state: ServerState, spec: str) -> Reward:
         if key not in _reward_cache:
             while len(_reward_cache) >= 4:
                 _reward_cache.pop(next(iter(_reward_cache)))
-            _reward_cache[key] = load_reward(spec, engine=state.engine, store=state.store)
+            _reward_cache[key] = load()
         return _reward_cache[key]
 
 

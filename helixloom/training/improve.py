@@ -605,14 +605,18 @@ class ImproveRun:
         if not prompts or not all(prompts):
             raise HelixloomError("give a prompt to answer", param="prompts")
         reward = self.learned_reward(engine, round_)
-        seed = self.config.seed if seed is None else seed
-        explore = self.config.explore * n // self.config.k
-        asked = [p for p in prompts for _ in range(n)]
-        seeds = [_seed(seed, 20_000, j, s) for j in range(len(prompts)) for s in range(n)]
-        shown = [explore_form(j, s, n, explore, 0) for j in range(len(prompts)) for s in range(n)]
         adapter = self._adapter_name(engine, self.current() if source == "current" else None)
-        results = self._generate(engine, asked, seeds, adapter, self.config.eval_temperature, shown)
-        texts, written = self._close(engine, asked, seeds, shown, results, adapter)
+        texts, written = self._draw(
+            engine,
+            prompts,
+            n,
+            self.config.explore * n // self.config.k,  # the run's share of answers after a form
+            self.config.seed if seed is None else seed,
+            20_000,  # seeds of their own, apart from every round's and the evaluation's
+            adapter,
+            self.config.eval_temperature,
+            forms_from=0,
+        )
         picks = []
         for j, prompt in enumerate(prompts):
             part = slice(j * n, (j + 1) * n)
@@ -742,17 +746,20 @@ class ImproveRun:
         if path.is_file():
             return list(json.loads(path.read_text()))
         k = self.config.k
-        prompts = [p for p in self.prompts for _ in range(k)]
-        seeds = [_seed(self.config.seed, r, j, s) for j in range(len(self.prompts)) for s in range(k)]
-        shown = [
-            explore_form(j, s, k, self.config.explore, r) for j in range(len(self.prompts)) for s in range(k)
-        ]
-        bar = progress(f"round {r}: sample {k} answers", len(prompts)) if progress else None
+        bar = progress(f"round {r}: sample {k} answers", len(self.prompts) * k) if progress else None
         adapter = self._adapter_name(engine, current)
-        results = self._generate(engine, prompts, seeds, adapter, self.config.temperature, shown)
-        texts, shown = self._close(engine, prompts, seeds, shown, results, adapter)
+        texts, shown = self._draw(
+            engine,
+            self.prompts,
+            k,
+            self.config.explore,
+            self.config.seed,
+            r,
+            adapter,
+            self.config.temperature,
+        )
         if bar is not None:
-            bar.update(len(prompts))
+            bar.update(len(self.prompts) * k)
             bar.close()
         out = [
             {
@@ -764,6 +771,29 @@ class ImproveRun:
         ]
         atomic.write_json(path, out)
         return out
+
+    def _draw(
+        self,
+        engine: Engine,
+        prompts: Sequence[str],
+        n: int,
+        explore: int,
+        seed: int,
+        round_: int,
+        adapter: str | None,
+        temperature: float,
+        *,
+        forms_from: int | None = None,
+    ) -> tuple[list[str], list[str | None]]:
+        """``n`` answers to each prompt (prompt-major), seeded by ``seed`` and ``round_``, the last
+        ``explore`` of them after an answer form's examples (the forms turned by ``forms_from``,
+        default ``round_``), closings closed; their texts and the form each was written in."""
+        turn = round_ if forms_from is None else forms_from
+        asked = [p for p in prompts for _ in range(n)]
+        seeds = [_seed(seed, round_, j, s) for j in range(len(prompts)) for s in range(n)]
+        shown = [explore_form(j, s, n, explore, turn) for j in range(len(prompts)) for s in range(n)]
+        results = self._generate(engine, asked, seeds, adapter, temperature, shown)
+        return self._close(engine, asked, seeds, shown, results, adapter)
 
     def _collect(
         self,
