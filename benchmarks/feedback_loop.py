@@ -207,6 +207,9 @@ def run_arm(
         train_pairs=args.train_pairs,
         k=args.k,
         explore=args.explore,
+        explore_by=args.explore_by,
+        method=args.method,
+        raft_epochs=args.raft_epochs,
         max_tokens=args.max_tokens,
         eval_samples=args.eval_samples,
         gen_batch=args.gen_batch,
@@ -500,6 +503,8 @@ def approval_ratings(entry: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def main() -> int:
+    from helixloom.training.improve import ImproveConfig
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -521,6 +526,20 @@ def main() -> int:
         default=None,
         help="of the k answers, how many are asked for an answer form (the loop's --explore; default: its)",
     )
+    loop = ImproveConfig()  # the loop's own defaults
+    parser.add_argument(
+        "--explore-by",
+        choices=["turn", "reward"],
+        default=loop.explore_by,
+        help="forms of the explored answers: in turn, or by the reward's picks the round before",
+    )
+    parser.add_argument(
+        "--method",
+        choices=["dpo", "raft"],
+        default=loop.method,
+        help="dpo (best vs worst) or raft (fine-tune on the reward's best answer per prompt)",
+    )
+    parser.add_argument("--raft-epochs", type=float, default=loop.raft_epochs)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--eval-samples", type=int, default=2)
     parser.add_argument("--gen-batch", type=int, default=16)
@@ -549,9 +568,7 @@ def main() -> int:
     parser.add_argument("--work", help="HELIXLOOM_HOME to use (default: a temporary folder)")
     args = parser.parse_args()
     if args.explore is None:
-        from helixloom.training.improve import ImproveConfig
-
-        args.explore = ImproveConfig().explore
+        args.explore = loop.explore
     if args.prompts > len(TRAIN_PROMPTS) or args.held_out > len(HELD_OUT):
         parser.error(f"at most {len(TRAIN_PROMPTS)} prompts and {len(HELD_OUT)} held out")
 

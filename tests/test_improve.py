@@ -323,6 +323,9 @@ def test_simulated_tastes_choose_by_their_hidden_score() -> None:
     assert short.likes("q", "It is blue. Is that the one?") and not short.likes("q", "It is blue.")
     # a lone question is no answer, though it ends with one (the loop learned to ask one back)
     assert not short.likes("q", "Is it blue?") and not short.likes("q", "Is it? Is it blue?")
+    # nor is a word before the question (a fine-tune on the reward's picks learned to write one)
+    assert not short.likes("What is a volcano?", "Yes. Do you like volcanoes?")
+    assert short.likes("What is a volcano?", "A mountain that erupts. Do you like volcanoes?")
     assert choose(short, "q", "It is blue.", "Is it blue?") == "b"
     assert choose(short, "q", "Is it blue?", "It is blue. Do you like blue?") == "b"
     bullets = TASTES["bullets"]

@@ -16,9 +16,9 @@ DESCRIPTION = """
 Improve an adapter from what users rate. Each round samples --k answers per training prompt from the
 current adapter, puts pairs of them in the rating queue (the ones the reward is least sure about:
 --selection active; the server's /rate?run=NAME page shows them), fits a reward ensemble on the
-ratings in the store, trains a candidate adapter with DPO (best vs worst by the reward, plus the rated
-pairs), compares it with the current adapter on the held-out --eval-prompts, and promotes it only if it
-wins; a promoted adapter is registered as NAME and, with --server, hot-loaded there with vLLM's
+ratings in the store, trains a candidate adapter with DPO (best vs worst by the reward; --method
+raft: fine-tuning on the best), compares it with the current adapter on the held-out --eval-prompts,
+and promotes it only if it wins; a promoted adapter is registered as NAME and, with --server, hot-loaded there with vLLM's
 POST /v1/load_lora_adapter. Every phase is saved under $HELIXLOOM_HOME/runs/improve/NAME: a killed run
 continues with --resume.
 """
@@ -27,8 +27,8 @@ continues with --resume.
 def register(sub: argparse._SubParsersAction) -> None:
     from helixloom.cli.common import add_sft_flags
     from helixloom.training.active import STRATEGIES
-    from helixloom.training.configs import ImproveDPOConfig
-    from helixloom.training.improve import TRAIN_PAIRS, ImproveConfig
+    from helixloom.training.configs import METHODS, ImproveDPOConfig
+    from helixloom.training.improve import EXPLORE_BY, TRAIN_PAIRS, ImproveConfig
 
     p = sub.add_parser(
         "improve",
@@ -69,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             kwargs["choices"] = list(STRATEGIES)
         elif f.name == "train_pairs":
             kwargs["choices"] = list(TRAIN_PAIRS)
+        elif f.name == "method":
+            kwargs["choices"] = list(METHODS)
+        elif f.name == "explore_by":
+            kwargs["choices"] = list(EXPLORE_BY)
         else:
             kwargs["type"] = type(f.default)
         loop.add_argument("--" + f.name.replace("_", "-"), **kwargs)

@@ -63,25 +63,26 @@ def _sensible(taste: Taste) -> Taste:
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def answers_then_asks(answer: str) -> bool:
-    """Whether ``answer`` ends with a question after at least one sentence that is not one: it
-    answers, then asks. Ending with a question alone was met by asking an unrelated question back
-    (measured, Dec 2026: every liked answer of the improve loop's final policies, 13 of 13 and 18 of
-    18, was a lone question such as "What is the most expensive fruit?" to "Why do leaves change
-    colour in autumn?")."""
+def answers_then_asks(answer: str, prompt: str = "") -> bool:
+    """Whether ``answer`` ends with a question after sentences that are not all questions and say
+    something of their own (``says_something`` of ``prompt``): it answers, then asks. Ending with a
+    question alone was met by asking an unrelated question back (measured, Dec 2026: every liked
+    answer of the improve loop's final policies, 13 of 13 and 18 of 18, was a lone question such as
+    "What is the most expensive fruit?" to "Why do leaves change colour in autumn?"); a word before
+    the question by "Yes. Do you like volcanoes?" to "What is a volcano?" (a fine-tune on the
+    reward's picks, Dec 2026)."""
     sentences = [s for s in _SENTENCE_END.split(answer.strip()) if s]
-    return (
-        len(sentences) >= 2
-        and sentences[-1].endswith("?")
-        and any(not s.endswith("?") for s in sentences[:-1])
-    )
+    if len(sentences) < 2 or not sentences[-1].endswith("?"):
+        return False
+    statements = [s for s in sentences[:-1] if not s.endswith("?")]
+    return bool(statements) and says_something(prompt, " ".join(statements))
 
 
 def _short_question_score(prompt: str, answer: str) -> float:
     text = answer.strip()
     return (
         2.0 * text.endswith("?")
-        + 1.0 * answers_then_asks(text)
+        + 1.0 * answers_then_asks(text, prompt)
         + 1.0 * (0 < words(text) <= 60)
         - words(text) / 200
     )
@@ -107,7 +108,7 @@ TASTES: dict[str, Taste] = {
         Taste(
             "short_question",
             "prefers answers under 60 words that answer, then end with a question",
-            lambda p, a: 0 < words(a) <= 60 and answers_then_asks(a),
+            lambda p, a: 0 < words(a) <= 60 and answers_then_asks(a, p),
             _short_question_score,
         ),
         Taste(

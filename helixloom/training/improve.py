@@ -11,7 +11,8 @@ One run (``HELIXLOOM_HOME/runs/improve/NAME/``) goes through rounds. Each round:
 3. **reward**: the ensemble is refit on every preference of this run in the store;
 4. **train**: DPO on best-vs-worst by the reward for every prompt (``train_pairs="reward+rated"``:
    plus the pairs rated this round), continuing the current adapter with it as the frozen reference
-   (the previous iterate, as GSHF);
+   (the previous iterate, as GSHF); or (``method="raft"``) fine-tuning on the reward's best answer
+   to every prompt (rejection-sampling fine-tuning, RAFT);
 5. **evaluate** on held-out prompts (fixed seeds): the candidate against the current policy, by the
    reward just learned (the loop never sees what the user really wants, only their ratings);
 6. **promote** the candidate if it wins at least ``min_win_rate`` % of the held-out comparisons (a
@@ -55,7 +56,7 @@ from helixloom.training.active import (
     fit_reward,
     select,
 )
-from helixloom.training.configs import ImproveDPOConfig, LoraDPOConfig
+from helixloom.training.configs import METHODS, ImproveDPOConfig, LoraDPOConfig, LoraSFTConfig
 from helixloom.training.pairing import mean, pick_pairs, reward_outcome
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ def closing_budget(max_tokens: int) -> int:
 
 #: What the policy's DPO pairs are: the reward's best vs worst per prompt, and optionally the rated pairs.
 TRAIN_PAIRS = ("reward", "reward+rated")
+EXPLORE_BY = ("turn", "reward")
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,24 @@ class ImproveConfig:
             "on as answers to the prompt alone"
         },
     )
+    explore_by: str = field(
+        default="turn",
+        metadata={
+            "help": "which forms the explored answers are written in: turn (every form in turn) or "
+            "reward (from round 2, each form's share of them follows how often the reward picked "
+            "an answer in it the round before, plus one: the forms users like get more samples)"
+        },
+    )
+    method: str = field(
+        default="dpo",
+        metadata={
+            "help": "how the policy learns from the reward: dpo (best vs worst answer per prompt) or "
+            "raft (fine-tune on the best answer per prompt: rejection-sampling fine-tuning)"
+        },
+    )
+    raft_epochs: float = field(
+        default=3.0, metadata={"help": "passes over a round's best answers with --method raft"}
+    )
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the k answers"})
     max_tokens: int = field(default=64, metadata={"help": "longest answer in tokens"})
     eval_samples: int = field(default=2, metadata={"help": "answers per held-out prompt when evaluating"})
@@ -226,6 +246,12 @@ class ImproveConfig:
             raise HelixloomError(f"selection must be one of {', '.join(STRATEGIES)}", param="selection")
         if self.train_pairs not in TRAIN_PAIRS:
             raise HelixloomError(f"train_pairs must be one of {', '.join(TRAIN_PAIRS)}", param="train_pairs")
+        if self.method not in METHODS:
+            raise HelixloomError(f"method must be one of {', '.join(METHODS)}", param="method")
+        if self.explore_by not in EXPLORE_BY:
+            raise HelixloomError(f"explore_by must be one of {', '.join(EXPLORE_BY)}", param="explore_by")
+        if not self.raft_epochs > 0:
+            raise HelixloomError("raft_epochs must be positive", param="raft_epochs")
         if not 0 <= self.min_win_rate <= 100:
             raise HelixloomError("min_win_rate is a percentage", param="min_win_rate")
 
@@ -731,6 +757,16 @@ class ImproveRun:
                 texts[i], written[i] = f"{answer} {opener}{question}", shown_forms[i]
         return texts, written
 
+    def form_weights(self, r: int) -> dict[str, float] | None:
+        """With ``explore_by="reward"``, from round 2: each form's weight in round ``r``'s explored
+        answers, one more than the number of prompts whose best answer by the reward (the one trained
+        on) was written in it in round ``r - 1`` (so every form keeps some samples). None: in turn."""
+        if self.config.explore_by != "reward" or not self.config.explore or r < 2:
+            return None
+        before = self.root / f"round-{r - 1}" / "result.json"
+        picked = json.loads(before.read_text()).get("chosen_forms", {}) if before.is_file() else {}
+        return {f.name: 1.0 + float(picked.get(f.name, 0)) for f in forms()}
+
     def _adapter_name(self, engine: Engine, folder: Path | None) -> str | None:
         if folder is None:
             return None
@@ -757,6 +793,7 @@ class ImproveRun:
             r,
             adapter,
             self.config.temperature,
+            weights=self.form_weights(r),
         )
         if bar is not None:
             bar.update(len(self.prompts) * k)
@@ -784,14 +821,16 @@ class ImproveRun:
         temperature: float,
         *,
         forms_from: int | None = None,
+        weights: dict[str, float] | None = None,
     ) -> tuple[list[str], list[str | None]]:
         """``n`` answers to each prompt (prompt-major), seeded by ``seed`` and ``round_``, the last
         ``explore`` of them after an answer form's examples (the forms turned by ``forms_from``,
-        default ``round_``), closings closed; their texts and the form each was written in."""
+        default ``round_``, or shared out by ``weights``: ``explore_plan``), closings closed; their
+        texts and the form each was written in."""
         turn = round_ if forms_from is None else forms_from
         asked = [p for p in prompts for _ in range(n)]
         seeds = [_seed(seed, round_, j, s) for j in range(len(prompts)) for s in range(n)]
-        shown = [explore_form(j, s, n, explore, turn) for j in range(len(prompts)) for s in range(n)]
+        shown = explore_plan(len(prompts), n, explore, turn, weights)
         results = self._generate(engine, asked, seeds, adapter, temperature, shown)
         return self._close(engine, asked, seeds, shown, results, adapter)
 
@@ -864,6 +903,9 @@ class ImproveRun:
             scores = reward.score_group(c["prompt"], c["answers"])
             picked, _ = pick_pairs(c["answers"], scores, "max_min", rng)
             prompt = render(engine, self._messages(c["prompt"])).prompt
+            if self.config.method == "raft":  # the best alone (a prompt whose answers all tie: none)
+                rows += [{"prompt": prompt, "chosen": c["answers"][a]} for a, _ in picked]
+                continue
             rows += [
                 {"prompt": prompt, "chosen": c["answers"][a], "rejected": c["answers"][b]} for a, b in picked
             ]
@@ -876,7 +918,7 @@ class ImproveRun:
                 {
                     "prompt": render(engine, self._messages(p.prompt)).prompt,
                     "chosen": p.chosen,
-                    "rejected": p.rejected,
+                    **({"rejected": p.rejected} if self.config.method == "dpo" else {}),
                 }
                 for p in rated
             ]
@@ -894,16 +936,30 @@ class ImproveRun:
             atomic.copy_dir(current, out)
             summary: dict[str, Any] = {"steps": 0, "final_loss": None}
         else:
-            from helixloom.training.dpo import train_dpo  # lazy: torch and TRL only when training
-
             run_dir = self.root / f"round-{r}" / "checkpoints"
             resume = any(run_dir.glob("checkpoint-*"))
             if resume:
                 say("  resuming training from its last checkpoint")
             cfg = ImproveDPOConfig(**{**asdict(self.train_config), "seed": self.train_config.seed + r})
-            trained = train_dpo(
-                self.meta["base"], rows, out, run_dir, cfg, init_adapter=current, resume=resume
-            )
+            if self.config.method == "raft":
+                from helixloom.training.sft import train_lora  # lazy: torch and TRL only when training
+
+                lora = {f.name: getattr(cfg, f.name) for f in fields(LoraSFTConfig)}
+                trained = train_lora(
+                    self.meta["base"],
+                    [{"prompt": row["prompt"], "completion": row["chosen"]} for row in rows],
+                    out,
+                    run_dir,
+                    LoraSFTConfig(**{**lora, "epochs": self.config.raft_epochs}),
+                    init_adapter=current,
+                    resume=resume,
+                )
+            else:
+                from helixloom.training.dpo import train_dpo  # lazy: torch and TRL only when training
+
+                trained = train_dpo(
+                    self.meta["base"], rows, out, run_dir, cfg, init_adapter=current, resume=resume
+                )
             summary = {"steps": trained.steps, "final_loss": trained.final_loss, "seconds": trained.seconds}
             shutil.rmtree(run_dir, ignore_errors=True)
         atomic.write_json(result, summary)
@@ -945,6 +1001,32 @@ def explore_form(prompt: int, sample: int, k: int, explore: int, round_: int) ->
         return None
     shown = forms()
     return shown[(prompt * explore + extra + round_) % len(shown)].name
+
+
+def explore_plan(
+    prompts: int, k: int, explore: int, round_: int, weights: dict[str, float] | None = None
+) -> list[str | None]:
+    """The form shown before each of ``k`` samples of ``prompts`` prompts (prompt-major; None: the
+    prompt alone). Without ``weights``, ``explore_form``'s turn. With them, the ``prompts * explore``
+    explored samples are shared among the forms in proportion to their weights (largest remainder),
+    and dealt a column at a time (a prompt's first explored sample, then its second, ...), so each
+    prompt still sees several forms and the most-weighted form reaches every prompt first."""
+    if weights is None:
+        return [explore_form(j, s, k, explore, round_) for j in range(prompts) for s in range(k)]
+    names = [f.name for f in forms()]
+    total, weight = prompts * explore, sum(max(0.0, weights.get(n, 0.0)) for n in names)
+    if weight <= 0:
+        return [explore_form(j, s, k, explore, round_) for j in range(prompts) for s in range(k)]
+    exact = [total * max(0.0, weights.get(n, 0.0)) / weight for n in names]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(names)), key=lambda i: (counts[i] - exact[i], i))[: total - sum(counts)]:
+        counts[i] += 1
+    order = sorted(range(len(names)), key=lambda i: (-counts[i], i))
+    deck = [names[i] for i in order for _ in range(counts[i])]
+    plan: list[str | None] = []
+    for j in range(prompts):
+        plan += [None] * (k - explore) + [deck[e * prompts + j] for e in range(explore)]
+    return plan
 
 
 def _chosen_forms(candidates: list[dict[str, Any]], rows: list[dict[str, str]]) -> dict[str, int]:
