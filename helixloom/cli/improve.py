@@ -18,9 +18,9 @@ current adapter, puts pairs of them in the rating queue (the ones the reward is 
 --selection active; the server's /rate?run=NAME page shows them), fits a reward ensemble on the
 ratings in the store, trains a candidate adapter with DPO (best vs worst by the reward; --method
 raft: fine-tuning on the best), compares it with the current adapter on the held-out --eval-prompts,
-and promotes it only if it wins; a promoted adapter is registered as NAME and, with --server, hot-loaded there with vLLM's
-POST /v1/load_lora_adapter. Every phase is saved under $HELIXLOOM_HOME/runs/improve/NAME: a killed run
-continues with --resume.
+and promotes it only if it wins; a promoted adapter is registered as NAME and, with --server,
+hot-loaded there with vLLM's POST /v1/load_lora_adapter. Every phase is saved under
+$HELIXLOOM_HOME/runs/improve/NAME: a killed run continues with --resume.
 """
 
 
