@@ -673,3 +673,138 @@ def test_what_an_improve_run_learned_steers_weave_by_name_and_is_never_served_st
     for bad in ("improve:nope", "improve:../taught", "improve:/etc/passwd"):
         with pytest.raises(HelixloomError):
             policy.check(build_parser(), [*job[:-1], bad])
+
+
+def test_explore_by_reward_gives_the_forms_the_reward_picked_more_of_the_next_rounds_samples(
+    tmp_path: Path,
+) -> None:
+    from helixloom.training.improve import explore_form, explore_plan, forms
+    from tests.scripted import ScriptedEngine
+
+    names = [f.name for f in forms()]
+    # in turn (no weights): explore_form's plan, unchanged
+    assert explore_plan(6, 4, 2, 3) == [explore_form(j, s, 4, 2, 3) for j in range(6) for s in range(4)]
+    weights = {n: 1.0 for n in names} | {"bulleted list": 9.0}  # picked for 8 prompts, plus one
+    plan = explore_plan(6, 4, 2, 2, weights)
+    explored = [plan[j * 4 + 2 : j * 4 + 4] for j in range(6)]
+    assert all(plan[j * 4 : j * 4 + 2] == [None, None] for j in range(6))  # k - explore: the prompt alone
+    assert len(names) == 8  # 12 explored samples: 12 * 9 / 16 = 6.75 for the list, 0.75 for each other
+    assert sum(row.count("bulleted list") for row in explored) == 7  # largest remainders, ties in order
+    assert all(row[0] == "bulleted list" for row in explored)  # the most picked form reaches every prompt
+    assert len({n for row in explored for n in row}) > 2  # and the rest still get some samples
+
+    listed = next(f for f in forms() if f.name == "bulleted list")
+    engine = ScriptedEngine(
+        lambda request: "- one\n- two" if listed.examples[1][1] in request.prompt else "prose"
+    )
+    for by in ("reward", "turn"):
+        run = ImproveRun.create(
+            f"by-{by}", PROMPTS, HELD_OUT, base="default", config=ImproveConfig(k=4, explore=2, explore_by=by)
+        )
+        assert run.form_weights(1) is None  # round 1: nothing picked yet, every form in turn
+        (run.root / "round-1").mkdir()
+        (run.root / "round-1" / "result.json").write_text(
+            json.dumps({"chosen_forms": {"bulleted list": 5, "(the prompt alone)": 1}})
+        )
+        lists = sum(f == "bulleted list" for c in run._sample(2, engine, None, None) for f in c["forms"])
+        if by == "reward":
+            assert run.form_weights(2) == {n: 1.0 for n in names} | {"bulleted list": 6.0}
+            assert lists == 5  # 12 * 6 / 13 = 5.5 of the 12 (the other seven forms' 0.92 round up first)
+        else:
+            assert run.form_weights(2) is None and lists < 6
+    with pytest.raises(HelixloomError, match="explore_by"):
+        ImproveConfig(explore_by="chance")
+
+
+def test_raft_fine_tunes_on_the_rewards_best_answer_and_is_promoted_when_it_wins(
+    tiny_model: TinyModel, tiny_engine, tmp_path: Path
+) -> None:
+    config = ImproveConfig(**{**FAST.__dict__, "method": "raft", "raft_epochs": 3})  # DPO: TRAIN.epochs (4)
+    run = ImproveRun.create("raft", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config, train=TRAIN)
+    candidates = [{"prompt": p, "answers": ["aaa", "bcd", "xyz"]} for p in PROMPTS[:2]]
+    tied = [{"prompt": PROMPTS[2], "answers": ["bcd", "xyz"]}]  # no vowels: the reward cannot choose
+    rated = [RatedPair(PROMPTS[0], "xyz", "bcd")]
+    rows = run._training_rows(9, tiny_engine, candidates + tied, FunctionReward(vowel_share), rated)
+    assert [r["chosen"] for r in rows] == ["aaa", "aaa"] and all("rejected" not in r for r in rows)
+    with pytest.raises(HelixloomError, match="method"):
+        ImproveConfig(method="ppo")
+
+    engine = load_engine(str(tiny_model.path))
+    with Store(tmp_path / "db") as store:
+        result = run.execute(engine, store, reward=FunctionReward(vowel_share))
+    assert result[0].promoted, result[0].reason
+    trained = json.loads((run.root / "round-1" / "train.json").read_text())
+    picks = json.loads((run.root / "round-1" / "train_rows.json").read_text())
+    assert trained["steps"] == 3 * -(-len(picks) // TRAIN.batch_size)  # raft_epochs passes over the picks
+    before = vowel_share([], [a["answer"] for a in run.eval_answers(None)])
+    after = vowel_share([], [a["answer"] for a in run.eval_answers(run.current())])
+    assert sum(after) > sum(before)
+
+
+def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
+    tiny_model: TinyModel, tiny_engine, tmp_path: Path
+) -> None:
+    """``model: "improve:NAME"``: ``best_answers`` over the OpenAI API (what ``improve --answer``
+    prints), listed in ``/v1/models``, named by run only, one user message, one choice."""
+    import openai
+
+    from helixloom.training.active import Embedder
+
+    config = ImproveConfig(**{**FAST.__dict__, "system": "Be brief.", "explore": 2})
+    run = ImproveRun.create("chatty", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config)
+    embed = Embedder(tiny_engine, context=lambda p: run.chat_context(tiny_engine, p))
+    taught = fit_reward([RatedPair("Q:", "apple idea audio", "crypt tryst rhythm")], embed, members=2)
+    (run.root / "round-1").mkdir()
+    taught.ensemble.save(run.root / "round-1" / "reward.safetensors")
+    other = ImproveRun.create("elsewhere", PROMPTS, HELD_OUT, base="default", config=config)
+    (other.root / "round-1").mkdir()
+    taught.ensemble.save(other.root / "round-1" / "reward.safetensors")
+    ImproveRun.create("untaught", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config)
+
+    want = run.best_answers(tiny_engine, ["Tell me a story"], n=3)[0]
+    state = ServerState(ServerConfig(model=str(tiny_model.path)), tiny_engine, Store(tmp_path / "db"))
+    with serving(state) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        models = {m.id: m for m in client.models.list().data}
+        assert "improve:chatty" in models and models["improve:chatty"].model_extra["metadata"] == {"round": 1}
+        assert "improve:elsewhere" not in models and "improve:untaught" not in models
+        got = client.chat.completions.create(
+            model="improve:chatty",
+            messages=[{"role": "user", "content": "Tell me a story"}],
+            extra_body={"improve": {"best_of": 3}},
+        )
+        assert got.choices[0].message.content == want.answer  # the run's draws, its reward's pick
+        info = got.model_extra["improve"]
+        assert info["drawn"] == 3 and info["round"] == 1 and info["run"] == "chatty"
+        assert info["score"] == pytest.approx(want.score, abs=1e-4) and info["form"] == want.form
+        assert got.usage.prompt_tokens > 0 and got.usage.completion_tokens > 0
+        at_round = client.chat.completions.create(
+            model="improve:chatty@1", messages=[{"role": "user", "content": "Tell me a story"}]
+        )
+        assert at_round.model_extra["improve"]["drawn"] == config.k  # the run's k by default
+
+        user = [{"role": "user", "content": "Q:"}]
+        for model, extra, messages, why in (
+            ("improve:chatty", {"stream": True}, user, "does not stream"),
+            ("improve:chatty", {"n": 2}, user, "one choice"),
+            ("improve:chatty", {}, [{"role": "system", "content": "x"}, *user], "one user message"),
+            ("improve:chatty", {"improve": {"best_of": 99}}, user, "invalid improve options"),
+            ("improve:chatty", {"improve": {"python": "x"}}, user, "invalid improve options"),
+            ("improve:chatty", {"improve": {"answer_from": "/etc"}}, user, "invalid improve options"),
+            ("improve:untaught", {}, user, "learned no reward yet"),
+            ("improve:elsewhere", {}, user, "learned its reward on"),
+            ("improve:nope", {}, user, "no improve run named nope"),
+            ("improve:../chatty", {}, user, "bad run name"),
+            ("improve:chatty@9", {}, user, "rounds 1 to"),
+        ):
+            r = httpx.post(
+                server.url + "/v1/chat/completions", json={"model": model, "messages": messages, **extra}
+            )
+            assert r.status_code == 400, (model, extra, r.text)
+            assert why in r.json()["error"]["message"] and str(tmp_path) not in r.text
+        r = httpx.post(server.url + "/v1/completions", json={"model": "improve:chatty", "prompt": "Q:"})
+        assert r.status_code == 400 and "chat pipeline" in r.text
+        loaded = httpx.post(
+            server.url + "/v1/load_lora_adapter", json={"lora_name": "improve:x", "lora_path": "x"}
+        )
+        assert loaded.status_code == 400  # the name is the pipeline's

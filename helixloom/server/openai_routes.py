@@ -33,6 +33,7 @@ from helixloom.server.responses import (
     ModelList,
     UsageInfo,
 )
+from helixloom.server.served_rewards import steering_rewards
 from helixloom.server.state import PIPELINES, state_of
 
 router = APIRouter(prefix="/v1")
@@ -56,6 +57,12 @@ def list_models(request: Request) -> dict[str, Any]:
         for a in state.served_adapters()
     ]
     cards += [ModelCard(id=n, created=created, parent=base) for n in PIPELINES]
+    # each improve run with a reward learned on this model: its users' taste, served as a chat model
+    cards += [
+        ModelCard(id=r["spec"], created=created, parent=base, metadata={"round": r["round"]})
+        for r in steering_rewards(state)
+        if r["kind"] == "improve"
+    ]
     return ModelList(data=cards).model_dump()
 
 
@@ -83,6 +90,8 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
         return pipelines.helixnet(state, body, params, origin)
     if target.kind == "weave":
         return pipelines.weave_chat(state, body, params, origin)
+    if target.kind == "improve":
+        return pipelines.improve_chat(state, body, params, origin)
     # An adapter made by `helixloom learn` brings its system prompt and its documents' sources.
     learned = state.store.adapter_meta(target.name if target.kind == "adapter" else None)
     messages = body.plain_messages()

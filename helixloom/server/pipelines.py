@@ -1,5 +1,6 @@
 """The pipelines served as chat models: ``helixnet`` (actor, critic, regenerator on the served
-engine's adapters) and ``weave`` (a tree search, answered with its best branch)."""
+engine's adapters), ``weave`` (a tree search, answered with its best branch) and ``improve:NAME``
+(answers drawn as an improve run draws its own, the one its learned reward scores highest)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ from helixloom.server.responses import (
     HelixNetInfo,
     HelixNetRepair,
     HelixNetRound,
+    ImproveInfo,
     UsageInfo,
     WeaveInfo,
 )
 from helixloom.server.served_rewards import served_reward
-from helixloom.server.state import ServerState
+from helixloom.server.state import IMPROVE_PREFIX, ServerState
 from helixloom.server.streaming import Emit, from_thread
 from helixloom.store import Node
 
@@ -229,3 +231,79 @@ def weave_search(
         scorer = weave.Evaluator(state.engine, options.to_questions())
     config = options.to_config()
     return weave.run(prompt, state.engine, scorer, config, adapter=adapter, store=state.store, parent=parent)
+
+
+# -------------------------------------------------------------------------------------------- improve
+
+
+def improve_chat(
+    state: ServerState, body: ChatCompletionRequest, params: SamplingParams, origin: Origin
+) -> JSONResponse:
+    """``model: "improve:NAME"`` (or ``improve:NAME@ROUND``): what users taught run NAME, in chat.
+    ``ImproveRun.best_answers`` on the served engine: answers drawn as the run draws its own (its
+    answer forms, its system prompt), the one its learned reward scores highest. Settings come in
+    an extra ``improve`` field (``best_of``, ``answer_from``); one user message, one choice, no
+    streaming. The run is named, never given as a path; its reward is the server's cached one
+    (``served_reward``: a new round is picked up, never served stale)."""
+    from helixloom.training.improve import ImproveRun
+    from helixloom.training.reward_spec import parse_improve_arg
+
+    if body.stream or body.n != 1:
+        raise HelixloomError(f"{body.model} answers with one choice and does not stream", param="stream")
+    messages = body.plain_messages()
+    if [m["role"] for m in messages] != ["user"]:
+        raise HelixloomError(
+            f"{body.model} answers one user message (the run's own system prompt applies)",
+            "send a single user message",
+            param="messages",
+        )
+    options = body.improve_options()
+    name, round_ = parse_improve_arg(body.model.removeprefix(IMPROVE_PREFIX))
+    run = ImproveRun.open(name)
+    found = run.round_of(run.reward_file(round_))
+    reward = served_reward(state, f"{IMPROVE_PREFIX}{name}@{found}")
+    pick = run.best_answers(
+        state.engine,
+        [messages[0]["content"]],
+        n=options.best_of,
+        source=options.answer_from,
+        seed=body.seed,
+        reward=reward,
+    )[0]
+    asked = state.engine.count_tokens(run.chat_context(state.engine, pick.prompt))
+    choice = GenerationResult(
+        pick.answer, "stop", Usage(asked, state.engine.count_tokens(pick.answer)), (), Timings()
+    )
+    completion.record(
+        state.store,
+        state.engine,
+        [(m["role"], m["content"]) for m in messages],
+        params,
+        [choice],
+        adapter=None,
+        kind="api",
+        meta={"endpoint": origin.endpoint, "model": body.model, "score": pick.score, "form": pick.form},
+        api_key_label=origin.key_label,
+        session_id=origin.session_id,
+    )
+    return origin.answer(
+        ChatCompletionResponse(
+            id=origin.response_id,
+            created=origin.created,
+            model=body.model,
+            choices=[
+                ChatCompletionChoice(
+                    index=0, message=ChatMessageOut(content=pick.answer), finish_reason="stop"
+                )
+            ],
+            usage=UsageInfo.of(choice.usage),
+            improve=ImproveInfo(
+                run=name,
+                round=found,
+                drawn=len(pick.candidates),
+                answer_from=options.answer_from,
+                score=pick.score,
+                form=pick.form,
+            ),
+        )
+    )

@@ -149,6 +149,16 @@ class ChatCompletionRequest(_Sampling):
             raise HelixloomError("gate must be true or false", param="gate")
         return gate
 
+    def improve_options(self) -> ImproveOptions:
+        """``model: "improve:NAME"``'s settings, from the extra ``improve`` field."""
+        raw = (self.model_extra or {}).get("improve") or {}
+        if not isinstance(raw, dict):
+            raise HelixloomError("improve options must be an object", param="improve")
+        try:
+            return ImproveOptions(**raw)
+        except Exception as exc:
+            raise HelixloomError(f"invalid improve options: {exc}".splitlines()[0], param="improve") from exc
+
     def weave_options(self) -> WeaveOptions:
         """``model: "weave"``'s settings, from the extra ``weave`` field; its seed defaults to the
         request's."""
@@ -350,6 +360,15 @@ class WeaveOptions(BaseModel):
 
     def to_questions(self) -> list[Question]:
         return [Question(q.text, q.weight, q.answer) for q in self.questions]
+
+
+class ImproveOptions(BaseModel):
+    """``model: "improve:NAME"``: answers drawn as the run draws its own, the run's reward picks one
+    (``ImproveRun.best_answers``). ``best_of`` defaults to the run's ``k``; at most 16 a request."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    best_of: int | None = Field(None, ge=1, le=16)
+    answer_from: Literal["base", "current"] = "base"
 
 
 class WeaveRequest(WeaveOptions):

@@ -232,8 +232,20 @@ class WeaveInfo(OpenAIResponse):
     score: float | None
 
 
+class ImproveInfo(OpenAIResponse):
+    """What ``model: "improve:NAME"`` did: how many answers it drew, from which policy, with the
+    reward of which round, and the chosen answer's score (and the answer form it was written in)."""
+
+    run: str
+    round: int
+    drawn: int
+    answer_from: str
+    score: float
+    form: str | None
+
+
 class ChatCompletionResponse(OpenAIResponse):
-    absent_when_none = frozenset({"helixnet", "weave"})
+    absent_when_none = frozenset({"helixnet", "weave", "improve"})
 
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -244,6 +256,7 @@ class ChatCompletionResponse(OpenAIResponse):
     usage: UsageInfo
     helixnet: HelixNetInfo | None = None
     weave: WeaveInfo | None = None
+    improve: ImproveInfo | None = None
 
 
 class DeltaMessage(OpenAIResponse):

@@ -25,8 +25,10 @@ from helixloom.store import Store
 
 log = logging.getLogger("helixloom.server")
 
-Pipeline = Literal["helixnet", "weave"]
-PIPELINES: tuple[Pipeline, ...] = ("helixnet", "weave")
+Pipeline = Literal["helixnet", "weave", "improve"]
+PIPELINES: tuple[Pipeline, ...] = ("helixnet", "weave")  # served under these names
+#: ``improve:NAME``: an improve run's reward picks among answers drawn the run's way (``pipelines``)
+IMPROVE_PREFIX = "improve:"
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Target:
 
     @property
     def is_pipeline(self) -> bool:
-        return self.kind in PIPELINES
+        return self.kind in (*PIPELINES, "improve")
 
 
 class AdapterNotFound(HelixloomError):
@@ -145,6 +147,8 @@ class ServerState:
         for pipeline in PIPELINES:
             if model == pipeline:
                 return Target(pipeline, model)
+        if model.startswith(IMPROVE_PREFIX):  # the run is looked up (and its name checked) on use
+            return Target("improve", model)
         try:
             pin = self.adapters.pin(model)
         except KeyError:
@@ -173,7 +177,7 @@ class ServerState:
             raise HelixloomError("this server does not load adapters at runtime", param="lora_name")
         if not name or not lora_path:
             raise HelixloomError("Both 'lora_name' and 'lora_path' must be provided.", param="lora_name")
-        if name == self.base_id or name in PIPELINES:
+        if name == self.base_id or name in PIPELINES or name.startswith(IMPROVE_PREFIX):
             raise HelixloomError(f"{name!r} is a model of this server, not an adapter", param="lora_name")
         paths.check_name(name, "adapter name", param="lora_name")
         if self.adapters.folder_of(name) is not None and not inplace:

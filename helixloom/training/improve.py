@@ -613,6 +613,7 @@ class ImproveRun:
         source: str = "base",
         round_: int | None = None,
         seed: int | None = None,
+        reward: Reward | None = None,
     ) -> list[Pick]:
         """AutoLoom with what this run's users taught (seed 004: "use your reward head to search over
         many possible completions"): for each prompt, ``n`` answers (default ``k``) drawn as the loop
@@ -621,7 +622,7 @@ class ImproveRun:
         adapter, and the one the reward of ``round_`` (default: the latest) scores highest. Measured
         (benchmarks/feedback_loop.py --search, Dec 2026): where DPO did not teach the policy a taste the
         base model rarely meets, this found a liked answer for 58-75% of held-out prompts (the policy:
-        4-8%)."""
+        4-8%). ``reward`` is that reward already loaded (a server keeps it loaded)."""
         if source not in SOURCES:
             raise HelixloomError(f"source must be one of {', '.join(SOURCES)}", param="source")
         n = self.config.k if n is None else n
@@ -630,7 +631,7 @@ class ImproveRun:
         prompts = [p.strip() for p in prompts]
         if not prompts or not all(prompts):
             raise HelixloomError("give a prompt to answer", param="prompts")
-        reward = self.learned_reward(engine, round_)
+        reward = reward or self.learned_reward(engine, round_)
         adapter = self._adapter_name(engine, self.current() if source == "current" else None)
         texts, written = self._draw(
             engine,
