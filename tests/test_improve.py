@@ -384,6 +384,8 @@ def test_improve_cli_resumes_and_the_job_policy_keeps_urls_out(
     policy = JobPolicy(home=tmp_path, models=frozenset({"default"}))
     ok = policy.check(build_parser(), ["improve", "--name", "x", "--rounds", "2", "--selection", "random"])
     assert ok[:3] == ["improve", "--name", "x"]
+    raft = ["improve", "--name", "x", "--method", "raft", "--explore", "8", "--explore-by", "reward"]
+    assert policy.check(build_parser(), [*raft, "--raft-epochs", "2"])[3:5] == ["--method", "raft"]
     for bad in (["--server", "http://elsewhere"], ["--reward", "py:os:getcwd"], ["--base", "/etc"]):
         with pytest.raises(HelixloomError):
             policy.check(build_parser(), ["improve", "--name", "x", *bad])
