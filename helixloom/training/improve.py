@@ -2,7 +2,9 @@
 
 One run (``HELIXLOOM_HOME/runs/improve/NAME/``) goes through rounds. Each round:
 
-1. **sample** ``k`` answers per training prompt from the current policy (base + the promoted adapter);
+1. **sample** ``k`` answers per training prompt from the current policy (base + the promoted adapter),
+   ``explore`` of them after an answer form's examples (the forms in turn, or, with
+   ``explore_by="reward"``, more of the forms whose answers the reward picked the round before);
 2. **collect** ratings: pairs of those answers go into the run's rating queue (``rating_queue``), a
    batch at a time, chosen by the reward's uncertainty (``selection="active"``, the Laplace posterior's
    variance of the pair's logit; ``"bald"``, the bootstrap ensemble's disagreement; ``training.active``)
