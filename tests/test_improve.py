@@ -810,3 +810,20 @@ def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
             server.url + "/v1/load_lora_adapter", json={"lora_name": "improve:x", "lora_path": "x"}
         )
         assert loaded.status_code == 400  # the name is the pipeline's
+
+        # From the run's current adapter; a run started again (--overwrite) writes new weights to
+        # the same folder, and the server answers with them, not with the ones it loaded before.
+        from tests import tiny
+
+        folder = run.root / "round-1" / "adapter"
+        (run.root / "state.json").write_text(json.dumps({"current": str(folder), "round": 1}))
+        asked = {"model": "improve:chatty", "messages": [{"role": "user", "content": "Tell me a story"}]}
+        current = {**asked, "improve": {"best_of": 3, "answer_from": "current"}}
+        for seed in (1, 2):
+            tiny.build_adapter(tiny_model.path, folder, seed=seed, targets=("q_proj", "v_proj"))
+            fresh = load_engine(str(tiny_model.path))  # has never seen an earlier version
+            want = run.best_answers(fresh, ["Tell me a story"], n=3, source="current")[0]
+            served = httpx.post(server.url + "/v1/chat/completions", json=current, timeout=120).json()
+            assert served["choices"][0]["message"]["content"] == want.answer, seed
+            assert served["improve"]["answer_from"] == "current"
+        assert want.answer != run.best_answers(fresh, ["Tell me a story"], n=3)[0].answer  # not the base's

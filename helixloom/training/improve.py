@@ -771,9 +771,14 @@ class ImproveRun:
         return {f.name: 1.0 + float(picked.get(f.name, 0)) for f in forms()}
 
     def _adapter_name(self, engine: Engine, folder: Path | None) -> str | None:
+        """The name ``engine`` knows ``folder``'s adapter by, loaded on first use; named by its content
+        (a run started again with ``--overwrite`` writes new weights to the same folders, and a
+        server that loaded the old ones must not answer with them)."""
         if folder is None:
             return None
-        name = f"improve-{self.name}-{_policy_key(folder)}"
+        from helixloom.engine.lora_folder import adapter_version
+
+        name = f"improve-{self.name}-{_policy_key(folder)}-{adapter_version(Path(folder))[:12]}"
         if name not in {a.name for a in engine.adapters()}:
             engine.load_adapter(name, str(folder))
         return name
