@@ -764,7 +764,9 @@ def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
     ImproveRun.create("untaught", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config)
 
     want = run.best_answers(tiny_engine, ["Tell me a story"], n=3)[0]
-    state = ServerState(ServerConfig(model=str(tiny_model.path)), tiny_engine, Store(tmp_path / "db"))
+    # an engine of its own: the server loads the run's adapter into it (the shared one stays bare)
+    engine = load_engine(str(tiny_model.path))
+    state = ServerState(ServerConfig(model=str(tiny_model.path)), engine, Store(tmp_path / "db"))
     with serving(state) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
         models = {m.id: m for m in client.models.list().data}

@@ -198,6 +198,12 @@ class ImproveConfig:
             "on as answers to the prompt alone"
         },
     )
+    # turn, and dpo (benchmarks/feedback_loop.py, --explore 8, k=8, Dec 2026; the README's table):
+    # RAFT with forms by the reward moved the two rare tastes where DPO did not (answer-then-ask +0.0,
+    # +41.6, +16.7 at seeds 0-2; the list +12.5 and +25.0 at seeds 1-2, on the topic; DPO -8.3, -4.2,
+    # +0.0 and +0.0, and off-topic steps at list seed 2), but 30 points at one seed of five; alone at
+    # seed 1, forms by the reward with DPO -4.2, RAFT with forms in turn +4.1 (37.5 in round 2). The
+    # reward is the limit: its pick is liked for 4-8 of 16 training prompts a round
     explore_by: str = field(
         default="turn",
         metadata={
