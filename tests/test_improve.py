@@ -118,6 +118,12 @@ def test_active_selection_asks_along_the_direction_no_rating_has_explored(tmp_pa
     pairs = [CandidatePair("x", "p1", "x0", "x1"), CandidatePair("y", "p2", "y0", "y1")]
     picked = select(pairs, 1, strategy="active", rng=random.Random(0), ensemble=ensemble, embed=table)  # type: ignore[arg-type]
     assert [c.key for c in picked] == ["y"]
+    # top: the prompt's favourite (z0, along the rated direction) against its least certain challenger,
+    # where active asks about the two unexplored answers
+    table = Table({"z0": [1, 0, 0], "z1": [0, 0, 0], "z2": [0, 1, 0], "z3": [0, 0, -1]})
+    pairs = [CandidatePair(f"{x}{y}", "p", x, y) for x, y in [("z0", "z1"), ("z0", "z2"), ("z2", "z3")]]
+    ask = {s: select(pairs, 1, strategy=s, rng=random.Random(0), ensemble=ensemble, embed=table) for s in ("active", "top")}  # type: ignore[arg-type]  # fmt: skip
+    assert [c.key for c in ask["active"]] == ["z2z3"] and [c.key for c in ask["top"]] == ["z0z2"]
     # a saved reward keeps what its posterior needs
     ensemble.save(tmp_path / "reward.safetensors")
     loaded = PreferenceEnsemble.load(tmp_path / "reward.safetensors")
@@ -127,7 +133,7 @@ def test_active_selection_asks_along_the_direction_no_rating_has_explored(tmp_pa
         select(pairs, 1, strategy="curious", rng=random.Random(0))
 
 
-@pytest.mark.parametrize("selection", ["active", "bald", "random"])
+@pytest.mark.parametrize("selection", ["active", "bald", "top", "random"])
 def test_each_selection_rule_is_given_the_reward_so_far_unless_random(
     selection: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

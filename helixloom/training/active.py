@@ -303,7 +303,7 @@ def bald(probs: torch.Tensor) -> torch.Tensor:
 
 #: How the next pairs to rate are chosen: ``active`` (the Laplace posterior's variance),
 #: ``bald`` (the bootstrap members' disagreement) or ``random``.
-STRATEGIES = ("active", "bald", "random")
+STRATEGIES = ("active", "bald", "top", "random")
 
 
 def select(
@@ -316,9 +316,11 @@ def select(
     embed: Embedder | None = None,
 ) -> list[CandidatePair]:
     """The ``n`` candidates to ask about next: ``random``; ``active``, the highest posterior variance
-    of the pair's logit first; or ``bald``, the highest BALD first (an ensemble saved without its
-    ratings is asked this way too); at most one pair per prompt while other prompts remain. Without
-    an ensemble yet, active and bald are random."""
+    of the pair's logit first; ``bald``, the highest BALD first (an ensemble saved without its
+    ratings is asked this way too); or ``top``, as active among the pairs that hold a prompt's
+    current favourite (the answer the reward scores highest there): its challenger it is least sure
+    of. At most one pair per prompt while other prompts remain. Without an ensemble yet, all are
+    random."""
     if strategy not in STRATEGIES:
         raise HelixloomError(f"unknown selection strategy {strategy!r}: {', '.join(STRATEGIES)}")
     pool = list(candidates)
@@ -327,7 +329,19 @@ def select(
         return pool[:n]
     a = embed([c.prompt for c in pool], [c.a for c in pool])
     b = embed([c.prompt for c in pool], [c.b for c in pool])
-    variance = ensemble.logit_variance(a, b) if strategy == "active" else None
+    if strategy == "top":
+        # What serving and RAFT use is each prompt's top pick, so ask whether it deserves to be: the
+        # favourite against a challenger (a "dueling bandit" asks the same; e.g. RUCB, Zoghi et al.
+        # 2014). The favourite is the best of the answers still in pairs not yet asked.
+        score_a, score_b = ensemble.scores(a).mean(dim=0).tolist(), ensemble.scores(b).mean(dim=0).tolist()
+        best: dict[str, tuple[float, str]] = {}
+        for c, sa, sb in zip(pool, score_a, score_b, strict=True):
+            for text, sc in ((c.a, sa), (c.b, sb)):
+                if c.prompt not in best or sc > best[c.prompt][0]:
+                    best[c.prompt] = (sc, text)
+        keep = [i for i, c in enumerate(pool) if best[c.prompt][1] in (c.a, c.b)]
+        pool, a, b = [pool[i] for i in keep], a[keep], b[keep]
+    variance = ensemble.logit_variance(a, b) if strategy in ("active", "top") else None
     gain = (variance if variance is not None else bald(ensemble.pair_probs(a, b))).tolist()
     order = sorted(range(len(pool)), key=lambda i: (-gain[i], rng.random()))
     picked: list[CandidatePair] = []

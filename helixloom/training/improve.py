@@ -155,7 +155,8 @@ class ImproveConfig:
         default="active",
         metadata={
             "help": "which answers to ask about: active (where the reward's Bayesian posterior is least "
-            "sure), bald (where its bootstrap members disagree) or random"
+            "sure), bald (where its bootstrap members disagree), top (a prompt's current favourite "
+            "against the challenger the posterior is least sure of) or random"
         },
     )
     # "reward" (benchmarks/feedback_loop.py, taste "plain", Dec 2026): with active selection the loop
