@@ -122,7 +122,10 @@ def test_active_selection_asks_along_the_direction_no_rating_has_explored(tmp_pa
     # where active asks about the two unexplored answers
     table = Table({"z0": [1, 0, 0], "z1": [0, 0, 0], "z2": [0, 1, 0], "z3": [0, 0, -1]})
     pairs = [CandidatePair(f"{x}{y}", "p", x, y) for x, y in [("z0", "z1"), ("z0", "z2"), ("z2", "z3")]]
-    ask = {s: select(pairs, 1, strategy=s, rng=random.Random(0), ensemble=ensemble, embed=table) for s in ("active", "top")}  # type: ignore[arg-type]  # fmt: skip
+    ask = {
+        rule: select(pairs, 1, strategy=rule, rng=random.Random(0), ensemble=ensemble, embed=table)  # type: ignore[arg-type]
+        for rule in ("active", "top")
+    }
     assert [c.key for c in ask["active"]] == ["z2z3"] and [c.key for c in ask["top"]] == ["z0z2"]
     # a saved reward keeps what its posterior needs
     ensemble.save(tmp_path / "reward.safetensors")
