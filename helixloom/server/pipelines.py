@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -184,8 +185,35 @@ def weave_chat(
     for stop in rendered.stop:  # the text format's turn markers end the answer, as in plain chat
         if stop in answer:
             answer = answer[: answer.index(stop)]
-    answer = answer.strip()
-    choice = GenerationResult(answer, "stop", Usage(0, state.engine.count_tokens(answer)), (), Timings())
+    return _one_answer(
+        state,
+        origin,
+        messages,
+        params,
+        "weave",
+        answer.strip(),
+        meta={"tree_id": tree_id},
+        weave=WeaveInfo(tree_id=tree_id, generated=result.generated, score=result.best[0].score),
+    )
+
+
+def _one_answer(
+    state: ServerState,
+    origin: Origin,
+    messages: list[dict[str, str]],
+    params: SamplingParams,
+    model: str,
+    answer: str,
+    *,
+    meta: dict[str, Any],
+    prompt_tokens: int = 0,
+    **info: Any,
+) -> JSONResponse:
+    """A pipeline's one answer: recorded as a session (``meta`` beside the endpoint and model) and
+    returned as a chat completion with the pipeline's ``info`` field (``weave=``, ``improve=``)."""
+    choice = GenerationResult(
+        answer, "stop", Usage(prompt_tokens, state.engine.count_tokens(answer)), (), Timings()
+    )
     completion.record(
         state.store,
         state.engine,
@@ -194,7 +222,7 @@ def weave_chat(
         [choice],
         adapter=None,
         kind="api",
-        meta={"endpoint": origin.endpoint, "model": "weave", "tree_id": tree_id},
+        meta={"endpoint": origin.endpoint, "model": model, **meta},
         api_key_label=origin.key_label,
         session_id=origin.session_id,
     )
@@ -202,12 +230,12 @@ def weave_chat(
         ChatCompletionResponse(
             id=origin.response_id,
             created=origin.created,
-            model="weave",
+            model=model,
             choices=[
                 ChatCompletionChoice(index=0, message=ChatMessageOut(content=answer), finish_reason="stop")
             ],
             usage=UsageInfo.of(choice.usage),
-            weave=WeaveInfo(tree_id=tree_id, generated=result.generated, score=result.best[0].score),
+            **info,
         )
     )
 
@@ -270,40 +298,21 @@ def improve_chat(
         seed=body.seed,
         reward=reward,
     )[0]
-    asked = state.engine.count_tokens(run.chat_context(state.engine, pick.prompt))
-    choice = GenerationResult(
-        pick.answer, "stop", Usage(asked, state.engine.count_tokens(pick.answer)), (), Timings()
-    )
-    completion.record(
-        state.store,
-        state.engine,
-        [(m["role"], m["content"]) for m in messages],
+    return _one_answer(
+        state,
+        origin,
+        messages,
         params,
-        [choice],
-        adapter=None,
-        kind="api",
-        meta={"endpoint": origin.endpoint, "model": body.model, "score": pick.score, "form": pick.form},
-        api_key_label=origin.key_label,
-        session_id=origin.session_id,
-    )
-    return origin.answer(
-        ChatCompletionResponse(
-            id=origin.response_id,
-            created=origin.created,
-            model=body.model,
-            choices=[
-                ChatCompletionChoice(
-                    index=0, message=ChatMessageOut(content=pick.answer), finish_reason="stop"
-                )
-            ],
-            usage=UsageInfo.of(choice.usage),
-            improve=ImproveInfo(
-                run=name,
-                round=found,
-                drawn=len(pick.candidates),
-                answer_from=options.answer_from,
-                score=pick.score,
-                form=pick.form,
-            ),
-        )
+        body.model,
+        pick.answer,
+        meta={"score": pick.score, "form": pick.form},
+        prompt_tokens=state.engine.count_tokens(run.chat_context(state.engine, pick.prompt)),
+        improve=ImproveInfo(
+            run=name,
+            round=found,
+            drawn=len(pick.candidates),
+            answer_from=options.answer_from,
+            score=pick.score,
+            form=pick.form,
+        ),
     )
