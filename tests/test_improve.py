@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import httpx
@@ -739,6 +740,8 @@ def test_raft_fine_tunes_on_the_rewards_best_answer_and_is_promoted_when_it_wins
     assert [r["chosen"] for r in rows] == ["aaa", "aaa"] and all("rejected" not in r for r in rows)
     with pytest.raises(HelixloomError, match="method"):
         ImproveConfig(method="ppo")
+    with pytest.raises(HelixloomError, match="the rated pairs train DPO"):
+        ImproveConfig(method="raft", train_pairs="reward+rated")
 
     engine = load_engine(str(tiny_model.path))
     with Store(tmp_path / "db") as store:
@@ -838,3 +841,17 @@ def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
             assert served["choices"][0]["message"]["content"] == want.answer, seed
             assert served["improve"]["answer_from"] == "current"
         assert want.answer != run.best_answers(fresh, ["Tell me a story"], n=3)[0].answer  # not the base's
+        # a run whose name PEFT would refuse as an adapter's ("."), and a current adapter that is gone:
+        # answered, and refused without a folder in the message
+        dotted = ImproveRun.create("taste.v2", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config)
+        shutil.copytree(run.root / "round-1", dotted.root / "round-1")
+        (dotted.root / "state.json").write_text(
+            json.dumps({"current": str(dotted.root / "round-1" / "adapter")})
+        )
+        dotted_ask = {**current, "model": "improve:taste.v2"}
+        ok = httpx.post(server.url + "/v1/chat/completions", json=dotted_ask, timeout=120)
+        assert ok.status_code == 200, ok.text
+        shutil.rmtree(dotted.root / "round-1" / "adapter")
+        gone = httpx.post(server.url + "/v1/chat/completions", json=dotted_ask, timeout=120)
+        assert gone.status_code == 400 and "cannot be loaded now" in gone.text
+        assert str(tmp_path) not in gone.text

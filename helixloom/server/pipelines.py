@@ -4,6 +4,7 @@ engine's adapters), ``weave`` (a tree search, answered with its best branch) and
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator
@@ -13,11 +14,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from helixloom import completion, prompting, weave
 from helixloom.engine import GenerationResult, SamplingParams, Timings, Usage
-from helixloom.errors import HelixloomError
+from helixloom.errors import AdapterError, HelixloomError
 from helixloom.helixnet import GateDecision, HelixChat, HelixTurn, LMoE, Stage
 from helixloom.helixnet_gate import evaluator_gate
 from helixloom.server.calls import Origin
-from helixloom.server.protocol import ChatCompletionRequest, WeaveOptions
+from helixloom.server.protocol import MAX_IMPROVE_BEST_OF, ChatCompletionRequest, WeaveOptions
 from helixloom.server.responses import (
     ChatCompletionChoice,
     ChatCompletionChunk,
@@ -37,6 +38,8 @@ from helixloom.server.served_rewards import served_reward
 from helixloom.server.state import IMPROVE_PREFIX, ServerState
 from helixloom.server.streaming import Emit, from_thread
 from helixloom.store import Node
+
+log = logging.getLogger("helixloom.server")
 
 # ------------------------------------------------------------------------------------------- helixnet
 
@@ -290,14 +293,22 @@ def improve_chat(
     run = ImproveRun.open(name)
     found = run.round_of(run.reward_file(round_))
     reward = served_reward(state, f"{IMPROVE_PREFIX}{name}@{found}")
-    pick = run.best_answers(
-        state.engine,
-        [messages[0]["content"]],
-        n=options.best_of,
-        source=options.answer_from,
-        seed=body.seed,
-        reward=reward,
-    )[0]
+    try:
+        pick = run.best_answers(
+            state.engine,
+            [messages[0]["content"]],
+            n=options.best_of or min(run.config.k, MAX_IMPROVE_BEST_OF),  # a request's cost is bounded
+            source=options.answer_from,
+            seed=body.seed,
+            reward=reward,
+        )[0]
+    except AdapterError as exc:  # its message names folders on this machine: the log gets it, not the client
+        log.warning("improve:%s cannot load its adapter: %s", name, exc)
+        raise HelixloomError(
+            f"run {name}'s current adapter cannot be loaded now (is it being written?)",
+            "retry once the round is written, or use answer_from: base; the server's log has the details",
+            param="model",
+        ) from None
     return _one_answer(
         state,
         origin,

@@ -362,12 +362,15 @@ class WeaveOptions(BaseModel):
         return [Question(q.text, q.weight, q.answer) for q in self.questions]
 
 
+MAX_IMPROVE_BEST_OF = 16  # answers one improve:NAME request draws, at most
+
+
 class ImproveOptions(BaseModel):
     """``model: "improve:NAME"``: answers drawn as the run draws its own, the run's reward picks one
     (``ImproveRun.best_answers``). ``best_of`` defaults to the run's ``k``; at most 16 a request."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    best_of: int | None = Field(None, ge=1, le=16)
+    best_of: int | None = Field(None, ge=1, le=MAX_IMPROVE_BEST_OF)
     answer_from: Literal["base", "current"] = "base"
 
 

@@ -318,9 +318,9 @@ def select(
     """The ``n`` candidates to ask about next: ``random``; ``active``, the highest posterior variance
     of the pair's logit first; ``bald``, the highest BALD first (an ensemble saved without its
     ratings is asked this way too); or ``top``, as active among the pairs that hold a prompt's
-    current favourite (the answer the reward scores highest there): its challenger it is least sure
-    of. At most one pair per prompt while other prompts remain. Without an ensemble yet, all are
-    random."""
+    current favourite (the answer the reward scores highest among those still in unasked pairs):
+    its challenger it is least sure of. At most one pair per prompt while other prompts remain.
+    Without an ensemble yet, all are random."""
     if strategy not in STRATEGIES:
         raise HelixloomError(f"unknown selection strategy {strategy!r}: {', '.join(STRATEGIES)}")
     pool = list(candidates)

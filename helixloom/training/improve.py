@@ -261,6 +261,12 @@ class ImproveConfig:
             raise HelixloomError(f"method must be one of {', '.join(METHODS)}", param="method")
         if self.explore_by not in EXPLORE_BY:
             raise HelixloomError(f"explore_by must be one of {', '.join(EXPLORE_BY)}", param="explore_by")
+        if self.method == "raft" and self.train_pairs != "reward":
+            raise HelixloomError(
+                "raft trains on the reward's best answers; the rated pairs train DPO (--train-pairs "
+                "reward+rated with --method dpo)",
+                param="train_pairs",
+            )
         if not self.raft_epochs > 0:
             raise HelixloomError("raft_epochs must be positive", param="raft_epochs")
         if not 0 <= self.min_win_rate <= 100:
@@ -642,7 +648,7 @@ class ImproveRun:
         prompts = [p.strip() for p in prompts]
         if not prompts or not all(prompts):
             raise HelixloomError("give a prompt to answer", param="prompts")
-        reward = reward or self.learned_reward(engine, round_)
+        reward = reward if reward is not None else self.learned_reward(engine, round_)
         adapter = self._adapter_name(engine, self.current() if source == "current" else None)
         texts, written = self._draw(
             engine,
@@ -772,7 +778,8 @@ class ImproveRun:
     def form_weights(self, r: int) -> dict[str, float] | None:
         """With ``explore_by="reward"``, from round 2: each form's weight in round ``r``'s explored
         answers, one more than the number of prompts whose best answer by the reward (the one trained
-        on) was written in it in round ``r - 1`` (so every form keeps some samples). None: in turn."""
+        on) was written in it in round ``r - 1`` (so an unpicked form keeps a share, though with few
+        samples a round a share can round to none). None: in turn."""
         if self.config.explore_by != "reward" or not self.config.explore or r < 2:
             return None
         before = self.root / f"round-{r - 1}" / "result.json"
@@ -785,9 +792,9 @@ class ImproveRun:
         server that loaded the old ones must not answer with them)."""
         if folder is None:
             return None
-        from helixloom.engine.lora_folder import adapter_version
-
-        name = f"improve-{self.name}-{_policy_key(folder)}-{adapter_version(Path(folder))[:12]}"
+        # PEFT refuses "." in an adapter's name, and a run's name may hold one
+        safe = re.sub(r"[^A-Za-z0-9_-]", "-", self.name)
+        name = f"improve-{safe}-{_policy_key(folder)}-{_version(Path(folder))}"
         if name not in {a.name for a in engine.adapters()}:
             engine.load_adapter(name, str(folder))
         return name
@@ -935,7 +942,7 @@ class ImproveRun:
                 {
                     "prompt": render(engine, self._messages(p.prompt)).prompt,
                     "chosen": p.chosen,
-                    **({"rejected": p.rejected} if self.config.method == "dpo" else {}),
+                    "rejected": p.rejected,
                 }
                 for p in rated
             ]
@@ -1027,7 +1034,9 @@ def explore_plan(
     prompt alone). Without ``weights``, ``explore_form``'s turn. With them, the ``prompts * explore``
     explored samples are shared among the forms in proportion to their weights (largest remainder),
     and dealt a column at a time (a prompt's first explored sample, then its second, ...), so each
-    prompt still sees several forms and the most-weighted form reaches every prompt first."""
+    prompt still sees several forms, and a form with at least one sample per prompt reaches every
+    prompt. The deal does not turn with the round: forms of equal weight go to the same prompts each
+    round (as measured in Dec 2026)."""
     if weights is None:
         return [explore_form(j, s, k, explore, round_) for j in range(prompts) for s in range(k)]
     names = [f.name for f in forms()]
@@ -1072,6 +1081,26 @@ def _model_name(spec: str) -> str:
         return resolve(spec).name
     except HelixloomError:
         return "another model"
+
+
+_VERSIONS: dict[tuple[str, tuple[tuple[int, int], ...]], str] = {}
+
+
+def _version(folder: Path) -> str:
+    """``adapter_version(folder)[:12]``, hashed again only when its files' sizes or times change (a
+    server asks on every request that answers from a run's adapter)."""
+    from helixloom.engine.lora_folder import ADAPTER_FILES, adapter_version
+
+    stats = tuple(
+        (st.st_size, st.st_mtime_ns)
+        for st in (f.stat() for f in (folder / n for n in ADAPTER_FILES) if f.is_file())
+    )
+    key = (str(folder.resolve()), stats)
+    if key not in _VERSIONS:
+        if len(_VERSIONS) > 256:
+            _VERSIONS.clear()
+        _VERSIONS[key] = adapter_version(folder)[:12]
+    return _VERSIONS[key]
 
 
 def _policy_key(adapter: Path | None) -> str:
