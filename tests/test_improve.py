@@ -855,3 +855,27 @@ def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
         gone = httpx.post(server.url + "/v1/chat/completions", json=dotted_ask, timeout=120)
         assert gone.status_code == 400 and "cannot be loaded now" in gone.text
         assert str(tmp_path) not in gone.text
+
+
+def test_a_shared_embedders_eviction_never_takes_vectors_another_call_is_reading() -> None:
+    """A served reward's ``Embedder`` is shared by concurrent requests; here the second call runs
+    inside the first's ``engine.embed`` (where the first holds no lock) and evicts the vector the
+    first had found cached. The first still returns it (it was a KeyError, a 500)."""
+    from helixloom.training.active import Embedder
+
+    class Engine:
+        supports_embeddings = True
+        nested = True
+
+        def embed(self, texts, depth=None, prefixes=None, pooling=None):  # type: ignore[no-untyped-def]
+            if Engine.nested:  # another request, at this moment, with answers of its own
+                Engine.nested = False
+                embedder(["q", "q"], ["x", "y"])
+            return [[float(len(t)), 1.0] for t in texts]
+
+    embedder = Embedder(Engine(), context=lambda p: p, max_cached=2)  # type: ignore[arg-type]
+    Engine.nested = False
+    first = embedder(["q"], ["cached"]).tolist()
+    Engine.nested = True
+    both = embedder(["q", "q"], ["cached", "new one"])  # "cached" is evicted during the embed
+    assert both.tolist()[0] == first[0] and len(embedder.cache) <= 2

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,9 @@ class Embedder:
         self.context = context or self._chat
         self.max_cached = max_cached
         self.cache: dict[tuple[str, str], torch.Tensor] = {}
+        # a served reward's embedder is shared by concurrent requests: one's eviction must not take
+        # the vectors another is about to read
+        self._lock = threading.Lock()
 
     def _chat(self, prompt: str) -> str:
         from helixloom.prompting import render
@@ -136,7 +140,9 @@ class Embedder:
         import torch
 
         keys = list(zip(prompts, responses, strict=True))
-        missing = sorted({k for k in keys if k not in self.cache})
+        with self._lock:
+            found = {k: self.cache[k] for k in keys if k in self.cache}
+        missing = sorted({k for k in keys if k not in found})
         for start in range(0, len(missing), self.batch):
             chunk = missing[start : start + self.batch]
             if self.features.pool == "text":
@@ -149,14 +155,17 @@ class Embedder:
                     prefixes=shown,
                     pooling="mean+last",
                 )
-            for k, v in zip(chunk, vectors, strict=True):
-                self.cache[k] = torch.tensor(v, dtype=torch.float32)
+            made = {k: torch.tensor(v, dtype=torch.float32) for k, v in zip(chunk, vectors, strict=True)}
+            found.update(made)
+            with self._lock:
+                self.cache.update(made)
         if not keys:
             return torch.zeros(0, 0)
-        out = torch.stack([self.cache[k] for k in keys])  # [N, d]
+        out = torch.stack([found[k] for k in keys])  # [N, d]
         if self.max_cached is not None:
-            for old in list(self.cache)[: max(0, len(self.cache) - self.max_cached)]:
-                del self.cache[old]  # insertion order: the oldest first
+            with self._lock:
+                for old in list(self.cache)[: max(0, len(self.cache) - self.max_cached)]:
+                    self.cache.pop(old, None)  # insertion order: the oldest first
         return out
 
 
