@@ -1037,12 +1037,11 @@ def explore_plan(
     prompt still sees several forms, and a form with at least one sample per prompt reaches every
     prompt. The deal does not turn with the round: forms of equal weight go to the same prompts each
     round (as measured in Dec 2026)."""
-    if weights is None:
-        return [explore_form(j, s, k, explore, round_) for j in range(prompts) for s in range(k)]
     names = [f.name for f in forms()]
-    total, weight = prompts * explore, sum(max(0.0, weights.get(n, 0.0)) for n in names)
-    if weight <= 0:
+    weight = sum(max(0.0, weights.get(n, 0.0)) for n in names) if weights else 0.0
+    if weights is None or weight <= 0:
         return [explore_form(j, s, k, explore, round_) for j in range(prompts) for s in range(k)]
+    total = prompts * explore
     exact = [total * max(0.0, weights.get(n, 0.0)) / weight for n in names]
     counts = [int(x) for x in exact]
     for i in sorted(range(len(names)), key=lambda i: (counts[i] - exact[i], i))[: total - sum(counts)]:
