@@ -205,7 +205,8 @@ class ImproveConfig:
     # +0.0 and +0.0, and off-topic steps at list seed 2), but 30 points at one seed of five; alone at
     # seed 1, forms by the reward with DPO -4.2, RAFT with forms in turn +4.1 (37.5 in round 2). The
     # reward is the limit: its pick is liked for 4-8 of 16 training prompts a round. With --selection
-    # top (asking about each prompt's favourite): -4.1, +66.6, +8.3 and the list +37.5, the promotion
+    # top (asking about each prompt's favourite): -4.1, +66.6, +8.3, +41.6 (seed 3), the list +37.5 and
+    # +25.0, the promotion
     # gate (the same learned reward) letting a worse round 3 in at seed 0 and a better one not at seed 2
     explore_by: str = field(
         default="turn",
