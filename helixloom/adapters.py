@@ -149,6 +149,7 @@ class LiveAdapters:
         self.store = store
         self._lock = threading.RLock()
         self._folders: dict[str, tuple[Path, Source]] = {}  # serve --adapter and runtime loads
+        self._private: dict[str, Path] = {}  # pin_folder's keys (no public name has a NUL)
         self._withdrawn: set[str] = set()  # registered names unloaded at runtime
         self._hashes: dict[Path, tuple[tuple[Any, ...], str]] = {}  # folder -> (stat signature, version)
         self._current: dict[str, _Loaded] = {}  # public name -> its newest loaded version
@@ -230,11 +231,22 @@ class LiveAdapters:
 
     # ------------------------------------------------------------------ versions
 
+    def pin_folder(self, key: str, folder: Path) -> Pin:
+        """The newest version of ``folder``, held for one request under a private ``key`` (no public
+        name: not listed, not a model a client can name). The key's next folder, or new content in
+        the same one, is loaded beside it and the old version is unloaded once its requests finish,
+        so a key keeps one version loaded besides those in use (an improve run's current adapter,
+        which moves to a new folder each promotion). ``AdapterError`` when it cannot be loaded."""
+        private = f"\0{key}"
+        with self._lock:
+            self._private[private] = folder.resolve()
+            return self.pin(private)
+
     def pin(self, name: str) -> Pin:
         """The newest version of ``name``, loaded if it is not, held until the pin is released.
         ``KeyError`` when the name serves nothing; ``AdapterError`` when its folder cannot be loaded."""
         with self._lock:
-            folder = self.folder_of(name)
+            folder = self._private.get(name) or self.folder_of(name)
             if folder is None:
                 raise KeyError(name)
             version = self.version_of(folder)

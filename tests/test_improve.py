@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -798,6 +799,19 @@ def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
             model="improve:chatty@1", messages=[{"role": "user", "content": "Tell me a story"}]
         )
         assert at_round.model_extra["improve"]["drawn"] == config.k  # the run's k by default
+        # the request's own sampling: temperature, max_tokens and seed, where it gives them
+        short = run.best_answers(tiny_engine, ["Tell me a story"], n=3, temperature=0.0, max_tokens=2, seed=5)
+        assert short[0].answer != want.answer
+        got = client.chat.completions.create(
+            model="improve:chatty",
+            messages=[{"role": "user", "content": "Tell me a story"}],
+            temperature=0.0,
+            max_tokens=2,
+            seed=5,
+            extra_body={"improve": {"best_of": 3}},
+        )
+        assert got.choices[0].message.content == short[0].answer
+        assert all(len(tiny_engine.tokenize(c["answer"], add_special_tokens=False)) <= 2 for c in short[0].candidates if not c["form"])
 
         user = [{"role": "user", "content": "Q:"}]
         for model, extra, messages, why in (
@@ -812,6 +826,9 @@ def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
             ("improve:nope", {}, user, "no improve run named nope"),
             ("improve:../chatty", {}, user, "bad run name"),
             ("improve:chatty@9", {}, user, "rounds 1 to"),
+            ("improve:chatty", {"stop": ["."]}, user, "takes no stop"),
+            ("improve:chatty", {"top_p": 0.5}, user, "takes no top_p"),
+            ("improve:chatty", {"temperature": 2.5}, user, "temperature"),
         ):
             r = httpx.post(
                 server.url + "/v1/chat/completions", json={"model": model, "messages": messages, **extra}
@@ -841,6 +858,14 @@ def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
             assert served["choices"][0]["message"]["content"] == want.answer, seed
             assert served["improve"]["answer_from"] == "current"
         assert want.answer != run.best_answers(fresh, ["Tell me a story"], n=3)[0].answer  # not the base's
+        # one version of the run's adapter stays loaded, not one per version served (the pins are
+        # let go on the adapters' own thread)
+        for _ in range(100):
+            held = [a.name for a in engine.adapters() if "chatty" in a.name]
+            if len(held) <= 1:
+                break
+            time.sleep(0.05)
+        assert len(held) == 1, held
         # a run whose name PEFT would refuse as an adapter's ("."), and a current adapter that is gone:
         # answered, and refused without a folder in the message
         dotted = ImproveRun.create("taste.v2", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config)

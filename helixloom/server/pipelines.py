@@ -34,7 +34,7 @@ from helixloom.server.responses import (
     UsageInfo,
     WeaveInfo,
 )
-from helixloom.server.served_rewards import served_reward
+from helixloom.server.served_rewards import run_reward, served_reward
 from helixloom.server.state import IMPROVE_PREFIX, ServerState
 from helixloom.server.streaming import Emit, from_thread
 from helixloom.store import Node
@@ -272,15 +272,25 @@ def improve_chat(
 ) -> JSONResponse:
     """``model: "improve:NAME"`` (or ``improve:NAME@ROUND``): what users taught run NAME, in chat.
     ``ImproveRun.best_answers`` on the served engine: answers drawn as the run draws its own (its
-    answer forms, its system prompt), the one its learned reward scores highest. Settings come in
-    an extra ``improve`` field (``best_of``, ``answer_from``); one user message, one choice, no
-    streaming. The run is named, never given as a path; its reward is the server's cached one
-    (``served_reward``: a new round is picked up, never served stale)."""
+    answer forms, its system prompt), the one its learned reward scores highest. The request's
+    ``temperature``, ``max_tokens`` and ``seed`` apply where it gives them (else the run's held-out
+    sampling); settings of the search come in an extra ``improve`` field (``best_of``,
+    ``answer_from``); one user message, one choice, no streaming. The run is named, never given as a
+    path; its reward is the server's cached one (``run_reward``: a new round is picked up, never
+    served stale), and its current adapter is pinned per request, its older versions unloaded once
+    no request holds them (``LiveAdapters.pin_folder``)."""
     from helixloom.training.improve import ImproveRun
     from helixloom.training.reward_spec import parse_improve_arg
 
     if body.stream or body.n != 1:
         raise HelixloomError(f"{body.model} answers with one choice and does not stream", param="stream")
+    for unused in ("stop", "logprobs", "top_p", "top_k"):  # the run's sampling: refused, not ignored
+        if getattr(body, unused):
+            raise HelixloomError(
+                f"{body.model} samples as its run does and takes no {unused}",
+                "leave it out (temperature, max_tokens and seed apply)",
+                param=unused,
+            )
     messages = body.plain_messages()
     if [m["role"] for m in messages] != ["user"]:
         raise HelixloomError(
@@ -291,9 +301,13 @@ def improve_chat(
     options = body.improve_options()
     name, round_ = parse_improve_arg(body.model.removeprefix(IMPROVE_PREFIX))
     run = ImproveRun.open(name)
-    found = run.round_of(run.reward_file(round_))
-    reward = served_reward(state, f"{IMPROVE_PREFIX}{name}@{found}")
+    found, reward = run_reward(state, run, round_)
+    limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    pin = None
     try:
+        current = run.current() if options.answer_from == "current" else None
+        if current is not None:
+            pin = state.adapters.pin_folder(f"{IMPROVE_PREFIX}{name}", current)
         pick = run.best_answers(
             state.engine,
             [messages[0]["content"]],
@@ -301,6 +315,9 @@ def improve_chat(
             source=options.answer_from,
             seed=body.seed,
             reward=reward,
+            temperature=body.temperature,
+            max_tokens=None if limit is None else params.max_tokens,
+            loaded=None if pin is None else pin.engine_name,
         )[0]
     except AdapterError as exc:  # its message names folders on this machine: the log gets it, not the client
         log.warning("improve:%s cannot load its adapter: %s", name, exc)
@@ -309,6 +326,9 @@ def improve_chat(
             "retry once the round is written, or use answer_from: base; the server's log has the details",
             param="model",
         ) from None
+    finally:
+        if pin is not None:
+            pin.release()
     return _one_answer(
         state,
         origin,

@@ -5,12 +5,16 @@ next round): never served stale. ``py:`` rewards, files and models are the opera
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from helixloom import paths
 from helixloom.errors import HelixloomError
 from helixloom.rewards import Reward
 from helixloom.server.state import ServerState
+
+if TYPE_CHECKING:
+    from helixloom.training.improve import ImproveRun
 
 _SERVED_REWARDS = ("head", "rm", "improve", "constitution", "evaluator", "judge")
 _reward_cache: dict[tuple[int, str, Any], Reward] = {}
@@ -30,36 +34,38 @@ def served_reward(state: ServerState, spec: str) -> Reward:
             f"use {', '.join(_SERVED_REWARDS)}; Python and file rewards only from the CLI",
             param="reward",
         )
+    if kind == "improve":
+        from helixloom.training.improve import ImproveRun
+        from helixloom.training.reward_spec import parse_improve_arg
+
+        name, round_ = parse_improve_arg(arg)
+        return run_reward(state, ImproveRun.open(name), round_)[1]
+    if kind in ("constitution", "judge") and arg:
+        raise HelixloomError(f"{kind} takes no argument over HTTP (files and models are the operator's)")
     stamp: Any = 0.0
-
-    def load() -> Reward:
-        return load_reward(spec, engine=state.engine, store=state.store)
-
     if kind in ("head", "rm"):
         folder = paths.home() / "rewards" / paths.check_name(arg, "reward name", param="reward")
         if not folder.is_dir():
             raise HelixloomError(f"no trained reward {arg!r}", "train it first (train reward-head NAME)")
         stamp = max((f.stat().st_mtime for f in folder.iterdir()), default=0.0)  # retrained: reloaded
         spec = f"{kind}:{folder}"
-    elif kind == "improve":
-        from helixloom.training.improve import ImproveRun
-        from helixloom.training.reward_spec import parse_improve_arg
+    return _cached(
+        (id(state.engine), spec, stamp), lambda: load_reward(spec, engine=state.engine, store=state.store)
+    )
 
-        name, round_ = parse_improve_arg(arg)
-        run = ImproveRun.open(name)
-        found = run.reward_file(round_)
-        # the round found, named: a new round's reward is another key, loaded afresh (never served
-        # stale), and what is loaded is the file stamped here; a rewrite (atomic: a new inode) too
-        spec = f"improve:{name}@{run.round_of(found)}"
-        info = found.stat()
-        stamp = (info.st_ino, info.st_mtime_ns)
 
-        def load() -> Reward:  # the run is open and its round found: no second look-up
-            return run.learned_reward(state.engine, run.round_of(found))
+def run_reward(state: ServerState, run: ImproveRun, round_: int | None = None) -> tuple[int, Reward]:
+    """An improve run's learned reward of ``round_`` (default: its latest), as loaded on this
+    server, and the round found. Keyed by the round found and its file as stamped now: a new round's
+    reward is loaded afresh (never served stale), and so is a rewritten one (atomic: a new inode)."""
+    found = run.reward_file(round_)
+    number = run.round_of(found)
+    info = found.stat()
+    key = (id(state.engine), f"improve:{run.name}@{number}", (info.st_ino, info.st_mtime_ns))
+    return number, _cached(key, lambda: run.learned_reward(state.engine, number))
 
-    elif kind in ("constitution", "judge") and arg:
-        raise HelixloomError(f"{kind} takes no argument over HTTP (files and models are the operator's)")
-    key = (id(state.engine), spec, stamp)
+
+def _cached(key: tuple[int, str, Any], load: Callable[[], Reward]) -> Reward:
     with _reward_lock:
         if key not in _reward_cache:
             while len(_reward_cache) >= 4:

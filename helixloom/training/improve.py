@@ -632,6 +632,9 @@ class ImproveRun:
         round_: int | None = None,
         seed: int | None = None,
         reward: Reward | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        loaded: str | None = None,
     ) -> list[Pick]:
         """AutoLoom with what this run's users taught (seed 004: "use your reward head to search over
         many possible completions"): for each prompt, ``n`` answers (default ``k``) drawn as the loop
@@ -640,17 +643,26 @@ class ImproveRun:
         adapter, and the one the reward of ``round_`` (default: the latest) scores highest. Measured
         (benchmarks/feedback_loop.py --search, Dec 2026): where DPO did not teach the policy a taste the
         base model rarely meets, this found a liked answer for 58-75% of held-out prompts (the policy:
-        4-8%). ``reward`` is that reward already loaded (a server keeps it loaded)."""
+        4-8%). ``reward`` is that reward already loaded (a server keeps it loaded); ``temperature``
+        and ``max_tokens`` replace the run's (its held-out temperature, its ``max_tokens``); ``loaded``
+        is the engine's name for the current adapter where the caller loaded it (a server pins its
+        version and unloads the old ones)."""
         if source not in SOURCES:
             raise HelixloomError(f"source must be one of {', '.join(SOURCES)}", param="source")
         n = self.config.k if n is None else n
         if not 1 <= n <= 64:
             raise HelixloomError("draw 1 to 64 answers a prompt", param="n")
+        if temperature is not None and not 0 <= temperature <= 2:
+            raise HelixloomError("temperature must be between 0 and 2", param="temperature")
+        if max_tokens is not None and max_tokens < 1:
+            raise HelixloomError("max_tokens must be at least 1", param="max_tokens")
         prompts = [p.strip() for p in prompts]
         if not prompts or not all(prompts):
             raise HelixloomError("give a prompt to answer", param="prompts")
         reward = reward if reward is not None else self.learned_reward(engine, round_)
-        adapter = self._adapter_name(engine, self.current() if source == "current" else None)
+        adapter = None
+        if source == "current":
+            adapter = loaded if loaded is not None else self._adapter_name(engine, self.current())
         texts, written = self._draw(
             engine,
             prompts,
@@ -659,8 +671,10 @@ class ImproveRun:
             self.config.seed if seed is None else seed,
             20_000,  # seeds of their own, apart from every round's and the evaluation's
             adapter,
-            self.config.eval_temperature,
+            self.config.eval_temperature if temperature is None else temperature,
             forms_from=0,
+            max_tokens=max_tokens,
+            closing_temperature=temperature,
         )
         picks = []
         for j, prompt in enumerate(prompts):
@@ -707,7 +721,9 @@ class ImproveRun:
         adapter: str | None,
         temperature: float,
         shown_forms: Sequence[str | None] | None = None,
+        max_tokens: int | None = None,
     ) -> list[Any]:
+        longest = self.config.max_tokens if max_tokens is None else max_tokens
         out: list[Any] = []
         shown_forms = shown_forms or [None] * len(prompts)
         for start in range(0, len(prompts), self.config.gen_batch):
@@ -718,7 +734,7 @@ class ImproveRun:
                 closes = form is not None and bool(form_named(form).closings)
                 params = sampling(
                     # a closing question gets up to the last CLOSING_TOKENS (the opener's few are extra)
-                    max_tokens=self.config.max_tokens - closing_budget(self.config.max_tokens) * closes,
+                    max_tokens=longest - closing_budget(longest) * closes,
                     temperature=temperature,
                     top_p=1.0,
                     top_k=0,
@@ -738,11 +754,16 @@ class ImproveRun:
         shown_forms: Sequence[str | None],
         results: Sequence[Any],
         adapter: str | None,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> tuple[list[str], list[str | None]]:
         """The answers' texts, those of a ``closings`` form ended with a question: the answer's whole
         sentences, one of the form's openers (by the sample's seed), and the model's continuation to
         its first "?" (a second pass, batched like the first); and the form each answer was written
-        in (None where a closing question did not come: that answer is the prompt's alone)."""
+        in (None where a closing question did not come: that answer is the prompt's alone).
+        ``max_tokens`` and ``temperature`` default to the run's sampling settings."""
+        longest = self.config.max_tokens if max_tokens is None else max_tokens
         texts = [x.text for x in results]
         written = [None if f and form_named(f).closings else f for f in shown_forms]
         asks: list[tuple[int, str, str]] = []
@@ -750,13 +771,13 @@ class ImproveRun:
         for i, (prompt, seed, form) in enumerate(zip(prompts, seeds, shown_forms, strict=True)):
             closings = form_named(form).closings if form else ()
             answer = whole_sentences(texts[i], results[i].finish_reason == "stop") if closings else ""
-            if not answer:  # an answer first: a lone question asked back is not this form
-                continue
+            if not answer or closing_budget(longest) < 1:  # an answer first: a lone question asked
+                continue  # back is not this form (nor is an answer with no tokens left to ask)
             opener = closings[seed % len(closings)]
             chat = render(engine, self._messages(prompt, form))
             params = sampling(
-                max_tokens=closing_budget(self.config.max_tokens),
-                temperature=self.config.temperature,
+                max_tokens=closing_budget(longest),
+                temperature=self.config.temperature if temperature is None else temperature,
                 top_p=1.0,
                 top_k=0,
                 seed=seed + 1,
@@ -847,6 +868,8 @@ class ImproveRun:
         *,
         forms_from: int | None = None,
         weights: dict[str, float] | None = None,
+        max_tokens: int | None = None,
+        closing_temperature: float | None = None,
     ) -> tuple[list[str], list[str | None]]:
         """``n`` answers to each prompt (prompt-major), seeded by ``seed`` and ``round_``, the last
         ``explore`` of them after an answer form's examples (the forms turned by ``forms_from``,
@@ -856,8 +879,17 @@ class ImproveRun:
         asked = [p for p in prompts for _ in range(n)]
         seeds = [_seed(seed, round_, j, s) for j in range(len(prompts)) for s in range(n)]
         shown = explore_plan(len(prompts), n, explore, turn, weights)
-        results = self._generate(engine, asked, seeds, adapter, temperature, shown)
-        return self._close(engine, asked, seeds, shown, results, adapter)
+        results = self._generate(engine, asked, seeds, adapter, temperature, shown, max_tokens)
+        return self._close(
+            engine,
+            asked,
+            seeds,
+            shown,
+            results,
+            adapter,
+            max_tokens=max_tokens,
+            temperature=closing_temperature,
+        )
 
     def _collect(
         self,
