@@ -210,6 +210,7 @@ def run_arm(
         explore_by=args.explore_by,
         method=args.method,
         raft_epochs=args.raft_epochs,
+        thumbs=args.learn_thumbs,
         max_tokens=args.max_tokens,
         eval_samples=args.eval_samples,
         gen_batch=args.gen_batch,
@@ -225,7 +226,7 @@ def run_arm(
     )
     prompts, held = TRAIN_PROMPTS[: args.prompts], HELD_OUT[: args.held_out]
     run = ImproveRun.create(name, prompts, held, base="default", config=config, train=train, overwrite=True)
-    user = SimulatedUser(taste, url, name, seed=args.seed)
+    user = SimulatedUser(taste, url, name, seed=args.seed, thumbs=args.thumbs)
     http_deploy = deploy_http(url)
     served_checks: list[dict[str, Any]] = []
 
@@ -271,6 +272,8 @@ def run_arm(
             entry.update(
                 ratings=result.ratings,
                 preferences=result.preferences,
+                thumb_pairs=result.thumb_pairs,
+                both_bad_left_out=result.both_bad,
                 reward_agreement_held_out=round(agree, 3) if agree is not None else None,
                 reward_agreement_train=round(result.train_agreement or 0, 3),
                 dpo_pairs=result.pairs,
@@ -540,6 +543,18 @@ def main() -> int:
         help="dpo (best vs worst) or raft (fine-tune on the reward's best answer per prompt)",
     )
     parser.add_argument("--raft-epochs", type=float, default=loop.raft_epochs)
+    parser.add_argument(
+        "--thumbs",
+        action="store_true",
+        help="the simulated user also marks both answers of each pair up or down by its taste, as the "
+        "rating page lets a person do (still one rating a pair)",
+    )
+    parser.add_argument(
+        "--learn-thumbs",
+        choices=["ignore", "pairs", "pairs+ties"],
+        default=loop.thumbs,
+        help="what the loop's reward learns from thumbs (the loop's --thumbs; default: its)",
+    )
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--eval-samples", type=int, default=2)
     parser.add_argument("--gen-batch", type=int, default=16)

@@ -305,6 +305,57 @@ def test_loop_learns_from_a_simulated_user_through_the_rating_api(
             assert odd.status_code == 400
 
 
+def test_thumbs_beside_a_choice_teach_the_reward_that_liked_answers_beat_disliked_ones(
+    tiny_model: TinyModel, tiny_engine, tmp_path: Path
+) -> None:
+    """The rating page's thumbs, given through the rating API: each prompt's thumbed-up answers beat
+    its thumbed-down ones (thumbs beside a skip count too); with ``pairs+ties`` a choice between two
+    thumbed-down answers is a tie; ``ignore`` is the choices alone."""
+    from dataclasses import replace
+
+    state = ServerState(ServerConfig(model=str(tiny_model.path)), tiny_engine, Store(tmp_path / "db"))
+    words = Taste("long", "3 words or more", lambda p, a: len(a.split()) >= 3, lambda p, a: len(a.split()))
+    with serving(state) as server:
+        run = ImproveRun.create("thumbed", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=FAST)
+        asked = PROMPTS[0]
+        rating_queue.enqueue(
+            "thumbed",
+            [
+                rating_queue.QueueItem("i1", 1, asked, "one two three", "one"),  # liked beats disliked
+                rating_queue.QueueItem("i2", 1, asked, "one two", "uno"),  # both disliked: a tie
+                rating_queue.QueueItem("i3", 1, asked, "a b c d", "x y"),
+                rating_queue.QueueItem("i4", 1, asked, "p q", "r s"),  # the taste cannot choose: a skip
+            ],
+        )
+        user = SimulatedUser(words, server.url, "thumbed", thumbs=True)
+        assert user.rate(10) == 4
+        user.close()
+        answered = rating_queue.answers("thumbed")
+        assert answered["i1"]["thumbs"] == {"a": "up", "b": "down"} and answered["i4"]["choice"] == "skip"
+        assert run.thumbs() == {
+            asked: {"one two three": True, "a b c d": True}
+            | dict.fromkeys(["one", "one two", "uno", "x y", "p q", "r s"], False)
+        }
+        choices = {(p.chosen, p.rejected) for p in run.rated_pairs(state.store)}
+        assert choices == {("one two three", "one"), ("one two", "uno"), ("a b c d", "x y")}
+        expected = {
+            "ignore": (3, 0, 0),
+            "pairs": (3 + 10, 10, 0),  # 2 liked x 6 disliked, less the 2 the choices already hold
+            "pairs+ties": (2 + 10, 10, 1),
+        }
+        for mode, (total, from_thumbs, ties) in expected.items():
+            run.config = replace(run.config, thumbs=mode)
+            pairs, extra, dropped = run.learned_pairs(state.store)
+            assert (len(pairs), extra, dropped) == (total, from_thumbs, ties), mode
+            assert len(set(pairs)) == len(pairs)
+            if mode != "ignore":
+                assert all(words.likes(asked, p.chosen) for p in pairs[-extra:])
+                assert not any(words.likes(asked, p.rejected) for p in pairs[-extra:])
+            assert (("one two", "uno") in {(p.chosen, p.rejected) for p in pairs}) == (mode != "pairs+ties")
+    with pytest.raises(HelixloomError, match="thumbs"):
+        ImproveConfig(thumbs="all")
+
+
 @pytest.mark.parametrize("train_pairs", ["reward+rated", "reward"])
 def test_the_policy_trains_on_rated_pairs_only_when_asked(
     tiny_model: TinyModel, tiny_engine, train_pairs: str
@@ -811,7 +862,11 @@ def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
             extra_body={"improve": {"best_of": 3}},
         )
         assert got.choices[0].message.content == short[0].answer
-        assert all(len(tiny_engine.tokenize(c["answer"], add_special_tokens=False)) <= 2 for c in short[0].candidates if not c["form"])
+        assert all(
+            len(tiny_engine.tokenize(c["answer"], add_special_tokens=False)) <= 2
+            for c in short[0].candidates
+            if not c["form"]
+        )
 
         user = [{"role": "user", "content": "Q:"}]
         for model, extra, messages, why in (

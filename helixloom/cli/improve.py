@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from helixloom.cli.common import add_sft_flags
     from helixloom.training.active import STRATEGIES
     from helixloom.training.configs import METHODS, ImproveDPOConfig
-    from helixloom.training.improve import EXPLORE_BY, TRAIN_PAIRS, ImproveConfig
+    from helixloom.training.improve import EXPLORE_BY, THUMBS, TRAIN_PAIRS, ImproveConfig
 
     p = sub.add_parser(
         "improve",
@@ -73,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             kwargs["choices"] = list(METHODS)
         elif f.name == "explore_by":
             kwargs["choices"] = list(EXPLORE_BY)
+        elif f.name == "thumbs":
+            kwargs["choices"] = list(THUMBS)
         else:
             kwargs["type"] = type(f.default)
         loop.add_argument("--" + f.name.replace("_", "-"), **kwargs)

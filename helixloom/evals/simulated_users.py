@@ -144,7 +144,9 @@ def choose(taste: Taste, prompt: str, a: str, b: str) -> str:
 class SimulatedUser:
     """Rates the queue of run ``run`` on a helixloom server by ``taste``, through its HTTP API.
 
-    ``noise`` is the chance of a flipped choice (people are not consistent either).
+    ``noise`` is the chance of a flipped choice (people are not consistent either). With ``thumbs``
+    it also marks each of the two answers up or down by ``taste.likes``, as the rating page lets a
+    person do beside the choice (one rating: one pair judged); each mark flips with ``noise`` too.
     """
 
     def __init__(
@@ -157,12 +159,14 @@ class SimulatedUser:
         noise: float = 0.0,
         seed: int = 0,
         client: Any = None,
+        thumbs: bool = False,
     ) -> None:
         import httpx
 
         self.taste = taste
         self.run = run
         self.noise = noise
+        self.thumbs = thumbs
         self.rng = random.Random(seed)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = client or httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=60)
@@ -177,11 +181,19 @@ class SimulatedUser:
             choice = choose(self.taste, item["prompt"], item["a"], item["b"])
             if choice != "skip" and self.rng.random() < self.noise:
                 choice = "b" if choice == "a" else "a"
-            body = {"item": item["id"], "choice": choice, "source": "simulated"}
+            body: dict[str, Any] = {"item": item["id"], "choice": choice, "source": "simulated"}
+            if self.thumbs:
+                body["thumbs"] = {
+                    side: "up" if self.taste.likes(item["prompt"], item[side]) != self._flip() else "down"
+                    for side in ("a", "b")
+                }
             self.http.post(f"/api/rate/{self.run}/answer", json=body).raise_for_status()
             done += 1
         self.answered += done
         return done
+
+    def _flip(self) -> bool:
+        return self.noise > 0 and self.rng.random() < self.noise
 
     def close(self) -> None:
         self.http.close()

@@ -270,6 +270,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "k",
             "explore",
             "explore_by",
+            "thumbs",
             "method",
             "raft_epochs",
             "temperature",

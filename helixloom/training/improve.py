@@ -142,6 +142,8 @@ def closing_budget(max_tokens: int) -> int:
 #: What the policy's DPO pairs are: the reward's best vs worst per prompt, and optionally the rated pairs.
 TRAIN_PAIRS = ("reward", "reward+rated")
 EXPLORE_BY = ("turn", "reward")
+#: What the reward learns from the thumbs given beside a choice on the rating page (``learned_pairs``).
+THUMBS = ("ignore", "pairs", "pairs+ties")
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,15 @@ class ImproveConfig:
     raft_epochs: float = field(
         default=3.0, metadata={"help": "passes over a round's best answers with --method raft"}
     )
+    thumbs: str = field(
+        default="pairs+ties",
+        metadata={
+            "help": "what the reward learns from the thumbs up/down a rater gives the two answers "
+            "beside a choice: pairs (each prompt's thumbed-up answers beat its thumbed-down ones), "
+            "pairs+ties (and a choice between two thumbed-down answers is a tie, not learned from: "
+            "both are bad) or ignore (the choices alone)"
+        },
+    )
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the k answers"})
     max_tokens: int = field(default=64, metadata={"help": "longest answer in tokens"})
     eval_samples: int = field(default=2, metadata={"help": "answers per held-out prompt when evaluating"})
@@ -260,6 +271,8 @@ class ImproveConfig:
             raise HelixloomError(f"train_pairs must be one of {', '.join(TRAIN_PAIRS)}", param="train_pairs")
         if self.method not in METHODS:
             raise HelixloomError(f"method must be one of {', '.join(METHODS)}", param="method")
+        if self.thumbs not in THUMBS:
+            raise HelixloomError(f"thumbs must be one of {', '.join(THUMBS)}", param="thumbs")
         if self.explore_by not in EXPLORE_BY:
             raise HelixloomError(f"explore_by must be one of {', '.join(EXPLORE_BY)}", param="explore_by")
         if self.method == "raft" and self.train_pairs != "reward":
@@ -284,7 +297,7 @@ class RoundResult:
 
     round: int
     ratings: int  # answered this round (skips included)
-    preferences: int  # preferences the reward was fit on (all rounds so far)
+    preferences: int  # pairs the reward was fit on (all rounds so far; thumbs' pairs included)
     train_agreement: float | None  # the reward's agreement with the ratings it was fit on
     pairs: int
     train_loss: float | None
@@ -298,6 +311,8 @@ class RoundResult:
     seconds: dict[str, float]
     # the chosen answers of the DPO pairs by the form shown before them ("(the prompt alone)": none)
     chosen_forms: dict[str, int] = field(default_factory=dict)
+    thumb_pairs: int = 0  # of ``preferences``, those made from thumbs (liked beats disliked)
+    both_bad: int = 0  # choices between two thumbed-down answers, left out (``thumbs="pairs+ties"``)
 
 
 @dataclass
@@ -473,7 +488,7 @@ class ImproveRun:
             candidates = self._sample(r, engine, current, progress)
             seconds["sample"] = time.perf_counter() - t
             t = time.perf_counter()
-            answered = 0
+            answered = from_thumbs = both_bad = 0
             learned = reward
             fitted_on: list[RatedPair] = []
             if reward is None:
@@ -481,7 +496,7 @@ class ImproveRun:
                 answered = self._collect(r, candidates, embed, store, rater, say)
                 seconds["collect"] = time.perf_counter() - t
                 t = time.perf_counter()
-                fitted_on = self.rated_pairs(store)
+                fitted_on, from_thumbs, both_bad = self.learned_pairs(store)
                 if not fitted_on:
                     raise HelixloomError(
                         f"no ratings for run {self.name} yet",
@@ -557,6 +572,8 @@ class ImproveRun:
                 deployed=deployed,
                 seconds={k: round(v, 2) for k, v in seconds.items()},
                 chosen_forms=_chosen_forms(candidates, rows),
+                thumb_pairs=from_thumbs,
+                both_bad=both_bad,
             )
             atomic.write_json(folder / "result.json", asdict(result))
             atomic.write_json(self.root / "rounds.json", [asdict(x) for x in self.rows()])
@@ -573,6 +590,51 @@ class ImproveRun:
             and p.meta.get("run") == self.name
             and (round_ is None or p.meta.get("round") == round_)
         ]
+
+    def thumbs(self) -> dict[str, dict[str, bool]]:
+        """The thumbs given on this run's rating queue: prompt -> answer -> up (True) or down
+        (False); an answer thumbed twice keeps its latest mark. Thumbs given beside a skip count."""
+        queued = {i.id: i for i in rating_queue.items(self.name)}
+        marks: dict[str, dict[str, bool]] = {}
+        for item_id, row in rating_queue.answers(self.name).items():
+            item, given = queued.get(item_id), row.get("thumbs")
+            if item is None or not isinstance(given, dict):
+                continue
+            for side, text in (("a", item.a), ("b", item.b)):
+                if given.get(side) in ("up", "down"):
+                    marks.setdefault(item.prompt, {})[text] = given[side] == "up"
+        return marks
+
+    def learned_pairs(self, store: Store) -> tuple[list[RatedPair], int, int]:
+        """What the reward learns from: the run's rated pairs and, where raters gave thumbs
+        (``thumbs`` setting), each prompt's thumbed-up answers against its thumbed-down ones. With
+        ``pairs+ties`` a choice between two thumbed-down answers is left out, a tie (Chatbot Arena's
+        "both are bad"): the rater's pick between two answers they dislike says what is less bad,
+        and a reward fit on it learns to prefer the less bad (measured, Dec 2026: on the
+        answer-then-ask taste it ranked a lone question asked back, which that user prefers to a
+        plain answer and dislikes, above the answers the user liked). Returns the pairs, how many
+        came from thumbs, and how many choices were left out."""
+        chosen = self.rated_pairs(store)
+        if self.config.thumbs == "ignore":
+            return chosen, 0, 0
+        marks = self.thumbs()
+
+        def bad(prompt: str, answer: str) -> bool:
+            return marks.get(prompt, {}).get(answer) is False
+
+        kept = chosen
+        if self.config.thumbs == "pairs+ties":
+            kept = [p for p in chosen if not (bad(p.prompt, p.chosen) and bad(p.prompt, p.rejected))]
+        seen = {(p.prompt, p.chosen, p.rejected) for p in kept}
+        extra = [
+            RatedPair(prompt, up, down)
+            for prompt, answers in marks.items()
+            for up, liked in answers.items()
+            if liked
+            for down, disliked in answers.items()
+            if not disliked and (prompt, up, down) not in seen
+        ]
+        return kept + extra, len(extra), len(chosen) - len(kept)
 
     def reward_file(self, round_: int | None = None) -> Path:
         """The reward round ``round_`` learned from the ratings (default: the latest round that has one)."""
@@ -923,7 +985,7 @@ class ImproveRun:
                 if not left:
                     break
                 # The reward so far decides what to ask next (none yet: the first batch is random).
-                prefs = self.rated_pairs(store)
+                prefs = self.learned_pairs(store)[0]
                 ensemble = None
                 if prefs and self.config.selection != "random":
                     ensemble = fit_reward(
