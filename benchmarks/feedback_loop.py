@@ -378,7 +378,15 @@ def learning_curve(
     and the approval of the answer the reward so far picks among each held-out prompt's base answers
     (``held_out_rows``: what the ratings buy when the reward steers a search, with no training)."""
     from helixloom.evals.simulated_users import choose
-    from helixloom.training.active import CandidatePair, Embedder, RatedPair, agreement, fit_reward, select
+    from helixloom.training.active import (
+        CandidatePair,
+        Embedder,
+        RatedPair,
+        agreement,
+        fit_reward,
+        select,
+        with_thumbs,
+    )
 
     embed = Embedder(engine)
     pool = []
@@ -412,6 +420,7 @@ def learning_curve(
         for arm in curves:
             rng = random.Random(seed)
             rated: list[RatedPair] = []
+            marks: dict[str, dict[str, bool]] = {}  # with --thumbs, as the loop's user gives them
             asked: set[str] = set()
             curve, picked = [], []
             ensemble = None
@@ -424,8 +433,14 @@ def learning_curve(
                     if pick != "skip":
                         chosen, rejected = (c.a, c.b) if pick == "a" else (c.b, c.a)
                         rated.append(RatedPair(c.prompt, chosen, rejected))
-                if rated:
-                    reward = fit_reward(rated, embed, seed=seed, reference=reference)
+                    if args.thumbs:
+                        for text in (c.a, c.b):
+                            marks.setdefault(c.prompt, {})[text] = taste.likes(c.prompt, text)
+                learned = rated
+                if args.thumbs and args.learn_thumbs != "ignore":
+                    learned = with_thumbs(rated, marks, ties=args.learn_thumbs == "pairs+ties")[0]
+                if learned:
+                    reward = fit_reward(learned, embed, seed=seed, reference=reference)
                     ensemble = reward.ensemble
                     curve.append(agreement(reward, agreement_pairs) or 0.5)
                     picked.append(pick_approval(reward))

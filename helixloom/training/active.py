@@ -391,6 +391,31 @@ class LearnedReward(Reward):
         return [float(v) for v in self.ensemble.scores(self.embed(prompts, responses)).std(dim=0)]
 
 
+def with_thumbs(
+    chosen: Sequence[RatedPair], marks: dict[str, dict[str, bool]], *, ties: bool
+) -> tuple[list[RatedPair], int, int]:
+    """Rated pairs and the thumbs given beside them, as the pairs a reward learns from: ``chosen``
+    (the choices), then each prompt's thumbed-up answers against its thumbed-down ones (``marks``:
+    prompt -> answer -> up) that no choice already holds. With ``ties`` a choice between two
+    thumbed-down answers is left out (both are bad: a tie). Returns the pairs, how many came from
+    thumbs, and how many choices were left out."""
+
+    def bad(prompt: str, answer: str) -> bool:
+        return marks.get(prompt, {}).get(answer) is False
+
+    kept = [p for p in chosen if not (ties and bad(p.prompt, p.chosen) and bad(p.prompt, p.rejected))]
+    seen = {(p.prompt, p.chosen, p.rejected) for p in kept}
+    extra = [
+        RatedPair(prompt, up, down)
+        for prompt, answers in marks.items()
+        for up, liked in answers.items()
+        if liked
+        for down, disliked in answers.items()
+        if not disliked and (prompt, up, down) not in seen
+    ]
+    return [*kept, *extra], len(extra), len(chosen) - len(kept)
+
+
 def fit_reward(
     pairs: Sequence[RatedPair],
     embed: Embedder,

@@ -57,6 +57,7 @@ from helixloom.training.active import (
     RatedPair,
     fit_reward,
     select,
+    with_thumbs,
 )
 from helixloom.training.configs import METHODS, ImproveDPOConfig, LoraDPOConfig, LoraSFTConfig
 from helixloom.training.pairing import mean, pick_pairs, reward_outcome
@@ -617,24 +618,7 @@ class ImproveRun:
         chosen = self.rated_pairs(store)
         if self.config.thumbs == "ignore":
             return chosen, 0, 0
-        marks = self.thumbs()
-
-        def bad(prompt: str, answer: str) -> bool:
-            return marks.get(prompt, {}).get(answer) is False
-
-        kept = chosen
-        if self.config.thumbs == "pairs+ties":
-            kept = [p for p in chosen if not (bad(p.prompt, p.chosen) and bad(p.prompt, p.rejected))]
-        seen = {(p.prompt, p.chosen, p.rejected) for p in kept}
-        extra = [
-            RatedPair(prompt, up, down)
-            for prompt, answers in marks.items()
-            for up, liked in answers.items()
-            if liked
-            for down, disliked in answers.items()
-            if not disliked and (prompt, up, down) not in seen
-        ]
-        return kept + extra, len(extra), len(chosen) - len(kept)
+        return with_thumbs(chosen, self.thumbs(), ties=self.config.thumbs == "pairs+ties")
 
     def reward_file(self, round_: int | None = None) -> Path:
         """The reward round ``round_`` learned from the ratings (default: the latest round that has one)."""
