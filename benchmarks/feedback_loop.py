@@ -521,7 +521,7 @@ def approval_ratings(entry: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def main() -> int:
-    from helixloom.training.improve import ImproveConfig
+    from helixloom.training.improve import THUMBS, ImproveConfig
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -566,7 +566,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--learn-thumbs",
-        choices=["ignore", "pairs", "pairs+ties"],
+        choices=list(THUMBS),
         default=loop.thumbs,
         help="what the loop's reward learns from thumbs (the loop's --thumbs; default: its)",
     )

@@ -98,7 +98,7 @@ class _Loaded:
     version: str
     owned: bool  # loaded here, so unloaded here; False for one the engine held already
     leases: int = 0
-    current_for: set[str] = field(default_factory=set)
+    current_for: set[str | tuple[str, str]] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -149,10 +149,10 @@ class LiveAdapters:
         self.store = store
         self._lock = threading.RLock()
         self._folders: dict[str, tuple[Path, Source]] = {}  # serve --adapter and runtime loads
-        self._private: dict[str, Path] = {}  # pin_folder's keys (no public name has a NUL)
         self._withdrawn: set[str] = set()  # registered names unloaded at runtime
         self._hashes: dict[Path, tuple[tuple[Any, ...], str]] = {}  # folder -> (stat signature, version)
-        self._current: dict[str, _Loaded] = {}  # public name -> its newest loaded version
+        # public name (or pin_folder's ("private", key)) -> its newest loaded version
+        self._current: dict[str | tuple[str, str], _Loaded] = {}
         self._loaded: dict[str, _Loaded] = {}  # engine name -> version
         self._loads = 0
         # Releases and unloads run here, in order: unloading waits for the engine's running batch, and
@@ -237,30 +237,33 @@ class LiveAdapters:
         the same one, is loaded beside it and the old version is unloaded once its requests finish,
         so a key keeps one version loaded besides those in use (an improve run's current adapter,
         which moves to a new folder each promotion). ``AdapterError`` when it cannot be loaded."""
-        private = f"\0{key}"
+        # In its own namespace: ``pin`` (what a request's ``model`` reaches) never sees these keys.
         with self._lock:
-            self._private[private] = folder.resolve()
-            return self.pin(private)
+            return self._pin(("private", key), folder.resolve())
 
     def pin(self, name: str) -> Pin:
         """The newest version of ``name``, loaded if it is not, held until the pin is released.
         ``KeyError`` when the name serves nothing; ``AdapterError`` when its folder cannot be loaded."""
         with self._lock:
-            folder = self._private.get(name) or self.folder_of(name)
+            folder = self.folder_of(name)
             if folder is None:
                 raise KeyError(name)
-            version = self.version_of(folder)
-            loaded = self._current.get(name)
-            if loaded is None or loaded.version != version:
-                fresh = self._load(name, folder, version)
-                fresh.current_for.add(name)
-                self._current[name] = fresh
-                if loaded is not None:
-                    loaded.current_for.discard(name)
-                    self._maybe_unload(loaded)
-                loaded = fresh
-            loaded.leases += 1
-            return Pin(self, loaded, name)
+            return self._pin(name, folder)
+
+    def _pin(self, key: str | tuple[str, str], folder: Path) -> Pin:
+        name = key if isinstance(key, str) else key[1]
+        version = self.version_of(folder)
+        loaded = self._current.get(key)
+        if loaded is None or loaded.version != version:
+            fresh = self._load(name, folder, version)
+            fresh.current_for.add(key)
+            self._current[key] = fresh
+            if loaded is not None:
+                loaded.current_for.discard(key)
+                self._maybe_unload(loaded)
+            loaded = fresh
+        loaded.leases += 1
+        return Pin(self, loaded, name)
 
     def loaded_versions(self) -> dict[str, str]:
         """Engine name -> version of every version loaded now (the old ones still held included)."""

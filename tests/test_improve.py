@@ -354,6 +354,11 @@ def test_thumbs_beside_a_choice_teach_the_reward_that_liked_answers_beat_dislike
             assert (("one two", "uno") in {(p.chosen, p.rejected) for p in pairs}) == (mode != "pairs+ties")
     with pytest.raises(HelixloomError, match="thumbs"):
         ImproveConfig(thumbs="all")
+    # a run started before thumbs were learned from keeps learning from its choices alone
+    meta = json.loads((run.root / "run.json").read_text())
+    del meta["config"]["thumbs"]
+    (run.root / "run.json").write_text(json.dumps(meta))
+    assert ImproveRun.open("thumbed").config.thumbs == "ignore"
 
 
 @pytest.mark.parametrize("train_pairs", ["reward+rated", "reward"])
@@ -862,6 +867,14 @@ def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
             extra_body={"improve": {"best_of": 3}},
         )
         assert got.choices[0].message.content == short[0].answer
+        assert got.choices[0].finish_reason == ("length" if short[0].cut else "stop")
+        neutral = client.chat.completions.create(  # what some clients always send: the run's own
+            model="improve:chatty",
+            messages=[{"role": "user", "content": "Tell me a story"}],
+            top_p=1.0,
+            extra_body={"improve": {"best_of": 3}},
+        )
+        assert neutral.choices[0].message.content == want.answer
         assert all(
             len(tiny_engine.tokenize(c["answer"], add_special_tokens=False)) <= 2
             for c in short[0].candidates
@@ -883,6 +896,7 @@ def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
             ("improve:chatty@9", {}, user, "rounds 1 to"),
             ("improve:chatty", {"stop": ["."]}, user, "takes no stop"),
             ("improve:chatty", {"top_p": 0.5}, user, "takes no top_p"),
+            ("improve:chatty", {"ignore_eos": True}, user, "takes no ignore_eos"),
             ("improve:chatty", {"temperature": 2.5}, user, "temperature"),
         ):
             r = httpx.post(
@@ -921,6 +935,9 @@ def test_an_improve_run_answers_in_chat_as_a_model_any_openai_client_can_pick(
                 break
             time.sleep(0.05)
         assert len(held) == 1, held
+        # the version pinned for the pipeline is no model a client can name
+        private = httpx.post(server.url + "/v1/chat/completions", json={**asked, "model": "\0improve:chatty"})
+        assert private.status_code == 404
         # a run whose name PEFT would refuse as an adapter's ("."), and a current adapter that is gone:
         # answered, and refused without a folder in the message
         dotted = ImproveRun.create("taste.v2", PROMPTS, HELD_OUT, base=str(tiny_model.path), config=config)

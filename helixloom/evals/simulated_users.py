@@ -167,6 +167,7 @@ class SimulatedUser:
         self.run = run
         self.noise = noise
         self.thumbs = thumbs
+        self.thumb_rng = random.Random(seed + 1)  # its own: thumbs do not move the choices' noise
         self.rng = random.Random(seed)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = client or httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=60)
@@ -193,7 +194,7 @@ class SimulatedUser:
         return done
 
     def _flip(self) -> bool:
-        return self.noise > 0 and self.rng.random() < self.noise
+        return self.noise > 0 and self.thumb_rng.random() < self.noise
 
     def close(self) -> None:
         self.http.close()

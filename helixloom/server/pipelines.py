@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from helixloom import completion, prompting, weave
 from helixloom.engine import GenerationResult, SamplingParams, Timings, Usage
+from helixloom.engine.types import FinishReason
 from helixloom.errors import AdapterError, HelixloomError
 from helixloom.helixnet import GateDecision, HelixChat, HelixTurn, LMoE, Stage
 from helixloom.helixnet_gate import evaluator_gate
@@ -210,12 +211,13 @@ def _one_answer(
     *,
     meta: dict[str, Any],
     prompt_tokens: int = 0,
+    finish_reason: FinishReason = "stop",
     **info: Any,
 ) -> JSONResponse:
     """A pipeline's one answer: recorded as a session (``meta`` beside the endpoint and model) and
     returned as a chat completion with the pipeline's ``info`` field (``weave=``, ``improve=``)."""
     choice = GenerationResult(
-        answer, "stop", Usage(prompt_tokens, state.engine.count_tokens(answer)), (), Timings()
+        answer, finish_reason, Usage(prompt_tokens, state.engine.count_tokens(answer)), (), Timings()
     )
     completion.record(
         state.store,
@@ -235,7 +237,9 @@ def _one_answer(
             created=origin.created,
             model=model,
             choices=[
-                ChatCompletionChoice(index=0, message=ChatMessageOut(content=answer), finish_reason="stop")
+                ChatCompletionChoice(
+                    index=0, message=ChatMessageOut(content=answer), finish_reason=finish_reason
+                )
             ],
             usage=UsageInfo.of(choice.usage),
             **info,
@@ -284,8 +288,15 @@ def improve_chat(
 
     if body.stream or body.n != 1:
         raise HelixloomError(f"{body.model} answers with one choice and does not stream", param="stream")
-    for unused in ("stop", "logprobs", "top_p", "top_k"):  # the run's sampling: refused, not ignored
-        if getattr(body, unused):
+    # the run's sampling (top_p 1, no top_k, its stops): other values are refused, not ignored
+    neutral: dict[str, tuple[Any, ...]] = {
+        "stop": (None, "", []),
+        "logprobs": (False,),
+        "top_p": (None, 1.0),
+        "top_k": (None, 0, -1),
+    }
+    for unused, allowed in {**neutral, "ignore_eos": (False,)}.items():
+        if getattr(body, unused) not in allowed:
             raise HelixloomError(
                 f"{body.model} samples as its run does and takes no {unused}",
                 "leave it out (temperature, max_tokens and seed apply)",
@@ -305,6 +316,7 @@ def improve_chat(
     limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     pin = None
     try:
+        # read once: the pinned version is the one answered with, never one loaded behind the pin
         current = run.current() if options.answer_from == "current" else None
         if current is not None:
             pin = state.adapters.pin_folder(f"{IMPROVE_PREFIX}{name}", current)
@@ -312,11 +324,11 @@ def improve_chat(
             state.engine,
             [messages[0]["content"]],
             n=options.best_of or min(run.config.k, MAX_IMPROVE_BEST_OF),  # a request's cost is bounded
-            source=options.answer_from,
+            source="base" if pin is None else "current",
             seed=body.seed,
             reward=reward,
             temperature=body.temperature,
-            max_tokens=None if limit is None else params.max_tokens,
+            max_tokens=limit,
             loaded=None if pin is None else pin.engine_name,
         )[0]
     except AdapterError as exc:  # its message names folders on this machine: the log gets it, not the client
@@ -337,6 +349,7 @@ def improve_chat(
         body.model,
         pick.answer,
         meta={"score": pick.score, "form": pick.form},
+        finish_reason="length" if pick.cut else "stop",
         prompt_tokens=state.engine.count_tokens(run.chat_context(state.engine, pick.prompt)),
         improve=ImproveInfo(
             run=name,

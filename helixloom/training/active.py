@@ -400,10 +400,7 @@ def with_thumbs(
     thumbed-down answers is left out (both are bad: a tie). Returns the pairs, how many came from
     thumbs, and how many choices were left out."""
 
-    def bad(prompt: str, answer: str) -> bool:
-        return marks.get(prompt, {}).get(answer) is False
-
-    kept = [p for p in chosen if not (ties and bad(p.prompt, p.chosen) and bad(p.prompt, p.rejected))]
+    kept = drop_ties(chosen, marks) if ties else list(chosen)
     seen = {(p.prompt, p.chosen, p.rejected) for p in kept}
     extra = [
         RatedPair(prompt, up, down)
@@ -414,6 +411,16 @@ def with_thumbs(
         if not disliked and (prompt, up, down) not in seen
     ]
     return [*kept, *extra], len(extra), len(chosen) - len(kept)
+
+
+def drop_ties(chosen: Sequence[RatedPair], marks: dict[str, dict[str, bool]]) -> list[RatedPair]:
+    """``chosen`` without the choices between two thumbed-down answers (``marks``: prompt -> answer
+    -> up): both are bad, a tie."""
+
+    def bad(prompt: str, answer: str) -> bool:
+        return marks.get(prompt, {}).get(answer) is False
+
+    return [p for p in chosen if not (bad(p.prompt, p.chosen) and bad(p.prompt, p.rejected))]
 
 
 def fit_reward(

@@ -55,6 +55,7 @@ from helixloom.training.active import (
     Embedder,
     LearnedReward,
     RatedPair,
+    drop_ties,
     fit_reward,
     select,
     with_thumbs,
@@ -325,6 +326,7 @@ class Pick:
     form: str | None  # the answer form it was written after (None: the prompt alone)
     score: float
     candidates: list[dict[str, Any]]  # every answer drawn: answer, form, score
+    cut: bool = False  # the chosen answer ended at the token limit
 
 
 SOURCES = ("base", "current")
@@ -371,7 +373,8 @@ class ImproveRun:
         self.root = root
         self.meta = meta
         self.name: str = meta["name"]
-        self.config = ImproveConfig(**{"explore": 0, **meta["config"]})  # runs from before explore
+        # runs from before a setting keep learning as they did: no explore, thumbs not learned from
+        self.config = ImproveConfig(**{"explore": 0, "thumbs": "ignore", **meta["config"]})
         # JSON has no tuples; the config's tuple fields (target_modules) must come back as tuples.
         train: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["train"].items()}
         train.setdefault("sft_weight", 0.0)  # a run started before the setting trained without it
@@ -498,6 +501,12 @@ class ImproveRun:
                 seconds["collect"] = time.perf_counter() - t
                 t = time.perf_counter()
                 fitted_on, from_thumbs, both_bad = self.learned_pairs(store)
+                if not fitted_on and both_bad:
+                    raise HelixloomError(
+                        f"every choice of run {self.name} so far is between two answers thumbed down "
+                        "(ties, with --thumbs pairs+ties), and no answer is thumbed up",
+                        f"rate more pairs on the server's /rate?run={self.name} page, then --resume",
+                    )
                 if not fitted_on:
                     raise HelixloomError(
                         f"no ratings for run {self.name} yet",
@@ -519,6 +528,8 @@ class ImproveRun:
             # The policy trains on this round's own pairs (on-policy, as GSHF's fresh data per iteration);
             # the reward keeps learning from every round's.
             this_round = self.rated_pairs(store, round_=r) if reward is None else []
+            if self.config.thumbs == "pairs+ties":  # the policy does not learn the less bad either
+                this_round = drop_ties(this_round, self.thumbs())
             rows = self._training_rows(r, engine, candidates, learned, this_round)
             trained = self._train(r, rows, current, say)
             seconds["train"] = time.perf_counter() - t
@@ -709,7 +720,7 @@ class ImproveRun:
         adapter = None
         if source == "current":
             adapter = loaded if loaded is not None else self._adapter_name(engine, self.current())
-        texts, written = self._draw(
+        texts, written, cut = self._draw(
             engine,
             prompts,
             n,
@@ -731,7 +742,7 @@ class ImproveRun:
             drawn: list[dict[str, Any]] = [
                 {"answer": a, "form": f, "score": sc} for a, f, sc in zip(answers, forms, scores, strict=True)
             ]
-            picks.append(Pick(prompt, answers[best], forms[best], scores[best], drawn))
+            picks.append(Pick(prompt, answers[best], forms[best], scores[best], drawn, cut[part][best]))
         return picks
 
     def same_base(self, engine: Engine) -> bool:
@@ -803,16 +814,19 @@ class ImproveRun:
         *,
         max_tokens: int | None = None,
         temperature: float | None = None,
-    ) -> tuple[list[str], list[str | None]]:
+    ) -> tuple[list[str], list[str | None], list[bool]]:
         """The answers' texts, those of a ``closings`` form ended with a question: the answer's whole
         sentences, one of the form's openers (by the sample's seed), and the model's continuation to
         its first "?" (a second pass, batched like the first); and the form each answer was written
-        in (None where a closing question did not come: that answer is the prompt's alone).
-        ``max_tokens`` and ``temperature`` default to the run's sampling settings."""
+        in (None where a closing question did not come: that answer is the prompt's alone); and
+        whether each ended at the token limit (a closed one ended at its "?"). ``max_tokens`` and
+        ``temperature`` default to the run's sampling settings; ``max_tokens`` bounds the answer
+        and its question, the opener's few words come on top."""
         longest = self.config.max_tokens if max_tokens is None else max_tokens
         texts = [x.text for x in results]
         written = [None if f and form_named(f).closings else f for f in shown_forms]
         asks: list[tuple[int, str, str]] = []
+        closed: set[int] = set()
         reqs = []
         for i, (prompt, seed, form) in enumerate(zip(prompts, seeds, shown_forms, strict=True)):
             closings = form_named(form).closings if form else ()
@@ -841,7 +855,9 @@ class ImproveRun:
             question = closing_question(result.text)
             if question is not None:
                 texts[i], written[i] = f"{answer} {opener}{question}", shown_forms[i]
-        return texts, written
+                closed.add(i)
+        cut = [i not in closed and x.finish_reason == "length" for i, x in enumerate(results)]
+        return texts, written, cut
 
     def form_weights(self, r: int) -> dict[str, float] | None:
         """With ``explore_by="reward"``, from round 2: each form's weight in round ``r``'s explored
@@ -876,7 +892,7 @@ class ImproveRun:
         k = self.config.k
         bar = progress(f"round {r}: sample {k} answers", len(self.prompts) * k) if progress else None
         adapter = self._adapter_name(engine, current)
-        texts, shown = self._draw(
+        texts, shown, _ = self._draw(
             engine,
             self.prompts,
             k,
@@ -916,7 +932,7 @@ class ImproveRun:
         weights: dict[str, float] | None = None,
         max_tokens: int | None = None,
         closing_temperature: float | None = None,
-    ) -> tuple[list[str], list[str | None]]:
+    ) -> tuple[list[str], list[str | None], list[bool]]:
         """``n`` answers to each prompt (prompt-major), seeded by ``seed`` and ``round_``, the last
         ``explore`` of them after an answer form's examples (the forms turned by ``forms_from``,
         default ``round_``, or shared out by ``weights``: ``explore_plan``), closings closed; their
