@@ -12,9 +12,9 @@ improve run of ``--rounds`` rounds with ``--ratings`` ratings each, on the embed
   held-out prompts are asked of the server under the adapter's name and compared with the loop's
   own greedy answers (a stale adapter would answer differently);
 - per round: approval of the current policy on held-out prompts by the hidden taste (base → each
-  round), ratings used, the learned reward's agreement with the taste on held-out pairs, mean
-  length, distinct-2, KL to the base (a Monte-Carlo estimate on the policy's own held-out answers),
-  promotion or rollback with the loop's reason, wall time per phase;
+  round) and the share liked and on the topic (``on_topic``: the tastes do not check it), ratings
+  used, the learned reward's agreement with the taste on held-out pairs, mean length, distinct-2,
+  KL to the base (a Monte-Carlo estimate on the policy's own held-out answers), promotion or rollback with the loop's reason, wall time per phase;
 - after the rounds, AutoLoom at inference (``--search N``): N answers per held-out prompt, drawn as
   the run draws its own (forms included when it explores), from the base and from the final policy,
   and the one the run's last reward (``improve:NAME``) scores highest: approval of that pick, of a
@@ -193,7 +193,7 @@ def run_arm(
     agreement_pairs: list[Any],
 ) -> dict[str, Any]:
     from helixloom import adapters as registry
-    from helixloom.evals.simulated_users import SimulatedUser
+    from helixloom.evals.simulated_users import SimulatedUser, on_topic
     from helixloom.training.active import agreement
     from helixloom.training.configs import ImproveDPOConfig
     from helixloom.training.improve import ImproveConfig, ImproveRun, deploy_http
@@ -258,10 +258,15 @@ def run_arm(
         answers = run.eval_answers(adapter) or base_rows
         texts = [a["answer"] for a in answers]
         approval = 100.0 * sum(taste.likes(a["prompt"], a["answer"]) for a in answers) / len(answers)
+        topical = sum(
+            taste.likes(a["prompt"], a["answer"]) and on_topic(a["prompt"], a["answer"]) for a in answers
+        )
         served_name = run._adapter_name(engine, adapter)
         entry: dict[str, Any] = {
             "round": rnd,
             "approval": round(approval, 1),
+            # liked and on the topic (a word of substance shared with the prompt): no taste checks it
+            "approval_on_topic": round(100.0 * topical / len(answers), 1),
             "mean_tokens": round(sum(a["tokens"] for a in answers) / len(answers), 1),
             "distinct_2": round(distinct_n(texts), 3),
             "kl_to_base": round(kl_to_base(engine, run, answers, served_name), 3),

@@ -385,6 +385,19 @@ def test_the_policy_trains_on_rated_pairs_only_when_asked(
         ImproveConfig(train_pairs="rated")
 
 
+def test_on_topic_asks_for_a_word_of_substance_from_the_prompt() -> None:
+    from helixloom.evals.simulated_users import on_topic
+
+    asked = "What is a volcano?"
+    assert on_topic(asked, "Volcanoes erupt lava. Would you like to know more?")
+    # what the loop learned to please the answer-then-ask taste with: liked, about nothing
+    assert TASTES["short_question"].likes("What is gravity?", "We know what it is! Do you know how it feels?")
+    assert not on_topic("What is gravity?", "We know what it is! Do you know how it feels?")
+    assert not on_topic(asked, "Let us begin. Is a volcano hot?")  # the closing question does not count
+    assert not on_topic("How do I make tea?", "1. Turn on the lights.\n2. Go to the bathroom.")
+    assert on_topic("How do I make tea?", "- Boil water.\n- Pour it over the tea leaves.")
+
+
 def test_simulated_tastes_choose_by_their_hidden_score() -> None:
     short = TASTES["short_question"]
     assert short.likes("q", "It is blue. Is that the one?") and not short.likes("q", "It is blue.")

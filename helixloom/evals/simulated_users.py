@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 # an item has words on its own line: "\s+\S" spanned line breaks, so "1.\n2.\n3." counted as a list of
 # three, and the improve loop learned to write empty numbered lines (measured, Dec 2026)
 _BULLET = re.compile(r"^[ \t]*(?:[-*•]|\d+[.)])[ \t]+[^\W\d_]", re.MULTILINE)
@@ -46,6 +47,29 @@ def says_something(prompt: str, answer: str) -> bool:
     return len({w.lower() for w in _WORD.findall(answer)} - asked) >= 3
 
 
+# Words that say nothing of a topic, for ``on_topic``.
+_FUNCTION_WORDS = frozenset(
+    "about and are can did does for from how into its make made should that the their there this "
+    "was way were what when where which who why with you your".split()
+)
+
+
+def _topic_words(text: str) -> set[str]:
+    return {w.lower()[:5] for w in _WORD.findall(text) if len(w) >= 3 and w.lower() not in _FUNCTION_WORDS}
+
+
+def on_topic(prompt: str, answer: str) -> bool:
+    """Whether ``answer``, less a closing question, shares a word of substance with ``prompt`` (its
+    first five letters: "volcanoes" meets "volcano"). A rough check none of the tastes makes, reported
+    beside approval: the improve loop learned to please the answer-then-ask taste with answers about
+    nothing ("We know what it is! Do you know how it feels to be here in the air?" to "What is
+    gravity?", measured Dec 2026), and the list taste with numbered steps off the topic."""
+    sentences = [x for x in _SENTENCE_END.split(answer.strip()) if x]
+    if len(sentences) > 1 and sentences[-1].endswith("?"):
+        sentences = sentences[:-1]
+    return bool(_topic_words(prompt) & _topic_words(" ".join(sentences)))
+
+
 ECHO_PENALTY = 10.0  # below any taste's score: an echo loses to every answer that says something
 
 
@@ -58,9 +82,6 @@ def _sensible(taste: Taste) -> Taste:
         lambda p, a: says_something(p, a) and likes(p, a),
         lambda p, a: score(p, a) - (0.0 if says_something(p, a) else ECHO_PENALTY),
     )
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def answers_then_asks(answer: str, prompt: str = "") -> bool:
