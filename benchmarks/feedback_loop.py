@@ -14,7 +14,8 @@ improve run of ``--rounds`` rounds with ``--ratings`` ratings each, on the embed
 - per round: approval of the current policy on held-out prompts by the hidden taste (base → each
   round) and the share liked and on the topic (``on_topic``: the tastes do not check it), ratings
   used, the learned reward's agreement with the taste on held-out pairs, mean length, distinct-2,
-  KL to the base (a Monte-Carlo estimate on the policy's own held-out answers), promotion or rollback with the loop's reason, wall time per phase;
+  KL to the base (a Monte-Carlo estimate on the policy's own held-out answers), promotion or
+  rollback with the loop's reason, wall time per phase;
 - after the rounds, AutoLoom at inference (``--search N``): N answers per held-out prompt, drawn as
   the run draws its own (forms included when it explores), from the base and from the final policy,
   and the one the run's last reward (``improve:NAME``) scores highest: approval of that pick, of a

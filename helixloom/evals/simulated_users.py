@@ -49,8 +49,39 @@ def says_something(prompt: str, answer: str) -> bool:
 
 # Words that say nothing of a topic, for ``on_topic``.
 _FUNCTION_WORDS = frozenset(
-    "about and are can did does for from how into its make made should that the their there this "
-    "was way were what when where which who why with you your".split()
+    [
+        "about",
+        "and",
+        "are",
+        "can",
+        "did",
+        "does",
+        "for",
+        "from",
+        "how",
+        "into",
+        "its",
+        "make",
+        "made",
+        "should",
+        "that",
+        "the",
+        "their",
+        "there",
+        "this",
+        "was",
+        "way",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "with",
+        "you",
+        "your",
+    ]
 )
 
 
