@@ -30,7 +30,7 @@ part of "active reaches the same approval with fewer ratings" that is affordable
 measures the reward, which is what selection changes; the full loops above give approval for both
 arms at the same budget.
 
-    python benchmarks/feedback_loop.py [--tastes short_question,bullets] [--arms active,random]
+    python benchmarks/feedback_loop.py [--tastes short_question,bullets] [--arms top,random]
         [--rounds 3] [--ratings 50] [--prompts 16] [--held-out 12] [--k 8] [--max-tokens 48]
 """
 
@@ -527,13 +527,18 @@ def approval_ratings(entry: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def main() -> int:
-    from helixloom.training.improve import THUMBS, ImproveConfig
+    from helixloom.training.improve import EXPLORE_ALL, THUMBS, ImproveConfig
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tastes", default="short_question,bullets")
-    parser.add_argument("--arms", default="active,random")
+    loop = ImproveConfig()  # the loop's own defaults
+    parser.add_argument(
+        "--arms",
+        default=f"{loop.selection},random",
+        help="selection rules, one full loop each (default: the loop's, and random to compare)",
+    )
     parser.add_argument("--loops", help="tastes that get full improve loops (default: every --tastes)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ratings", type=int, default=50, help="ratings per round")
@@ -550,7 +555,6 @@ def main() -> int:
         default=None,
         help="of the k answers, how many are asked for an answer form (the loop's --explore; default: its)",
     )
-    loop = ImproveConfig()  # the loop's own defaults
     parser.add_argument(
         "--explore-by",
         choices=["turn", "reward"],
@@ -566,9 +570,10 @@ def main() -> int:
     parser.add_argument("--raft-epochs", type=float, default=loop.raft_epochs)
     parser.add_argument(
         "--thumbs",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="the simulated user also marks both answers of each pair up or down by its taste, as the "
-        "rating page lets a person do (still one rating a pair)",
+        "rating page asks a person to (still one rating a pair; --no-thumbs: choices alone)",
     )
     parser.add_argument(
         "--learn-thumbs",
@@ -603,8 +608,8 @@ def main() -> int:
     parser.add_argument("--skip-loops", action="store_true", help="only the reward learning curves")
     parser.add_argument("--work", help="HELIXLOOM_HOME to use (default: a temporary folder)")
     args = parser.parse_args()
-    if args.explore is None:
-        args.explore = loop.explore
+    if args.explore is None:  # the loop's default: all k
+        args.explore = EXPLORE_ALL
     if args.prompts > len(TRAIN_PROMPTS) or args.held_out > len(HELD_OUT):
         parser.error(f"at most {len(TRAIN_PROMPTS)} prompts and {len(HELD_OUT)} held out")
 

@@ -36,7 +36,20 @@ from tests.conftest import TinyModel, serving
 PROMPTS = [f"Tell me about topic {i}" for i in range(6)]
 HELD_OUT = [f"Say something on theme {i}" for i in range(4)]
 TRAIN = LoraDPOConfig(learning_rate=5e-3, epochs=4, batch_size=8, rank=8, alpha=16, save_steps=1000)
-FAST = ImproveConfig(rounds=1, ratings=8, batch=4, k=4, max_tokens=8, eval_samples=2, gen_batch=40)
+# the loop as it was before Dec 2026's defaults (DPO, active selection, no forms): what most tests check
+FAST = ImproveConfig(
+    rounds=1,
+    ratings=8,
+    batch=4,
+    k=4,
+    max_tokens=8,
+    eval_samples=2,
+    gen_batch=40,
+    selection="active",
+    method="dpo",
+    explore=0,
+    explore_by="turn",
+)
 
 
 def vowel_share(prompts: list[str], responses: list[str]) -> list[float]:
@@ -361,11 +374,42 @@ def test_thumbs_beside_a_choice_teach_the_reward_that_liked_answers_beat_dislike
     assert ImproveRun.open("thumbed").config.thumbs == "ignore"
 
 
+def test_the_defaults_are_the_measured_recipe_and_older_runs_resume_as_they_ran() -> None:
+    """RAFT on the reward's picks, every answer after a form's examples (more of the forms it picks),
+    asking about each prompt's favourite, thumbs learned from (README: 30 points on every taste).
+    A run written before them resumes with the settings it started with."""
+    made = ImproveConfig()
+    assert (made.method, made.selection, made.explore_by, made.thumbs) == (
+        "raft",
+        "top",
+        "reward",
+        "pairs+ties",
+    )
+    assert (
+        made.explore == made.k == 8
+        and ImproveConfig(k=4).explore == 4
+        and ImproveConfig(explore=0).explore == 0
+    )
+    run = ImproveRun.create("older", PROMPTS, HELD_OUT, base="default")
+    meta = json.loads((run.root / "run.json").read_text())
+    assert meta["config"]["explore"] == 8  # written resolved: the run keeps it whatever the default becomes
+    for setting in ("explore", "thumbs", "method", "explore_by"):
+        del meta["config"][setting]
+    (run.root / "run.json").write_text(json.dumps(meta))
+    resumed = ImproveRun.open("older").config
+    assert (resumed.explore, resumed.thumbs, resumed.method, resumed.explore_by) == (
+        0,
+        "ignore",
+        "dpo",
+        "turn",
+    )
+
+
 @pytest.mark.parametrize("train_pairs", ["reward+rated", "reward"])
 def test_the_policy_trains_on_rated_pairs_only_when_asked(
     tiny_model: TinyModel, tiny_engine, train_pairs: str
 ) -> None:
-    config = ImproveConfig(rounds=1, k=3, train_pairs=train_pairs)
+    config = ImproveConfig(rounds=1, k=3, train_pairs=train_pairs, method="dpo")
     run = ImproveRun.create(
         f"pairs-{train_pairs.replace('+', '-')}",
         PROMPTS[:2],

@@ -1,4 +1,4 @@
-"""``helixloom improve``: learn from users' ratings, closed: reward → DPO → promote → hot-load."""
+"""``helixloom improve``: learn from users' ratings, closed: reward → fine-tune → promote → hot-load."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from helixloom import jobs
 
 DESCRIPTION = """
 Improve an adapter from what users rate. Each round samples --k answers per training prompt from the
-current adapter, puts pairs of them in the rating queue (the ones the reward is least sure about:
---selection active; the server's /rate?run=NAME page shows them), fits a reward ensemble on the
-ratings in the store, trains a candidate adapter with DPO (best vs worst by the reward; --method
-raft: fine-tuning on the best), compares it with the current adapter on the held-out --eval-prompts,
+current adapter (after worked examples of answer forms: --explore), puts pairs of them in the rating
+queue (each prompt's favourite against the answer the reward is least sure of: --selection top; the
+server's /rate?run=NAME page shows them), fits a reward ensemble on the choices and thumbs in the
+store, fine-tunes a candidate adapter on the reward's best answer to each prompt (--method raft; dpo:
+best vs worst), compares it with the current adapter on the held-out --eval-prompts,
 and promotes it only if it wins; a promoted adapter is registered as NAME and, with --server,
 hot-loaded there with vLLM's POST /v1/load_lora_adapter. Every phase is saved under
 $HELIXLOOM_HOME/runs/improve/NAME: a killed run continues with --resume.
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "improve",
-        help="learn from ratings: reward ensemble, DPO, promote only if better, hot-load into a server",
+        help="learn from ratings: reward ensemble, fine-tune, promote only if better, hot-load into a server",
         description=" ".join(DESCRIPTION.split()),
     )
     p.add_argument("--name", required=True, help="name of the run and of the adapter it promotes")
@@ -61,9 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     for f in fields(ImproveConfig):
         if f.name == "seed":
             continue  # one --seed (the training group's) seeds sampling, selection and training
+        shown = "all k" if f.name == "explore" else repr(f.default)
         kwargs: dict[str, Any] = {
             "default": None,
-            "help": f"{helps[f.name].replace('%', '%%')} (default {f.default!r})",
+            "help": f"{helps[f.name].replace('%', '%%')} (default {shown})",
         }
         if f.name == "selection":
             kwargs["choices"] = list(STRATEGIES)
@@ -78,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         else:
             kwargs["type"] = type(f.default)
         loop.add_argument("--" + f.name.replace("_", "-"), **kwargs)
-    add_sft_flags(p, ImproveDPOConfig, title="training (DPO)")
+    add_sft_flags(p, ImproveDPOConfig, title="training (RAFT and DPO)")
     ask = p.add_argument_group(
         "answering with what the run learned (instead of running rounds)",
         "draw answers as the run draws its own and print the one its reward scores highest",
