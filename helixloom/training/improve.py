@@ -242,7 +242,7 @@ class ImproveConfig:
     # pairs+ties (benchmarks/feedback_loop.py --thumbs, RAFT, forms by the reward, --explore 8, k=8,
     # Dec 2026, one run each): the answer-then-ask taste +66.7, +70.8, +95.8 at seeds 0-2 (without
     # thumbs -4.1, +66.6, +8.3), the list +79.2 and +70.8 (+37.5, +25.0), no I/me/my +79.2 (+75.0);
-    # at KL 16-31 nats (9-20). Without ties the reward still ranked a lone question asked back, which
+    # at KL 16-31 nats (8.6-19.6). Without ties the reward still ranked a lone question asked back, which
     # that user prefers to a plain answer and dislikes, above liked answers (offline, same ratings)
     thumbs: str = field(
         default="pairs+ties",
