@@ -160,9 +160,9 @@ class ImproveConfig:
     ratings: int = field(default=50, metadata={"help": "ratings asked per round"})
     batch: int = field(default=10, metadata={"help": "ratings asked at a time (the reward is refit between)"})
     # top (benchmarks/feedback_loop.py, RAFT, forms by the reward, Dec 2026): without thumbs, mean
-    # +26.7 over five runs against +19.2 for active; with thumbs top, active and random alike (the
-    # answer-then-ask taste at seed 0: top +66.7, active +62.5, random +83.4; the list at seed 1: top
-    # +79.2, random +66.7; no I/me/my: top and active +79.2)
+    # +26.7 over five runs against +19.2 for active. With thumbs random did as well or better: the
+    # answer-then-ask taste at seeds 0-1 top +66.7, +70.8, random +83.4, +83.3 (active +62.5 at 0); the
+    # list at seeds 1-2 top +79.2, +70.8, random +66.7, +79.2; no I/me/my top and active +79.2
     selection: str = field(
         default="top",
         metadata={
