@@ -527,7 +527,8 @@ def approval_ratings(entry: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def main() -> int:
-    from helixloom.training.improve import EXPLORE_ALL, THUMBS, ImproveConfig
+    from helixloom.training.configs import METHODS
+    from helixloom.training.improve import EXPLORE_ALL, EXPLORE_BY, THUMBS, ImproveConfig
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -557,13 +558,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--explore-by",
-        choices=["turn", "reward"],
+        choices=list(EXPLORE_BY),
         default=loop.explore_by,
         help="forms of the explored answers: in turn, or by the reward's picks the round before",
     )
     parser.add_argument(
         "--method",
-        choices=["dpo", "raft"],
+        choices=list(METHODS),
         default=loop.method,
         help="dpo (best vs worst) or raft (fine-tune on the reward's best answer per prompt)",
     )

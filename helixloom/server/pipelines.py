@@ -271,6 +271,17 @@ def weave_search(
 # -------------------------------------------------------------------------------------------- improve
 
 
+# The sampling settings ``improve:NAME`` takes only at the run's own values (top_p 1, no top_k, the
+# chat template's stops): any other is refused, not ignored.
+_IMPROVE_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "stop": (None, "", []),
+    "logprobs": (False,),
+    "top_p": (None, 1.0),
+    "top_k": (None, 0, -1),
+    "ignore_eos": (False,),
+}
+
+
 def improve_chat(
     state: ServerState, body: ChatCompletionRequest, params: SamplingParams, origin: Origin
 ) -> JSONResponse:
@@ -288,14 +299,7 @@ def improve_chat(
 
     if body.stream or body.n != 1:
         raise HelixloomError(f"{body.model} answers with one choice and does not stream", param="stream")
-    # the run's sampling (top_p 1, no top_k, its stops): other values are refused, not ignored
-    neutral: dict[str, tuple[Any, ...]] = {
-        "stop": (None, "", []),
-        "logprobs": (False,),
-        "top_p": (None, 1.0),
-        "top_k": (None, 0, -1),
-    }
-    for unused, allowed in {**neutral, "ignore_eos": (False,)}.items():
+    for unused, allowed in _IMPROVE_NEUTRAL.items():
         if getattr(body, unused) not in allowed:
             raise HelixloomError(
                 f"{body.model} samples as its run does and takes no {unused}",
