@@ -21,14 +21,16 @@ improve run of ``--rounds`` rounds with ``--ratings`` ratings each, on the embed
   and the one the run's last reward (``improve:NAME``) scores highest: approval of that pick, of a
   random pick of the same answers, and the share of prompts with any liked answer among them.
 
-Then, per taste, the reward's learning curve for active, bald and random selection on one pool of base-model
-candidate pairs (several seeds): agreement on held-out pairs after every batch of ratings, and how
-many ratings each needs to reach the agreement random reaches with the whole budget; and the same
-for the approval of the answer the reward so far picks among each held-out prompt's base answers
-(what the ratings buy when the reward steers a search, with no training in between). This is the
-part of "active reaches the same approval with fewer ratings" that is affordable on 2 CPU cores: it
-measures the reward, which is what selection changes; the full loops above give approval for both
-arms at the same budget.
+Then, per taste, the reward's learning curve for active, bald, top and random selection on one pool
+of base-model candidate pairs (several seeds, the loops' budget): agreement on held-out pairs after
+every batch of ratings, and how many ratings each needs to reach the agreement random reaches with
+the whole budget; and the same for the approval of the answer the reward so far picks among each
+held-out prompt's --k base answers, drawn as AutoLoom draws them (forms included: what the ratings
+buy when the reward steers a search, with no training in between). This is the part of "active
+reaches the same approval with fewer ratings" that is affordable on 2 CPU cores: it measures the
+reward, which is what selection changes. The full loops give approval for each arm; ``RULE@N`` arms
+ask N ratings a round (e.g. ``--arms top@30,random,random@30``), so the loops can show whether a
+rule reaches random's approval with N/--ratings of its ratings in the same rounds.
 
     python benchmarks/feedback_loop.py [--tastes short_question,bullets] [--arms top,random]
         [--rounds 3] [--ratings 50] [--prompts 16] [--held-out 12] [--k 8] [--max-tokens 48]
@@ -184,6 +186,20 @@ def held_out_pairs(taste: Any, rows: list[dict[str, Any]]) -> list[Any]:
     return out
 
 
+def search_pool(args: argparse.Namespace, engine: Any, run: Any) -> list[dict[str, Any]]:
+    """``--k`` base answers to each held-out prompt, drawn as AutoLoom draws a run's (forms included
+    when it explores; ``ImproveRun.best_answers``): what the learning curve's reward picks from. The
+    held-out evaluation's own answers are plain, and hold a list or an answer-then-question for few
+    prompts, so a pick among them says little about those tastes."""
+    from helixloom.rewards import FunctionReward
+
+    unscored = FunctionReward(lambda prompts, _: [0.0] * len(prompts))
+    picks = run.best_answers(
+        engine, run.eval_prompts, n=args.k, source="base", seed=args.seed, reward=unscored
+    )
+    return [{"prompt": p.prompt, "answer": d["answer"]} for p in picks for d in p.candidates]
+
+
 def run_arm(
     args: argparse.Namespace,
     engine: Any,
@@ -199,12 +215,13 @@ def run_arm(
     from helixloom.training.configs import ImproveDPOConfig
     from helixloom.training.improve import ImproveConfig, ImproveRun, deploy_http
 
-    name = f"{taste.name.replace('_', '-')}-{arm}"
+    name = f"{taste.name.replace('_', '-')}-{arm.replace('@', '-')}"
+    rule, per_round = arm_spec(arm)
     config = ImproveConfig(
         rounds=args.rounds,
-        ratings=args.ratings,
+        ratings=per_round or args.ratings,
         batch=args.batch,
-        selection=arm,
+        selection=rule,
         train_pairs=args.train_pairs,
         k=args.k,
         explore=args.explore,
@@ -382,7 +399,9 @@ def learning_curve(
 ) -> dict[str, Any]:
     """Reward agreement on held-out pairs after each batch of ratings, active vs random, over seeds;
     and the approval of the answer the reward so far picks among each held-out prompt's base answers
-    (``held_out_rows``: what the ratings buy when the reward steers a search, with no training)."""
+    (``held_out_rows``, ``search_pool``: what the ratings buy when the reward steers a search, with
+    no training). With --thumbs the user marks both answers of each pair, and the rules are asked as
+    the loop asks them (given the marks)."""
     from helixloom.evals.simulated_users import choose
     from helixloom.training.active import (
         CandidatePair,
@@ -419,8 +438,9 @@ def learning_curve(
             liked += taste.likes(prompt, answers[max(range(len(answers)), key=lambda i: scores[i])])
         return 100.0 * liked / len(groups)
 
-    # bald: the bootstrap members' disagreement, active's rule before Dec 2026, for comparison
-    curves: dict[str, list[list[float]]] = {"active": [], "bald": [], "random": []}
+    # bald: the bootstrap members' disagreement, active's rule before Dec 2026, for comparison; top:
+    # the loop's default (a prompt's favourite against the challenger the reward is least sure of)
+    curves: dict[str, list[list[float]]] = {"active": [], "bald": [], "top": [], "random": []}
     picks: dict[str, list[list[float]]] = {arm: [] for arm in curves}
     for seed in range(args.curve_seeds):
         for arm in curves:
@@ -432,7 +452,16 @@ def learning_curve(
             ensemble = None
             while len(asked) < budget:
                 left = [c for c in pool if c.key not in asked]
-                batch = select(left, args.batch, strategy=arm, rng=rng, ensemble=ensemble, embed=embed)
+                learns_thumbs = args.thumbs and args.learn_thumbs != "ignore"
+                batch = select(
+                    left,
+                    args.batch,
+                    strategy=arm,
+                    rng=rng,
+                    ensemble=ensemble,
+                    embed=embed,
+                    marks=marks if learns_thumbs else None,  # as the loop asks
+                )
                 for c in batch:
                     asked.add(c.key)
                     pick = choose(taste, c.prompt, c.a, c.b)
@@ -443,7 +472,7 @@ def learning_curve(
                         for text in (c.a, c.b):
                             marks.setdefault(c.prompt, {})[text] = taste.likes(c.prompt, text)
                 learned = rated
-                if args.thumbs and args.learn_thumbs != "ignore":
+                if learns_thumbs:
                     learned = with_thumbs(rated, marks, ties=args.learn_thumbs == "pairs+ties")[0]
                 if learned:
                     reward = fit_reward(learned, embed, seed=seed, reference=reference)
@@ -491,21 +520,34 @@ def learning_curve(
         "active_over_random_ratio": over_random("active"),
         "ratings_to_target_bald": need["bald"],
         "bald_over_random_ratio": over_random("bald"),
+        "ratings_to_target_top": need["top"],
+        "top_over_random_ratio": over_random("top"),
         "pick_approval_base_random_pick": round(random_pick, 1),
         **{f"pick_approval_{arm}": [round(v, 1) for v in mean_pick[arm]] for arm in curves},
         "pick_target (random at full budget)": round(pick_target, 1),
         **{f"pick_ratings_to_target_{arm}": pick_need[arm] for arm in curves},
         "pick_active_over_random_ratio": ratio(pick_need["active"], pick_need["random"]),
         "pick_bald_over_random_ratio": ratio(pick_need["bald"], pick_need["random"]),
+        "pick_top_over_random_ratio": ratio(pick_need["top"], pick_need["random"]),
+        "pick_answers_per_prompt": len(held_out_rows) // max(1, len(groups)),
         "seeds": args.curve_seeds,
     }
 
 
-def approval_ratings(entry: dict[str, Any]) -> dict[str, Any] | None:
-    """From the full loops of both arms: the approval random reaches with its whole budget, the
-    ratings each arm had used when its held-out approval first reached it, and their ratio (the
-    issue's "same approval with at most 60% of the ratings"; a round's ratings are its granularity)."""
-    if "active" not in entry or "random" not in entry:
+def arm_spec(arm: str) -> tuple[str, int | None]:
+    """``RULE`` or ``RULE@N`` (N ratings a round instead of --ratings) -> the rule and N."""
+    rule, _, per_round = arm.partition("@")
+    return rule, int(per_round) if per_round else None
+
+
+def approval_ratings(entry: dict[str, Any], arms: list[str]) -> dict[str, Any] | None:
+    """From the full loops: the approval random (at --ratings a round) reaches with its whole budget,
+    the ratings each arm had used when its held-out approval first reached it, and their ratio to
+    random's (the issue's "same approval with at most 60% of the ratings"). A round's ratings are the
+    granularity, and approval comes with training rounds as much as with ratings, so ``RULE@N`` arms
+    (N ratings a round, the same rounds) ask it directly: does the rule reach random's approval with
+    N/--ratings of its ratings, and does random with as few (``random@N``, the control)?"""
+    if "random" not in entry:
         return None
     target = entry["random"]["rounds"][-1]["approval"]
 
@@ -517,13 +559,17 @@ def approval_ratings(entry: dict[str, Any]) -> dict[str, Any] | None:
                 return used
         return None
 
-    active, random_ = needed("active"), needed("random")
-    return {
+    random_ = needed("random")
+    out: dict[str, Any] = {
         "target_approval (random at full budget)": target,
-        "ratings_to_target_active": active,
         "ratings_to_target_random": random_,
-        "active_over_random_ratio": round(active / random_, 2) if active and random_ else None,
     }
+    for arm in arms:
+        if arm != "random" and arm in entry:
+            got = needed(arm)
+            out[f"ratings_to_target_{arm}"] = got
+            out[f"{arm}_over_random_ratio"] = round(got / random_, 2) if got and random_ else None
+    return out
 
 
 def main() -> int:
@@ -538,7 +584,9 @@ def main() -> int:
     parser.add_argument(
         "--arms",
         default=f"{loop.selection},random",
-        help="selection rules, one full loop each (default: the loop's, and random to compare)",
+        help="selection rules, one full loop each (default: the loop's, and random to compare); "
+        "RULE@N asks N ratings a round instead of --ratings (e.g. top@30,random,random@30: does top "
+        "reach random's approval with 60%% of its ratings, and random with as few?)",
     )
     parser.add_argument("--loops", help="tastes that get full improve loops (default: every --tastes)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -603,7 +651,11 @@ def main() -> int:
         default=8,
         help="answers per held-out prompt the final reward picks from, after each loop (0: skip)",
     )
-    parser.add_argument("--curve-budget", type=int, default=60)
+    parser.add_argument(
+        "--curve-budget",
+        type=int,
+        help="ratings each learning curve may use (default: the loops' budget, --rounds x --ratings)",
+    )
     parser.add_argument("--curve-seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-loops", action="store_true", help="only the reward learning curves")
@@ -611,6 +663,18 @@ def main() -> int:
     args = parser.parse_args()
     if args.explore is None:  # the loop's default: all k
         args.explore = EXPLORE_ALL
+    if args.curve_budget is None:
+        args.curve_budget = args.rounds * args.ratings
+    from helixloom.training.active import STRATEGIES
+
+    arms_run = [a for a in args.arms.split(",") if a]
+    for arm in arms_run:
+        try:
+            rule, per_round = arm_spec(arm)
+        except ValueError:
+            parser.error(f"--arms: {arm!r} is not RULE or RULE@N")
+        if rule not in STRATEGIES or (per_round is not None and per_round < 1):
+            parser.error(f"--arms: {arm!r}: rules are {', '.join(STRATEGIES)}, N at least 1")
     if args.prompts > len(TRAIN_PROMPTS) or args.held_out > len(HELD_OUT):
         parser.error(f"at most {len(TRAIN_PROMPTS)} prompts and {len(HELD_OUT)} held out")
 
@@ -644,7 +708,7 @@ def main() -> int:
                 taste = TASTES[taste_name]
                 t = time.perf_counter()
                 entry: dict[str, Any] = {"description": taste.description}
-                arms = [a for a in args.arms.split(",") if a]
+                arms = arms_run
                 # The held-out pairs the reward's agreement is measured on: base answers to held-out prompts.
                 from helixloom.training.improve import ImproveConfig, ImproveRun
 
@@ -667,7 +731,9 @@ def main() -> int:
                 base_eval = probe._eval_policy(engine, None, None)
                 pool = probe._sample(1, engine, None, None)
                 pairs = held_out_pairs(taste, base_eval)
-                entry["learning_curve"] = learning_curve(args, engine, taste, pool, pairs, base_eval)
+                entry["learning_curve"] = learning_curve(
+                    args, engine, taste, pool, pairs, search_pool(args, engine, probe)
+                )
                 entry["learning_curve"]["seconds"] = round(time.perf_counter() - t, 1)
                 print(
                     json.dumps({taste_name: {"learning_curve": entry["learning_curve"]}}),
@@ -681,21 +747,21 @@ def main() -> int:
                         entry[arm] = run_arm(args, engine, store, url, taste, arm, pairs)
                         entry[arm]["seconds"] = round(time.perf_counter() - t, 1)
                         print(json.dumps({taste_name: {arm: entry[arm]}}), file=sys.stderr, flush=True)
-                    entry["approval_ratings"] = approval_ratings(entry)
+                    entry["approval_ratings"] = approval_ratings(entry, arms)
                 report["tastes"][taste_name] = entry
     finally:
         server.terminate()
         server.wait(timeout=60)
     report["targets"] = {
         "approval_gain_points >= 30 within 3 rounds of <= 50 ratings": {
-            t: {a: e[a]["approval_gain_points"] for a in ("active", "random") if a in e}
+            t: {a: e[a]["approval_gain_points"] for a in arms_run if a in e}
             for t, e in report["tastes"].items()
         },
         "approval with the final reward's pick of --search answers (policy, base; random pick: base)": {
             t: {
                 a: [e[a]["search"][k]["approval_best_by_reward"] for k in ("policy", "base")]
                 + [e[a]["search"]["base"]["approval_random_pick"]]
-                for a in ("active", "random")
+                for a in arms_run
                 if a in e and e[a].get("search")
             }
             for t, e in report["tastes"].items()
@@ -706,8 +772,11 @@ def main() -> int:
         "active ratings <= 0.6 x random's (approval of the reward's pick of held-out base answers)": {
             t: e["learning_curve"]["pick_active_over_random_ratio"] for t, e in report["tastes"].items()
         },
-        "active ratings <= 0.6 x random's (held-out approval, full loops)": {
-            t: (e.get("approval_ratings") or {}).get("active_over_random_ratio")
+        "top ratings <= 0.6 x random's (approval of the reward's pick of held-out base answers)": {
+            t: e["learning_curve"]["pick_top_over_random_ratio"] for t, e in report["tastes"].items()
+        },
+        "ratings <= 0.6 x random's (held-out approval, full loops)": {
+            t: {k: v for k, v in (e.get("approval_ratings") or {}).items() if k.endswith("_ratio")}
             for t, e in report["tastes"].items()
         },
     }

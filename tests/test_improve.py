@@ -151,6 +151,69 @@ def test_active_selection_asks_along_the_direction_no_rating_has_explored(tmp_pa
         select(pairs, 1, strategy="curious", rng=random.Random(0))
 
 
+def test_selection_asks_about_answers_without_a_thumb_first() -> None:
+    # one rated direction (dimension 0); the reward prefers z0, then z1, then z2, z3
+    ensemble = PreferenceEnsemble.fit(
+        torch.tensor([[1.0, 0.0, 0.0]] * 6), torch.zeros(6, 3), members=2, l2=0.5,
+        reference=torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [-1.0, 0, 0]]),
+    )  # fmt: skip
+    table = Table({"z0": [2, 0, 0], "z1": [1, 1, 0], "z2": [0, 0, 1], "z3": [0, 1, 1]})
+    pairs = [
+        CandidatePair(f"{x}{y}", "p", x, y)
+        for x, y in [("z0", "z1"), ("z0", "z2"), ("z1", "z2"), ("z2", "z3")]
+    ]
+
+    def ask(rule: str, marks: dict[str, dict[str, bool]] | None) -> list[str]:
+        got = select(
+            pairs, 4, strategy=rule, rng=random.Random(0), ensemble=ensemble, embed=table, marks=marks
+        )  # type: ignore[arg-type]
+        return [c.key for c in got]
+
+    # without thumbs top asks about its favourite z0; once z0 is thumbed its verdict is known, and the
+    # favourite is the best answer not yet thumbed (z1), against a challenger without a thumb either
+    assert ask("top", None)[0] in ("z0z1", "z0z2")
+    assert ask("top", {"p": {"z0": True}}) == ["z1z2", "z0z1"]
+    # active: the pairs whose answers have no thumb come first, whatever their variance
+    order = ask("active", {"p": {"z0": True, "z1": False}})
+    assert order[0] == "z2z3" and set(order[1:3]) == {"z0z2", "z1z2"} and order[3] == "z0z1"
+    # random ignores thumbs; marks on another prompt change nothing
+    assert ask("random", {"p": {"z0": True}}) == ask("random", None)
+    assert ask("active", {"q": {"z2": True}}) == ask("active", None)
+    # before any reward the first batch already prefers answers not yet thumbed
+    first = select(pairs, 1, strategy="top", rng=random.Random(0), marks={"p": {"z0": True, "z1": True}})
+    assert [c.key for c in first] == ["z2z3"]
+
+
+def test_the_loop_gives_selection_the_thumbs_it_learns_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import helixloom.training.improve as improve_mod
+
+    given: list[object] = []
+    real = improve_mod.select
+
+    def spy(left, n, *, strategy, rng, ensemble=None, embed=None, marks=None):  # type: ignore[no-untyped-def]
+        given.append(marks)
+        return real(left, n, strategy=strategy, rng=rng, ensemble=ensemble, embed=embed, marks=marks)
+
+    monkeypatch.setattr(improve_mod, "select", spy)
+    table = Table({a: [float(len(a)), float(a.count("a"))] for a in ("a", "bb", "ccc", "aaaa")})
+    candidates = [{"prompt": PROMPTS[0], "answers": ["a", "bb", "ccc", "aaaa"]}]
+    for thumbs in ("pairs+ties", "ignore"):
+        run = ImproveRun.create(
+            f"marks-{thumbs.replace('+', '-')}",
+            PROMPTS[:1],
+            HELD_OUT,
+            base="default",
+            config=ImproveConfig(selection="top", ratings=4, batch=2, thumbs=thumbs),
+        )
+        rating_queue.enqueue(run.name, [rating_queue.QueueItem("old", 1, PROMPTS[0], "aaaa", "a")])
+        with Store(tmp_path / "db") as store:
+            rating_queue.answer(store, run.name, "old", "a", "simulated", thumbs={"a": "up", "b": "down"})
+            run._collect(1, candidates, table, store, lambda items: 0, lambda _: None)  # type: ignore[arg-type]
+    assert given == [{PROMPTS[0]: {"aaaa": True, "a": False}}, None]
+
+
 @pytest.mark.parametrize("selection", ["active", "bald", "top", "random"])
 def test_each_selection_rule_is_given_the_reward_so_far_unless_random(
     selection: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -160,9 +223,9 @@ def test_each_selection_rule_is_given_the_reward_so_far_unless_random(
     seen: list[tuple[str, bool]] = []
     real = improve_mod.select
 
-    def spy(left, n, *, strategy, rng, ensemble=None, embed=None):  # type: ignore[no-untyped-def]
+    def spy(left, n, *, strategy, rng, ensemble=None, embed=None, marks=None):  # type: ignore[no-untyped-def]
         seen.append((strategy, ensemble is not None))
-        return real(left, n, strategy=strategy, rng=rng, ensemble=ensemble, embed=embed)
+        return real(left, n, strategy=strategy, rng=rng, ensemble=ensemble, embed=embed, marks=marks)
 
     monkeypatch.setattr(improve_mod, "select", spy)
     table = Table({a: [float(len(a)), float(a.count("a"))] for a in ("a", "bb", "ccc", "aaaa")})

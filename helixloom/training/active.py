@@ -323,45 +323,74 @@ def select(
     rng: random.Random,
     ensemble: PreferenceEnsemble | None = None,
     embed: Embedder | None = None,
+    marks: dict[str, dict[str, bool]] | None = None,
 ) -> list[CandidatePair]:
     """The ``n`` candidates to ask about next: ``random``; ``active``, the highest posterior variance
     of the pair's logit first; ``bald``, the highest BALD first (an ensemble saved without its
     ratings is asked this way too); or ``top``, as active among the pairs that hold a prompt's
     current favourite (the answer the reward scores highest among those still in unasked pairs):
     its challenger it is least sure of. At most one pair per prompt while other prompts remain.
-    Without an ensemble yet, all are random."""
+    Without an ensemble yet, all are random.
+
+    ``marks`` are the thumbs given so far (prompt -> answer -> up). A thumbed answer's verdict is
+    known, and a thumb on an answer not yet thumbed teaches the reward about every answer of its
+    prompt thumbed the other way, so every rule but random asks about answers without a thumb
+    first: pairs with more of them come first, and top's favourite is the best of them (``unknown``)."""
     if strategy not in STRATEGIES:
         raise HelixloomError(f"unknown selection strategy {strategy!r}: {', '.join(STRATEGIES)}")
     pool = list(candidates)
-    if strategy == "random" or ensemble is None or embed is None or not pool:
+    if strategy == "random":
         rng.shuffle(pool)
         return pool[:n]
+    known = marks or {}
+
+    def fresh(prompt: str, answer: str) -> bool:
+        return answer not in known.get(prompt, {})
+
+    if ensemble is None or embed is None or not pool:
+        rng.shuffle(pool)
+        pool.sort(key=lambda c: -unknown(c, known))  # stable: random among equals
+        return _spread(pool, n)
     a = embed([c.prompt for c in pool], [c.a for c in pool])
     b = embed([c.prompt for c in pool], [c.b for c in pool])
     if strategy == "top":
         # What serving and RAFT use is each prompt's top pick, so ask whether it deserves to be: the
         # favourite against a challenger (a "dueling bandit" asks the same; e.g. RUCB, Zoghi et al.
-        # 2014). The favourite is the best of the answers still in pairs not yet asked.
+        # 2014). The favourite is the best of the answers still in pairs not yet asked, and of those
+        # without a thumb where there is one: a thumbed favourite is already known to be good or bad.
         score_a, score_b = ensemble.scores(a).mean(dim=0).tolist(), ensemble.scores(b).mean(dim=0).tolist()
-        best: dict[str, tuple[float, str]] = {}
+        best: dict[str, tuple[bool, float, str]] = {}
         for c, sa, sb in zip(pool, score_a, score_b, strict=True):
             for text, sc in ((c.a, sa), (c.b, sb)):
-                if c.prompt not in best or sc > best[c.prompt][0]:
-                    best[c.prompt] = (sc, text)
-        keep = [i for i, c in enumerate(pool) if best[c.prompt][1] in (c.a, c.b)]
+                rank = (fresh(c.prompt, text), sc, text)
+                if c.prompt not in best or rank[:2] > best[c.prompt][:2]:
+                    best[c.prompt] = rank
+        keep = [i for i, c in enumerate(pool) if best[c.prompt][2] in (c.a, c.b)]
         pool, a, b = [pool[i] for i in keep], a[keep], b[keep]
     variance = ensemble.logit_variance(a, b) if strategy in ("active", "top") else None
     gain = (variance if variance is not None else bald(ensemble.pair_probs(a, b))).tolist()
-    order = sorted(range(len(pool)), key=lambda i: (-gain[i], rng.random()))
+    order = sorted(range(len(pool)), key=lambda i: (-unknown(pool[i], known), -gain[i], rng.random()))
+    return _spread([pool[i] for i in order], n)
+
+
+def unknown(pair: CandidatePair, marks: dict[str, dict[str, bool]]) -> int:
+    """How many of ``pair``'s two answers have no thumb yet (``marks``: prompt -> answer -> up)."""
+    given = marks.get(pair.prompt, {})
+    return (pair.a not in given) + (pair.b not in given)
+
+
+def _spread(ranked: Sequence[CandidatePair], n: int) -> list[CandidatePair]:
+    """The first ``n`` of ``ranked``, at most one per prompt while other prompts remain."""
+    order = range(len(ranked))
     picked: list[CandidatePair] = []
     seen: set[str] = set()
     for i in order:  # first pass: one per prompt
-        if len(picked) < n and pool[i].prompt not in seen:
-            picked.append(pool[i])
-            seen.add(pool[i].prompt)
+        if len(picked) < n and ranked[i].prompt not in seen:
+            picked.append(ranked[i])
+            seen.add(ranked[i].prompt)
     for i in order:
-        if len(picked) < n and pool[i] not in picked:
-            picked.append(pool[i])
+        if len(picked) < n and ranked[i] not in picked:
+            picked.append(ranked[i])
     return picked
 
 

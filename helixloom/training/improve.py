@@ -1009,8 +1009,16 @@ class ImproveRun:
                         prefs, embed, members=self.config.members, l2=self.config.l2, seed=len(prefs)
                     ).ensemble
                 n = min(self.config.batch, self.config.ratings - answered())
+                # thumbs the reward learns from make an answer's verdict known: ask about others first
+                marks = self.thumbs() if self.config.thumbs != "ignore" else None
                 chosen = select(
-                    left, n, strategy=self.config.selection, rng=rng, ensemble=ensemble, embed=embed
+                    left,
+                    n,
+                    strategy=self.config.selection,
+                    rng=rng,
+                    ensemble=ensemble,
+                    embed=embed,
+                    marks=marks,
                 )
                 open_items = [rating_queue.QueueItem(c.key, r, c.prompt, c.a, c.b) for c in chosen]
                 rating_queue.enqueue(self.name, open_items)
