@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -188,7 +189,8 @@ def held_out_pairs(taste: Any, rows: list[dict[str, Any]]) -> list[Any]:
 
 def search_pool(args: argparse.Namespace, engine: Any, run: Any) -> list[dict[str, Any]]:
     """``--k`` base answers to each held-out prompt, drawn as AutoLoom draws a run's (forms included
-    when it explores; ``ImproveRun.best_answers``): what the learning curve's reward picks from. The
+    when it explores; ``ImproveRun.best_answers``; the loops' base search draws the same when --search
+    equals --k): what the learning curve's reward picks from. The
     held-out evaluation's own answers are plain, and hold a list or an answer-then-question for few
     prompts, so a pick among them says little about those tastes."""
     from helixloom.rewards import FunctionReward
@@ -397,7 +399,7 @@ def learning_curve(
     agreement_pairs: list[Any],
     held_out_rows: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Reward agreement on held-out pairs after each batch of ratings, active vs random, over seeds;
+    """Reward agreement on held-out pairs after each batch of ratings, per selection rule, over seeds;
     and the approval of the answer the reward so far picks among each held-out prompt's base answers
     (``held_out_rows``, ``search_pool``: what the ratings buy when the reward steers a search, with
     no training). With --thumbs the user marks both answers of each pair, and the rules are asked as
@@ -450,18 +452,24 @@ def learning_curve(
             asked: set[str] = set()
             curve, picked = [], []
             ensemble = None
+            learns_thumbs = args.thumbs and args.learn_thumbs != "ignore"
             while len(asked) < budget:
-                left = [c for c in pool if c.key not in asked]
-                learns_thumbs = args.thumbs and args.learn_thumbs != "ignore"
-                batch = select(
-                    left,
-                    args.batch,
-                    strategy=arm,
-                    rng=rng,
-                    ensemble=ensemble,
-                    embed=embed,
-                    marks=marks if learns_thumbs else None,  # as the loop asks
-                )
+                # a full batch, so every point is --batch ratings on (top may offer fewer pairs at a
+                # time than --batch when prompts are few: asked again, as the loop asks again)
+                want, batch = min(args.batch, budget - len(asked)), []
+                while len(batch) < want:
+                    got = select(
+                        [c for c in pool if c.key not in asked and c not in batch],
+                        want - len(batch),
+                        strategy=arm,
+                        rng=rng,
+                        ensemble=ensemble,
+                        embed=embed,
+                        marks=marks if learns_thumbs else None,  # as the loop asks
+                    )
+                    if not got:
+                        break
+                    batch += got
                 for c in batch:
                     asked.add(c.key)
                     pick = choose(taste, c.prompt, c.a, c.b)
@@ -536,8 +544,10 @@ def learning_curve(
 
 def arm_spec(arm: str) -> tuple[str, int | None]:
     """``RULE`` or ``RULE@N`` (N ratings a round instead of --ratings) -> the rule and N."""
-    rule, _, per_round = arm.partition("@")
-    return rule, int(per_round) if per_round else None
+    found = re.fullmatch(r"([a-z]+)(?:@([0-9]+))?", arm)
+    if found is None:
+        raise ValueError(arm)
+    return found[1], int(found[2]) if found[2] else None
 
 
 def approval_ratings(entry: dict[str, Any], arms: list[str]) -> dict[str, Any] | None:
@@ -703,6 +713,7 @@ def main() -> int:
     }
     try:
         engine = load_engine("default")
+        pick_rows: list[dict[str, Any]] = []
         with Store.open_default() as store:
             for taste_name in args.tastes.split(","):
                 taste = TASTES[taste_name]
@@ -731,9 +742,9 @@ def main() -> int:
                 base_eval = probe._eval_policy(engine, None, None)
                 pool = probe._sample(1, engine, None, None)
                 pairs = held_out_pairs(taste, base_eval)
-                entry["learning_curve"] = learning_curve(
-                    args, engine, taste, pool, pairs, search_pool(args, engine, probe)
-                )
+                # base answers drawn alike for every taste: drawn once
+                pick_rows = pick_rows or search_pool(args, engine, probe)
+                entry["learning_curve"] = learning_curve(args, engine, taste, pool, pairs, pick_rows)
                 entry["learning_curve"]["seconds"] = round(time.perf_counter() - t, 1)
                 print(
                     json.dumps({taste_name: {"learning_curve": entry["learning_curve"]}}),

@@ -28,6 +28,11 @@ the size of the pair's difference (after 10 ratings, 8 of its top 10 pairs are t
 different; after 30, 3; after 60, 2: the no-I/me/my pool), so it starts by asking about answers that
 differ most and then turns to what the ratings left open.
 
+With thumbs (the rating page's up/down beside each choice, which the loop learns from as pairs of a
+prompt's liked answers against its disliked ones), a rating teaches about each answer it shows, and
+a thumbed answer's verdict is already known; so every rule but random asks about answers not yet
+thumbed first, and ``top``'s favourite is the best of those (``select``'s ``marks``).
+
 Written by hand because nothing in our stack offers it: TRL's reward trainer fits one model on
 text, not an ensemble on cached features, and has no acquisition function.
 """
@@ -330,12 +335,13 @@ def select(
     ratings is asked this way too); or ``top``, as active among the pairs that hold a prompt's
     current favourite (the answer the reward scores highest among those still in unasked pairs):
     its challenger it is least sure of. At most one pair per prompt while other prompts remain.
-    Without an ensemble yet, all are random.
+    Without an ensemble yet, every rule asks at random (all but random: one pair per prompt, answers
+    without a thumb first).
 
     ``marks`` are the thumbs given so far (prompt -> answer -> up). A thumbed answer's verdict is
     known, and a thumb on an answer not yet thumbed teaches the reward about every answer of its
     prompt thumbed the other way, so every rule but random asks about answers without a thumb
-    first: pairs with more of them come first, and top's favourite is the best of them (``unknown``)."""
+    first: pairs with more of them come first, and top's favourite is the best of them (``_unknown``)."""
     if strategy not in STRATEGIES:
         raise HelixloomError(f"unknown selection strategy {strategy!r}: {', '.join(STRATEGIES)}")
     pool = list(candidates)
@@ -349,7 +355,7 @@ def select(
 
     if ensemble is None or embed is None or not pool:
         rng.shuffle(pool)
-        pool.sort(key=lambda c: -unknown(c, known))  # stable: random among equals
+        pool.sort(key=lambda c: -_unknown(c, known))  # stable: random among equals
         return _spread(pool, n)
     a = embed([c.prompt for c in pool], [c.a for c in pool])
     b = embed([c.prompt for c in pool], [c.b for c in pool])
@@ -369,11 +375,11 @@ def select(
         pool, a, b = [pool[i] for i in keep], a[keep], b[keep]
     variance = ensemble.logit_variance(a, b) if strategy in ("active", "top") else None
     gain = (variance if variance is not None else bald(ensemble.pair_probs(a, b))).tolist()
-    order = sorted(range(len(pool)), key=lambda i: (-unknown(pool[i], known), -gain[i], rng.random()))
+    order = sorted(range(len(pool)), key=lambda i: (-_unknown(pool[i], known), -gain[i], rng.random()))
     return _spread([pool[i] for i in order], n)
 
 
-def unknown(pair: CandidatePair, marks: dict[str, dict[str, bool]]) -> int:
+def _unknown(pair: CandidatePair, marks: dict[str, dict[str, bool]]) -> int:
     """How many of ``pair``'s two answers have no thumb yet (``marks``: prompt -> answer -> up)."""
     given = marks.get(pair.prompt, {})
     return (pair.a not in given) + (pair.b not in given)
@@ -381,16 +387,15 @@ def unknown(pair: CandidatePair, marks: dict[str, dict[str, bool]]) -> int:
 
 def _spread(ranked: Sequence[CandidatePair], n: int) -> list[CandidatePair]:
     """The first ``n`` of ``ranked``, at most one per prompt while other prompts remain."""
-    order = range(len(ranked))
     picked: list[CandidatePair] = []
     seen: set[str] = set()
-    for i in order:  # first pass: one per prompt
-        if len(picked) < n and ranked[i].prompt not in seen:
-            picked.append(ranked[i])
-            seen.add(ranked[i].prompt)
-    for i in order:
-        if len(picked) < n and ranked[i] not in picked:
-            picked.append(ranked[i])
+    for c in ranked:  # first pass: one per prompt
+        if len(picked) < n and c.prompt not in seen:
+            picked.append(c)
+            seen.add(c.prompt)
+    for c in ranked:
+        if len(picked) < n and c not in picked:
+            picked.append(c)
     return picked
 
 
