@@ -164,11 +164,12 @@ class ImproveConfig:
     # answer-then-ask taste at seeds 0-1 top +66.7, +70.8, random +83.4, +83.3 (active +62.5 at 0); the
     # list at seeds 1-2 top +79.2, +70.8, random +66.7, +79.2; no I/me/my top and active +79.2. Since
     # then every rule but random asks about answers without a thumb first (active.select's marks):
-    # offline, 8 pools x 4 seeds (Dec 2026), the approval of the reward's pick among held-out answers
-    # that random selection has after 150 ratings (it first got there at 90 on the list taste, 120 on
-    # answer-then-ask) top reached with 40 on both (0.44x, 0.33x; before the change 0.89x and 0.83x;
-    # active 0.67x and 0.5x). The full loops did not show it: with 30 ratings a round top gained +75.0,
-    # +33.3, +66.7 where random gained +58.4, +75.0, +50.0 (with 50: +83.4, +66.7, +79.2; README)
+    # offline (benchmarks/selection_curves.py, 8 pools x 4 seeds, Dec 2026), the approval of the
+    # reward's pick among held-out answers that random selection has after 150 ratings (it first got
+    # there at 90 on the list taste, 120 on answer-then-ask) top reached with 40 on both (0.44x, 0.33x;
+    # not given the thumbs 0.89x and 0.75x; active 0.67x and 0.5x). The full loops did not show it:
+    # with 30 ratings a round top gained +75.0, +33.3, +66.7 where random gained +58.4, +75.0, +50.0
+    # (with 50: +83.4, +66.7, +79.2; README)
     selection: str = field(
         default="top",
         metadata={
