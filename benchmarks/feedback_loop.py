@@ -187,6 +187,26 @@ def held_out_pairs(taste: Any, rows: list[dict[str, Any]]) -> list[Any]:
     return out
 
 
+def training_picks(run: Any, taste: Any, rnd: int) -> dict[str, Any]:
+    """What round ``rnd`` trained the policy on, by the hidden taste: of its training prompts with at
+    least one liked answer among the k, the share whose chosen answer is liked. Where that is near 100%
+    for every selection rule, the ratings were not what held the policy back that round."""
+    folder = run.root / f"round-{rnd}"
+    candidates = json.loads((folder / "candidates.json").read_text())
+    rows = json.loads((folder / "train_rows.json").read_text())
+    with_liked = liked = 0
+    for c in candidates:
+        if not any(taste.likes(c["prompt"], a) for a in c["answers"]):
+            continue
+        with_liked += 1
+        chosen = [r["chosen"] for r in rows if c["prompt"] in r["prompt"] and r["chosen"] in c["answers"]]
+        liked += bool(chosen) and taste.likes(c["prompt"], chosen[0])
+    return {
+        "train_prompts_with_a_liked_answer": with_liked,
+        "train_picks_liked_of_those": round(100.0 * liked / with_liked, 1) if with_liked else None,
+    }
+
+
 def search_pool(args: argparse.Namespace, engine: Any, run: Any) -> list[dict[str, Any]]:
     """``--k`` base answers to each held-out prompt, drawn as AutoLoom draws a run's (forms included
     when it explores; ``ImproveRun.best_answers``; the loops' base search draws the same when --search
@@ -302,6 +322,7 @@ def run_arm(
                 reward_agreement_held_out=round(agree, 3) if agree is not None else None,
                 reward_agreement_train=round(result.train_agreement or 0, 3),
                 dpo_pairs=result.pairs,
+                **training_picks(run, taste, rnd),
                 chosen_forms=result.chosen_forms,
                 candidate_win_rate=round(result.win_rate, 1),
                 promoted=result.promoted,

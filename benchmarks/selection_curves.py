@@ -12,6 +12,11 @@ the ratings each rule needed to reach the approval random selection has with the
 random's (the issue's "same approval with at most 60% of the ratings"). A rule ``RULE-nomarks`` is
 asked without the thumbs (``select``'s ``marks``), as every rule was before Dec 2026.
 
+It also records what round 1 of a loop would train the policy on (``train_pick_*``): of the training
+prompts with a liked answer among their k, the share whose pick is liked, the rater's thumbs first
+as the loop picks (``improve.thumbs_first``; ``train_pick_reward_only_*``: the reward alone), and the
+ratings each rule needs to reach random's share at one round's ratings (``--round-budget``, 50).
+
     python benchmarks/selection_curves.py [--pools 8] [--sel-seeds 4] [--tastes short_question,bullets]
         [--rules random,top,top-nomarks,active,active-nomarks] [--budget 150] [--batch 10]
 """
@@ -56,9 +61,13 @@ def sample_pool(engine: Any, seed: int, k: int, folder: Path) -> dict[str, Any]:
 
 def curve(
     rule: str, taste: Any, data: dict[str, Any], seed: int, embed: Any, args: argparse.Namespace
-) -> list[float]:
+) -> dict[str, list[float]]:
+    """One selection seed's curves: after every batch, the approval of the reward's pick among each
+    held-out prompt's answers (``held``), and of round 1's training pick (``train``, thumbs first as
+    the loop picks; ``train_reward_only``, the reward alone)."""
     from helixloom.evals.simulated_users import choose
     from helixloom.training.active import CandidatePair, RatedPair, fit_reward, select, with_thumbs
+    from helixloom.training.improve import thumbs_first
 
     pool = [
         CandidatePair(f"{j}-{x}-{y}", c["prompt"], c["answers"][x], c["answers"][y])
@@ -70,11 +79,18 @@ def curve(
     base = 100.0 * sum(taste.likes(h["prompt"], a) for h in data["held"] for a in h["answers"])
     base /= sum(len(h["answers"]) for h in data["held"])
     strategy, _, nomarks = rule.partition("-")
+    with_liked = [c for c in data["train"] if any(taste.likes(c["prompt"], a) for a in c["answers"])]
+    train_base = (
+        100.0
+        * sum(sum(taste.likes(c["prompt"], a) for a in c["answers"]) / len(c["answers"]) for c in with_liked)
+        / max(1, len(with_liked))
+    )
     rng = random.Random(seed)
     rated: list[RatedPair] = []
     marks: dict[str, dict[str, bool]] = {}
     asked: set[str] = set()
-    ensemble, out = None, []
+    ensemble = None
+    out: dict[str, list[float]] = {"held": [], "train": [], "train_reward_only": []}
     while len(asked) < min(args.budget, len(pool)):
         left = [c for c in pool if c.key not in asked]
         given = None if nomarks else marks
@@ -89,17 +105,65 @@ def curve(
             for text in (c.a, c.b):
                 marks.setdefault(c.prompt, {})[text] = taste.likes(c.prompt, text)
         learned = with_thumbs(rated, marks, ties=True)[0]
-        if not learned:
-            out.append(base)  # nothing to learn from yet: a pick is as good as a random one
+        if not learned:  # nothing to learn from yet: a pick is as good as a random one
+            for key, value in (("held", base), ("train", train_base), ("train_reward_only", train_base)):
+                out[key].append(value)
             continue
         reward = fit_reward(learned, embed, seed=len(learned), reference=reference)
         ensemble = reward.ensemble
         liked = 0
         for h in data["held"]:
             scores = reward.score_group(h["prompt"], h["answers"])
-            liked += taste.likes(h["prompt"], h["answers"][max(range(len(scores)), key=scores.__getitem__)])
-        out.append(100.0 * liked / len(data["held"]))
+            liked += taste.likes(h["prompt"], h["answers"][argmax(scores)])
+        out["held"].append(100.0 * liked / len(data["held"]))
+        # What round 1 of the loop would train the policy on (RAFT's pick per training prompt), among
+        # the training prompts with a liked answer: the reward's pick after the rater's thumbs, as the
+        # loop picks (thumbs_first), and by the reward alone, as it picked before Dec 2026.
+        first = alone = 0
+        for c in with_liked:
+            scores = reward.score_group(c["prompt"], c["answers"])
+            moved = thumbs_first(c["answers"], scores, marks.get(c["prompt"], {}))
+            first += taste.likes(c["prompt"], c["answers"][argmax(moved)])
+            alone += taste.likes(c["prompt"], c["answers"][argmax(scores)])
+        out["train"].append(100.0 * first / len(with_liked))
+        out["train_reward_only"].append(100.0 * alone / len(with_liked))
     return out
+
+
+def argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
+
+
+def summary(
+    curves: dict[str, list[dict[str, list[float]]]],
+    metric: str,
+    label: str,
+    budget: int,
+    steps: list[int],
+    rules: list[str],
+) -> dict[str, Any]:
+    """The mean ``metric`` curve per rule up to ``budget`` ratings, random's value there (the target),
+    the ratings each rule needs to reach it, and that over random's."""
+    upto = [i for i, n in enumerate(steps) if n <= budget]
+    mean = {r: [sum(c[metric][i] for c in cs) / len(cs) for i in upto] for r, cs in curves.items()}
+    target = mean["random"][-1]
+    need = {
+        r: next((steps[i] for i, v in zip(upto, m, strict=True) if v >= target - 1e-9), None)
+        for r, m in mean.items()
+    }
+    name = "" if label == "pick_approval" else f"{label}_"  # the held-out pick keeps its first names
+    return {
+        **{f"{label}_{r}": [round(v, 1) for v in m] for r, m in mean.items()},
+        f"{name}target (random at {budget} ratings)": round(target, 1),
+        **{f"{name}ratings_to_target_{r}": need[r] for r in rules},
+        **{
+            f"{name}{r}_over_random_ratio": round(need[r] / need["random"], 2)
+            if need[r] and need["random"]
+            else None
+            for r in rules
+            if r != "random"
+        },
+    }
 
 
 def main() -> int:
@@ -112,6 +176,10 @@ def main() -> int:
     parser.add_argument("--rules", default="random,top,top-nomarks,active,active-nomarks")
     parser.add_argument("--budget", type=int, default=150, help="ratings (the feedback loop's 3 x 50)")
     parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument(
+        "--round-budget", type=int, default=50,
+        help="ratings of one loop round: the training pick's target is random's there (the loop's 50)",
+    )  # fmt: skip
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--work", help="HELIXLOOM_HOME to use; pools are cached there")
     args = parser.parse_args()
@@ -144,27 +212,16 @@ def main() -> int:
             rule: [curve(rule, taste, data, s, embed, args) for data in pools for s in range(args.sel_seeds)]
             for rule in rules
         }
-        mean = {r: [sum(c[i] for c in cs) / len(cs) for i in range(len(steps))] for r, cs in curves.items()}
-        target = mean["random"][-1]
-
-        def needed(values: list[float], target: float = target) -> int | None:
-            return next((steps[i] for i, v in enumerate(values) if v >= target - 1e-9), None)
-
-        need = {r: needed(m) for r, m in mean.items()}
-        report["tastes"][name] = {
-            "curves_per_rule": len(curves["random"]),
-            "ratings": steps,
-            **{f"pick_approval_{r}": [round(v, 1) for v in m] for r, m in mean.items()},
-            "target (random at full budget)": round(target, 1),
-            **{f"ratings_to_target_{r}": need[r] for r in rules},
-            **{
-                f"{r}_over_random_ratio": round(need[r] / need["random"], 2)
-                if need[r] and need["random"]
-                else None
-                for r in rules
-                if r != "random"
-            },
-        }
+        entry: dict[str, Any] = {"curves_per_rule": len(curves["random"]), "ratings": steps}
+        # The held-out pick is measured against random's whole budget; round 1's training pick
+        # against random's at one round's ratings (--round-budget), what a loop's round asks.
+        for metric, label, at in (
+            ("held", "pick_approval", args.budget),
+            ("train", "train_pick", args.round_budget),
+            ("train_reward_only", "train_pick_reward_only", args.round_budget),
+        ):
+            entry.update(summary(curves, metric, label, at, steps, rules))
+        report["tastes"][name] = entry
         print(json.dumps({name: report["tastes"][name]}), file=sys.stderr, flush=True)
     report["sampling_s"] = round(sampled, 1)
     report["total_s"] = round(time.perf_counter() - t0, 1)

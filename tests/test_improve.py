@@ -905,6 +905,73 @@ def test_explore_by_reward_gives_the_forms_the_reward_picked_more_of_the_next_ro
         ImproveConfig(explore_by="chance")
 
 
+@pytest.mark.parametrize("method", ["raft", "dpo"])
+@pytest.mark.parametrize("thumbs", ["pairs+ties", "pairs"])
+def test_the_raters_thumbs_come_before_the_reward_in_the_policys_rows(
+    tiny_model: TinyModel, tiny_engine, method: str, thumbs: str
+) -> None:
+    """Where the rater thumbed a round's answers, the policy trains on their verdict, not on the
+    reward's guess at it: a thumbed-up answer is the best, a thumbed-down one never is (and is the
+    worst), the reward ranks the rest; every answer thumbed down gives no row with pairs+ties."""
+    config = ImproveConfig(rounds=1, k=3, method=method, thumbs=thumbs)
+    run = ImproveRun.create(f"first-{method}-{thumbs.replace('+', '-')}", PROMPTS, HELD_OUT,
+                            base=str(tiny_model.path), config=config)  # fmt: skip
+    answers = ["aaa", "bcd", "xyz"]  # the reward (vowels) ranks aaa first, the other two tie
+    candidates = [{"prompt": p, "answers": answers} for p in PROMPTS[:4]]
+    marks = {
+        PROMPTS[0]: {"bcd": True, "aaa": False},  # the user overrules the reward
+        PROMPTS[1]: dict.fromkeys(answers, False),  # nothing liked
+        PROMPTS[2]: {"xyz": True, "bcd": True},  # the reward cannot tell these two: still a best
+        "another prompt": {"xyz": True},
+    }
+    rows = run._training_rows(1, tiny_engine, candidates, FunctionReward(vowel_share), [], marks)
+    got = {p: [(r["chosen"], r.get("rejected")) for r in rows if p in r["prompt"]] for p in PROMPTS[:4]}
+
+    def row(chosen: str, rejected: str) -> tuple[str, str | None]:
+        return (chosen, rejected if method == "dpo" else None)
+
+    assert got[PROMPTS[0]] == [row("bcd", "aaa")]
+    assert got[PROMPTS[1]] == ([] if thumbs == "pairs+ties" else [row("aaa", "xyz")])
+    assert got[PROMPTS[2]] == [row("bcd", "aaa")]
+    assert got[PROMPTS[3]] == [row("aaa", "xyz")]  # unrated: the reward's order
+    # without marks (a scripted reward, or thumbs ignored) the reward alone decides, as before
+    plain = run._training_rows(2, tiny_engine, candidates, FunctionReward(vowel_share), [])
+    assert {r["chosen"] for r in plain} == {"aaa"}
+
+
+def test_the_loop_gives_the_policys_rows_the_thumbs_when_it_learns_from_them(
+    tiny_model: TinyModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    given: list[object] = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(self, r, engine, candidates, reward, rated, marks=None):  # type: ignore[no-untyped-def]
+        given.append(marks)
+        raise Stop
+
+    monkeypatch.setattr(ImproveRun, "_training_rows", spy)
+    engine = load_engine(str(tiny_model.path))
+    expected: list[object] = []
+    for thumbs in ("pairs+ties", "ignore"):
+        config = ImproveConfig(**{**FAST.__dict__, "thumbs": thumbs, "ratings": 2, "batch": 2})
+        run = ImproveRun.create(f"wired-{thumbs.replace('+', '-')}", PROMPTS[:2], HELD_OUT[:1],
+                                base=str(tiny_model.path), config=config, train=TRAIN)  # fmt: skip
+        with Store(tmp_path / "db") as store:
+
+            def rater(items: list[rating_queue.QueueItem], store: Store = store, name: str = run.name) -> int:
+                for i in items:
+                    rating_queue.answer(store, name, i.id, "a", "simulated", thumbs={"a": "up", "b": "down"})
+                return len(items)
+
+            with pytest.raises(Stop):
+                run.execute(engine, store, rater=rater)
+        assert run.thumbs()  # the rater thumbed both runs' answers
+        expected.append(run.thumbs() if thumbs != "ignore" else None)
+    assert given == expected
+
+
 def test_raft_fine_tunes_on_the_rewards_best_answer_and_is_promoted_when_it_wins(
     tiny_model: TinyModel, tiny_engine, tmp_path: Path
 ) -> None:
