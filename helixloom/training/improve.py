@@ -263,7 +263,7 @@ class ImproveConfig:
             "beside a choice: pairs (each prompt's thumbed-up answers beat its thumbed-down ones), "
             "pairs+ties (and a choice between two thumbed-down answers is a tie, not learned from: "
             "both are bad) or ignore (the choices alone); unless ignore, the policy trains on a "
-            "thumbed-up answer first and never on a thumbed-down one"
+            "thumbed-up answer first and on a thumbed-down one only when all are (never, with pairs+ties)"
         },
     )
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the k answers"})
@@ -558,9 +558,9 @@ class ImproveRun:
             # The policy trains on this round's own pairs (on-policy, as GSHF's fresh data per iteration);
             # the reward keeps learning from every round's.
             this_round = self.rated_pairs(store, round_=r) if reward is None else []
-            if self.config.thumbs == "pairs+ties":  # the policy does not learn the less bad either
-                this_round = drop_ties(this_round, self.thumbs())
             marks = self.thumbs() if reward is None and self.config.thumbs != "ignore" else None
+            if self.config.thumbs == "pairs+ties" and marks is not None:  # nor the less bad of two bad
+                this_round = drop_ties(this_round, marks)
             rows = self._training_rows(r, engine, candidates, learned, this_round, marks)
             trained = self._train(r, rows, current, say)
             seconds["train"] = time.perf_counter() - t
