@@ -14,7 +14,8 @@ asked without the thumbs (``select``'s ``marks``), as every rule was before Dec 
 
 It also records what round 1 of a loop would train the policy on (``train_pick_*``): of the training
 prompts with a liked answer among their k, the share whose pick is liked, the rater's thumbs first
-as the loop picks (``improve.thumbs_first``; ``train_pick_reward_only_*``: the reward alone), and the
+if the loop put them first (``thumbs_first``; ``train_pick_reward_only_*``: the reward alone, as the
+loop picks), and the
 ratings each rule needs to reach random's share at one round's ratings (``--round-budget``, 50).
 
     python benchmarks/selection_curves.py [--pools 8] [--sel-seeds 4] [--tastes short_question,bullets]
@@ -63,11 +64,10 @@ def curve(
     rule: str, taste: Any, data: dict[str, Any], seed: int, embed: Any, args: argparse.Namespace
 ) -> dict[str, list[float]]:
     """One selection seed's curves: after every batch, the approval of the reward's pick among each
-    held-out prompt's answers (``held``), and of round 1's training pick (``train``, thumbs first as
-    the loop picks; ``train_reward_only``, the reward alone)."""
+    held-out prompt's answers (``held``), and of round 1's training pick (``train``, thumbs first;
+    ``train_reward_only``, the reward alone, as the loop picks)."""
     from helixloom.evals.simulated_users import choose
     from helixloom.training.active import CandidatePair, RatedPair, fit_reward, select, with_thumbs
-    from helixloom.training.improve import thumbs_first
 
     pool = [
         CandidatePair(f"{j}-{x}-{y}", c["prompt"], c["answers"][x], c["answers"][y])
@@ -117,8 +117,8 @@ def curve(
             liked += taste.likes(h["prompt"], h["answers"][argmax(scores)])
         out["held"].append(100.0 * liked / len(data["held"]))
         # What round 1 of the loop would train the policy on (RAFT's pick per training prompt), among
-        # the training prompts with a liked answer: the reward's pick after the rater's thumbs, as the
-        # loop picks (thumbs_first), and by the reward alone, as it picked before Dec 2026.
+        # the training prompts with a liked answer: the reward's pick after the rater's thumbs
+        # (thumbs_first, tried in the loop and not kept), and by the reward alone, as the loop picks.
         first = alone = 0
         for c in with_liked:
             scores = reward.score_group(c["prompt"], c["answers"])
@@ -128,6 +128,18 @@ def curve(
         out["train"].append(100.0 * first / len(with_liked))
         out["train_reward_only"].append(100.0 * alone / len(with_liked))
     return out
+
+
+def thumbs_first(answers: list[str], scores: list[float], verdicts: dict[str, bool]) -> list[float]:
+    """``scores`` moved so that every answer the rater thumbed up ranks above every unrated one and
+    every unrated one above every answer thumbed down (``verdicts``: answer -> up), the reward's order
+    kept within each. The improve loop picked so for one session (Dec 2026) and went back to the reward
+    alone: the full loops gained less with it (README)."""
+    spread = (max(scores) - min(scores) + 1.0) if scores else 1.0
+    return [
+        s + spread * (1 if verdicts.get(a) is True else -1 if verdicts.get(a) is False else 0)
+        for a, s in zip(answers, scores, strict=True)
+    ]
 
 
 def argmax(values: list[float]) -> int:

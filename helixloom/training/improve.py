@@ -170,10 +170,9 @@ class ImproveConfig:
     # not given the thumbs 0.89x and 0.75x; active 0.67x and 0.5x). The full loops did not show it:
     # with 30 ratings a round top gained +75.0, +33.3, +66.7 where random gained +58.4, +75.0, +50.0
     # (with 50: +83.4, +66.7, +79.2; README). They could not: in those runs every arm's training picks
-    # were liked for 85-100% of the prompts that had a liked answer, every round (the policy trained
-    # on data as good with 90 ratings as with 150). What selection changes is that pick's approval at
-    # fewer ratings: round 1's, offline, thumbs first (thumbs_first), random after 50 ratings 97.9%
-    # (list) and 96.8% (answer-then-ask), top after 30 98.0% and 97.8%: 0.6x the ratings on both
+    # were liked for 85-100% of the prompts that had a liked answer, every round. Putting the rater's
+    # thumbs before the reward in the policy's rows (thumbed up first, thumbed down last) was tried and
+    # not kept: random with 50 a round fell to +50.0, +12.5, +8.3 on the same seeds (README)
     selection: str = field(
         default="top",
         metadata={
@@ -262,8 +261,7 @@ class ImproveConfig:
             "help": "what the reward learns from the thumbs up/down a rater gives the two answers "
             "beside a choice: pairs (each prompt's thumbed-up answers beat its thumbed-down ones), "
             "pairs+ties (and a choice between two thumbed-down answers is a tie, not learned from: "
-            "both are bad) or ignore (the choices alone); unless ignore, the policy trains on a "
-            "thumbed-up answer first and on a thumbed-down one only when all are (never, with pairs+ties)"
+            "both are bad) or ignore (the choices alone)"
         },
     )
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the k answers"})
@@ -558,10 +556,9 @@ class ImproveRun:
             # The policy trains on this round's own pairs (on-policy, as GSHF's fresh data per iteration);
             # the reward keeps learning from every round's.
             this_round = self.rated_pairs(store, round_=r) if reward is None else []
-            marks = self.thumbs() if reward is None and self.config.thumbs != "ignore" else None
-            if self.config.thumbs == "pairs+ties" and marks is not None:  # nor the less bad of two bad
-                this_round = drop_ties(this_round, marks)
-            rows = self._training_rows(r, engine, candidates, learned, this_round, marks)
+            if self.config.thumbs == "pairs+ties":  # the policy does not learn the less bad either
+                this_round = drop_ties(this_round, self.thumbs())
+            rows = self._training_rows(r, engine, candidates, learned, this_round)
             trained = self._train(r, rows, current, say)
             seconds["train"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -1055,17 +1052,8 @@ class ImproveRun:
         return got
 
     def _training_rows(
-        self,
-        r: int,
-        engine: Engine,
-        candidates: list[dict[str, Any]],
-        reward: Reward,
-        rated: list[RatedPair],
-        marks: dict[str, dict[str, bool]] | None = None,
+        self, r: int, engine: Engine, candidates: list[dict[str, Any]], reward: Reward, rated: list[RatedPair]
     ) -> list[dict[str, str]]:
-        """The policy's rows of round ``r``: per prompt, the reward's best answer (RAFT) or its best
-        and worst (DPO). ``marks`` (``thumbs()``): where the rater thumbed this round's answers, their
-        verdict comes before the reward's ranking (``thumbs_first``)."""
         path = self.root / f"round-{r}" / "train_rows.json"
         if path.is_file():
             return list(json.loads(path.read_text()))
@@ -1073,11 +1061,6 @@ class ImproveRun:
         rows: list[dict[str, str]] = []
         for c in candidates:
             scores = reward.score_group(c["prompt"], c["answers"])
-            if marks:
-                verdicts = marks.get(c["prompt"], {})
-                scores = thumbs_first(c["answers"], scores, verdicts)
-                if self.config.thumbs == "pairs+ties" and all(verdicts.get(a) is False for a in c["answers"]):
-                    continue  # every answer thumbed down: no best to learn, as drop_ties keeps no choice
             picked, _ = pick_pairs(c["answers"], scores, "max_min", rng)
             prompt = render(engine, self._messages(c["prompt"])).prompt
             if self.config.method == "raft":  # the best alone (a prompt whose answers all tie: none)
@@ -1167,24 +1150,6 @@ class ImproveRun:
         ]
         atomic.write_jsonl(self.root / "eval" / f"{_policy_key(adapter)}.jsonl", rows)
         return rows
-
-
-def thumbs_first(answers: Sequence[str], scores: Sequence[float], verdicts: dict[str, bool]) -> list[float]:
-    """``scores`` moved so that every answer the rater thumbed up ranks above every unrated one and
-    every unrated one above every answer thumbed down (``verdicts``: answer -> up), the reward's order
-    kept within each: where the user has said, their word beats the model of their taste.
-
-    Measured offline (benchmarks/selection_curves.py, 8 pools x 4 selection seeds, Dec 2026): of the
-    training prompts with a liked answer among their 8, the share whose round-1 pick is liked, after
-    50 ratings of random selection, 97.9% (the list taste) and 96.8% (answer-then-ask) with thumbs
-    first against 95.2% and 93.6% by the reward alone; after 30 of top selection 98.0% and 97.8%
-    against 94.2% and 94.2%.
-    """
-    spread = (max(scores) - min(scores) + 1.0) if scores else 1.0
-    return [
-        s + spread * (1 if verdicts.get(a) is True else -1 if verdicts.get(a) is False else 0)
-        for a, s in zip(answers, scores, strict=True)
-    ]
 
 
 def explore_form(prompt: int, sample: int, k: int, explore: int, round_: int) -> str | None:
