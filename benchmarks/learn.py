@@ -51,8 +51,8 @@ def main() -> None:
         default=DATA,
         help="a folder of .md documents and their questions.jsonl (default learn_data/, where the recipe "
         "was developed; learn_heldout/ was held out until session 11 printed its misses; learn_fresh/ "
-        "was written in session 12, learn_fresh2/ in session 15, learn_fresh3/ in session 29, each by a writer who had not seen "
-        "the question builders)",
+        "was written in session 12, learn_fresh2/ in session 15, learn_fresh3/ in session 29, each by a "
+        "writer who had not seen the question builders)",
     )
     parser.add_argument(
         "--questions", type=int, default=None, help="suite questions per prompt and chunk (default: learn's)"
