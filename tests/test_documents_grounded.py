@@ -38,36 +38,6 @@ def documents(tmp_path: Path) -> list:
     return sorted(ingest([tmp_path]).documents, key=lambda d: d.source)
 
 
-POINTING_BACK = """# Ravel kettle: quick guide
-
-The Ravel kettle is made by Tusk Works of Brennow. It holds 1.7 litres and boils in 3 minutes.
-
-## Safety
-
-Never run the kettle empty. This burns out the element and voids the warranty. Descale it every month.
-"""
-
-
-def test_a_sentence_that_points_back_is_answered_with_the_one_it_points_to(tmp_path: Path) -> None:
-    (tmp_path / "kettle.md").write_text(POINTING_BACK)
-    (doc,) = ingest([tmp_path]).documents
-    facts = grounded.facts(doc)
-    units = grounded.answer_units(facts)
-    lead = "The Ravel kettle is made by Tusk Works of Brennow. It holds 1.7 litres and boils in 3 minutes."
-    warning = "Never run the kettle empty. This burns out the element and voids the warranty."
-    assert units == {0: lead, 1: lead, 2: warning, 3: warning, 4: "Descale it every month."}
-    answers: dict[str, set[str]] = {}
-    for pairs in perspectives.build_pairs(doc).values():
-        for p in pairs:
-            answers.setdefault(p.key, set()).add(p.answer)
-    # asked about either sentence, the answer holds both: "it" is the kettle, "this" the empty run
-    assert any(a.endswith(lead) for a in answers["1.7"])
-    assert any(a.endswith(lead) for a in answers["Tusk Works of Brennow"])
-    assert all(warning in a for key, found in answers.items() for a in found if "element" in key)
-    # a sentence that stands alone ("Descale it every month": "it" inside, not first) answers alone
-    assert all(units[f.index] == f.sentence for f in facts if f.sentence.startswith("Descale"))
-
-
 def test_every_perspective_produces_pairs_whose_answers_are_the_documents_text(documents: list) -> None:
     for doc in documents:
         built = perspectives.build_pairs(doc)
@@ -80,8 +50,7 @@ def test_every_perspective_produces_pairs_whose_answers_are_the_documents_text(d
                 if name == "title":  # the title, then the lead sentence
                     assert p.answer.startswith(doc.title) and p.answer[len(doc.title) + 2 :] in text
                 elif name not in ("entity", "reverse"):  # entity descriptions are rewritten sentences
-                    # its sentence, with the one it points back to (or that points back to it)
-                    sentence = grounded.answer_units(grounded.facts(doc))[p.fact]
+                    sentence = grounded.facts(doc)[p.fact].sentence
                     assert sentence in text and p.answer.endswith(sentence)
                     lead = p.answer[: -len(sentence)]  # numbers and some forms: the asked-for span first
                     assert not lead or p.key.lower() in lead.lower()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from helixloom.documents.ingest import Document
 
@@ -127,44 +127,6 @@ def facts(doc: Document) -> list[Fact]:
             if len(sentence.split()) >= 3:
                 out.append(Fact(doc.doc_id, len(out), sentence, section))
     return out
-
-
-# A sentence that opens with a pronoun pointing back ("It holds up to 24 eggs.", "This destroys the
-# board.") says nothing alone: who is "it", what does "this"? Asked about its fact, the answer is the
-# sentence with the one it points back to; asked about that one, the answer goes on to it.
-_ANAPHOR = re.compile(r"(?:It|Its|This|These|That|Those|They|Their|He|She|His|Her|Such)\b")
-MAX_UNIT = 3  # sentences in one answer at most
-
-
-def answer_units(doc_facts: Sequence[Fact]) -> dict[int, str]:
-    """Each fact's answer text, by fact index: its sentence, joined to its neighbours (at most
-    ``MAX_UNIT`` sentences, in one section) when one opens with a pronoun pointing back
-    (``_ANAPHOR``). Most facts stand alone and answer with their own sentence."""
-    groups: list[list[Fact]] = []
-    for fact in doc_facts:
-        last = groups[-1] if groups else []
-        if (
-            last
-            and len(last) < MAX_UNIT
-            and _ANAPHOR.match(fact.sentence)
-            and last[-1].section == fact.section
-            and last[-1].index == fact.index - 1
-        ):
-            last.append(fact)
-        else:
-            groups.append([fact])
-    return {fact.index: " ".join(f.sentence for f in group) for group in groups for fact in group}
-
-
-def with_unit(pair: Pair, doc_facts: Sequence[Fact], units: dict[int, str]) -> Pair:
-    """``pair`` answered with its fact's whole unit (``answer_units``) instead of its sentence alone."""
-    if pair.fact < 0 or pair.fact >= len(doc_facts):
-        return pair
-    sentence = doc_facts[pair.fact].sentence
-    unit = units.get(pair.fact, sentence)
-    if unit == sentence or sentence not in pair.answer:
-        return pair
-    return replace(pair, answer=pair.answer.replace(sentence, unit, 1))
 
 
 def names(text: str, common: frozenset[str] = frozenset(), known: frozenset[str] = frozenset()) -> list[str]:

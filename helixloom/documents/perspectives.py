@@ -30,10 +30,8 @@ PERSPECTIVES = tuple(MAKERS)
 
 def build_pairs(doc: Document, perspectives: Sequence[str] = PERSPECTIVES) -> dict[str, list[Pair]]:
     """Every perspective's pairs for ``doc``, by perspective (a question asked twice, in any
-    perspective, is kept once: the first perspective to ask it keeps it). A fact whose sentence
-    points back to its neighbour ("It holds ...") answers with both (``grounded.answer_units``)."""
+    perspective, is kept once: the first perspective to ask it keeps it)."""
     doc_facts = grounded.facts(doc)
-    units = grounded.answer_units(doc_facts)
     out: dict[str, list[Pair]] = {}
     seen: set[str] = set()
     for name in perspectives:
@@ -42,6 +40,6 @@ def build_pairs(doc: Document, perspectives: Sequence[str] = PERSPECTIVES) -> di
             norm = " ".join(pair.question.lower().split())
             if norm not in seen:
                 seen.add(norm)
-                kept.append(grounded.with_unit(pair, doc_facts, units))
+                kept.append(pair)
         out[name] = kept
     return out
