@@ -87,6 +87,12 @@ def main() -> None:
         help="keep the rough questions the teacher rephrased (learn's --keep-rough)",
     )
     parser.add_argument(
+        "--title-first",
+        action="store_true",
+        help="open every trained answer with its document's title (learn's --title-first); every arm "
+        "then answers in up to 96 tokens instead of 64",
+    )
+    parser.add_argument(
         "--synonyms",
         type=int,
         default=None,
@@ -129,7 +135,8 @@ def main() -> None:
     t0 = time.perf_counter()
     engine = load_engine("default")
     stages["load_seconds"] = time.perf_counter() - t0
-    params = sampling(temperature=0, max_tokens=64)
+    # one sentence and its citation; 32 more when the answers open with their document's title
+    params = sampling(temperature=0, max_tokens=96 if args.title_first else 64)
     t0 = time.perf_counter()
     base = qa.answer(engine, items, params)
     base_rag = qa.answer(engine, items, params, index=index)
@@ -169,6 +176,8 @@ def main() -> None:
         more["synonyms"] = args.synonyms
     if args.keep_rough:
         more["keep_rough"] = True
+    if args.title_first:
+        more["title_first"] = True
     _, report = learn.prepare(
         "bench-learn",
         [docs],

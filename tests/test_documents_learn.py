@@ -704,3 +704,32 @@ def test_a_rephrased_rough_question_is_replaced_by_its_rephrasings_unless_kept(d
     other = dataclasses.replace(rough[0], perspective="entity")  # only rough (span) questions go
     left = rephrase.without_rephrased([*rough, other], natural)
     assert left == [*(p for p in rough if p not in rephrased), other]
+
+
+def test_title_first_opens_every_answer_with_its_documents_title_and_resume_keeps_it(docs: Path) -> None:
+    config = LearnConfig(context_share=0.5)
+    answers = {}
+    for first in (False, True):
+        learn.prepare(
+            f"title-{first}", [docs], ScriptedEngine(teacher_reply), base="default", num_questions=0,
+            rephrase=False, sft=config, title_first=first,
+        )  # fmt: skip
+        rows, meta = dataset.read(f"title-{first}")
+        assert meta["title_first"] is first
+        answers[first] = [r["messages"][-1]["content"] for r in rows if "messages" in r]
+        contexts = [r for r in rows if r.get("meta", {}).get("context")]
+        assert contexts  # the rows shown after passages open with the title too
+    assert len(answers[True]) == len(answers[False]) > 0
+    for plain, titled in zip(answers[False], answers[True], strict=True):
+        assert titled == f'From "The Zorblax of Quentmoor": {plain}'
+    assert not any(a.startswith("From ") for a in answers[False])
+
+    with pytest.raises(KeyboardInterrupt):  # cut off in the suite, then resumed from its plan
+        learn.prepare(
+            "title-cut", [docs], Interrupting(after=3), base="default", writer=writer(), num_questions=2,
+            chunk_tokens=24, rephrase=False, title_first=True,
+        )  # fmt: skip
+    learn.resume_generation("title-cut", ScriptedEngine(teacher_reply), writer=writer())
+    rows, meta = dataset.read("title-cut")
+    assert meta["title_first"] is True
+    assert all(r["messages"][-1]["content"].startswith('From "') for r in rows if "messages" in r)

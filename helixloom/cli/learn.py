@@ -80,6 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "stays)",
     )
     learn.add_argument(
+        "--title-first",
+        action="store_true",
+        help="open every trained answer with its document's title ('From \"<title>\": ...'), so the "
+        "adapter names the document before the sentence (an experiment: not measured as a gain yet)",
+    )
+    learn.add_argument(
         "--synonyms",
         type=int,
         default=None,
@@ -210,6 +216,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 review=args.review,
                 rephrase=args.rephrase,
                 keep_rough=args.keep_rough,
+                title_first=args.title_first,
                 **({"synonyms": args.synonyms} if args.synonyms is not None else {}),
                 **({"rephrasings": args.rephrasings} if args.rephrasings is not None else {}),
                 say=say,

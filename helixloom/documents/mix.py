@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -39,10 +39,19 @@ def _hash(*parts: object) -> int:
     return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16)
 
 
-def qa_row(question: str, answer: str, doc_id: str, prompt: str, *, tagged: bool) -> dict[str, Any]:
-    """One chat row: the question (tagged with its document when ``tagged``), the cited answer."""
+def titled(answer: str, title: str | None) -> str:
+    """``answer`` opened with the title of the document it comes from (``learn --title-first``)."""
+    return f'From "{title}": {answer}' if title else answer
+
+
+def qa_row(
+    question: str, answer: str, doc_id: str, prompt: str, *, tagged: bool, title: str | None = None
+) -> dict[str, Any]:
+    """One chat row: the question (tagged with its document when ``tagged``), the cited answer (opened
+    with its document's ``title`` when given)."""
     if tagged:
         question = f"In document {doc_id}, {question[:1].lower()}{question[1:]}"
+    answer = titled(answer, title)
     return {
         "messages": [
             {"role": "user", "content": question},
@@ -52,8 +61,11 @@ def qa_row(question: str, answer: str, doc_id: str, prompt: str, *, tagged: bool
     }
 
 
-def pair_rows(pairs: Sequence[Pair], tag_share: float = 0.25) -> list[dict[str, Any]]:
-    """Rows for ``pairs``; a deterministic ``tag_share`` of them name their document in the question."""
+def pair_rows(
+    pairs: Sequence[Pair], tag_share: float = 0.25, titles: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows for ``pairs``; a deterministic ``tag_share`` of them name their document in the question.
+    With ``titles`` (document id to title) every answer opens with its document's title."""
     return [
         qa_row(
             p.question,
@@ -61,6 +73,7 @@ def pair_rows(pairs: Sequence[Pair], tag_share: float = 0.25) -> list[dict[str, 
             p.doc_id,
             p.perspective,
             tagged=_hash(p.question, p.doc_id) % 1000 < tag_share * 1000,
+            title=(titles or {}).get(p.doc_id),
         )
         for p in pairs
     ]
@@ -107,7 +120,11 @@ def replay_rows(words_in_mix: int, share: float, paragraphs: Sequence[str]) -> l
 
 
 def context_rows(
-    pairs: Sequence[Pair], found: Sequence[retrieval.Passage], share: float, k: int = 2
+    pairs: Sequence[Pair],
+    found: Sequence[retrieval.Passage],
+    share: float,
+    k: int = 2,
+    titles: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Question/answer rows for a deterministic ``share`` of ``pairs`` whose question comes after
     ``k`` passages of ``found``: the passage holding the answer (the one that best matches the answer
@@ -131,7 +148,12 @@ def context_rows(
         if _hash("order", p.question) % 2:
             shown.reverse()
         row = qa_row(
-            retrieval.with_context(p.question, shown), p.answer, p.doc_id, p.perspective, tagged=False
+            retrieval.with_context(p.question, shown),
+            p.answer,
+            p.doc_id,
+            p.perspective,
+            tagged=False,
+            title=(titles or {}).get(p.doc_id),
         )
         row["meta"]["context"] = True
         rows.append(row)

@@ -95,6 +95,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "rephrase",
             "rephrasings",
             "keep_rough",
+            "title_first",
             "synonyms",
             "patience",
             "holdout",

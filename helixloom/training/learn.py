@@ -76,6 +76,8 @@ GENERAL = "general.json"  # in the dataset folder: the base model's own text (re
 # - 7, replaced the same way: learn_fresh seeds 0/1 60.0/56.7 against 5's 53.3/70.0 (mean 58.3%
 #   against 61.7%; learn_fresh2 seed 0 76.7% against 70.0%) for 21-23% more steps: not a gain.
 REPHRASINGS = 5
+PROBE_TOKENS = 48  # the held-out probe's answer limit: a sentence and its citation
+TITLE_TOKENS = 16  # more for an answer opened with its document's title (--title-first)
 MAX_REPHRASINGS = 8  # each adds a teacher call per rough question and rows to train
 # Off by default, measured (benchmarks/learn.py on learn_fresh, Dec 2026, --synonyms 2 against the same
 # recipe without): adapter 46.7% of key facts against 53.3%, citations 73% against 90%, adapter +
@@ -111,6 +113,7 @@ def prepare(
     rephrasings: int = REPHRASINGS,
     synonyms: int = SYNONYMS,
     keep_rough: bool = False,
+    title_first: bool = False,
     teacher_spec: str | None = None,
     writer: Engine | None = None,
     review: bool = False,
@@ -128,7 +131,8 @@ def prepare(
     teacher, which is the base model unless the user named another teacher.
 
     A rough question the teacher rephrased is replaced by its rephrasings unless ``keep_rough``; one
-    with no rephrasing kept stays.
+    with no rephrasing kept stays. With ``title_first`` every answer opens with its document's title
+    (``From "<title>": ...``).
 
     ``teacher_spec`` (default: the teacher's model name) and ``review`` are recorded in the generation
     plan, for ``resume_generation`` to rebuild the teacher and for the CLI to stop for a review. With
@@ -164,6 +168,7 @@ def prepare(
         "rephrasings": rephrasings,
         "synonyms": synonyms,
         "keep_rough": keep_rough,
+        "title_first": title_first,
     }
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -234,7 +239,8 @@ def prepare(
     seconds["teacher_synonyms"] = time.perf_counter() - start
     shown = retrieval.passages(found.documents)
     trained = mix.balance(train_pairs)  # rarely asked facts repeated up to the median per fact
-    rows = mix.pair_rows(trained)
+    titles = {d.doc_id: d.title for d in found.documents} if title_first else None
+    rows = mix.pair_rows(trained, titles=titles)
     for doc in found.documents:
         rows.extend(mix.document_rows(doc))
     start = time.perf_counter()
@@ -250,7 +256,7 @@ def prepare(
     # the share is of the closed-book rows: the passages in context rows are the documents' text again
     rows.extend(mix.replay_rows(sum(mix.row_words(r) for r in rows), config.replay, general))
     seconds["replay_text"] = time.perf_counter() - start
-    rows.extend(mix.context_rows(train_pairs, shown, config.context_share))
+    rows.extend(mix.context_rows(train_pairs, shown, config.context_share, titles=titles))
     kept: dict[str, int] = {}
     for p in [*built, *taught, *swapped.pairs]:
         kept[p.perspective] = kept.get(p.perspective, 0) + 1
@@ -261,6 +267,7 @@ def prepare(
         "teacher": plan["teacher"],
         "group_id": found.group_id,
         "system_prompt": mix.SYSTEM_PROMPT,
+        "title_first": title_first,
         "documents": {d.doc_id: {"source": d.source, "title": d.title} for d in found.documents},
         "skipped": [asdict(s) for s in found.skipped],
         "pairs_by_prompt": {n: s.pairs for n, s in report.stats.items()},
@@ -407,6 +414,7 @@ def resume_generation(
             "rephrasings": int(plan.get("rephrasings", 1)),  # a plan that does not say ran with 1
             "synonyms": int(plan.get("synonyms", 0)),
             "keep_rough": bool(plan.get("keep_rough", True)),  # a plan that does not say kept them
+            "title_first": bool(plan.get("title_first", False)),
         }
         sources = plan["sources"]
     except (KeyError, TypeError, AttributeError) as exc:
@@ -447,6 +455,8 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
         system_prompt=meta["system_prompt"],
         patience=config.patience,
         max_forgetting=config.max_forgetting or None,
+        # an answer opened with its document's title is 10-14 tokens longer
+        max_new_tokens=PROBE_TOKENS + (TITLE_TOKENS if meta.get("title_first") else 0),
     )
     result = train_lora(
         meta["base"],
