@@ -280,6 +280,22 @@ def test_a_key_fact_counts_as_words_of_its_own_not_inside_another_word() -> None
     assert has_fact("90 centimetres", "at least 90  Centimetres away")  # case and spaces do not matter
 
 
+def test_a_question_file_whose_facts_are_regular_expressions_is_refused(tmp_path: Path) -> None:
+    """Facts are plain text: a regular expression would be searched for literally and never found,
+    scoring every answer to its question 0 without a word."""
+    from helixloom.errors import HelixloomError
+    from helixloom.evals import keyfacts as qa
+
+    for fact in (r"3\\.8 ?(million|m)", r"\\bHOME\\b", "20[- ]60"):
+        path = tmp_path / "q.jsonl"
+        path.write_text(json.dumps({"question": "How much?", "facts": ["wall", fact]}) + "\n")
+        with pytest.raises(HelixloomError, match=r"line 1.*plain text"):
+            qa.load(path)
+    path.write_text(json.dumps({"question": "How long?", "facts": ["1.2 km|1,200 m", "(1.4 mi)"]}) + "\n")
+    (item,) = qa.load(path)
+    assert qa.has_fact(item.facts[0], "The 1.2 km wall (1.4 mi) is built.")
+
+
 def test_the_stricter_reading_counts_only_the_answers_first_sentence() -> None:
     from helixloom.evals import keyfacts as qa
 

@@ -53,6 +53,12 @@ def load(path: str | Path) -> list[QAItem]:
         facts = row.get("facts") if isinstance(row, dict) else None
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not facts:
             raise HelixloomError(f"{file} line {n} needs a question and a non-empty facts list")
+        for fact in facts:
+            if problem := _not_plain(str(fact)):
+                raise HelixloomError(
+                    f"{file} line {n}: the fact {str(fact)!r} {problem}; facts are plain text, found "
+                    'as whole words (case-insensitive), with | between alternatives: "3.8 million|3,800,000"'
+                )
         document = row.get("document")
         items.append(
             QAItem(row["question"], tuple(str(f) for f in facts), str(document) if document else None)
@@ -60,6 +66,20 @@ def load(path: str | Path) -> list[QAItem]:
     if not items:
         raise HelixloomError(f"{file} has no questions")
     return items
+
+
+def _not_plain(fact: str) -> str | None:
+    """Why ``fact`` looks like a regular expression, which ``has_fact`` would search for as literal
+    text and never find (one of our benchmark's question sets held ten, and was scored low for three
+    sessions before anyone noticed)."""
+    if "\\" in fact:
+        return "has a backslash (a regular expression?)"
+    if any(c in fact for c in "[]"):
+        return "has square brackets (a regular expression?)"
+    for alt in fact.split("|"):
+        if alt.count("(") != alt.count(")"):
+            return "splits at | inside parentheses (a regular expression?)"
+    return None
 
 
 def _norm(text: str) -> str:
