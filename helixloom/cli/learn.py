@@ -83,7 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--title-first",
         action="store_true",
         help="open every trained answer with its document's title ('From \"<title>\": ...'), so the "
-        "adapter names the document before the sentence (an experiment: not measured as a gain yet)",
+        "adapter names the document before the sentence: the right document cited in 98%% of answers "
+        "against 83%%, the same key facts (5 held-out runs, docs/learn-measurements.md)",
     )
     learn.add_argument(
         "--synonyms",
