@@ -53,16 +53,15 @@ def load(path: str | Path) -> list[QAItem]:
         facts = row.get("facts") if isinstance(row, dict) else None
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not facts:
             raise HelixloomError(f"{file} line {n} needs a question and a non-empty facts list")
+        facts = tuple(str(f) for f in facts)
         for fact in facts:
-            if problem := _not_plain(str(fact)):
+            if problem := _not_plain(fact):
                 raise HelixloomError(
-                    f"{file} line {n}: the fact {str(fact)!r} {problem}; facts are plain text, found "
+                    f"{file} line {n}: the fact {fact!r} {problem}; facts are plain text, found "
                     'as whole words (case-insensitive), with | between alternatives: "3.8 million|3,800,000"'
                 )
         document = row.get("document")
-        items.append(
-            QAItem(row["question"], tuple(str(f) for f in facts), str(document) if document else None)
-        )
+        items.append(QAItem(row["question"], facts, str(document) if document else None))
     if not items:
         raise HelixloomError(f"{file} has no questions")
     return items
