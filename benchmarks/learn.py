@@ -5,7 +5,9 @@ Two made-up documents (``learn_data/``: a news article with vague title-style qu
 page) and 23 key-fact questions written by hand before the recipe, in words other than the
 documents', never trained on (``learn_data/questions.jsonl``). Runs ``learn`` (code-built grounded
 pairs, the teacher's prompt suite with grounding, the documents' text, replay, early stopping), then
-asks every question under four arms. Prints one JSON object: key-fact accuracy per arm (the base
+asks every question under four arms, and a fifth: the adapter with its answers' kind checked
+(``adapter+kind``: no number for "how many" -> its likeliest opening that gives one, see
+``evals.answer_kind``). Prints one JSON object: key-fact accuracy per arm (the base
 model is the baseline, same run), citation accuracy, the forgetting ratio, pairs kept and dropped by
 reason, wall time per phase, and sample answers (to show they are not loops).
 
@@ -200,6 +202,9 @@ def main() -> None:
     t0 = time.perf_counter()
     after = qa.answer(engine, items, params, adapter="bench-learn", system=system)
     after_rag = qa.answer(engine, items, params, adapter="bench-learn", system=system, index=index)
+    # the adapter again, each answer of another kind than its question asks for replaced by the
+    # adapter's likeliest opening that is of it (evals.answer_kind): the same adapter, a check at answering
+    after_kind = qa.answer(engine, items, params, adapter="bench-learn", system=system, check_kind=True)
     stages["eval_after_seconds"] = time.perf_counter() - t0
     stages["wall_seconds"] = time.perf_counter() - wall
     learned = meta["report"]
@@ -217,6 +222,7 @@ def main() -> None:
             "adapter": round(qa.mean_score(after), 3),
             "base+retrieval": round(qa.mean_score(base_rag), 3),
             "adapter+retrieval": round(qa.mean_score(after_rag), 3),
+            "adapter+kind": round(qa.mean_score(after_kind), 3),
         },
         # the fact in the answer's first sentence, not only in a document sentence recited after it
         "key_fact_accuracy_first_sentence": {
@@ -224,9 +230,11 @@ def main() -> None:
             "adapter": round(qa.mean_score_first_sentence(after), 3),
             "base+retrieval": round(qa.mean_score_first_sentence(base_rag), 3),
             "adapter+retrieval": round(qa.mean_score_first_sentence(after_rag), 3),
+            "adapter+kind": round(qa.mean_score_first_sentence(after_kind), 3),
         },
         "citation_accuracy_adapter": qa.citation_accuracy(after, doc_ids),
         "citation_accuracy_adapter+retrieval": qa.citation_accuracy(after_rag, doc_ids),
+        "citation_accuracy_adapter+kind": qa.citation_accuracy(after_kind, doc_ids),
         "forgetting_ratio": learned.get("forgetting_ratio"),
         "learn_report": {k: v for k, v in learned.items() if k != "sample_answers"},
         "suite_calls": sum(s.calls for s in report.stats.values()),
@@ -246,8 +254,9 @@ def main() -> None:
                 "adapter": a.answer,
                 "base+retrieval": br.answer,
                 "adapter+retrieval": ar.answer,
+                "adapter+kind": ak.answer,
             }
-            for b, a, br, ar in zip(base, after, base_rag, after_rag, strict=True)
+            for b, a, br, ar, ak in zip(base, after, base_rag, after_rag, after_kind, strict=True)
         ],
     }
     json.dump(result, sys.stdout, indent=2)

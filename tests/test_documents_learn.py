@@ -498,6 +498,8 @@ def test_cli_plain_chat_with_learned_adapter(
     assert main([*qa, "--max-tokens", "4", "--retrieve", "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)["scores"]
     assert set(scores) == {"base", "adapter", "base+retrieval", "adapter+retrieval"}
+    assert main([*qa, "--max-tokens", "4", "--check-kind", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["scores"]) == {"base", "adapter", "adapter+kind"}
 
 
 def test_eval_qa(capsys: pytest.CaptureFixture[str], tiny_model: TinyModel, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from helixloom import jsonl
 from helixloom.engine import Engine, SamplingParams
 from helixloom.errors import HelixloomError
-from helixloom.evals import prompts
+from helixloom.evals import answer_kind, prompts
 
 _CITATION = re.compile(r"\[DOC_ID:([0-9a-f]{6,64})\]")
 
@@ -106,15 +106,22 @@ def answer(
     system: str | None = None,
     index: Any = None,
     k: int = 2,
+    check_kind: bool = False,
 ) -> list[QAAnswer]:
     """Ask every question (one batch) and check each answer for its facts; with ``index`` (a
-    ``documents.retrieval.BM25``) the ``k`` best passages are shown before each question."""
+    ``documents.retrieval.BM25``) the ``k`` best passages are shown before each question; with
+    ``check_kind`` an answer of another kind than its question asks for (no number for "how many")
+    is replaced by the model's next likeliest answer that is of it (``evals.answer_kind``)."""
     from helixloom.documents import retrieval
 
     questions = [item.question for item in items]
+    shown = questions
     if index is not None:
-        questions = [retrieval.with_context(q, index.search(q, k)) for q in questions]
-    texts = prompts.answer(engine, questions, params, adapter=adapter, system=system)
+        shown = [retrieval.with_context(q, index.search(q, k)) for q in questions]
+    if check_kind:
+        texts = answer_kind.answer(engine, questions, params, adapter=adapter, system=system, shown=shown)
+    else:
+        texts = prompts.answer(engine, shown, params, adapter=adapter, system=system)
     return [
         QAAnswer(item, text, tuple(f for f in item.facts if has_fact(f, text)))
         for item, text in zip(items, texts, strict=True)

@@ -1,0 +1,145 @@
+"""The kind of answer a question asks for, and answers made to be of that kind.
+
+Classic question answering checks that an answer is of the type its question asks for (TREC QA's
+answer types, Watson's lexical answer type): "how many" wants a number, "which day" a date. A
+document adapter answers with one of its documents' sentences, and when it picks the wrong one for
+a question in words the documents do not use, the pick is often of the wrong kind: "Roughly how many
+households will the barrier shield?" answered with a sentence about the towpath's views, which holds
+no number at all. ``answer`` keeps every greedy answer that is of its question's kind (and every
+answer to a question with no kind here); for the rest it tries the model's next likeliest openings,
+each continued greedily, and takes the first (likeliest opening first) that is of the kind, else
+keeps the greedy answer. Only numbers and dates are checked: their cues are unambiguous in English
+questions and their presence in an answer is a matter of words, not meaning.
+
+Written by hand: the QA libraries that type answers (spaCy's NER, AllenNLP) need models downloaded
+at run time; these few patterns need none.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from enum import Enum
+
+from helixloom.engine import Engine, GenerationRequest, SamplingParams
+from helixloom.errors import HelixloomError
+from helixloom.evals import prompts
+
+
+class Kind(Enum):
+    NUMBER = "number"
+    DATE = "date"
+
+
+_DATE_Q = re.compile(r"\b(?:what|which) (?:day|date|month|year)\b|\b(?:by|since|until) when\b", re.I)
+_NUMBER_Q = re.compile(
+    r"\bhow (?:many|much|long|far|big|large|high|tall|wide|deep|heavy|old|often|fast|hot|cold|warm|soon)\b"
+    r"|\bwhat (?:percentage|proportion|number|amount|temperature|size|length|distance|age|price|cost|range)\b"
+    r"|\bat what (?:age|temperature|speed|height)\b",
+    re.I,
+)
+_NUMBER_WORDS = (
+    r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen"
+    r"|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand"
+    r"|million|billion|dozen|half|quarter|once|twice|every|hourly|daily|weekly|fortnightly|monthly|yearly"
+    r"|annually"
+)
+_DATE_WORDS = (
+    r"january|february|march|april|may|june|july|august|september|october|november|december|monday"
+    r"|tuesday|wednesday|thursday|friday|saturday|sunday|spring|summer|autumn|fall|winter|today|tomorrow"
+    r"|yesterday"
+)
+_HAS_NUMBER = re.compile(r"\d|\b(?:" + _NUMBER_WORDS + r")\b", re.I)
+_HAS_DATE = re.compile(r"\b(?:" + _DATE_WORDS + r")\b|\b\d{4}\b|\b\d{1,2}(?:st|nd|rd|th)\b", re.I)
+#: What an answer's kind is not judged on: a citation's hex digits are not a number of the answer's,
+#: nor is the document's title that ``learn --title-first`` answers open with.
+_CITATION = re.compile(r"\[DOC_ID:[^\]]*\]")
+_TITLE = re.compile(r'^\s*From "[^"]*":\s*')
+
+
+def expected(question: str) -> Kind | None:
+    """The kind of answer ``question`` asks for, or None where it asks for no kind checked here."""
+    if _DATE_Q.search(question):
+        return Kind.DATE
+    if _NUMBER_Q.search(question):
+        return Kind.NUMBER
+    return None
+
+
+def satisfies(kind: Kind | None, answer: str) -> bool:
+    """Whether ``answer`` holds an answer of ``kind`` (always, for no kind)."""
+    if kind is None:
+        return True
+    text = _CITATION.sub(" ", _TITLE.sub("", answer))
+    pattern = _HAS_DATE if kind is Kind.DATE else _HAS_NUMBER
+    return bool(pattern.search(text))
+
+
+def answer(
+    engine: Engine,
+    questions: Sequence[str],
+    params: SamplingParams,
+    *,
+    adapter: str | None = None,
+    system: str | None = None,
+    shown: Sequence[str] | None = None,
+    openings: int = 8,
+) -> list[str]:
+    """Greedy answers to ``questions`` (``params`` should be greedy), each not of its question's kind
+    replaced by the first of the next ``openings - 1`` likeliest openings' greedy continuations that
+    is (see the module docstring). ``shown`` is what the model is asked for each question where that
+    is more than the question (retrieved passages before it). Costs one batch, plus one batch of
+    continuations when an answer is of the wrong kind."""
+    if not questions:
+        return []
+    if openings < 1:
+        raise HelixloomError("openings must be at least 1")
+    asked = list(shown) if shown is not None else list(questions)
+    if len(asked) != len(questions):
+        raise HelixloomError("shown needs one prompt per question")
+    requests = prompts.answer_requests(
+        engine, asked, params.model_copy(update={"logprobs": max(1, openings - 1)}), adapter, system
+    )
+    first = engine.generate(requests)
+    answers = [r.text.strip() for r in first]
+    tries: list[tuple[int, GenerationRequest, str]] = []
+    for i, (question, request, result) in enumerate(zip(questions, requests, first, strict=True)):
+        kind = expected(question)
+        if satisfies(kind, result.text) or not result.logprobs:
+            continue
+        chosen = result.logprobs[0].chosen
+        for alt in result.logprobs[0].top:
+            if alt.token_id == chosen.token_id or not alt.token:
+                continue
+            tries.append((i, _continued(request, alt.token, params), alt.token))
+    if not tries:
+        return answers
+    done: set[int] = set()
+    for (i, _, opening), result in zip(tries, engine.generate([t[1] for t in tries]), strict=True):
+        text = _opened(requests[i], opening) + result.text
+        if i not in done and satisfies(expected(questions[i]), text):
+            answers[i] = text.strip()
+            done.add(i)
+    return answers
+
+
+def _continued(request: GenerationRequest, opening: str, params: SamplingParams) -> GenerationRequest:
+    """``request`` with ``opening`` (a token's text) written after its prompt, to continue from.
+
+    A prompt that ends in a space (the text formats' "ASSISTANT: ") is healed by the engine: its
+    first token is one that starts with the space, so ``opening`` starts with it and replaces it.
+    The continuation is healed too, since ``opening`` may end where the tokenizer would not."""
+    prompt = request.prompt
+    if request.sampling.token_healing and prompt.endswith(" ") and opening.startswith(" "):
+        prompt = prompt[:-1]
+    sampling = request.sampling.model_copy(
+        update={"logprobs": None, "token_healing": True, "max_tokens": max(1, params.max_tokens - 1)}
+    )
+    return GenerationRequest(prompt + opening, sampling, request.adapter)
+
+
+def _opened(request: GenerationRequest, opening: str) -> str:
+    """The text ``opening`` adds to the answer (without the space the healed prompt already had)."""
+    if request.sampling.token_healing and request.prompt.endswith(" ") and opening.startswith(" "):
+        return opening[1:]
+    return opening
