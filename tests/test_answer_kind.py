@@ -58,6 +58,7 @@ def test_the_kind_a_question_asks_for(question: str, kind: Kind | None) -> None:
         (Kind.DATE, "The council voted on 3 March.", True),
         (Kind.DATE, "It is due to finish by spring 2028.", True),
         (Kind.DATE, "It opened on the 21st.", True),
+        (Kind.DATE, "On day 18, lay the eggs flat; they hatch around day 21.", True),
         (Kind.DATE, "The council agreed to consider a 150-metre section.", False),
         (None, "Anything at all.", True),
     ],

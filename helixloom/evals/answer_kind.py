@@ -50,7 +50,10 @@ _DATE_WORDS = (
     r"|yesterday"
 )
 _HAS_NUMBER = re.compile(r"\d|\b(?:" + _NUMBER_WORDS + r")\b", re.I)
-_HAS_DATE = re.compile(r"\b(?:" + _DATE_WORDS + r")\b|\b\d{4}\b|\b\d{1,2}(?:st|nd|rd|th)\b", re.I)
+#: a date: a month, a weekday, a season, a year, "the 21st", or a day counted in a process ("on day 18")
+_HAS_DATE = re.compile(
+    r"\b(?:" + _DATE_WORDS + r")\b|\b\d{4}\b|\b\d{1,2}(?:st|nd|rd|th)\b|\b(?:day|week) \d{1,3}\b", re.I
+)
 #: What an answer's kind is not judged on: a citation's hex digits are not a number of the answer's,
 #: nor is the document's title that ``learn --title-first`` answers open with.
 _CITATION = re.compile(r"\[DOC_ID:[^\]]*\]")
