@@ -174,6 +174,6 @@ def test_a_real_model_continues_its_next_likeliest_opening(tiny_engine, monkeypa
     (answer,) = answer_kind.answer(tiny_engine, [question], params)
     assert answer != greedy and answer.startswith(second.token.strip()[:1])
     # the continuation is the model's own: asked again from that opening, it says the same
-    again = answer_kind._continued(request[0], second.token, params)
+    opened, again = answer_kind._continued(request[0], second.token, params)
     (continued,) = tiny_engine.generate([again])
-    assert answer == (answer_kind._opened(request[0], second.token) + continued.text).strip()
+    assert answer == (opened + continued.text).strip()

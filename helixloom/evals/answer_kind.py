@@ -100,49 +100,46 @@ def answer(
     asked = list(shown) if shown is not None else list(questions)
     if len(asked) != len(questions):
         raise HelixloomError("shown needs one prompt per question")
+    alternatives = openings - 1
     requests = prompts.answer_requests(
-        engine, asked, params.model_copy(update={"logprobs": max(1, openings - 1)}), adapter, system
+        engine, asked, params.model_copy(update={"logprobs": alternatives or None}), adapter, system
     )
     first = engine.generate(requests)
     answers = [r.text.strip() for r in first]
-    tries: list[tuple[int, GenerationRequest, str]] = []
+    # (question's index, its kind, the text the opening adds to the answer, the continuation to ask)
+    tries: list[tuple[int, Kind | None, str, GenerationRequest]] = []
     for i, (question, request, result) in enumerate(zip(questions, requests, first, strict=True)):
         kind = expected(question)
-        if satisfies(kind, result.text) or not result.logprobs:
+        if satisfies(kind, result.text) or not alternatives or not result.logprobs:
             continue
         chosen = result.logprobs[0].chosen
         for alt in result.logprobs[0].top:
-            if alt.token_id == chosen.token_id or not alt.token:
-                continue
-            tries.append((i, _continued(request, alt.token, params), alt.token))
-    if not tries:
-        return answers
+            if alt.token_id != chosen.token_id and alt.token:
+                tries.append((i, kind, *_continued(request, alt.token, params)))
     done: set[int] = set()
-    for (i, _, opening), result in zip(tries, engine.generate([t[1] for t in tries]), strict=True):
-        text = _opened(requests[i], opening) + result.text
-        if i not in done and satisfies(expected(questions[i]), text):
+    results = engine.generate([t[3] for t in tries]) if tries else []
+    for (i, kind, opened, _), result in zip(tries, results, strict=True):
+        text = opened + result.text
+        if i not in done and satisfies(kind, text):
             answers[i] = text.strip()
             done.add(i)
     return answers
 
 
-def _continued(request: GenerationRequest, opening: str, params: SamplingParams) -> GenerationRequest:
-    """``request`` with ``opening`` (a token's text) written after its prompt, to continue from.
+def _continued(
+    request: GenerationRequest, opening: str, params: SamplingParams
+) -> tuple[str, GenerationRequest]:
+    """``request`` with ``opening`` (a token's text) written after its prompt, to continue from, and
+    the text ``opening`` adds to the answer.
 
     A prompt that ends in a space (the text formats' "ASSISTANT: ") is healed by the engine: its
-    first token is one that starts with the space, so ``opening`` starts with it and replaces it.
-    The continuation is healed too, since ``opening`` may end where the tokenizer would not."""
-    prompt = request.prompt
+    first token is one that starts with the space, so ``opening`` starts with it and replaces it
+    (the answer gets ``opening`` without that space). The continuation is healed too, since
+    ``opening`` may end where the tokenizer would not."""
+    prompt, opened = request.prompt, opening
     if request.sampling.token_healing and prompt.endswith(" ") and opening.startswith(" "):
-        prompt = prompt[:-1]
+        prompt, opened = prompt[:-1], opening[1:]
     sampling = request.sampling.model_copy(
         update={"logprobs": None, "token_healing": True, "max_tokens": max(1, params.max_tokens - 1)}
     )
-    return GenerationRequest(prompt + opening, sampling, request.adapter)
-
-
-def _opened(request: GenerationRequest, opening: str) -> str:
-    """The text ``opening`` adds to the answer (without the space the healed prompt already had)."""
-    if request.sampling.token_healing and request.prompt.endswith(" ") and opening.startswith(" "):
-        return opening[1:]
-    return opening
+    return opened, GenerationRequest(prompt + opening, sampling, request.adapter)
