@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from helixloom import models
-from helixloom.engine import Engine
+from helixloom.engine import Engine, SamplingParams
 from helixloom.engine.lora_folder import ADAPTER_FILES, adapter_version, describe_base, inspect_adapter
 from helixloom.errors import AdapterError
 from helixloom.store import AdapterRecord, Store
@@ -46,6 +46,19 @@ def resolve(store: Store | None, name_or_path: str, *, model: str | None = None)
         f"unknown adapter {name_or_path!r}: not a registered name nor a folder",
         "see `helixloom adapters list`, or register one with `helixloom adapters add NAME PATH`",
     )
+
+
+#: How an adapter made by ``helixloom learn`` answers where a request leaves temperature, top_p and
+#: top_k out: greedily, as its report and ``eval qa`` measure it, and the same answer each time asked.
+#: Sampled at chat's old default (0.75, top_k 50; the server's was OpenAI's 1.0) three of its adapters
+#: found 3.9 points fewer key facts on average over three seeds each (docs/learn-measurements.md).
+LEARNED_SAMPLING = SamplingParams(temperature=0.0, top_p=1.0, top_k=0)
+
+
+def sampling_defaults(meta: dict[str, Any]) -> SamplingParams | None:
+    """The sampling an adapter with stored ``meta`` answers with where a request does not choose its
+    own (as vLLM applies a model's generation_config), or None for the caller's usual defaults."""
+    return LEARNED_SAMPLING if meta.get("kind") == "documents" else None
 
 
 def register(

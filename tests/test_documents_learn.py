@@ -319,7 +319,6 @@ def test_learn_end_to_end(
                 "model": "zorblax",
                 "messages": [{"role": "user", "content": "What colour is the Zorblax?"}],
                 "max_tokens": 8,
-                "temperature": 0,
             },
             timeout=60,
         )
@@ -328,6 +327,11 @@ def test_learn_end_to_end(
         stored = state.store.get_messages(reply.headers["x-helixloom-session"])
         assert stored[0].role == "system" and stored[0].content == meta["system_prompt"]
         assert stored[-1].adapter == "zorblax"
+        # a request that leaves the temperature out gets the learned adapter's (greedy), not OpenAI's 1.0
+        assert stored[-1].sampling["temperature"] == 0.0
+        asked = {"model": "zorblax", "messages": [{"role": "user", "content": "Colour?"}], "max_tokens": 2}
+        hot = httpx.post(server.url + "/v1/chat/completions", json={**asked, "temperature": 0.7}, timeout=60)
+        assert state.store.get_messages(hot.headers["x-helixloom-session"])[-1].sampling["temperature"] == 0.7
 
 
 class _Interrupt(TrainerCallback):  # type: ignore[misc]
@@ -466,8 +470,6 @@ def test_cli_plain_chat_with_learned_adapter(
             "--json",
             "--max-tokens",
             "6",
-            "--temperature",
-            "0",
         ]
     )
     body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -475,6 +477,14 @@ def test_cli_plain_chat_with_learned_adapter(
     with Store(paths.db_path()) as store:
         messages = store.get_messages(body["session_id"])
     assert messages[0].role == "system" and "cite [DOC_ID" in messages[0].content
+    # A learned adapter answers greedily unless told otherwise (how its figures were measured) ...
+    assert messages[-1].role == "assistant" and messages[-1].sampling["temperature"] == 0.0
+    # ... and a --temperature given wins.
+    hot = ["chat", "--base", str(tiny_model.path), "--adapter", "zq", "--json", "--max-tokens", "2"]
+    assert main([*hot, "--once", "What colour is it?", "--temperature", "0.5"]) == 0
+    with Store(paths.db_path()) as store:
+        again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["session_id"]
+        assert store.get_messages(again)[-1].sampling["temperature"] == 0.5
     assert main(["chat", "--adapter", "zq", "--critic-adapter", "x", "--once", "q"]) == 2
     assert "plain chat" in capsys.readouterr().err
     # The report learn stored with the adapter, shown.

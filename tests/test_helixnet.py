@@ -271,7 +271,10 @@ def test_cli_chat_interactive(
 
 
 def test_cli_plain_chat_interactive_with_an_adapter(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny_model: TinyModel
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_model: TinyModel,
+    helixloom_home: Path,
 ) -> None:
     lines = iter(["Paris is", "/reset", "", "Berlin is"])  # EOF after the last line ends the chat
 
@@ -284,9 +287,14 @@ def test_cli_plain_chat_interactive_with_an_adapter(
     monkeypatch.setattr("builtins.input", read)
     adapter = str(tiny_model.adapters["alpha"])
     argv = ["chat", "--base", str(tiny_model.path), "--adapter", adapter, "--max-tokens", "4"]
-    assert main([*argv, "--temperature", "0"]) == 0
+    assert main(argv) == 0
     out, err = capsys.readouterr()
     assert "(new conversation)" in out and "/reset starts over" in err
+    # an adapter that brings no sampling of its own samples at chat's default, the seed's
+    with Store(helixloom_home / "helixloom.db") as store:
+        messages = [m for s in store.list_sessions() for m in store.get_messages(s.id)]
+    temperatures = {m.sampling["temperature"] for m in messages if m.role == "assistant"}
+    assert temperatures == {0.75}
 
 
 @pytest.mark.parametrize(

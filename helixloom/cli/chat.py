@@ -10,6 +10,10 @@ from typing import Any
 
 from helixloom.errors import HelixloomError
 
+#: chat's temperature where --temperature is not given (HelixNet's seed samples at it), except with an
+#: adapter that brings its own sampling (``adapters.sampling_defaults``).
+CHAT_TEMPERATURE = 0.75
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``chat`` command."""
@@ -66,7 +70,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="prompt format: helixnet (the seed's, byte for byte), instruct (for chat-template models), "
         "or a .yaml file",
     )
-    add_sampling_flags(chat, temperature=0.75, top_p=1.0, top_k=50, max_tokens=1024)
+    add_sampling_flags(
+        chat,
+        temperature=None,
+        top_p=1.0,
+        top_k=50,
+        max_tokens=1024,
+        temperature_help=f"0 is greedy (default {CHAT_TEMPERATURE}, the seed's; 0 with an --adapter made by "
+        "`helixloom learn`, which answers best greedily: that is how its report and `eval qa` measure it)",
+    )
     chat.add_argument(
         "--no-token-healing",
         dest="token_healing",
@@ -93,7 +105,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise HelixloomError("--json needs --once", "pass --once QUESTION, or drop --json for a chat")
     if args.once is not None and not args.once.strip():
         raise HelixloomError("the question is empty", "pass some text to --once")
-    params = sampling_from(args)
     if args.retrieve and args.adapter is None:
         raise HelixloomError("--retrieve needs --adapter (an adapter made by helixloom learn)")
     if args.adapter is not None:
@@ -108,7 +119,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
             raise HelixloomError(
                 f"--adapter is plain chat; it does not mix with {', '.join(role_flags) or '--rounds'}"
             )
-        return _plain_chat(args, params)
+        return _plain_chat(args)
+    if args.temperature is None:
+        args.temperature = CHAT_TEMPERATURE
+    params = sampling_from(args)
     fmt = helixnet.PromptFormat.load(args.format)
     role_adapters = helixnet_roles(args)
     specs = {
@@ -138,10 +152,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return _interactive(chat)
 
 
-def _plain_chat(args: argparse.Namespace, params: Any) -> int:
+def _plain_chat(args: argparse.Namespace) -> int:
     from helixloom import adapters as adapter_registry
     from helixloom import completion, models, prompting
-    from helixloom.cli.common import open_store
+    from helixloom.cli.common import open_store, sampling_from
     from helixloom.cli.evals import learned_index
     from helixloom.documents import dataset, retrieval
     from helixloom.engine import GenerationRequest, GenerationResult, StreamDelta
@@ -151,6 +165,10 @@ def _plain_chat(args: argparse.Namespace, params: Any) -> int:
     with open_store() as store:
         name, folder = adapter_registry.resolve(store, args.adapter, model=args.base)
         meta = store.adapter_meta(name)
+        if args.temperature is None:
+            own = adapter_registry.sampling_defaults(meta)
+            args.temperature = CHAT_TEMPERATURE if own is None else own.temperature
+        params = sampling_from(args)
         engine = load_for_inference(args.base, args.engine)
         engine.load_adapter(name, str(folder))
         system = args.system or meta.get("system_prompt")

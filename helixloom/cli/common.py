@@ -116,16 +116,20 @@ def add_engine_flag(p: argparse.ArgumentParser) -> None:
 def add_sampling_flags(
     p: argparse.ArgumentParser,
     *,
-    temperature: float = DEFAULT_TEMPERATURE,
+    temperature: float | None = DEFAULT_TEMPERATURE,
     top_p: float = DEFAULT_TOP_P,
     top_k: int = DEFAULT_TOP_K,
     max_tokens: int = 256,
+    temperature_help: str | None = None,
 ) -> None:
     p.add_argument(
         "--max-tokens", type=int, default=max_tokens, help=f"most new tokens (default {max_tokens})"
     )
     p.add_argument(
-        "--temperature", type=float, default=temperature, help=f"0 is greedy (default {temperature})"
+        "--temperature",
+        type=float,
+        default=temperature,
+        help=temperature_help or f"0 is greedy (default {temperature})",
     )
     p.add_argument("--top-p", type=float, default=top_p, help=f"nucleus mass (default {top_p})")
     p.add_argument("--top-k", type=int, default=top_k, help=f"0 keeps all (default {top_k})")

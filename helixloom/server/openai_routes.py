@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from helixloom import prompting
+from helixloom import adapters, prompting
 from helixloom.documents import dataset
 from helixloom.engine.base import TokenPrompt
 from helixloom.errors import HelixloomError
@@ -81,8 +81,16 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
     target = state.resolve(body.model)
     origin = Origin.of(request, "chat.completions")
     limit = state.config.default_max_tokens
-    # HelixNet samples as the seed did where the request does not say otherwise.
-    params = body.to_sampling(limit, SEED_SAMPLING) if target.kind == "helixnet" else body.to_sampling(limit)
+    # An adapter made by `helixloom learn` brings its system prompt, its documents' sources and its
+    # sampling (greedy, as it was measured); HelixNet samples as the seed did. Either only where the
+    # request does not say otherwise.
+    learned = state.store.adapter_meta(target.name if target.kind == "adapter" else None)
+    if target.kind == "helixnet":
+        params = body.to_sampling(limit, SEED_SAMPLING)
+    elif (own := adapters.sampling_defaults(learned)) is not None:
+        params = body.to_sampling(limit, own)
+    else:
+        params = body.to_sampling(limit)
     constraint = constraint_from(body.response_format)
     if target.is_pipeline and constraint is not None:
         raise HelixloomError(f"{target.name} does not take a response_format", param="response_format")
@@ -92,8 +100,6 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
         return pipelines.weave_chat(state, body, params, origin)
     if target.kind == "improve":
         return pipelines.improve_chat(state, body, params, origin)
-    # An adapter made by `helixloom learn` brings its system prompt and its documents' sources.
-    learned = state.store.adapter_meta(target.name if target.kind == "adapter" else None)
     messages = body.plain_messages()
     if learned.get("system_prompt") and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": learned["system_prompt"]}, *messages]
