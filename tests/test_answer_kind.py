@@ -91,12 +91,13 @@ class Openings(ScriptedEngine):
             self.requests.append(request)
             logprobs = None
             question = next(q for q in self.answers if q in request.prompt)
-            if request.sampling.logprobs:
+            if request.prompt.endswith("ASSISTANT: "):  # a question, not an opening to continue
                 greedy, alternatives = self.answers[question]
-                first = " " + greedy.split(" ")[0]
-                top = tuple(TokenLogprob(i + 1, t, -float(i)) for i, t in enumerate([first, *alternatives]))
-                logprobs = (GeneratedTokenLogprobs(top[0], top[: request.sampling.logprobs + 1]),)
                 text = greedy
+                if request.sampling.logprobs:
+                    tokens = [" " + greedy.split(" ")[0], *alternatives]
+                    top = tuple(TokenLogprob(i + 1, t, -float(i)) for i, t in enumerate(tokens))
+                    logprobs = (GeneratedTokenLogprobs(top[0], top[: request.sampling.logprobs + 1]),)
             else:
                 opening = next(o for o in self.continuations if request.prompt.endswith(o))
                 text = self.continuations[opening]
@@ -123,7 +124,8 @@ def test_an_answer_of_another_kind_is_replaced_by_the_likeliest_opening_of_the_k
     # the first alternative in the model's order that gives a number wins, not the shortest one
     assert answers == ["The wall protects 260 homes.", "Bertram Oakhewn chairs it.", "The council agreed."]
     first_pass, tries = engine.requests[:3], engine.requests[3:]
-    assert all(r.sampling.logprobs == 3 for r in first_pass)
+    # the alternatives are asked for only where a question has a kind to check
+    assert [r.sampling.logprobs for r in first_pass] == [3, None, 3]
     assert first_pass[0].sampling.token_healing and first_pass[0].prompt.endswith("ASSISTANT: ")
     # only the answers of the wrong kind were tried again, each from its alternatives (not its own),
     # the opening's space taking the place of the one the healed prompt ended with
@@ -133,6 +135,26 @@ def test_an_answer_of_another_kind_is_replaced_by_the_likeliest_opening_of_the_k
     for request, (question, opening) in zip(tries, tried, strict=True):
         assert question in request.prompt and request.prompt.endswith(f"ASSISTANT: {opening}")
     assert all(r.sampling.logprobs is None and r.sampling.max_tokens == 15 for r in tries)
+
+
+def test_a_replaced_result_is_the_opening_and_its_continuation() -> None:
+    """``results`` (what chat uses on its own rendered conversation) returns whole results: a
+    replaced one's text and tokens start with the opening, its usage counts it, and the logprobs the
+    check asked for are not passed on to a caller that did not ask for them."""
+    from helixloom.evals import prompts
+
+    engine = Openings(
+        {"How many homes?": ("The wall blocks views.", [" About"]), "Who?": ("Bertram.", [" The"])},
+        {" About": " 260 homes."},
+    )
+    params = sampling(temperature=0, max_tokens=16)
+    requests = prompts.answer_requests(engine, ["How many homes?", "Who?"], params, None, None)
+    replaced, kept = answer_kind.results(engine, requests, [Kind.NUMBER, None])
+    assert replaced.text == "About 260 homes." and replaced.token_ids[0] == 2  # " About"'s id
+    assert replaced.usage.completion_tokens == 2 and replaced.logprobs is None
+    assert kept.text == "Bertram." and kept.logprobs is None
+    with pytest.raises(Exception, match="one entry per request"):
+        answer_kind.results(engine, requests, [None])
 
 
 def test_the_answers_of_a_real_model_are_its_greedy_ones_where_the_kind_is_met(tiny_engine) -> None:
@@ -174,6 +196,6 @@ def test_a_real_model_continues_its_next_likeliest_opening(tiny_engine, monkeypa
     (answer,) = answer_kind.answer(tiny_engine, [question], params)
     assert answer != greedy and answer.startswith(second.token.strip()[:1])
     # the continuation is the model's own: asked again from that opening, it says the same
-    opened, again = answer_kind._continued(request[0], second.token, params)
+    opened, again = answer_kind._continued(request[0], second.token)
     (continued,) = tiny_engine.generate([again])
     assert answer == (opened + continued.text).strip()

@@ -500,6 +500,15 @@ def test_cli_plain_chat_with_learned_adapter(
     body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "glowing moss" in body["retrieved"][0]["text"]
     assert main(["chat", "--retrieve", "--once", "q"]) == 2  # retrieval needs a learned adapter
+    assert main(["chat", "--check-kind", "--once", "q"]) == 2  # and checking kinds an adapter
+    # A question asking for a number, its answer's kind checked: answered whole, the check recorded.
+    checked = ["chat", "--base", str(tiny_model.path), "--adapter", "zq", "--check-kind", "--json"]
+    assert main([*checked, "--once", "How many legs has a Zorblax?", "--max-tokens", "4"]) == 0
+    body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    with Store(paths.db_path()) as store:
+        session = store.get_session(body["session_id"])
+        assert session is not None and session.meta and session.meta["kind_checked"] == "number"
+        assert store.get_messages(body["session_id"])[-1].content.strip() == body["answer"]
     file = tmp_path / "q.jsonl"
     file.write_text(
         '{"question": "What do Zorblaxes eat?", "facts": ["moss|bark"], "document": "zorblax.md"}\n'

@@ -54,6 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "BM25 finds for each question (retrieval on top of the fine-tune)",
     )
     chat.add_argument(
+        "--check-kind",
+        action="store_true",
+        help="with --adapter: a question that asks for a number ('how many', 'how long') or a date "
+        "('which day') whose answer holds none gets the adapter's next likeliest opening, continued, "
+        "that gives one (as `eval qa --check-kind` measures it); such answers are printed whole, "
+        "not streamed",
+    )
+    chat.add_argument(
         "--rounds", type=int, default=1, help="critique/regenerate rounds per question (default 1)"
     )
     chat.add_argument(
@@ -107,6 +115,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise HelixloomError("the question is empty", "pass some text to --once")
     if args.retrieve and args.adapter is None:
         raise HelixloomError("--retrieve needs --adapter (an adapter made by helixloom learn)")
+    if args.check_kind and args.adapter is None:
+        raise HelixloomError("--check-kind needs --adapter (plain chat with an adapter)")
     if args.adapter is not None:
         role_flags = [
             f"--{r}-{k}" for r in helixnet.STAGES for k in ("model", "adapter") if getattr(args, f"{r}_{k}")
@@ -160,6 +170,7 @@ def _plain_chat(args: argparse.Namespace) -> int:
     from helixloom.documents import dataset, retrieval
     from helixloom.engine import GenerationRequest, GenerationResult, StreamDelta
     from helixloom.engine.select import load_for_inference
+    from helixloom.evals import answer_kind
 
     models.resolve(args.base)
     with open_store() as store:
@@ -186,14 +197,21 @@ def _plain_chat(args: argparse.Namespace) -> int:
             request_params = params.model_copy(
                 update={"stop": (*params.stop, *rendered.stop), "token_healing": rendered.token_healing}
             )
+            request = GenerationRequest(rendered.prompt, request_params, name)
+            kind = answer_kind.expected(question) if args.check_kind else None
             result: GenerationResult | None = None
-            for event in engine.stream(GenerationRequest(rendered.prompt, request_params, name)):
-                if isinstance(event, StreamDelta):
-                    if show:
-                        sys.stdout.write(event.text)
-                        sys.stdout.flush()
-                else:
-                    result = event
+            if kind is not None:  # whole: the answer may be replaced by another opening's
+                (result,) = answer_kind.results(engine, [request], [kind])
+                if show:
+                    sys.stdout.write(result.text.strip())
+            else:
+                for event in engine.stream(request):
+                    if isinstance(event, StreamDelta):
+                        if show:
+                            sys.stdout.write(event.text)
+                            sys.stdout.flush()
+                    else:
+                        result = event
             assert result is not None
             answer = result.text.strip()
             history.append({"role": "assistant", "content": answer})
@@ -207,7 +225,11 @@ def _plain_chat(args: argparse.Namespace) -> int:
                 [result],
                 adapter=name,
                 kind="chat",
-                meta={"citations": cited, "retrieved": [p.doc_id for p in found]},
+                meta={
+                    "citations": cited,
+                    "retrieved": [p.doc_id for p in found],
+                    **({"kind_checked": kind.value} if kind is not None else {}),
+                },
             )
             if show:
                 print()

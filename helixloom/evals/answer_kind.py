@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from enum import Enum
 
-from helixloom.engine import Engine, GenerationRequest, SamplingParams
+from helixloom.engine import Engine, GenerationRequest, GenerationResult, SamplingParams, Usage
 from helixloom.errors import HelixloomError
 from helixloom.evals import prompts
+from helixloom.evals.prompts import Prompt
 
 
 class Kind(Enum):
@@ -85,50 +87,78 @@ def answer(
     *,
     adapter: str | None = None,
     system: str | None = None,
-    shown: Sequence[str] | None = None,
+    shown: Sequence[Prompt] | None = None,
     openings: int = 8,
 ) -> list[str]:
     """Greedy answers to ``questions`` (``params`` should be greedy), each not of its question's kind
     replaced by the first of the next ``openings - 1`` likeliest openings' greedy continuations that
     is (see the module docstring). ``shown`` is what the model is asked for each question where that
-    is more than the question (retrieved passages before it). Costs one batch, plus one batch of
-    continuations when an answer is of the wrong kind."""
+    is more than the question (retrieved passages before it, or a conversation ending in it). Costs
+    one batch, plus one batch of continuations when an answer is of the wrong kind."""
     if not questions:
         return []
-    if openings < 1:
-        raise HelixloomError("openings must be at least 1")
     asked = list(shown) if shown is not None else list(questions)
     if len(asked) != len(questions):
         raise HelixloomError("shown needs one prompt per question")
+    requests = prompts.answer_requests(engine, asked, params, adapter, system)
+    kinds = [expected(q) for q in questions]
+    return [r.text.strip() for r in results(engine, requests, kinds, openings=openings)]
+
+
+def results(
+    engine: Engine,
+    requests: Sequence[GenerationRequest],
+    kinds: Sequence[Kind | None],
+    *,
+    openings: int = 8,
+) -> list[GenerationResult]:
+    """Each request's result, or, where it is not of its ``kinds`` entry, the first of the next
+    ``openings - 1`` likeliest openings' continuations that is (a result whose text and tokens start
+    with that opening). What ``answer`` does for questions, for requests a caller rendered itself
+    (a chat's conversation); meant for greedy requests."""
+    if openings < 1:
+        raise HelixloomError("openings must be at least 1")
+    if len(kinds) != len(requests):
+        raise HelixloomError("kinds needs one entry per request")
     alternatives = openings - 1
-    requests = prompts.answer_requests(
-        engine, asked, params.model_copy(update={"logprobs": alternatives or None}), adapter, system
-    )
-    first = engine.generate(requests)
-    answers = [r.text.strip() for r in first]
-    # (question's index, its kind, the text the opening adds to the answer, the continuation to ask)
-    tries: list[tuple[int, Kind | None, str, GenerationRequest]] = []
-    for i, (question, request, result) in enumerate(zip(questions, requests, first, strict=True)):
-        kind = expected(question)
-        if satisfies(kind, result.text) or not alternatives or not result.logprobs:
+    asked = [
+        r if kind is None else replace(r, sampling=r.sampling.model_copy(update={"logprobs": wanted}))
+        for r, kind in zip(requests, kinds, strict=True)
+        for wanted in [max(r.sampling.logprobs or 0, alternatives) or None]
+    ]
+    first = engine.generate(asked) if asked else []
+    # what was not asked for is not returned: the alternatives' logprobs were the check's
+    out = [
+        res if req.sampling.logprobs == ask.sampling.logprobs else replace(res, logprobs=None)
+        for req, ask, res in zip(requests, asked, first, strict=True)
+    ]
+    # (request's index, its kind, the opening's token id, the text it adds to the answer, the request)
+    tries: list[tuple[int, Kind, int, str, GenerationRequest]] = []
+    for i, (kind, request, result) in enumerate(zip(kinds, asked, first, strict=True)):
+        if kind is None or satisfies(kind, result.text) or not alternatives or not result.logprobs:
             continue
         chosen = result.logprobs[0].chosen
         for alt in result.logprobs[0].top:
             if alt.token_id != chosen.token_id and alt.token:
-                tries.append((i, kind, *_continued(request, alt.token, params)))
+                tries.append((i, kind, alt.token_id, *_continued(request, alt.token)))
     done: set[int] = set()
-    results = engine.generate([t[3] for t in tries]) if tries else []
-    for (i, kind, opened, _), result in zip(tries, results, strict=True):
+    continued = engine.generate([t[4] for t in tries]) if tries else []
+    for (i, kind, token_id, opened, _), result in zip(tries, continued, strict=True):
         text = opened + result.text
         if i not in done and satisfies(kind, text):
-            answers[i] = text.strip()
+            was = first[i].usage
+            out[i] = replace(
+                result,
+                text=text,
+                usage=Usage(was.prompt_tokens, result.usage.completion_tokens + 1),
+                token_ids=(token_id, *result.token_ids),
+                logprobs=None,
+            )
             done.add(i)
-    return answers
+    return out
 
 
-def _continued(
-    request: GenerationRequest, opening: str, params: SamplingParams
-) -> tuple[str, GenerationRequest]:
+def _continued(request: GenerationRequest, opening: str) -> tuple[str, GenerationRequest]:
     """``request`` with ``opening`` (a token's text) written after its prompt, to continue from, and
     the text ``opening`` adds to the answer.
 
@@ -140,6 +170,10 @@ def _continued(
     if request.sampling.token_healing and prompt.endswith(" ") and opening.startswith(" "):
         prompt, opened = prompt[:-1], opening[1:]
     sampling = request.sampling.model_copy(
-        update={"logprobs": None, "token_healing": True, "max_tokens": max(1, params.max_tokens - 1)}
+        update={
+            "logprobs": None,
+            "token_healing": True,
+            "max_tokens": max(1, request.sampling.max_tokens - 1),
+        }
     )
     return opened, GenerationRequest(prompt + opening, sampling, request.adapter)
