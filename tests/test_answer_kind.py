@@ -4,6 +4,7 @@ next likeliest opening taken when the greedy answer is of another kind."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -20,6 +21,7 @@ from helixloom.engine import (
     Usage,
     sampling,
 )
+from helixloom.errors import HelixloomError
 from helixloom.evals import answer_kind
 from helixloom.evals.answer_kind import Kind
 from tests.scripted import ScriptedEngine
@@ -139,8 +141,8 @@ def test_an_answer_of_another_kind_is_replaced_by_the_likeliest_opening_of_the_k
 
 def test_a_replaced_result_is_the_opening_and_its_continuation() -> None:
     """``results`` (what chat uses on its own rendered conversation) returns whole results: a
-    replaced one's text and tokens start with the opening, its usage counts it, and the logprobs the
-    check asked for are not passed on to a caller that did not ask for them."""
+    replaced one's text starts with the opening, and the logprobs the check asked for are not passed
+    on to a caller that did not ask for them (nor can a caller ask for its own)."""
     from helixloom.evals import prompts
 
     engine = Openings(
@@ -150,11 +152,14 @@ def test_a_replaced_result_is_the_opening_and_its_continuation() -> None:
     params = sampling(temperature=0, max_tokens=16)
     requests = prompts.answer_requests(engine, ["How many homes?", "Who?"], params, None, None)
     replaced, kept = answer_kind.results(engine, requests, [Kind.NUMBER, None])
-    assert replaced.text == "About 260 homes." and replaced.token_ids[0] == 2  # " About"'s id
-    assert replaced.usage.completion_tokens == 2 and replaced.logprobs is None
+    assert replaced.text == "About 260 homes." and replaced.logprobs is None
     assert kept.text == "Bertram." and kept.logprobs is None
-    with pytest.raises(Exception, match="one entry per request"):
+    with pytest.raises(HelixloomError, match="one entry per request"):
         answer_kind.results(engine, requests, [None])
+    wants = [replace(r, sampling=r.sampling.model_copy(update={"logprobs": 2})) for r in requests]
+    with pytest.raises(HelixloomError, match="cannot ask for logprobs"):
+        answer_kind.results(engine, wants, [Kind.NUMBER, None])
+    assert answer_kind.results(engine, wants, [None, None])[0].logprobs  # unchecked: as asked
 
 
 def test_the_answers_of_a_real_model_are_its_greedy_ones_where_the_kind_is_met(tiny_engine) -> None:
@@ -171,7 +176,7 @@ def test_the_answers_of_a_real_model_are_its_greedy_ones_where_the_kind_is_met(t
         assert answer == plain or (
             answer_kind.satisfies(kind, answer) and not answer_kind.satisfies(kind, plain)
         )
-    with pytest.raises(Exception, match="openings"):
+    with pytest.raises(HelixloomError, match="openings"):
         answer_kind.answer(tiny_engine, questions, params, openings=0)
 
 

@@ -21,6 +21,7 @@ from helixloom.documents.questions import Suite, dedupe, generate_pairs
 from helixloom.engine import GenerationRequest
 from helixloom.engine.hf import HFEngine
 from helixloom.errors import HelixloomError
+from helixloom.evals import answer_kind
 from helixloom.server import ServerConfig, ServerState
 from helixloom.store import Store
 from helixloom.training import learn
@@ -447,6 +448,7 @@ def test_cli_learn_resumes_interrupted_generation(
 
 def test_cli_plain_chat_with_learned_adapter(
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     docs: Path,
     tiny_model: TinyModel,
     helixloom_home: Path,
@@ -501,14 +503,25 @@ def test_cli_plain_chat_with_learned_adapter(
     assert "glowing moss" in body["retrieved"][0]["text"]
     assert main(["chat", "--retrieve", "--once", "q"]) == 2  # retrieval needs a learned adapter
     assert main(["chat", "--check-kind", "--once", "q"]) == 2  # and checking kinds an adapter
-    # A question asking for a number, its answer's kind checked: answered whole, the check recorded.
-    checked = ["chat", "--base", str(tiny_model.path), "--adapter", "zq", "--check-kind", "--json"]
-    assert main([*checked, "--once", "How many legs has a Zorblax?", "--max-tokens", "4"]) == 0
-    body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    with Store(paths.db_path()) as store:
-        session = store.get_session(body["session_id"])
-        assert session is not None and session.meta and session.meta["kind_checked"] == "number"
-        assert store.get_messages(body["session_id"])[-1].content.strip() == body["answer"]
+    # A question asking for a number whose greedy answer is taken for one of another kind: chat
+    # --check-kind answers it as eval qa --check-kind does (the next opening, continued), and says so.
+    question, tokens = "How many legs has a Zorblax?", ["--max-tokens", "4"]
+    plain = ["chat", "--base", str(tiny_model.path), "--adapter", "zq", "--json", "--once", question]
+    assert main([*plain, *tokens]) == 0
+    greedy = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"]
+    with monkeypatch.context() as patch:
+        patch.setattr(answer_kind, "satisfies", lambda kind, text: kind is None or text.strip() != greedy)
+        assert main([*plain, *tokens, "--check-kind"]) == 0
+        body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert body["answer"] != greedy
+        file = tmp_path / "legs.jsonl"
+        file.write_text(json.dumps({"question": question, "facts": ["six"]}) + "\n")
+        qa = ["eval", "qa", "--adapter", "zq", "--questions", str(file), "--base", str(tiny_model.path)]
+        assert main([*qa, *tokens, "--check-kind", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["answers"][0]["adapter+kind"] == body["answer"]
+        with Store(paths.db_path()) as store:
+            session = store.get_session(body["session_id"])
+            assert session is not None and session.meta and session.meta["kind_checked"] == "number"
     file = tmp_path / "q.jsonl"
     file.write_text(
         '{"question": "What do Zorblaxes eat?", "facts": ["moss|bark"], "document": "zorblax.md"}\n'

@@ -58,8 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --adapter: a question that asks for a number ('how many', 'how long') or a date "
         "('which day') whose answer holds none gets the adapter's next likeliest opening, continued, "
-        "that gives one (as `eval qa --check-kind` measures it); such answers are printed whole, "
-        "not streamed",
+        "that gives one (as `eval qa --check-kind` measures it, on greedy answers: a learned adapter's "
+        "default); such answers are printed whole, not streamed",
     )
     chat.add_argument(
         "--rounds", type=int, default=1, help="critique/regenerate rounds per question (default 1)"

@@ -113,46 +113,48 @@ def results(
     openings: int = 8,
 ) -> list[GenerationResult]:
     """Each request's result, or, where it is not of its ``kinds`` entry, the first of the next
-    ``openings - 1`` likeliest openings' continuations that is (a result whose text and tokens start
-    with that opening). What ``answer`` does for questions, for requests a caller rendered itself
-    (a chat's conversation); meant for greedy requests."""
+    ``openings - 1`` likeliest openings' continuations that is. What ``answer`` does for questions,
+    for requests a caller rendered itself (a chat's conversation); meant for greedy requests, and for
+    requests that ask for no logprobs (the check asks for the alternatives itself, and a replaced
+    answer has none). A replaced result's text starts with its opening; its tokens and usage are the
+    continuation's, which on a local engine (transformers, llama.cpp) hold the opening too: the
+    continuation is healed, so the engine backs up over the opening and writes it again."""
     if openings < 1:
         raise HelixloomError("openings must be at least 1")
     if len(kinds) != len(requests):
         raise HelixloomError("kinds needs one entry per request")
+    if any(r.sampling.logprobs is not None for r, kind in zip(requests, kinds, strict=True) if kind):
+        raise HelixloomError("a request whose kind is checked cannot ask for logprobs")
     alternatives = openings - 1
     asked = [
-        r if kind is None else replace(r, sampling=r.sampling.model_copy(update={"logprobs": wanted}))
+        r
+        if kind is None or not alternatives
+        else replace(r, sampling=r.sampling.model_copy(update={"logprobs": alternatives}))
         for r, kind in zip(requests, kinds, strict=True)
-        for wanted in [max(r.sampling.logprobs or 0, alternatives) or None]
     ]
     first = engine.generate(asked) if asked else []
-    # what was not asked for is not returned: the alternatives' logprobs were the check's
+    # the alternatives' logprobs were the check's, not the caller's
     out = [
-        res if req.sampling.logprobs == ask.sampling.logprobs else replace(res, logprobs=None)
+        res if req is ask else replace(res, logprobs=None)
         for req, ask, res in zip(requests, asked, first, strict=True)
     ]
-    # (request's index, its kind, the opening's token id, the text it adds to the answer, the request)
-    tries: list[tuple[int, Kind, int, str, GenerationRequest]] = []
+    # (request's index, its kind, the text the opening adds to the answer, the continuation to ask)
+    tries: list[tuple[int, Kind, str, GenerationRequest]] = []
     for i, (kind, request, result) in enumerate(zip(kinds, asked, first, strict=True)):
         if kind is None or satisfies(kind, result.text) or not alternatives or not result.logprobs:
             continue
         chosen = result.logprobs[0].chosen
         for alt in result.logprobs[0].top:
             if alt.token_id != chosen.token_id and alt.token:
-                tries.append((i, kind, alt.token_id, *_continued(request, alt.token)))
+                tries.append((i, kind, *_continued(request, alt.token)))
     done: set[int] = set()
-    continued = engine.generate([t[4] for t in tries]) if tries else []
-    for (i, kind, token_id, opened, _), result in zip(tries, continued, strict=True):
+    continued = engine.generate([t[3] for t in tries]) if tries else []
+    for (i, kind, opened, _), result in zip(tries, continued, strict=True):
         text = opened + result.text
         if i not in done and satisfies(kind, text):
             was = first[i].usage
             out[i] = replace(
-                result,
-                text=text,
-                usage=Usage(was.prompt_tokens, result.usage.completion_tokens + 1),
-                token_ids=(token_id, *result.token_ids),
-                logprobs=None,
+                result, text=text, usage=Usage(was.prompt_tokens, result.usage.completion_tokens)
             )
             done.add(i)
     return out
