@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="add the adapter+kind arm: an answer of another kind than its question asks for (no number "
         "for 'how many', no date for 'which day') is replaced by the adapter's next likeliest opening, "
-        "continued, that is of it (on the default model +1, +2 and 0 of 30 questions on three held-out runs, "
-        "no answer made worse)",
+        "continued, that is of it (on the default model 72.8%% of key facts against 71.1%% over six held-out "
+        "runs: +1 and +2 of 30 questions on two, none lost)",
     )
     eqa.add_argument("--json", action="store_true", help="print every answer and the scores as JSON")
     eqa.set_defaults(run=cmd_eval_qa, job="eval")
