@@ -9,7 +9,9 @@ asks every question under four arms, and a fifth: the adapter with its answers' 
 (``adapter+kind``: no number for "how many" -> its likeliest opening that gives one, see
 ``evals.answer_kind``). Prints one JSON object: key-fact accuracy per arm (the base
 model is the baseline, same run), citation accuracy, the forgetting ratio, pairs kept and dropped by
-reason, wall time per phase, and sample answers (to show they are not loops).
+reason, wall time per phase, and sample answers (to show they are not loops). With ``--soup N`` the
+adapter is the mean of N fine-tunes (learn's ``--soup``), and each fine-tune is asked too, alone: the
+baseline the soup is measured against in the same run (``key_fact_accuracy_members``).
 
     python benchmarks/learn.py [--teacher default|oracle] [--data DIR] [--questions N] [--epochs N]
         [--work DIR]
@@ -101,6 +103,13 @@ def main() -> None:
         help="synonym swaps kept per question (documents/lexical.py; default: learn's, 0)",
     )
     parser.add_argument(
+        "--soup",
+        type=int,
+        default=None,
+        help="fine-tunes averaged into the adapter (learn's --soup; default: learn's, 1); with 2 or "
+        "more each fine-tune is also measured alone (key_fact_accuracy_members): the baseline",
+    )
+    parser.add_argument(
         "--precision",
         choices=["auto", "bf16", "fp32"],
         default=None,
@@ -158,6 +167,7 @@ def main() -> None:
             ("context_share", args.context_share),
             ("precision", args.precision),
             ("seed", args.seed),
+            ("soup", args.soup),
         )
         if v is not None
     }
@@ -205,6 +215,15 @@ def main() -> None:
     # the adapter again, each answer of another kind than its question asks for replaced by the
     # adapter's likeliest opening that is of it (evals.answer_kind): the same adapter, a check at answering
     after_kind = qa.answer(engine, items, params, adapter="bench-learn", system=system, check_kind=True)
+    # a soup's fine-tunes one by one, each as one fine-tune of learn would have served it: the
+    # baseline the soup is measured against, in the same run, on the same questions
+    members: dict[str, Any] = {}
+    for m in meta["report"].get("soup") or []:
+        folder = paths.runs_dir() / "bench-learn" / learn.SOUP / f"seed-{m['seed']}" / "adapter"
+        engine.load_adapter(f"bench-member-{m['seed']}", str(folder))
+        members[f"seed {m['seed']}"] = qa.answer(
+            engine, items, params, adapter=f"bench-member-{m['seed']}", system=system
+        )
     stages["eval_after_seconds"] = time.perf_counter() - t0
     stages["wall_seconds"] = time.perf_counter() - wall
     learned = meta["report"]
@@ -232,6 +251,19 @@ def main() -> None:
             "adapter+retrieval": round(qa.mean_score_first_sentence(after_rag), 3),
             "adapter+kind": round(qa.mean_score_first_sentence(after_kind), 3),
         },
+        **(
+            {
+                "key_fact_accuracy_members": {k: round(qa.mean_score(v), 3) for k, v in members.items()},
+                "key_fact_accuracy_first_sentence_members": {
+                    k: round(qa.mean_score_first_sentence(v), 3) for k, v in members.items()
+                },
+                "citation_accuracy_members": {
+                    k: qa.citation_accuracy(v, doc_ids) for k, v in members.items()
+                },
+            }
+            if members
+            else {}
+        ),
         "citation_accuracy_adapter": qa.citation_accuracy(after, doc_ids),
         "citation_accuracy_adapter+retrieval": qa.citation_accuracy(after_rag, doc_ids),
         "citation_accuracy_adapter+kind": qa.citation_accuracy(after_kind, doc_ids),
@@ -258,6 +290,7 @@ def main() -> None:
             }
             for b, a, br, ar, ak in zip(base, after, base_rag, after_rag, after_kind, strict=True)
         ],
+        **({"member_answers": {k: [a.answer for a in v] for k, v in members.items()}} if members else {}),
     }
     json.dump(result, sys.stdout, indent=2)
     print()

@@ -767,3 +767,67 @@ def test_title_first_opens_every_answer_with_its_documents_title_and_resume_keep
     rows, meta = dataset.read("title-cut")
     assert meta["title_first"] is True
     assert all(r["messages"][-1]["content"].startswith('From "') for r in rows if "messages" in r)
+
+
+def _deltas(folder: Path) -> dict[str, Any]:
+    """Every adapted module's weight delta, ``alpha / r * B @ A``, of a saved PEFT LoRA."""
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    scaling = config["lora_alpha"] / config["r"]
+    return {
+        k.removesuffix(".lora_A.weight"): scaling * weights[k.replace("lora_A", "lora_B")] @ weights[k]
+        for k in weights
+        if k.endswith(".lora_A.weight")
+    }
+
+
+def test_a_soup_is_the_exact_mean_of_its_fine_tunes_and_resume_keeps_the_finished_ones(
+    docs: Path, tiny_model: TinyModel, helixloom_home: Path
+) -> None:
+    import torch
+
+    from helixloom.training.learn_report import format_report
+
+    paths.ensure_home()
+    said: list[str] = []
+    with Store(paths.db_path()) as store:
+        learn.prepare(
+            "zs",
+            [docs],
+            ScriptedEngine(grounded_reply),
+            base=str(tiny_model.path),
+            sft=LearnConfig(**dataclasses.asdict(SMALL), soup=2),
+        )
+        result = learn.train("zs", store, say=said.append)
+        assert result.steps == 8  # two fine-tunes of 4 steps
+        members = [paths.runs_dir() / "zs" / learn.SOUP / f"seed-{s}" for s in (0, 1)]
+        first, second = (_deltas(m / "adapter") for m in members)
+        soup = _deltas(paths.adapters_dir() / "zs")
+        assert set(soup) == set(first) == set(second) and soup
+        assert any(not torch.allclose(first[k], second[k]) for k in first)  # two seeds, two fine-tunes
+        for k in soup:
+            torch.testing.assert_close(soup[k], (first[k] + second[k]) / 2, rtol=1e-4, atol=1e-6)
+        config = json.loads((paths.adapters_dir() / "zs" / "adapter_config.json").read_text())
+        assert config["r"] == 8
+        record = store.get_adapter("zs")
+        assert record is not None and record.meta and record.meta["rank"] == 8
+        report = record.meta["report"]
+        assert [m["seed"] for m in report["soup"]] == [0, 1]
+        assert all(m["epochs"] and m["best_epoch"] for m in report["soup"])
+        assert 0.0 <= report["heldout_accuracy_after"] <= 1.0 and report["forgetting_ratio"] > 0
+        assert report["heldout_accuracy_before"] is not None and report["steps"] == 8
+        shown = format_report(report)
+        assert "the mean of 2 fine-tunes" in shown and "seed 1: held-out" in shown
+        assert any("fine-tune 2 of 2 (seed 1)" in s for s in said)
+        # the second fine-tune was interrupted: resume keeps the first and trains only the second
+        (members[1] / learn.MEMBER_REPORT).unlink()
+        said.clear()
+        learn.train("zs", store, resume=True, say=said.append)
+        assert any("fine-tune 1 of 2 (seed 0): trained before, kept" in s for s in said)
+        assert any(s == "fine-tune 2 of 2 (seed 1)" for s in said)
+        again = _deltas(paths.adapters_dir() / "zs")
+        assert all(torch.allclose(again[k], soup[k], atol=1e-6) for k in soup)  # the same seeds
+    with pytest.raises(HelixloomError, match="soup"):
+        LearnConfig(soup=0)

@@ -104,6 +104,7 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
             "anchor",
             "context_share",
             "precision",
+            "soup",
             *_TRAINING,
         ],
         "paths",

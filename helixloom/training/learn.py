@@ -37,9 +37,10 @@ units not finished; a finished rephrasing phase is kept in ``datasets/NAME/rephr
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -434,8 +435,9 @@ def resume_generation(
 
 def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _: None) -> TrainResult:
     """Fine-tune dataset ``name`` (as it is on disk, reviewed or not) and register adapter ``name``,
-    with its report (``learn_report.json`` beside it, and ``report`` in its store metadata)."""
-    from helixloom.training.learn_probe import LearnProbe, Probe
+    with its report (``learn_report.json`` beside it, and ``report`` in its store metadata). With
+    ``soup`` N > 1 in its settings, N fine-tunes from consecutive seeds are averaged into the adapter
+    (``_train_soup``)."""
     from helixloom.training.sft import train_lora
     from helixloom.training.trainer import bf16_emulated
 
@@ -449,27 +451,22 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
     if bf16 and bf16_emulated():
         say("warning: this CPU has no native bf16; --precision bf16 runs slower than fp32 here")
     say(f"fine-tuning {meta['base']} on {len(rows)} examples ({'resuming' if resume else 'from the start'})")
-    probe = LearnProbe(
-        [Probe([{"role": "user", "content": h["question"]}], h["key"], h["doc_id"]) for h in held],
-        mix.general_paragraphs(),
-        system_prompt=meta["system_prompt"],
-        patience=config.patience,
-        max_forgetting=config.max_forgetting or None,
-        # an answer opened with its document's title is 10-14 tokens longer
-        max_new_tokens=PROBE_TOKENS + (TITLE_TOKENS if meta.get("title_first") else 0),
-    )
-    result = train_lora(
-        meta["base"],
-        rows,
-        adapter_dir,
-        paths.runs_dir() / name,
-        config,
-        system_prompt=meta["system_prompt"],
-        resume=resume,
-        callbacks=[probe],
-        **options,
-    )
-    report = _report(meta, result, probe, held)
+    if config.soup > 1:
+        result, report = _train_soup(name, rows, meta, config, options, held, resume=resume, say=say)
+    else:
+        probe = _probe(meta, held, config)
+        result = train_lora(
+            meta["base"],
+            rows,
+            adapter_dir,
+            paths.runs_dir() / name,
+            config,
+            system_prompt=meta["system_prompt"],
+            resume=resume,
+            callbacks=[probe],
+            **options,
+        )
+        report = _report(meta, result, probe, held)
     report["precision"] = "bf16" if bf16 else "fp32"
     atomic.write_json(adapter_dir / REPORT, report)
     say(format_report(report))
@@ -481,7 +478,7 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
             "system_prompt": meta["system_prompt"],
             "documents": meta["documents"],
             "group_id": meta["group_id"],
-            "rank": config.rank,
+            "rank": config.rank * config.soup,
             "dataset": name,
             "kind": "documents",
             "report": report,
@@ -491,6 +488,155 @@ def train(name: str, store: Store, *, resume: bool = False, say: Say = lambda _:
     meta["stage"] = "trained"
     dataset.write(name, rows, meta)
     return result
+
+
+def _probe(
+    meta: dict[str, Any], held: list[dict[str, str]], config: LearnConfig, *, before: bool = True
+) -> Any:
+    """The held-out probe a fine-tune of dataset ``meta`` is measured and stopped by."""
+    from helixloom.training.learn_probe import LearnProbe, Probe
+
+    return LearnProbe(
+        [Probe([{"role": "user", "content": h["question"]}], h["key"], h["doc_id"]) for h in held],
+        mix.general_paragraphs(),
+        system_prompt=meta["system_prompt"],
+        patience=config.patience,
+        max_forgetting=config.max_forgetting or None,
+        # an answer opened with its document's title is 10-14 tokens longer
+        max_new_tokens=PROBE_TOKENS + (TITLE_TOKENS if meta.get("title_first") else 0),
+        measure_before=before,
+    )
+
+
+SOUP = "soup"  # in runs/NAME/: one folder per member fine-tune (seed-S/: its run, adapter, report)
+MEMBER_REPORT = "member.json"  # in a member's folder once it is trained: resume keeps it
+
+
+def _train_soup(
+    name: str,
+    rows: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    config: LearnConfig,
+    options: dict[str, Any],
+    held: list[dict[str, str]],
+    *,
+    resume: bool,
+    say: Say,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """``config.soup`` fine-tunes of the same rows from seeds ``seed``, ``seed + 1``, ..., each chosen
+    by its own held-out probe as one fine-tune is, then their exact mean (``training.soup``) written as
+    adapter ``name`` and measured on the same held-out questions and general text.
+
+    Each member's run keeps checkpoints in ``runs/NAME/soup/seed-S/``; a member that finished keeps its
+    adapter and report there, so ``resume`` trains only what an interruption left undone."""
+    from helixloom.training import soup
+    from helixloom.training.sft import train_lora
+
+    folder = paths.runs_dir() / name / SOUP
+    if not resume and folder.exists():
+        shutil.rmtree(folder)
+    members: list[dict[str, Any]] = []
+    results: list[TrainResult] = []
+    for i in range(config.soup):
+        seed = config.seed + i
+        member = folder / f"seed-{seed}"
+        done = member / MEMBER_REPORT
+        if resume and done.is_file():
+            members.append(json.loads(done.read_text(encoding="utf-8")))
+            say(f"fine-tune {i + 1} of {config.soup} (seed {seed}): trained before, kept")
+            continue
+        say(f"fine-tune {i + 1} of {config.soup} (seed {seed})")
+        probe = _probe(meta, held, config, before=i == 0)
+        result = train_lora(
+            meta["base"],
+            rows,
+            member / "adapter",
+            member / "run",
+            replace(config, seed=seed, soup=1),
+            system_prompt=meta["system_prompt"],
+            resume=resume,
+            callbacks=[probe],
+            **options,
+        )
+        results.append(result)
+        report = _report(meta, result, probe, held)
+        report["seed"] = seed
+        report["training_seconds"] = round(result.seconds, 1)
+        report["tokens"] = result.tokens
+        atomic.write_json(done, report)
+        members.append(report)
+    say(f"averaging the {config.soup} fine-tunes into adapter {name}")
+    start = time.perf_counter()
+    adapter_dir = paths.adapters_dir() / name
+    model, tokenizer = soup.average(
+        meta["base"],
+        [folder / f"seed-{config.seed + i}" / "adapter" for i in range(config.soup)],
+        adapter_dir,
+    )
+    # measured as it is served, in fp32, its forgetting against the fp32 base (the members trained
+    # and were measured in their precision, bf16 where it is native)
+    probe = _probe(meta, held, config)
+    after = probe.measure(model, tokenizer)
+    perplexity = probe.perplexity(model, tokenizer)
+    with model.disable_adapter():
+        base_perplexity = probe.perplexity(model, tokenizer)
+    del model
+    first = members[0]
+    report = dict(first)  # the mix, the teacher, the pairs and what the base model scored are shared
+    for key in ("seed", "training_seconds", "tokens", "best_epoch", "stopped_early_for", "epochs"):
+        report.pop(key, None)
+    report.update(
+        {
+            "heldout_accuracy_after": after.accuracy if after else None,
+            "citation_accuracy_after": after.citation_accuracy if after else None,
+            "perplexity_general_base": base_perplexity,
+            "perplexity_general_adapter": perplexity,
+            "forgetting_ratio": round(perplexity / base_perplexity, 3)
+            if perplexity and base_perplexity
+            else None,
+            "steps": sum(int(m.get("steps") or 0) for m in members),
+            "soup": [
+                {
+                    k: m.get(k)
+                    for k in (
+                        "seed",
+                        "heldout_accuracy_after",
+                        "citation_accuracy_after",
+                        "forgetting_ratio",
+                        "best_epoch",
+                        "stopped_early_for",
+                        "epochs",
+                        "steps",
+                    )
+                }
+                for m in members
+            ],
+            "sample_answers": [
+                {"question": h["question"], "answer": a}
+                for h, a in zip(held[:4], after.answers[:4] if after else [], strict=False)
+            ],
+        }
+    )
+    seconds = sum(float(m.get("training_seconds") or 0) for m in members)
+    tokens = sum(int(m.get("tokens") or 0) for m in members)
+    averaging = time.perf_counter() - start
+    report["tokens_per_second"] = round(tokens / seconds, 1) if seconds else None
+    report["seconds"] = {
+        **report.get("seconds", {}),
+        "training": round(sum(float(m.get("seconds", {}).get("training") or 0) for m in members), 1),
+        "measuring": round(sum(float(m.get("seconds", {}).get("measuring") or 0) for m in members), 1),
+        "averaging": round(averaging, 1),
+    }
+    result = TrainResult(
+        adapter_dir=adapter_dir,
+        steps=report["steps"],
+        resumed_from_step=results[0].resumed_from_step if results else 0,
+        final_loss=None,
+        changed_fraction=min((r.changed_fraction for r in results), default=1.0),
+        seconds=seconds + averaging,
+        tokens=tokens,
+    )
+    return result, report
 
 
 def config_of(meta: dict[str, Any]) -> LearnConfig:

@@ -104,8 +104,23 @@ class LearnConfig(LoraSFTConfig):
         },
     )
 
+    # 1 (one fine-tune) by default; 2 trains a second adapter from the next seed on the same data and
+    # serves the exact mean of the two (``training.soup``). Measured in benchmarks/learn.py (Dec 2026,
+    # the default model): see ``learn.SOUP_MEASURED``
+    soup: int = field(
+        default=1,
+        metadata={
+            "help": "fine-tunes to average into the adapter: N trains N adapters from seeds seed, seed+1, "
+            "... on the same data (N times the training time) and keeps the exact mean of their weights "
+            "(a model soup: it keeps what every fine-tune learned, not what one got by chance; measured "
+            "in the README's learn section)"
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 1 <= self.soup <= 8:
+            raise HelixloomError("soup must be 1 to 8 fine-tunes", param="soup")
         if self.patience < 0:
             raise HelixloomError("patience must be >= 0", param="patience")
         if self.max_forgetting < 0 or 0 < self.max_forgetting <= 1:

@@ -119,8 +119,12 @@ class LearnProbe(TrainerCallback):
         patience: int = 1,
         max_forgetting: float | None = None,
         max_new_tokens: int = 48,
+        measure_before: bool = True,
     ) -> None:
         self.probes = list(probes)
+        # off: the base model's answers are not measured before training (a soup's later members:
+        # the first one measured them), only its general-text perplexity, which forgetting needs
+        self.measure_before = measure_before
         self.general = list(general)
         self.system = system_prompt
         self.patience = patience
@@ -203,7 +207,8 @@ class LearnProbe(TrainerCallback):
             return  # resuming: the base model's scores were taken when the run started
         start = time.perf_counter()
         with fast_generation(model):
-            self.report.before = self.measure(model, tokenizer)
+            if self.measure_before:
+                self.report.before = self.measure(model, tokenizer)
             self.report.perplexity_base = self.perplexity(model, tokenizer)
         self.report.seconds += time.perf_counter() - start
 

@@ -22,12 +22,17 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'general-text perplexity':<34}{_num(report.get('perplexity_general_base')):>8}"
         f"{_num(report.get('perplexity_general_adapter')):>9}"
         f"   (forgetting ratio {report.get('forgetting_ratio')})",
-        f"best epoch {report.get('best_epoch')}"
-        + (f" (stopped early: {report['stopped_early_for']})" if report.get("stopped_early_for") else "")
+        (
+            f"the mean of {len(report['soup'])} fine-tunes"
+            if report.get("soup")
+            else f"best epoch {report.get('best_epoch')}"
+            + (f" (stopped early: {report['stopped_early_for']})" if report.get("stopped_early_for") else "")
+        )
         + f", {report.get('steps')} steps, "
         f"{report.get('tokens_per_second')} tokens/s"
         + (f", {report['precision']}" if report.get("precision") else ""),
         *_epochs(report.get("epochs") or []),
+        *_members(report.get("soup") or []),
         f"teacher {report.get('teacher', '-')}, "
         f"suite questions per prompt {report.get('suite_questions', '-')}",
         f"pairs kept: {json.dumps(report.get('pairs_kept', {}))}",
@@ -53,6 +58,16 @@ def _epochs(epochs: list[dict[str, Any]]) -> list[str]:
         for e in epochs
     ]
     return ["per epoch (held-out accuracy, forgetting): " + ", ".join(cells)]
+
+
+def _members(members: list[dict[str, Any]]) -> list[str]:
+    """A line per fine-tune of a soup: its seed, what it scored alone, the epoch it kept."""
+    return [
+        f"  seed {m.get('seed')}: held-out {100 * (m.get('heldout_accuracy_after') or 0):.0f}%, "
+        f"citations {100 * (m.get('citation_accuracy_after') or 0):.0f}%, "
+        f"forgetting x{m.get('forgetting_ratio')}, best epoch {m.get('best_epoch')}, {m.get('steps')} steps"
+        for m in members
+    ]
 
 
 def _num(v: Any) -> str:
