@@ -254,6 +254,12 @@ def main() -> None:
         **(
             {
                 "key_fact_accuracy_members": {k: round(qa.mean_score(v), 3) for k, v in members.items()},
+                # the soup against its fine-tunes alone (their mean), in points of key facts
+                "soup_minus_members_points": round(
+                    100
+                    * (qa.mean_score(after) - sum(qa.mean_score(v) for v in members.values()) / len(members)),
+                    1,
+                ),
                 "key_fact_accuracy_first_sentence_members": {
                     k: round(qa.mean_score_first_sentence(v), 3) for k, v in members.items()
                 },
