@@ -106,10 +106,10 @@ class LearnConfig(LoraSFTConfig):
 
     # 1 (one fine-tune) by default; 2 trains a second adapter from the next seed on the same data and
     # serves the exact mean of the two (``training.soup``). Measured (benchmarks/learn.py and probes on
-    # its adapters, Dec 2026, the default model, the three held-out sets, seeds 0-3): eight soups of two
-    # found 73.8% of key facts against 70.2% for their fine-tunes alone (above in 7 of 8), 76.4% per set
-    # against 70.5%; forgetting x1.15-x1.20. Not the default: twice the training time, and two of the
-    # four learn_fresh soups cite one document with a hex digit wrong (docs/learn-measurements.md)
+    # its adapters, Dec 2026, the default model, the three held-out sets, seeds 0-3): ten soups of two
+    # found 74.7% of key facts against 70.5% for their fine-tunes alone (above in 9 of 10), 76.0% per set
+    # against 70.9%; forgetting x1.15-x1.24. Not the default: twice the training time, and three of the
+    # ten soups cite one document with a hex digit wrong (docs/learn-measurements.md)
     soup: int = field(
         default=1,
         metadata={
