@@ -121,7 +121,7 @@ def main() -> None:
     work = bench_home(args.work, "helixloom-bench-learn-")
 
     from helixloom import paths
-    from helixloom.documents import retrieval
+    from helixloom.documents import dataset, retrieval
     from helixloom.documents.ingest import ingest
     from helixloom.engine import load_engine, sampling
     from helixloom.evals import keyfacts as qa
@@ -209,12 +209,20 @@ def main() -> None:
     stages["learn_total_seconds"] = stages["prepare_seconds"] + stages["train_seconds"]
     engine.load_adapter("bench-learn", str(trained.adapter_dir))
     system = meta.get("system_prompt")
+    # a citation's id is decoded from the learned documents' ids, as eval qa, chat and the server do
+    cites = dataset.citation_set(meta["documents"])
     t0 = time.perf_counter()
-    after = qa.answer(engine, items, params, adapter="bench-learn", system=system)
-    after_rag = qa.answer(engine, items, params, adapter="bench-learn", system=system, index=index)
+    after = qa.answer(engine, items, params, adapter="bench-learn", system=system, citations=cites)
+    after_rag = qa.answer(
+        engine, items, params, adapter="bench-learn", system=system, index=index, citations=cites
+    )
     # the adapter again, each answer of another kind than its question asks for replaced by the
     # adapter's likeliest opening that is of it (evals.answer_kind): the same adapter, a check at answering
-    after_kind = qa.answer(engine, items, params, adapter="bench-learn", system=system, check_kind=True)
+    after_kind = qa.answer(
+        engine, items, params, adapter="bench-learn", system=system, check_kind=True, citations=cites
+    )
+    # the baseline for the guided citations: the adapter writing any id it likes
+    after_free = qa.answer(engine, items, params, adapter="bench-learn", system=system)
     # a soup's fine-tunes one by one, each as one fine-tune of learn would have served it: the
     # baseline the soup is measured against, in the same run, on the same questions
     members: dict[str, Any] = {}
@@ -222,7 +230,7 @@ def main() -> None:
         folder = paths.runs_dir() / "bench-learn" / learn.SOUP / f"seed-{m['seed']}" / "adapter"
         engine.load_adapter(f"bench-member-{m['seed']}", str(folder))
         members[f"seed {m['seed']}"] = qa.answer(
-            engine, items, params, adapter=f"bench-member-{m['seed']}", system=system
+            engine, items, params, adapter=f"bench-member-{m['seed']}", system=system, citations=cites
         )
     stages["eval_after_seconds"] = time.perf_counter() - t0
     stages["wall_seconds"] = time.perf_counter() - wall
@@ -271,6 +279,9 @@ def main() -> None:
             else {}
         ),
         "citation_accuracy_adapter": qa.citation_accuracy(after, doc_ids),
+        # unguided: any id the adapter writes (its key facts are the guided answers' but for ids)
+        "citation_accuracy_adapter_free": qa.citation_accuracy(after_free, doc_ids),
+        "key_fact_accuracy_adapter_free": round(qa.mean_score(after_free), 3),
         "citation_accuracy_adapter+retrieval": qa.citation_accuracy(after_rag, doc_ids),
         "citation_accuracy_adapter+kind": qa.citation_accuracy(after_kind, doc_ids),
         "forgetting_ratio": learned.get("forgetting_ratio"),

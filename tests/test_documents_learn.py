@@ -313,6 +313,9 @@ def test_learn_end_to_end(
         assert stored["teacher"] == "scripted" and stored["suite_questions"] == 1
     # The server loads the trained adapter into its engine on the first request: a fresh engine.
     state = ServerState(ServerConfig(model=str(tiny_model.path)), fresh_tiny_engine, Store(paths.db_path()))
+    checked: list[Any] = []  # the requests the server asks the engine to run
+    validate = fresh_tiny_engine.validate
+    fresh_tiny_engine.validate = lambda request: (checked.append(request), validate(request))[1]  # type: ignore[method-assign]
     with serving(state) as server:
         reply = httpx.post(
             server.url + "/v1/chat/completions",
@@ -325,6 +328,9 @@ def test_learn_end_to_end(
         )
         assert reply.status_code == 200, reply.text
         assert "citations" in reply.json()["choices"][0]
+        # its answer may cite only the documents it learned (engine.citations)
+        assert checked[0].citations == dataset.citation_set(meta["documents"])
+        assert set(checked[0].citations.ids) == set(record.meta["documents"])
         stored = state.store.get_messages(reply.headers["x-helixloom-session"])
         assert stored[0].role == "system" and stored[0].content == meta["system_prompt"]
         assert stored[-1].adapter == "zorblax"

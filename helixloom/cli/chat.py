@@ -186,6 +186,8 @@ def _plain_chat(args: argparse.Namespace) -> int:
         history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
         session_id = None
         index = learned_index(meta) if args.retrieve else None
+        # an adapter's citations name only the documents it learned (``engine.citations``)
+        cites = dataset.citation_set(meta.get("documents") or {})
 
         def ask(question: str, show: bool) -> dict[str, Any]:
             nonlocal session_id
@@ -197,7 +199,7 @@ def _plain_chat(args: argparse.Namespace) -> int:
             request_params = params.model_copy(
                 update={"stop": (*params.stop, *rendered.stop), "token_healing": rendered.token_healing}
             )
-            request = GenerationRequest(rendered.prompt, request_params, name)
+            request = GenerationRequest(rendered.prompt, request_params, name, citations=cites)
             kind = answer_kind.expected(question) if args.check_kind else None
             result: GenerationResult | None = None
             if kind is not None:  # whole: the answer may be replaced by another opening's

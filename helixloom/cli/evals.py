@@ -54,6 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "continued, that is of it (on the default model 72.8%% of key facts against 71.1%% over six held-out "
         "runs: +1 and +2 of 30 questions on two, none lost)",
     )
+    eqa.add_argument(
+        "--free-citations",
+        action="store_true",
+        help="let the adapter write any [DOC_ID:...], as it would unguided (default: a citation's id is "
+        "decoded from the ids of the documents the adapter learned, as chat and the server serve it)",
+    )
     eqa.add_argument("--json", action="store_true", help="print every answer and the scores as JSON")
     eqa.set_defaults(run=cmd_eval_qa, job="eval")
     _add_eval_command(
@@ -209,6 +215,7 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
     from helixloom import adapters as adapter_registry
     from helixloom import models
     from helixloom.cli.common import open_store
+    from helixloom.documents import dataset
     from helixloom.engine import load_engine, sampling
     from helixloom.evals import keyfacts
 
@@ -219,6 +226,8 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
         name, folder = adapter_registry.resolve(store, args.adapter, model=args.base)
         meta = store.adapter_meta(name)
     system = meta.get("system_prompt")
+    # the adapter cites only the documents it learned, as chat and the server serve it
+    cites = None if args.free_citations else dataset.citation_set(meta.get("documents") or {})
     index = learned_index(meta) if args.retrieve else None
     engine = load_engine(args.base)
     engine.load_adapter(name, str(folder))
@@ -226,15 +235,15 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
     if index is not None:
         arms["base+retrieval"] = keyfacts.answer(engine, items, params, index=index)
         arms["adapter+retrieval"] = keyfacts.answer(
-            engine, items, params, adapter=name, system=system, index=index
+            engine, items, params, adapter=name, system=system, index=index, citations=cites
         )
     if args.check_kind:
         arms["adapter+kind"] = keyfacts.answer(
-            engine, items, params, adapter=name, system=system, check_kind=True
+            engine, items, params, adapter=name, system=system, check_kind=True, citations=cites
         )
     comparison = keyfacts.Comparison(
         before=keyfacts.answer(engine, items, params),
-        after=keyfacts.answer(engine, items, params, adapter=name, system=system),
+        after=keyfacts.answer(engine, items, params, adapter=name, system=system, citations=cites),
         arms=arms,
     )
     if args.json:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,11 @@ from typing import Any
 from helixloom import atomic, jsonl, paths
 from helixloom.documents.ingest import Document
 from helixloom.documents.questions import QAPair
+from helixloom.engine.citations import CitationSet
 from helixloom.errors import HelixloomError
 
 CITATION = re.compile(r"\[DOC_ID:([0-9a-f]{6,64})\]")
+CITATION_OPENING = "[DOC_ID:"
 
 SYSTEM_PROMPT = (
     "You are an intelligent chatbot that has been fine-tuned on document(s) {doc_ids} in document group "
@@ -102,6 +104,13 @@ def read(name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             raise HelixloomError(f"{where / 'train.jsonl'} line {n} has neither a messages list nor a text")
         out.append(row)
     return out, json.loads((where / "meta.json").read_text())
+
+
+def citation_set(doc_ids: Iterable[str]) -> CitationSet | None:
+    """The citations an adapter of these documents may write, for decoding (``engine.citations``):
+    its answers then never cite an id that names no document. None without documents."""
+    ids = tuple(sorted(set(doc_ids)))
+    return CitationSet(ids, CITATION_OPENING) if ids else None
 
 
 def citations(text: str, sources: dict[str, dict[str, str]]) -> list[dict[str, str]]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from helixloom import gguf_lora, models
+from helixloom.engine import citations
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine, TokenPrompt
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher, is_control_marker
 from helixloom.engine.llamacpp_batch import LlamaCppBatch, Row, fit
@@ -105,6 +106,7 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
         self._applied: str | None = None  # the adapter set on the scoring context now
         self._kv_adapter: str | None = None  # the adapter the scoring context's KV was computed under
         self._texts: list[str] | None = None
+        self._citations = citations.Guards(self._token_texts, self.llm.n_vocab())
         self.eos_token_ids = frozenset({self.llm.token_eos()})
         bos = self.llm.token_bos()  # -1: the GGUF has none (llama.cpp aborts detokenizing -1)
         self._bos_text = self._decode_all([bos]) if bos >= 0 else ""
@@ -325,10 +327,13 @@ class LlamaCppEngine(LlamaCppScoring, Engine):
             if p.skip_special_tokens
             else IncrementalDecoder(self._decode_all, tokens)
         )
-        return Row(
+        row = Row(
             row_id, request, p, tokens, heal, self._sampler(p, grammar), decoder, StopMatcher(p.stop),
             time.perf_counter(),
         )  # fmt: skip
+        if request.citations is not None:
+            row.citations = self._citations.get(request.citations)
+        return row
 
     def _sampler(self, p: SamplingParams, grammar: Any) -> Any:
         """The row's own llama.cpp sampler chain: the chain llama-cpp-python's ``generate`` builds

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from helixloom.engine.base import AbortCheck, BatchEvent, DecodeBatch
+from helixloom.engine.citations import CitationGuard
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
 from helixloom.engine.llamacpp_seqs import Seq, SeqPool
 from helixloom.engine.types import (
@@ -77,6 +78,7 @@ class Row:
     logprobs: list[GeneratedTokenLogprobs] = field(default_factory=list)
     started: float = 0.0
     first_at: float | None = None
+    citations: CitationGuard | None = None  # the ids a citation may name (``engine.citations``)
 
 
 class Host(Protocol):
@@ -212,6 +214,11 @@ class LlamaCppBatch(DecodeBatch):
             # The first new token must start with the text of the prompt token backed over.
             logits_view = engine._pool.logits(row.index, copy=False)
             logits_view[~engine._heal_mask(row.heal)[: logits_view.shape[0]]] = -float("inf")
+        if row.citations is not None:
+            allowed = row.citations.allowed(row.citations.tail_of(row.generated))
+            if allowed is not None:
+                logits_view = engine._pool.logits(row.index, copy=False)
+                logits_view[~allowed[: logits_view.shape[0]]] = -float("inf")
         token = engine._sample_token(row.sampler, row.index)
         row.first_at = row.first_at or time.perf_counter()
         row.generated.append(token)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from helixloom.engine.citations import CitationSet
 from helixloom.errors import HelixloomError
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -233,6 +234,9 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     adapter: str | None = None
     constraint: Constraint | None = None
+    # the ids a citation may name (``engine.citations``): text stays free, a citation's id does not.
+    # The local backends apply it (they pick the tokens); a remote server is sent the text only.
+    citations: CitationSet | None = None
 
     def __post_init__(self) -> None:
         if not self.prompt:

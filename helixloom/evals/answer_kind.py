@@ -23,6 +23,7 @@ from dataclasses import replace
 from enum import Enum
 
 from helixloom.engine import Engine, GenerationRequest, GenerationResult, SamplingParams, Usage
+from helixloom.engine.citations import CitationSet
 from helixloom.errors import HelixloomError
 from helixloom.evals import prompts
 from helixloom.evals.prompts import Prompt
@@ -89,6 +90,7 @@ def answer(
     system: str | None = None,
     shown: Sequence[Prompt] | None = None,
     openings: int = 8,
+    citations: CitationSet | None = None,
 ) -> list[str]:
     """Greedy answers to ``questions`` (``params`` should be greedy), each not of its question's kind
     replaced by the first of the next ``openings - 1`` likeliest openings' greedy continuations that
@@ -100,7 +102,7 @@ def answer(
     asked = list(shown) if shown is not None else list(questions)
     if len(asked) != len(questions):
         raise HelixloomError("shown needs one prompt per question")
-    requests = prompts.answer_requests(engine, asked, params, adapter, system)
+    requests = prompts.answer_requests(engine, asked, params, adapter, system, citations=citations)
     kinds = [expected(q) for q in questions]
     return [r.text.strip() for r in results(engine, requests, kinds, openings=openings)]
 
@@ -178,4 +180,4 @@ def _continued(request: GenerationRequest, opening: str) -> tuple[str, Generatio
             "max_tokens": max(1, request.sampling.max_tokens - 1),
         }
     )
-    return opened, GenerationRequest(prompt + opening, sampling, request.adapter)
+    return opened, GenerationRequest(prompt + opening, sampling, request.adapter, citations=request.citations)

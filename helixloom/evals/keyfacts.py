@@ -19,6 +19,7 @@ from typing import Any
 
 from helixloom import jsonl
 from helixloom.engine import Engine, SamplingParams
+from helixloom.engine.citations import CitationSet
 from helixloom.errors import HelixloomError
 from helixloom.evals import answer_kind, prompts
 
@@ -107,11 +108,13 @@ def answer(
     index: Any = None,
     k: int = 2,
     check_kind: bool = False,
+    citations: CitationSet | None = None,
 ) -> list[QAAnswer]:
     """Ask every question (one batch) and check each answer for its facts; with ``index`` (a
     ``documents.retrieval.BM25``) the ``k`` best passages are shown before each question; with
     ``check_kind`` an answer of another kind than its question asks for (no number for "how many")
-    is replaced by the model's next likeliest answer that is of it (``evals.answer_kind``)."""
+    is replaced by the model's next likeliest answer that is of it (``evals.answer_kind``); with
+    ``citations`` an answer cites only those ids (``engine.citations``)."""
     from helixloom.documents import retrieval
 
     questions = [item.question for item in items]
@@ -119,9 +122,11 @@ def answer(
     if index is not None:
         shown = [retrieval.with_context(q, index.search(q, k)) for q in questions]
     if check_kind:
-        texts = answer_kind.answer(engine, questions, params, adapter=adapter, system=system, shown=shown)
+        texts = answer_kind.answer(
+            engine, questions, params, adapter=adapter, system=system, shown=shown, citations=citations
+        )
     else:
-        texts = prompts.answer(engine, shown, params, adapter=adapter, system=system)
+        texts = prompts.answer(engine, shown, params, adapter=adapter, system=system, citations=citations)
     return [
         QAAnswer(item, text, tuple(f for f in item.facts if has_fact(f, text)))
         for item, text in zip(items, texts, strict=True)

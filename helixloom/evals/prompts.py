@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from helixloom import prompting
 from helixloom.engine import Engine, GenerationRequest, SamplingParams
+from helixloom.engine.citations import CitationSet
 from helixloom.errors import HelixloomError
 
 #: A prompt to answer: a user message, or a chat message list (role, content) ending with a user turn.
@@ -59,19 +60,26 @@ def answer(
     *,
     adapter: str | None = None,
     system: str | None = None,
+    citations: CitationSet | None = None,
 ) -> list[str]:
     """Answer every prompt in one batch (chat-rendered for the model), stripped of surrounding space."""
     if not prompts:
         return []
-    return [
-        r.text.strip() for r in engine.generate(answer_requests(engine, prompts, params, adapter, system))
-    ]
+    requests = answer_requests(engine, prompts, params, adapter, system, citations=citations)
+    return [r.text.strip() for r in engine.generate(requests)]
 
 
 def answer_requests(
-    engine: Engine, prompts: Sequence[Prompt], params: SamplingParams, adapter: str | None, system: str | None
+    engine: Engine,
+    prompts: Sequence[Prompt],
+    params: SamplingParams,
+    adapter: str | None,
+    system: str | None,
+    *,
+    citations: CitationSet | None = None,
 ) -> list[GenerationRequest]:
-    """The generation requests that answer ``prompts``; ``system`` is added where a prompt has none."""
+    """The generation requests that answer ``prompts``; ``system`` is added where a prompt has none;
+    ``citations``: the ids an answer may cite (``engine.citations``)."""
     requests = []
     for prompt in prompts:
         messages = as_messages(prompt)
@@ -81,7 +89,7 @@ def answer_requests(
         p = params.model_copy(
             update={"stop": (*params.stop, *rendered.stop), "token_healing": rendered.token_healing}
         )
-        requests.append(GenerationRequest(rendered.prompt, p, adapter))
+        requests.append(GenerationRequest(rendered.prompt, p, adapter, citations=citations))
     return requests
 
 

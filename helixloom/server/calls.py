@@ -26,6 +26,7 @@ from helixloom.engine import (
     Timings,
     Usage,
 )
+from helixloom.engine.citations import CitationSet
 from helixloom.server.responses import (
     ChatCompletionChunk,
     ChatCompletionStreamChoice,
@@ -82,6 +83,7 @@ class Call:
     inputs: list[tuple[str, str]]
     origin: Origin
     constraint: Constraint | None = None
+    citations: CitationSet | None = None  # a learned adapter's documents (``engine.citations``)
     requests: list[GenerationRequest] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +94,7 @@ class Call:
                 self.params.model_copy(update={"seed": completion.requests_seed(self.params, j)}),
                 self.target.adapter,
                 self.constraint,
+                self.citations,
             )
             for prompt in self.prompts
             for j in range(self.n)

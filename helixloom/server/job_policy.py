@@ -114,7 +114,9 @@ ALLOWED: dict[tuple[str, ...], dict[str, str]] = {
         "suite",
         prompts=VALUE,  # here: which prompts of the suite, by name
     ),
-    ("eval", "qa"): _flags(["max_tokens", "json", "retrieve", "check_kind"], "adapter", "base", questions=IN),
+    ("eval", "qa"): _flags(
+        ["max_tokens", "json", "retrieve", "check_kind", "free_citations"], "adapter", "base", questions=IN
+    ),
     ("eval", "winrate"): _flags(
         [*_SAMPLING, *_JUDGING],
         "model",

@@ -107,11 +107,13 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
     healing = rendered.token_healing and constraint is None  # a constraint decides how output starts
     params = params.model_copy(update={"stop": (*params.stop, *rendered.stop), "token_healing": healing})
     inputs = [(m["role"], m["content"]) for m in messages]
-    call = Call(state, target, [rendered.prompt], params, body.n, inputs, origin, constraint)
+    sources = learned.get("documents") or {}
+    # a learned adapter cites only its documents' ids; a response_format decides the whole output
+    cites = dataset.citation_set(sources) if constraint is None else None
+    call = Call(state, target, [rendered.prompt], params, body.n, inputs, origin, constraint, cites)
     if body.stream:
         return origin.stream(call.stream(include_usage=body.include_usage))
     results = call.run()
-    sources = learned.get("documents") or {}
     choices = [
         ChatCompletionChoice(
             index=i,

@@ -505,6 +505,7 @@ def _probe(
         # an answer opened with its document's title is 10-14 tokens longer
         max_new_tokens=PROBE_TOKENS + (TITLE_TOKENS if meta.get("title_first") else 0),
         measure_before=before,
+        citations=dataset.citation_set(meta["documents"]),
     )
 
 

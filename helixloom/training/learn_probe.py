@@ -22,8 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import LogitsProcessorList, TrainerCallback
 
+from helixloom.engine import citations
+from helixloom.engine.citations import CitationGuard, CitationSet
 from helixloom.evals.keyfacts import has_fact
 from helixloom.training.chat_template import generation_prompt
 
@@ -120,8 +122,12 @@ class LearnProbe(TrainerCallback):
         max_forgetting: float | None = None,
         max_new_tokens: int = 48,
         measure_before: bool = True,
+        citations: CitationSet | None = None,
     ) -> None:
         self.probes = list(probes)
+        # answers cite only these ids, as the adapter is served (``engine.citations``)
+        self.citations = citations
+        self._guard: CitationGuard | None = None
         # off: the base model's answers are not measured before training (a soup's later members:
         # the first one measured them), only its general-text perplexity, which forgetting needs
         self.measure_before = measure_before
@@ -162,12 +168,17 @@ class LearnProbe(TrainerCallback):
                     add_special_tokens=True,
                 )
                 enc = {k: v.to(model.device) for k, v in enc.items()}
+                guard = self.guard(model, tokenizer)
+                processors = LogitsProcessorList(
+                    [] if guard is None else [citations.LogitsProcessor(guard, enc["input_ids"].shape[1])]
+                )
                 with torch.no_grad():
                     out = model.generate(
                         **enc,
                         max_new_tokens=self.max_new_tokens,
                         do_sample=False,
                         pad_token_id=tokenizer.pad_token_id,
+                        logits_processor=processors,
                     )
                 texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         finally:
@@ -175,6 +186,15 @@ class LearnProbe(TrainerCallback):
             if was_training:
                 model.train()
         return [t.split("\nUSER:")[0].strip() for t in texts]
+
+    def guard(self, model: Any, tokenizer: Any) -> CitationGuard | None:
+        """The citation guard over ``tokenizer``'s tokens (built once: it decodes every token)."""
+        if self.citations is None:
+            return None
+        if self._guard is None:
+            texts = [str(t) for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])]
+            self._guard = citations.CitationGuard(self.citations, texts, int(model.config.vocab_size))
+        return self._guard
 
     def perplexity(self, model: Any, tokenizer: Any) -> float | None:
         import torch

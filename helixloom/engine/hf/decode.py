@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from helixloom.engine.citations import CitationGuard
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
 from helixloom.engine.grammar import RowMatcher
 from helixloom.engine.hf.vocab import Vocab
@@ -40,6 +41,7 @@ class Row:
     stops: StopMatcher
     heal: str = ""  # prompt text backed up over; the first token must start with it
     grammar: RowMatcher | None = None
+    citations: CitationGuard | None = None
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[GeneratedTokenLogprobs] = field(default_factory=list)
     finish: FinishReason | None = None
@@ -59,6 +61,8 @@ def step(
         logits = logits.masked_fill(~vocab.starting_with(row.heal), -math.inf)
     if row.grammar is not None:
         logits = row.grammar.mask(logits)
+    if row.citations is not None:
+        logits = vocab.allow(logits, row.citations.allowed(row.citations.tail_of(row.token_ids)))
     token = sample(logits, p, row.generator)
     if row.grammar is not None:
         row.grammar.accept(token)

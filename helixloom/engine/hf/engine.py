@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helixloom import models
+from helixloom.engine import citations
 from helixloom.engine.base import AbortCheck, BatchEvent, Engine, TokenPrompt, apply_chat_template
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
 from helixloom.engine.grammar import COMPILE_TIMEOUT_S, Grammars
@@ -102,6 +103,7 @@ class HFEngine(Engine):
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 20)
         self._grammars = Grammars(tokenizer, int(model.config.vocab_size), sorted(self.eos_token_ids))
         self.special_ids = self.vocab.special_ids()
+        self._citations = citations.Guards(self.vocab.texts, int(model.config.vocab_size))
 
     @classmethod
     def load(
@@ -307,6 +309,8 @@ class HFEngine(Engine):
             # but xgrammar's length-bounded string rule lets them through: forbid them here.
             forbid = self.vocab.control_tokens() if request.constraint.kind == "json_schema" else None
             row.grammar = self._grammars.matcher(request.constraint, forbid)
+        if request.citations is not None:
+            row.citations = self._citations.get(request.citations)
         return row
 
     def _left_pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
