@@ -10,7 +10,7 @@ import torch
 
 from helixloom.documents import dataset
 from helixloom.engine import Constraint, GenerationRequest, sampling
-from helixloom.engine.citations import CitationGuard, CitationSet, LogitsProcessor
+from helixloom.engine.citations import CitationGuard, CitationSet, LogitsProcessor, guard_logits
 from helixloom.engine.hf import HFEngine
 from helixloom.errors import HelixloomError
 from tests.test_engine_select import needs_llamacpp
@@ -47,6 +47,24 @@ def test_the_guard_follows_a_citation_and_masks_only_inside_it() -> None:
         CitationSet(("ab]c",), "[DOC_ID:")
     assert dataset.citation_set({"b2": {}, "a1": {}}) == CitationSet(("a1", "b2"), "[DOC_ID:")
     assert dataset.citation_set({}) is None
+
+
+def test_ids_that_start_other_ids_among_thousands_and_a_mask_that_would_leave_nothing() -> None:
+    texts = ["[DOC_ID:", "ab", "c", "]", "abc", "d", "", "0"]
+    ids = ("ab", "abc", *(f"0{i:05x}" for i in range(3000)))
+    guard = CitationGuard(CitationSet(ids, "[DOC_ID:"), texts, len(texts))
+    allowed = lambda tail: {texts[i] for i, ok in enumerate(guard.allowed(tail)) if ok}  # noqa: E731
+    assert allowed("[DOC_ID:") == {"ab", "abc", "0"}
+    assert allowed("[DOC_ID:ab") == {"c", "]"}  # "ab" is an id, and the start of "abc"
+    assert allowed("[DOC_ID:abc") == {"]"}
+    assert allowed("[DOC_ID:0") == {"0"}
+    # a grammar that leaves only "d" where the guard allows "c" or "]": the grammar decides
+    logits = torch.full((len(texts),), -float("inf"))
+    logits[5] = 0.0
+    kept = guard_logits(guard, logits, guard.allowed("[DOC_ID:ab"))
+    assert int(kept.argmax()) == 5 and bool(kept.isfinite().any())
+    logits[2] = 1.0  # with "c" allowed by both, the guard masks "d"
+    assert guard_logits(guard, logits, guard.allowed("[DOC_ID:ab")).isfinite().sum() == 1
 
 
 def _cited(results: list) -> list[str]:

@@ -18,6 +18,8 @@ and llama.cpp mask their logits with ``allowed``; training's probe uses ``Logits
 
 from __future__ import annotations
 
+import bisect
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,25 +66,33 @@ class CitationGuard:
         self._texts = list(texts)
         self._vocab_size = vocab_size
         self._targets = tuple(sorted({i + citations.closing for i in citations.ids}))
+        self._target_set = frozenset(self._targets)
         # how many characters of text decide the state: the opening, the longest id and the closing
         self.tail_chars = len(citations.opening) + max(len(t) for t in self._targets)
+        # token ids by their text's first character: a state's mask tests only the tokens that can
+        # continue it, not the whole vocabulary (a few hundred tokens for a hex digit, not 262k)
+        self._by_first: dict[str, list[int]] = {}
+        for token, text in enumerate(self._texts[:vocab_size]):
+            if text:
+                self._by_first.setdefault(text[0], []).append(token)
+        self._lock = threading.Lock()  # rows of several requests share a guard
         self._masks: dict[str, np.ndarray | None] = {}
-        self._base: np.ndarray | None = self._allowed("")
+        self._on_device: dict[tuple[int, str], Any] = {}
+        self._base: np.ndarray | None = self._build("")
 
     def state(self, tail: str) -> str | None:
         """The citation under way at the end of ``tail`` (the output's last ``tail_chars`` or more
         characters), or None when none is."""
-        mark = self.citations.opening[0]
-        at = tail.rfind(mark)
+        opening = self.citations.opening
+        at = tail.rfind(opening[0])
         if at < 0:
             return None
         part = tail[at:]
-        opening = self.citations.opening
         if opening.startswith(part):
             return part
         if part.startswith(opening):
             rest = part[len(opening) :]
-            if any(t.startswith(rest) and t != rest for t in self._targets):
+            if self.citations.closing not in rest and self._compatible(rest):
                 return part
         return None
 
@@ -92,9 +102,20 @@ class CitationGuard:
         state = self.state(tail)
         if state is None:
             return self._base
-        if state not in self._masks:
-            self._masks[state] = self._allowed(state)
-        return self._masks[state]
+        with self._lock:
+            if state not in self._masks:
+                self._masks[state] = self._build(state)
+            return self._masks[state]
+
+    def banned_on(self, allowed: np.ndarray, device: Any) -> Any:
+        """``~allowed`` as a torch tensor on ``device``, copied there once per mask."""
+        import torch
+
+        key = (id(allowed), str(device))  # the guard keeps every mask it made alive: ids stay unique
+        with self._lock:
+            if key not in self._on_device:
+                self._on_device[key] = ~torch.from_numpy(allowed).to(device)
+            return self._on_device[key]
 
     def tail_of(self, token_ids: Sequence[int]) -> str:
         """The text of the last tokens of ``token_ids``, at least ``tail_chars`` long when there are
@@ -109,30 +130,65 @@ class CitationGuard:
                 break
         return "".join(reversed(parts))
 
-    def _allowed(self, state: str) -> np.ndarray | None:
+    def _build(self, state: str) -> np.ndarray | None:
         import numpy as np
 
         opening = self.citations.opening
+        texts = self._texts
+        if state.startswith(opening):
+            # inside: only tokens whose text continues an allowed id are allowed; a token without
+            # text (end of sequence, as some backends decode it) would leave the citation unclosed
+            rest = state[len(opening) :]
+            mask = np.zeros(self._vocab_size, dtype=bool)
+            for char in {t[len(rest)] for t in self._targets if t.startswith(rest) and len(t) > len(rest)}:
+                for token in self._by_first.get(char, ()):
+                    mask[token] = self._fits(state + texts[token])
+            return mask
+        # outside, or a start of the opening: a token is banned when the text it makes opens a
+        # citation that goes wrong; only tokens holding the opening, or continuing it, can
+        candidates: set[int] = set()
+        for p in range(len(state)):  # where the opening may start inside the state
+            if opening.startswith(state[p:]):
+                candidates.update(self._by_first.get(opening[len(state) - p], ()))
+        candidates.update(t for t, text in enumerate(texts[: self._vocab_size]) if opening in text)
+        banned = [t for t in candidates if not self._fits(state + texts[t])]
+        if not banned:
+            return None
         mask = np.ones(self._vocab_size, dtype=bool)
-        banned = 0
-        inside = state.startswith(opening)
-        for token, text in enumerate(self._texts[: self._vocab_size]):
-            # a token without text (end of sequence, as some backends decode it) inside a citation
-            # would leave it unclosed
-            if (inside and not text) or not self._fits(state + text, opening):
-                mask[token] = False
-                banned += 1
-        return mask if banned else None
+        mask[banned] = False
+        return mask
 
-    def _fits(self, text: str, opening: str) -> bool:
+    def _compatible(self, rest: str) -> bool:
+        """Whether ``rest``, the text after an opening, is the start of an allowed id and its closing,
+        or starts with one."""
+        closing = self.citations.closing
+        end = rest.find(closing)
+        if end >= 0:  # ids never hold the closing: the citation ends at its first one
+            return rest[: end + len(closing)] in self._target_set
+        i = bisect.bisect_left(self._targets, rest)
+        return i < len(self._targets) and self._targets[i].startswith(rest)
+
+    def _fits(self, text: str) -> bool:
         """Whether every citation ``text`` opens writes (the start of) an allowed id and its closing."""
+        opening = self.citations.opening
         start = text.find(opening)
         while start >= 0:
-            rest = text[start + len(opening) :]
-            if not any(t.startswith(rest) or rest.startswith(t) for t in self._targets):
+            if not self._compatible(text[start + len(opening) :]):
                 return False
             start = text.find(opening, start + 1)
         return True
+
+
+def mask_logits(logits: np.ndarray, allowed: np.ndarray | None) -> None:
+    """Set the tokens ``allowed`` does not allow to -inf in ``logits`` ([V], in place), unless that
+    leaves no finite logit (a grammar that allows none of the ids: the grammar decides)."""
+    if allowed is None:
+        return
+    import numpy as np
+
+    allowed = allowed[: logits.shape[0]]
+    if np.isfinite(logits[: allowed.shape[0]][allowed]).any():
+        logits[: allowed.shape[0]][~allowed] = -np.inf
 
 
 class Guards:
@@ -144,15 +200,17 @@ class Guards:
         self._vocab_size = vocab_size
         self._size = size
         self._guards: dict[CitationSet, CitationGuard] = {}
+        self._lock = threading.Lock()  # requests are checked on the server's threads
 
     def get(self, citations: CitationSet) -> CitationGuard:
-        guard = self._guards.pop(citations, None)
-        if guard is None:
-            guard = CitationGuard(citations, self._texts(), self._vocab_size)
-        self._guards[citations] = guard
-        while len(self._guards) > self._size:
-            self._guards.pop(next(iter(self._guards)))
-        return guard
+        with self._lock:
+            guard = self._guards.pop(citations, None)
+            if guard is None:
+                guard = CitationGuard(citations, self._texts(), self._vocab_size)
+            self._guards[citations] = guard
+            while len(self._guards) > self._size:
+                self._guards.pop(next(iter(self._guards)))
+            return guard
 
 
 class LogitsProcessor:
@@ -162,19 +220,20 @@ class LogitsProcessor:
     def __init__(self, guard: CitationGuard, prompt_length: int) -> None:
         self.guard = guard
         self.prompt_length = prompt_length
-        self._torch_masks: dict[int, Any] = {}
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
         for row in range(input_ids.shape[0]):
             generated = input_ids[row, self.prompt_length :].tolist()
             allowed = self.guard.allowed(self.guard.tail_of(generated))
-            if allowed is None:
-                continue
-            key = id(allowed)
-            if key not in self._torch_masks:
-                self._torch_masks[key] = torch.from_numpy(allowed).to(scores.device)
-            mask = self._torch_masks[key][: scores.shape[1]]
-            scores[row, : mask.shape[0]] = scores[row, : mask.shape[0]].masked_fill(~mask, -float("inf"))
+            if allowed is not None:
+                scores[row] = guard_logits(self.guard, scores[row], allowed)
         return scores
+
+
+def guard_logits(guard: CitationGuard, logits: Any, allowed: np.ndarray | None) -> Any:
+    """Torch ``logits`` ([V]) with the tokens ``allowed`` does not allow set to -inf, unless that
+    leaves no finite logit (a grammar that allows none of the ids: the grammar decides)."""
+    if allowed is None:
+        return logits
+    masked = logits.masked_fill(guard.banned_on(allowed, logits.device)[: logits.shape[0]], float("-inf"))
+    return masked if bool(masked.isfinite().any()) else logits

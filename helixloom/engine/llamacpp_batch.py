@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from helixloom.engine.base import AbortCheck, BatchEvent, DecodeBatch
-from helixloom.engine.citations import CitationGuard
+from helixloom.engine.citations import CitationGuard, mask_logits
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
 from helixloom.engine.llamacpp_seqs import Seq, SeqPool
 from helixloom.engine.types import (
@@ -217,8 +217,7 @@ class LlamaCppBatch(DecodeBatch):
         if row.citations is not None:
             allowed = row.citations.allowed(row.citations.tail_of(row.generated))
             if allowed is not None:
-                logits_view = engine._pool.logits(row.index, copy=False)
-                logits_view[~allowed[: logits_view.shape[0]]] = -float("inf")
+                mask_logits(engine._pool.logits(row.index, copy=False), allowed)
         token = engine._sample_token(row.sampler, row.index)
         row.first_at = row.first_at or time.perf_counter()
         row.generated.append(token)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from helixloom.engine.citations import CitationGuard
+from helixloom.engine.citations import CitationGuard, guard_logits
 from helixloom.engine.detok import IncrementalDecoder, StopMatcher
 from helixloom.engine.grammar import RowMatcher
 from helixloom.engine.hf.vocab import Vocab
@@ -62,7 +62,8 @@ def step(
     if row.grammar is not None:
         logits = row.grammar.mask(logits)
     if row.citations is not None:
-        logits = vocab.allow(logits, row.citations.allowed(row.citations.tail_of(row.token_ids)))
+        allowed = row.citations.allowed(row.citations.tail_of(row.token_ids))
+        logits = guard_logits(row.citations, logits, allowed)
     token = sample(logits, p, row.generator)
     if row.grammar is not None:
         row.grammar.accept(token)

@@ -26,7 +26,6 @@ class Vocab:
         self._texts: list[str] | None = None
         self._prefix_masks: dict[str, torch.Tensor] = {}
         self._control_mask: torch.Tensor | None = None
-        self._allow_masks: dict[int, tuple[Any, torch.Tensor]] = {}  # a guard's masks, on the device
 
     def text(self, token_id: int) -> str:
         """One token's text, as it reads alone."""
@@ -64,20 +63,6 @@ class Vocab:
         if prefix not in self._prefix_masks:
             self._prefix_masks[prefix] = self._mask(lambda t: t.startswith(prefix))
         return self._prefix_masks[prefix]
-
-    def allow(self, logits: torch.Tensor, allowed: Any) -> torch.Tensor:
-        """``logits`` ([V]) with the tokens ``allowed`` (a numpy [V] bool mask, or None: all) does not
-        allow set to -inf; each mask is copied to the device once."""
-        if allowed is None:
-            return logits
-        import torch
-
-        key = id(allowed)
-        cached = self._allow_masks.get(key)
-        if cached is None or cached[0] is not allowed:
-            cached = (allowed, ~torch.from_numpy(allowed).to(self.device))
-            self._allow_masks[key] = cached
-        return logits.masked_fill(cached[1], float("-inf"))
 
     def _mask(self, keep: Any) -> torch.Tensor:
         import torch
