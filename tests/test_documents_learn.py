@@ -331,6 +331,9 @@ def test_learn_end_to_end(
         # its answer may cite only the documents it learned (engine.citations)
         assert checked[0].citations == dataset.citation_set(meta["documents"])
         assert set(checked[0].citations.ids) == set(record.meta["documents"])
+        raw = {"model": "zorblax", "prompt": "The Zorblax is", "max_tokens": 2}
+        assert httpx.post(server.url + "/v1/completions", json=raw, timeout=60).status_code == 200
+        assert checked[-1].citations == checked[0].citations  # raw completions too
         stored = state.store.get_messages(reply.headers["x-helixloom-session"])
         assert stored[0].role == "system" and stored[0].content == meta["system_prompt"]
         assert stored[-1].adapter == "zorblax"

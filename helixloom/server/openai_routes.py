@@ -142,7 +142,11 @@ def completions(body: CompletionRequest, request: Request) -> JSONResponse | Str
     prompts = body.prompts(state.engine)
     params = body.to_sampling(state.config.default_max_tokens)
     inputs = [("user", p) for p in prompts]
-    call = Call(state, target, prompts, params, body.n, inputs, origin, constraint_from(body.response_format))
+    constraint = constraint_from(body.response_format)
+    # a learned adapter cites only its documents here too (the prompt is the client's own)
+    learned = state.store.adapter_meta(target.name if target.kind == "adapter" else None)
+    cites = dataset.citation_set(learned.get("documents") or {}) if constraint is None else None
+    call = Call(state, target, prompts, params, body.n, inputs, origin, constraint, cites)
     scored = None
     if body.echo and body.logprobs is not None:
         if not state.engine.supports_prompt_logprobs:
