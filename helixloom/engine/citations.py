@@ -72,9 +72,12 @@ class CitationGuard:
         # token ids by their text's first character: a state's mask tests only the tokens that can
         # continue it, not the whole vocabulary (a few hundred tokens for a hex digit, not 262k)
         self._by_first: dict[str, list[int]] = {}
+        self._holding: list[int] = []  # tokens whose text holds a whole opening
         for token, text in enumerate(self._texts[:vocab_size]):
             if text:
                 self._by_first.setdefault(text[0], []).append(token)
+                if citations.opening in text:
+                    self._holding.append(token)
         self._lock = threading.Lock()  # rows of several requests share a guard
         self._masks: dict[str, np.ndarray | None] = {}
         self._on_device: dict[tuple[int, str], Any] = {}
@@ -150,7 +153,7 @@ class CitationGuard:
         for p in range(len(state)):  # where the opening may start inside the state
             if opening.startswith(state[p:]):
                 candidates.update(self._by_first.get(opening[len(state) - p], ()))
-        candidates.update(t for t, text in enumerate(texts[: self._vocab_size]) if opening in text)
+        candidates.update(self._holding)
         banned = [t for t in candidates if not self._fits(state + texts[t])]
         if not banned:
             return None
