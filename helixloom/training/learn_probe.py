@@ -26,6 +26,7 @@ from transformers import LogitsProcessorList, TrainerCallback
 
 from helixloom.engine import citations
 from helixloom.engine.citations import CitationGuard, CitationSet
+from helixloom.engine.hf.vocab import Vocab
 from helixloom.evals.keyfacts import has_fact
 from helixloom.training.chat_template import generation_prompt
 
@@ -192,8 +193,9 @@ class LearnProbe(TrainerCallback):
         if self.citations is None:
             return None
         if self._guard is None:
-            texts = [str(t) for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])]
-            self._guard = citations.CitationGuard(self.citations, texts, int(model.config.vocab_size))
+            size = int(model.config.vocab_size)
+            texts = Vocab(tokenizer, size, model.device).texts()  # as the hf engine reads them
+            self._guard = citations.CitationGuard(self.citations, texts, size)
         return self._guard
 
     def perplexity(self, model: Any, tokenizer: Any) -> float | None:
