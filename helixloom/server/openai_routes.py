@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from helixloom import adapters, prompting
 from helixloom.documents import dataset
 from helixloom.engine.base import TokenPrompt
+from helixloom.engine.citations import CitationSet
+from helixloom.engine.types import Constraint
 from helixloom.errors import HelixloomError
 from helixloom.helixnet import SEED_SAMPLING
 from helixloom.server import adapter_routes, pipelines
@@ -75,6 +77,12 @@ def shown_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in SHOWN_META if k in meta}
 
 
+def learned_citations(learned: dict[str, Any], constraint: Constraint | None) -> CitationSet | None:
+    """The ids a learned adapter's answers may cite: its stored documents', never the request's. A
+    ``response_format`` decides the whole output, so it goes unguided."""
+    return dataset.citation_set(learned.get("documents") or {}) if constraint is None else None
+
+
 @router.post("/chat/completions", response_model=None)
 def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     state = state_of(request)
@@ -108,8 +116,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
     params = params.model_copy(update={"stop": (*params.stop, *rendered.stop), "token_healing": healing})
     inputs = [(m["role"], m["content"]) for m in messages]
     sources = learned.get("documents") or {}
-    # a learned adapter cites only its documents' ids; a response_format decides the whole output
-    cites = dataset.citation_set(sources) if constraint is None else None
+    cites = learned_citations(learned, constraint)
     call = Call(state, target, [rendered.prompt], params, body.n, inputs, origin, constraint, cites)
     if body.stream:
         return origin.stream(call.stream(include_usage=body.include_usage))
@@ -143,9 +150,8 @@ def completions(body: CompletionRequest, request: Request) -> JSONResponse | Str
     params = body.to_sampling(state.config.default_max_tokens)
     inputs = [("user", p) for p in prompts]
     constraint = constraint_from(body.response_format)
-    # a learned adapter cites only its documents here too (the prompt is the client's own)
     learned = state.store.adapter_meta(target.name if target.kind == "adapter" else None)
-    cites = dataset.citation_set(learned.get("documents") or {}) if constraint is None else None
+    cites = learned_citations(learned, constraint)  # the prompt is the client's own: cited alike
     call = Call(state, target, prompts, params, body.n, inputs, origin, constraint, cites)
     scored = None
     if body.echo and body.logprobs is not None:
